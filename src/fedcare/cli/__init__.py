@@ -1,0 +1,1 @@
+"""The ``fedcare`` command (thin: it calls the same services as the Python API)."""

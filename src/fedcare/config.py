@@ -1,0 +1,282 @@
+"""The study configuration: one schema for ``fedcare simulate`` files and the Python API.
+
+Every key is declared here with a description; ``fedcare simulate --help`` and the README's
+reference are generated from these descriptions, so documentation cannot drift from the code.
+Unknown keys and wrong types are refused with the key's full path (``strategy.server_lr``).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedcare.core.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StudySection(_Section):
+    name: str = Field("study", min_length=1, max_length=100,
+                      description="Study name, used in task ids and reports.")
+    seed: int = Field(0, description="Seed for every random choice (init, batches, sampling).")
+    rounds: int = Field(10, ge=1, le=100_000, description="Number of federated rounds.")
+
+
+class SiteFile(_Section):
+    name: str = Field(min_length=1, max_length=100, description="Site name.")
+    path: Path = Field(description="CSV (.csv, .csv.gz) or Parquet file, relative to the config.")
+
+
+class _DataCommon(_Section):
+    test_fraction: float = Field(0.2, ge=0, lt=1,
+                                 description="Share of each site's rows held out for testing.")
+    standardize: bool = Field(True, description=(
+        "Scale tabular features by the federation's mean/std (computed from per-site sums, "
+        "no rows pooled)."))
+
+
+class BuiltinData(_DataCommon):
+    source: Literal["builtin"] = Field(description="Data shipped with a dependency.")
+    dataset: Literal["breast_cancer"] = Field(
+        "breast_cancer", description="Built-in dataset: breast_cancer (scikit-learn, 569 rows).")
+    sites: int = Field(4, ge=1, le=10_000, description="Number of simulated sites.")
+    partition: Literal["iid", "dirichlet"] = Field(
+        "dirichlet", description="How rows are split: iid or dirichlet (label skew).")
+    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (smaller = more skew).")
+
+
+class SyntheticData(_DataCommon):
+    source: Literal["synthetic"] = Field(description="Generated classification data.")
+    sites: int = Field(4, ge=1, le=10_000, description="Number of simulated sites.")
+    rows_per_site: int = Field(1000, ge=2, description="Rows generated per site.")
+    n_features: int = Field(20, ge=1, description="Number of features.")
+    classes: int = Field(2, ge=2, description="Number of classes.")
+    partition: Literal["iid", "dirichlet"] = Field("iid", description="iid or dirichlet.")
+    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration.")
+
+
+class FilesData(_DataCommon):
+    source: Literal["files"] = Field(description="One CSV/Parquet file per site.")
+    label: str = Field(min_length=1, description="Label column (present at every site).")
+    features: list[str] | None = Field(
+        None, description="Feature columns; default: every column except the label.")
+    site: list[SiteFile] = Field(min_length=1, description="Sites: [[data.site]] name, path.")
+
+
+class PooledFileData(_DataCommon):
+    source: Literal["table"] = Field(description="One table split into sites by a partitioner.")
+    path: Path = Field(description="CSV or Parquet file, relative to the config.")
+    label: str = Field(min_length=1, description="Label column.")
+    features: list[str] | None = Field(None, description="Feature columns (default: all).")
+    sites: int = Field(4, ge=1, description="Number of sites (iid/dirichlet).")
+    partition: Literal["iid", "dirichlet", "attribute"] = Field(
+        "iid", description="iid, dirichlet, or attribute (one site per value of a column).")
+    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration.")
+    attribute: str | None = Field(None, description="Column naming each row's site.")
+
+
+class ImageData(_DataCommon):
+    source: Literal["npz"] = Field(description="MedMNIST-style .npz images split over sites.")
+    path: Path = Field(description=".npz with train/val/test _images and _labels arrays.")
+    sites: int = Field(3, ge=1, description="Number of sites the training images are split into.")
+    partition: Literal["iid", "dirichlet"] = Field("iid", description="iid or dirichlet.")
+    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration.")
+    standardize: bool = Field(False, description="Images are scaled to [0, 1] already.")
+
+
+DataSection = Annotated[
+    Union[BuiltinData, SyntheticData, FilesData, PooledFileData, ImageData],
+    Field(discriminator="source"),
+]
+
+
+class ModelSection(_Section):
+    name: Literal["logreg", "mlp", "cnn", "lstm", "gru", "transformer", "sgd_linear"] = Field(
+        "logreg", description=("Model: logreg, mlp, cnn (2-D images), lstm/gru (sequences), "
+                               "transformer (tabular/sequence), sgd_linear (scikit-learn)."))
+    hidden: list[int] | int | None = Field(
+        None, description="mlp: hidden layer sizes; lstm/gru: hidden size.")
+    dropout: float | None = Field(None, ge=0, lt=1, description="mlp: dropout rate.")
+    channels: list[int] | None = Field(None, description="cnn: channels per conv block.")
+    layers: int | None = Field(None, ge=1, description="lstm/gru/transformer: layer count.")
+    d_model: int | None = Field(None, ge=4, description="transformer: model width.")
+    heads: int | None = Field(None, ge=1, description="transformer: attention heads.")
+
+    def options(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump(exclude={"name"}).items() if v is not None}
+
+
+class TrainSection(_Section):
+    local_epochs: int = Field(1, ge=0, description="Local epochs per round.")
+    local_steps: int = Field(0, ge=0, description="Local mini-batch steps per round (overrides "
+                                                  "local_epochs when > 0).")
+    batch_size: int = Field(32, ge=1, description="Mini-batch size.")
+    lr: float = Field(0.1, gt=0, description="Local learning rate.")
+    optimizer: Literal["sgd", "adam"] = Field("sgd", description="Local optimizer: sgd or adam.")
+    momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum.")
+    weight_decay: float = Field(0.0, ge=0, description="L2 weight decay.")
+
+
+class _StrategyCommon(_Section):
+    fraction: float = Field(1.0, gt=0, le=1, description="Share of sites sampled per round.")
+    min_sites: int = Field(1, ge=1, description="Minimum sites sampled per round.")
+    min_completed: int = Field(1, ge=1, description="Minimum sites that must answer for a round "
+                                                    "to count.")
+
+
+class FedAvgSection(_StrategyCommon):
+    name: Literal["fedavg"] = Field(description="FedAvg (McMahan et al. 2017).")
+
+
+class FedProxSection(_StrategyCommon):
+    name: Literal["fedprox"] = Field(description="FedProx (Li et al. 2020).")
+    mu: float = Field(0.01, gt=0, description="fedprox: proximal coefficient mu.")
+
+
+class FedOptSection(_StrategyCommon):
+    name: Literal["fedadam", "fedyogi", "fedadagrad"] = Field(
+        description="Adaptive server optimizers (Reddi et al. 2021).")
+    server_lr: float = Field(0.01, gt=0, description="fedopt/scaffold: server learning rate.")
+    beta1: float = Field(0.9, ge=0, lt=1, description="fedopt: first-moment decay.")
+    beta2: float = Field(0.99, ge=0, lt=1, description="fedopt: second-moment decay.")
+    tau: float = Field(1e-3, gt=0, description="fedopt: adaptivity tau.")
+
+
+class ScaffoldSection(_StrategyCommon):
+    name: Literal["scaffold"] = Field(description="SCAFFOLD (Karimireddy et al. 2020).")
+    server_lr: float = Field(1.0, gt=0, description="Server learning rate.")
+
+
+StrategySection = Annotated[
+    Union[FedAvgSection, FedProxSection, FedOptSection, ScaffoldSection],
+    Field(discriminator="name"),
+]
+
+
+class BaselinesSection(_Section):
+    local: bool = Field(True, description="Also train each site alone (local-only baseline).")
+    centralized: bool = Field(True, description="Also train on all data pooled (upper bound).")
+
+
+class RunSection(_Section):
+    workers: int = Field(0, ge=0, le=256, description=(
+        "Worker processes for sites: 0 = auto (parallel when the model is big enough to gain), "
+        "1 = one process."))
+    threads_per_site: int = Field(1, ge=1, le=256, description="Torch threads per site process.")
+    evaluate_every: int = Field(1, ge=0, description=(
+        "Evaluate the global model at every site every N rounds (0 = only at the end)."))
+    checkpoint_every: int = Field(1, ge=0, description="Checkpoint every N rounds (0 = never).")
+    round_timeout: float | None = Field(None, gt=0, description="Seconds before a round gives "
+                                                                 "up on sites that did not answer.")
+
+
+class StudyConfig(_Section):
+    study: StudySection = Field(default_factory=StudySection)  # type: ignore[arg-type]
+    data: DataSection
+    model: ModelSection = Field(default_factory=ModelSection)  # type: ignore[arg-type]
+    train: TrainSection = Field(default_factory=TrainSection)  # type: ignore[arg-type]
+    strategy: StrategySection = Field(
+        default_factory=lambda: FedAvgSection(name="fedavg"))
+    baselines: BaselinesSection = Field(default_factory=BaselinesSection)  # type: ignore[arg-type]
+    run: RunSection = Field(default_factory=RunSection)  # type: ignore[arg-type]
+
+
+_TAGS = {"builtin", "synthetic", "files", "table", "npz", "fedavg", "fedprox", "fedadam",
+         "fedyogi", "fedadagrad", "scaffold"}
+
+
+def _format_error(err: Mapping[str, Any]) -> str:
+    parts = list(err["loc"])
+    if len(parts) > 1 and parts[0] in ("data", "strategy") and parts[1] in _TAGS:
+        del parts[1]  # pydantic puts the union's tag in the path; users never wrote it
+    loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in parts)
+    loc = loc.replace(".[", "[")
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return f"unknown key '{loc}'"
+    if kind == "missing":
+        return f"missing key '{loc}'"
+    if kind in ("union_tag_invalid", "literal_error"):
+        return f"'{loc}': {err['msg']}"
+    got = err.get("input")
+    shown = f" (got {got!r})" if isinstance(got, (str, int, float, bool)) else ""
+    return f"'{loc}': {err['msg']}{shown}"
+
+
+def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None,
+                 source: str | None = None) -> StudyConfig:
+    """Validate a config mapping; relative file paths are resolved against ``base_dir``."""
+    if not isinstance(data, Mapping):
+        raise ConfigError("the configuration must be a table/mapping", source=source)
+    try:
+        cfg = StudyConfig.model_validate(dict(data))
+    except pydantic.ValidationError as exc:
+        raise ConfigError([_format_error(e) for e in exc.errors()], source=source) from None
+    return _resolve_paths(cfg, base_dir) if base_dir is not None else cfg
+
+
+def _resolve_paths(cfg: StudyConfig, base: Path) -> StudyConfig:
+    d = cfg.data
+    if isinstance(d, FilesData):
+        sites = [s.model_copy(update={"path": base / s.path}) for s in d.site]
+        d = d.model_copy(update={"site": sites})
+    elif isinstance(d, (PooledFileData, ImageData)):
+        d = d.model_copy(update={"path": base / d.path})
+    return cfg.model_copy(update={"data": d})
+
+
+def load_config(path: Path) -> StudyConfig:
+    """Read a TOML (.toml) or YAML (.yaml/.yml) study file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            data: Any = tomllib.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            raise ConfigError(f"config must be .toml, .yaml or .yml, got {path.name}")
+    except (tomllib.TOMLDecodeError, ValueError) as exc:
+        raise ConfigError(f"cannot parse {path.name}: {exc}", source=str(path)) from exc
+    except ImportError as exc:  # pragma: no cover - pyyaml is a dependency
+        raise ConfigError("YAML support needs pyyaml") from exc
+    return parse_config(data or {}, base_dir=path.parent.resolve(), source=str(path))
+
+
+def describe_keys() -> list[tuple[str, str, str]]:
+    """(key, default, description) for every config key, for --help and the README."""
+    rows: list[tuple[str, str, str]] = []
+
+    def walk(prefix: str, model: type[BaseModel]) -> None:
+        for name, field in model.model_fields.items():
+            default = "" if field.is_required() or field.default_factory else repr(field.default)
+            rows.append((f"{prefix}.{name}", default, field.description or ""))
+
+    for section, model in (("study", StudySection), ("train", TrainSection),
+                           ("baselines", BaselinesSection), ("run", RunSection),
+                           ("model", ModelSection)):
+        walk(section, model)
+    for model in (BuiltinData, SyntheticData, FilesData, PooledFileData, ImageData):
+        src = model.model_fields["source"].annotation.__args__[0]  # type: ignore[union-attr]
+        walk(f"data[source={src}]", model)
+    for model in (FedAvgSection, FedProxSection, FedOptSection, ScaffoldSection):
+        walk("strategy", model)
+    seen: set[str] = set()
+    unique = []
+    for row in rows:
+        if row[0] not in seen:
+            seen.add(row[0])
+            unique.append(row)
+    return unique

@@ -1,0 +1,129 @@
+"""Tasks (hub -> site) and updates (site -> hub).
+
+These frozen dataclasses are the only things that travel between the round engine and a
+site, whichever transport carries them (in-memory for simulation, HTTPS for deployment).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from fedcare.core.errors import ValidationError
+from fedcare.core.params import Parameters
+
+
+class UpdateKind(str, enum.Enum):
+    """Whether an update carries full model weights or a difference to the global model."""
+
+    FULL = "full"
+    DELTA = "delta"
+
+
+class TaskKind(str, enum.Enum):
+    FIT = "fit"
+    EVALUATE = "evaluate"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a site trains locally this round.
+
+    ``local_steps`` > 0 overrides ``local_epochs`` (a fixed number of mini-batch steps, the
+    usual way to equalise work between sites of very different sizes).
+    """
+
+    local_epochs: int = 1
+    local_steps: int = 0
+    batch_size: int = 32
+    lr: float = 0.1
+    optimizer: str = "sgd"
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    proximal_mu: float = 0.0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.local_epochs < 0 or self.local_steps < 0:
+            problems.append("local_epochs and local_steps must be >= 0")
+        if self.local_epochs == 0 and self.local_steps == 0:
+            problems.append("one of local_epochs or local_steps must be > 0")
+        if self.batch_size < 1:
+            problems.append("batch_size must be >= 1")
+        if not self.lr > 0:
+            problems.append("lr must be > 0")
+        if self.proximal_mu < 0:
+            problems.append("proximal_mu must be >= 0")
+        if problems:
+            raise ValidationError("invalid training config: " + "; ".join(problems))
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValidationError(f"unknown training config keys {sorted(unknown)}")
+        return cls(**dict(data))
+
+
+@dataclass(frozen=True)
+class Task:
+    """What one site must do in one round.
+
+    ``aux`` carries strategy-specific arrays that travel with the model (e.g. SCAFFOLD's
+    server control variate), keyed by a short name.
+    """
+
+    task_id: str
+    study: str
+    round: int
+    site: str
+    kind: TaskKind
+    parameters: Parameters
+    train: TrainConfig = field(default_factory=TrainConfig)
+    aux: Mapping[str, Parameters] = field(default_factory=dict)
+    seed: int = 0
+    evaluate: bool = True
+    strategy: str = "fedavg"
+
+
+@dataclass(frozen=True)
+class Update:
+    """A site's answer to a :class:`Task`.
+
+    ``metrics`` hold numbers only (losses, accuracies) and ``provenance`` records what
+    produced the update (learner, filters applied), for the audit trail.
+    """
+
+    task_id: str
+    site: str
+    round: int
+    kind: UpdateKind
+    parameters: Parameters
+    num_examples: int
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    eval_metrics: Mapping[str, float] = field(default_factory=dict)
+    num_eval_examples: int = 0
+    aux: Mapping[str, Parameters] = field(default_factory=dict)
+    provenance: tuple[str, ...] = ()
+    seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.num_examples < 0:
+            raise ValidationError("num_examples must be >= 0", site=self.site)
+
+
+@dataclass(frozen=True)
+class ErrorReply:
+    """A site could not do its task. Errors crossing a process boundary are data, not traces."""
+
+    task_id: str
+    site: str
+    round: int
+    error_type: str
+    message: str

@@ -1,0 +1,232 @@
+"""The wire format: safetensors for arrays plus a small JSON header. Never pickle.
+
+A message is ``MAGIC | u32 header length | JSON header | safetensors blob``. Array keys in the
+blob are ``p/<name>`` for model parameters and ``a/<aux>/<name>`` for auxiliary arrays.
+Decoding validates everything against what the receiver expects: a task is checked against the
+model layout the site holds, an update against the layout that was sent in its task.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+
+from fedcare.core.errors import ValidationError
+from fedcare.core.messages import ErrorReply, Task, TaskKind, TrainConfig, Update, UpdateKind
+from fedcare.core.params import ParamSpec, Parameters, check_finite
+
+MAGIC = b"FEDC1"
+_LEN = struct.Struct("<I")
+MAX_HEADER_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class ArrayBlob:
+    """Arrays already serialised: lets the hub encode a 1 GB model once per round, not per site."""
+
+    blob: bytes
+    order: tuple[str, ...]
+    aux_order: Mapping[str, tuple[str, ...]]
+
+
+def pack_arrays(params: Parameters | None, aux: Mapping[str, Parameters]) -> ArrayBlob:
+    tensors: dict[str, np.ndarray] = {}
+    if params is not None:
+        tensors.update({f"p/{k}": np.require(v, requirements='C') for k, v in params.items()})
+    for aname, ap in aux.items():
+        if "/" in aname:
+            raise ValidationError(f"aux name {aname!r} must not contain '/'")
+        tensors.update({f"a/{aname}/{k}": np.require(v, requirements='C') for k, v in ap.items()})
+    return ArrayBlob(
+        blob=st_save(tensors) if tensors else b"",
+        order=tuple(params) if params is not None else (),
+        aux_order={a: tuple(p) for a, p in aux.items()},
+    )
+
+
+def _pack(header: dict[str, Any], params: Parameters | None,
+          aux: Mapping[str, Parameters], arrays: ArrayBlob | None = None) -> bytes:
+    arrays = arrays if arrays is not None else pack_arrays(params, aux)
+    header = dict(header)
+    # Order is part of the model's identity; safetensors sorts keys, so we carry it ourselves.
+    header["order"] = list(arrays.order)
+    header["aux_order"] = {a: list(o) for a, o in arrays.aux_order.items()}
+    try:
+        hb = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+    except ValueError as exc:
+        raise ValidationError(f"message header holds a non-finite number: {exc}") from exc
+    return b"".join((MAGIC, _LEN.pack(len(hb)), hb, arrays.blob))
+
+
+def _unpack(data: bytes) -> tuple[dict[str, Any], Parameters | None, dict[str, Parameters]]:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ValidationError(f"message must be bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) < len(MAGIC) + _LEN.size or not data.startswith(MAGIC):
+        raise ValidationError("not a fedcare message (bad magic or truncated)")
+    (hlen,) = _LEN.unpack_from(data, len(MAGIC))
+    start = len(MAGIC) + _LEN.size
+    if hlen > MAX_HEADER_BYTES or start + hlen > len(data):
+        raise ValidationError("message header is truncated or too large")
+    try:
+        header = json.loads(data[start:start + hlen])
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValidationError(f"message header is not valid JSON: {exc}") from exc
+    if not isinstance(header, dict):
+        raise ValidationError("message header must be a JSON object")
+    blob = data[start + hlen:]
+    try:
+        tensors = st_load(blob) if blob else {}
+    except Exception as exc:  # safetensors raises its own SafetensorError / ValueError
+        raise ValidationError(f"array payload is corrupt: {exc}") from exc
+    order = header.get("order", [])
+    aux_order = header.get("aux_order", {})
+    if not isinstance(order, list) or not isinstance(aux_order, dict):
+        raise ValidationError("message header has a malformed array order")
+    expected = {f"p/{k}" for k in order} | {
+        f"a/{a}/{k}" for a, names in aux_order.items() for k in names}
+    if set(tensors) != expected:
+        raise ValidationError("array payload does not match the header's array list")
+    params = Parameters({k: tensors[f"p/{k}"] for k in order}) if order else None
+    aux = {a: Parameters({k: tensors[f"a/{a}/{k}"] for k in names})
+           for a, names in aux_order.items()}
+    return header, params, aux
+
+
+def _require(header: Mapping[str, Any], key: str, typ: type | tuple[type, ...]) -> Any:
+    value = header.get(key)
+    if not isinstance(value, typ) or isinstance(value, bool) and typ is not bool:
+        raise ValidationError(f"message header field {key!r} is missing or has the wrong type")
+    return value
+
+
+def _finite_metrics(raw: Any, what: str) -> dict[str, float]:
+    if not isinstance(raw, dict):
+        raise ValidationError(f"{what} must be an object")
+    out: dict[str, float] = {}
+    for k, v in raw.items():
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+            raise ValidationError(f"{what} {k!r} must be a finite number")
+        out[str(k)] = float(v)
+    return out
+
+
+def encode_task(task: Task, *, arrays: ArrayBlob | None = None) -> bytes:
+    """Encode a task; ``arrays`` (from :func:`pack_arrays`) reuses a model serialised once."""
+    header = {
+        "type": "task", "task_id": task.task_id, "study": task.study, "round": task.round,
+        "site": task.site, "kind": task.kind.value, "train": task.train.to_json(),
+        "seed": task.seed, "evaluate": task.evaluate, "strategy": task.strategy,
+    }
+    return _pack(header, task.parameters, task.aux, arrays)
+
+
+def decode_task(data: bytes, expected: ParamSpec | None = None) -> Task:
+    """Decode a task; when the site knows its model layout, check the parameters against it."""
+    header, params, aux = _unpack(data)
+    if header.get("type") != "task":
+        raise ValidationError("message is not a task")
+    if params is None:
+        raise ValidationError("task carries no model parameters")
+    if expected is not None:
+        expected.validate(params, what="task parameters")
+    else:
+        check_finite(params, what="task parameters")
+    for a in aux.values():
+        check_finite(a, what="task auxiliary arrays")
+    try:
+        kind = TaskKind(_require(header, "kind", str))
+        train = TrainConfig.from_json(_require(header, "train", dict))
+    except (ValueError, TypeError) as exc:
+        raise ValidationError(f"task header is invalid: {exc}") from exc
+    return Task(
+        task_id=_require(header, "task_id", str), study=_require(header, "study", str),
+        round=_require(header, "round", int), site=_require(header, "site", str), kind=kind,
+        parameters=params, train=train, aux=aux, seed=_require(header, "seed", int),
+        evaluate=_require(header, "evaluate", bool), strategy=_require(header, "strategy", str),
+    )
+
+
+def encode_update(update: Update) -> bytes:
+    header = {
+        "type": "update", "task_id": update.task_id, "site": update.site,
+        "round": update.round, "kind": update.kind.value, "num_examples": update.num_examples,
+        "metrics": dict(update.metrics), "eval_metrics": dict(update.eval_metrics),
+        "num_eval_examples": update.num_eval_examples,
+        "provenance": list(update.provenance), "seconds": update.seconds,
+    }
+    return _pack(header, update.parameters, update.aux)
+
+
+def decode_update(data: bytes, expected: ParamSpec,
+                  expected_aux: Mapping[str, ParamSpec] | None = None,
+                  site: str | None = None) -> Update:
+    """Decode a site's update and validate it against the layout that was sent to it."""
+    try:
+        header, params, aux = _unpack(data)
+        if header.get("type") != "update":
+            raise ValidationError("message is not an update")
+        if params is None:
+            params = Parameters({})  # an evaluation-only reply carries metrics, no arrays
+        expected.validate(params, what="update parameters")
+        for name, spec in (expected_aux or {}).items():
+            if name not in aux:
+                raise ValidationError(f"update lacks auxiliary arrays {name!r}")
+            spec.validate(aux[name], what=f"auxiliary arrays {name!r}")
+        extra_aux = set(aux) - set(expected_aux or {})
+        if extra_aux:
+            raise ValidationError(f"update carries unexpected auxiliary arrays {sorted(extra_aux)}")
+        num = _require(header, "num_examples", int)
+        if num < 0:
+            raise ValidationError("num_examples must be >= 0")
+        try:
+            kind = UpdateKind(_require(header, "kind", str))
+        except ValueError as exc:
+            raise ValidationError(f"unknown update kind: {exc}") from exc
+        provenance = header.get("provenance", [])
+        if not isinstance(provenance, list) or not all(isinstance(p, str) for p in provenance):
+            raise ValidationError("provenance must be a list of strings")
+        seconds = header.get("seconds", 0.0)
+        if not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
+            raise ValidationError("seconds must be a finite number")
+        return Update(
+            task_id=_require(header, "task_id", str), site=_require(header, "site", str),
+            round=_require(header, "round", int), kind=kind, parameters=params,
+            num_examples=num, metrics=_finite_metrics(header.get("metrics", {}), "metric"),
+            eval_metrics=_finite_metrics(header.get("eval_metrics", {}), "evaluation metric"),
+            num_eval_examples=_require(header, "num_eval_examples", int), aux=aux,
+            provenance=tuple(provenance), seconds=float(seconds),
+        )
+    except ValidationError as exc:
+        if site is not None and exc.site is None:
+            raise ValidationError(exc.message, site=site) from exc
+        raise
+
+
+def encode_error(reply: ErrorReply) -> bytes:
+    header = {"type": "error", "task_id": reply.task_id, "site": reply.site,
+              "round": reply.round, "error_type": reply.error_type, "message": reply.message}
+    return _pack(header, None, {})
+
+
+def decode_reply(data: bytes, expected: ParamSpec,
+                 expected_aux: Mapping[str, ParamSpec] | None = None,
+                 site: str | None = None) -> Update | ErrorReply:
+    """Decode what a site sent back: either an update or an error reply."""
+    if len(data) > len(MAGIC) + _LEN.size and data.startswith(MAGIC):
+        header, _, _ = _unpack(data)
+        if header.get("type") == "error":
+            return ErrorReply(
+                task_id=_require(header, "task_id", str), site=_require(header, "site", str),
+                round=_require(header, "round", int),
+                error_type=_require(header, "error_type", str),
+                message=_require(header, "message", str))
+    return decode_update(data, expected, expected_aux, site=site)

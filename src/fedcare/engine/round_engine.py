@@ -1,0 +1,213 @@
+"""The round loop, in one place: configure, send, wait, split done from failed, aggregate,
+save. Strategies never touch I/O and transports never touch models.
+
+The same engine drives a simulation (in-memory or worker-process transport) and a networked
+federation (HTTPS transport): it only ever sees encoded bytes and futures.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from fedcare.core.errors import FedcareError, ValidationError
+from fedcare.core.messages import ErrorReply, Task, TaskKind, TrainConfig, Update, UpdateKind
+from fedcare.core.params import ParamSpec, Parameters, check_finite
+from fedcare.core.seeds import round_seed
+from fedcare.core.wire import decode_reply, encode_task, pack_arrays
+from fedcare.engine.history import History, RoundRecord, weighted_mean_metrics
+from fedcare.strategies.aggregate import UpdateStack
+from fedcare.strategies.base import Strategy
+from fedcare.transport.base import Transport
+
+
+class CheckpointSink(Protocol):
+    def save(self, round_: int, parameters: Parameters, strategy_state: Mapping[str, Any],
+             meta: Mapping[str, Any]) -> object: ...
+
+
+class RoundFailed(FedcareError):
+    """Too few sites completed a round for it to count; the global model is unchanged."""
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    study: str
+    seed: int
+    train: TrainConfig
+    evaluate_every: int = 1
+    round_timeout: float | None = None
+
+
+@dataclass
+class Exchange:
+    """Result of sending one task to each of several sites."""
+
+    updates: dict[str, Update]
+    failures: dict[str, str]
+    bytes_down: int
+    bytes_up: int
+    seconds: float
+
+
+class RoundEngine:
+    def __init__(self, settings: EngineSettings, strategy: Strategy, transport: Transport,
+                 sites: Sequence[str], parameters: Parameters, history: History, *,
+                 checkpoints: CheckpointSink | None = None,
+                 on_round: Callable[[RoundRecord], None] | None = None) -> None:
+        if not sites:
+            raise FedcareError("a study needs at least one site")
+        self.settings = settings
+        self.strategy = strategy
+        self.transport = transport
+        self.sites = list(sites)
+        self.parameters = parameters
+        self.spec: ParamSpec = parameters.spec
+        self.history = history
+        self.checkpoints = checkpoints
+        self.on_round = on_round
+        self._stack = UpdateStack(self.spec, capacity=len(self.sites))
+
+    # -- one exchange of tasks and replies ------------------------------------------------
+    def exchange(self, round_: int, sites: Sequence[str], kind: TaskKind, *,
+                 evaluate: bool, train: TrainConfig,
+                 aux: Mapping[str, Parameters]) -> Exchange:
+        start = time.perf_counter()
+        s = self.settings
+        arrays = pack_arrays(self.parameters, aux)
+        expected = self.spec if kind is TaskKind.FIT else ParamSpec({})
+        expected_aux = self.strategy.expected_aux(self.spec) if kind is TaskKind.FIT else {}
+        futures: dict[str, Future[bytes]] = {}
+        task_ids: dict[str, str] = {}
+        bytes_down = 0
+        for site in sites:
+            task = Task(task_id=f"{s.study}/r{round_}/{kind.value}/{site}", study=s.study,
+                        round=round_, site=site, kind=kind, parameters=self.parameters,
+                        train=train, aux=aux, seed=s.seed, evaluate=evaluate,
+                        strategy=self.strategy.name)
+            payload = encode_task(task, arrays=arrays)
+            bytes_down += len(payload)
+            task_ids[site] = task.task_id
+            futures[site] = self.transport.submit(site, payload)
+        deadline = None if s.round_timeout is None else start + s.round_timeout
+        updates: dict[str, Update] = {}
+        failures: dict[str, str] = {}
+        bytes_up = 0
+        for site, fut in futures.items():
+            remaining = None if deadline is None else max(0.0, deadline - time.perf_counter())
+            try:
+                reply = fut.result(timeout=remaining)
+            except FutureTimeout:
+                failures[site] = "no reply before the round deadline"
+                continue
+            except FedcareError as exc:
+                failures[site] = exc.message
+                continue
+            bytes_up += len(reply)
+            try:
+                decoded = decode_reply(reply, expected, expected_aux, site=site)
+            except ValidationError as exc:
+                failures[site] = f"rejected update: {exc.message}"
+                continue
+            if isinstance(decoded, ErrorReply):
+                failures[site] = f"{decoded.error_type}: {decoded.message}"
+            elif decoded.task_id != task_ids[site] or decoded.site != site:
+                failures[site] = "reply does not answer the task sent to this site"
+            else:
+                updates[site] = decoded
+        return Exchange(updates, failures, bytes_down, bytes_up, time.perf_counter() - start)
+
+    # -- rounds ---------------------------------------------------------------------------
+    def _evaluates_incoming(self, round_: int) -> bool:
+        """Whether round ``round_``'s tasks also evaluate the model they carry (round-1's)."""
+        k = self.settings.evaluate_every
+        return k > 0 and (round_ - 1) % k == 0
+
+    def run_round(self, round_: int) -> RoundRecord:
+        t0 = time.perf_counter()
+        rng = np.random.default_rng(round_seed(self.settings.seed, round_))
+        sampled = self.strategy.sample(self.sites, rng)
+        train = self.strategy.train_config(self.settings.train)
+        evaluate = self._evaluates_incoming(round_)
+        ex = self.exchange(round_, sampled, TaskKind.FIT, evaluate=evaluate, train=train,
+                           aux=self.strategy.task_aux())
+        record = RoundRecord(round=round_, train_seconds=ex.seconds, bytes_down=ex.bytes_down,
+                             bytes_up=ex.bytes_up, sites_sampled=list(sampled),
+                             sites_completed=sorted(ex.updates), sites_failed=ex.failures)
+        if evaluate:
+            self._record_evaluation(round_ - 1, ex.updates)
+        need = self.strategy.sampling.min_completed
+        if len(ex.updates) < need:
+            raise RoundFailed(
+                f"round {round_}: only {len(ex.updates)} of {len(sampled)} sites completed "
+                f"(need {need}); failures: {ex.failures}")
+        t1 = time.perf_counter()
+        self._stack.clear()
+        for site in sampled:
+            if site in ex.updates:
+                u = ex.updates[site]
+                self._stack.add(site, u.parameters, u.num_examples)
+        if self._stack.weights.sum() <= 0:
+            raise RoundFailed(f"round {round_}: the sites that completed trained on no examples")
+        new = self.strategy.aggregate(round_, self.parameters, self._stack, UpdateKind.FULL,
+                                      {s: u.aux for s, u in ex.updates.items()})
+        check_finite(new, what=f"aggregated model of round {round_}")
+        self.parameters = new
+        record.aggregate_seconds = time.perf_counter() - t1
+        record.train_metrics = {s: dict(u.metrics) for s, u in sorted(ex.updates.items())}
+        record.seconds = time.perf_counter() - t0
+        self.history.rounds.append(record)
+        if self.checkpoints is not None:
+            self.checkpoints.save(round_, self.parameters, self.strategy.state(),
+                                  {"history": self.history.to_dict()})
+        if self.on_round is not None:
+            self.on_round(record)
+        return record
+
+    def _record_evaluation(self, model_round: int, updates: Mapping[str, Update]) -> None:
+        per_site = {s: dict(u.eval_metrics) for s, u in sorted(updates.items()) if u.eval_metrics}
+        if not per_site:
+            return
+        weights = {s: u.num_eval_examples for s, u in updates.items()}
+        glob = weighted_mean_metrics(per_site, weights)
+        if model_round == 0:
+            self.history.initial = {"site_metrics": per_site, "global_metrics": glob}
+            return
+        for rec in self.history.rounds:
+            if rec.round == model_round:
+                rec.site_metrics, rec.global_metrics = per_site, glob
+
+    def evaluate_all(self, round_: int) -> dict[str, object]:
+        """Evaluate the current global model at every site (evaluation-only tasks)."""
+        ex = self.exchange(round_, self.sites, TaskKind.EVALUATE, evaluate=True,
+                           train=self.settings.train, aux={})
+        per_site = {s: dict(u.eval_metrics) for s, u in sorted(ex.updates.items())
+                    if u.eval_metrics}
+        weights = {s: u.num_eval_examples for s, u in ex.updates.items()}
+        return {"site_metrics": per_site,
+                "global_metrics": weighted_mean_metrics(per_site, weights),
+                "sites_failed": ex.failures}
+
+    def run(self, rounds: int, start_round: int = 1) -> Parameters:
+        """Rounds ``start_round..rounds`` then a final evaluation at every site.
+
+        A fresh study (``start_round == 1``) initialises the strategy's state; a resumed one
+        must have restored it from the checkpoint already.
+        """
+        if start_round == 1:
+            self.strategy.initialize(self.parameters)
+        for r in range(start_round, rounds + 1):
+            self.run_round(r)
+        final = self.evaluate_all(rounds + 1)
+        self.history.final = final
+        last = self.history.rounds[-1] if self.history.rounds else None
+        if last is not None and final["site_metrics"]:
+            last.site_metrics = dict(final["site_metrics"])  # type: ignore[arg-type]
+            last.global_metrics = dict(final["global_metrics"])  # type: ignore[arg-type]
+        return self.parameters

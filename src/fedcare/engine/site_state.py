@@ -1,0 +1,61 @@
+"""Per-site persistent state (e.g. SCAFFOLD's control variate), stored at the site.
+
+State is saved per round (``round_0007.safetensors``), atomically, and the executor loads the
+newest state *older than the task's round*. So a hub that crashes and replays round 7 gets the
+same answer from the site as the first time, and a resumed study equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+_NAME = re.compile(r"round_(\d{6})\.safetensors$")
+KEEP = 3
+
+
+class SiteStateStore:
+    """Round-indexed state for one site; in memory when no folder is given."""
+
+    def __init__(self, folder: Path | None = None) -> None:
+        self.folder = folder
+        self._memory: dict[int, dict[str, np.ndarray]] = {}
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def _rounds_on_disk(self) -> list[int]:
+        assert self.folder is not None
+        return sorted(int(m.group(1)) for p in self.folder.iterdir()
+                      if (m := _NAME.search(p.name)))
+
+    def load_before(self, round_: int) -> dict[str, np.ndarray]:
+        """The newest state saved for a round strictly before ``round_`` (empty if none)."""
+        if self.folder is None:
+            older = [r for r in self._memory if r < round_]
+            return dict(self._memory[max(older)]) if older else {}
+        older = [r for r in self._rounds_on_disk() if r < round_]
+        if not older:
+            return {}
+        return load_file(str(self.folder / f"round_{max(older):06d}.safetensors"))
+
+    def save(self, round_: int, state: dict[str, np.ndarray]) -> None:
+        if self.folder is None:
+            self._memory[round_] = state
+            for r in sorted(self._memory)[:-KEEP]:
+                del self._memory[r]
+            return
+        fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file({k: np.require(v, requirements='C') for k, v in state.items()}, tmp)
+            os.replace(tmp, self.folder / f"round_{round_:06d}.safetensors")
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        for r in self._rounds_on_disk()[:-KEEP]:
+            (self.folder / f"round_{r:06d}.safetensors").unlink(missing_ok=True)

@@ -1,0 +1,1 @@
+"""Simulation: a whole federation on one machine through the same engine as deployment."""

@@ -1,0 +1,301 @@
+"""Run a study in simulation: every site on this machine, the deployment engine unchanged.
+
+``simulate`` validates the configuration and every site's data *before* it writes anything,
+then drives the :class:`RoundEngine` over an in-memory or worker-process transport, trains the
+local-only and pooled baselines on request, and writes the output folder with atomic renames.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from safetensors.numpy import save as st_save
+
+from fedcare import __version__
+from fedcare.config import StudyConfig, load_config, parse_config
+from fedcare.core.errors import ConfigError, FedcareError
+from fedcare.core.messages import TrainConfig
+from fedcare.core.params import Parameters
+from fedcare.data.dataset import SiteData, TaskType
+from fedcare.engine.checkpoints import CheckpointStore
+from fedcare.engine.executor import SiteExecutor
+from fedcare.engine.history import History, RoundRecord, atomic_write_bytes, save_history
+from fedcare.engine.round_engine import EngineSettings, RoundEngine
+from fedcare.learners.base import Learner
+from fedcare.sim.learner_factory import make_learner
+from fedcare.sim.sites import build_sites, pooled
+from fedcare.strategies.factory import build_strategy
+from fedcare.strategies.fedavg import FedAvg
+from fedcare.transport.inmemory import InMemoryTransport
+
+#: Parallel workers pay a fixed cost per round (pipes, model copies); below this much work per
+#: round (parameters x training rows) one process is faster. Measured in benchmarks/.
+PARALLEL_WORK_THRESHOLD = 2e8
+
+ProgressFn = Callable[[str, int, int, RoundRecord | None], None]
+
+
+def config_hash(cfg: StudyConfig) -> str:
+    """Content hash of the study definition (paths included), stable across runs."""
+    blob = json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def _as_config(config: StudyConfig | Mapping[str, Any] | str | Path) -> StudyConfig:
+    if isinstance(config, StudyConfig):
+        return config
+    if isinstance(config, (str, Path)):
+        return load_config(Path(config))
+    return parse_config(config, base_dir=Path.cwd())
+
+
+def choose_workers(cfg: StudyConfig, sites: Sequence[SiteData], n_params: int) -> int:
+    if cfg.run.workers:
+        return min(cfg.run.workers, len(sites))
+    cores = os.cpu_count() or 1
+    work = n_params * sum(len(s.y_train) for s in sites) * max(cfg.train.local_epochs, 1)
+    if cores < 2 or len(sites) < 2 or work < PARALLEL_WORK_THRESHOLD:
+        return 1
+    return min(cores // cfg.run.threads_per_site or 1, len(sites))
+
+
+def _metric_meta(task: TaskType) -> tuple[str, bool]:
+    return ("mse", False) if task is TaskType.REGRESSION else ("accuracy", True)
+
+
+class _Run:
+    """State of one simulation run; ``simulate`` is the public entry point."""
+
+    def __init__(self, cfg: StudyConfig, output_dir: Path | None, progress: ProgressFn | None,
+                 resume: bool, overwrite: bool) -> None:
+        self.cfg = cfg
+        self.out = output_dir
+        self.progress = progress
+        self.resume = resume
+        self.overwrite = overwrite
+        self.hash = config_hash(cfg)
+
+    # -- preparation (no output written yet) ----------------------------------------------
+    def prepare(self) -> None:
+        cfg = self.cfg
+        if self.out is not None and self.out.exists() and not (self.resume or self.overwrite):
+            if (self.out / "history.json").exists() or any(self.out.glob("checkpoints/*")):
+                raise ConfigError(f"output folder {self.out} already holds a run; pass --resume "
+                                  "to continue it or --overwrite to replace it")
+        self.sites = build_sites(cfg.data, cfg.study.seed)
+        self.learner: Learner = make_learner(cfg, self.sites[0])
+        self.initial = self.learner.initial_parameters()
+        self.spec = self.initial.spec
+        self.train = TrainConfig(**cfg.train.model_dump())
+        self.strategy = build_strategy(cfg.strategy, num_sites=len(self.sites))
+        self.strategy.train_config(self.train)  # validates strategy/train compatibility now
+        self.workers = choose_workers(cfg, self.sites, self.spec.total_size)
+
+    def _executors(self, sites: Sequence[SiteData]) -> dict[str, SiteExecutor]:
+        state_root = self.out / "sites" if self.out is not None else None
+        return {s.name: SiteExecutor(s, self.learner, site_index=i, expected=self.spec,
+                                     state_dir=(state_root / s.name) if state_root else None)
+                for i, s in enumerate(sites)}
+
+    def _transport(self, executors: Mapping[str, SiteExecutor]) -> Any:
+        handlers = {n: e.handle for n, e in executors.items()}
+        if self.workers <= 1:
+            return InMemoryTransport(handlers)
+        from fedcare.transport.processes import ProcessTransport
+
+        threads = self.cfg.run.threads_per_site
+        return ProcessTransport(handlers, self.workers, init=lambda: _set_threads(threads))
+
+    def _history(self) -> History:
+        primary, higher = _metric_meta(self.sites[0].task)
+        cfg = self.cfg
+        meta = {"fedcare_version": __version__,
+                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "config_hash": self.hash, "task": self.sites[0].task.value,
+                "primary_metric": primary, "higher_is_better": higher,
+                "strategy": cfg.strategy.name, "model": cfg.model.name,
+                "rounds_planned": cfg.study.rounds, "workers": self.workers,
+                "parameters": self.spec.total_size,
+                "config": cfg.model_dump(mode="json")}
+        sites = [{"name": s.name, "train_rows": int(len(s.y_train)),
+                  "test_rows": int(len(s.y_test))} for s in self.sites]
+        return History(study=cfg.study.name, meta=meta, sites=sites)
+
+    # -- the federated run ----------------------------------------------------------------
+    def run(self) -> History:
+        t_start = time.perf_counter()
+        cfg = self.cfg
+        old_threads = _set_threads(cfg.run.threads_per_site)
+        history = self._history()
+        params = self.initial
+        start_round = 1
+        store = None
+        if self.out is not None:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if self.overwrite and not self.resume:
+                _clear_run(self.out)
+            store = CheckpointStore(self.out / "checkpoints") if cfg.run.checkpoint_every else None
+            if self.resume:
+                params, start_round, history = self._restore(history)
+        executors = self._executors(self.sites)
+        transport = self._transport(executors)
+        try:
+            settings = EngineSettings(study=cfg.study.name, seed=cfg.study.seed, train=self.train,
+                                      evaluate_every=cfg.run.evaluate_every,
+                                      round_timeout=cfg.run.round_timeout)
+            engine = RoundEngine(settings, self.strategy, transport,
+                                 [s.name for s in self.sites], params, history,
+                                 checkpoints=_EveryN(store, cfg.run.checkpoint_every),
+                                 on_round=self._on_round)
+            final = engine.run(cfg.study.rounds, start_round=start_round)
+            if cfg.baselines.local:
+                history.baselines["local"] = self._local_baselines(transport)
+            if cfg.baselines.centralized:
+                history.baselines["centralized"] = self._centralized(engine)
+        finally:
+            transport.close()
+            _set_threads(old_threads)
+        history.final_parameters = final
+        secs = [r.seconds for r in history.rounds]
+        history.timing = {"total_seconds": time.perf_counter() - t_start,
+                          "mean_round_seconds": sum(secs) / len(secs) if secs else 0.0}
+        if self.out is not None:
+            self._write_outputs(history, final)
+        return history
+
+    def _on_round(self, record: RoundRecord) -> None:
+        if self.progress is not None:
+            self.progress("federated", record.round, self.cfg.study.rounds, record)
+
+    def _restore(self, history: History) -> tuple[Parameters, int, History]:
+        assert self.out is not None
+        ckpt = CheckpointStore(self.out / "checkpoints").latest()
+        if ckpt is None:
+            return self.initial, 1, history
+        saved = History.from_dict(ckpt.meta["history"])
+        if saved.meta.get("config_hash") != self.hash:
+            raise ConfigError(f"cannot resume {self.out}: the configuration changed since the "
+                              "run started (its content hash differs); use a new output folder")
+        if ckpt.parameters.spec != self.spec:
+            raise FedcareError(f"cannot resume {self.out}: the checkpoint's model layout differs")
+        self.strategy.initialize(ckpt.parameters)
+        self.strategy.load_state(ckpt.strategy_state)
+        saved.meta["resumed_from_round"] = ckpt.round
+        return ckpt.parameters, ckpt.round + 1, saved
+
+    # -- baselines ------------------------------------------------------------------------
+    def _single_site_study(self, name: str, transport: Any, site: str, total: int) -> Parameters:
+        cfg = self.cfg
+        settings = EngineSettings(study=name, seed=cfg.study.seed, train=self.train,
+                                  evaluate_every=0)
+        strategy = FedAvg()
+        strategy.initialize(self.initial)
+        engine = RoundEngine(settings, strategy, transport, [site], self.initial,
+                             History(study=name))
+        for r in range(1, cfg.study.rounds + 1):
+            engine.run_round(r)
+            if self.progress is not None:
+                self.progress(name, r, total, None)
+        return engine.parameters
+
+    def _local_baselines(self, transport: Any) -> dict[str, Any]:
+        from fedcare.engine.history import weighted_mean_metrics
+
+        per_site: dict[str, dict[str, float]] = {}
+        for s in self.sites:
+            params = self._single_site_study(f"local-{s.name}", transport, s.name,
+                                             self.cfg.study.rounds)
+            if len(s.y_test):
+                per_site[s.name] = self.learner.evaluate(params, s.x_test, s.y_test)
+        weights = {s.name: len(s.y_test) for s in self.sites}
+        return {"site_metrics": per_site,
+                "global_metrics": weighted_mean_metrics(per_site, weights)}
+
+    def _centralized(self, fed_engine: RoundEngine) -> dict[str, Any]:
+        from fedcare.engine.history import weighted_mean_metrics
+
+        everything = pooled(self.sites)
+        ex = SiteExecutor(everything, self.learner, site_index=len(self.sites),
+                          expected=self.spec)
+        params = self._single_site_study("centralized", InMemoryTransport({"pooled": ex.handle}),
+                                         "pooled", self.cfg.study.rounds)
+        per_site = {s.name: self.learner.evaluate(params, s.x_test, s.y_test)
+                    for s in self.sites if len(s.y_test)}
+        weights = {s.name: len(s.y_test) for s in self.sites}
+        return {"site_metrics": per_site,
+                "global_metrics": weighted_mean_metrics(per_site, weights)}
+
+    # -- outputs --------------------------------------------------------------------------
+    def _write_outputs(self, history: History, final: Parameters) -> None:
+        assert self.out is not None
+        meta = {"study": self.cfg.study.name, "config_hash": self.hash,
+                "rounds": str(len(history.rounds)), "order": json.dumps(list(final))}
+        atomic_write_bytes(self.out / "model.safetensors",
+                           st_save({k: v for k, v in final.items()}, metadata=meta))
+        atomic_write_bytes(self.out / "config.json",
+                           json.dumps(self.cfg.model_dump(mode="json"), indent=2).encode())
+        save_history(history, self.out / "history.json")
+        from fedcare.reporting import write_report
+
+        write_report(history.to_dict(), self.out / "report.html")
+
+
+class _EveryN:
+    """Checkpoint store wrapper that saves every N rounds (and is a no-op without a store)."""
+
+    def __init__(self, store: CheckpointStore | None, every: int) -> None:
+        self.store, self.every = store, every
+
+    def save(self, round_: int, parameters: Parameters, state: Mapping[str, Any],
+             meta: Mapping[str, Any]) -> None:
+        if self.store is not None and self.every and round_ % self.every == 0:
+            self.store.save(round_, parameters, state, meta)
+
+
+def _clear_run(out: Path) -> None:
+    import shutil
+
+    for name in ("checkpoints", "sites"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    for name in ("history.json", "model.safetensors", "report.html", "config.json"):
+        (out / name).unlink(missing_ok=True)
+
+
+def _set_threads(n: int) -> int:
+    import torch
+
+    old = torch.get_num_threads()
+    if n != old:
+        torch.set_num_threads(n)
+    return old
+
+
+def simulate(config: StudyConfig | Mapping[str, Any] | str | Path, *,
+             output_dir: str | Path | None = None, progress: bool | ProgressFn = False,
+             resume: bool = False, overwrite: bool = False) -> History:
+    """Run a study in simulation and return its :class:`History`.
+
+    ``config`` is a study file path, a mapping with the same keys as the file, or a parsed
+    :class:`StudyConfig`. With ``output_dir`` the run writes ``history.json``, the final model
+    (safetensors), per-round checkpoints and ``report.html`` there, and ``resume=True`` continues
+    from the newest checkpoint. ``progress=True`` shows rich progress bars.
+    """
+    cfg = _as_config(config)
+    fn: ProgressFn | None
+    if progress is True:
+        from fedcare.sim.progress import RichProgress
+
+        with RichProgress() as bar:
+            return simulate(cfg, output_dir=output_dir, progress=bar, resume=resume,
+                            overwrite=overwrite)
+    fn = progress if callable(progress) else None
+    run = _Run(cfg, Path(output_dir) if output_dir is not None else None, fn, resume, overwrite)
+    run.prepare()
+    return run.run()

@@ -1,0 +1,194 @@
+"""Turn the ``[data]`` section of a study into one :class:`SiteData` per site.
+
+All validation happens here, before any output is written: a missing file, an absent label,
+a site with zero rows or features that differ between sites stop the run with a message that
+names the site.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from fedcare.config import (
+    BuiltinData,
+    DataSection,
+    FilesData,
+    ImageData,
+    PooledFileData,
+    SyntheticData,
+)
+from fedcare.core.errors import DataError
+from fedcare.core.seeds import site_round_seed
+from fedcare.data.dataset import SiteData, TaskType
+from fedcare.data.table import Table
+
+
+def build_sites(data: DataSection, seed: int) -> list[SiteData]:
+    if isinstance(data, BuiltinData):
+        from fedcare.data.builtin import load_breast_cancer
+
+        table = load_breast_cancer()
+        return _split_table(table, data.sites, data.partition, data.alpha, None,
+                            data.test_fraction, data.standardize, seed)
+    if isinstance(data, SyntheticData):
+        from fedcare.data.builtin import make_synthetic
+
+        table = make_synthetic(data.rows_per_site * data.sites, data.n_features,
+                               n_classes=data.classes, seed=seed)
+        return _split_table(table, data.sites, data.partition, data.alpha, None,
+                            data.test_fraction, data.standardize, seed)
+    if isinstance(data, FilesData):
+        return _files(data, seed)
+    if isinstance(data, PooledFileData):
+        from fedcare.data.tabular import encode_labels, load_table
+
+        feats = data.features
+        if data.partition == "attribute":
+            if not data.attribute:
+                raise DataError("data.partition = 'attribute' needs data.attribute (a column)")
+            raw = load_table(data.path, label=data.label, features=None, site="(all)")
+            if data.attribute not in raw.feature_names:
+                raise DataError(f"attribute column {data.attribute!r} not in {data.path}")
+            feats = [f for f in (feats or raw.feature_names) if f != data.attribute]
+        table = load_table(data.path, label=data.label, features=feats, site="(all)")
+        labels, _ = encode_labels({"all": table.y})
+        table = Table(table.x, labels["all"], table.feature_names)
+        attr = None
+        if data.partition == "attribute":
+            import pandas as pd
+
+            path = str(data.path)
+            frame = (pd.read_parquet(path, columns=[data.attribute])
+                     if path.endswith((".parquet", ".pq")) else
+                     pd.read_csv(path, usecols=[data.attribute]))
+            attr = frame[data.attribute].to_numpy()
+        return _split_table(table, data.sites, data.partition, data.alpha, attr,
+                            data.test_fraction, data.standardize, seed)
+    if isinstance(data, ImageData):
+        return _images(data, seed)
+    raise DataError(f"unsupported data source {type(data).__name__}")  # pragma: no cover
+
+
+def _task_of(y: np.ndarray) -> tuple[TaskType, int]:
+    from fedcare.data.tabular import infer_task
+
+    return infer_task(y)
+
+
+def _split_table(table: Table, n_sites: int, partition: str, alpha: float,
+                 attribute: np.ndarray | None, test_fraction: float, standardize: bool,
+                 seed: int) -> list[SiteData]:
+    from fedcare.data.partition import (
+        partition_by_attribute,
+        partition_dirichlet,
+        partition_iid,
+    )
+
+    if partition == "attribute":
+        assert attribute is not None
+        shards = dict(sorted(partition_by_attribute(attribute).items()))
+    elif partition == "dirichlet":
+        parts = partition_dirichlet(table.y, n_sites, alpha, seed)
+        shards = {f"site-{i + 1}": p for i, p in enumerate(parts)}
+    else:
+        parts = partition_iid(len(table.y), n_sites, seed)
+        shards = {f"site-{i + 1}": p for i, p in enumerate(parts)}
+    task, n_classes = _task_of(table.y)
+    arrays = []
+    for i, (name, idx) in enumerate(shards.items()):
+        if len(idx) == 0:
+            raise DataError("has zero rows after partitioning; use fewer sites", site=name)
+        tr, te = _split(idx, test_fraction, seed, i)
+        arrays.append((name, table.x[tr], table.y[tr], table.x[te], table.y[te]))
+    return _finish(arrays, table.feature_names, task, n_classes, standardize)
+
+
+def _split(idx: np.ndarray, test_fraction: float, seed: int,
+           site_index: int) -> tuple[np.ndarray, np.ndarray]:
+    from fedcare.data.partition import split_train_test
+
+    return split_train_test(idx, test_fraction, site_round_seed(seed, 0, site_index))
+
+
+def _finish(arrays: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+            feature_names: Sequence[str], task: TaskType, n_classes: int,
+            standardize: bool) -> list[SiteData]:
+    if standardize:
+        from fedcare.data.standardize import apply_standardizer, federated_standardizer
+
+        mean, std = federated_standardizer([a[1] for a in arrays])
+        arrays = [(n, apply_standardizer(xtr, mean, std), ytr, apply_standardizer(xte, mean, std),
+                   yte) for n, xtr, ytr, xte, yte in arrays]
+    out = []
+    for name, xtr, ytr, xte, yte in arrays:
+        if len(ytr) == 0:
+            raise DataError("has zero training rows; lower data.test_fraction or add data",
+                            site=name)
+        out.append(SiteData(name=name, x_train=np.ascontiguousarray(xtr, dtype=np.float32),
+                            y_train=_labels(ytr, task), x_test=np.ascontiguousarray(
+                                xte, dtype=np.float32), y_test=_labels(yte, task),
+                            feature_names=tuple(feature_names), task=task,
+                            num_classes=n_classes))
+    return out
+
+
+def _labels(y: np.ndarray, task: TaskType) -> np.ndarray:
+    return np.ascontiguousarray(y, dtype=np.float32 if task is TaskType.REGRESSION else np.int64)
+
+
+def _files(data: FilesData, seed: int) -> list[SiteData]:
+    from fedcare.data.tabular import check_same_features, encode_labels, load_table
+
+    names = [s.name for s in data.site]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise DataError(f"site names must be unique; repeated: {dupes}")
+    tables = {s.name: load_table(s.path, label=data.label, features=data.features, site=s.name)
+              for s in data.site}
+    check_same_features(tables)
+    y_all = np.concatenate([t.y for t in tables.values()])
+    regression = y_all.dtype.kind == "f" and len(np.unique(y_all)) > 20
+    if regression:
+        labels = {n: t.y.astype(np.float32) for n, t in tables.items()}
+    else:
+        labels, _ = encode_labels({n: t.y for n, t in tables.items()})
+    task, n_classes = _task_of(np.concatenate(list(labels.values())))
+    arrays = []
+    for i, (name, t) in enumerate(tables.items()):
+        idx = np.arange(len(t.y))
+        tr, te = _split(idx, data.test_fraction, seed, i)
+        y = labels[name]
+        arrays.append((name, t.x[tr], y[tr], t.x[te], y[te]))
+    first = next(iter(tables.values()))
+    return _finish(arrays, first.feature_names, task, n_classes, data.standardize)
+
+
+def _images(data: ImageData, seed: int) -> list[SiteData]:
+    from fedcare.data.images import load_npz_images
+    from fedcare.data.partition import partition_dirichlet, partition_iid
+
+    splits = load_npz_images(data.path, site="(all)")
+    x_tr, y_tr = splits["train"]
+    x_te, y_te = splits.get("test", (x_tr[:0], y_tr[:0]))
+    task, n_classes = _task_of(np.concatenate([y_tr, y_te]))
+    if data.partition == "dirichlet":
+        train_parts = partition_dirichlet(y_tr, data.sites, data.alpha, seed)
+    else:
+        train_parts = partition_iid(len(y_tr), data.sites, seed)
+    test_parts = (partition_iid(len(y_te), data.sites, seed + 1) if len(y_te) >= data.sites
+                  else [np.arange(0)] * data.sites)
+    arrays = [(f"site-{i + 1}", x_tr[tp], y_tr[tp], x_te[sp], y_te[sp])
+              for i, (tp, sp) in enumerate(zip(train_parts, test_parts, strict=True))]
+    return _finish(arrays, (), task, n_classes, data.standardize)
+
+
+def pooled(sites: Sequence[SiteData]) -> SiteData:
+    """All sites' rows together: the centralized baseline (only possible in simulation)."""
+    s0 = sites[0]
+    return SiteData(name="pooled", x_train=np.concatenate([s.x_train for s in sites]),
+                    y_train=np.concatenate([s.y_train for s in sites]),
+                    x_test=np.concatenate([s.x_test for s in sites]),
+                    y_test=np.concatenate([s.y_test for s in sites]),
+                    feature_names=s0.feature_names, task=s0.task, num_classes=s0.num_classes)

@@ -1,0 +1,32 @@
+"""In-process transport: the site runs the task synchronously inside ``submit``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+
+from fedcare.core.errors import TransportError
+
+Handler = Callable[[bytes], bytes]
+
+
+class InMemoryTransport:
+    """Delivers bytes to site handlers in the same process (no copy, no thread)."""
+
+    def __init__(self, handlers: Mapping[str, Handler]) -> None:
+        self._handlers = dict(handlers)
+
+    def submit(self, site: str, payload: bytes) -> Future[bytes]:
+        fut: Future[bytes] = Future()
+        handler = self._handlers.get(site)
+        if handler is None:
+            fut.set_exception(TransportError(f"no route to site {site!r}"))
+            return fut
+        try:
+            fut.set_result(handler(payload))
+        except Exception as exc:  # noqa: BLE001 - delivered to the engine through the future
+            fut.set_exception(TransportError(f"site handler failed: {exc}", site=site))
+        return fut
+
+    def close(self) -> None:
+        self._handlers.clear()

@@ -1,0 +1,110 @@
+"""Worker-process transport for simulation: sites run in parallel on the machine's cores.
+
+Workers are forked *after* every site's data and learner exist, so they share those pages
+with the parent (copy-on-write) instead of reloading them: memory stays near the one-process
+figure. Each site is pinned to one worker (site i -> worker i mod W) so site-local state
+stays where it was written. Only bytes (the wire format) cross the pipes.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from multiprocessing.connection import Connection
+
+from fedcare.core.errors import TransportError
+
+Handler = Callable[[bytes], bytes]
+_STOP = b""
+
+
+def _worker_main(conn: Connection, handlers: Mapping[str, Handler],
+                 init: Callable[[], None] | None) -> None:
+    if init is not None:
+        init()
+    while True:
+        try:
+            site = conn.recv_bytes().decode()
+        except EOFError:
+            return
+        if not site:
+            return
+        payload = conn.recv_bytes()
+        try:
+            reply = handlers[site](payload)
+        except Exception as exc:  # noqa: BLE001 - handlers already reply with errors; last resort
+            reply = f"ERR{exc}".encode()
+        conn.send_bytes(reply)
+
+
+class _Worker:
+    def __init__(self, ctx: mp.context.BaseContext, handlers: Mapping[str, Handler],
+                 init: Callable[[], None] | None) -> None:
+        parent, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker_main, args=(child, handlers, init), daemon=True)
+        self.proc.start()
+        child.close()
+        self.conn = parent
+        self.jobs: queue.Queue[tuple[str, bytes, Future[bytes]] | None] = queue.Queue()
+        self.thread = threading.Thread(target=self._pump, daemon=True)
+        self.thread.start()
+
+    def _pump(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            site, payload, fut = job
+            try:
+                self.conn.send_bytes(site.encode())
+                self.conn.send_bytes(payload)
+                reply = self.conn.recv_bytes()
+            except (EOFError, OSError) as exc:
+                fut.set_exception(TransportError(f"worker process died: {exc}", site=site))
+                continue
+            if reply.startswith(b"ERR"):
+                fut.set_exception(TransportError(reply[3:].decode(errors="replace"), site=site))
+            else:
+                fut.set_result(reply)
+
+    def stop(self) -> None:
+        self.jobs.put(None)
+        self.thread.join(timeout=5)
+        try:
+            self.conn.send_bytes(_STOP)
+        except OSError:
+            pass
+        self.proc.join(timeout=5)
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.conn.close()
+
+
+class ProcessTransport:
+    """Runs site handlers in ``workers`` forked processes."""
+
+    def __init__(self, handlers: Mapping[str, Handler], workers: int,
+                 init: Callable[[], None] | None = None) -> None:
+        if workers < 1:
+            raise ValueError("workers must be >= 1")
+        if os.name != "posix":
+            raise TransportError("parallel simulation needs fork (Linux/macOS)")
+        ctx = mp.get_context("fork")
+        self._sites: Sequence[str] = list(handlers)
+        self._route = {s: i % workers for i, s in enumerate(self._sites)}
+        self._workers = [_Worker(ctx, handlers, init) for _ in range(workers)]
+
+    def submit(self, site: str, payload: bytes) -> Future[bytes]:
+        fut: Future[bytes] = Future()
+        w = self._route.get(site)
+        if w is None:
+            fut.set_exception(TransportError(f"no route to site {site!r}"))
+        else:
+            self._workers[w].jobs.put((site, payload, fut))
+        return fut
+
+    def close(self) -> None:
+        for w in self._workers:
+            w.stop()
+        self._workers.clear()
