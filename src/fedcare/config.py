@@ -10,7 +10,7 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
@@ -92,7 +92,7 @@ class ImageData(_DataCommon):
 
 
 DataSection = Annotated[
-    Union[BuiltinData, SyntheticData, FilesData, PooledFileData, ImageData],
+    BuiltinData | SyntheticData | FilesData | PooledFileData | ImageData,
     Field(discriminator="source"),
 ]
 
@@ -155,7 +155,7 @@ class ScaffoldSection(_StrategyCommon):
 
 
 StrategySection = Annotated[
-    Union[FedAvgSection, FedProxSection, FedOptSection, ScaffoldSection],
+    FedAvgSection | FedProxSection | FedOptSection | ScaffoldSection,
     Field(discriminator="name"),
 ]
 

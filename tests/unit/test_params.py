@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fedcare.core import ParamSpec, Parameters, TrainConfig, ValidationError
+from fedcare.core import Parameters, ParamSpec, TrainConfig, ValidationError
 
 
 def test_parameters_are_read_only() -> None:
@@ -39,8 +39,8 @@ def test_unflatten_rejects_wrong_length() -> None:
         Parameters.unflatten(np.zeros(4, np.float32), spec)
 
 
-@pytest.mark.parametrize("kwargs", [dict(lr=0), dict(batch_size=0), dict(local_epochs=0),
-                                    dict(proximal_mu=-1.0)])
+@pytest.mark.parametrize("kwargs", [{"lr": 0}, {"batch_size": 0}, {"local_epochs": 0},
+                                    {"proximal_mu": -1.0}])
 def test_train_config_rejects_impossible_values(kwargs: dict) -> None:
     with pytest.raises(ValidationError):
         TrainConfig(**kwargs)

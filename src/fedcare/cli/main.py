@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -59,11 +59,11 @@ def _run(config: Path | dict, out: Path | None, resume: bool, overwrite: bool,
 @app.command(epilog=_config_reference())
 def simulate(
     config: Annotated[Path, typer.Argument(help="Study file (.toml, .yaml or .yml).")],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in --out.")]
     = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier run in --out.")] = False,
-    workers: Annotated[Optional[int], typer.Option(
+    workers: Annotated[int | None, typer.Option(
         help="Override run.workers (0 = auto, 1 = one process).")] = None,
 ) -> None:
     """Run a federated study in simulation (every site on this machine).
@@ -92,7 +92,7 @@ DEMO_CONFIG = {
 
 @app.command()
 def demo(
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder "
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder "
                                                 "(default: a new temporary folder).")] = None,
 ) -> None:
     """Federated training on built-in data, against local-only and pooled baselines.
@@ -115,7 +115,8 @@ def config_reference(
 
     rows = describe_keys()
     if fmt == "json":
-        console.print_json(json.dumps([dict(key=k, default=d, description=s) for k, d, s in rows]))
+        entries = [{"key": k, "default": d, "description": s} for k, d, s in rows]
+        console.print_json(json.dumps(entries))
         return
     print("| key | default | meaning |\n|---|---|---|")
     for k, d, s in rows:

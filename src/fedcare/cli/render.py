@@ -13,6 +13,15 @@ def _fmt(value: float | None) -> str:
     return "—" if value is None else f"{value:.4f}"
 
 
+ALL = "ALL (weighted)"
+
+
+def _metric(block: Mapping[str, Any], site: str, metric: str) -> float | None:
+    """A site's metric from a result block, or the weighted global one for the ALL row."""
+    src = block.get("global_metrics") if site == ALL else block.get("site_metrics", {}).get(site)
+    return (src or {}).get(metric)
+
+
 def results_table(history: Mapping[str, Any]) -> Table:
     """Per-site final metrics of the federated model next to local-only and pooled training."""
     primary = history.get("primary_metric", "accuracy")
@@ -35,18 +44,14 @@ def results_table(history: Mapping[str, Any]) -> Table:
             table.add_column(f"pooled {m}", justify="right")
     rows = [(s["name"], str(s["train_rows"]), str(s["test_rows"]))
             for s in history.get("sites", [])]
-    for name, ntr, nte in rows + [("ALL (weighted)", "", "")]:
-        key = "global_metrics" if name == "ALL (weighted)" else None
+    for name, ntr, nte in [*rows, (ALL, "", "")]:
         cells = [name, ntr, nte]
         for m in present:
-            def get(block: Mapping[str, Any], metric: str = m, site: str = name) -> float | None:
-                src = block.get(key) if key else block.get("site_metrics", {}).get(site)
-                return (src or {}).get(metric)
-            cells.append(_fmt(get(final)))
+            cells.append(_fmt(_metric(final, name, m)))
             if local:
-                cells.append(_fmt(get(local)))
+                cells.append(_fmt(_metric(local, name, m)))
             if central:
-                cells.append(_fmt(get(central)))
+                cells.append(_fmt(_metric(central, name, m)))
         table.add_row(*cells, end_section=name == rows[-1][0] if rows else False)
     return table
 

@@ -12,7 +12,7 @@ from fedcare.core.errors import (
     ValidationError,
 )
 from fedcare.core.messages import ErrorReply, Task, TrainConfig, Update, UpdateKind
-from fedcare.core.params import ParamSpec, Parameters
+from fedcare.core.params import Parameters, ParamSpec
 
 __all__ = [
     "ConfigError",

@@ -15,14 +15,14 @@ from fedcare.core.errors import ValidationError
 from fedcare.core.params import Parameters
 
 
-class UpdateKind(str, enum.Enum):
+class UpdateKind(enum.StrEnum):
     """Whether an update carries full model weights or a difference to the global model."""
 
     FULL = "full"
     DELTA = "delta"
 
 
-class TaskKind(str, enum.Enum):
+class TaskKind(enum.StrEnum):
     FIT = "fit"
     EVALUATE = "evaluate"
 

@@ -21,7 +21,7 @@ from safetensors.numpy import save as st_save
 
 from fedcare.core.errors import ValidationError
 from fedcare.core.messages import ErrorReply, Task, TaskKind, TrainConfig, Update, UpdateKind
-from fedcare.core.params import ParamSpec, Parameters, check_finite
+from fedcare.core.params import Parameters, ParamSpec, check_finite
 
 MAGIC = b"FEDC1"
 _LEN = struct.Struct("<I")
@@ -103,7 +103,7 @@ def _unpack(data: bytes) -> tuple[dict[str, Any], Parameters | None, dict[str, P
 
 def _require(header: Mapping[str, Any], key: str, typ: type | tuple[type, ...]) -> Any:
     value = header.get(key)
-    if not isinstance(value, typ) or isinstance(value, bool) and typ is not bool:
+    if not isinstance(value, typ) or (isinstance(value, bool) and typ is not bool):
         raise ValidationError(f"message header field {key!r} is missing or has the wrong type")
     return value
 

@@ -10,7 +10,7 @@ import numpy as np
 from fedcare.core.errors import DataError
 
 
-class TaskType(str, enum.Enum):
+class TaskType(enum.StrEnum):
     BINARY = "binary"
     MULTICLASS = "multiclass"
     REGRESSION = "regression"

@@ -42,7 +42,8 @@ class CheckpointStore:
     def save(self, round_: int, parameters: Parameters, strategy_state: Mapping[str, np.ndarray],
              meta: Mapping[str, Any]) -> Path:
         tensors = {f"p/{k}": np.require(v, requirements='C') for k, v in parameters.items()}
-        tensors.update({f"s/{k}": np.require(v, requirements='C') for k, v in strategy_state.items()})
+        tensors.update({f"s/{k}": np.require(v, requirements="C")
+                        for k, v in strategy_state.items()})
         header = {"round": str(round_), "order": json.dumps(list(parameters)),
                   "meta": json.dumps(meta)}
         path = self.path(round_)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from fedcare.core.errors import FedcareError
 from fedcare.core.messages import ErrorReply, Task, TaskKind, Update, UpdateKind
-from fedcare.core.params import ParamSpec, Parameters
+from fedcare.core.params import Parameters, ParamSpec
 from fedcare.core.seeds import site_round_seed
 from fedcare.core.wire import decode_task, encode_error, encode_update
 from fedcare.data.dataset import SiteData
@@ -46,7 +46,7 @@ class SiteExecutor:
             if task.site != self.name:
                 raise FedcareError(f"task addressed to {task.site!r} reached {self.name!r}")
             return encode_update(self.run(task))
-        except Exception as exc:  # noqa: BLE001 - the boundary: every failure becomes a reply
+        except Exception as exc:
             kind = type(exc).__name__ if isinstance(exc, FedcareError) else "InternalError"
             return encode_error(ErrorReply(task_id=task_id, site=self.name, round=round_,
                                            error_type=kind, message=str(exc)))

@@ -18,7 +18,7 @@ import numpy as np
 
 from fedcare.core.errors import FedcareError, ValidationError
 from fedcare.core.messages import ErrorReply, Task, TaskKind, TrainConfig, Update, UpdateKind
-from fedcare.core.params import ParamSpec, Parameters, check_finite
+from fedcare.core.params import Parameters, ParamSpec, check_finite
 from fedcare.core.seeds import round_seed
 from fedcare.core.wire import decode_reply, encode_task, pack_arrays
 from fedcare.engine.history import History, RoundRecord, weighted_mean_metrics

@@ -85,10 +85,11 @@ class _Run:
     # -- preparation (no output written yet) ----------------------------------------------
     def prepare(self) -> None:
         cfg = self.cfg
-        if self.out is not None and self.out.exists() and not (self.resume or self.overwrite):
-            if (self.out / "history.json").exists() or any(self.out.glob("checkpoints/*")):
-                raise ConfigError(f"output folder {self.out} already holds a run; pass --resume "
-                                  "to continue it or --overwrite to replace it")
+        out = self.out
+        if (out is not None and out.exists() and not (self.resume or self.overwrite)
+                and ((out / "history.json").exists() or any(out.glob("checkpoints/*")))):
+            raise ConfigError(f"output folder {self.out} already holds a run; pass --resume "
+                              "to continue it or --overwrite to replace it")
         self.sites = build_sites(cfg.data, cfg.study.seed)
         self.learner: Learner = make_learner(cfg, self.sites[0])
         self.initial = self.learner.initial_parameters()
@@ -117,15 +118,15 @@ class _Run:
         primary, higher = _metric_meta(self.sites[0].task)
         cfg = self.cfg
         meta = {"fedcare_version": __version__,
-                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 "config_hash": self.hash, "task": self.sites[0].task.value,
                 "primary_metric": primary, "higher_is_better": higher,
                 "strategy": cfg.strategy.name, "model": cfg.model.name,
                 "rounds_planned": cfg.study.rounds, "workers": self.workers,
                 "parameters": self.spec.total_size,
                 "config": cfg.model_dump(mode="json")}
-        sites = [{"name": s.name, "train_rows": int(len(s.y_train)),
-                  "test_rows": int(len(s.y_test))} for s in self.sites]
+        sites = [{"name": s.name, "train_rows": len(s.y_train),
+                  "test_rows": len(s.y_test)} for s in self.sites]
         return History(study=cfg.study.name, meta=meta, sites=sites)
 
     # -- the federated run ----------------------------------------------------------------
@@ -238,7 +239,7 @@ class _Run:
         meta = {"study": self.cfg.study.name, "config_hash": self.hash,
                 "rounds": str(len(history.rounds)), "order": json.dumps(list(final))}
         atomic_write_bytes(self.out / "model.safetensors",
-                           st_save({k: v for k, v in final.items()}, metadata=meta))
+                           st_save(dict(final.items()), metadata=meta))
         atomic_write_bytes(self.out / "config.json",
                            json.dumps(self.cfg.model_dump(mode="json"), indent=2).encode())
         save_history(history, self.out / "history.json")

@@ -42,33 +42,40 @@ def build_sites(data: DataSection, seed: int) -> list[SiteData]:
     if isinstance(data, FilesData):
         return _files(data, seed)
     if isinstance(data, PooledFileData):
-        from fedcare.data.tabular import encode_labels, load_table
-
-        feats = data.features
-        if data.partition == "attribute":
-            if not data.attribute:
-                raise DataError("data.partition = 'attribute' needs data.attribute (a column)")
-            raw = load_table(data.path, label=data.label, features=None, site="(all)")
-            if data.attribute not in raw.feature_names:
-                raise DataError(f"attribute column {data.attribute!r} not in {data.path}")
-            feats = [f for f in (feats or raw.feature_names) if f != data.attribute]
-        table = load_table(data.path, label=data.label, features=feats, site="(all)")
-        labels, _ = encode_labels({"all": table.y})
-        table = Table(table.x, labels["all"], table.feature_names)
-        attr = None
-        if data.partition == "attribute":
-            import pandas as pd
-
-            path = str(data.path)
-            frame = (pd.read_parquet(path, columns=[data.attribute])
-                     if path.endswith((".parquet", ".pq")) else
-                     pd.read_csv(path, usecols=[data.attribute]))
-            attr = frame[data.attribute].to_numpy()
-        return _split_table(table, data.sites, data.partition, data.alpha, attr,
-                            data.test_fraction, data.standardize, seed)
+        return _pooled_file(data, seed)
     if isinstance(data, ImageData):
         return _images(data, seed)
     raise DataError(f"unsupported data source {type(data).__name__}")  # pragma: no cover
+
+
+def _pooled_file(data: PooledFileData, seed: int) -> list[SiteData]:
+    """One table split into sites; ``attribute`` names a column holding each row's site."""
+    import pandas as pd
+
+    from fedcare.data.tabular import encode_labels, load_table
+
+    feats = data.features
+    attr = None
+    if data.partition == "attribute":
+        if not data.attribute:
+            raise DataError("data.partition = 'attribute' needs data.attribute (a column name)")
+        path = str(data.path)
+        reader = pd.read_parquet if path.endswith((".parquet", ".pq")) else pd.read_csv
+        try:
+            frame = reader(path)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot read {path}: {exc}") from exc
+        if data.attribute not in frame.columns:
+            raise DataError(f"attribute column {data.attribute!r} is not in {path}; it has "
+                            f"{list(frame.columns)}")
+        attr = frame[data.attribute].astype(str).to_numpy()
+        feats = feats or [c for c in frame.columns if c not in (data.label, data.attribute)]
+        feats = [f for f in feats if f != data.attribute]
+    table = load_table(data.path, label=data.label, features=feats, site="(all)")
+    labels, _ = encode_labels({"all": table.y})
+    table = Table(table.x, labels["all"], table.feature_names)
+    return _split_table(table, data.sites, data.partition, data.alpha, attr,
+                        data.test_fraction, data.standardize, seed)
 
 
 def _task_of(y: np.ndarray) -> tuple[TaskType, int]:

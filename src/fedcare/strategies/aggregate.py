@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from fedcare.core.errors import ValidationError
-from fedcare.core.params import ParamSpec, Parameters
+from fedcare.core.params import Parameters, ParamSpec
 
 
 def compute_dtype(spec: ParamSpec) -> np.dtype:

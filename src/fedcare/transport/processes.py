@@ -8,6 +8,7 @@ stays where it was written. Only bytes (the wire format) cross the pipes.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import queue
@@ -36,7 +37,7 @@ def _worker_main(conn: Connection, handlers: Mapping[str, Handler],
         payload = conn.recv_bytes()
         try:
             reply = handlers[site](payload)
-        except Exception as exc:  # noqa: BLE001 - handlers already reply with errors; last resort
+        except Exception as exc:
             reply = f"ERR{exc}".encode()
         conn.send_bytes(reply)
 
@@ -71,10 +72,8 @@ class _Worker:
     def stop(self) -> None:
         self.jobs.put(None)
         self.thread.join(timeout=5)
-        try:
+        with contextlib.suppress(OSError):
             self.conn.send_bytes(_STOP)
-        except OSError:
-            pass
         self.proc.join(timeout=5)
         if self.proc.is_alive():
             self.proc.kill()

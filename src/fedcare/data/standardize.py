@@ -1,0 +1,57 @@
+"""Standardize features with statistics a federation can compute without pooling rows.
+
+Each site shares only its row count, per-feature sum and per-feature sum of squares; the global
+mean and (population, ddof=0) standard deviation follow from those. Sums are taken in float64
+so that ``E[x^2] - E[x]^2`` does not lose the variance of large-valued features to rounding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+_ROUNDING = 16 * float(np.finfo(np.float64).eps)
+
+
+def federated_standardizer(train_arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Global per-feature mean and std (ddof=0) over every row of every site, as float32.
+
+    A constant feature gets std 1, so standardizing it yields zeros instead of NaN.
+    """
+    if not train_arrays:
+        raise ValueError("need at least one site's training array")
+    shape = train_arrays[0].shape[1:]
+    if any(a.shape[1:] != shape for a in train_arrays):
+        raise ValueError(f"sites have different feature shapes: {[a.shape for a in train_arrays]}")
+    count = 0
+    total = np.zeros(shape, dtype=np.float64)
+    total_sq = np.zeros(shape, dtype=np.float64)
+    for a in train_arrays:
+        n, s, sq = _site_sums(a)
+        count += n
+        total += s
+        total_sq += sq
+    if count == 0:
+        raise ValueError("all sites have zero training rows")
+    mean = total / count
+    mean_sq = total_sq / count
+    var = mean_sq - mean * mean
+    # Below this the difference is float64 rounding, not spread: the feature is constant.
+    var[var <= _ROUNDING * mean_sq] = 0.0
+    std = np.sqrt(var)
+    std[std == 0] = 1.0
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def _site_sums(x: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """What one site would send: row count, sum and sum of squares per feature (float64)."""
+    x64 = np.asarray(x, dtype=np.float64)
+    return len(x64), x64.sum(axis=0), np.square(x64).sum(axis=0)
+
+
+def apply_standardizer(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """``(x - mean) / std`` as a new float32 array (``x`` is left untouched)."""
+    out = np.asarray(x, dtype=np.float32) - np.asarray(mean, dtype=np.float32)
+    out /= np.asarray(std, dtype=np.float32)
+    return out
