@@ -11,12 +11,14 @@ import typer
 from rich.console import Console
 
 from fedcare import __version__
+from fedcare.cli import provision
 from fedcare.core.errors import ConfigError, FedcareError
 
 app = typer.Typer(name="fedcare", help="Federated learning and analytics for healthcare.",
                   no_args_is_help=True, add_completion=False, rich_markup_mode="rich")
 console = Console()
 err_console = Console(stderr=True)
+app.add_typer(provision.app, name="provision")
 
 
 def _config_reference() -> str:

@@ -10,10 +10,10 @@ from rich.table import Table
 
 
 def _fmt(value: float | None) -> str:
-    return "—" if value is None else f"{value:.4f}"
+    return "—" if value is None else f"{value:.3f}"
 
 
-ALL = "ALL (weighted)"
+ALL = "all sites"
 
 
 def _metric(block: Mapping[str, Any], site: str, metric: str) -> float | None:
@@ -23,36 +23,31 @@ def _metric(block: Mapping[str, Any], site: str, metric: str) -> float | None:
 
 
 def results_table(history: Mapping[str, Any]) -> Table:
-    """Per-site final metrics of the federated model next to local-only and pooled training."""
+    """Per-site final metrics of the federated model next to local-only and pooled training.
+
+    Kept to the primary metric and AUC so it fits an 80-column terminal; report.html has all.
+    """
     primary = history.get("primary_metric", "accuracy")
     final = history.get("final", {})
     base = history.get("baselines", {})
-    local = base.get("local", {})
-    central = base.get("centralized", {})
-    metrics = [primary] + [m for m in ("auc", "loss", "mae") if m != primary]
-    present = [m for m in metrics if m in final.get("global_metrics", {})]
-    table = Table(title=f"{history.get('study', 'study')}: final test metrics "
-                        f"({history.get('strategy', '')}, {len(history.get('rounds', []))} rounds)")
+    blocks = [("fed", final), ("local", base.get("local")), ("pooled", base.get("centralized"))]
+    blocks = [(label, b) for label, b in blocks if b]
+    metrics = [m for m in dict.fromkeys([primary, "auc"]) if m in final.get("global_metrics", {})]
+    table = Table(title=f"{history.get('study', 'study')}: test metrics after "
+                        f"{len(history.get('rounds', []))} rounds of {history.get('strategy', '')}"
+                        " (fed = federated, local = site alone, pooled = all data together)")
     table.add_column("site")
-    table.add_column("train rows", justify="right")
-    table.add_column("test rows", justify="right")
-    for m in present:
-        table.add_column(f"federated {m}", justify="right", style="bold")
-        if local:
-            table.add_column(f"local-only {m}", justify="right")
-        if central:
-            table.add_column(f"pooled {m}", justify="right")
-    rows = [(s["name"], str(s["train_rows"]), str(s["test_rows"]))
-            for s in history.get("sites", [])]
-    for name, ntr, nte in [*rows, (ALL, "", "")]:
-        cells = [name, ntr, nte]
-        for m in present:
-            cells.append(_fmt(_metric(final, name, m)))
-            if local:
-                cells.append(_fmt(_metric(local, name, m)))
-            if central:
-                cells.append(_fmt(_metric(central, name, m)))
-        table.add_row(*cells, end_section=name == rows[-1][0] if rows else False)
+    table.add_column("train/test", justify="right")
+    for m in metrics:
+        for label, _ in blocks:
+            table.add_column(f"{m}\n{label}", justify="right",
+                             style="bold" if label == "fed" else None)
+    sites = [(s["name"], f"{s['train_rows']}/{s['test_rows']}") for s in history.get("sites", [])]
+    for i, (name, rows) in enumerate([*sites, (ALL, "")]):
+        cells = [name, rows]
+        for m in metrics:
+            cells.extend(_fmt(_metric(b, name, m)) for _, b in blocks)
+        table.add_row(*cells, end_section=i == len(sites) - 1)
     return table
 
 

@@ -25,11 +25,11 @@ class SiteStateStore:
     def __init__(self, folder: Path | None = None) -> None:
         self.folder = folder
         self._memory: dict[int, dict[str, np.ndarray]] = {}
-        if folder is not None:
-            folder.mkdir(parents=True, exist_ok=True)
 
     def _rounds_on_disk(self) -> list[int]:
         assert self.folder is not None
+        if not self.folder.is_dir():
+            return []
         return sorted(int(m.group(1)) for p in self.folder.iterdir()
                       if (m := _NAME.search(p.name)))
 
@@ -49,6 +49,7 @@ class SiteStateStore:
             for r in sorted(self._memory)[:-KEEP]:
                 del self._memory[r]
             return
+        self.folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
         os.close(fd)
         try:

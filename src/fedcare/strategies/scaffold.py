@@ -75,7 +75,8 @@ class Scaffold(Strategy):
         if missing:
             raise ValidationError(f"SCAFFOLD updates lack control deltas from {missing}")
         dc = np.mean([aux[s][DELTA_CONTROL].flatten(stack.dtype) for s in sites], axis=0)
-        c_new = self._c.flatten(stack.dtype) + (len(sites) / self.num_sites) * dc
+        c_now = Parameters({k: self._c[k] for k in current})  # model order, whatever c's order
+        c_new = c_now.flatten(stack.dtype) + (len(sites) / self.num_sites) * dc
         self._c = Parameters.unflatten(c_new, current.spec)
         return Parameters.unflatten(x_new, current.spec)
 
@@ -83,7 +84,12 @@ class Scaffold(Strategy):
         return {} if self._c is None else {f"c/{k}": v for k, v in self._c.items()}
 
     def load_state(self, state: Mapping[str, np.ndarray]) -> None:
-        self._c = Parameters({k[2:]: np.array(v) for k, v in state.items() if k.startswith("c/")})
+        """Restore ``c`` (checkpoint files sort names; the model's order is restored here)."""
+        loaded = {k[2:]: np.array(v) for k, v in state.items() if k.startswith("c/")}
+        order = list(self._c) if self._c is not None else sorted(loaded)
+        if set(order) != set(loaded):
+            raise ValidationError("SCAFFOLD checkpoint state does not match the model's layout")
+        self._c = Parameters({k: loaded[k] for k in order})
 
 
 class ScaffoldSite(SiteAlgorithm):

@@ -1,0 +1,5 @@
+"""The hub: the coordinating service of a federation (API, persistence, scheduling, provisioning).
+
+Kept import-free on purpose: importing :mod:`fedcare.hub.provisioning` or :mod:`fedcare.hub.pki`
+must not start or import the hub service.
+"""

@@ -1,0 +1,265 @@
+"""A :class:`~fedcare.learners.base.Learner` for any PyTorch module.
+
+The learner holds one model and is handed weights and a site's arrays on every call, so a
+process simulating many sites keeps one model. ``fit`` is the simulation's hot path (tens of
+sites x hundreds of rounds of tiny models), hence the choices below:
+
+* weights move in and out through numpy views of the model's own tensors, cached once, so
+  loading is one ``numpy.copyto`` per array and exporting one copy per array;
+* features are shared with torch zero-copy (``torch.from_numpy``) and mini-batches are taken
+  with ``index_select`` on the whole tensor (no DataLoader);
+* FedProx and SCAFFOLD gradient terms are applied with ``torch._foreach_*`` ops.
+
+Exchanged parameters are the model's floating-point ``state_dict`` entries (parameters and
+float buffers) in ``state_dict`` order. Integer buffers are left out: they are counters (e.g.
+BatchNorm's ``num_batches_tracked``) with no meaningful federated average, and
+:class:`~fedcare.core.params.Parameters` only carries floating-point arrays.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fedcare.core.errors import ConfigError, DataError, ValidationError
+from fedcare.core.messages import TrainConfig
+from fedcare.core.params import Parameters, ParamSpec, check_finite
+from fedcare.data.dataset import TaskType
+from fedcare.learners.base import FitResult
+from fedcare.learners.sklearn_learner import task_metrics
+
+#: Rows per forward pass in ``evaluate`` (bounds memory on large test sets).
+EVAL_BATCH = 4096
+OPTIMIZERS = ("sgd", "adam")
+
+
+def _as_tensor(arr: np.ndarray) -> torch.Tensor:
+    """Zero-copy view of ``arr``; read-only arrays are shared too (training never writes x)."""
+    if arr.flags.writeable:
+        return torch.from_numpy(arr)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not writable.*")
+        return torch.from_numpy(arr)
+
+
+class TorchLearner:
+    """Trains and evaluates a PyTorch module on numpy arrays (see the module docstring).
+
+    ``threads``, when given, calls :func:`torch.set_num_threads`, which is a per-process
+    setting: it affects every model in the process, not only this learner's.
+    """
+
+    def __init__(self, model: nn.Module, task: TaskType, *, name: str = "torch",
+                 threads: int | None = None) -> None:
+        if threads is not None:
+            if threads < 1:
+                raise ConfigError(f"threads must be >= 1, got {threads}")
+            torch.set_num_threads(threads)
+        self.model = model
+        self.task = TaskType(task)
+        self.name = name
+        state = model.state_dict(keep_vars=True)
+        self._names = [k for k, t in state.items() if t.is_floating_point()]
+        # numpy views sharing memory with the model's tensors: writes load weights, copies
+        # export them. Valid as long as nobody rebinds ``param.data`` (this learner never does).
+        self._views = [state[k].detach().numpy() for k in self._names]
+        trainable = {id(p) for p in model.parameters() if p.requires_grad}
+        self._trainable: list[tuple[str, torch.Tensor]] = []
+        for k in self._names:  # a tied weight appears once, under its first name
+            if id(state[k]) in trainable:
+                trainable.discard(id(state[k]))
+                self._trainable.append((k, state[k]))
+        self._params = [p for _, p in self._trainable]
+        self._dtype = self._views[0].dtype if self._views else np.dtype(np.float32)
+        self._spec = ParamSpec.of(dict(zip(self._names, self._views, strict=True)))
+        self._layout = [(v.shape, v.dtype) for v in self._views]
+        self._stochastic = any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0
+                               for m in model.modules()) or any(
+            isinstance(m, nn.RNNBase) and m.dropout > 0 for m in model.modules())
+        #: per-example input shape, when known (set by :meth:`from_zoo`); checked on every call
+        self.input_shape: tuple[int, ...] | None = None
+
+    @classmethod
+    def from_zoo(cls, model_name: str, input_shape: tuple[int, ...], num_outputs: int,
+                 task: TaskType, options: Mapping[str, Any] | None = None, seed: int = 0, *,
+                 threads: int | None = None) -> TorchLearner:
+        """A learner around :func:`fedcare.learners.models.build_model`'s ``model_name``."""
+        from fedcare.learners.models import build_model
+
+        model = build_model(model_name, input_shape, num_outputs, options or {}, seed)
+        learner = cls(model, task, name=model_name, threads=threads)
+        learner.input_shape = tuple(int(d) for d in input_shape)
+        return learner
+
+    # ------------------------------------------------------------------------------ weights
+    @property
+    def spec(self) -> ParamSpec:
+        """The layout every incoming :class:`Parameters` must have."""
+        return self._spec
+
+    def initial_parameters(self) -> Parameters:
+        return self._export()
+
+    def _export(self) -> Parameters:
+        return Parameters(dict(zip(self._names, [v.copy() for v in self._views], strict=True)))
+
+    def _load(self, parameters: Parameters) -> None:
+        """Validate ``parameters`` against the model's layout and copy them into the model."""
+        arrays = [parameters.get(k) for k in self._names]
+        if len(parameters) != len(self._names) or any(
+                a is None or a.shape != shape or a.dtype != dtype
+                for a, (shape, dtype) in zip(arrays, self._layout, strict=True)):
+            self._spec.validate(parameters, what=f"parameters for model {self.name!r}")
+            raise ValidationError(f"parameters do not match model {self.name!r}")  # unreachable
+        check_finite(parameters, what=f"parameters for model {self.name!r}")
+        for view, arr in zip(self._views, arrays, strict=True):
+            np.copyto(view, arr)  # type: ignore[arg-type]
+
+    def _set_mode(self, training: bool) -> None:
+        if self.model.training is not training:  # train() walks every submodule: skip if set
+            self.model.train(training)
+
+    # ------------------------------------------------------------------------------- arrays
+    def _x(self, x: np.ndarray) -> torch.Tensor:
+        x = np.asarray(x)
+        if self.input_shape is not None and x.shape[1:] != self.input_shape:
+            raise DataError(f"model {self.name!r} expects rows shaped {self.input_shape}, got "
+                            f"{x.shape[1:]}")
+        if x.dtype != self._dtype or not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x, dtype=self._dtype)
+        return _as_tensor(x)
+
+    def _y(self, y: np.ndarray) -> torch.Tensor:
+        y = np.asarray(y)
+        if self.task is TaskType.MULTICLASS:
+            return _as_tensor(np.ascontiguousarray(y.reshape(-1), dtype=np.int64))
+        return torch.from_numpy(y.reshape(-1, 1).astype(self._dtype))
+
+    def _loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean loss over the batch: BCE-with-logits, cross-entropy or MSE."""
+        if self.task is TaskType.BINARY:
+            return F.binary_cross_entropy_with_logits(out, target)
+        if self.task is TaskType.MULTICLASS:
+            return F.cross_entropy(out, target)
+        return F.mse_loss(out, target)
+
+    def _optimizer(self, config: TrainConfig) -> torch.optim.Optimizer:
+        if config.optimizer == "sgd":
+            return torch.optim.SGD(self._params, lr=config.lr, momentum=config.momentum,
+                                   weight_decay=config.weight_decay)
+        if config.optimizer == "adam":
+            return torch.optim.Adam(self._params, lr=config.lr, weight_decay=config.weight_decay)
+        raise ConfigError(f"unknown optimizer {config.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+
+    def _correction(self, correction: Parameters) -> list[torch.Tensor]:
+        """SCAFFOLD's ``c - c_i`` per trainable parameter (float buffers' entries ignored)."""
+        names = set(self._names)
+        unknown = [k for k in correction if k not in names]
+        out, problems = [], [f"unexpected {unknown}"] if unknown else []
+        for name, p in self._trainable:
+            arr = correction.get(name)
+            if arr is None or tuple(arr.shape) != tuple(p.shape):
+                problems.append(f"{name!r} missing or shaped "
+                                f"{None if arr is None else tuple(arr.shape)}")
+                continue
+            out.append(torch.from_numpy(np.array(arr, dtype=self._dtype)))
+        if problems:
+            raise ValidationError("correction does not match the model: " + "; ".join(problems))
+        return out
+
+    # --------------------------------------------------------------------------------- fit
+    def fit(self, parameters: Parameters, x: np.ndarray, y: np.ndarray, config: TrainConfig,
+            *, seed: int, correction: Parameters | None = None) -> FitResult:
+        """Local training from ``parameters``; see :meth:`Learner.fit` for the contract.
+
+        FedProx (Li et al. 2020) adds ``mu * (w - w_global)`` to each gradient, the gradient
+        of ``mu/2 * ||w - w_global||^2``; SCAFFOLD (Karimireddy et al. 2020) adds the control
+        variate difference ``c - c_i``. Both are applied after ``backward`` and before the
+        optimizer step, so they compose with any optimizer.
+        """
+        n = len(x)
+        if n == 0:
+            raise DataError("cannot train on zero rows")
+        if len(y) != n:
+            raise DataError(f"x has {n} rows but y has {len(y)}")
+        self._load(parameters)
+        corr = self._correction(correction) if correction is not None else None
+        xt, yt = self._x(x), self._y(y)
+        params = self._params
+        mu = config.proximal_mu
+        anchor = [p.detach().clone() for p in params] if mu > 0 else None
+        opt = self._optimizer(config)
+        self._set_mode(True)
+        if self._stochastic:  # dropout draws from torch's RNG: seed it, restore it after
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                loss_sum, steps = self._train(xt, yt, config, seed, opt, anchor, corr)
+        else:
+            loss_sum, steps = self._train(xt, yt, config, seed, opt, anchor, corr)
+        return FitResult(self._export(), num_examples=n, num_steps=steps,
+                         metrics={"train_loss": loss_sum[0] / loss_sum[1]})
+
+    def _train(self, xt: torch.Tensor, yt: torch.Tensor, config: TrainConfig, seed: int,
+               opt: torch.optim.Optimizer, anchor: list[torch.Tensor] | None,
+               corr: list[torch.Tensor] | None) -> tuple[tuple[float, int], int]:
+        """The step loop; returns ((sum of batch loss x batch size, rows seen), steps)."""
+        n, bs, limit = len(xt), config.batch_size, config.local_steps
+        epochs = config.local_epochs if limit == 0 else -1  # local_steps > 0: until the limit
+        rng = np.random.default_rng(seed)
+        model, loss_fn, params, mu = self.model, self._loss, self._params, config.proximal_mu
+        adjust = anchor is not None or corr is not None
+        total, seen, step, epoch = 0.0, 0, 0, 0
+        while epoch != epochs:
+            epoch += 1
+            for idx in torch.from_numpy(rng.permutation(n)).split(bs):
+                for p in params:
+                    p.grad = None  # zero_grad(set_to_none=True) without the optimizer hooks
+                loss = loss_fn(model(xt.index_select(0, idx)), yt.index_select(0, idx))
+                step += 1
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise DataError(f"training diverged (loss is NaN/Inf) at step {step}; "
+                                    "lower the learning rate")
+                loss.backward()
+                if adjust:
+                    self._adjust_grads(params, anchor, mu, corr)
+                opt.step()
+                total += value * len(idx)
+                seen += len(idx)
+                if step == limit:
+                    return (total, seen), step
+        return (total, seen), step
+
+    @staticmethod
+    @torch.no_grad()
+    def _adjust_grads(params: list[torch.Tensor], anchor: list[torch.Tensor] | None, mu: float,
+                      corr: list[torch.Tensor] | None) -> None:
+        grads: list[torch.Tensor] = []
+        for p in params:
+            if p.grad is None:  # unused in this forward pass: the extra terms still apply
+                p.grad = torch.zeros_like(p)
+            grads.append(p.grad)
+        if anchor is not None:
+            torch._foreach_add_(grads, torch._foreach_sub(params, anchor), alpha=mu)
+        if corr is not None:
+            torch._foreach_add_(grads, corr)  # type: ignore[arg-type]
+
+    # ---------------------------------------------------------------------------- evaluate
+    def evaluate(self, parameters: Parameters, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+        """Loss plus accuracy/auc (binary), accuracy (multiclass) or mse/mae (regression)."""
+        if len(x) == 0:
+            return {}
+        self._load(parameters)
+        xt = self._x(x)
+        self._set_mode(False)
+        with torch.inference_mode():
+            out = torch.cat([self.model(xt[i:i + EVAL_BATCH])
+                             for i in range(0, len(xt), EVAL_BATCH)])
+        return task_metrics(self.task, out.double().numpy(), np.asarray(y))
