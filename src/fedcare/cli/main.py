@@ -9,10 +9,11 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fedcare import __version__
 from fedcare.cli import provision
-from fedcare.core.errors import ConfigError, FedcareError
+from fedcare.core.errors import ConfigError, DataError, FedcareError
 
 app = typer.Typer(name="fedcare", help="Federated learning and analytics for healthcare.",
                   no_args_is_help=True, add_completion=False, rich_markup_mode="rich")
@@ -26,14 +27,15 @@ def _config_reference() -> str:
 
     lines = ["[bold]Config keys[/bold] (TOML or YAML; `fedcare config-reference` prints a table):"]
     for key, default, desc in describe_keys():
-        d = f" [dim](default {default})[/dim]" if default else ""
-        lines.append(f"[cyan]{key}[/cyan]{d}: {desc}")
+        d = f" (default {default})" if default else ""
+        lines.append(f"[cyan]{escape(key)}[/cyan]{escape(d)}: {escape(desc)}")
     return "\n\n".join(lines)
 
 
 def _fail(exc: FedcareError) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/bold red] {exc}")
-    return typer.Exit(code=2 if isinstance(exc, ConfigError) else 1)
+    """Print a fedcare error for people; 2 = fix your config or data, 1 = the run failed."""
+    err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}")
+    return typer.Exit(code=2 if isinstance(exc, (ConfigError, DataError)) else 1)
 
 
 def _run(config: Path | dict, out: Path | None, resume: bool, overwrite: bool,

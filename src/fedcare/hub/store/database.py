@@ -1,0 +1,149 @@
+"""Engine, sessions and migrations for the hub database (SQLite by default, PostgreSQL by URL).
+
+Every state change happens inside :meth:`Database.session`, one transaction that commits on
+success and rolls back on any exception, so a hub killed at any moment leaves the database at
+the last committed state and nothing half-written.
+
+SQLite specifics. The ``pysqlite`` driver's own transaction handling does not begin a
+transaction before a ``SELECT``, so a read-then-write (deliver the next pending task) would not
+be atomic. The driver's handling is switched off and every transaction starts with
+``BEGIN IMMEDIATE``: it takes SQLite's single write lock up front (waiting up to the busy
+timeout), so transactions are serialised and a read-then-write is safe without row locks. WAL
+mode lets readers of *other* connections proceed meanwhile; foreign keys are enforced. Keep
+transactions short: never hold a session across a long-poll wait.
+
+PostgreSQL runs at READ COMMITTED; repositories take row locks (``FOR UPDATE``, ``SKIP LOCKED``)
+where a read decides a write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from fedcare.core.errors import ConfigError
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+SQLITE_BUSY_TIMEOUT_S = 30.0
+DB_FILENAME = "hub.db"
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Parse a database URL; plain ``postgresql://`` means the psycopg 3 driver we ship."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "postgresql" and parsed.get_driver_name() in ("", "psycopg2"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if backend not in ("sqlite", "postgresql"):
+        raise ConfigError(f"unsupported database {backend!r}: use sqlite:/// or postgresql://",
+                          source="hub database URL")
+    if backend == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise ConfigError("an in-memory SQLite database cannot hold the hub's state: "
+                          "give a file path", source="hub database URL")
+    return parsed
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (see module docstring)
+        cursor = dbapi_conn.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            cursor.execute("PRAGMA synchronous = FULL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_hub_engine(url: str | URL) -> Engine:
+    """An engine for the hub's database with the settings this module documents."""
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        Path(parsed.database or "").parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(
+            parsed,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
+        )
+        _configure_sqlite(engine)
+        return engine
+    return sa.create_engine(parsed, pool_pre_ping=True)
+
+
+def alembic_config() -> Config:
+    """Alembic configuration pointing at the migrations shipped inside the package."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
+    cfg.set_main_option("path_separator", "os")
+    return cfg
+
+
+def _upgrade_engine(engine: Engine, revision: str = "head") -> None:
+    cfg = alembic_config()
+    with engine.begin() as connection:
+        cfg.attributes["connection"] = connection
+        command.upgrade(cfg, revision)
+
+
+def upgrade(url: str | URL, revision: str = "head") -> None:
+    """Run the hub's migrations up to ``revision`` on the database at ``url`` (idempotent)."""
+    engine = create_hub_engine(url)
+    try:
+        _upgrade_engine(engine, revision)
+    finally:
+        engine.dispose()
+
+
+class Database:
+    """The hub's database: one engine, a session factory and the migrations."""
+
+    def __init__(self, url: str | URL) -> None:
+        self.url = normalize_url(url)
+        self.engine = create_hub_engine(self.url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @classmethod
+    def for_data_dir(cls, data_dir: Path) -> Database:
+        """The zero-set-up default: a SQLite file ``<data_dir>/hub.db``."""
+        path = Path(data_dir).resolve() / DB_FILENAME
+        return cls(URL.create("sqlite", database=str(path)))
+
+    @property
+    def dialect(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self.engine.dialect.name
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest revision (creates it on an empty database)."""
+        _upgrade_engine(self.engine)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """One transaction: commits when the block ends, rolls back if it raises.
+
+        Objects loaded in it stay readable after the block (``expire_on_commit=False``) but
+        are detached: change state only through a repository inside a session.
+        """
+        with self._sessions() as session, session.begin():
+            yield session
+
+    def dispose(self) -> None:
+        """Close every pooled connection (call on shutdown and in tests)."""
+        self.engine.dispose()
+
+    def __repr__(self) -> str:
+        return f"Database({self.url.render_as_string(hide_password=True)!r})"

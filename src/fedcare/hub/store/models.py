@@ -1,0 +1,225 @@
+"""The hub's tables as typed SQLAlchemy 2 declarative models.
+
+The schema is *created by the Alembic migrations* in ``migrations/versions``, never by
+``metadata.create_all``; these models must stay identical to what the migrations build (a test
+compares them). Blobs (models, updates, task payloads) are referenced by sha256 only.
+
+Every timestamp is timezone-aware UTC in Python. PostgreSQL stores ``timestamptz``; SQLite has
+no time zone type, so :class:`UtcDateTime` stores naive UTC and re-attaches UTC on load (and
+refuses naive datetimes on the way in, which would otherwise be silently misread).
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from fedcare.core.messages import TaskKind
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+SHA_LEN = 64
+NAME_LEN = 128
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UtcDateTime(sa.TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every backend."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value!r}: the hub stores timezone-aware UTC only")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+#: JSON everywhere; JSONB on PostgreSQL (indexable, compact, no duplicate keys).
+Json = sa.JSON().with_variant(JSONB(), "postgresql")
+
+
+def _enum(cls: type[enum.Enum], name: str) -> sa.Enum:
+    """A string column with a CHECK constraint: portable, and new values need no type DDL."""
+    return sa.Enum(
+        cls,
+        name=name,
+        native_enum=False,
+        create_constraint=True,
+        length=16,
+        validate_strings=True,
+        values_callable=lambda e: [m.value for m in e],
+    )
+
+
+class StudyStatus(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (StudyStatus.COMPLETED, StudyStatus.FAILED, StudyStatus.CANCELLED)
+
+
+class RoundStatus(enum.StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class TaskStatus(enum.StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    DONE = "done"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+
+#: A task still waiting for its reply (may still be delivered, answered or expired).
+OPEN_TASK_STATUSES = (TaskStatus.PENDING, TaskStatus.DELIVERED)
+
+
+class Base(DeclarativeBase):
+    metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Site(Base):
+    """A site node as last seen by the hub (identity is its certificate serial)."""
+
+    __tablename__ = "sites"
+
+    name: Mapped[str] = mapped_column(sa.String(NAME_LEN), primary_key=True)
+    cert_serial: Mapped[str] = mapped_column(sa.String(NAME_LEN))
+    first_seen: Mapped[datetime] = mapped_column(UtcDateTime())
+    last_seen: Mapped[datetime] = mapped_column(UtcDateTime())
+    version: Mapped[str] = mapped_column(sa.String(64))
+    #: ``[{"name": str, "rows": int}, ...]``
+    datasets: Mapped[list[dict[str, Any]]] = mapped_column(Json)
+
+
+class Study(Base):
+    __tablename__ = "studies"
+    __table_args__ = (
+        sa.CheckConstraint("rounds_planned >= 0", name="rounds_planned_nonneg"),
+        sa.CheckConstraint(
+            "current_round >= 0 AND current_round <= rounds_planned", name="current_round_range"
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(256))
+    config: Mapped[dict[str, Any]] = mapped_column(Json)
+    config_hash: Mapped[str] = mapped_column(sa.String(SHA_LEN))
+    status: Mapped[StudyStatus] = mapped_column(_enum(StudyStatus, "study_status"), index=True)
+    rounds_planned: Mapped[int] = mapped_column(sa.Integer)
+    #: The last COMPLETED round; 0 before the first one completes.
+    current_round: Mapped[int] = mapped_column(sa.Integer, default=0)
+    global_model: Mapped[str | None] = mapped_column(sa.String(SHA_LEN))
+    strategy_state: Mapped[str | None] = mapped_column(sa.String(SHA_LEN))
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    #: Names of the participating sites.
+    sites: Mapped[list[str]] = mapped_column(Json)
+
+
+class Round(Base):
+    __tablename__ = "rounds"
+
+    study_id: Mapped[str] = mapped_column(
+        sa.ForeignKey("studies.id", ondelete="CASCADE"), primary_key=True
+    )
+    round: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    status: Mapped[RoundStatus] = mapped_column(_enum(RoundStatus, "round_status"))
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    #: The per-round history record (JSON-able).
+    record: Mapped[dict[str, Any] | None] = mapped_column(Json)
+    #: Blob of the global model after this round.
+    model_sha: Mapped[str | None] = mapped_column(sa.String(SHA_LEN))
+
+
+class Task(Base):
+    """One unit of work for one site; its id is deterministic so re-creating it is a no-op."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        sa.Index("ix_tasks_site_status_created_at", "site", "status", "created_at"),
+        sa.Index("ix_tasks_study_id_round", "study_id", "round"),
+        sa.CheckConstraint("attempts >= 0", name="attempts_nonneg"),
+    )
+
+    id: Mapped[str] = mapped_column(sa.String(512), primary_key=True)
+    study_id: Mapped[str] = mapped_column(sa.ForeignKey("studies.id", ondelete="CASCADE"))
+    round: Mapped[int] = mapped_column(sa.Integer)
+    site: Mapped[str] = mapped_column(sa.String(NAME_LEN))
+    kind: Mapped[TaskKind] = mapped_column(_enum(TaskKind, "task_kind"))
+    payload_sha: Mapped[str] = mapped_column(sa.String(SHA_LEN))
+    status: Mapped[TaskStatus] = mapped_column(_enum(TaskStatus, "task_status"))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
+
+    reply: Mapped[Reply | None] = relationship(back_populates="task", lazy="raise")
+
+
+class Reply(Base):
+    """A site's answer to a task; the primary key makes "answered at most once" a DB rule."""
+
+    __tablename__ = "replies"
+
+    task_id: Mapped[str] = mapped_column(
+        sa.ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True
+    )
+    site: Mapped[str] = mapped_column(sa.String(NAME_LEN))
+    #: The update (or error report) blob; null for an error reply without a body.
+    blob_sha: Mapped[str | None] = mapped_column(sa.String(SHA_LEN))
+    size: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    is_error: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    error_message: Mapped[str | None] = mapped_column(sa.Text)
+
+    task: Mapped[Task] = relationship(back_populates="reply", lazy="raise")
+
+
+class Event(Base):
+    """The hub's operations log (rejected submissions, status changes, ...)."""
+
+    __tablename__ = "events"
+    __table_args__ = (sa.Index("ix_events_study_id_at", "study_id", "at"),)
+
+    id: Mapped[int] = mapped_column(
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+    study_id: Mapped[str | None] = mapped_column(sa.String(64))
+    site: Mapped[str | None] = mapped_column(sa.String(NAME_LEN))
+    kind: Mapped[str] = mapped_column(sa.String(64))
+    message: Mapped[str] = mapped_column(sa.Text)
