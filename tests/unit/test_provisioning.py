@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from fedcare.cli.provision import app
-from fedcare.hub.pki import certs
-from fedcare.hub.pki.files import dump_toml
+from fedcare.pki import certs
+from fedcare.pki.files import dump_toml
 from fedcare.hub.provisioning import (
     CrlError,
     ExpiredCertificate,

@@ -19,7 +19,7 @@ from safetensors.numpy import save as st_save
 
 from fedcare.core.errors import FedcareError
 from fedcare.core.params import Parameters
-from fedcare.engine.history import atomic_write_bytes
+from fedcare.engine.history import History, atomic_write_bytes
 
 _NAME = re.compile(r"^round_(\d{5})\.safetensors$")
 
@@ -40,7 +40,9 @@ class CheckpointStore:
         return self.folder / f"round_{round_:05d}.safetensors"
 
     def save(self, round_: int, parameters: Parameters, strategy_state: Mapping[str, np.ndarray],
-             meta: Mapping[str, Any]) -> Path:
+             history: History) -> Path:
+        """Save the state after ``round_``; the history so far travels in the file's metadata."""
+        meta = {"history": history.to_dict()}
         tensors = {f"p/{k}": np.require(v, requirements='C') for k, v in parameters.items()}
         tensors.update({f"s/{k}": np.require(v, requirements="C")
                         for k, v in strategy_state.items()})

@@ -29,7 +29,7 @@ from fedcare.transport.base import Transport
 
 class CheckpointSink(Protocol):
     def save(self, round_: int, parameters: Parameters, strategy_state: Mapping[str, Any],
-             meta: Mapping[str, Any]) -> object: ...
+             history: History) -> object: ...
 
 
 class RoundFailed(FedcareError):
@@ -152,7 +152,7 @@ class RoundEngine:
         for site in sampled:
             if site in ex.updates:
                 u = ex.updates[site]
-                self._stack.add(site, u.parameters, u.num_examples)
+                self._stack.add(site, u.parameters, u.num_examples, validated=True)
         if self._stack.weights.sum() <= 0:
             raise RoundFailed(f"round {round_}: the sites that completed trained on no examples")
         new = self.strategy.aggregate(round_, self.parameters, self._stack, UpdateKind.FULL,
@@ -164,8 +164,7 @@ class RoundEngine:
         record.seconds = time.perf_counter() - t0
         self.history.rounds.append(record)
         if self.checkpoints is not None:
-            self.checkpoints.save(round_, self.parameters, self.strategy.state(),
-                                  {"history": self.history.to_dict()})
+            self.checkpoints.save(round_, self.parameters, self.strategy.state(), self.history)
         if self.on_round is not None:
             self.on_round(record)
         return record

@@ -36,9 +36,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from fedcare.hub.pki import certs
-from fedcare.hub.pki.certs import Authority, RevokedEntry
-from fedcare.hub.pki.errors import (
+from fedcare.pki import certs
+from fedcare.pki.certs import Authority, RevokedEntry
+from fedcare.pki.errors import (
     CrlError,
     ExpiredCertificate,
     FederationExistsError,
@@ -50,14 +50,14 @@ from fedcare.hub.pki.errors import (
     SiteNotFoundError,
     UnknownCertificate,
 )
-from fedcare.hub.pki.files import (
+from fedcare.pki.files import (
     atomic_write,
     dump_toml,
     exclusive_lock,
     make_private_dir,
     write_private_key,
 )
-from fedcare.hub.pki.trust import (
+from fedcare.pki.trust import (
     HubConfig,
     NodeConfig,
     TlsFiles,

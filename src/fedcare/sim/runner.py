@@ -255,9 +255,9 @@ class _EveryN:
         self.store, self.every = store, every
 
     def save(self, round_: int, parameters: Parameters, state: Mapping[str, Any],
-             meta: Mapping[str, Any]) -> None:
+             history: History) -> None:
         if self.store is not None and self.every and round_ % self.every == 0:
-            self.store.save(round_, parameters, state, meta)
+            self.store.save(round_, parameters, state, history)
 
 
 def _clear_run(out: Path) -> None:

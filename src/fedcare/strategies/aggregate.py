@@ -61,14 +61,20 @@ class UpdateStack:
     def clear(self) -> None:
         self._sites.clear()
 
-    def add(self, site: str, params: Parameters, weight: float) -> None:
-        """Copy one update into the next row (validated against the expected layout)."""
+    def add(self, site: str, params: Parameters, weight: float, *, validated: bool = False
+            ) -> None:
+        """Copy one update into the next row.
+
+        The layout (and finiteness) is checked unless the caller already did so, as the wire
+        decoder does for every update it returns.
+        """
         if site in self._sites:
             raise ValidationError("update already counted this round", site=site)
         k = len(self._sites)
         if k >= self.capacity:
             raise ValidationError("more updates than sites in the round", site=site)
-        self.spec.validate(params, what="update parameters", site=site)
+        if not validated:
+            self.spec.validate(params, what="update parameters", site=site)
         row = self._buf[k]
         pos = 0
         for arr in params.values():

@@ -41,7 +41,7 @@ def normalize_url(url: str | URL) -> URL:
     """Parse a database URL; plain ``postgresql://`` means the psycopg 3 driver we ship."""
     parsed = make_url(url)
     backend = parsed.get_backend_name()
-    if backend == "postgresql" and parsed.get_driver_name() in ("", "psycopg2"):
+    if parsed.drivername == "postgresql":  # the default driver differs across SQLAlchemy 2.x
         parsed = parsed.set(drivername="postgresql+psycopg")
     if backend not in ("sqlite", "postgresql"):
         raise ConfigError(f"unsupported database {backend!r}: use sqlite:/// or postgresql://",

@@ -14,6 +14,7 @@ a ``kill -9`` a round is either fully recorded or not at all, and the engine red
 
 from __future__ import annotations
 
+import builtins
 import re
 import uuid
 from collections.abc import Mapping, Sequence
@@ -179,7 +180,8 @@ class StudyRepo:
         the ``rounds`` row (status, record, model), the study's ``current_round``,
         ``global_model`` and ``strategy_state``, and the expiry of the round's unanswered
         tasks. ``round`` must be the study's next round; completing it twice raises
-        :class:`RoundConflict`. The blobs must already be stored.
+        :class:`RoundConflict`. The blobs must already be stored. The study's status is not
+        changed, even after its last round: the engine decides when it is ``completed``.
         """
         check_blob_id(model_sha)
         if strategy_state_sha is not None:
@@ -202,7 +204,7 @@ class StudyRepo:
         self.session.flush()
         return study
 
-    def rounds(self, study_id: str) -> list[Round]:
+    def rounds(self, study_id: str) -> builtins.list[Round]:
         return list(
             self.session.scalars(
                 sa.select(Round).where(Round.study_id == study_id).order_by(Round.round)

@@ -47,6 +47,8 @@ def run_migrations_online() -> None:
     url = context.get_x_argument(as_dictionary=True).get("url") or config.get_main_option(
         "sqlalchemy.url"
     )
+    if not url:
+        raise SystemExit("give the database: alembic -x url=sqlite:///path/hub.db ...")
     engine = create_hub_engine(url)
     try:
         with engine.connect() as conn:

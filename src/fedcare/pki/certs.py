@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fedcare.hub.pki.errors import ProvisioningConfigError
+from fedcare.pki.errors import ProvisioningConfigError
 
 SITE_URI_PREFIX = "fedcare://site/"
 CLOCK_SKEW = timedelta(minutes=5)

@@ -30,8 +30,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import x448, x25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fedcare.hub.pki.certs import SITE_URI_PREFIX, hub_url, is_site_name
-from fedcare.hub.pki.errors import (
+from fedcare.pki.certs import SITE_URI_PREFIX, hub_url, is_site_name
+from fedcare.pki.errors import (
     CrlError,
     ExpiredCertificate,
     ProvisioningConfigError,
@@ -274,7 +274,7 @@ def verify_peer(cert_der: bytes, ca_cert: x509.Certificate,
     2. it is a site certificate: not a CA, ``clientAuth`` EKU, exactly one
        ``fedcare://site/<name>`` SAN URI agreeing with its CN      -> :class:`UnknownCertificate`
     3. its serial is not in ``crl`` (which must be signed by ``ca_cert``, else
-       :class:`~fedcare.hub.pki.errors.CrlError`)                    -> :class:`RevokedCertificate`
+       :class:`~fedcare.pki.errors.CrlError`)                    -> :class:`RevokedCertificate`
     4. ``now`` lies within its validity period                       -> :class:`ExpiredCertificate`
 
     Args:
