@@ -91,8 +91,25 @@ class ImageData(_DataCommon):
     standardize: bool = Field(False, description="Images are scaled to [0, 1] already.")
 
 
+class FederatedData(_DataCommon):
+    """A networked study: each node maps ``dataset`` to its own local table."""
+
+    source: Literal["federation"] = Field(description="Data held by the federation's nodes.")
+    dataset: str = Field(min_length=1, description="Dataset name each node maps to a local file.")
+    label: str = Field(min_length=1, description="Label column (present at every site).")
+    features: list[str] = Field(min_length=1, description=(
+        "Feature columns, in order (explicit, so every site trains on the same problem)."))
+    task: Literal["binary", "multiclass", "regression"] = Field(
+        "binary", description="binary, multiclass or regression.")
+    classes: int = Field(2, ge=2, description="Number of classes (multiclass).")
+    standardize: bool = Field(True, description=(
+        "Scale features by each site's own mean/std (no statistics leave the site)."))
+    sites: list[str] | None = Field(None, description=(
+        "Sites taking part (default: every site that holds the dataset)."))
+
+
 DataSection = Annotated[
-    BuiltinData | SyntheticData | FilesData | PooledFileData | ImageData,
+    BuiltinData | SyntheticData | FilesData | PooledFileData | ImageData | FederatedData,
     Field(discriminator="source"),
 ]
 
@@ -188,8 +205,17 @@ class StudyConfig(_Section):
     run: RunSection = Field(default_factory=RunSection)  # type: ignore[arg-type]
 
 
-_TAGS = {"builtin", "synthetic", "files", "table", "npz", "fedavg", "fedprox", "fedadam",
-         "fedyogi", "fedadagrad", "scaffold"}
+_TAGS = {"builtin", "synthetic", "files", "table", "npz", "federation", "fedavg", "fedprox",
+         "fedadam", "fedyogi", "fedadagrad", "scaffold"}
+
+
+def content_hash(cfg: StudyConfig) -> str:
+    """SHA-256 of the study definition: what a site approves, and what resume checks."""
+    import hashlib
+    import json
+
+    blob = json.dumps(cfg.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def _format_error(err: Mapping[str, Any]) -> str:
@@ -268,7 +294,8 @@ def describe_keys() -> list[tuple[str, str, str]]:
                            ("baselines", BaselinesSection), ("run", RunSection),
                            ("model", ModelSection)):
         walk(section, model)
-    for model in (BuiltinData, SyntheticData, FilesData, PooledFileData, ImageData):
+    for model in (BuiltinData, SyntheticData, FilesData, PooledFileData, ImageData,
+                  FederatedData):
         src = model.model_fields["source"].annotation.__args__[0]  # type: ignore[union-attr]
         walk(f"data[source={src}]", model)
     for model in (FedAvgSection, FedProxSection, FedOptSection, ScaffoldSection):

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from fedcare import __version__
-from fedcare.cli import provision
+from fedcare.cli import network, provision
 from fedcare.core.errors import ConfigError, DataError, FedcareError
 
 app = typer.Typer(name="fedcare", help="Federated learning and analytics for healthcare.",
@@ -20,6 +20,9 @@ app = typer.Typer(name="fedcare", help="Federated learning and analytics for hea
 console = Console()
 err_console = Console(stderr=True)
 app.add_typer(provision.app, name="provision")
+app.add_typer(network.hub_app, name="hub")
+app.add_typer(network.node_app, name="node")
+app.add_typer(network.study_app, name="study")
 
 
 def _config_reference() -> str:

@@ -70,18 +70,9 @@ def _unpack(data: bytes) -> tuple[dict[str, Any], Parameters | None, dict[str, P
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ValidationError(f"message must be bytes, got {type(data).__name__}")
     data = bytes(data)
-    if len(data) < len(MAGIC) + _LEN.size or not data.startswith(MAGIC):
-        raise ValidationError("not a fedcare message (bad magic or truncated)")
+    header = peek_header(data)
     (hlen,) = _LEN.unpack_from(data, len(MAGIC))
     start = len(MAGIC) + _LEN.size
-    if hlen > MAX_HEADER_BYTES or start + hlen > len(data):
-        raise ValidationError("message header is truncated or too large")
-    try:
-        header = json.loads(data[start:start + hlen])
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValidationError(f"message header is not valid JSON: {exc}") from exc
-    if not isinstance(header, dict):
-        raise ValidationError("message header must be a JSON object")
     blob = data[start + hlen:]
     try:
         tensors = st_load(blob) if blob else {}
@@ -99,6 +90,23 @@ def _unpack(data: bytes) -> tuple[dict[str, Any], Parameters | None, dict[str, P
     aux = {a: Parameters({k: tensors[f"a/{a}/{k}"] for k in names})
            for a, names in aux_order.items()}
     return header, params, aux
+
+
+def peek_header(data: bytes) -> dict[str, Any]:
+    """The JSON header of a message without touching its arrays (routing, bookkeeping)."""
+    if len(data) < len(MAGIC) + _LEN.size or not data.startswith(MAGIC):
+        raise ValidationError("not a fedcare message (bad magic or truncated)")
+    (hlen,) = _LEN.unpack_from(data, len(MAGIC))
+    start = len(MAGIC) + _LEN.size
+    if hlen > MAX_HEADER_BYTES or start + hlen > len(data):
+        raise ValidationError("message header is truncated or too large")
+    try:
+        header = json.loads(data[start:start + hlen])
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValidationError(f"message header is not valid JSON: {exc}") from exc
+    if not isinstance(header, dict):
+        raise ValidationError("message header must be a JSON object")
+    return header
 
 
 def _require(header: Mapping[str, Any], key: str, typ: type | tuple[type, ...]) -> Any:

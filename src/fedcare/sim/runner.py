@@ -8,7 +8,6 @@ local-only and pooled baselines on request, and writes the output folder with at
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import time
@@ -19,7 +18,7 @@ from typing import Any
 from safetensors.numpy import save as st_save
 
 from fedcare import __version__
-from fedcare.config import StudyConfig, load_config, parse_config
+from fedcare.config import FederatedData, StudyConfig, content_hash, load_config, parse_config
 from fedcare.core.errors import ConfigError, FedcareError
 from fedcare.core.messages import TrainConfig
 from fedcare.core.params import Parameters
@@ -27,9 +26,9 @@ from fedcare.data.dataset import SiteData, TaskType
 from fedcare.engine.checkpoints import CheckpointStore
 from fedcare.engine.executor import SiteExecutor
 from fedcare.engine.history import History, RoundRecord, atomic_write_bytes, save_history
+from fedcare.engine.learner_factory import ModelShape, make_learner
 from fedcare.engine.round_engine import EngineSettings, RoundEngine
 from fedcare.learners.base import Learner
-from fedcare.sim.learner_factory import make_learner
 from fedcare.sim.sites import build_sites, pooled
 from fedcare.strategies.factory import build_strategy
 from fedcare.strategies.fedavg import FedAvg
@@ -40,12 +39,6 @@ from fedcare.transport.inmemory import InMemoryTransport
 PARALLEL_WORK_THRESHOLD = 2e8
 
 ProgressFn = Callable[[str, int, int, RoundRecord | None], None]
-
-
-def config_hash(cfg: StudyConfig) -> str:
-    """Content hash of the study definition (paths included), stable across runs."""
-    blob = json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()
 
 
 def _as_config(config: StudyConfig | Mapping[str, Any] | str | Path) -> StudyConfig:
@@ -80,7 +73,7 @@ class _Run:
         self.progress = progress
         self.resume = resume
         self.overwrite = overwrite
-        self.hash = config_hash(cfg)
+        self.hash = content_hash(cfg)
 
     # -- preparation (no output written yet) ----------------------------------------------
     def prepare(self) -> None:
@@ -90,8 +83,11 @@ class _Run:
                 and ((out / "history.json").exists() or any(out.glob("checkpoints/*")))):
             raise ConfigError(f"output folder {self.out} already holds a run; pass --resume "
                               "to continue it or --overwrite to replace it")
+        if isinstance(cfg.data, FederatedData):
+            raise ConfigError("data.source = 'federation' runs on a hub and its nodes: use "
+                              "`fedcare study submit`; simulate needs local data")
         self.sites = build_sites(cfg.data, cfg.study.seed)
-        self.learner: Learner = make_learner(cfg, self.sites[0])
+        self.learner: Learner = make_learner(cfg, ModelShape.of_site(self.sites[0]))
         self.initial = self.learner.initial_parameters()
         self.spec = self.initial.spec
         self.train = TrainConfig(**cfg.train.model_dump())

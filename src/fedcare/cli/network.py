@@ -1,0 +1,222 @@
+"""``fedcare hub``, ``fedcare node`` and ``fedcare study``: the networked federation."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from fedcare.core.errors import ConfigError, FedcareError
+
+console = Console()
+err = Console(stderr=True)
+
+hub_app = typer.Typer(help="Run the hub (the coordinating service).", no_args_is_help=True)
+node_app = typer.Typer(help="Run a site node beside the data.", no_args_is_help=True)
+study_app = typer.Typer(help="Submit studies to a hub and follow them.", no_args_is_help=True)
+
+
+def _fail(exc: Exception, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]error:[/bold red] {escape(str(exc))}")
+    return typer.Exit(code)
+
+
+@hub_app.command("start")
+def hub_start(
+    kit: Annotated[Path, typer.Option(help="The hub folder made by `fedcare provision new`.")],
+    data_dir: Annotated[Path | None, typer.Option(help="State folder (default: KIT/data).")]
+    = None,
+    db: Annotated[str | None, typer.Option(help="Database URL (default: SQLite in the state "
+                                              "folder), e.g. postgresql://user@host/db")] = None,
+    port: Annotated[int | None, typer.Option(help="Override the port in hub.toml.")] = None,
+    host: Annotated[str | None, typer.Option(help="Override the address to bind.")] = None,
+    max_body_mb: Annotated[int, typer.Option(help="Largest accepted upload (MB).")] = 2048,
+) -> None:
+    """Start the hub over HTTPS with mutual TLS (nodes authenticate by certificate)."""
+    from fedcare.hub.server import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s hub %(message)s")
+    try:
+        serve(kit, data_dir or kit / "data", host=host, port=port, db_url=db,
+              max_body=max_body_mb * 1024 * 1024)
+    except FedcareError as exc:
+        raise _fail(exc) from None
+
+
+@node_app.command("start")
+def node_start(
+    kit: Annotated[Path, typer.Option(help="The site's startup kit folder.")],
+    data: Annotated[Path, typer.Option(help="The site's data config (datasets, approvals).")],
+    state_dir: Annotated[Path | None, typer.Option(help="Site state folder.")] = None,
+) -> None:
+    """Start a site node: it only dials out to the hub, never listens."""
+    from fedcare.node.agent import NodeAgent
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s node %(message)s")
+    try:
+        agent = NodeAgent(kit, data, state_dir=state_dir)
+    except FedcareError as exc:
+        raise _fail(exc) from None
+    try:
+        agent.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        agent.close()
+
+
+class HubClient:
+    """The researcher's HTTPS client (server verified against the federation CA)."""
+
+    def __init__(self, federation: Path | None, url: str | None, ca: Path | None,
+                 token: str | None) -> None:
+        import ssl
+
+        import httpx
+
+        if federation is not None:
+            from fedcare.pki.trust import load_hub_config
+
+            hub = load_hub_config(federation / "hub")
+            url = url or hub.url
+            ca = ca or hub.tls.ca
+            token_file = federation / "hub" / "researcher.token"
+            if token is None and token_file.exists():
+                token = token_file.read_text().strip()
+        if not url or not ca or not token:
+            raise ConfigError("give --federation DIR, or --hub URL, --ca FILE and --token")
+        context = ssl.create_default_context(cafile=str(ca))
+        self.http = httpx.Client(base_url=url, verify=context, timeout=60.0,
+                                 headers={"Authorization": f"Bearer {token}"})
+
+    def call(self, method: str, path: str, **kw: Any) -> Any:
+        import httpx
+
+        try:
+            r = self.http.request(method, path, **kw)
+        except httpx.HTTPError as exc:
+            raise FedcareError(f"cannot reach the hub at {self.http.base_url}: {exc}") from exc
+        if r.status_code >= 400:
+            try:
+                detail = r.json().get("detail", r.text)
+            except ValueError:
+                detail = r.text
+            raise FedcareError(f"hub refused ({r.status_code}): {detail}")
+        return r
+
+
+Federation = Annotated[Path | None, typer.Option(
+    help="Federation folder (reads the hub URL, CA and researcher token).")]
+HubUrl = Annotated[str | None, typer.Option("--hub", help="Hub URL.")]
+CaFile = Annotated[Path | None, typer.Option(help="Federation CA certificate.")]
+Token = Annotated[str | None, typer.Option(help="Researcher token.")]
+
+
+def _client(federation: Path | None, hub: str | None, ca: Path | None,
+            token: str | None) -> HubClient:
+    try:
+        return HubClient(federation, hub, ca, token)
+    except FedcareError as exc:
+        raise _fail(exc) from None
+
+
+@study_app.command("submit")
+def submit(config: Annotated[Path, typer.Argument(help="Study file (.toml/.yaml).")],
+           federation: Federation = None, hub: HubUrl = None, ca: CaFile = None,
+           token: Token = None,
+           wait: Annotated[bool, typer.Option(help="Follow progress until it ends.")] = False
+           ) -> None:
+    """Submit a study (data.source = "federation"); prints its id and content hash."""
+    from fedcare.config import load_config
+
+    client = _client(federation, hub, ca, token)
+    try:
+        cfg = load_config(config)
+        doc = client.call("POST", "/v1/studies", json=cfg.model_dump(mode="json")).json()
+    except FedcareError as exc:
+        raise _fail(exc) from None
+    console.print(f"study [bold]{doc['study_id']}[/bold] submitted to sites {doc['sites']} "
+                  f"(content hash {doc['config_hash']})")
+    if wait:
+        follow(client, doc["study_id"])
+
+
+def follow(client: HubClient, study_id: str, poll: float = 0.5) -> dict[str, Any]:
+    """Progress bar until the study completes or fails; returns its final status."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[info]}"), console=console) as bar:
+        task = None
+        while True:
+            st = client.call("GET", f"/v1/studies/{study_id}").json()
+            if task is None:
+                task = bar.add_task(st["name"], total=st["rounds_planned"], info="")
+            info = ""
+            if st["rounds"]:
+                last = st["rounds"][-1]
+                failed = last.get("sites_failed") or {}
+                info = f"{len(last.get('sites_completed', []))} sites answered" + (
+                    f", [red]{len(failed)} failed[/red]" if failed else "")
+            bar.update(task, completed=st["current_round"], info=info)
+            if st["status"] in ("completed", "failed", "cancelled"):
+                break
+            time.sleep(poll)
+    if st["status"] != "completed":
+        raise _fail(FedcareError(f"study {study_id} {st['status']}: {st.get('error')}"), 1)
+    return st
+
+
+@study_app.command("status")
+def status(study_id: str, federation: Federation = None, hub: HubUrl = None,
+           ca: CaFile = None, token: Token = None) -> None:
+    """Show a study's status and its rounds."""
+    client = _client(federation, hub, ca, token)
+    try:
+        st = client.call("GET", f"/v1/studies/{study_id}").json()
+    except FedcareError as exc:
+        raise _fail(exc) from None
+    console.print(f"{st['name']} ({study_id}): [bold]{st['status']}[/bold], round "
+                  f"{st['current_round']}/{st['rounds_planned']}, sites {st['sites']}")
+    if st.get("error"):
+        console.print(f"[red]{escape(st['error'])}[/red]")
+    for r in st["rounds"]:
+        failed = r.get("sites_failed") or {}
+        console.print(f"  round {r['round']}: {len(r['sites_completed'])} sites, "
+                      f"{r['seconds']:.2f} s" + (f", failed {failed}" if failed else ""))
+
+
+@study_app.command("logs")
+def logs(study_id: str, federation: Federation = None, hub: HubUrl = None,
+         ca: CaFile = None, token: Token = None) -> None:
+    """Print the hub's event log for a study (rounds, rejected replies, failures)."""
+    client = _client(federation, hub, ca, token)
+    try:
+        events = client.call("GET", f"/v1/studies/{study_id}/events").json()
+    except FedcareError as exc:
+        raise _fail(exc) from None
+    for e in events:
+        console.print(f"{e['at']}  {e['kind']:<9} {escape(e['message'])}")
+
+
+@study_app.command("download")
+def download(study_id: str, out: Annotated[Path, typer.Option(help="Folder to write into.")],
+             federation: Federation = None, hub: HubUrl = None, ca: CaFile = None,
+             token: Token = None) -> None:
+    """Fetch history.json, model.safetensors and report.html of a finished study."""
+    from fedcare.engine.history import atomic_write_bytes
+
+    client = _client(federation, hub, ca, token)
+    try:
+        for name in ("history.json", "model.safetensors", "report.html"):
+            body = client.call("GET", f"/v1/studies/{study_id}/artifacts/{name}").content
+            atomic_write_bytes(out / name, body)
+    except FedcareError as exc:
+        raise _fail(exc) from None
+    console.print(f"wrote {out}/history.json, model.safetensors, report.html")
+

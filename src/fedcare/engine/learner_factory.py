@@ -1,0 +1,50 @@
+"""Build the learner a study's ``[model]`` section asks for.
+
+Shared by simulation, the hub (which needs the model's layout and initial weights) and the
+node (which trains it), so all three build exactly the same model from the same seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedcare.config import FederatedData, StudyConfig
+from fedcare.data.dataset import SiteData, TaskType
+from fedcare.learners.base import Learner
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the model must accept and produce; known without seeing any site's rows."""
+
+    input_shape: tuple[int, ...]
+    task: TaskType
+    num_classes: int
+
+    @property
+    def num_outputs(self) -> int:
+        return self.num_classes if self.task is TaskType.MULTICLASS else 1
+
+    @classmethod
+    def of_site(cls, site: SiteData) -> ModelShape:
+        return cls(site.input_shape, site.task, site.num_classes)
+
+    @classmethod
+    def of_federated(cls, data: FederatedData) -> ModelShape:
+        task = TaskType(data.task)
+        return cls((len(data.features),), task,
+                   data.classes if task is TaskType.MULTICLASS else 2)
+
+
+def make_learner(cfg: StudyConfig, shape: ModelShape) -> Learner:
+    """One learner for every site in this process; its model is initialised from the seed."""
+    m = cfg.model
+    if m.name == "sgd_linear":
+        from fedcare.learners.sklearn_learner import SklearnLinearLearner
+
+        return SklearnLinearLearner(shape.input_shape[0], shape.task,
+                                    classes=list(range(shape.num_classes)), seed=cfg.study.seed)
+    from fedcare.learners.torch_learner import TorchLearner
+
+    return TorchLearner.from_zoo(m.name, shape.input_shape, shape.num_outputs, shape.task,
+                                 m.options(), cfg.study.seed)

@@ -1,0 +1,179 @@
+"""The hub's HTTP API (FastAPI). Thin: every endpoint calls :class:`HubService`.
+
+Node endpoints (``/v1/node/...``) identify the site by its TLS client certificate only,
+never by anything in the request, and refuse a request without a valid, unrevoked site
+certificate. Researcher endpoints (``/v1/studies...``) need the hub's bearer token. Every
+error is a 4xx with a ``detail`` that says what was wrong; fedcare errors never become a 5xx.
+"""
+
+# No `from __future__ import annotations`: FastAPI must resolve the local dependency
+# aliases (Site, Researcher) at definition time.
+
+import hmac
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+from cryptography import x509
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from fedcare import __version__
+from fedcare.core.errors import ConfigError, FedcareError, ProtocolError, ValidationError
+from fedcare.hub.service import HubService, NotFound
+from fedcare.hub.store import DuplicateReply, LateReply, NotDelivered, UnknownTask, WrongSite
+from fedcare.pki.errors import PeerCertificateError
+
+SHA_HEADER = "X-Content-SHA256"
+
+_STATUS: list[tuple[type[Exception], int]] = [
+    (NotFound, 404), (UnknownTask, 404), (WrongSite, 403), (DuplicateReply, 409),
+    (NotDelivered, 409), (LateReply, 410), (ProtocolError, 409), (PeerCertificateError, 403),
+    (ConfigError, 422), (ValidationError, 422), (FedcareError, 400),
+]
+
+
+def status_of(exc: Exception) -> int:
+    return next(code for cls, code in _STATUS if isinstance(exc, cls))
+
+
+class Hello(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: str = Field(max_length=64)
+    session: str = Field(max_length=64)
+    datasets: list[dict[str, int | str]] = Field(default_factory=list, max_length=1000)
+
+
+class PeerTrust:
+    """The federation CA and its CRL, re-read when the CRL file changes (a revocation made
+    with ``fedcare provision revoke`` takes effect without restarting the hub)."""
+
+    def __init__(self, hub_dir: Path) -> None:
+        from fedcare.pki.trust import load_ca_certificate, load_hub_config, reload_crl
+
+        self.hub_dir = hub_dir
+        self.ca = load_ca_certificate(hub_dir)
+        self.crl_path = load_hub_config(hub_dir).crl
+        self._reload = reload_crl
+        self._mtime = 0.0
+        self.crl: x509.CertificateRevocationList = reload_crl(hub_dir)
+        self._checked = 0.0
+
+    def site_of(self, cert_der: bytes) -> str:
+        from fedcare.pki.trust import verify_peer
+
+        now = time.monotonic()
+        if now - self._checked > 1.0:
+            self._checked = now
+            mtime = self.crl_path.stat().st_mtime
+            if mtime != self._mtime:
+                self.crl, self._mtime = self._reload(self.hub_dir), mtime
+        return verify_peer(cert_der, self.ca, self.crl)
+
+
+def create_app(service: HubService, trust: PeerTrust, token: str) -> FastAPI:
+    app = FastAPI(title="fedcare hub", version=__version__,
+                  description="Coordinates federated studies; nodes dial in over mTLS.")
+
+    @app.exception_handler(FedcareError)
+    async def _fedcare_error(request: Request, exc: FedcareError) -> JSONResponse:
+        return JSONResponse({"detail": exc.message, "error": type(exc).__name__},
+                            status_code=status_of(exc))
+
+    def site(request: Request) -> str:
+        tls = request.scope.get("extensions", {}).get("tls", {})
+        der = tls.get("client_cert")
+        if not der:
+            raise HTTPException(401, "node endpoints need the site's client certificate "
+                                     "(mutual TLS); use the site's startup kit")
+        return trust.site_of(der)
+
+    def researcher(authorization: Annotated[str | None, Header()] = None) -> None:
+        given = (authorization or "").removeprefix("Bearer ").strip()
+        if not given or not hmac.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(401, "missing or wrong bearer token; it is in the hub folder "
+                                     "(researcher.token)", headers={"WWW-Authenticate": "Bearer"})
+
+    Site = Annotated[str, Depends(site)]
+    Researcher = Depends(researcher)
+
+    # -- node endpoints -------------------------------------------------------------------
+    @app.post("/v1/node/hello")
+    async def hello(body: Hello, site: Site, request: Request) -> dict[str, str]:
+        der = request.scope["extensions"]["tls"]["client_cert"]
+        serial = f"{x509.load_der_x509_certificate(der).serial_number:x}"
+        await run_in_threadpool(service.hello, site, serial, body.version,
+                                [dict(d) for d in body.datasets], body.session)
+        return {"site": site, "hub_version": __version__}
+
+    @app.get("/v1/node/task", responses={204: {"description": "no task yet"}})
+    async def next_task(site: Site, wait: Annotated[float, Query(ge=0, le=60)] = 20.0
+                        ) -> Response:
+        import hashlib
+
+        found = await run_in_threadpool(service.next_task, site, wait)
+        if found is None:
+            return Response(status_code=204)
+        task_id, study_id, payload = found
+        return Response(payload, media_type="application/octet-stream", headers={
+            "X-Fedcare-Task-Id": task_id, "X-Fedcare-Study": study_id,
+            SHA_HEADER: hashlib.sha256(payload).hexdigest()})
+
+    @app.get("/v1/node/studies/{study_id}")
+    async def node_study(study_id: str, site: Site) -> dict[str, Any]:
+        return await run_in_threadpool(service.study_for_node, site, study_id)
+
+    @app.post("/v1/node/reply", status_code=202)
+    async def reply(request: Request, site: Site,
+                    task_id: Annotated[str, Query(min_length=1, max_length=400)],
+                    x_content_sha256: Annotated[str | None, Header()] = None
+                    ) -> dict[str, bool]:
+        if request.headers.get("content-type", "") != "application/octet-stream":
+            raise HTTPException(415, "replies are application/octet-stream (fedcare wire format)")
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > service.max_body:
+            raise HTTPException(413, f"body larger than the hub's limit ({service.max_body} B)")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > service.max_body:
+                raise HTTPException(413, f"body larger than the hub's limit ({service.max_body} B)")
+            chunks.append(chunk)
+        await run_in_threadpool(service.receive_reply, site, task_id, b"".join(chunks),
+                                x_content_sha256)
+        return {"accepted": True}
+
+    # -- researcher endpoints -------------------------------------------------------------
+    @app.post("/v1/studies", dependencies=[Researcher], status_code=201)
+    async def submit(config: dict[str, Any]) -> dict[str, Any]:
+        return await run_in_threadpool(service.submit_study, config)
+
+    @app.get("/v1/studies", dependencies=[Researcher])
+    async def studies() -> list[dict[str, Any]]:
+        return await run_in_threadpool(service.list_studies)
+
+    @app.get("/v1/studies/{study_id}", dependencies=[Researcher])
+    async def status(study_id: str) -> dict[str, Any]:
+        return await run_in_threadpool(service.study_status, study_id)
+
+    @app.get("/v1/studies/{study_id}/events", dependencies=[Researcher])
+    async def events(study_id: str) -> list[dict[str, Any]]:
+        return await run_in_threadpool(service.study_events, study_id)
+
+    @app.get("/v1/studies/{study_id}/artifacts/{name}", dependencies=[Researcher])
+    async def artifact(study_id: str, name: str) -> FileResponse:
+        path = await run_in_threadpool(service.artifact, study_id, name)
+        return FileResponse(path, filename=name)
+
+    @app.get("/v1/sites", dependencies=[Researcher])
+    async def sites() -> list[dict[str, Any]]:
+        return await run_in_threadpool(service.sites)
+
+    @app.get("/v1/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    return app
+

@@ -1,0 +1,76 @@
+"""Run the hub's ASGI app on uvicorn over TLS, exposing the client certificate to the app.
+
+uvicorn (0.54) does not yet implement the ASGI TLS extension, so this module's protocol class
+puts the verified peer certificate (DER) into ``scope["extensions"]["tls"]["client_cert"]``
+for every request on the connection. The TLS layer accepts connections without a certificate
+(researchers use a bearer token) but verifies any certificate presented against the
+federation CA; node endpoints then refuse requests without one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import ssl
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from fedcare.hub.api import PeerTrust, create_app
+from fedcare.hub.service import HubService
+from fedcare.pki.files import PRIVATE_FILE_MODE, atomic_write
+
+
+class ClientCertH11Protocol(H11Protocol):
+    """h11 protocol that hands the connection's client certificate to the app."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        inner = self.app
+
+        async def app_with_cert(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            scope.setdefault("extensions", {})["tls"] = {"client_cert": der}
+            await inner(scope, receive, send)
+
+        self.app = app_with_cert  # type: ignore[assignment]
+
+
+def researcher_token(hub_dir: Path) -> str:
+    """The researcher bearer token, created (owner-only) on the hub's first start."""
+    path = hub_dir / "researcher.token"
+    if not path.exists():
+        atomic_write(path, secrets.token_urlsafe(32).encode(), mode=PRIVATE_FILE_MODE)
+    return path.read_text().strip()
+
+
+def build_server(hub_dir: Path, data_dir: Path, *, host: str | None = None,
+                 port: int | None = None, db_url: str | None = None,
+                 max_body: int | None = None) -> tuple[uvicorn.Server, HubService]:
+    from fedcare.pki.trust import load_hub_config, server_ssl_context
+
+    cfg = load_hub_config(hub_dir)
+    service = HubService(data_dir, db_url=db_url,
+                         **({"max_body": max_body} if max_body else {}))
+    app = create_app(service, PeerTrust(hub_dir), researcher_token(hub_dir))
+    context = server_ssl_context(hub_dir)
+    context.verify_mode = ssl.CERT_OPTIONAL  # see the module docstring
+    config = uvicorn.Config(app, host=host or cfg.host, port=port if port is not None else
+                            cfg.port, http=ClientCertH11Protocol, log_level="warning",
+                            timeout_keep_alive=75, lifespan="off")
+    config.load()
+    config.ssl = context
+    server = uvicorn.Server(config)
+    return server, service
+
+
+def serve(hub_dir: Path, data_dir: Path, **kwargs: Any) -> None:
+    server, service = build_server(hub_dir, data_dir, **kwargs)
+    service.start()
+    try:
+        server.run()
+    finally:
+        service.stop()

@@ -1,0 +1,392 @@
+"""The hub service: studies, rounds and the node protocol, behind the HTTP API.
+
+Each running study is driven by the same :class:`RoundEngine` as simulation, in its own
+thread, over :class:`HubTransport`. All state lives in the database and the blob store, so the
+hub can be killed at any moment and, when restarted, every running study continues from its
+last completed round.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import Future
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+
+from fedcare import __version__
+from fedcare.config import FederatedData, StudyConfig, content_hash, parse_config
+from fedcare.core.errors import ConfigError, FedcareError, ProtocolError, ValidationError
+from fedcare.core.messages import TaskKind, TrainConfig
+from fedcare.core.params import Parameters, ParamSpec
+from fedcare.core.wire import decode_reply, peek_header
+from fedcare.engine.history import History, RoundRecord, atomic_write_bytes, save_history
+from fedcare.engine.learner_factory import ModelShape, make_learner
+from fedcare.engine.round_engine import EngineSettings, RoundEngine
+from fedcare.hub.store import (
+    BlobStore,
+    Database,
+    DatasetInfo,
+    EventRepo,
+    ReplyRepo,
+    SiteRepo,
+    StudyRepo,
+    StudyStatus,
+    TaskRepo,
+)
+from fedcare.hub.transport import HubTransport
+from fedcare.strategies.factory import build_strategy
+
+log = logging.getLogger("fedcare.hub")
+
+#: A round waits this long for sites when the study sets no ``run.round_timeout``.
+DEFAULT_ROUND_TIMEOUT = 600.0
+#: Largest reply a node may post (bytes); configurable per hub.
+DEFAULT_MAX_BODY = 2 * 1024**3
+
+
+class NotFound(FedcareError):
+    pass
+
+
+class Forbidden(FedcareError):
+    pass
+
+
+class HubService:
+    def __init__(self, data_dir: Path, *, db_url: str | None = None,
+                 max_body: int = DEFAULT_MAX_BODY) -> None:
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.db = Database(db_url) if db_url else Database.for_data_dir(self.data_dir)
+        self.db.migrate()
+        self.blobs = BlobStore(self.data_dir / "blobs")
+        self.max_body = max_body
+        self.waiters: dict[str, Future[bytes]] = {}
+        self.waiters_lock = threading.Lock()
+        self._wake = threading.Condition()
+        self._runners: dict[str, threading.Thread] = {}
+        self._specs: dict[str, tuple[ParamSpec, dict[str, ParamSpec]]] = {}
+        self._stopping = threading.Event()
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        """Resume every study that was running when the hub last stopped."""
+        with self.db.session() as s:
+            running = [st.id for st in StudyRepo(s).list(status=StudyStatus.RUNNING)]
+        for study_id in running:
+            self.event("resume", f"resuming study {study_id}", study_id=study_id)
+            self._launch(study_id)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        with self._wake:
+            self._wake.notify_all()
+
+    def event(self, kind: str, message: str, *, study_id: str | None = None,
+              site: str | None = None) -> None:
+        log.info("%s: %s", kind, message)
+        with self.db.session() as s:
+            EventRepo(s).log(kind, message, study_id=study_id, site=site)
+
+    # -- researcher side ------------------------------------------------------------------
+    def submit_study(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+        cfg = parse_config(raw)
+        if not isinstance(cfg.data, FederatedData):
+            raise ConfigError("a networked study needs data.source = 'federation' (the nodes "
+                              "map data.dataset to their own files)")
+        sites = self._participants(cfg)
+        if len(sites) < cfg.strategy.min_sites:
+            raise ConfigError(f"only {len(sites)} site(s) hold dataset {cfg.data.dataset!r} "
+                              f"({sites}); the strategy needs {cfg.strategy.min_sites}")
+        with self.db.session() as s:
+            study = StudyRepo(s).create(cfg.study.name, cfg.model_dump(mode="json"),
+                                        content_hash(cfg), sites, cfg.study.rounds)
+            study_id = study.id
+            StudyRepo(s).set_status(study_id, StudyStatus.RUNNING)
+        self.event("study", f"study {cfg.study.name!r} submitted with sites {sites}",
+                   study_id=study_id)
+        self._launch(study_id)
+        return {"study_id": study_id, "config_hash": content_hash(cfg), "sites": sites}
+
+    def _participants(self, cfg: StudyConfig) -> list[str]:
+        assert isinstance(cfg.data, FederatedData)
+        with self.db.session() as s:
+            known = {site.name: [d["name"] for d in site.datasets or []]
+                     for site in SiteRepo(s).list()}
+        if cfg.data.sites:
+            missing = [x for x in cfg.data.sites if cfg.data.dataset not in known.get(x, [])]
+            if missing:
+                raise ConfigError(f"sites {missing} are unknown to the hub or do not hold "
+                                  f"dataset {cfg.data.dataset!r}; start their nodes first")
+            return list(cfg.data.sites)
+        return sorted(n for n, ds in known.items() if cfg.data.dataset in ds)
+
+    def study_status(self, study_id: str) -> dict[str, Any]:
+        with self.db.session() as s:
+            study = StudyRepo(s).get(study_id)
+            if study is None:
+                raise NotFound(f"no study {study_id!r}")
+            rounds = [r.record for r in StudyRepo(s).rounds(study_id) if r.record]
+            return {"study_id": study.id, "name": study.name, "status": study.status.value,
+                    "rounds_planned": study.rounds_planned, "current_round": study.current_round,
+                    "sites": study.sites, "config_hash": study.config_hash,
+                    "error": study.error, "rounds": rounds}
+
+    def list_studies(self) -> list[dict[str, Any]]:
+        with self.db.session() as s:
+            return [{"study_id": st.id, "name": st.name, "status": st.status.value,
+                     "current_round": st.current_round, "rounds_planned": st.rounds_planned}
+                    for st in StudyRepo(s).list()]
+
+    def study_events(self, study_id: str, limit: int = 200) -> list[dict[str, Any]]:
+        with self.db.session() as s:
+            return [{"at": e.at.isoformat(), "kind": e.kind, "site": e.site,
+                     "message": e.message}
+                    for e in reversed(EventRepo(s).recent(limit, study_id=study_id))]
+
+    def artifact(self, study_id: str, name: str) -> Path:
+        if name not in ("history.json", "model.safetensors", "report.html"):
+            raise NotFound(f"no artifact {name!r}; try history.json, model.safetensors or "
+                           "report.html")
+        path = self.data_dir / "studies" / study_id / name
+        if not path.is_file():
+            raise NotFound(f"study {study_id} has no {name} yet (is it finished?)")
+        return path
+
+    def sites(self) -> list[dict[str, Any]]:
+        with self.db.session() as s:
+            return [{"name": x.name, "last_seen": x.last_seen.isoformat(), "version": x.version,
+                     "datasets": x.datasets} for x in SiteRepo(s).list()]
+
+    # -- node side ------------------------------------------------------------------------
+    def hello(self, site: str, serial: str, version: str, datasets: list[dict[str, Any]],
+              session: str) -> None:
+        infos = [DatasetInfo(str(d["name"]), int(d["rows"])) for d in datasets]
+        with self.db.session() as s:
+            SiteRepo(s).upsert_seen(site, serial, version, infos)
+        self.event("node", f"site {site} connected (version {version}, session {session[:8]})",
+                   site=site)
+
+    def next_task(self, site: str, wait: float) -> tuple[str, str, bytes] | None:
+        """Long-poll: the site's oldest pending task, or None after ``wait`` seconds."""
+        deadline = time.monotonic() + max(0.0, min(wait, 60.0))
+        while not self._stopping.is_set():
+            with self.db.session() as s:
+                task = TaskRepo(s).next_pending_for(site)
+                found = (task.id, task.study_id, task.payload_sha) if task else None
+            if found is not None:
+                return found[0], found[1], self.blobs.get(found[2])
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            with self._wake:
+                self._wake.wait(timeout=min(remaining, 1.0))
+        return None
+
+    def notify_site(self, site: str) -> None:
+        with self._wake:
+            self._wake.notify_all()
+
+    def study_for_node(self, site: str, study_id: str) -> dict[str, Any]:
+        with self.db.session() as s:
+            study = StudyRepo(s).get(study_id)
+            if study is None or site not in (study.sites or []):
+                raise NotFound(f"no study {study_id!r} for site {site}")
+            return {"study_id": study.id, "config": study.config,
+                    "config_hash": study.config_hash, "sites": study.sites}
+
+    def receive_reply(self, site: str, task_id: str, body: bytes, sha: str | None) -> None:
+        """Validate and record a node's reply, then wake the round that waits for it.
+
+        Rejected (and logged) before anything is stored: a body whose sha256 does not match,
+        a malformed message, an update with the wrong layout or NaN/Inf, a reply to a task this
+        site never received, a duplicate, a late reply.
+        """
+        try:
+            if sha is None or hashlib.sha256(body).hexdigest() != sha.lower():
+                raise ValidationError("body does not match its X-Content-SHA256 header")
+            header = peek_header(body)
+            if header.get("task_id") != task_id:
+                raise ValidationError("reply names another task than the one it is posted to")
+            study_id = task_id.split("/", 1)[0]
+            with self.db.session() as s:
+                task = TaskRepo(s).get(task_id)
+                kind = task.kind if task is not None and task.site == site else None
+            if kind is not None:
+                spec, aux = self._expected(study_id, kind)
+                decode_reply(body, spec, aux, site=site)  # full validation; raises on bad input
+            sha_stored = self.blobs.put(body)
+            with self.db.session() as s:
+                ReplyRepo(s).record(task_id, site, sha_stored, len(body),
+                                    is_error=header.get("type") == "error",
+                                    message=header.get("message") if header.get(
+                                        "type") == "error" else None)
+        except (ValidationError, ProtocolError) as exc:
+            self.event("rejected", f"reply to {task_id} from {site} rejected: {exc.message}",
+                       site=site, study_id=task_id.split("/", 1)[0] or None)
+            raise
+        with self.waiters_lock:
+            fut = self.waiters.pop(task_id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(body)
+
+    def _expected(self, study_id: str, kind: TaskKind) -> tuple[ParamSpec, dict[str, ParamSpec]]:
+        if kind is TaskKind.EVALUATE:
+            return ParamSpec({}), {}
+        if study_id not in self._specs:
+            cfg = self._config(study_id)
+            learner = make_learner(cfg, ModelShape.of_federated(cfg.data))  # type: ignore[arg-type]
+            spec = learner.initial_parameters().spec
+            strategy = build_strategy(cfg.strategy, num_sites=1)
+            self._specs[study_id] = (spec, strategy.expected_aux(spec))
+        return self._specs[study_id]
+
+    def _config(self, study_id: str) -> StudyConfig:
+        with self.db.session() as s:
+            study = StudyRepo(s).get(study_id)
+            if study is None:
+                raise NotFound(f"no study {study_id!r}")
+            return parse_config(study.config)
+
+    # -- running studies ------------------------------------------------------------------
+    def _launch(self, study_id: str) -> None:
+        thread = threading.Thread(target=self._run_study, args=(study_id,), daemon=True,
+                                  name=f"study-{study_id}")
+        self._runners[study_id] = thread
+        thread.start()
+
+    def wait_for(self, study_id: str, timeout: float | None = None) -> None:
+        thread = self._runners.get(study_id)
+        if thread is not None:
+            thread.join(timeout)
+
+    def _run_study(self, study_id: str) -> None:
+        transport = HubTransport(self, study_id)
+        try:
+            engine = self._engine(study_id, transport)
+            rounds = engine.history.meta["rounds_planned"]
+            start = engine.history.meta.pop("_start_round")
+            final = engine.run(rounds, start_round=start)
+            self._write_outputs(study_id, engine.history, final)
+            with self.db.session() as s:
+                StudyRepo(s).set_status(study_id, StudyStatus.COMPLETED)
+            self.event("study", f"study {study_id} completed", study_id=study_id)
+        except FedcareError as exc:
+            self._fail(study_id, str(exc))
+        except Exception as exc:
+            log.exception("study %s crashed", study_id)
+            self._fail(study_id, f"internal error: {exc!r}")
+        finally:
+            transport.close()
+
+    def _fail(self, study_id: str, message: str) -> None:
+        if self._stopping.is_set():
+            return  # shutting down: the study resumes on the next start
+        with self.db.session() as s:
+            StudyRepo(s).set_status(study_id, StudyStatus.FAILED, error=message)
+        self.event("study", f"study {study_id} failed: {message}", study_id=study_id)
+
+    def _engine(self, study_id: str, transport: HubTransport) -> RoundEngine:
+        with self.db.session() as s:
+            study = StudyRepo(s).get(study_id)
+            assert study is not None
+            sites, current = list(study.sites), study.current_round
+            model_sha, state_sha = study.global_model, study.strategy_state
+        cfg = parse_config(self._config(study_id).model_dump(mode="json"))
+        assert isinstance(cfg.data, FederatedData)
+        learner = make_learner(cfg, ModelShape.of_federated(cfg.data))
+        strategy = build_strategy(cfg.strategy, num_sites=len(sites))
+        train = strategy.train_config(TrainConfig(**cfg.train.model_dump()))
+        history = History(study=cfg.study.name, meta={
+            "fedcare_version": __version__, "study_id": study_id,
+            "config_hash": content_hash(cfg), "task": cfg.data.task,
+            "primary_metric": "mse" if cfg.data.task == "regression" else "accuracy",
+            "higher_is_better": cfg.data.task != "regression", "strategy": cfg.strategy.name,
+            "model": cfg.model.name, "rounds_planned": cfg.study.rounds, "mode": "network",
+            "config": cfg.model_dump(mode="json")},
+            sites=[{"name": x, "train_rows": 0, "test_rows": 0} for x in sites])
+        params = learner.initial_parameters()
+        start = 1
+        if current > 0 and model_sha and state_sha:
+            params = _load_params(self.blobs.get(model_sha))
+            state, saved = _load_state(self.blobs.get(state_sha))
+            strategy.initialize(params)
+            strategy.load_state(state)
+            history = History.from_dict(saved)
+            history.meta["resumed_from_round"] = current
+            start = current + 1
+        history.meta["_start_round"] = start
+        settings = EngineSettings(study=study_id, seed=cfg.study.seed, train=train,
+                                  evaluate_every=cfg.run.evaluate_every,
+                                  round_timeout=cfg.run.round_timeout or DEFAULT_ROUND_TIMEOUT)
+        return RoundEngine(settings, strategy, transport, sites, params, history,
+                           checkpoints=_HubCheckpoints(self, study_id),
+                           on_round=lambda r: self._on_round(study_id, r))
+
+    def _on_round(self, study_id: str, record: RoundRecord) -> None:
+        failed = f"; failed: {record.sites_failed}" if record.sites_failed else ""
+        self.event("round", f"round {record.round} done with {record.sites_completed}{failed}",
+                   study_id=study_id)
+
+    def _write_outputs(self, study_id: str, history: History, final: Parameters) -> None:
+        out = self.data_dir / "studies" / study_id
+        for row in history.sites:
+            row["train_rows"] = row["test_rows"] = None
+        atomic_write_bytes(out / "model.safetensors", st_save(
+            {k: np.require(v, requirements="C") for k, v in final.items()},
+            metadata={"study_id": study_id, "order": json.dumps(list(final))}))
+        save_history(history, out / "history.json")
+        from fedcare.reporting import write_report
+
+        write_report(history.to_dict(), out / "report.html")
+
+
+class _HubCheckpoints:
+    """Stores the round's model and state as blobs, then completes the round in ONE
+    transaction: a crash before the commit replays the round, after it resumes past it."""
+
+    def __init__(self, service: HubService, study_id: str) -> None:
+        self.service, self.study_id = service, study_id
+
+    def save(self, round_: int, parameters: Parameters, state: Mapping[str, Any],
+             history: History) -> None:
+        svc = self.service
+        model_sha = svc.blobs.put(st_save(
+            {k: np.require(v, requirements="C") for k, v in parameters.items()},
+            metadata={"order": json.dumps(list(parameters))}))
+        state_sha = svc.blobs.put(st_save(
+            {k: np.require(v, requirements="C") for k, v in state.items()} or
+            {"_": np.zeros(1, np.float32)}, metadata={"history": json.dumps(history.to_dict())}))
+        with svc.db.session() as s:
+            StudyRepo(s).complete_round(self.study_id, round_, asdict(history.rounds[-1]),
+                                        model_sha, state_sha)
+
+
+def _load_params(raw: bytes) -> Parameters:
+    from safetensors import safe_open  # noqa: F401 - documents where the metadata comes from
+
+    arrays = st_load(raw)
+    order = json.loads(_metadata(raw)["order"])
+    return Parameters({k: arrays[k] for k in order})
+
+
+def _load_state(raw: bytes) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    arrays = {k: v for k, v in st_load(raw).items() if k != "_"}
+    return arrays, json.loads(_metadata(raw)["history"])
+
+
+def _metadata(raw: bytes) -> dict[str, str]:
+    """safetensors keeps metadata in its JSON header; the numpy API does not return it."""
+    n = int.from_bytes(raw[:8], "little")
+    return dict(json.loads(io.BytesIO(raw[8:8 + n]).read()).get("__metadata__", {}))

@@ -1,0 +1,195 @@
+"""The node's main loop: outbound HTTPS only, long-polling the hub for work.
+
+A hospital opens no inbound port: the node dials the hub with its site certificate, asks
+for the next task (the hub holds the request open until there is one), runs it with the same
+:class:`SiteExecutor` simulation uses, and posts the reply. Connection trouble is met with
+exponential backoff, never a crash; ``HTTPS_PROXY`` is honoured (httpx reads the environment).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from fedcare import __version__
+from fedcare.config import FederatedData, StudyConfig, content_hash, parse_config
+from fedcare.core.errors import FedcareError, TransportError
+from fedcare.core.messages import ErrorReply
+from fedcare.core.wire import encode_error, peek_header
+from fedcare.engine.executor import SiteExecutor
+from fedcare.engine.learner_factory import ModelShape, make_learner
+from fedcare.node.local_config import NodeData, load_node_data
+from fedcare.node.site_data import build_site_data
+
+log = logging.getLogger("fedcare.node")
+SHA_HEADER = "X-Content-SHA256"
+
+
+@dataclass
+class _Study:
+    config: StudyConfig
+    config_hash: str
+    executor: SiteExecutor | None
+    refusal: str | None
+
+
+class NodeAgent:
+    def __init__(self, kit_dir: Path, data_config: Path, *, state_dir: Path | None = None,
+                 poll_wait: float = 20.0) -> None:
+        from fedcare.pki.trust import client_ssl_context, load_node_config
+
+        self.kit = load_node_config(kit_dir)
+        self.site = self.kit.site
+        self.data: NodeData = load_node_data(data_config)
+        self.state_dir = state_dir or Path(kit_dir) / "state"
+        self.poll_wait = poll_wait
+        self.session = uuid.uuid4().hex
+        timeout = httpx.Timeout(connect=10.0, read=poll_wait + 30.0, write=600.0, pool=10.0)
+        self.http = httpx.Client(base_url=self.kit.hub_url, verify=client_ssl_context(kit_dir),
+                                 timeout=timeout, trust_env=True,
+                                 headers={"User-Agent": f"fedcare-node/{__version__}"})
+        self._studies: dict[str, _Study] = {}
+        self.stop_event = threading.Event()
+
+    # -- hub calls ------------------------------------------------------------------------
+    def hello(self) -> None:
+        datasets = [{"name": name, "rows": _count_rows(path)}
+                    for name, path in sorted(self.data.datasets.items())]
+        r = self.http.post("/v1/node/hello", json={"version": __version__,
+                                                   "session": self.session,
+                                                   "datasets": datasets})
+        _raise_for(r)
+
+    def poll(self) -> tuple[str, bytes] | None:
+        r = self.http.get("/v1/node/task", params={"wait": self.poll_wait})
+        if r.status_code == 204:
+            return None
+        _raise_for(r)
+        body = r.content
+        if hashlib.sha256(body).hexdigest() != r.headers.get(SHA_HEADER):
+            raise TransportError("task payload failed its sha256 check (corrupted in transit)")
+        return r.headers["X-Fedcare-Study"], body
+
+    def send(self, task_id: str, reply: bytes) -> None:
+        r = self.http.post("/v1/node/reply", params={"task_id": task_id}, content=reply,
+                           headers={SHA_HEADER: hashlib.sha256(reply).hexdigest(),
+                                    "Content-Type": "application/octet-stream"})
+        if r.status_code in (409, 410):  # duplicate or late: the hub already settled this task
+            log.info("hub declined reply for %s: %s", task_id, r.text)
+            return
+        _raise_for(r)
+
+    # -- work -----------------------------------------------------------------------------
+    def study(self, study_id: str) -> _Study:
+        if study_id in self._studies:
+            return self._studies[study_id]
+        r = self.http.get(f"/v1/node/studies/{study_id}")
+        _raise_for(r)
+        doc = r.json()
+        cfg = parse_config(doc["config"])
+        digest = content_hash(cfg)  # recomputed here: the site never trusts the hub's word
+        entry = _Study(cfg, digest, None, None)
+        if not self.data.approves(digest):
+            entry.refusal = (f"site {self.site} has not approved study {cfg.study.name!r} "
+                             f"(content hash {digest}); its data steward must add the hash to "
+                             "[approval] studies")
+        elif not isinstance(cfg.data, FederatedData):
+            entry.refusal = "study data source is not 'federation'"
+        elif cfg.data.dataset not in self.data.datasets:
+            entry.refusal = f"site {self.site} holds no dataset named {cfg.data.dataset!r}"
+        else:
+            sites: list[str] = doc["sites"]
+            index = sites.index(self.site)
+            data = build_site_data(cfg.data, self.site, index, cfg.study.seed,
+                                   self.data.datasets[cfg.data.dataset])
+            learner = make_learner(cfg, ModelShape.of_federated(cfg.data))
+            entry.executor = SiteExecutor(data, learner, site_index=index,
+                                          expected=learner.initial_parameters().spec,
+                                          state_dir=self.state_dir / study_id)
+        self._studies[study_id] = entry
+        return entry
+
+    def handle(self, study_id: str, payload: bytes) -> tuple[str, bytes]:
+        header = peek_header(payload)
+        task_id = str(header.get("task_id", ""))
+        try:
+            entry = self.study(study_id)
+        except FedcareError as exc:
+            entry = _Study(None, "", None, f"cannot prepare study: {exc}")  # type: ignore[arg-type]
+        if entry.executor is None:
+            log.warning("refusing task %s: %s", task_id, entry.refusal)
+            reply = encode_error(ErrorReply(task_id, self.site, int(header.get("round", -1)),
+                                            "Refused", entry.refusal or "refused"))
+            return task_id, reply
+        return task_id, entry.executor.handle(payload)
+
+    def run(self, max_seconds: float | None = None) -> None:
+        """Serve until :attr:`stop_event` is set (or ``max_seconds`` pass)."""
+        deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        failures = 0
+        greeted = False
+        while not self.stop_event.is_set():
+            if deadline is not None and time.monotonic() > deadline:
+                return
+            try:
+                if not greeted:
+                    self.hello()
+                    greeted = True
+                    log.info("site %s connected to %s", self.site, self.kit.hub_url)
+                got = self.poll()
+                failures = 0
+                if got is None:
+                    continue
+                task_id, reply = self.handle(*got)
+                self.send(task_id, reply)
+            except FedcareError as exc:  # the hub refused something: say so, keep serving
+                failures += 1
+                log.error("%s", exc)
+                self.stop_event.wait(min(30.0, 1.0 * failures))
+            except (httpx.TransportError, TransportError, _HubUnavailable) as exc:
+                failures += 1
+                greeted = greeted and not isinstance(exc, httpx.ConnectError)
+                delay = min(30.0, 0.5 * 2 ** min(failures, 6)) * (0.5 + random.random() / 2)
+                log.warning("hub unreachable (%s); retrying in %.1f s", exc, delay)
+                self.stop_event.wait(delay)
+
+    def close(self) -> None:
+        self.http.close()
+
+
+class _HubUnavailable(Exception):
+    pass
+
+
+def _raise_for(r: httpx.Response) -> None:
+    if r.status_code >= 500:
+        raise _HubUnavailable(f"hub answered {r.status_code}")
+    if r.status_code >= 400:
+        detail: Any = r.text
+        try:
+            detail = r.json().get("detail", detail)
+        except ValueError:
+            pass
+        raise FedcareError(f"hub refused the request ({r.status_code}): {detail}")
+
+
+def _count_rows(path: Path) -> int:
+    """Row count only: the one fact about the data a node tells the hub unprompted."""
+    try:
+        if path.suffix in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            return int(pq.ParquetFile(path).metadata.num_rows)
+        with open(path, "rb") as fh:
+            return max(sum(1 for _ in fh) - 1, 0)
+    except OSError:
+        return 0
