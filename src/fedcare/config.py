@@ -103,7 +103,8 @@ class FederatedData(_DataCommon):
         "binary", description="binary, multiclass or regression.")
     classes: int = Field(2, ge=2, description="Number of classes (multiclass).")
     standardize: bool = Field(True, description=(
-        "Scale features by each site's own mean/std (no statistics leave the site)."))
+        "Scale features by the federation's mean/std, computed from each site's sums, sums "
+        "of squares and row counts (no row leaves a site; sites refuse below 10 rows)."))
     sites: list[str] | None = Field(None, description=(
         "Sites taking part (default: every site that holds the dataset)."))
 

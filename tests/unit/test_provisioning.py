@@ -18,8 +18,6 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from fedcare.cli.provision import app
-from fedcare.pki import certs
-from fedcare.pki.files import dump_toml
 from fedcare.hub.provisioning import (
     CrlError,
     ExpiredCertificate,
@@ -42,6 +40,8 @@ from fedcare.hub.provisioning import (
     server_ssl_context,
     verify_peer,
 )
+from fedcare.pki import certs
+from fedcare.pki.files import dump_toml
 
 runner = CliRunner()
 

@@ -42,7 +42,8 @@ def results_table(history: Mapping[str, Any]) -> Table:
         for label, _ in blocks:
             table.add_column(f"{m}\n{label}", justify="right",
                              style="bold" if label == "fed" else None)
-    sites = [(s["name"], f"{s['train_rows']}/{s['test_rows']}") for s in history.get("sites", [])]
+    sites = [(s["name"], f"{s.get('train_rows') or '?'}/{s.get('test_rows') or '?'}")
+             for s in history.get("sites", [])]
     for i, (name, rows) in enumerate([*sites, (ALL, "")]):
         cells = [name, rows]
         for m in metrics:

@@ -23,8 +23,11 @@ class UpdateKind(enum.StrEnum):
 
 
 class TaskKind(enum.StrEnum):
+    """What a task asks: train (and maybe evaluate), evaluate only, or feature statistics."""
+
     FIT = "fit"
     EVALUATE = "evaluate"
+    STATS = "stats"
 
 
 @dataclass(frozen=True)

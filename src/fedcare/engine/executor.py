@@ -9,17 +9,46 @@ cross the boundary as data - so one broken site never takes the round down with 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from fedcare.core.errors import FedcareError
+import numpy as np
+
+from fedcare.core.errors import FedcareError, ValidationError
 from fedcare.core.messages import ErrorReply, Task, TaskKind, Update, UpdateKind
-from fedcare.core.params import Parameters, ParamSpec
+from fedcare.core.params import ArraySpec, Parameters, ParamSpec
 from fedcare.core.seeds import site_round_seed
 from fedcare.core.wire import decode_task, encode_error, encode_update
 from fedcare.data.dataset import SiteData
 from fedcare.engine.site_state import SiteStateStore
 from fedcare.learners.base import Learner
 from fedcare.strategies import site_algorithm
+
+#: Task aux entry carrying the federation-wide feature ``mean`` and ``std``.
+NORMALIZER = "norm"
+#: Aux entry of a stats reply: per-feature ``sum`` and ``sumsq`` and the row ``count``.
+STATS = "stats"
+#: A site never reports feature statistics over fewer rows than this (small-cell rule).
+MIN_STATS_ROWS = 10
+
+
+def stats_spec(n_features: int) -> ParamSpec:
+    """Layout of a stats reply's aux arrays."""
+    return ParamSpec({"sum": ArraySpec((n_features,), "float64"),
+                      "sumsq": ArraySpec((n_features,), "float64"),
+                      "count": ArraySpec((1,), "float64")})
+
+
+def pool_stats(replies: list[Parameters]) -> Parameters:
+    """Federation-wide mean and std (ddof 0; std 0 -> 1) from per-site sums."""
+    total = sum(float(r["count"][0]) for r in replies)
+    s = np.sum([r["sum"] for r in replies], axis=0)
+    sq = np.sum([r["sumsq"] for r in replies], axis=0)
+    mean = s / total
+    var = np.maximum(sq / total - mean * mean, 0.0)
+    std = np.sqrt(var)
+    std[std <= 1e-12 * np.maximum(1.0, np.abs(mean))] = 1.0
+    return Parameters({"mean": mean.astype(np.float32), "std": std.astype(np.float32)})
 
 
 class SiteExecutor:
@@ -33,9 +62,40 @@ class SiteExecutor:
         self.expected = expected
         self.state = SiteStateStore(state_dir)
 
+        self._norm_key: bytes | None = None
+        self._norm_data: SiteData = data
+
     @property
     def name(self) -> str:
         return self.data.name
+
+    def _normalized(self, norm: Parameters | None) -> SiteData:
+        """The site's data scaled by the federation's mean/std when the task carries them
+        (cached: the same normalizer arrives with every task of a study)."""
+        if norm is None:
+            return self.data
+        key = norm["mean"].tobytes() + norm["std"].tobytes()
+        if key != self._norm_key:
+            d = self.data
+            if d.x_train.shape[1:] != norm["mean"].shape:
+                raise ValidationError("normalizer does not match the site's feature count")
+            mean, std = norm["mean"], norm["std"]
+            self._norm_data = replace(d, x_train=((d.x_train - mean) / std).astype(np.float32),
+                                      x_test=((d.x_test - mean) / std).astype(np.float32))
+            self._norm_key = key
+        return self._norm_data
+
+    def _stats(self, task: Task, start: float) -> Update:
+        x = self.data.x_train.astype(np.float64)
+        if len(x) < MIN_STATS_ROWS:
+            raise FedcareError(f"refusing to report feature statistics over {len(x)} rows "
+                               f"(fewer than {MIN_STATS_ROWS})")
+        stats = Parameters({"sum": x.sum(axis=0), "sumsq": (x * x).sum(axis=0),
+                            "count": np.array([float(len(x))])})
+        return Update(task_id=task.task_id, site=self.name, round=task.round,
+                      kind=UpdateKind.FULL, parameters=Parameters({}), num_examples=len(x),
+                      aux={STATS: stats}, provenance=("stats:sum,sumsq,count",),
+                      seconds=time.perf_counter() - start)
 
     def handle(self, payload: bytes) -> bytes:
         """Bytes in, bytes out: the transport-facing entry point."""
@@ -53,7 +113,9 @@ class SiteExecutor:
 
     def run(self, task: Task) -> Update:
         start = time.perf_counter()
-        d = self.data
+        if task.kind is TaskKind.STATS:
+            return self._stats(task, start)
+        d = self._normalized(task.aux.get(NORMALIZER))
         eval_metrics: dict[str, float] = {}
         if task.evaluate and len(d.x_test):
             eval_metrics = self.learner.evaluate(task.parameters, d.x_test, d.y_test)
@@ -65,11 +127,12 @@ class SiteExecutor:
                           seconds=time.perf_counter() - start)
         algo = site_algorithm(task.strategy)
         state = self.state.load_before(task.round)
+        task_aux = {k: v for k, v in task.aux.items() if k != NORMALIZER}
         result = self.learner.fit(
             task.parameters, d.x_train, d.y_train, task.train,
             seed=site_round_seed(task.seed, task.round, self.site_index),
-            correction=algo.correction(task.aux, state))
-        aux, new_state = algo.after_fit(task.parameters, task.aux, result, task.train, state)
+            correction=algo.correction(task_aux, state))
+        aux, new_state = algo.after_fit(task.parameters, task_aux, result, task.train, state)
         if new_state:
             self.state.save(task.round, new_state)
         return Update(

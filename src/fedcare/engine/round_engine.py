@@ -73,16 +73,20 @@ class RoundEngine:
         self.checkpoints = checkpoints
         self.on_round = on_round
         self._stack = UpdateStack(self.spec, capacity=len(self.sites))
+        #: Arrays sent with every task besides the strategy's (e.g. the feature normalizer).
+        self.extra_aux: dict[str, Parameters] = {}
 
     # -- one exchange of tasks and replies ------------------------------------------------
     def exchange(self, round_: int, sites: Sequence[str], kind: TaskKind, *,
-                 evaluate: bool, train: TrainConfig,
-                 aux: Mapping[str, Parameters]) -> Exchange:
+                 evaluate: bool, train: TrainConfig, aux: Mapping[str, Parameters],
+                 expected_aux: Mapping[str, ParamSpec] | None = None) -> Exchange:
         start = time.perf_counter()
         s = self.settings
+        aux = {**aux, **self.extra_aux}
         arrays = pack_arrays(self.parameters, aux)
         expected = self.spec if kind is TaskKind.FIT else ParamSpec({})
-        expected_aux = self.strategy.expected_aux(self.spec) if kind is TaskKind.FIT else {}
+        if expected_aux is None:
+            expected_aux = self.strategy.expected_aux(self.spec) if kind is TaskKind.FIT else {}
         futures: dict[str, Future[bytes]] = {}
         task_ids: dict[str, str] = {}
         bytes_down = 0
@@ -161,6 +165,7 @@ class RoundEngine:
         self.parameters = new
         record.aggregate_seconds = time.perf_counter() - t1
         record.train_metrics = {s: dict(u.metrics) for s, u in sorted(ex.updates.items())}
+        self._note_rows(ex.updates)
         record.seconds = time.perf_counter() - t0
         self.history.rounds.append(record)
         if self.checkpoints is not None:
@@ -168,6 +173,20 @@ class RoundEngine:
         if self.on_round is not None:
             self.on_round(record)
         return record
+
+    def _note_rows(self, updates: Mapping[str, Update]) -> None:
+        """Row counts the sites reported (a networked hub learns them only from updates)."""
+        known = {row["name"]: row for row in self.history.sites}
+        for site, u in updates.items():
+            row = known.get(site)
+            if row is None:
+                row = {"name": site, "train_rows": None, "test_rows": None}
+                self.history.sites.append(row)
+                known[site] = row
+            if u.num_examples:
+                row["train_rows"] = u.num_examples
+            if u.eval_metrics:
+                row["test_rows"] = u.num_eval_examples
 
     def _record_evaluation(self, model_round: int, updates: Mapping[str, Update]) -> None:
         per_site = {s: dict(u.eval_metrics) for s, u in sorted(updates.items()) if u.eval_metrics}
@@ -186,12 +205,29 @@ class RoundEngine:
         """Evaluate the current global model at every site (evaluation-only tasks)."""
         ex = self.exchange(round_, self.sites, TaskKind.EVALUATE, evaluate=True,
                            train=self.settings.train, aux={})
+        self._note_rows(ex.updates)
         per_site = {s: dict(u.eval_metrics) for s, u in sorted(ex.updates.items())
                     if u.eval_metrics}
         weights = {s: u.num_eval_examples for s, u in ex.updates.items()}
         return {"site_metrics": per_site,
                 "global_metrics": weighted_mean_metrics(per_site, weights),
                 "sites_failed": ex.failures}
+
+    def feature_statistics(self, n_features: int) -> Parameters:
+        """Federation-wide feature mean/std from every site's sums (no row leaves a site).
+
+        Sent as round 1 ``stats`` tasks before training; every site must answer, since a
+        normalizer computed without a site would not describe its data.
+        """
+        from fedcare.engine.executor import STATS, pool_stats, stats_spec
+
+        ex = self.exchange(1, self.sites, TaskKind.STATS, evaluate=False,
+                           train=self.settings.train, aux={},
+                           expected_aux={STATS: stats_spec(n_features)})
+        if ex.failures:
+            raise RoundFailed(f"feature statistics failed at {sorted(ex.failures)}: "
+                              f"{ex.failures}")
+        return pool_stats([ex.updates[s].aux[STATS] for s in self.sites])
 
     def run(self, rounds: int, start_round: int = 1) -> Parameters:
         """Rounds ``start_round..rounds`` then a final evaluation at every site.

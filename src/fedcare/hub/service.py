@@ -30,6 +30,7 @@ from fedcare.core.errors import ConfigError, FedcareError, ProtocolError, Valida
 from fedcare.core.messages import TaskKind, TrainConfig
 from fedcare.core.params import Parameters, ParamSpec
 from fedcare.core.wire import decode_reply, peek_header
+from fedcare.engine.executor import NORMALIZER, STATS, stats_spec
 from fedcare.engine.history import History, RoundRecord, atomic_write_bytes, save_history
 from fedcare.engine.learner_factory import ModelShape, make_learner
 from fedcare.engine.round_engine import EngineSettings, RoundEngine
@@ -244,6 +245,10 @@ class HubService:
     def _expected(self, study_id: str, kind: TaskKind) -> tuple[ParamSpec, dict[str, ParamSpec]]:
         if kind is TaskKind.EVALUATE:
             return ParamSpec({}), {}
+        if kind is TaskKind.STATS:
+            data = self._config(study_id).data
+            assert isinstance(data, FederatedData)
+            return ParamSpec({}), {STATS: stats_spec(len(data.features))}
         if study_id not in self._specs:
             cfg = self._config(study_id)
             learner = make_learner(cfg, ModelShape.of_federated(cfg.data))  # type: ignore[arg-type]
@@ -277,6 +282,7 @@ class HubService:
             engine = self._engine(study_id, transport)
             rounds = engine.history.meta["rounds_planned"]
             start = engine.history.meta.pop("_start_round")
+            self._normalizer(engine)
             final = engine.run(rounds, start_round=start)
             self._write_outputs(study_id, engine.history, final)
             with self.db.session() as s:
@@ -315,7 +321,7 @@ class HubService:
             "higher_is_better": cfg.data.task != "regression", "strategy": cfg.strategy.name,
             "model": cfg.model.name, "rounds_planned": cfg.study.rounds, "mode": "network",
             "config": cfg.model_dump(mode="json")},
-            sites=[{"name": x, "train_rows": 0, "test_rows": 0} for x in sites])
+            sites=[{"name": x, "train_rows": None, "test_rows": None} for x in sites])
         params = learner.initial_parameters()
         start = 1
         if current > 0 and model_sha and state_sha:
@@ -334,6 +340,20 @@ class HubService:
                            checkpoints=_HubCheckpoints(self, study_id),
                            on_round=lambda r: self._on_round(study_id, r))
 
+    def _normalizer(self, engine: RoundEngine) -> None:
+        """Federation-wide feature scaling: computed once from the sites' sums (round 1 stats
+        tasks), kept in the history so a resumed study reuses exactly the same values."""
+        cfg = parse_config(engine.history.meta["config"])
+        if not (isinstance(cfg.data, FederatedData) and cfg.data.standardize):
+            return
+        saved = engine.history.meta.get("normalizer")
+        if saved is None:
+            norm = engine.feature_statistics(len(cfg.data.features))
+            engine.history.meta["normalizer"] = {k: v.tolist() for k, v in norm.items()}
+        else:
+            norm = Parameters({k: np.asarray(v, dtype=np.float32) for k, v in saved.items()})
+        engine.extra_aux = {NORMALIZER: norm}
+
     def _on_round(self, study_id: str, record: RoundRecord) -> None:
         failed = f"; failed: {record.sites_failed}" if record.sites_failed else ""
         self.event("round", f"round {record.round} done with {record.sites_completed}{failed}",
@@ -341,8 +361,6 @@ class HubService:
 
     def _write_outputs(self, study_id: str, history: History, final: Parameters) -> None:
         out = self.data_dir / "studies" / study_id
-        for row in history.sites:
-            row["train_rows"] = row["test_rows"] = None
         atomic_write_bytes(out / "model.safetensors", st_save(
             {k: np.require(v, requirements="C") for k, v in final.items()},
             metadata={"study_id": study_id, "order": json.dumps(list(final))}))

@@ -8,6 +8,7 @@ exponential backoff, never a crash; ``HTTPS_PROXY`` is honoured (httpx reads the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import random
@@ -175,10 +176,8 @@ def _raise_for(r: httpx.Response) -> None:
         raise _HubUnavailable(f"hub answered {r.status_code}")
     if r.status_code >= 400:
         detail: Any = r.text
-        try:
+        with contextlib.suppress(ValueError):
             detail = r.json().get("detail", detail)
-        except ValueError:
-            pass
         raise FedcareError(f"hub refused the request ({r.status_code}): {detail}")
 
 

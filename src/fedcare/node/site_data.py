@@ -15,7 +15,6 @@ from fedcare.data.dataset import SiteData, TaskType
 def build_site_data(data: FederatedData, site: str, site_index: int, seed: int,
                     path: Path) -> SiteData:
     from fedcare.data.partition import split_train_test
-    from fedcare.data.standardize import apply_standardizer, federated_standardizer
     from fedcare.data.tabular import load_table
 
     table = load_table(path, label=data.label, features=data.features, site=site)
@@ -36,9 +35,8 @@ def build_site_data(data: FederatedData, site: str, site_index: int, seed: int,
     tr, te = split_train_test(np.arange(len(y)), data.test_fraction,
                               site_round_seed(seed, 0, site_index))
     x_tr, x_te = table.x[tr], table.x[te]
-    if data.standardize:
-        mean, std = federated_standardizer([x_tr])  # this site's own statistics only
-        x_tr, x_te = apply_standardizer(x_tr, mean, std), apply_standardizer(x_te, mean, std)
+    # No local scaling: when the study standardizes, every task carries the federation-wide
+    # mean/std (computed from all sites' sums), so each site scales its rows identically.
     return SiteData(site, np.ascontiguousarray(x_tr, np.float32), y[tr],
                     np.ascontiguousarray(x_te, np.float32), y[te], tuple(data.features), task,
                     classes)

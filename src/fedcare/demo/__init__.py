@@ -1,0 +1,1 @@
+"""``fedcare demo``: a real federation (hub + three site nodes, mutual TLS) on one machine."""
