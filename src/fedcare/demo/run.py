@@ -72,7 +72,7 @@ def _wait(what: str, check: Any, timeout: float, procs: list[subprocess.Popen[by
             result = check()
             if result:
                 return result
-        except Exception:
+        except Exception:  # noqa: BLE001 (not up yet: keep polling until the deadline)
             pass
         time.sleep(0.3)
     raise FedcareError(f"timed out waiting for {what}; see the logs in {logs}")

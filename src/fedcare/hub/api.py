@@ -39,11 +39,21 @@ def status_of(exc: Exception) -> int:
     return next(code for cls, code in _STATUS if isinstance(exc, cls))
 
 
+class HelloDataset(BaseModel):
+    """One dataset a node holds: its name and row count. Typed (it was a free-form dict):
+    an entry without ``name``/``rows`` or with a non-numeric ``rows`` made the hub answer 500
+    (KeyError/ValueError in HubService.hello); now it is a 422. Unknown keys are ignored so a
+    newer node may tell more."""
+
+    name: str = Field(min_length=1, max_length=100)
+    rows: int = Field(ge=0)
+
+
 class Hello(BaseModel):
     model_config = ConfigDict(extra="forbid")
     version: str = Field(max_length=64)
     session: str = Field(max_length=64)
-    datasets: list[dict[str, int | str]] = Field(default_factory=list, max_length=1000)
+    datasets: list[HelloDataset] = Field(default_factory=list, max_length=1000)
 
 
 class PeerTrust:
@@ -105,7 +115,7 @@ def create_app(service: HubService, trust: PeerTrust, token: str) -> FastAPI:
         der = request.scope["extensions"]["tls"]["client_cert"]
         serial = f"{x509.load_der_x509_certificate(der).serial_number:x}"
         await run_in_threadpool(service.hello, site, serial, body.version,
-                                [dict(d) for d in body.datasets], body.session)
+                                [d.model_dump() for d in body.datasets], body.session)
         return {"site": site, "hub_version": __version__}
 
     @app.get("/v1/node/task", responses={204: {"description": "no task yet"}})

@@ -24,7 +24,7 @@ class InMemoryTransport:
             return fut
         try:
             fut.set_result(handler(payload))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (delivered to the engine through the future)
             fut.set_exception(TransportError(f"site handler failed: {exc}", site=site))
         return fut
 

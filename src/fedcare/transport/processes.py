@@ -9,6 +9,7 @@ stays where it was written. Only bytes (the wire format) cross the pipes.
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing as mp
 import os
 import queue
@@ -37,7 +38,7 @@ def _worker_main(conn: Connection, handlers: Mapping[str, Handler],
         payload = conn.recv_bytes()
         try:
             reply = handlers[site](payload)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (last resort; handlers already reply with errors)
             reply = f"ERR{exc}".encode()
         conn.send_bytes(reply)
 
@@ -80,8 +81,36 @@ class _Worker:
         self.conn.close()
 
 
+class _LocalWorker:
+    """The parent process's own share of the sites, run in a thread.
+
+    Torch releases the GIL inside its kernels, so this thread trains in parallel with the
+    forked workers, and the parent (which holds torch already) costs no extra memory.
+    """
+
+    def __init__(self, handlers: Mapping[str, Handler]) -> None:
+        self.handlers = handlers
+        self.jobs: queue.Queue[tuple[str, bytes, Future[bytes]] | None] = queue.Queue()
+        self.thread = threading.Thread(target=self._pump, daemon=True)
+        self.thread.start()
+
+    def _pump(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            site, payload, fut = job
+            try:
+                fut.set_result(self.handlers[site](payload))
+            except Exception as exc:  # noqa: BLE001 (handlers reply with errors; last resort)
+                fut.set_exception(TransportError(str(exc), site=site))
+
+    def stop(self) -> None:
+        self.jobs.put(None)
+        self.thread.join(timeout=5)
+
+
 class ProcessTransport:
-    """Runs site handlers in ``workers`` forked processes."""
+    """Runs site handlers on ``workers`` cores: the parent process plus ``workers - 1``
+    forked processes (a forked worker costs ~150-200 MB of private memory, the parent none).
+    """
 
     def __init__(self, handlers: Mapping[str, Handler], workers: int,
                  init: Callable[[], None] | None = None) -> None:
@@ -90,9 +119,14 @@ class ProcessTransport:
         if os.name != "posix":
             raise TransportError("parallel simulation needs fork (Linux/macOS)")
         ctx = mp.get_context("fork")
+        # Move every live object out of the garbage collector's reach before forking: a
+        # collection in a child would otherwise write to (and so copy) every page of the
+        # parent's heap it walks. Measured on workload B: see benchmarks/README.md.
+        gc.freeze()
         self._sites: Sequence[str] = list(handlers)
         self._route = {s: i % workers for i, s in enumerate(self._sites)}
-        self._workers = [_Worker(ctx, handlers, init) for _ in range(workers)]
+        self._workers: list[_Worker | _LocalWorker] = [_LocalWorker(handlers)]
+        self._workers += [_Worker(ctx, handlers, init) for _ in range(workers - 1)]
 
     def submit(self, site: str, payload: bytes) -> Future[bytes]:
         fut: Future[bytes] = Future()
