@@ -164,7 +164,8 @@ class RoundEngine:
         check_finite(new, what=f"aggregated model of round {round_}")
         self.parameters = new
         record.aggregate_seconds = time.perf_counter() - t1
-        record.train_metrics = {s: dict(u.metrics) for s, u in sorted(ex.updates.items())}
+        record.train_metrics = {s: {**u.metrics, "seconds": u.seconds}
+                                for s, u in sorted(ex.updates.items())}
         self._note_rows(ex.updates)
         record.seconds = time.perf_counter() - t0
         self.history.rounds.append(record)

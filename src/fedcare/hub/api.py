@@ -121,15 +121,12 @@ def create_app(service: HubService, trust: PeerTrust, token: str) -> FastAPI:
     @app.get("/v1/node/task", responses={204: {"description": "no task yet"}})
     async def next_task(site: Site, wait: Annotated[float, Query(ge=0, le=60)] = 20.0
                         ) -> Response:
-        import hashlib
-
         found = await run_in_threadpool(service.next_task, site, wait)
         if found is None:
             return Response(status_code=204)
-        task_id, study_id, payload = found
+        task_id, study_id, payload, sha = found
         return Response(payload, media_type="application/octet-stream", headers={
-            "X-Fedcare-Task-Id": task_id, "X-Fedcare-Study": study_id,
-            SHA_HEADER: hashlib.sha256(payload).hexdigest()})
+            "X-Fedcare-Task-Id": task_id, "X-Fedcare-Study": study_id, SHA_HEADER: sha})
 
     @app.get("/v1/node/studies/{study_id}")
     async def node_study(study_id: str, site: Site) -> dict[str, Any]:

@@ -75,7 +75,8 @@ class HubService:
         self.max_body = max_body
         self.waiters: dict[str, Future[bytes]] = {}
         self.waiters_lock = threading.Lock()
-        self._wake = threading.Condition()
+        self._wake: dict[str, threading.Condition] = {}
+        self._wake_lock = threading.Lock()
         self._runners: dict[str, threading.Thread] = {}
         self._specs: dict[str, tuple[ParamSpec, dict[str, ParamSpec]]] = {}
         self._stopping = threading.Event()
@@ -91,8 +92,8 @@ class HubService:
 
     def stop(self) -> None:
         self._stopping.set()
-        with self._wake:
-            self._wake.notify_all()
+        for site in list(self._wake):
+            self.notify_site(site)
 
     def event(self, kind: str, message: str, *, study_id: str | None = None,
               site: str | None = None) -> None:
@@ -179,25 +180,33 @@ class HubService:
         self.event("node", f"site {site} connected (version {version}, session {session[:8]})",
                    site=site)
 
-    def next_task(self, site: str, wait: float) -> tuple[str, str, bytes] | None:
-        """Long-poll: the site's oldest pending task, or None after ``wait`` seconds."""
+    def next_task(self, site: str, wait: float) -> tuple[str, str, bytes, str] | None:
+        """Long-poll: the site's oldest pending task (id, study, payload, sha256), or None
+        after ``wait`` seconds. The payload was verified against its sha256 on reading."""
         deadline = time.monotonic() + max(0.0, min(wait, 60.0))
         while not self._stopping.is_set():
             with self.db.session() as s:
                 task = TaskRepo(s).next_pending_for(site)
                 found = (task.id, task.study_id, task.payload_sha) if task else None
             if found is not None:
-                return found[0], found[1], self.blobs.get(found[2])
+                return found[0], found[1], self.blobs.get(found[2]), found[2]
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            with self._wake:
-                self._wake.wait(timeout=min(remaining, 1.0))
+            wake = self._condition(site)
+            with wake:
+                wake.wait(timeout=min(remaining, 1.0))
         return None
 
+    def _condition(self, site: str) -> threading.Condition:
+        with self._wake_lock:
+            return self._wake.setdefault(site, threading.Condition())
+
     def notify_site(self, site: str) -> None:
-        with self._wake:
-            self._wake.notify_all()
+        """Wake only the long-polls of ``site`` (a new task for one site wakes no other)."""
+        wake = self._condition(site)
+        with wake:
+            wake.notify_all()
 
     def study_for_node(self, site: str, study_id: str) -> dict[str, Any]:
         with self.db.session() as s:
@@ -215,7 +224,8 @@ class HubService:
         site never received, a duplicate, a late reply.
         """
         try:
-            if sha is None or hashlib.sha256(body).hexdigest() != sha.lower():
+            digest = hashlib.sha256(body).hexdigest()
+            if sha is None or digest != sha.lower():
                 raise ValidationError("body does not match its X-Content-SHA256 header")
             header = peek_header(body)
             if header.get("task_id") != task_id:
@@ -227,7 +237,7 @@ class HubService:
             if kind is not None:
                 spec, aux = self._expected(study_id, kind)
                 decode_reply(body, spec, aux, site=site)  # full validation; raises on bad input
-            sha_stored = self.blobs.put(body)
+            sha_stored = self.blobs.put_hashed(body, digest)
             with self.db.session() as s:
                 ReplyRepo(s).record(task_id, site, sha_stored, len(body),
                                     is_error=header.get("type") == "error",
