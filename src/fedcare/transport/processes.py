@@ -43,7 +43,35 @@ def _worker_main(conn: Connection, handlers: Mapping[str, Handler],
         conn.send_bytes(reply)
 
 
-class _Worker:
+class _QueueWorker:
+    """A thread that runs one site task at a time from its queue and resolves its future."""
+
+    def __init__(self) -> None:
+        self.jobs: queue.Queue[tuple[str, bytes, Future[bytes]] | None] = queue.Queue()
+        self.thread = threading.Thread(target=self._pump, daemon=True)
+        self.thread.start()
+
+    def _call(self, site: str, payload: bytes) -> bytes:
+        raise NotImplementedError
+
+    def _pump(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            site, payload, fut = job
+            try:
+                fut.set_result(self._call(site, payload))
+            except TransportError as exc:
+                fut.set_exception(exc)
+            except Exception as exc:  # noqa: BLE001 (handlers reply with errors; last resort)
+                fut.set_exception(TransportError(str(exc), site=site))
+
+    def stop(self) -> None:
+        self.jobs.put(None)
+        self.thread.join(timeout=5)
+
+
+class _Worker(_QueueWorker):
+    """A forked process owning a share of the sites; bytes go through a pipe."""
+
     def __init__(self, ctx: mp.context.BaseContext, handlers: Mapping[str, Handler],
                  init: Callable[[], None] | None) -> None:
         parent, child = ctx.Pipe()
@@ -51,28 +79,21 @@ class _Worker:
         self.proc.start()
         child.close()
         self.conn = parent
-        self.jobs: queue.Queue[tuple[str, bytes, Future[bytes]] | None] = queue.Queue()
-        self.thread = threading.Thread(target=self._pump, daemon=True)
-        self.thread.start()
+        super().__init__()
 
-    def _pump(self) -> None:
-        while (job := self.jobs.get()) is not None:
-            site, payload, fut = job
-            try:
-                self.conn.send_bytes(site.encode())
-                self.conn.send_bytes(payload)
-                reply = self.conn.recv_bytes()
-            except (EOFError, OSError) as exc:
-                fut.set_exception(TransportError(f"worker process died: {exc}", site=site))
-                continue
-            if reply.startswith(b"ERR"):
-                fut.set_exception(TransportError(reply[3:].decode(errors="replace"), site=site))
-            else:
-                fut.set_result(reply)
+    def _call(self, site: str, payload: bytes) -> bytes:
+        try:
+            self.conn.send_bytes(site.encode())
+            self.conn.send_bytes(payload)
+            reply = self.conn.recv_bytes()
+        except (EOFError, OSError) as exc:
+            raise TransportError(f"worker process died: {exc}", site=site) from exc
+        if reply.startswith(b"ERR"):
+            raise TransportError(reply[3:].decode(errors="replace"), site=site)
+        return reply
 
     def stop(self) -> None:
-        self.jobs.put(None)
-        self.thread.join(timeout=5)
+        super().stop()
         with contextlib.suppress(OSError):
             self.conn.send_bytes(_STOP)
         self.proc.join(timeout=5)
@@ -81,7 +102,7 @@ class _Worker:
         self.conn.close()
 
 
-class _LocalWorker:
+class _LocalWorker(_QueueWorker):
     """The parent process's own share of the sites, run in a thread.
 
     Torch releases the GIL inside its kernels, so this thread trains in parallel with the
@@ -90,21 +111,10 @@ class _LocalWorker:
 
     def __init__(self, handlers: Mapping[str, Handler]) -> None:
         self.handlers = handlers
-        self.jobs: queue.Queue[tuple[str, bytes, Future[bytes]] | None] = queue.Queue()
-        self.thread = threading.Thread(target=self._pump, daemon=True)
-        self.thread.start()
+        super().__init__()
 
-    def _pump(self) -> None:
-        while (job := self.jobs.get()) is not None:
-            site, payload, fut = job
-            try:
-                fut.set_result(self.handlers[site](payload))
-            except Exception as exc:  # noqa: BLE001 (handlers reply with errors; last resort)
-                fut.set_exception(TransportError(str(exc), site=site))
-
-    def stop(self) -> None:
-        self.jobs.put(None)
-        self.thread.join(timeout=5)
+    def _call(self, site: str, payload: bytes) -> bytes:
+        return self.handlers[site](payload)
 
 
 class ProcessTransport:
@@ -125,7 +135,7 @@ class ProcessTransport:
         gc.freeze()
         self._sites: Sequence[str] = list(handlers)
         self._route = {s: i % workers for i, s in enumerate(self._sites)}
-        self._workers: list[_Worker | _LocalWorker] = [_LocalWorker(handlers)]
+        self._workers: list[_QueueWorker] = [_LocalWorker(handlers)]
         self._workers += [_Worker(ctx, handlers, init) for _ in range(workers - 1)]
 
     def submit(self, site: str, payload: bytes) -> Future[bytes]:
