@@ -201,7 +201,7 @@ class StudyConfig(_Section):
     model: ModelSection = Field(default_factory=ModelSection)  # type: ignore[arg-type]
     train: TrainSection = Field(default_factory=TrainSection)  # type: ignore[arg-type]
     strategy: StrategySection = Field(
-        default_factory=lambda: FedAvgSection(name="fedavg"))
+        default_factory=lambda: FedAvgSection(name="fedavg"))  # type: ignore[call-arg]
     baselines: BaselinesSection = Field(default_factory=BaselinesSection)  # type: ignore[arg-type]
     run: RunSection = Field(default_factory=RunSection)  # type: ignore[arg-type]
 
@@ -295,12 +295,12 @@ def describe_keys() -> list[tuple[str, str, str]]:
                            ("baselines", BaselinesSection), ("run", RunSection),
                            ("model", ModelSection)):
         walk(section, model)
-    for model in (BuiltinData, SyntheticData, FilesData, PooledFileData, ImageData,
-                  FederatedData):
-        src = model.model_fields["source"].annotation.__args__[0]  # type: ignore[union-attr]
-        walk(f"data[source={src}]", model)
-    for model in (FedAvgSection, FedProxSection, FedOptSection, ScaffoldSection):
-        walk("strategy", model)
+    for data_model in (BuiltinData, SyntheticData, FilesData, PooledFileData, ImageData,
+                       FederatedData):
+        src = data_model.model_fields["source"].annotation.__args__[0]  # type: ignore[union-attr]
+        walk(f"data[source={src}]", data_model)
+    for strategy_model in (FedAvgSection, FedProxSection, FedOptSection, ScaffoldSection):
+        walk("strategy", strategy_model)
     seen: set[str] = set()
     unique = []
     for row in rows:

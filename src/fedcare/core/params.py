@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -76,8 +77,8 @@ class ParamSpec(Mapping[str, ArraySpec]):
         return {k: [list(s.shape), s.dtype] for k, s in self._items.items()}
 
     @classmethod
-    def from_json(cls, data: Mapping[str, list[object]]) -> ParamSpec:
-        return cls({k: ArraySpec(tuple(int(d) for d in v[0]), str(v[1])) for k, v in data.items()})  # type: ignore[union-attr]
+    def from_json(cls, data: Mapping[str, Any]) -> ParamSpec:
+        return cls({k: ArraySpec(tuple(int(d) for d in v[0]), str(v[1])) for k, v in data.items()})
 
     def validate(self, arrays: Mapping[str, np.ndarray], *, what: str = "parameters",
                  site: str | None = None) -> None:

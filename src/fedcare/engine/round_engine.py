@@ -202,7 +202,7 @@ class RoundEngine:
             if rec.round == model_round:
                 rec.site_metrics, rec.global_metrics = per_site, glob
 
-    def evaluate_all(self, round_: int) -> dict[str, object]:
+    def evaluate_all(self, round_: int) -> dict[str, Any]:
         """Evaluate the current global model at every site (evaluation-only tasks)."""
         ex = self.exchange(round_, self.sites, TaskKind.EVALUATE, evaluate=True,
                            train=self.settings.train, aux={})
@@ -244,6 +244,6 @@ class RoundEngine:
         self.history.final = final
         last = self.history.rounds[-1] if self.history.rounds else None
         if last is not None and final["site_metrics"]:
-            last.site_metrics = dict(final["site_metrics"])  # type: ignore[arg-type]
-            last.global_metrics = dict(final["global_metrics"])  # type: ignore[arg-type]
+            last.site_metrics = dict(final["site_metrics"])
+            last.global_metrics = dict(final["global_metrics"])
         return self.parameters

@@ -12,7 +12,7 @@ error is a 4xx with a ``detail`` that says what was wrong; fedcare errors never 
 import hmac
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 from cryptography import x509
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
@@ -137,16 +137,23 @@ def create_app(service: HubService, trust: PeerTrust, token: str) -> FastAPI:
                     task_id: Annotated[str, Query(min_length=1, max_length=400)],
                     x_content_sha256: Annotated[str | None, Header()] = None
                     ) -> dict[str, bool]:
+        async def refuse(code: int, message: str) -> NoReturn:
+            # Decided here, before HubService sees the reply: log it as the service logs its
+            # own refusals, so that every rejected reply shows in `fedcare study logs`.
+            await run_in_threadpool(service.rejected, site, task_id, f"{code}: {message}")
+            raise HTTPException(code, message)
+
         if request.headers.get("content-type", "") != "application/octet-stream":
-            raise HTTPException(415, "replies are application/octet-stream (fedcare wire format)")
+            await refuse(415, "replies are application/octet-stream (fedcare wire format)")
+        too_big = f"body larger than the hub's limit ({service.max_body} B)"
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > service.max_body:
-            raise HTTPException(413, f"body larger than the hub's limit ({service.max_body} B)")
+            await refuse(413, too_big)
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > service.max_body:
-                raise HTTPException(413, f"body larger than the hub's limit ({service.max_body} B)")
+                await refuse(413, too_big)
             chunks.append(chunk)
         await run_in_threadpool(service.receive_reply, site, task_id, b"".join(chunks),
                                 x_content_sha256)

@@ -44,6 +44,8 @@ from fedcare.hub.store import (
     StudyRepo,
     StudyStatus,
     TaskRepo,
+    UnknownTask,
+    WrongSite,
 )
 from fedcare.hub.transport import HubTransport
 from fedcare.strategies.factory import build_strategy
@@ -230,13 +232,19 @@ class HubService:
             header = peek_header(body)
             if header.get("task_id") != task_id:
                 raise ValidationError("reply names another task than the one it is posted to")
-            study_id = task_id.split("/", 1)[0]
             with self.db.session() as s:
                 task = TaskRepo(s).get(task_id)
-                kind = task.kind if task is not None and task.site == site else None
-            if kind is not None:
-                spec, aux = self._expected(study_id, kind)
-                decode_reply(body, spec, aux, site=site)  # full validation; raises on bad input
+                owner, kind, study_id = ((None, None, "") if task is None
+                                         else (task.site, task.kind, task.study_id))
+            # Refused here, before the body goes into the blob store (ReplyRepo.record would
+            # refuse them too, but only after the store): otherwise a site could park any
+            # bytes on the hub's disk by posting them to task ids that are not its own.
+            if owner is None or kind is None:
+                raise UnknownTask(f"no task {task_id!r}", site=site)
+            if owner != site:
+                raise WrongSite(f"task {task_id} was not sent to this site", site=site)
+            spec, aux = self._expected(study_id, kind)
+            decode_reply(body, spec, aux, site=site)  # full validation; raises on bad input
             sha_stored = self.blobs.put_hashed(body, digest)
             with self.db.session() as s:
                 ReplyRepo(s).record(task_id, site, sha_stored, len(body),
@@ -244,13 +252,17 @@ class HubService:
                                     message=header.get("message") if header.get(
                                         "type") == "error" else None)
         except (ValidationError, ProtocolError) as exc:
-            self.event("rejected", f"reply to {task_id} from {site} rejected: {exc.message}",
-                       site=site, study_id=task_id.split("/", 1)[0] or None)
+            self.rejected(site, task_id, exc.message)
             raise
         with self.waiters_lock:
             fut = self.waiters.pop(task_id, None)
         if fut is not None and not fut.done():
             fut.set_result(body)
+
+    def rejected(self, site: str, task_id: str, reason: str) -> None:
+        """Log a refused reply in its study's event log (``fedcare study logs``)."""
+        self.event("rejected", f"reply to {task_id} from {site} rejected: {reason}",
+                   site=site, study_id=_study_of(task_id))
 
     def _expected(self, study_id: str, kind: TaskKind) -> tuple[ParamSpec, dict[str, ParamSpec]]:
         if kind is TaskKind.EVALUATE:
@@ -399,6 +411,14 @@ class _HubCheckpoints:
         with svc.db.session() as s:
             StudyRepo(s).complete_round(self.study_id, round_, asdict(history.rounds[-1]),
                                         model_sha, state_sha)
+
+
+def _study_of(task_id: str) -> str | None:
+    """The study id a (site-supplied, unchecked) task id names, for the event log; None when
+    it cannot be one. The prefix used to be logged as is: on PostgreSQL one longer than the
+    events.study_id column (64) made logging the rejection fail and the API answer 500."""
+    study_id = task_id.split("/", 1)[0]
+    return study_id if 0 < len(study_id) <= 64 else None
 
 
 def _load_params(raw: bytes) -> Parameters:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from types import TracebackType
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from fedcare.engine.history import RoundRecord
 
@@ -14,7 +21,7 @@ class RichProgress:
         self._progress = Progress(
             TextColumn("[bold]{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), TextColumn("{task.fields[info]}"), transient=False)
-        self._tasks: dict[str, int] = {}
+        self._tasks: dict[str, TaskID] = {}
 
     def __enter__(self) -> RichProgress:
         self._progress.start()
@@ -29,8 +36,8 @@ class RichProgress:
             self._tasks[phase] = self._progress.add_task(phase, total=total, info="")
         info = ""
         if record is not None:
-            losses = [m.get("train_loss") for m in record.train_metrics.values()]
-            losses = [v for v in losses if v is not None]
+            losses = [m["train_loss"] for m in record.train_metrics.values()
+                      if "train_loss" in m]
             if losses:
                 info = f"train loss {sum(losses) / len(losses):.4f}"
             if record.sites_failed:

@@ -108,7 +108,10 @@ class _Run:
         from fedcare.transport.processes import ProcessTransport
 
         threads = self.cfg.run.threads_per_site
-        return ProcessTransport(handlers, self.workers, init=lambda: _set_threads(threads))
+        def init_worker() -> None:
+            _set_threads(threads)
+
+        return ProcessTransport(handlers, self.workers, init=init_worker)
 
     def _history(self) -> History:
         primary, higher = _metric_meta(self.sites[0].task)

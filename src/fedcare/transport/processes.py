@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from multiprocessing.connection import Connection
+from typing import Any
 
 from fedcare.core.errors import TransportError
 
@@ -72,7 +73,7 @@ class _QueueWorker:
 class _Worker(_QueueWorker):
     """A forked process owning a share of the sites; bytes go through a pipe."""
 
-    def __init__(self, ctx: mp.context.BaseContext, handlers: Mapping[str, Handler],
+    def __init__(self, ctx: Any, handlers: Mapping[str, Handler],
                  init: Callable[[], None] | None) -> None:
         parent, child = ctx.Pipe()
         self.proc = ctx.Process(target=_worker_main, args=(child, handlers, init), daemon=True)
