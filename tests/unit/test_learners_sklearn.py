@@ -14,7 +14,7 @@ from fedcare.core.messages import TrainConfig
 from fedcare.core.params import Parameters
 from fedcare.data.dataset import TaskType
 from fedcare.learners import Learner, SklearnLinearLearner
-from fedcare.learners.sklearn_learner import binary_auc
+from fedcare.learners.metrics import binary_auc
 
 
 @pytest.fixture(scope="module")

@@ -167,10 +167,11 @@ class RoundEngine:
         record.train_metrics = {s: {**u.metrics, "seconds": u.seconds}
                                 for s, u in sorted(ex.updates.items())}
         self._note_rows(ex.updates)
-        record.seconds = time.perf_counter() - t0
+        record.seconds = time.perf_counter() - t0  # what the checkpoint records...
         self.history.rounds.append(record)
         if self.checkpoints is not None:
             self.checkpoints.save(round_, self.parameters, self.strategy.state(), self.history)
+        record.seconds = time.perf_counter() - t0  # ...and, in memory, the checkpoint included
         if self.on_round is not None:
             self.on_round(record)
         return record

@@ -33,7 +33,7 @@ from fedcare.core.messages import TrainConfig
 from fedcare.core.params import Parameters, ParamSpec, check_finite
 from fedcare.data.dataset import TaskType
 from fedcare.learners.base import FitResult
-from fedcare.learners.sklearn_learner import task_metrics
+from fedcare.learners.metrics import task_metrics
 
 #: Rows per forward pass in ``evaluate`` (bounds memory on large test sets).
 EVAL_BATCH = 4096
