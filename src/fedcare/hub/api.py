@@ -119,11 +119,16 @@ def create_app(service: HubService, trust: PeerTrust, token: str) -> FastAPI:
         return {"site": site, "hub_version": __version__}
 
     @app.get("/v1/node/task", responses={204: {"description": "no task yet"}})
-    async def next_task(site: Site, wait: Annotated[float, Query(ge=0, le=60)] = 20.0
-                        ) -> Response:
+    async def next_task(site: Site, request: Request,
+                        wait: Annotated[float, Query(ge=0, le=60)] = 20.0) -> Response:
         found = await run_in_threadpool(service.next_task, site, wait)
         if found is None:
             return Response(status_code=204)
+        # The certificate was checked when the long-poll began, up to `wait` s ago: check it
+        # again, or a site revoked in the meantime is still handed the task (and the global
+        # model in it). Its task stays unanswered; the round's deadline treats it like any
+        # silent site.
+        trust.site_of(request.scope["extensions"]["tls"]["client_cert"])
         task_id, study_id, payload, sha = found
         return Response(payload, media_type="application/octet-stream", headers={
             "X-Fedcare-Task-Id": task_id, "X-Fedcare-Study": study_id, SHA_HEADER: sha})

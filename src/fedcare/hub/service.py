@@ -17,6 +17,7 @@ import time
 from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import asdict
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,13 @@ log = logging.getLogger("fedcare.hub")
 DEFAULT_ROUND_TIMEOUT = 600.0
 #: Largest reply a node may post (bytes); configurable per hub.
 DEFAULT_MAX_BODY = 2 * 1024**3
+#: A task handed out this long ago and still unanswered is handed out again when its site
+#: polls. A node works on one task at a time and polls only when idle, so such a task was
+#: lost on the way: the hub was killed after recording the delivery but before (or while)
+#: answering, the answer went to a dead long-poll, or the node died while working on it.
+#: Without this the task stayed "delivered" forever, and after a hub restart every round
+#: in progress timed out for every site that had it (and the study failed).
+REDELIVER_AFTER = timedelta(seconds=5)
 
 
 class NotFound(FedcareError):
@@ -188,7 +196,7 @@ class HubService:
         deadline = time.monotonic() + max(0.0, min(wait, 60.0))
         while not self._stopping.is_set():
             with self.db.session() as s:
-                task = TaskRepo(s).next_pending_for(site)
+                task = TaskRepo(s).next_pending_for(site, redeliver_after=REDELIVER_AFTER)
                 found = (task.id, task.study_id, task.payload_sha) if task else None
             if found is not None:
                 return found[0], found[1], self.blobs.get(found[2]), found[2]
