@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -373,3 +375,24 @@ def test_threads_sets_the_process_setting():
     assert torch.get_num_threads() == 1
     with pytest.raises(ConfigError):
         TorchLearner(nn.Linear(2, 1), TaskType.BINARY, threads=0)
+
+
+@pytest.mark.parametrize("momentum, weight_decay", [(0.0, 0.0), (0.9, 0.0), (0.0, 0.01),
+                                                    (0.9, 0.01)])
+def test_plain_sgd_matches_torch_optim_sgd(momentum: float, weight_decay: float) -> None:
+    from fedcare.learners.torch_learner import PlainSGD
+
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+    b = copy.deepcopy(a)
+    ours = PlainSGD(list(a.parameters()), lr=0.1, momentum=momentum, weight_decay=weight_decay)
+    ref = torch.optim.SGD(b.parameters(), lr=0.1, momentum=momentum, weight_decay=weight_decay)
+    x, y = torch.randn(16, 6), torch.randn(16, 1)
+    for _ in range(5):
+        for model, opt in ((a, ours), (b, ref)):
+            for p in model.parameters():
+                p.grad = None
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=1e-6, atol=1e-7)

@@ -9,7 +9,6 @@ last completed round.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import threading
@@ -309,9 +308,8 @@ class HubService:
     def _run_study(self, study_id: str) -> None:
         transport = HubTransport(self, study_id)
         try:
-            engine = self._engine(study_id, transport)
+            engine, start = self._engine(study_id, transport)
             rounds = engine.history.meta["rounds_planned"]
-            start = engine.history.meta.pop("_start_round")
             self._normalizer(engine)
             final = engine.run(rounds, start_round=start)
             self._write_outputs(study_id, engine.history, final)
@@ -333,7 +331,8 @@ class HubService:
             StudyRepo(s).set_status(study_id, StudyStatus.FAILED, error=message)
         self.event("study", f"study {study_id} failed: {message}", study_id=study_id)
 
-    def _engine(self, study_id: str, transport: HubTransport) -> RoundEngine:
+    def _engine(self, study_id: str, transport: HubTransport) -> tuple[RoundEngine, int]:
+        """The study's engine and the round it starts from (after the last completed one)."""
         with self.db.session() as s:
             study = StudyRepo(s).get(study_id)
             assert study is not None
@@ -362,13 +361,13 @@ class HubService:
             history = History.from_dict(saved)
             history.meta["resumed_from_round"] = current
             start = current + 1
-        history.meta["_start_round"] = start
         settings = EngineSettings(study=study_id, seed=cfg.study.seed, train=train,
                                   evaluate_every=cfg.run.evaluate_every,
                                   round_timeout=cfg.run.round_timeout or DEFAULT_ROUND_TIMEOUT)
-        return RoundEngine(settings, strategy, transport, sites, params, history,
-                           checkpoints=_HubCheckpoints(self, study_id),
-                           on_round=lambda r: self._on_round(study_id, r))
+        engine = RoundEngine(settings, strategy, transport, sites, params, history,
+                             checkpoints=_HubCheckpoints(self, study_id),
+                             on_round=lambda r: self._on_round(study_id, r))
+        return engine, start
 
     def _normalizer(self, engine: RoundEngine) -> None:
         """Federation-wide feature scaling: computed once from the sites' sums (round 1 stats
@@ -430,8 +429,6 @@ def _study_of(task_id: str) -> str | None:
 
 
 def _load_params(raw: bytes) -> Parameters:
-    from safetensors import safe_open  # noqa: F401 - documents where the metadata comes from
-
     arrays = st_load(raw)
     order = json.loads(_metadata(raw)["order"])
     return Parameters({k: arrays[k] for k in order})
@@ -443,6 +440,7 @@ def _load_state(raw: bytes) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
 
 
 def _metadata(raw: bytes) -> dict[str, str]:
-    """safetensors keeps metadata in its JSON header; the numpy API does not return it."""
+    """safetensors keeps metadata in its JSON header (an 8-byte length, then the JSON); its
+    numpy API returns only the arrays, and ``safe_open`` needs a file, not bytes."""
     n = int.from_bytes(raw[:8], "little")
-    return dict(json.loads(io.BytesIO(raw[8:8 + n]).read()).get("__metadata__", {}))
+    return dict(json.loads(raw[8:8 + n]).get("__metadata__", {}))
