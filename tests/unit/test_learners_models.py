@@ -16,14 +16,6 @@ SHAPES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_every_model_maps_a_batch_to_outputs(name):
     model = build_model(name, SHAPES[name], 3, {}, seed=0)

@@ -21,14 +21,6 @@ SHAPES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _data(shape=(6,), n=45, task=TaskType.BINARY, classes=3, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, *shape)).astype(np.float32)

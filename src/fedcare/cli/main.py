@@ -14,12 +14,12 @@ from rich.markup import escape
 
 from fedcare import __version__
 from fedcare.cli import network, provision
-from fedcare.core.errors import ConfigError, DataError, FedcareError
+from fedcare.cli.errors import fail
+from fedcare.core.errors import FedcareError
 
 app = typer.Typer(name="fedcare", help="Federated learning and analytics for healthcare.",
                   no_args_is_help=True, add_completion=False, rich_markup_mode="rich")
 console = Console()
-err_console = Console(stderr=True)
 app.add_typer(provision.app, name="provision")
 app.add_typer(network.hub_app, name="hub")
 app.add_typer(network.node_app, name="node")
@@ -34,12 +34,6 @@ def _config_reference() -> str:
         d = f" (default {default})" if default else ""
         lines.append(f"[cyan]{escape(key)}[/cyan]{escape(d)}: {escape(desc)}")
     return "\n\n".join(lines)
-
-
-def _fail(exc: FedcareError) -> typer.Exit:
-    """Print a fedcare error for people; 2 = fix your config or data, 1 = the run failed."""
-    err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}")
-    return typer.Exit(code=2 if isinstance(exc, (ConfigError, DataError)) else 1)
 
 
 def _run(config: Path | dict, out: Path | None, resume: bool, overwrite: bool,
@@ -57,7 +51,7 @@ def _run(config: Path | dict, out: Path | None, resume: bool, overwrite: bool,
             history = simulate(cfg, output_dir=out, progress=bar, resume=resume,
                                overwrite=overwrite)
     except FedcareError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     print_results(history.to_dict(), console)
     if out is not None:
         console.print(f"Wrote [bold]{out}[/bold]: history.json, model.safetensors, "
@@ -84,7 +78,7 @@ def simulate(
     try:
         name = load_config(config).study.name
     except FedcareError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     _run(config, out or Path("runs") / name, resume, overwrite, workers)
 
 
@@ -125,7 +119,7 @@ def demo(
     try:
         history = run_demo(target, console)
     except FedcareError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     print_results(history, console)
     console.print(f"Demo took {time.perf_counter() - started:.0f} s. Report: "
                   f"[bold]{target / 'report.html'}[/bold]")

@@ -11,19 +11,14 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from fedcare.cli.errors import fail
 from fedcare.core.errors import ConfigError, FedcareError
 
 console = Console()
-err = Console(stderr=True)
 
 hub_app = typer.Typer(help="Run the hub (the coordinating service).", no_args_is_help=True)
 node_app = typer.Typer(help="Run a site node beside the data.", no_args_is_help=True)
 study_app = typer.Typer(help="Submit studies to a hub and follow them.", no_args_is_help=True)
-
-
-def _fail(exc: Exception, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/bold red] {escape(str(exc))}")
-    return typer.Exit(code)
 
 
 @hub_app.command("start")
@@ -45,7 +40,7 @@ def hub_start(
         serve(kit, data_dir or kit / "data", host=host, port=port, db_url=db,
               max_body=max_body_mb * 1024 * 1024)
     except FedcareError as exc:
-        raise _fail(exc) from None
+        raise fail(exc, 2) from None
 
 
 @node_app.command("start")
@@ -61,7 +56,7 @@ def node_start(
     try:
         agent = NodeAgent(kit, data, state_dir=state_dir)
     except FedcareError as exc:
-        raise _fail(exc) from None
+        raise fail(exc, 2) from None
     try:
         agent.run()
     except KeyboardInterrupt:
@@ -122,7 +117,7 @@ def _client(federation: Path | None, hub: str | None, ca: Path | None,
     try:
         return HubClient(federation, hub, ca, token)
     except FedcareError as exc:
-        raise _fail(exc) from None
+        raise fail(exc, 2) from None
 
 
 @study_app.command("submit")
@@ -139,7 +134,7 @@ def submit(config: Annotated[Path, typer.Argument(help="Study file (.toml/.yaml)
         cfg = load_config(config)
         doc = client.call("POST", "/v1/studies", json=cfg.model_dump(mode="json")).json()
     except FedcareError as exc:
-        raise _fail(exc) from None
+        raise fail(exc, 2) from None
     console.print(f"study [bold]{doc['study_id']}[/bold] submitted to sites {doc['sites']} "
                   f"(content hash {doc['config_hash']})")
     if wait:
@@ -168,7 +163,7 @@ def follow(client: HubClient, study_id: str, poll: float = 0.5) -> dict[str, Any
                 break
             time.sleep(poll)
     if st["status"] != "completed":
-        raise _fail(FedcareError(f"study {study_id} {st['status']}: {st.get('error')}"), 1)
+        raise fail(FedcareError(f"study {study_id} {st['status']}: {st.get('error')}"), 1)
     return st
 
 
@@ -180,7 +175,7 @@ def status(study_id: str, federation: Federation = None, hub: HubUrl = None,
     try:
         st = client.call("GET", f"/v1/studies/{study_id}").json()
     except FedcareError as exc:
-        raise _fail(exc) from None
+        raise fail(exc, 2) from None
     console.print(f"{st['name']} ({study_id}): [bold]{st['status']}[/bold], round "
                   f"{st['current_round']}/{st['rounds_planned']}, sites {st['sites']}")
     if st.get("error"):
@@ -199,7 +194,7 @@ def logs(study_id: str, federation: Federation = None, hub: HubUrl = None,
     try:
         events = client.call("GET", f"/v1/studies/{study_id}/events").json()
     except FedcareError as exc:
-        raise _fail(exc) from None
+        raise fail(exc, 2) from None
     for e in events:
         console.print(f"{e['at']}  {e['kind']:<9} {escape(e['message'])}")
 
@@ -209,14 +204,15 @@ def download(study_id: str, out: Annotated[Path, typer.Option(help="Folder to wr
              federation: Federation = None, hub: HubUrl = None, ca: CaFile = None,
              token: Token = None) -> None:
     """Fetch history.json, model.safetensors and report.html of a finished study."""
-    from fedcare.engine.history import atomic_write_bytes
+
+    from fedcare.core.files import atomic_write
 
     client = _client(federation, hub, ca, token)
     try:
         for name in ("history.json", "model.safetensors", "report.html"):
             body = client.call("GET", f"/v1/studies/{study_id}/artifacts/{name}").content
-            atomic_write_bytes(out / name, body)
+            atomic_write(out / name, body)
     except FedcareError as exc:
-        raise _fail(exc) from None
+        raise fail(exc, 2) from None
     console.print(f"wrote {out}/history.json, model.safetensors, report.html")
 

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from fedcare.cli.errors import fail
 from fedcare.core.errors import FedcareError
 
 if TYPE_CHECKING:
@@ -25,15 +26,9 @@ app = typer.Typer(
          "site's startup kit.",
     no_args_is_help=True, add_completion=False)
 console = Console()
-err_console = Console(stderr=True)
 
 FederationDir = Annotated[Path, typer.Argument(help="The federation folder.")]
 ValidDays = Annotated[int, typer.Option(help="Certificate validity in days.", min=1)]
-
-
-def _fail(exc: FedcareError) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}")
-    return typer.Exit(code=2)
 
 
 def _short(text: str, keep: int = 16) -> str:
@@ -58,7 +53,7 @@ def new(
         federation = create_federation(directory, hub_host=hub_host, hub_port=hub_port,
                                        sites=site or (), valid_days=valid_days)
     except FedcareError as exc:
-        raise _fail(exc) from None
+        raise fail(exc, 2) from None
     root = federation.root
     console.print(f"Created federation [bold]{federation.federation_id}[/bold] in "
                   f"[bold]{escape(str(root))}[/bold] (hub {escape(federation.hub.url)})")
@@ -80,7 +75,7 @@ def add_site_command(directory: FederationDir,
     try:
         record = add_site(directory, name, valid_days=valid_days)
     except FedcareError as exc:
-        raise _fail(exc) from None
+        raise fail(exc, 2) from None
     console.print(f"Issued site [bold]{escape(record.name)}[/bold] (serial "
                   f"{_short(f'{record.serial:x}')}, expires {record.not_after:%Y-%m-%d}): send "
                   f"[bold]{escape(str(record.kit_dir))}[/bold] over a secure channel")
@@ -98,7 +93,7 @@ def revoke(directory: FederationDir,
     try:
         result = revoke_site(directory, name, reason=reason)
     except FedcareError as exc:
-        raise _fail(exc) from None
+        raise fail(exc, 2) from None
     when = f"{result.revocation.revoked_at:%Y-%m-%d %H:%M} UTC"
     if result.newly_revoked:
         console.print(f"Revoked site [bold]{escape(name)}[/bold] (serial "
@@ -143,7 +138,7 @@ def show(directory: FederationDir) -> None:
     try:
         federation = load_federation(directory)
     except FedcareError as exc:
-        raise _fail(exc) from None
+        raise fail(exc, 2) from None
     Console().print(_table(federation))  # a fresh console honours COLUMNS at call time
     if not federation.sites:
         console.print("No sites yet: add one with [bold]fedcare provision add-site[/bold].")

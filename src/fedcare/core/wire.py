@@ -238,3 +238,43 @@ def decode_reply(data: bytes, expected: ParamSpec,
                 error_type=_require(header, "error_type", str),
                 message=_require(header, "message", str))
     return decode_update(data, expected, expected_aux, site=site)
+
+
+# --- stored models and checkpoints ----------------------------------------------------------
+#: Prefix of the extra arrays (e.g. a strategy's state) stored beside a model's parameters.
+EXTRA_PREFIX = "__extra__/"
+
+
+@dataclass(frozen=True)
+class StoredParameters:
+    parameters: Parameters
+    extra: dict[str, np.ndarray]
+    metadata: dict[str, str]
+
+
+def save_parameters(params: Parameters, *, extra: Mapping[str, np.ndarray] | None = None,
+                    metadata: Mapping[str, str] | None = None) -> bytes:
+    """A safetensors file of ``params`` under their own names (loadable by any safetensors
+    reader), plus ``extra`` arrays and string metadata. The parameters' order, which
+    safetensors does not keep, is stored in the metadata."""
+    tensors = {k: np.require(v, requirements="C") for k, v in params.items()}
+    for k, v in (extra or {}).items():
+        tensors[EXTRA_PREFIX + k] = np.require(v, requirements="C")
+    meta = {**(metadata or {}), "order": json.dumps(list(params))}
+    return bytes(st_save(tensors, metadata=meta))
+
+
+def load_parameters(raw: bytes) -> StoredParameters:
+    """Inverse of :func:`save_parameters`; raises :class:`ValidationError` on a bad file."""
+    try:
+        tensors = st_load(raw)
+        # The numpy API returns only arrays; the metadata sits in the JSON header that
+        # follows the 8-byte little-endian header length.
+        n = int.from_bytes(raw[:8], "little")
+        metadata = dict(json.loads(raw[8:8 + n]).get("__metadata__") or {})
+        order = json.loads(metadata.pop("order"))
+        params = Parameters({k: tensors[k] for k in order})
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValidationError(f"stored model is unreadable: {exc}") from exc
+    extra = {k[len(EXTRA_PREFIX):]: v for k, v in tensors.items() if k.startswith(EXTRA_PREFIX)}
+    return StoredParameters(params, extra, metadata)

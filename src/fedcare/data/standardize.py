@@ -24,18 +24,20 @@ def federated_standardizer(train_arrays: Sequence[np.ndarray]) -> tuple[np.ndarr
     shape = train_arrays[0].shape[1:]
     if any(a.shape[1:] != shape for a in train_arrays):
         raise ValueError(f"sites have different feature shapes: {[a.shape for a in train_arrays]}")
-    count = 0
-    total = np.zeros(shape, dtype=np.float64)
-    total_sq = np.zeros(shape, dtype=np.float64)
-    for a in train_arrays:
-        n, s, sq = _site_sums(a)
-        count += n
-        total += s
-        total_sq += sq
+    sums = [site_sums(a) for a in train_arrays]
+    return pool_sums([n for n, _, _ in sums], [t for _, t, _ in sums],
+                     [sq for _, _, sq in sums])
+
+
+def pool_sums(counts: Sequence[float], totals: Sequence[np.ndarray],
+              totals_sq: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Federation-wide mean and std (ddof=0) from each site's row count, sum and sum of
+    squares; a constant feature gets std 1, so standardizing it yields zeros, not NaN."""
+    count = float(sum(counts))
     if count == 0:
         raise ValueError("all sites have zero training rows")
-    mean = total / count
-    mean_sq = total_sq / count
+    mean = np.sum(totals, axis=0) / count
+    mean_sq = np.sum(totals_sq, axis=0) / count
     var = mean_sq - mean * mean
     # Below this the difference is float64 rounding, not spread: the feature is constant.
     var[var <= _ROUNDING * mean_sq] = 0.0
@@ -44,7 +46,7 @@ def federated_standardizer(train_arrays: Sequence[np.ndarray]) -> tuple[np.ndarr
     return mean.astype(np.float32), std.astype(np.float32)
 
 
-def _site_sums(x: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+def site_sums(x: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     """What one site would send: row count, sum and sum of squares per feature (float64)."""
     x64 = np.asarray(x, dtype=np.float64)
     return len(x64), x64.sum(axis=0), np.square(x64).sum(axis=0)

@@ -129,10 +129,10 @@ def run_demo(out: Path, console: Console) -> dict[str, Any]:
     console.print("Stopped every process. Computing the baselines (simulation on the same "
                   "files)...")
     history["baselines"] = baselines(files, features)
-    from fedcare.engine.history import atomic_write_bytes
+    from fedcare.core.files import atomic_write
     from fedcare.reporting import write_report
 
-    atomic_write_bytes(out / "history.json", json.dumps(history, indent=2).encode())
+    atomic_write(out / "history.json", json.dumps(history, indent=2).encode())
     write_report(history, out / "report.html")
     return history
 

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors import safe_open
-from safetensors.numpy import save as st_save
 
-from fedcare.core.errors import FedcareError
+from fedcare.core.errors import FedcareError, ValidationError
+from fedcare.core.files import atomic_write
 from fedcare.core.params import Parameters
-from fedcare.engine.history import History, atomic_write_bytes
+from fedcare.core.wire import load_parameters, save_parameters
+from fedcare.engine.history import History
 
 _NAME = re.compile(r"^round_(\d{5})\.safetensors$")
 
@@ -42,14 +42,9 @@ class CheckpointStore:
     def save(self, round_: int, parameters: Parameters, strategy_state: Mapping[str, np.ndarray],
              history: History) -> Path:
         """Save the state after ``round_``; the history so far travels in the file's metadata."""
-        meta = {"history": history.to_dict()}
-        tensors = {f"p/{k}": np.require(v, requirements='C') for k, v in parameters.items()}
-        tensors.update({f"s/{k}": np.require(v, requirements="C")
-                        for k, v in strategy_state.items()})
-        header = {"round": str(round_), "order": json.dumps(list(parameters)),
-                  "meta": json.dumps(meta)}
         path = self.path(round_)
-        atomic_write_bytes(path, st_save(tensors, metadata=header))
+        atomic_write(path, save_parameters(parameters, extra=strategy_state, metadata={
+            "round": str(round_), "meta": json.dumps({"history": history.to_dict()})}))
         return path
 
     def rounds(self) -> list[int]:
@@ -60,14 +55,11 @@ class CheckpointStore:
     def load(self, round_: int) -> Checkpoint:
         path = self.path(round_)
         try:
-            with safe_open(str(path), framework="np") as fh:
-                header = fh.metadata() or {}
-                tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
-            order = json.loads(header["order"])
-            params = Parameters({k: tensors[f"p/{k}"] for k in order})
-            state = {k[2:]: v for k, v in tensors.items() if k.startswith("s/")}
-            return Checkpoint(int(header["round"]), params, state, json.loads(header["meta"]))
-        except (OSError, KeyError, ValueError) as exc:
+            stored = load_parameters(path.read_bytes())
+            meta = stored.metadata
+            return Checkpoint(int(meta["round"]), stored.parameters, stored.extra,
+                              json.loads(meta["meta"]))
+        except (OSError, KeyError, ValueError, ValidationError) as exc:
             raise FedcareError(f"checkpoint {path} is unreadable: {exc}") from exc
 
     def latest(self) -> Checkpoint | None:

@@ -40,15 +40,12 @@ def stats_spec(n_features: int) -> ParamSpec:
 
 
 def pool_stats(replies: list[Parameters]) -> Parameters:
-    """Federation-wide mean and std (ddof 0; std 0 -> 1) from per-site sums."""
-    total = sum(float(r["count"][0]) for r in replies)
-    s = np.sum([r["sum"] for r in replies], axis=0)
-    sq = np.sum([r["sumsq"] for r in replies], axis=0)
-    mean = s / total
-    var = np.maximum(sq / total - mean * mean, 0.0)
-    std = np.sqrt(var)
-    std[std <= 1e-12 * np.maximum(1.0, np.abs(mean))] = 1.0
-    return Parameters({"mean": mean.astype(np.float32), "std": std.astype(np.float32)})
+    """Federation-wide mean and std from the sites' stats replies (same rule as simulation)."""
+    from fedcare.data.standardize import pool_sums
+
+    mean, std = pool_sums([float(r["count"][0]) for r in replies], [r["sum"] for r in replies],
+                          [r["sumsq"] for r in replies])
+    return Parameters({"mean": mean, "std": std})
 
 
 class SiteExecutor:
@@ -86,14 +83,15 @@ class SiteExecutor:
         return self._norm_data
 
     def _stats(self, task: Task, start: float) -> Update:
-        x = self.data.x_train.astype(np.float64)
-        if len(x) < MIN_STATS_ROWS:
-            raise FedcareError(f"refusing to report feature statistics over {len(x)} rows "
+        from fedcare.data.standardize import site_sums
+
+        n, total, total_sq = site_sums(self.data.x_train)
+        if n < MIN_STATS_ROWS:
+            raise FedcareError(f"refusing to report feature statistics over {n} rows "
                                f"(fewer than {MIN_STATS_ROWS})")
-        stats = Parameters({"sum": x.sum(axis=0), "sumsq": (x * x).sum(axis=0),
-                            "count": np.array([float(len(x))])})
+        stats = Parameters({"sum": total, "sumsq": total_sq, "count": np.array([float(n)])})
         return Update(task_id=task.task_id, site=self.name, round=task.round,
-                      kind=UpdateKind.FULL, parameters=Parameters({}), num_examples=len(x),
+                      kind=UpdateKind.FULL, parameters=Parameters({}), num_examples=n,
                       aux={STATS: stats}, provenance=("stats:sum,sumsq,count",),
                       seconds=time.perf_counter() - start)
 

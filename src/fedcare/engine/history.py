@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from fedcare.core.files import atomic_write
 
 Metrics = dict[str, float]
 
@@ -84,18 +84,5 @@ class History:
                 if metric in r.global_metrics]
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_history(history: History, path: Path) -> None:
-    atomic_write_bytes(path, json.dumps(history.to_dict(), indent=2).encode())
+    atomic_write(path, json.dumps(history.to_dict(), indent=2).encode())

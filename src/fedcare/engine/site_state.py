@@ -7,13 +7,14 @@ same answer from the site as the first time, and a resumed study equals an unint
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
+from safetensors.numpy import save as st_save
+
+from fedcare.core.files import atomic_write
 
 _NAME = re.compile(r"round_(\d{6})\.safetensors$")
 KEEP = 3
@@ -49,14 +50,7 @@ class SiteStateStore:
             for r in sorted(self._memory)[:-KEEP]:
                 del self._memory[r]
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({k: np.require(v, requirements='C') for k, v in state.items()}, tmp)
-            os.replace(tmp, self.folder / f"round_{round_:06d}.safetensors")
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(self.folder / f"round_{round_:06d}.safetensors",
+                     st_save({k: np.require(v, requirements="C") for k, v in state.items()}))
         for r in self._rounds_on_disk()[:-KEEP]:
             (self.folder / f"round_{r:06d}.safetensors").unlink(missing_ok=True)

@@ -21,17 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import load as st_load
-from safetensors.numpy import save as st_save
 
 from fedcare import __version__
 from fedcare.config import FederatedData, StudyConfig, content_hash, parse_config
 from fedcare.core.errors import ConfigError, FedcareError, ProtocolError, ValidationError
+from fedcare.core.files import atomic_write
 from fedcare.core.messages import TaskKind, TrainConfig
 from fedcare.core.params import Parameters, ParamSpec
-from fedcare.core.wire import decode_reply, peek_header
+from fedcare.core.wire import decode_reply, load_parameters, peek_header, save_parameters
 from fedcare.engine.executor import NORMALIZER, STATS, stats_spec
-from fedcare.engine.history import History, RoundRecord, atomic_write_bytes, save_history
+from fedcare.engine.history import History, RoundRecord, save_history
 from fedcare.engine.learner_factory import ModelShape, make_learner
 from fedcare.engine.round_engine import EngineSettings, RoundEngine
 from fedcare.hub.store import (
@@ -338,7 +337,7 @@ class HubService:
             assert study is not None
             sites, current = list(study.sites), study.current_round
             model_sha, state_sha = study.global_model, study.strategy_state
-        cfg = parse_config(self._config(study_id).model_dump(mode="json"))
+            cfg = parse_config(study.config)
         assert isinstance(cfg.data, FederatedData)
         learner = make_learner(cfg, ModelShape.of_federated(cfg.data))
         strategy = build_strategy(cfg.strategy, num_sites=len(sites))
@@ -354,8 +353,10 @@ class HubService:
         params = learner.initial_parameters()
         start = 1
         if current > 0 and model_sha and state_sha:
-            params = _load_params(self.blobs.get(model_sha))
-            state, saved = _load_state(self.blobs.get(state_sha))
+            params = load_parameters(self.blobs.get(model_sha)).parameters
+            stored_state = load_parameters(self.blobs.get(state_sha))
+            state = stored_state.extra
+            saved = json.loads(stored_state.metadata["history"])
             strategy.initialize(params)
             strategy.load_state(state)
             history = History.from_dict(saved)
@@ -390,9 +391,8 @@ class HubService:
 
     def _write_outputs(self, study_id: str, history: History, final: Parameters) -> None:
         out = self.data_dir / "studies" / study_id
-        atomic_write_bytes(out / "model.safetensors", st_save(
-            {k: np.require(v, requirements="C") for k, v in final.items()},
-            metadata={"study_id": study_id, "order": json.dumps(list(final))}))
+        atomic_write(out / "model.safetensors",
+                     save_parameters(final, metadata={"study_id": study_id}))
         save_history(history, out / "history.json")
         from fedcare.reporting import write_report
 
@@ -409,12 +409,10 @@ class _HubCheckpoints:
     def save(self, round_: int, parameters: Parameters, state: Mapping[str, Any],
              history: History) -> None:
         svc = self.service
-        model_sha = svc.blobs.put(st_save(
-            {k: np.require(v, requirements="C") for k, v in parameters.items()},
-            metadata={"order": json.dumps(list(parameters))}))
-        state_sha = svc.blobs.put(st_save(
-            {k: np.require(v, requirements="C") for k, v in state.items()} or
-            {"_": np.zeros(1, np.float32)}, metadata={"history": json.dumps(history.to_dict())}))
+        model_sha = svc.blobs.put(save_parameters(parameters))
+        # The strategy's state and the history so far, in one blob beside the model.
+        state_sha = svc.blobs.put(save_parameters(Parameters({}), extra=state, metadata={
+            "history": json.dumps(history.to_dict())}))
         with svc.db.session() as s:
             StudyRepo(s).complete_round(self.study_id, round_, asdict(history.rounds[-1]),
                                         model_sha, state_sha)
@@ -426,21 +424,3 @@ def _study_of(task_id: str) -> str | None:
     events.study_id column (64) made logging the rejection fail and the API answer 500."""
     study_id = task_id.split("/", 1)[0]
     return study_id if 0 < len(study_id) <= 64 else None
-
-
-def _load_params(raw: bytes) -> Parameters:
-    arrays = st_load(raw)
-    order = json.loads(_metadata(raw)["order"])
-    return Parameters({k: arrays[k] for k in order})
-
-
-def _load_state(raw: bytes) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    arrays = {k: v for k, v in st_load(raw).items() if k != "_"}
-    return arrays, json.loads(_metadata(raw)["history"])
-
-
-def _metadata(raw: bytes) -> dict[str, str]:
-    """safetensors keeps metadata in its JSON header (an 8-byte length, then the JSON); its
-    numpy API returns only the arrays, and ``safe_open`` needs a file, not bytes."""
-    n = int.from_bytes(raw[:8], "little")
-    return dict(json.loads(raw[8:8 + n]).get("__metadata__", {}))

@@ -15,32 +15,23 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-PRIVATE_FILE_MODE = 0o600
-PUBLIC_FILE_MODE = 0o644
+# Atomic writes are shared with the rest of fedcare (models, checkpoints, reports).
+from fedcare.core.files import (
+    PRIVATE_FILE_MODE,
+    PUBLIC_FILE_MODE,
+    atomic_write,
+    fsync_dir,
+)
+
 PRIVATE_DIR_MODE = 0o700
 
-
-def atomic_write(path: Path, data: bytes, *, mode: int = PUBLIC_FILE_MODE) -> None:
-    """Write ``data`` to ``path`` atomically; ``mode`` is applied when the file is created."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_BINARY", 0)
-    fd = os.open(tmp, flags, mode)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
+__all__ = ["PRIVATE_DIR_MODE", "PRIVATE_FILE_MODE", "PUBLIC_FILE_MODE", "atomic_write",
+           "dump_toml", "exclusive_lock", "fsync_dir", "make_private_dir", "toml_string",
+           "write_private_key"]
 
 
 def write_private_key(path: Path, pem: bytes) -> None:
@@ -53,20 +44,6 @@ def write_private_key(path: Path, pem: bytes) -> None:
 def make_private_dir(path: Path) -> None:
     """Create a folder readable by its owner only (fails if it exists)."""
     os.mkdir(path, PRIVATE_DIR_MODE)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new file in ``path`` durable (a no-op where folders cannot be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # Windows cannot open folders; the rename is still atomic there.
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 @contextlib.contextmanager

@@ -12,11 +12,11 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from fedcare.core.files import atomic_write
 from fedcare.reporting import figures
 from fedcare.reporting import summary as s
 
@@ -254,11 +254,4 @@ def render_report(history: Mapping[str, Any]) -> str:
 
 def write_report(history: Mapping[str, Any], path: Path) -> None:
     """Render and write atomically: a reader never sees a half-written report."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".html.tmp")
-    try:
-        tmp.write_text(render_report(history), encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(Path(path), render_report(history).encode("utf-8"))

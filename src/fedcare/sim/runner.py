@@ -15,17 +15,17 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from safetensors.numpy import save as st_save
-
 from fedcare import __version__
 from fedcare.config import FederatedData, StudyConfig, content_hash, load_config, parse_config
 from fedcare.core.errors import ConfigError, FedcareError
+from fedcare.core.files import atomic_write
 from fedcare.core.messages import TrainConfig
 from fedcare.core.params import Parameters
+from fedcare.core.wire import save_parameters
 from fedcare.data.dataset import SiteData, TaskType
 from fedcare.engine.checkpoints import CheckpointStore
 from fedcare.engine.executor import SiteExecutor
-from fedcare.engine.history import History, RoundRecord, atomic_write_bytes, save_history
+from fedcare.engine.history import History, RoundRecord, save_history
 from fedcare.engine.learner_factory import ModelShape, make_learner
 from fedcare.engine.round_engine import EngineSettings, RoundEngine
 from fedcare.learners.base import Learner
@@ -236,10 +236,9 @@ class _Run:
     def _write_outputs(self, history: History, final: Parameters) -> None:
         assert self.out is not None
         meta = {"study": self.cfg.study.name, "config_hash": self.hash,
-                "rounds": str(len(history.rounds)), "order": json.dumps(list(final))}
-        atomic_write_bytes(self.out / "model.safetensors",
-                           st_save(dict(final.items()), metadata=meta))
-        atomic_write_bytes(self.out / "config.json",
+                "rounds": str(len(history.rounds))}
+        atomic_write(self.out / "model.safetensors", save_parameters(final, metadata=meta))
+        atomic_write(self.out / "config.json",
                            json.dumps(self.cfg.model_dump(mode="json"), indent=2).encode())
         save_history(history, self.out / "history.json")
         from fedcare.reporting import write_report
