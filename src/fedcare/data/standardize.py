@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 _ROUNDING = 16 * float(np.finfo(np.float64).eps)
+_NEGLIGIBLE = 1e-12
 
 
 def federated_standardizer(train_arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -42,7 +43,9 @@ def pool_sums(counts: Sequence[float], totals: Sequence[np.ndarray],
     # Below this the difference is float64 rounding, not spread: the feature is constant.
     var[var <= _ROUNDING * mean_sq] = 0.0
     std = np.sqrt(var)
-    std[std == 0] = 1.0
+    # A spread this small (e.g. values near 1e-19) is no spread either: dividing by it would
+    # turn rounding noise into huge features (found by Hypothesis with subnormal values).
+    std[std <= _NEGLIGIBLE * np.maximum(1.0, np.abs(mean))] = 1.0
     return mean.astype(np.float32), std.astype(np.float32)
 
 
