@@ -1,0 +1,1 @@
+"""Privacy mechanisms: differential privacy, secure aggregation, homomorphic encryption, audits."""
