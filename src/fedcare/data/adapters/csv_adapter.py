@@ -1,0 +1,464 @@
+"""CSV/Parquet adapter: a site's own table + a column mapping -> :class:`CanonicalRecords`.
+
+Two layouts, chosen by ``layout`` in the mapping file (TOML):
+
+*wide* -- one row per person (what a hospital analyst exports from a spreadsheet)::
+
+    layout = "wide"
+    person_id = "patient_no"
+    birth_date = "dob"                # or birth_year = "yob" (mid-year, 1 July, is assumed)
+    sex = "gender"
+    sex_values = { F = "female", M = "male" }     # source value -> canonical (else unknown)
+    date = "visit_date"               # default event date for columns without their own
+
+    [[columns]]                       # a date column -> one encounter at that date
+    column = "visit_date"
+    domain = "encounter"
+    code = "visit"                    # system defaults to LOCAL
+
+    [[columns]]                       # a numeric column -> one measurement
+    column = "chol_mgdl"
+    domain = "measurement"
+    system = "LOINC"
+    code = "2093-3"
+    unit = "mg/dL"                    # or unit_column = "chol_unit"
+    date = "lab_date"                 # optional; else the default date
+
+    [[columns]]                       # a 0/1 (yes/no, true/false) column -> a condition/drug
+    column = "smoker"                 # event when truthy, at `date` (or the default date)
+    domain = "condition"
+    system = "ICD10CM"
+    code = "F17.210"
+
+*long* -- an events table plus a persons table (``persons_file``/``events_file`` in the site
+source file), each mapped column by column; any canonical field may be a constant instead
+(``system_value = "LOINC"``, ``domain_value = "measurement"``)::
+
+    layout = "long"
+    [persons]
+    person_id = "pid"
+    birth_date = "dob"
+    sex = "sex"
+    [events]
+    person_id = "pid"
+    domain = "kind"
+    system = "vocab"
+    code = "code"
+    value = "result"
+    unit = "unit"
+    start = "date"
+    end = "end_date"                  # optional
+    [domain_values]                   # optional: source value -> canonical domain
+    lab = "measurement"
+
+Rows that cannot become records are counted in ``rejects`` by reason (missing person id, bad
+date, a truthy flag without a date, end before start, an unknown domain/system, a value that
+is not a number); a missing *column* is a configuration error naming the column.
+"""
+
+from __future__ import annotations
+
+import tomllib
+import zlib
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedcare.core.errors import ConfigError, DataError
+from fedcare.data.adapters.canonical import (
+    DOMAINS,
+    SEXES,
+    CanonicalRecords,
+    empty_events,
+)
+from fedcare.data.harmonize.codes import canonical_system
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+REASON_NO_PERSON = "missing person id"
+REASON_UNKNOWN_PERSON = "event for unknown person"
+REASON_DUP_PERSON = "duplicate person row"
+REASON_BAD_DATE = "missing or unparseable date"
+REASON_BAD_BIRTH = "missing or unparseable birth date"
+REASON_BAD_VALUE = "value not a number"
+REASON_END_BEFORE_START = "end before start"
+REASON_BAD_DOMAIN = "unknown domain"
+REASON_BAD_SYSTEM = "unknown code system"
+REASON_NO_CODE = "missing code"
+REASON_BAD_FLAG = "flag value not yes/no"
+
+_TRUE = {"1", "1.0", "true", "t", "yes", "y"}
+_FALSE = {"0", "0.0", "false", "f", "no", "n", ""}
+
+
+class _M(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WideColumn(_M):
+    column: str
+    domain: Literal["measurement", "condition", "drug", "encounter"]
+    system: str = "LOCAL"
+    code: str = ""
+    unit: str = ""
+    unit_column: str | None = None
+    date: str | None = None
+
+
+class WideMapping(_M):
+    layout: Literal["wide"]
+    person_id: str
+    birth_date: str | None = None
+    birth_year: str | None = None
+    sex: str | None = None
+    sex_values: dict[str, str] = Field(default_factory=dict)
+    date: str | None = None
+    columns: tuple[WideColumn, ...] = Field(min_length=1)
+
+
+class PersonColumns(_M):
+    person_id: str
+    birth_date: str | None = None
+    birth_year: str | None = None
+    sex: str | None = None
+
+
+class EventColumns(_M):
+    person_id: str
+    start: str
+    code: str
+    domain: str | None = None
+    domain_value: Literal["measurement", "condition", "drug", "encounter"] | None = None
+    system: str | None = None
+    system_value: str | None = None
+    value: str | None = None
+    unit: str | None = None
+    end: str | None = None
+
+
+class LongMapping(_M):
+    layout: Literal["long"]
+    persons: PersonColumns
+    events: EventColumns
+    sex_values: dict[str, str] = Field(default_factory=dict)
+    domain_values: dict[str, str] = Field(default_factory=dict)
+    system_values: dict[str, str] = Field(default_factory=dict)
+
+
+CsvMapping = WideMapping | LongMapping
+
+
+def load_mapping(path: str | Path | Mapping[str, Any]) -> CsvMapping:
+    """Read and validate a mapping (TOML path or already-parsed dict)."""
+    source = None
+    if isinstance(path, Mapping):
+        raw = dict(path)
+    else:
+        p = Path(path)
+        source = str(p)
+        try:
+            raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"mapping file {p} does not exist", source=source) from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"not valid TOML: {exc}", source=source) from None
+    layout = raw.get("layout")
+    model: type[WideMapping] | type[LongMapping]
+    if layout == "wide":
+        model = WideMapping
+    elif layout == "long":
+        model = LongMapping
+    else:
+        raise ConfigError(f"layout must be 'wide' or 'long' (got {layout!r})", source=source)
+    try:
+        mapping = model.model_validate(raw)
+    except pydantic.ValidationError as exc:
+        raise ConfigError([f"'{'.'.join(map(str, e['loc']))}': {e['msg']}"
+                           for e in exc.errors()], source=source) from None
+    _check_values(mapping, source)
+    return mapping
+
+
+def _check_values(m: CsvMapping, source: str | None) -> None:
+    problems = [f"sex_values: {k!r} -> {v!r} is not one of {list(SEXES)}"
+                for k, v in m.sex_values.items() if v not in SEXES]
+    systems: list[str] = []
+    if isinstance(m, WideMapping):
+        systems = [c.system for c in m.columns]
+        if m.birth_date and m.birth_year:
+            problems.append("give birth_date or birth_year, not both")
+        for c in m.columns:
+            if c.domain != "encounter" and not c.code:
+                problems.append(f"column {c.column!r}: needs a code")
+    else:
+        systems = list(m.system_values.values())
+        if m.events.system_value:
+            systems.append(m.events.system_value)
+        if (m.events.domain is None) == (m.events.domain_value is None):
+            problems.append("events: give exactly one of domain (a column) or domain_value")
+        if (m.events.system is None) == (m.events.system_value is None):
+            problems.append("events: give exactly one of system (a column) or system_value")
+        problems += [f"domain_values: {k!r} -> {v!r} is not one of {list(DOMAINS)}"
+                     for k, v in m.domain_values.items() if v not in DOMAINS]
+    for s in systems:
+        try:
+            canonical_system(s)
+        except ConfigError as exc:
+            problems.append(exc.problems[0])
+    if problems:
+        raise ConfigError(problems, source=source)
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """A CSV (.csv, .csv.gz) or Parquet (.parquet, .pq) file, every column as read."""
+    import pandas as pd
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"data file {p} does not exist; check the path in the site source file")
+    name = p.name.lower()
+    try:
+        if name.endswith((".parquet", ".pq")):
+            return pd.read_parquet(p)
+        if name.endswith((".csv", ".csv.gz", ".tsv")):
+            return pd.read_csv(p, dtype=str, keep_default_na=False,
+                               sep="\t" if name.endswith(".tsv") else ",")
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{p} is empty (no header); export it again") from None
+    except (OSError, ValueError, EOFError, zlib.error) as exc:
+        raise DataError(f"cannot read {p} ({type(exc).__name__}); is it really "
+                        f"{'Parquet' if name.endswith(('.parquet', '.pq')) else 'CSV'}?") from exc
+    raise DataError(f"cannot tell the format of {p} from its name; use .csv, .csv.gz, .tsv, "
+                    ".parquet or .pq")
+
+
+def _need(df: pd.DataFrame, cols: Sequence[str | None], where: str) -> None:
+    missing = [c for c in cols if c is not None and c not in df.columns]
+    if missing:
+        raise ConfigError(f"{where}: column(s) {missing} not in the file; its columns are "
+                          f"{list(map(str, df.columns))[:30]}")
+
+
+def _text(s: pd.Series) -> pd.Series:
+    return s.astype(object).where(s.notna(), "").astype(str).str.strip()
+
+
+def _dates(s: pd.Series) -> pd.Series:
+    import pandas as pd
+
+    t = _text(s)
+    out = pd.to_datetime(t.where(t != "", None), errors="coerce", format="mixed")
+    if getattr(out.dt, "tz", None) is not None:
+        out = out.dt.tz_convert("UTC").dt.tz_localize(None)
+    return out.astype("datetime64[ns]")
+
+
+def _numbers(s: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """(float values, mask of non-empty cells that are not numbers)."""
+    import pandas as pd
+
+    t = _text(s)
+    v = pd.to_numeric(t.where(t != "", None), errors="coerce").astype("float64")
+    return v, v.isna() & (t != "")
+
+
+def _persons(df: pd.DataFrame, pid: str, birth_date: str | None, birth_year: str | None,
+             sex: str | None, sex_values: Mapping[str, str],
+             rejects: Counter[str]) -> pd.DataFrame:
+    import pandas as pd
+
+    out = pd.DataFrame({"person_id": _text(df[pid])})
+    if birth_date:
+        out["birth_date"] = _dates(df[birth_date])
+    elif birth_year:
+        year, _ = _numbers(df[birth_year])
+        out["birth_date"] = pd.to_datetime(
+            year.map(lambda y: f"{int(y)}-07-01" if np.isfinite(y) else None), errors="coerce")
+    else:
+        out["birth_date"] = pd.Series(pd.NaT, index=out.index, dtype="datetime64[ns]")
+    if birth_date or birth_year:
+        bad = out["birth_date"].isna() & (out["person_id"] != "")
+        rejects[REASON_BAD_BIRTH] += int(bad.sum())  # person kept: age just unknown
+    if sex:
+        raw = _text(df[sex])
+        lookup = {**{s: s for s in SEXES}, **sex_values}
+        out["sex"] = raw.map(lambda v: lookup.get(v, lookup.get(v.lower(), "unknown")))
+    else:
+        out["sex"] = "unknown"
+    no_id = out["person_id"] == ""
+    rejects[REASON_NO_PERSON] += int(no_id.sum())
+    out = out[~no_id]
+    dup = out["person_id"].duplicated()
+    rejects[REASON_DUP_PERSON] += int(dup.sum())
+    return out[~dup].reset_index(drop=True)
+
+
+def _finish(persons: pd.DataFrame, events: pd.DataFrame, rejects: Counter[str],
+            counts: Counter[str]) -> CanonicalRecords:
+    """Drop (and count) events without a person, a date, or with end < start."""
+    no_pid = events["person_id"] == ""
+    rejects[REASON_NO_PERSON] += int(no_pid.sum())
+    unknown = ~no_pid & ~events["person_id"].isin(persons["person_id"])
+    rejects[REASON_UNKNOWN_PERSON] += int(unknown.sum())
+    no_date = events["start"].isna() & ~no_pid & ~unknown
+    rejects[REASON_BAD_DATE] += int(no_date.sum())
+    keep = ~(no_pid | unknown | no_date)
+    order = keep & events["end"].notna() & (events["end"] < events["start"])
+    rejects[REASON_END_BEFORE_START] += int(order.sum())
+    events = events[keep & ~order]
+    rejects = Counter({k: v for k, v in rejects.items() if v})
+    return CanonicalRecords.from_frames(persons, events, rejects=rejects, source_counts=counts)
+
+
+# -- wide -------------------------------------------------------------------------------------
+
+
+def load_wide(paths: Sequence[str | Path] | str | Path, mapping: WideMapping | str | Path
+              ) -> CanonicalRecords:
+    """One or more wide tables (same mapping) -> canonical records."""
+    m = mapping if isinstance(mapping, WideMapping) else load_mapping(mapping)
+    if not isinstance(m, WideMapping):
+        raise ConfigError("load_wide needs a mapping with layout = 'wide'")
+    parts = [_load_wide_one(Path(p), m) for p in _as_paths(paths)]
+    return CanonicalRecords.concat(parts)
+
+
+def _load_wide_one(path: Path, m: WideMapping) -> CanonicalRecords:
+    import pandas as pd
+
+    df = read_table(path)
+    cols = [m.person_id, m.birth_date, m.birth_year, m.sex, m.date]
+    for c in m.columns:
+        cols += [c.column, c.unit_column, c.date]
+    _need(df, cols, f"mapping for {path.name}")
+    rejects: Counter[str] = Counter()
+    counts: Counter[str] = Counter({path.name: len(df)})
+    persons = _persons(df, m.person_id, m.birth_date, m.birth_year, m.sex, m.sex_values,
+                       rejects)
+    pid = _text(df[m.person_id])
+    default_date = _dates(df[m.date]) if m.date else None
+    frames = []
+    for c in m.columns:
+        system = canonical_system(c.system)
+        cell = _text(df[c.column])
+        if c.domain == "encounter":
+            start = _dates(df[c.column])
+            present = cell != ""
+            value = pd.Series(np.nan, index=df.index)
+        else:
+            date = _dates(df[c.date]) if c.date else default_date
+            if date is None:
+                raise ConfigError(f"column {c.column!r}: give it a date column (date = ...) or "
+                                  "set a default date for the table")
+            start = date
+            if c.domain == "measurement":
+                value, bad = _numbers(df[c.column])
+                rejects[REASON_BAD_VALUE] += int(bad.sum())
+                present = value.notna()
+            else:
+                low = cell.str.lower()
+                truthy, falsy = low.isin(_TRUE), low.isin(_FALSE)
+                rejects[REASON_BAD_FLAG] += int((~truthy & ~falsy).sum())
+                present = truthy
+                value = pd.Series(np.nan, index=df.index)
+        unit = _text(df[c.unit_column]) if c.unit_column else pd.Series(c.unit, index=df.index)
+        frames.append(pd.DataFrame({
+            "person_id": pid, "domain": c.domain, "system": system, "code": c.code,
+            "value": value, "unit": unit if c.domain == "measurement" else "",
+            "start": start, "end": pd.Series(pd.NaT, index=df.index, dtype="datetime64[ns]"),
+        })[(present & (pid != "")).to_numpy()])  # id-less rows: counted once, as persons
+    events = pd.concat(frames, ignore_index=True) if frames else empty_events()
+    return _finish(persons, events, rejects, counts)
+
+
+# -- long -------------------------------------------------------------------------------------
+
+
+def load_long(persons_path: str | Path, events_path: str | Path | Sequence[str | Path],
+              mapping: LongMapping | str | Path) -> CanonicalRecords:
+    """A persons table and one or more events tables -> canonical records."""
+    import pandas as pd
+
+    m = mapping if isinstance(mapping, LongMapping) else load_mapping(mapping)
+    if not isinstance(m, LongMapping):
+        raise ConfigError("load_long needs a mapping with layout = 'long'")
+    pdf = read_table(persons_path)
+    pc = m.persons
+    _need(pdf, [pc.person_id, pc.birth_date, pc.birth_year, pc.sex], "mapping [persons]")
+    rejects: Counter[str] = Counter()
+    counts: Counter[str] = Counter({Path(persons_path).name: len(pdf)})
+    persons = _persons(pdf, pc.person_id, pc.birth_date, pc.birth_year, pc.sex, m.sex_values,
+                       rejects)
+    frames = []
+    for ep in _as_paths(events_path):
+        edf = read_table(ep)
+        counts[Path(ep).name] += len(edf)
+        frames.append(_long_events(edf, m, rejects))
+    events = pd.concat(frames, ignore_index=True) if frames else empty_events()
+    return _finish(persons, events, rejects, counts)
+
+
+def _long_events(df: pd.DataFrame, m: LongMapping, rejects: Counter[str]) -> pd.DataFrame:
+    import pandas as pd
+
+    ec = m.events
+    _need(df, [ec.person_id, ec.start, ec.code, ec.domain, ec.system, ec.value, ec.unit,
+               ec.end], "mapping [events]")
+    n = len(df)
+    if ec.domain:
+        raw = _text(df[ec.domain])
+        lookup = {**{d: d for d in DOMAINS}, **m.domain_values}
+        domain = raw.map(lambda v: lookup.get(v, lookup.get(v.lower(), "")))
+    else:
+        domain = pd.Series([ec.domain_value] * n, index=df.index, dtype=object)
+    if ec.system:
+        raw = _text(df[ec.system])
+        uniq = {}
+        for v in raw.unique():
+            try:
+                uniq[v] = canonical_system(m.system_values.get(v, v))
+            except ConfigError:
+                uniq[v] = ""
+        system = raw.map(uniq)
+    else:
+        system = pd.Series([canonical_system(str(ec.system_value))] * n, index=df.index,
+                           dtype=object)
+    if ec.value:
+        value, bad_value = _numbers(df[ec.value])
+    else:
+        value, bad_value = pd.Series(np.nan, index=df.index), pd.Series(False, index=df.index)
+    ev = pd.DataFrame({
+        "person_id": _text(df[ec.person_id]), "domain": domain, "system": system,
+        "code": _text(df[ec.code]), "value": value,
+        "unit": _text(df[ec.unit]) if ec.unit else "",
+        "start": _dates(df[ec.start]),
+        "end": _dates(df[ec.end]) if ec.end else pd.Series(pd.NaT, index=df.index,
+                                                            dtype="datetime64[ns]"),
+    })
+    bad = pd.Series(False, index=df.index)
+    for reason, mask in ((REASON_BAD_DOMAIN, ev["domain"] == ""),
+                         (REASON_BAD_SYSTEM, ev["system"] == ""),
+                         (REASON_NO_CODE, ev["code"] == ""),
+                         (REASON_BAD_VALUE, bad_value)):
+        mask = mask & ~bad
+        rejects[reason] += int(mask.sum())
+        bad |= mask
+    return ev[~bad]
+
+
+def _as_paths(paths: Sequence[str | Path] | str | Path) -> list[Path]:
+    if isinstance(paths, (str, Path)):
+        return [Path(paths)]
+    out = [Path(p) for p in paths]
+    if not out:
+        raise DataError("no data files given")
+    return out

@@ -1,0 +1,362 @@
+"""Data contracts: what a study needs from every site's data, as a versioned, hashed TOML file.
+
+A federated study can only pool what means the same thing at every site. The contract pins that
+meaning down -- which concepts (in several code systems, so a SNOMED site and an ICD-10 site
+both match), in which canonical unit, over which time window relative to which index date,
+aggregated how, what counts as the label, who is in the cohort, and what quality a site's data
+must reach before it may train. Sites approve a contract by its content hash, as they approve a
+study (:func:`fedcare.config.content_hash`): the same hash means the same feature definitions.
+
+The structure mirrors how observational studies are specified in the OHDSI framework (cohort
+entry event = index date, observation windows, outcome window; Hripcsak et al., *Observational
+Health Data Sciences and Informatics*, Stud Health Technol Inform 2015) without requiring OMOP.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+import tomllib
+from collections.abc import Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from fedcare.core.errors import ConfigError
+from fedcare.data.adapters.canonical import SYSTEMS
+
+CONTRACT_SCHEMA: Literal[1] = 1
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Aggregation(StrEnum):
+    LAST = "last"
+    MEAN = "mean"
+    MIN = "min"
+    MAX = "max"
+    COUNT = "count"
+
+
+_CODE = re.compile(r"^[A-Za-z0-9.\-_]+\*?$")
+
+
+class CodeSet(_Model):
+    """Codes per canonical system; a trailing ``*`` is a prefix match (``I2*``)."""
+
+    LOINC: tuple[str, ...] = ()
+    SNOMED: tuple[str, ...] = ()
+    ICD10CM: tuple[str, ...] = ()
+    RXNORM: tuple[str, ...] = ()
+    OMOP: tuple[str, ...] = ()
+    LOCAL: tuple[str, ...] = ()
+
+    @field_validator("*")
+    @classmethod
+    def _codes_wellformed(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [c for c in v if not _CODE.match(c.strip())]
+        if bad:
+            raise ValueError(f"malformed code(s) {bad}: letters, digits, '.', '-', '_' and an "
+                             "optional trailing '*' only")
+        return tuple(c.strip() for c in v)
+
+    def systems(self) -> tuple[str, ...]:
+        """Systems with at least one code, in canonical order."""
+        return tuple(s for s in SYSTEMS if getattr(self, s))
+
+    def by_system(self) -> dict[str, tuple[str, ...]]:
+        return {s: getattr(self, s) for s in self.systems()}
+
+
+def _nonempty(codes: CodeSet, what: str) -> CodeSet:
+    if not codes.systems():
+        raise ValueError(f"{what} needs at least one code in some system")
+    return codes
+
+
+class MissingPolicy(_Model):
+    """Parsed form of ``missing = "drop_row" | "impute_mean" | "impute_value:x" | "flag"``.
+
+    ``impute_mean`` uses the federation mean when the caller passes one (computed from per-site
+    sums, :func:`fedcare.data.standardize.federated_standardizer`'s pooling rule) and the site's
+    own mean otherwise -- the feature table records which. ``flag`` imputes the same way and
+    adds a 0/1 column ``<name>_missing`` so a model can learn from missingness itself.
+    """
+
+    kind: Literal["drop_row", "impute_mean", "impute_value", "flag"]
+    value: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> MissingPolicy:
+        if text.startswith("impute_value:"):
+            raw = text.split(":", 1)[1]
+            try:
+                return cls(kind="impute_value", value=float(raw))
+            except ValueError:
+                raise ValueError(f"impute_value needs a number after ':' (got {raw!r})") from None
+        if text in ("drop_row", "impute_mean", "flag"):
+            return cls(kind=text)  # type: ignore[arg-type]
+        raise ValueError(f"unknown missing policy {text!r}; use drop_row, impute_mean, "
+                         "impute_value:<number> or flag")
+
+
+def _missing(v: Any) -> Any:
+    return MissingPolicy.parse(v) if isinstance(v, str) else v
+
+
+MissingField = Annotated[MissingPolicy, pydantic.BeforeValidator(_missing)]
+
+
+class _Feature(_Model):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=60,
+                      description="Column name in the feature table.")
+
+
+class AgeFeature(_Feature):
+    """Age at index in completed years (floor of days / 365.25 is *not* used: birthdays count,
+    as clinicians compute age)."""
+
+    source: Literal["age"]
+    kind: Literal["numeric"] = "numeric"
+    unit: Literal["year"] = "year"
+    range: tuple[float, float] = (0.0, 130.0)
+    missing: MissingField = MissingPolicy(kind="drop_row")
+
+
+class SexFeature(_Feature):
+    """``binary``: 1 when sex equals ``value`` (unknown -> 0). ``categorical``: one 0/1 column
+    ``<name>_<category>`` per category, in the order given."""
+
+    source: Literal["sex"]
+    kind: Literal["binary", "categorical"] = "binary"
+    value: Literal["female", "male", "other"] = "female"
+    categories: tuple[Literal["female", "male", "other", "unknown"], ...] = ()
+
+    @model_validator(mode="after")
+    def _cats(self) -> SexFeature:
+        if self.kind == "categorical" and len(self.categories) < 2:
+            raise ValueError("a categorical sex feature needs at least two categories")
+        return self
+
+
+class MeasurementFeature(_Feature):
+    source: Literal["measurement"]
+    kind: Literal["numeric"] = "numeric"
+    codes: CodeSet
+    unit: str = Field(description="Canonical unit (pint-parsable, UCUM-ish: mm[Hg], mmol/L).")
+    analyte: str | None = Field(None, description="Analyte for mass<->molar conversions "
+                                "(see fedcare.data.harmonize.units.MOLAR_MASS).")
+    range: tuple[float, float]
+    aggregation: Aggregation = Aggregation.LAST
+    window: str = Field(description="Name of a window in [windows].")
+    missing: MissingField = MissingPolicy(kind="drop_row")
+
+    @field_validator("codes")
+    @classmethod
+    def _codes_nonempty(cls, v: CodeSet) -> CodeSet:
+        return _nonempty(v, "a measurement feature")
+
+
+class PresenceFeature(_Feature):
+    """1 when any event of the domain with a code in ``codes`` starts inside the window."""
+
+    source: Literal["condition", "drug"]
+    kind: Literal["binary"] = "binary"
+    codes: CodeSet
+    window: str
+
+    @field_validator("codes")
+    @classmethod
+    def _codes_nonempty(cls, v: CodeSet) -> CodeSet:
+        return _nonempty(v, "a presence feature")
+
+
+Feature = Annotated[AgeFeature | SexFeature | MeasurementFeature | PresenceFeature,
+                    Field(discriminator="source")]
+
+
+class Window(_Model):
+    """Days before the index date (inclusive of the index day); ``days_before`` omitted means
+    any time before (and on) the index date."""
+
+    days_before: int | None = Field(None, ge=0, le=100 * 366)
+
+
+class IndexRule(_Model):
+    """``first_encounter``: the first encounter starting in ``[start, end]`` (persons without one
+    leave the cohort, counted). ``fixed_date``: ``date``, or the site's own date when the site
+    source file sets ``index_date`` (e.g. a registry's enrolment day)."""
+
+    rule: Literal["first_encounter", "fixed_date"]
+    start: dt.date | None = None
+    end: dt.date | None = None
+    date: dt.date | None = None
+
+    @model_validator(mode="after")
+    def _fields(self) -> IndexRule:
+        if self.rule == "first_encounter":
+            if self.start is None or self.end is None or self.date is not None:
+                raise ValueError("rule 'first_encounter' needs start and end (and no date)")
+            if self.end < self.start:
+                raise ValueError("index end is before start")
+        elif self.start is not None or self.end is not None:
+            raise ValueError("rule 'fixed_date' takes date only (or a site-provided date)")
+        return self
+
+
+class Label(_Model):
+    """1 when an event of ``source`` with a code in ``codes`` starts within ``days_after`` days
+    after the index date (index day excluded), else 0."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    source: Literal["condition", "drug", "measurement"] = "condition"
+    codes: CodeSet
+    days_after: int = Field(ge=1, le=100 * 366)
+
+    @field_validator("codes")
+    @classmethod
+    def _codes_nonempty(cls, v: CodeSet) -> CodeSet:
+        return _nonempty(v, "the label")
+
+
+class PriorExclusion(_Model):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    source: Literal["condition", "drug"] = "condition"
+    codes: CodeSet
+
+    @field_validator("codes")
+    @classmethod
+    def _codes_nonempty(cls, v: CodeSet) -> CodeSet:
+        return _nonempty(v, "an exclusion")
+
+
+class Cohort(_Model):
+    age: tuple[float, float] | None = Field(None, description="Inclusive age range at index.")
+    require: tuple[str, ...] = Field((), description="Measurement features a person must have "
+                                     "(before the missing policy applies).")
+    exclude_prior: tuple[PriorExclusion, ...] = ()
+
+
+class QualityRules(_Model):
+    min_rows: int = Field(1, ge=1, description="Minimum cohort rows after every rule.")
+    max_missing: float = Field(1.0, ge=0, le=1,
+                               description="Maximum share of missing values per feature.")
+    max_missing_by_feature: dict[str, float] = Field(default_factory=dict)
+    min_label_count: int = Field(0, ge=0, description="Minimum rows of each label class.")
+    require_code_coverage: bool = Field(True, description="A coded feature with no matching "
+                                        "event at the site is a violation (likely unmapped).")
+
+
+class Contract(_Model):
+    schema_version: Literal[1] = CONTRACT_SCHEMA
+    name: str = Field(min_length=1, max_length=100)
+    version: str = Field(pattern=r"^\d+\.\d+(\.\d+)?$")
+    description: str = ""
+    index: IndexRule
+    windows: dict[str, Window]
+    features: tuple[Feature, ...] = Field(min_length=1)
+    label: Label
+    cohort: Cohort = Field(default_factory=Cohort)  # type: ignore[arg-type]
+    quality: QualityRules = Field(default_factory=QualityRules)  # type: ignore[arg-type]
+
+    @model_validator(mode="after")
+    def _references(self) -> Contract:
+        problems = []
+        names = [f.name for f in self.features]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            problems.append(f"duplicate feature name(s) {dup}")
+        if self.label.name in names:
+            problems.append(f"label name {self.label.name!r} is also a feature name")
+        for f in self.features:
+            if (isinstance(f, (MeasurementFeature, PresenceFeature))
+                    and f.window not in self.windows):
+                problems.append(f"feature {f.name!r}: unknown window {f.window!r} "
+                                f"(known: {sorted(self.windows)})")
+            if isinstance(f, (MeasurementFeature, AgeFeature)) and f.range[0] >= f.range[1]:
+                problems.append(f"feature {f.name!r}: range min must be below max")
+        numeric = {f.name for f in self.features if isinstance(f, MeasurementFeature)}
+        for r in self.cohort.require:
+            if r not in numeric:
+                problems.append(f"cohort.require: {r!r} is not a measurement feature")
+        for k in self.quality.max_missing_by_feature:
+            if k not in names:
+                problems.append(f"quality.max_missing_by_feature: unknown feature {k!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return tuple(feature_columns(self))
+
+    def systems(self) -> tuple[str, ...]:
+        """Every code system the contract refers to (features, label, exclusions)."""
+        used: set[str] = set()
+        for cs in coded_sets(self).values():
+            used.update(cs.systems())
+        return tuple(s for s in SYSTEMS if s in used)
+
+
+def feature_columns(contract: Contract) -> list[str]:
+    """Columns of the feature table, in order (categorical and ``flag`` features expand)."""
+    cols: list[str] = []
+    for f in contract.features:
+        if isinstance(f, SexFeature) and f.kind == "categorical":
+            cols.extend(f"{f.name}_{c}" for c in f.categories)
+            continue
+        cols.append(f.name)
+        if isinstance(f, (MeasurementFeature, AgeFeature)) and f.missing.kind == "flag":
+            cols.append(f"{f.name}_missing")
+    return cols
+
+
+def coded_sets(contract: Contract) -> dict[str, CodeSet]:
+    """Name -> code set for every coded part of the contract (features, label, exclusions)."""
+    out: dict[str, CodeSet] = {f.name: f.codes for f in contract.features
+                               if isinstance(f, (MeasurementFeature, PresenceFeature))}
+    out[contract.label.name] = contract.label.codes
+    for ex in contract.cohort.exclude_prior:
+        out[f"exclude:{ex.name}"] = ex.codes
+    return out
+
+
+def contract_hash(contract: Contract) -> str:
+    """SHA-256 of the contract's canonical JSON: what a site approves."""
+    blob = json.dumps(contract.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def parse_contract(raw: Mapping[str, Any], *, source: str | None = None) -> Contract:
+    try:
+        return Contract.model_validate(dict(raw))
+    except pydantic.ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            if err["type"] == "extra_forbidden":
+                problems.append(f"unknown key '{loc}'")
+            elif err["type"] == "missing":
+                problems.append(f"missing key '{loc}'")
+            else:
+                problems.append(f"'{loc}': {err['msg']}" if loc else err["msg"])
+        raise ConfigError(problems, source=source) from None
+
+
+def load_contract(path: str | Path) -> Contract:
+    """Read and validate a contract TOML file (:class:`ConfigError` lists every problem)."""
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"contract file {p} does not exist", source=str(p)) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"not valid TOML: {exc}", source=str(p)) from None
+    return parse_contract(raw, source=str(p))

@@ -1,0 +1,176 @@
+"""Code harmonization: normalised codes, code-set matching with prefixes, site-kept mappings.
+
+Two sites rarely write a code the same way: ``I21.4`` and ``I214`` are the same ICD-10-CM code
+(the dot is display punctuation, not part of the code); concept ids read from a CSV can come
+back as ``3027114.0``. We normalise per system, then match a contract's code set with one
+vectorised ``isin`` for exact codes and one ``str.startswith`` for prefix patterns (``I2*``),
+per system -- never a Python loop over rows.
+
+Local codes (a hospital's own lab catalogue) are translated by a *site mapping* file that stays
+at the site (``source_system,source_code,target_system,target_code``): the federation learns
+which contract features a site covers, never its internal catalogue.
+"""
+
+from __future__ import annotations
+
+import csv
+import tomllib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fedcare.core.errors import ConfigError
+from fedcare.data.adapters.canonical import SYSTEMS
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from fedcare.data.contract import CodeSet
+
+_NUMERIC_SYSTEMS = ("SNOMED", "RXNORM", "OMOP")
+_DOTLESS_SYSTEMS = ("ICD10CM",)
+
+#: Spellings of code systems found in the wild -> canonical name.
+SYSTEM_ALIASES: dict[str, str] = {
+    "loinc": "LOINC", "http://loinc.org": "LOINC",
+    "snomed": "SNOMED", "snomedct": "SNOMED", "snomed ct": "SNOMED", "sct": "SNOMED",
+    "http://snomed.info/sct": "SNOMED",
+    "icd10cm": "ICD10CM", "icd-10-cm": "ICD10CM", "icd10": "ICD10CM", "icd-10": "ICD10CM",
+    "http://hl7.org/fhir/sid/icd-10-cm": "ICD10CM",
+    "rxnorm": "RXNORM", "http://www.nlm.nih.gov/research/umls/rxnorm": "RXNORM",
+    "omop": "OMOP", "local": "LOCAL",
+}
+
+
+def canonical_system(name: str) -> str:
+    """Canonical system name for a spelling (``icd-10-cm`` -> ``ICD10CM``); ConfigError if
+    unknown, because a silently unknown system would match nothing."""
+    if name in SYSTEMS:
+        return name
+    key = name.strip().lower()
+    if key in SYSTEM_ALIASES:
+        return SYSTEM_ALIASES[key]
+    raise ConfigError(f"unknown code system {name!r}; use one of {list(SYSTEMS)} "
+                      f"(or a known alias: {sorted(SYSTEM_ALIASES)})")
+
+
+def normalise_code(system: str, code: str) -> str:
+    """One code's normalised form (see :func:`normalise_codes`)."""
+    import pandas as pd
+
+    return str(normalise_codes(pd.Series([system]), pd.Series([code])).iloc[0])
+
+
+def normalise_codes(systems: pd.Series, codes: pd.Series) -> pd.Series:
+    """Strip and upper-case every code; drop dots for ICD-10-CM; drop a float's ``.0`` for
+    numeric systems (SNOMED, RxNorm, OMOP concept ids)."""
+    import pandas as pd
+
+    out = pd.Series(codes, dtype=object).fillna("").astype(str).str.strip().str.upper()
+    sys_ = pd.Series(systems, dtype=object).reindex(out.index)
+    dotless = sys_.isin(_DOTLESS_SYSTEMS)
+    if dotless.any():
+        out[dotless] = out[dotless].str.replace(".", "", regex=False)
+    numeric = sys_.isin(_NUMERIC_SYSTEMS)
+    if numeric.any():
+        out[numeric] = out[numeric].str.replace(r"^(\d+)\.0+$", r"\1", regex=True)
+    return out.astype(object)
+
+
+def _pattern(system: str, code: str) -> tuple[str, bool]:
+    prefix = code.endswith("*")
+    return normalise_code(system, code.rstrip("*")), prefix
+
+
+def match_codes(systems: pd.Series, codes_norm: pd.Series, codeset: CodeSet) -> pd.Series:
+    """Boolean mask of rows whose (system, normalised code) is in ``codeset``."""
+    import pandas as pd
+
+    mask = pd.Series(False, index=codes_norm.index)
+    for system, patterns in codeset.by_system().items():
+        in_sys = systems == system
+        if not in_sys.any():
+            continue
+        parsed = [_pattern(system, p) for p in patterns]
+        exact = [c for c, pre in parsed if not pre]
+        prefixes = tuple(c for c, pre in parsed if pre)
+        sub = codes_norm[in_sys]
+        hit = sub.isin(exact)
+        if prefixes:
+            hit |= sub.str.startswith(prefixes)
+        mask[in_sys] = hit
+    return mask
+
+
+@dataclass(frozen=True)
+class SiteMapping:
+    """Local code -> standard code pairs, kept at the site. Applied before code matching."""
+
+    pairs: tuple[tuple[str, str, str, str], ...]
+    source: str = ""
+
+    @classmethod
+    def load(cls, path: str | Path) -> SiteMapping:
+        """CSV with a header ``source_system,source_code,target_system,target_code``, or TOML
+        with ``[[map]]`` tables of the same four keys."""
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"site mapping file {p} does not exist", source=str(p))
+        try:
+            if p.suffix.lower() == ".toml":
+                rows = tomllib.loads(p.read_text(encoding="utf-8")).get("map", [])
+            else:
+                with p.open(newline="", encoding="utf-8") as fh:
+                    rows = list(csv.DictReader(fh))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, csv.Error) as exc:
+            raise ConfigError(f"cannot read site mapping: {exc}", source=str(p)) from None
+        return cls.from_rows(rows, source=str(p))
+
+    @classmethod
+    def from_rows(cls, rows: list[dict[str, str]] | list, *, source: str = "") -> SiteMapping:
+        keys = ("source_system", "source_code", "target_system", "target_code")
+        problems, pairs = [], []
+        for i, row in enumerate(rows, start=1):
+            if not isinstance(row, dict) or any(not str(row.get(k) or "").strip() for k in keys):
+                problems.append(f"row {i}: needs non-empty {', '.join(keys)}")
+                continue
+            try:
+                ss = canonical_system(row["source_system"])
+                ts = canonical_system(row["target_system"])
+            except ConfigError as exc:
+                problems.append(f"row {i}: {exc.problems[0]}")
+                continue
+            pairs.append((ss, normalise_code(ss, row["source_code"]), ts,
+                          normalise_code(ts, row["target_code"])))
+        if problems:
+            raise ConfigError(problems, source=source or None)
+        return cls(tuple(dict.fromkeys(pairs)), source)
+
+    def apply(self, events: pd.DataFrame) -> tuple[pd.DataFrame, Counter[str]]:
+        """Events with mapped (system, code) replaced by their targets (a code mapped to
+        several targets yields one row per target); returns the count of rows mapped per
+        source system. ``events.code`` must already be normalised."""
+        import pandas as pd
+
+        counts: Counter[str] = Counter()
+        if not self.pairs or events.empty:
+            return events, counts
+        table = pd.DataFrame(list(self.pairs),
+                             columns=["system", "code", "_tsys", "_tcode"]).astype(object)
+        merged = events.merge(table, on=["system", "code"], how="left", sort=False)
+        hit = merged["_tsys"].notna()
+        counts.update(merged.loc[hit, "system"].value_counts().to_dict())
+        merged.loc[hit, "system"] = merged.loc[hit, "_tsys"]
+        merged.loc[hit, "code"] = merged.loc[hit, "_tcode"]
+        return merged.drop(columns=["_tsys", "_tcode"]), counts
+
+
+@dataclass
+class CoverageCounter:
+    """Matched events per (code set name, system): what the quality report calls coverage."""
+
+    matched: dict[str, Counter[str]] = field(default_factory=dict)
+
+    def add(self, name: str, systems: pd.Series) -> None:
+        self.matched.setdefault(name, Counter()).update(systems.value_counts().to_dict())
