@@ -185,11 +185,11 @@ class NetFederation:
         return self.fed_dir / "sites" / site
 
     # -- processes ----------------------------------------------------------------------
-    def _spawn(self, name: str, args: list[str]) -> Proc:
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Proc:
         log = self.root / "logs" / f"{name}-{len(self.procs)}.log"
         log.parent.mkdir(exist_ok=True)
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-               "NO_COLOR": "1"}
+               "NO_COLOR": "1", **(env or {})}
         with open(log, "wb") as out:
             popen = subprocess.Popen([sys.executable, "-m", "fedcare.cli.main", *args],
                                      stdout=out, stderr=subprocess.STDOUT, env=env,
@@ -210,11 +210,13 @@ class NetFederation:
             self.wait_healthy()
         return self.hub
 
-    def start_node(self, site: str, *, kit: Path | None = None) -> Proc:
+    def start_node(self, site: str, *, kit: Path | None = None,
+                   env: dict[str, str] | None = None) -> Proc:
+        """``env`` adds to the node's environment (e.g. ``HTTPS_PROXY``)."""
         args = ["node", "start", "--kit", str(kit or self.kit(site)),
                 "--data", str(self.node_configs[site]),
                 "--state-dir", str(self.root / "state" / site)]
-        proc = self._spawn(f"node-{site}", args)
+        proc = self._spawn(f"node-{site}", args, env)
         self.nodes[site] = proc
         return proc
 

@@ -237,7 +237,7 @@ def test_revoked_site_is_refused_on_its_next_request(net: Net) -> None:
         def long_poll() -> None:
             with fed.site_client("alpha") as c:
                 try:
-                    inflight["r"] = c.get("/v1/node/task", params={"wait": 20})
+                    inflight["r"] = c.get("/v1/node/task", params={"wait": 6})
                 except httpx.HTTPError as exc:  # reported by the assertion below
                     inflight["r"] = exc
 
@@ -262,13 +262,17 @@ def test_revoked_site_is_refused_on_its_next_request(net: Net) -> None:
         assert refused.status_code == 403
         assert beta.get("/v1/node/task", params={"wait": 0}).status_code == 204
 
-        # A task for alpha now (it is still registered): the in-flight long-poll wakes up
-        # and must not hand the revoked site the task (and the global model in it).
-        fed.submit(study_config(rounds=1, data={"sites": ["alpha", "beta"]}))
+        # A study naming the revoked site is refused; one that names no sites leaves it out,
+        # and the in-flight long-poll never hands it a task (nor the global model in one).
+        named = fed.call("POST", "/v1/studies",
+                         json=study_config(rounds=1, data={"sites": ["alpha", "beta"]}))
+        assert named.status_code == 422 and "revoked" in named.json()["detail"], named.text
+        sid = fed.submit(study_config(rounds=1))
+        assert fed.status(sid)["sites"] == ["beta"]
         poller.join(timeout=30)
         assert not poller.is_alive()
         got = inflight["r"]
-        assert isinstance(got, httpx.Response) and got.status_code == 403, got
+        assert isinstance(got, httpx.Response) and got.status_code in (204, 403), got
 
     assert hub.alive() and fed.hub is hub  # never restarted
 

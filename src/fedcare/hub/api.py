@@ -74,13 +74,22 @@ class PeerTrust:
     def site_of(self, cert_der: bytes) -> str:
         from fedcare.pki.trust import verify_peer
 
+        return verify_peer(cert_der, self.ca, self._fresh_crl())
+
+    def _fresh_crl(self) -> x509.CertificateRevocationList:
         now = time.monotonic()
         if now - self._checked > 1.0:
             self._checked = now
             mtime = self.crl_path.stat().st_mtime
             if mtime != self._mtime:
                 self.crl, self._mtime = self._reload(self.hub_dir), mtime
-        return verify_peer(cert_der, self.ca, self.crl)
+        return self.crl
+
+    def is_revoked(self, serial_hex: str) -> bool:
+        """Whether the certificate with this serial (hex, as the site table stores it) is on
+        the current CRL: a revoked site is left out of every study submitted afterwards."""
+        return self._fresh_crl().get_revoked_certificate_by_serial_number(
+            int(serial_hex, 16)) is not None
 
 
 def create_app(service: HubService, trust: PeerTrust, token: str) -> FastAPI:

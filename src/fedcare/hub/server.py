@@ -55,7 +55,9 @@ def build_server(hub_dir: Path, data_dir: Path, *, host: str | None = None,
     cfg = load_hub_config(hub_dir)
     service = HubService(data_dir, db_url=db_url,
                          **({"max_body": max_body} if max_body else {}))
-    app = create_app(service, PeerTrust(hub_dir), researcher_token(hub_dir))
+    trust = PeerTrust(hub_dir)
+    service.is_revoked = trust.is_revoked
+    app = create_app(service, trust, researcher_token(hub_dir))
     context = server_ssl_context(hub_dir)
     context.verify_mode = ssl.CERT_OPTIONAL  # see the module docstring
     config = uvicorn.Config(app, host=host or cfg.host, port=port if port is not None else
@@ -63,8 +65,22 @@ def build_server(hub_dir: Path, data_dir: Path, *, host: str | None = None,
                             timeout_keep_alive=75, lifespan="off")
     config.load()
     config.ssl = context
-    server = uvicorn.Server(config)
+    server = _HubServer(config, service)
     return server, service
+
+
+class _HubServer(uvicorn.Server):
+    """Stops the service's long-polls as soon as a shutdown signal arrives: uvicorn waits
+    for open requests before it exits, and a node's long-poll would otherwise hold SIGTERM
+    for up to its ``wait`` (20-60 s)."""
+
+    def __init__(self, config: uvicorn.Config, service: HubService) -> None:
+        super().__init__(config)
+        self.service = service
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        self.service.stop()
+        super().handle_exit(sig, frame)
 
 
 def serve(hub_dir: Path, data_dir: Path, **kwargs: Any) -> None:

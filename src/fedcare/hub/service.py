@@ -13,7 +13,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import asdict
 from datetime import timedelta
@@ -88,6 +88,8 @@ class HubService:
         self._runners: dict[str, threading.Thread] = {}
         self._specs: dict[str, tuple[ParamSpec, dict[str, ParamSpec]]] = {}
         self._stopping = threading.Event()
+        #: Whether a certificate serial (hex) is revoked; set by the server from the CRL.
+        self.is_revoked: Callable[[str], bool] = lambda serial: False
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -132,9 +134,16 @@ class HubService:
     def _participants(self, cfg: StudyConfig) -> list[str]:
         assert isinstance(cfg.data, FederatedData)
         with self.db.session() as s:
+            listed = SiteRepo(s).list()
+            revoked = {site.name for site in listed if self.is_revoked(site.cert_serial)}
             known = {site.name: [d["name"] for d in site.datasets or []]
-                     for site in SiteRepo(s).list()}
+                     for site in listed if site.name not in revoked}
         if cfg.data.sites:
+            gone = sorted(revoked & set(cfg.data.sites))
+            if gone:
+                raise ConfigError(f"sites {gone} have been revoked (their certificates are on "
+                                  "the federation's revocation list); remove them from "
+                                  "data.sites")
             missing = [x for x in cfg.data.sites if cfg.data.dataset not in known.get(x, [])]
             if missing:
                 raise ConfigError(f"sites {missing} are unknown to the hub or do not hold "

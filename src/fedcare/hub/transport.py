@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from fedcare.core.errors import TransportError
 from fedcare.core.messages import TaskKind
 from fedcare.core.wire import peek_header
-from fedcare.hub.store import NewTask, ReplyRepo, StudyRepo, TaskRepo
+from fedcare.hub.store import NewTask, ReplyRepo, SiteRepo, StudyRepo, TaskRepo
 
 if TYPE_CHECKING:
     from fedcare.hub.service import HubService
@@ -32,6 +32,12 @@ class HubTransport:
         fut: Future[bytes] = Future()
         header = peek_header(payload)
         round_, kind = int(header["round"]), TaskKind(header["kind"])
+        if self._revoked(site):
+            # Never offered: the site could not fetch it anyway, and the round would wait
+            # for it until its deadline.
+            fut.set_exception(TransportError(
+                f"site {site} has been revoked; it is left out of this study", site=site))
+            return fut
         sha = svc.blobs.put(payload)
         task = NewTask(self.study_id, round_, site, kind, sha)
         with svc.waiters_lock:
@@ -52,6 +58,12 @@ class HubTransport:
                 fut.set_exception(TransportError(f"stored reply unreadable: {exc}", site=site))
         svc.notify_site(site)
         return fut
+
+    def _revoked(self, site: str) -> bool:
+        with self.service.db.session() as s:
+            known = SiteRepo(s).get(site)
+            serial = None if known is None else known.cert_serial
+        return serial is not None and self.service.is_revoked(serial)
 
     def close(self) -> None:
         with self.service.waiters_lock:

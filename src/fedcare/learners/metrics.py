@@ -41,7 +41,9 @@ def task_metrics(task: TaskType, logits: np.ndarray, y: np.ndarray) -> dict[str,
         loss = np.mean(np.maximum(s, 0) - s * t + np.log1p(np.exp(-np.abs(s))))
         out = {"loss": float(loss), "accuracy": float(np.mean((s > 0) == (t > 0.5)))}
         if 0 < t.sum() < len(t) and np.all((t == 0) | (t == 1)):
-            out["auc"] = binary_auc(t, 1.0 / (1.0 + np.exp(-s)))
+            # Ranked by logit: the AUC is the same as by probability, without sigmoid
+            # saturating large logits into ties (and overflowing exp).
+            out["auc"] = binary_auc(t, s)
         return out
     if task is TaskType.MULTICLASS:
         labels = np.asarray(y).reshape(-1).astype(np.int64)

@@ -138,6 +138,10 @@ class NodeAgent:
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
         failures = 0
         greeted = False
+        #: A reply computed but not yet accepted by the hub: sent again after a connection
+        #: failure instead of being dropped (which would cost the site its round, or a
+        #: retraining when the hub re-delivers the task).
+        pending: tuple[str, bytes] | None = None
         while not self.stop_event.is_set():
             if deadline is not None and time.monotonic() > deadline:
                 return
@@ -146,13 +150,18 @@ class NodeAgent:
                     self.hello()
                     greeted = True
                     log.info("site %s connected to %s", self.site, self.kit.hub_url)
+                if pending is not None:
+                    self.send(*pending)
+                    pending = None
                 got = self.poll()
                 failures = 0
                 if got is None:
                     continue
-                task_id, reply = self.handle(*got)
-                self.send(task_id, reply)
+                pending = self.handle(*got)
+                self.send(*pending)
+                pending = None
             except FedcareError as exc:  # the hub refused something: say so, keep serving
+                pending = None  # a refused reply is not sent again
                 failures += 1
                 log.error("%s", exc)
                 self.stop_event.wait(min(30.0, 1.0 * failures))
