@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
@@ -19,6 +19,7 @@ from fedcare.core.errors import ConfigError
 from fedcare.data.synth.cohort import (
     EXCLUDED_AGE,
     EXCLUDED_NO_INDEX,
+    Patient,
     Profile,
     simulate,
     truth_frame,
@@ -51,7 +52,8 @@ class HospitalExport:
     ``expected_rejects``: reason -> count the hospital's *adapter* must report for the
     deliberately bad records (reasons in the adapter's own words). ``injected``: the defects
     that survive the adapter (unknown unit, unknown code) for harmonization to count.
-    ``excluded``: persons the cohort rules must drop, by reason.
+    ``excluded``: persons the cohort rules must drop, by reason. ``adapter_options``: keyword
+    arguments the site's adapter needs (the OMOP site's ``source_vocabulary``).
     """
 
     name: str
@@ -63,6 +65,7 @@ class HospitalExport:
     injected: dict[str, int] = field(default_factory=dict)
     excluded: dict[str, int] = field(default_factory=dict)
     model: TrueRiskModel = field(default_factory=TrueRiskModel)
+    adapter_options: dict[str, Any] = field(default_factory=dict)
 
 
 def generate_hospitals(out_dir: str | Path, n_hospitals: int = 3,
@@ -102,7 +105,8 @@ def _profile(k: int, rng: np.random.Generator) -> Profile:
                    sbp_shift=base.sbp_shift)
 
 
-def _export(k: int, folder: Path, people: list, model: TrueRiskModel) -> HospitalExport:
+def _export(k: int, folder: Path, people: list[Patient], model: TrueRiskModel
+            ) -> HospitalExport:
     fmt = FORMATS[(k - 1) % len(FORMATS)]
     excluded = {EXCLUDED_NO_INDEX: sum(p.excluded == EXCLUDED_NO_INDEX for p in people),
                 EXCLUDED_AGE: sum(p.excluded == EXCLUDED_AGE for p in people)}
@@ -115,11 +119,17 @@ def _export(k: int, folder: Path, people: list, model: TrueRiskModel) -> Hospita
         return HospitalExport(name, fmt, tuple(paths), None, truth, dict(FHIR_REJECTS),
                               dict(FHIR_KEPT_DEFECTS), excluded, model)
     if fmt == "omop":
-        from fedcare.data.synth.omop_export import OMOP_KEPT_DEFECTS, OMOP_REJECTS, write_omop
+        from fedcare.data.synth.omop_export import (
+            OMOP_KEPT_DEFECTS,
+            OMOP_REJECTS,
+            SOURCE_VOCABULARY,
+            write_omop,
+        )
 
         paths = write_omop(folder / "omop", people)
         return HospitalExport(name, fmt, tuple(paths), None, truth, dict(OMOP_REJECTS),
-                              dict(OMOP_KEPT_DEFECTS), excluded, model)
+                              dict(OMOP_KEPT_DEFECTS), excluded, model,
+                              {"source_vocabulary": dict(SOURCE_VOCABULARY)})
     from fedcare.data.synth.wide_export import WIDE_KEPT_DEFECTS, WIDE_REJECTS, write_wide
 
     table, mapping = write_wide(folder / "csv", people)
