@@ -71,8 +71,21 @@ def test_encode_refuses_bad_input():
         encode(np.array([np.inf, 0.0]), cfg)
     with pytest.raises(ValidationError, match="shape"):
         encode(np.zeros((2, 1)), cfg)
-    with pytest.raises(ValidationError, match="numeric"):
+    with pytest.raises(ValidationError, match="real numbers"):
         encode(np.array(["a", "b"]), cfg)
+    with pytest.raises(ValidationError, match="real numbers"):
+        encode(np.array([1j, 0]), cfg)
+
+
+@given(st.lists(st.floats(-1.0, 1.0, allow_nan=False, width=32), min_size=1, max_size=30),
+       st.sampled_from([32, 64]))
+def test_float32_ints_and_float64_inputs_encode_alike(values, mod):
+    cfg = SecAggConfig(sites=("a", "b"), threshold=2, vector_length=len(values), clip=1.0,
+                       frac_bits=20, mod_bits=mod)
+    x32 = np.array(values, np.float32)
+    np.testing.assert_array_equal(encode(x32, cfg), encode(x32.astype(np.float64), cfg))
+    ints = np.sign(x32).astype(np.int8)
+    np.testing.assert_array_equal(encode(ints, cfg), encode(ints.astype(np.float64), cfg))
 
 
 def test_secagg_plus_graph_is_symmetric_regular_seeded_and_public():

@@ -18,19 +18,26 @@ def encode(x: np.ndarray, cfg: SecAggConfig, *, site: str | None = None) -> np.n
     if a.shape != (cfg.vector_length,):
         raise ValidationError(f"secure-aggregation input must have shape "
                               f"({cfg.vector_length},), got {a.shape}", site=site)
-    if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)
-            or a.dtype == np.bool_):
-        raise ValidationError(f"secure-aggregation input must be numeric, got {a.dtype}",
-                              site=site)
-    a = a.astype(np.float64, copy=False)
-    if a.size and not np.isfinite(a).all():
-        raise ValidationError("secure-aggregation input holds NaN or infinity", site=site)
-    if a.size and float(np.abs(a).max()) > cfg.clip:
-        raise ValidationError(f"secure-aggregation input exceeds the clip range "
-                              f"±{cfg.clip} (max |x| = {float(np.abs(a).max())}): clip it "
-                              f"first or raise clip", site=site)
-    q = np.rint(a * 2.0**cfg.frac_bits).astype(np.int64)
-    return q.view(np.uint64).astype(cfg.dtype) if cfg.mod_bits == 32 else q.view(cfg.dtype)
+    if a.dtype not in (np.float32, np.float64):
+        if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_) \
+                or np.issubdtype(a.dtype, np.complexfloating):
+            raise ValidationError(f"secure-aggregation input must be real numbers, got "
+                                  f"{a.dtype}", site=site)
+        a = a.astype(np.float64)
+    if a.size:
+        lo, hi = float(a.min()), float(a.max())  # NaN propagates into both
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise ValidationError("secure-aggregation input holds NaN or infinity", site=site)
+        if lo < -cfg.clip or hi > cfg.clip:
+            raise ValidationError(f"secure-aggregation input exceeds the clip range "
+                                  f"±{cfg.clip} (min {lo}, max {hi}): clip it first or raise "
+                                  f"clip", site=site)
+    # x·2^f is exact in the input's own float type (a power-of-two scale), and so is rint;
+    # |q| <= max_encoded < 2^(k-1) by the headroom rule, so the signed cast cannot overflow.
+    q = np.multiply(a, a.dtype.type(2.0**cfg.frac_bits))
+    np.rint(q, out=q)
+    signed = np.int32 if cfg.mod_bits == 32 else np.int64
+    return q.astype(signed).view(cfg.dtype)
 
 
 def decode(total: np.ndarray, cfg: SecAggConfig) -> np.ndarray:
