@@ -140,7 +140,7 @@ class LedgerEntry:
         if not p and not self.delta < 1:
             p.append(f"delta must be < 1, got {self.delta!r}")
         if dp and not p and self.steps < 1:
-            p.append("a DP entry must charge at least 1 step")
+            p.append("steps must be >= 1 for a DP entry")
         return p
 
     def to_json(self) -> dict[str, Any]:
