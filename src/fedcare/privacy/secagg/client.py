@@ -115,9 +115,9 @@ class SecAggClient:
         seen: dict[bytes, str] = {}
         for s, pair in keys.items():
             for pk in pair:
-                if (pk in seen and seen[pk] != s) or pair[0] == pair[1]:
-                    raise ProtocolError(f"share_keys: public key reused by {seen.get(pk, s)!r}"
-                                        f" and {s!r} (replayed keys)", site=self.site)
+                if pk in seen:
+                    raise ProtocolError(f"share_keys: public key reused by {seen[pk]!r} and "
+                                        f"{s!r} (replayed keys)", site=self.site)
                 seen[pk] = s
         self._check_enough(len(keys), "share_keys")
         self._peer_keys = {s: v for s, v in keys.items() if s != self.site}
