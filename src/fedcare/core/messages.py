@@ -23,11 +23,26 @@ class UpdateKind(enum.StrEnum):
 
 
 class TaskKind(enum.StrEnum):
-    """What a task asks: train (and maybe evaluate), evaluate only, or feature statistics."""
+    """What a task asks: train (and maybe evaluate), evaluate only, feature statistics, or one
+    later step of a secure-aggregation protocol for the round's fit (exchange keys, send
+    masked input, unmask; decrypt a homomorphically summed aggregate)."""
 
     FIT = "fit"
     EVALUATE = "evaluate"
     STATS = "stats"
+    SECAGG_SHARE = "sa_share"
+    SECAGG_MASK = "sa_mask"
+    SECAGG_UNMASK = "sa_unmask"
+    HE_DECRYPT = "he_decrypt"
+
+    @property
+    def is_protocol_step(self) -> bool:
+        """A follow-up step of a round's fit: carries protocol messages, not the model."""
+        return self in _PROTOCOL_STEPS
+
+
+_PROTOCOL_STEPS = frozenset({TaskKind.SECAGG_SHARE, TaskKind.SECAGG_MASK,
+                             TaskKind.SECAGG_UNMASK, TaskKind.HE_DECRYPT})
 
 
 @dataclass(frozen=True)
@@ -93,6 +108,8 @@ class Task:
     seed: int = 0
     evaluate: bool = True
     strategy: str = "fedavg"
+    #: Small JSON-able protocol facts (e.g. a secure-aggregation round's participants).
+    meta: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,10 @@ from fedcare.core.errors import ValidationError
 #: (e.g. BatchNorm's step counter) has no meaningful federated average.
 ALLOWED_DTYPES = frozenset({"float16", "float32", "float64"})
 _NP_DTYPES = {np.dtype(name): name for name in ALLOWED_DTYPES}
+#: Extra dtypes an auxiliary array may have: protocol messages (secure-aggregation masks in
+#: Z_2^k, key bytes, ciphertexts) are integers, and are never averaged as a model.
+_INTEGER_DTYPES = frozenset(np.dtype(n) for n in ("uint8", "uint32", "uint64", "int32",
+                                                  "int64"))
 
 
 def _dtype_name(dtype: np.dtype) -> str:
@@ -121,13 +125,15 @@ class Parameters(Mapping[str, np.ndarray]):
 
     __slots__ = ("_arrays",)
 
-    def __init__(self, arrays: Mapping[str, np.ndarray]) -> None:
+    def __init__(self, arrays: Mapping[str, np.ndarray], *, allow_integer: bool = False
+                 ) -> None:
         items: dict[str, np.ndarray] = {}
         for name, value in arrays.items():
             if not isinstance(name, str) or not name:
                 raise ValidationError(f"parameter names must be non-empty strings, got {name!r}")
             arr = np.asarray(value)
-            if arr.dtype not in _NP_DTYPES:
+            if arr.dtype not in _NP_DTYPES and not (allow_integer
+                                                    and arr.dtype in _INTEGER_DTYPES):
                 raise ValidationError(
                     f"parameter {name!r} has dtype {arr.dtype}; only {sorted(ALLOWED_DTYPES)} "
                     "are supported")

@@ -87,7 +87,9 @@ def _unpack(data: bytes) -> tuple[dict[str, Any], Parameters | None, dict[str, P
     if set(tensors) != expected:
         raise ValidationError("array payload does not match the header's array list")
     params = Parameters({k: tensors[f"p/{k}"] for k in order}) if order else None
-    aux = {a: Parameters({k: tensors[f"a/{a}/{k}"] for k in names})
+    # Aux arrays may be integer protocol messages; a strategy's aux is still checked
+    # against its float spec by the receiver.
+    aux = {a: Parameters({k: tensors[f"a/{a}/{k}"] for k in names}, allow_integer=True)
            for a, names in aux_order.items()}
     return header, params, aux
 
@@ -134,6 +136,8 @@ def encode_task(task: Task, *, arrays: ArrayBlob | None = None) -> bytes:
         "site": task.site, "kind": task.kind.value, "train": task.train.to_json(),
         "seed": task.seed, "evaluate": task.evaluate, "strategy": task.strategy,
     }
+    if task.meta:
+        header["meta"] = dict(task.meta)
     return _pack(header, task.parameters, task.aux, arrays)
 
 
@@ -142,24 +146,33 @@ def decode_task(data: bytes, expected: ParamSpec | None = None) -> Task:
     header, params, aux = _unpack(data)
     if header.get("type") != "task":
         raise ValidationError("message is not a task")
-    if params is None:
-        raise ValidationError("task carries no model parameters")
-    if expected is not None:
-        expected.validate(params, what="task parameters")
-    else:
-        check_finite(params, what="task parameters")
-    for a in aux.values():
-        check_finite(a, what="task auxiliary arrays")
     try:
         kind = TaskKind(_require(header, "kind", str))
         train = TrainConfig.from_json(_require(header, "train", dict))
     except (ValueError, TypeError) as exc:
         raise ValidationError(f"task header is invalid: {exc}") from exc
+    if kind.is_protocol_step:
+        # Protocol steps carry protocol messages (validated by the protocol), no model.
+        if params:
+            raise ValidationError(f"a {kind.value} task must not carry model parameters")
+        params = Parameters({})
+    elif params is None:
+        raise ValidationError("task carries no model parameters")
+    elif expected is not None:
+        expected.validate(params, what="task parameters")
+    else:
+        check_finite(params, what="task parameters")
+    for a in aux.values():
+        check_finite(a, what="task auxiliary arrays")
+    meta = header.get("meta", {})
+    if not isinstance(meta, dict):
+        raise ValidationError("task header field 'meta' must be an object")
     return Task(
         task_id=_require(header, "task_id", str), study=_require(header, "study", str),
         round=_require(header, "round", int), site=_require(header, "site", str), kind=kind,
         parameters=params, train=train, aux=aux, seed=_require(header, "seed", int),
         evaluate=_require(header, "evaluate", bool), strategy=_require(header, "strategy", str),
+        meta=meta,
     )
 
 
@@ -175,9 +188,13 @@ def encode_update(update: Update) -> bytes:
 
 
 def decode_update(data: bytes, expected: ParamSpec,
-                  expected_aux: Mapping[str, ParamSpec] | None = None,
+                  expected_aux: Mapping[str, ParamSpec | None] | None = None,
                   site: str | None = None) -> Update:
-    """Decode a site's update and validate it against the layout that was sent to it."""
+    """Decode a site's update and validate it against the layout that was sent to it.
+
+    An ``expected_aux`` entry of ``None`` accepts any arrays under that name: a protocol
+    message whose layout varies (secure-aggregation shares, ciphertexts) and that its
+    protocol validates strictly when it parses them."""
     try:
         header, params, aux = _unpack(data)
         if header.get("type") != "update":
@@ -188,7 +205,8 @@ def decode_update(data: bytes, expected: ParamSpec,
         for name, spec in (expected_aux or {}).items():
             if name not in aux:
                 raise ValidationError(f"update lacks auxiliary arrays {name!r}")
-            spec.validate(aux[name], what=f"auxiliary arrays {name!r}")
+            if spec is not None:
+                spec.validate(aux[name], what=f"auxiliary arrays {name!r}")
         extra_aux = set(aux) - set(expected_aux or {})
         if extra_aux:
             raise ValidationError(f"update carries unexpected auxiliary arrays {sorted(extra_aux)}")
@@ -226,7 +244,7 @@ def encode_error(reply: ErrorReply) -> bytes:
 
 
 def decode_reply(data: bytes, expected: ParamSpec,
-                 expected_aux: Mapping[str, ParamSpec] | None = None,
+                 expected_aux: Mapping[str, ParamSpec | None] | None = None,
                  site: str | None = None) -> Update | ErrorReply:
     """Decode what a site sent back: either an update or an error reply."""
     if len(data) > len(MAGIC) + _LEN.size and data.startswith(MAGIC):

@@ -11,15 +11,17 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from fedcare.core.errors import FedcareError, ValidationError
+from fedcare.core.errors import FedcareError, ProtocolError, ValidationError
 from fedcare.core.messages import ErrorReply, Task, TaskKind, Update, UpdateKind
 from fedcare.core.params import ArraySpec, Parameters, ParamSpec
 from fedcare.core.seeds import site_round_seed
 from fedcare.core.wire import decode_task, encode_error, encode_update
 from fedcare.data.dataset import SiteData
+from fedcare.engine.secure import SecureSite, contribution
 from fedcare.engine.site_state import SiteStateStore
 from fedcare.learners.base import Learner
 from fedcare.strategies import site_algorithm
@@ -52,12 +54,16 @@ class SiteExecutor:
     """Executes tasks for one site."""
 
     def __init__(self, data: SiteData, learner: Learner, *, site_index: int,
-                 expected: ParamSpec, state_dir: Path | None = None) -> None:
+                 expected: ParamSpec, state_dir: Path | None = None,
+                 secure: SecureSite | None = None) -> None:
         self.data = data
         self.learner = learner
         self.site_index = site_index
         self.expected = expected
         self.state = SiteStateStore(state_dir)
+        #: Set when the approved study protects updates by secure aggregation: the site then
+        #: never sends its update in the clear, whatever a task asks.
+        self.secure = secure
 
         self._norm_key: bytes | None = None
         self._norm_data: SiteData = data
@@ -109,10 +115,27 @@ class SiteExecutor:
             return encode_error(ErrorReply(task_id=task_id, site=self.name, round=round_,
                                            error_type=kind, message=str(exc)))
 
+    def _protocol_reply(self, task: Task, aux: dict[str, Parameters], start: float,
+                        **fields: Any) -> Update:
+        return Update(task_id=task.task_id, site=self.name, round=task.round,
+                      kind=UpdateKind.DELTA, parameters=Parameters({}), aux=aux,
+                      provenance=(f"secure:{task.kind.value}",),
+                      seconds=time.perf_counter() - start, **fields)
+
     def run(self, task: Task) -> Update:
         start = time.perf_counter()
         if task.kind is TaskKind.STATS:
             return self._stats(task, start)
+        if task.kind.is_protocol_step:
+            if self.secure is None:
+                raise ProtocolError("this site's study does not use secure aggregation")
+            return self._protocol_reply(task, self.secure.step(task), start, num_examples=0)
+        if task.kind is TaskKind.FIT and (self.secure is not None) != bool(
+                task.meta.get("secure")):
+            raise ProtocolError(
+                "the approved study protects updates with secure aggregation but the task "
+                "asks for a plain update" if self.secure is not None else
+                "the task asks for secure aggregation but the approved study does not use it")
         d = self._normalized(task.aux.get(NORMALIZER))
         eval_metrics: dict[str, float] = {}
         if task.evaluate and len(d.x_test):
@@ -133,6 +156,13 @@ class SiteExecutor:
         aux, new_state = algo.after_fit(task.parameters, task_aux, result, task.train, state)
         if new_state:
             self.state.save(task.round, new_state)
+        if self.secure is not None:
+            vector = contribution(result.parameters, task.parameters, result.num_examples)
+            return self._protocol_reply(
+                task, self.secure.start(task, vector), start, num_examples=result.num_examples,
+                metrics={**result.metrics, "steps": float(result.num_steps)},
+                eval_metrics=eval_metrics,
+                num_eval_examples=len(d.x_test) if eval_metrics else 0)
         return Update(
             task_id=task.task_id, site=self.name, round=task.round, kind=UpdateKind.FULL,
             parameters=result.parameters, num_examples=result.num_examples,

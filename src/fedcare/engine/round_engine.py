@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -20,11 +20,14 @@ from fedcare.core.errors import FedcareError, ValidationError
 from fedcare.core.messages import ErrorReply, Task, TaskKind, TrainConfig, Update, UpdateKind
 from fedcare.core.params import Parameters, ParamSpec, check_finite
 from fedcare.core.seeds import round_seed
-from fedcare.core.wire import decode_reply, encode_task, pack_arrays
+from fedcare.core.wire import decode_reply, encode_task, pack_arrays, peek_header
 from fedcare.engine.history import History, RoundRecord, weighted_mean_metrics
 from fedcare.strategies.aggregate import UpdateStack
 from fedcare.strategies.base import Strategy
 from fedcare.transport.base import Transport
+
+if TYPE_CHECKING:
+    from fedcare.engine.secure import SecureAggregator
 
 
 class CheckpointSink(Protocol):
@@ -60,7 +63,8 @@ class RoundEngine:
     def __init__(self, settings: EngineSettings, strategy: Strategy, transport: Transport,
                  sites: Sequence[str], parameters: Parameters, history: History, *,
                  checkpoints: CheckpointSink | None = None,
-                 on_round: Callable[[RoundRecord], None] | None = None) -> None:
+                 on_round: Callable[[RoundRecord], None] | None = None,
+                 secure: SecureAggregator | None = None) -> None:
         if not sites:
             raise FedcareError("a study needs at least one site")
         self.settings = settings
@@ -72,6 +76,8 @@ class RoundEngine:
         self.history = history
         self.checkpoints = checkpoints
         self.on_round = on_round
+        #: Secure aggregation (masking or CKKS): the hub then sees only the round's sum.
+        self.secure = secure
         self._stack = UpdateStack(self.spec, capacity=len(self.sites))
         #: Arrays sent with every task besides the strategy's (e.g. the feature normalizer).
         self.extra_aux: dict[str, Parameters] = {}
@@ -79,7 +85,9 @@ class RoundEngine:
     # -- one exchange of tasks and replies ------------------------------------------------
     def exchange(self, round_: int, sites: Sequence[str], kind: TaskKind, *,
                  evaluate: bool, train: TrainConfig, aux: Mapping[str, Parameters],
-                 expected_aux: Mapping[str, ParamSpec] | None = None) -> Exchange:
+                 expected_aux: Mapping[str, ParamSpec | None] | None = None,
+                 meta: Mapping[str, Any] | None = None) -> Exchange:
+        """Send the global model (with ``aux``) to ``sites`` and collect their replies."""
         start = time.perf_counter()
         s = self.settings
         aux = {**aux, **self.extra_aux}
@@ -87,17 +95,45 @@ class RoundEngine:
         expected = self.spec if kind is TaskKind.FIT else ParamSpec({})
         if expected_aux is None:
             expected_aux = self.strategy.expected_aux(self.spec) if kind is TaskKind.FIT else {}
-        futures: dict[str, Future[bytes]] = {}
-        task_ids: dict[str, str] = {}
-        bytes_down = 0
+        if meta and kind is TaskKind.FIT:  # a secure fit answers with protocol messages
+            from fedcare.engine.secure import PROTOCOL_AUX
+
+            expected, expected_aux = ParamSpec({}), {PROTOCOL_AUX: None}
+        payloads = {}
         for site in sites:
-            task = Task(task_id=f"{s.study}/r{round_}/{kind.value}/{site}", study=s.study,
+            task = Task(task_id=self.task_id(round_, kind, site), study=s.study,
                         round=round_, site=site, kind=kind, parameters=self.parameters,
                         train=train, aux=aux, seed=s.seed, evaluate=evaluate,
-                        strategy=self.strategy.name)
-            payload = encode_task(task, arrays=arrays)
+                        strategy=self.strategy.name, meta=dict(meta or {}))
+            payloads[site] = encode_task(task, arrays=arrays)
+        return self._collect(payloads, expected, expected_aux, start)
+
+    def protocol_exchange(self, round_: int, kind: TaskKind,
+                          aux: Mapping[str, Mapping[str, Parameters]],
+                          meta: Mapping[str, Any]) -> Exchange:
+        """One protocol step: a different small message per site (``aux[site]``), no model;
+        replies carry protocol messages the protocol itself validates."""
+        from fedcare.engine.secure import PROTOCOL_AUX
+
+        start = time.perf_counter()
+        s = self.settings
+        payloads = {site: encode_task(Task(
+            task_id=self.task_id(round_, kind, site), study=s.study, round=round_, site=site,
+            kind=kind, parameters=Parameters({}), train=s.train, aux=site_aux, seed=s.seed,
+            evaluate=False, strategy=self.strategy.name, meta=dict(meta)))
+            for site, site_aux in aux.items()}
+        return self._collect(payloads, ParamSpec({}), {PROTOCOL_AUX: None}, start)
+
+    def task_id(self, round_: int, kind: TaskKind, site: str) -> str:
+        return f"{self.settings.study}/r{round_}/{kind.value}/{site}"
+
+    def _collect(self, payloads: Mapping[str, bytes], expected: ParamSpec,
+                 expected_aux: Mapping[str, ParamSpec | None], start: float) -> Exchange:
+        s = self.settings
+        futures: dict[str, Future[bytes]] = {}
+        bytes_down = 0
+        for site, payload in payloads.items():
             bytes_down += len(payload)
-            task_ids[site] = task.task_id
             futures[site] = self.transport.submit(site, payload)
         deadline = None if s.round_timeout is None else start + s.round_timeout
         updates: dict[str, Update] = {}
@@ -121,7 +157,8 @@ class RoundEngine:
                 continue
             if isinstance(decoded, ErrorReply):
                 failures[site] = f"{decoded.error_type}: {decoded.message}"
-            elif decoded.task_id != task_ids[site] or decoded.site != site:
+            elif decoded.site != site or decoded.task_id != peek_header(
+                    payloads[site])["task_id"]:
                 failures[site] = "reply does not answer the task sent to this site"
             else:
                 updates[site] = decoded
@@ -139,8 +176,9 @@ class RoundEngine:
         sampled = self.strategy.sample(self.sites, rng)
         train = self.strategy.train_config(self.settings.train)
         evaluate = self._evaluates_incoming(round_)
+        meta = self.secure.settings.meta(sampled) if self.secure is not None else None
         ex = self.exchange(round_, sampled, TaskKind.FIT, evaluate=evaluate, train=train,
-                           aux=self.strategy.task_aux())
+                           aux=self.strategy.task_aux(), meta=meta)
         record = RoundRecord(round=round_, train_seconds=ex.seconds, bytes_down=ex.bytes_down,
                              bytes_up=ex.bytes_up, sites_sampled=list(sampled),
                              sites_completed=sorted(ex.updates), sites_failed=ex.failures)
@@ -153,10 +191,13 @@ class RoundEngine:
                 f"(need {need}); failures: {ex.failures}")
         t1 = time.perf_counter()
         self._stack.clear()
-        for site in sampled:
-            if site in ex.updates:
-                u = ex.updates[site]
-                self._stack.add(site, u.parameters, u.num_examples, validated=True)
+        if self.secure is not None:
+            self._add_secure_sum(round_, sampled, ex, record)
+        else:
+            for site in sampled:
+                if site in ex.updates:
+                    u = ex.updates[site]
+                    self._stack.add(site, u.parameters, u.num_examples, validated=True)
         if self._stack.weights.sum() <= 0:
             raise RoundFailed(f"round {round_}: the sites that completed trained on no examples")
         new = self.strategy.aggregate(round_, self.parameters, self._stack, UpdateKind.FULL,
@@ -175,6 +216,28 @@ class RoundEngine:
         if self.on_round is not None:
             self.on_round(record)
         return record
+
+    def _add_secure_sum(self, round_: int, sampled: Sequence[str], ex: Exchange,
+                        record: RoundRecord) -> None:
+        """Run the round's secure-aggregation steps; the stack then holds ONE row, the
+        FedAvg mean of the included sites (the hub never sees a single site's update), which
+        every supported strategy aggregates exactly as it would the individual rows."""
+        assert self.secure is not None
+        try:
+            result = self.secure.aggregate(self, round_, sampled, ex.updates)
+        except FedcareError as exc:
+            raise RoundFailed(f"round {round_}: secure aggregation aborted: {exc.message}; "
+                              f"failures: {ex.failures}") from exc
+        record.sites_failed = {**ex.failures, **result.failures}
+        record.sites_completed = list(result.included)
+        record.bytes_down += result.bytes_down
+        record.bytes_up += result.bytes_up
+        need = self.strategy.sampling.min_completed
+        if len(result.included) < need:
+            raise RoundFailed(f"round {round_}: only {len(result.included)} sites are in the "
+                              f"secure sum (need {need}); failures: {record.sites_failed}")
+        mean = Parameters.unflatten(result.new_model.astype(self._stack.dtype), self.spec)
+        self._stack.add("secure-sum", mean, result.total_weight, validated=False)
 
     def _note_rows(self, updates: Mapping[str, Update]) -> None:
         """Row counts the sites reported (a networked hub learns them only from updates)."""

@@ -1,0 +1,322 @@
+"""Secure aggregation in the round loop: the hub learns the sum of the sites' updates, never
+one site's update.
+
+A secure round is the usual fit exchange followed by protocol steps, each one more exchange
+of tasks and replies over the same transport (so it runs identically in simulation and over
+HTTPS). Each site contributes the vector ``[w·(x − g), w]``: its example count ``w`` times
+the difference between its trained model ``x`` and the global model ``g``, followed by ``w``
+itself, so the sum gives the example-weighted FedAvg mean ``Σ w·(x − g) / Σ w``.
+
+* ``secagg`` / ``secagg+`` — Bonawitz et al. (CCS 2017) pairwise masking with Shamir-shared
+  keys for dropout recovery, on a complete or a sparse (Bell et al., CCS 2020) graph; steps:
+  fit (keys) -> ``sa_share`` -> ``sa_mask`` -> ``sa_unmask``.
+* ``ckks`` — homomorphic encryption (CKKS, TenSEAL): sites encrypt with the federation's
+  secret context, the hub sums ciphertexts with the public context, and one participating site
+  decrypts the sum (``he_decrypt``) and returns it.
+
+The protocols themselves (:mod:`fedcare.privacy.secagg`, :mod:`fedcare.privacy.he`) are pure
+state machines; this module only routes their messages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fedcare.core.errors import ConfigError, FedcareError, ProtocolError
+from fedcare.core.messages import Task, TaskKind, Update
+from fedcare.core.params import Parameters
+
+if TYPE_CHECKING:
+    from fedcare.engine.round_engine import RoundEngine
+
+#: Aux name under which protocol messages travel in tasks and replies.
+PROTOCOL_AUX = "sp"
+PROTOCOLS = ("secagg", "secagg+", "ckks")
+
+
+@dataclass(frozen=True)
+class SecureSettings:
+    """A study's secure-aggregation choice (the ``[secure_aggregation]`` config section).
+
+    ``threshold`` is the share of a round's participants that must survive every step
+    (at least a strict majority, which the protocol requires).
+    """
+
+    protocol: str
+    threshold: float = 0.67
+    frac_bits: int = 24
+    mod_bits: int = 64
+    he_context: bytes | None = field(default=None, repr=False)  # sites' secret CKKS context
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"secure_aggregation.protocol must be one of {PROTOCOLS}, "
+                              f"got {self.protocol!r}")
+        if not 0.5 < self.threshold <= 1:
+            raise ConfigError("secure_aggregation.threshold must be in (0.5, 1] (a strict "
+                              "majority of the round's sites must survive)")
+
+    @property
+    def is_masking(self) -> bool:
+        return self.protocol in ("secagg", "secagg+")
+
+    def meta(self, participants: Sequence[str]) -> dict[str, Any]:
+        return {"secure": self.protocol, "participants": list(participants)}
+
+
+def contribution(trained: Parameters, global_: Parameters, weight: float) -> np.ndarray:
+    """``[w·(x − g), w]`` as one float64 vector (what a site feeds the secure sum)."""
+    x = trained.flatten("float64")
+    g = global_.flatten("float64")
+    out = np.empty(x.size + 1, dtype=np.float64)
+    np.subtract(x, g, out=out[:-1])
+    out[:-1] *= weight
+    out[-1] = weight
+    return out
+
+
+def mean_from_sum(total: np.ndarray, global_: Parameters) -> tuple[np.ndarray, float]:
+    """FedAvg's new model (flat float64) and the total weight, from the summed contributions."""
+    weight = float(total[-1])
+    if not weight > 0:
+        raise ProtocolError("the secure sum carries no examples (total weight <= 0)")
+    return global_.flatten("float64") + total[:-1] / weight, weight
+
+
+def secagg_config(settings: SecureSettings, participants: Sequence[str], vector_length: int,
+                  study: str, round_: int) -> Any:
+    """The round's public secure-aggregation parameters, derived identically at the hub and at
+    every site from the study, the round and the participant list (nothing else is trusted).
+
+    ``clip`` is the largest magnitude the fixed-point sum of n sites can hold at
+    ``frac_bits`` in ``mod_bits``-bit integers (the protocol refuses a value beyond it rather
+    than wrapping)."""
+    from fedcare.privacy.secagg import GraphKind, SecAggConfig
+
+    n = len(participants)
+    t = max(2, math.ceil(settings.threshold * n))
+    if 2 * t <= n:
+        t = n // 2 + 1
+    clip = float(2 ** (settings.mod_bits - 1 - settings.frac_bits) // n - 1)
+    seed = hashlib.sha256(f"fedcare-secagg-graph|{study}|{round_}".encode()).digest()
+    graph = GraphKind.SECAGG_PLUS if settings.protocol == "secagg+" else GraphKind.COMPLETE
+    return SecAggConfig(sites=tuple(participants), threshold=min(t, n),
+                        vector_length=vector_length, clip=clip, frac_bits=settings.frac_bits,
+                        mod_bits=settings.mod_bits, round_id=round_, graph=graph,
+                        graph_seed=seed)
+
+
+def _as_aux(arrays: Mapping[str, np.ndarray]) -> dict[str, Parameters]:
+    return {PROTOCOL_AUX: Parameters({k: np.asarray(v) for k, v in arrays.items()},
+                                     allow_integer=True)}
+
+
+def _arrays(update_or_task: Update | Task) -> dict[str, np.ndarray]:
+    got = update_or_task.aux.get(PROTOCOL_AUX)
+    if got is None:
+        raise ProtocolError("message carries no secure-aggregation payload")
+    return dict(got.items())
+
+
+# -- the site half -----------------------------------------------------------------------------
+class SecureSite:
+    """A site's secure-aggregation sessions, one per round, held in memory between the round's
+    steps. A site restarted mid-round has lost its session and answers the next step with an
+    error: the protocol treats it as a dropout."""
+
+    def __init__(self, site: str, settings: SecureSettings, known_sites: Sequence[str] | None
+                 = None) -> None:
+        self.site = site
+        self.settings = settings
+        self.known_sites = set(known_sites) if known_sites is not None else None
+        self._sessions: dict[int, tuple[Any, Any, np.ndarray]] = {}
+
+    def _participants(self, task: Task) -> list[str]:
+        got = task.meta.get("participants")
+        if (not isinstance(got, list) or not all(isinstance(s, str) for s in got)
+                or self.site not in got or len(set(got)) != len(got)):
+            raise ProtocolError("secure task lacks a valid participant list naming this site")
+        if self.known_sites is not None and not set(got) <= self.known_sites:
+            raise ProtocolError(f"secure task names sites outside the study: "
+                                f"{sorted(set(got) - self.known_sites)}")
+        if task.meta.get("secure") != self.settings.protocol:
+            raise ProtocolError(f"the hub asked for {task.meta.get('secure')!r} but the "
+                                f"approved study uses {self.settings.protocol!r}")
+        return got
+
+    def start(self, task: Task, vector: np.ndarray) -> dict[str, Parameters]:
+        """After local training: open the round's session; the reply's protocol payload."""
+        participants = self._participants(task)
+        self._sessions = {r: s for r, s in self._sessions.items() if r >= task.round}
+        if self.settings.is_masking:
+            from fedcare.privacy.secagg import SecAggClient
+
+            cfg = secagg_config(self.settings, participants, vector.size, task.study,
+                                task.round)
+            client = SecAggClient(cfg, self.site)
+            self._sessions[task.round] = (cfg, client, vector)
+            return _as_aux(client.advertise_keys().to_arrays(cfg))
+        from fedcare.privacy.he import HEContext, encrypt_vector
+
+        if self.settings.he_context is None:
+            raise ConfigError("this site holds no CKKS secret context (provisioning writes "
+                              "he_secret.ctx into each site kit)")
+        ctx = HEContext.load_secret(self.settings.he_context)
+        self._sessions[task.round] = (ctx, None, vector)
+        blob = encrypt_vector(ctx, vector)
+        return _as_aux({"ct": np.frombuffer(blob, dtype=np.uint8)})
+
+    def step(self, task: Task) -> dict[str, Parameters]:
+        """One later protocol step of the round's session."""
+        if task.round not in self._sessions:
+            raise ProtocolError(f"no secure-aggregation session for round {task.round} "
+                                "(was this site restarted mid-round?)")
+        first, client, vector = self._sessions[task.round]
+        arrays = _arrays(task)
+        if task.kind is TaskKind.HE_DECRYPT:
+            from fedcare.privacy.he import decrypt_vector
+
+            total = decrypt_vector(first, arrays["ct"].tobytes())
+            del self._sessions[task.round]
+            return _as_aux({"sum": total.astype(np.float64)})
+        from fedcare.privacy.secagg import (
+            KeysBroadcast,
+            ShareDelivery,
+            UnmaskRequest,
+        )
+
+        cfg = first
+        if task.kind is TaskKind.SECAGG_SHARE:
+            bundle = client.share_keys(KeysBroadcast.from_arrays(arrays, cfg=cfg))
+            return _as_aux(bundle.to_arrays(cfg))
+        if task.kind is TaskKind.SECAGG_MASK:
+            masked = client.masked_input(vector, ShareDelivery.from_arrays(arrays, cfg=cfg))
+            return _as_aux(masked.to_arrays(cfg))
+        if task.kind is TaskKind.SECAGG_UNMASK:
+            response = client.unmask(UnmaskRequest.from_arrays(arrays, cfg=cfg))
+            del self._sessions[task.round]
+            return _as_aux(response.to_arrays(cfg))
+        raise ProtocolError(f"unexpected protocol step {task.kind.value}")
+
+
+# -- the hub half ------------------------------------------------------------------------------
+@dataclass
+class SecureSum:
+    """What the hub learns from a secure round: the sum's mean, and who is in it."""
+
+    new_model: np.ndarray  # flat float64: g + Σ w·(x − g) / Σ w
+    total_weight: float
+    included: list[str]
+    failures: dict[str, str]
+    bytes_down: int = 0
+    bytes_up: int = 0
+
+
+class SecureAggregator:
+    """Drives a round's protocol steps through the engine's exchanges."""
+
+    def __init__(self, settings: SecureSettings, public_he_context: bytes | None = None) -> None:
+        self.settings = settings
+        self.public_he_context = public_he_context
+
+    def aggregate(self, engine: RoundEngine, round_: int, participants: Sequence[str],
+                  fit: Mapping[str, Update]) -> SecureSum:
+        if self.settings.is_masking:
+            return self._secagg(engine, round_, participants, fit)
+        return self._ckks(engine, round_, participants, fit)
+
+    def _step(self, engine: RoundEngine, round_: int, kind: TaskKind,
+              payloads: Mapping[str, Mapping[str, np.ndarray]], participants: Sequence[str],
+              acc: SecureSum) -> dict[str, dict[str, np.ndarray]]:
+        ex = engine.protocol_exchange(round_, kind, {s: _as_aux(p) for s, p in payloads.items()},
+                                      self.settings.meta(participants))
+        acc.failures.update({s: f"{kind.value}: {m}" for s, m in ex.failures.items()})
+        acc.bytes_down += ex.bytes_down
+        acc.bytes_up += ex.bytes_up
+        return {s: _arrays(u) for s, u in ex.updates.items()}
+
+    def _secagg(self, engine: RoundEngine, round_: int, participants: Sequence[str],
+                fit: Mapping[str, Update]) -> SecureSum:
+        from fedcare.privacy.secagg import (
+            AdvertiseKeys,
+            MaskedInput,
+            SecAggServer,
+            ShareBundle,
+            UnmaskResponse,
+        )
+
+        cfg = secagg_config(self.settings, participants, engine.spec.total_size + 1,
+                            engine.settings.study, round_)
+        server = SecAggServer(cfg)
+        acc = SecureSum(np.empty(0), 0.0, [], {})
+        keys = {}
+        for s, u in fit.items():
+            try:
+                keys[s] = AdvertiseKeys.from_arrays(_arrays(u), cfg=cfg)
+            except FedcareError as exc:
+                acc.failures[s] = f"keys: {exc.message}"
+        bcast = server.collect_keys(keys)
+        got = self._step(engine, round_, TaskKind.SECAGG_SHARE,
+                         {s: m.to_arrays(cfg) for s, m in bcast.items()}, participants, acc)
+        routed = server.collect_shares(self._parse(got, ShareBundle, cfg, acc))
+        got = self._step(engine, round_, TaskKind.SECAGG_MASK,
+                         {s: m.to_arrays(cfg) for s, m in routed.items()}, participants, acc)
+        request = server.collect_masked(self._parse(got, MaskedInput, cfg, acc))
+        got = self._step(engine, round_, TaskKind.SECAGG_UNMASK,
+                         {s: request.to_arrays(cfg) for s in request.survivors}, participants,
+                         acc)
+        result = server.finish(self._parse(got, UnmaskResponse, cfg, acc))
+        acc.new_model, acc.total_weight = mean_from_sum(result.sum, engine.parameters)
+        acc.included = sorted(result.included)
+        return acc
+
+    @staticmethod
+    def _parse(got: Mapping[str, Mapping[str, np.ndarray]], cls: Any, cfg: Any,
+               acc: SecureSum) -> dict[str, Any]:
+        out = {}
+        for s, arrays in got.items():
+            try:
+                out[s] = cls.from_arrays(arrays, cfg=cfg)
+            except FedcareError as exc:  # a malformed message: that site drops out
+                acc.failures[s] = exc.message
+        return out
+
+    def _ckks(self, engine: RoundEngine, round_: int, participants: Sequence[str],
+              fit: Mapping[str, Update]) -> SecureSum:
+        from fedcare.privacy.he import HEContext, sum_ciphertexts
+
+        if self.public_he_context is None:
+            raise ConfigError("the hub holds no public CKKS context (he_public.ctx)")
+        public = HEContext.load_public(self.public_he_context)
+        acc = SecureSum(np.empty(0), 0.0, [], {})
+        blobs: dict[str, bytes] = {}
+        for s, u in sorted(fit.items()):
+            try:
+                blobs[s] = _arrays(u)["ct"].tobytes()
+            except (FedcareError, KeyError) as exc:
+                acc.failures[s] = f"ciphertext: {exc}"
+        if not blobs:
+            raise ProtocolError(f"round {round_}: no site sent a ciphertext")
+        total = sum_ciphertexts(public, list(blobs.values()))
+        included = sorted(blobs)
+        # One participant decrypts the sum (any will do; the first that answers is used).
+        for decryptor in included:
+            got = self._step(engine, round_, TaskKind.HE_DECRYPT,
+                             {decryptor: {"ct": np.frombuffer(total, dtype=np.uint8)}},
+                             participants, acc)
+            if decryptor in got:
+                plain = np.asarray(got[decryptor]["sum"], dtype=np.float64)
+                if plain.shape != (engine.spec.total_size + 1,) or not np.isfinite(plain).all():
+                    acc.failures[decryptor] = "decrypted sum has the wrong shape or NaN/Inf"
+                    continue
+                acc.new_model, acc.total_weight = mean_from_sum(plain, engine.parameters)
+                acc.included = included
+                return acc
+        raise ProtocolError(f"round {round_}: no site could decrypt the aggregate: "
+                            f"{acc.failures}")
