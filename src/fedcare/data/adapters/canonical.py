@@ -203,7 +203,14 @@ def _require_columns(name: str, df: pd.DataFrame, cols: tuple[str, ...]) -> None
 
 
 def _as_str(s: pd.Series) -> pd.Series:
-    return s.astype(object).where(s.notna(), "").map(str).astype(object)
+    import pandas as pd
+
+    out = s.astype(object)
+    if s.isna().any():
+        out = out.where(s.notna(), "")
+    if pd.api.types.infer_dtype(out, skipna=False) not in ("string", "empty"):
+        out = out.map(str).astype(object)  # slow path only for ints/mixed cells
+    return out
 
 
 def _as_datetime(s: pd.Series, where: str) -> pd.Series:
@@ -234,7 +241,7 @@ def _check_frame(name: str, df: object, cols: tuple[str, ...], str_cols: tuple[s
         col = df[c]
         if col.dtype != object and not pd.api.types.is_string_dtype(col):
             problems.append(f"{name}.{c}: dtype {col.dtype}, expected str (object)")
-        elif len(col) and not col.map(type).eq(str).all():
+        elif pd.api.types.infer_dtype(col, skipna=False) not in ("string", "empty"):
             problems.append(f"{name}.{c}: has non-str values (e.g. missing); use '' for none")
     for c in date_cols:
         if str(df[c].dtype) != "datetime64[ns]":

@@ -345,6 +345,9 @@ def _load_wide_one(path: Path, m: WideMapping) -> CanonicalRecords:
     persons = _persons(df, m.person_id, m.birth_date, m.birth_year, m.sex, m.sex_values,
                        rejects)
     pid = _text(df[m.person_id])
+    # A row is used once: id-less rows are counted as persons, a repeated id's row as a
+    # duplicate person row; neither contributes events.
+    usable = (pid != "") & ~pid.duplicated()
     default_date = _dates(df[m.date]) if m.date else None
     frames = []
     for c in m.columns:
@@ -375,7 +378,7 @@ def _load_wide_one(path: Path, m: WideMapping) -> CanonicalRecords:
             "person_id": pid, "domain": c.domain, "system": system, "code": c.code,
             "value": value, "unit": unit if c.domain == "measurement" else "",
             "start": start, "end": pd.Series(pd.NaT, index=df.index, dtype="datetime64[ns]"),
-        })[(present & (pid != "")).to_numpy()])  # id-less rows: counted once, as persons
+        })[(present & usable).to_numpy()])
     events = pd.concat(frames, ignore_index=True) if frames else empty_events()
     return _finish(persons, events, rejects, counts)
 

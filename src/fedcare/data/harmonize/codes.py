@@ -67,15 +67,20 @@ def normalise_codes(systems: pd.Series, codes: pd.Series) -> pd.Series:
     numeric systems (SNOMED, RxNorm, OMOP concept ids)."""
     import pandas as pd
 
-    out = pd.Series(codes, dtype=object).fillna("").astype(str).str.strip().str.upper()
-    sys_ = pd.Series(systems, dtype=object).reindex(out.index)
-    dotless = sys_.isin(_DOTLESS_SYSTEMS)
-    if dotless.any():
-        out[dotless] = out[dotless].str.replace(".", "", regex=False)
-    numeric = sys_.isin(_NUMERIC_SYSTEMS)
-    if numeric.any():
-        out[numeric] = out[numeric].str.replace(r"^(\d+)\.0+$", r"\1", regex=True)
-    return out.astype(object)
+    raw = pd.Series(codes, dtype=object)
+    sys_ = pd.Series(systems, dtype=object).reindex(raw.index)
+    out = pd.Series("", index=raw.index, dtype=object)
+    # Work on each system's distinct codes only: a million events carry a few hundred codes.
+    for system in sys_.unique():
+        in_sys = (sys_ == system).to_numpy()
+        inv, uniq = pd.factorize(raw[in_sys].fillna("").astype(str), sort=False)
+        norm = pd.Series(uniq, dtype=object).astype(str).str.strip().str.upper()
+        if system in _DOTLESS_SYSTEMS:
+            norm = norm.str.replace(".", "", regex=False)
+        elif system in _NUMERIC_SYSTEMS:
+            norm = norm.str.replace(r"^(\d+)\.0+$", r"\1", regex=True)
+        out[in_sys] = norm.to_numpy(dtype=object)[inv] if len(uniq) else ""
+    return out
 
 
 def _pattern(system: str, code: str) -> tuple[str, bool]:
@@ -88,7 +93,10 @@ def match_codes(systems: pd.Series, codes_norm: pd.Series, codeset: CodeSet) -> 
     import pandas as pd
 
     mask = pd.Series(False, index=codes_norm.index)
+    present = set(systems.unique())
     for system, patterns in codeset.by_system().items():
+        if system not in present:
+            continue
         in_sys = systems == system
         if not in_sys.any():
             continue
