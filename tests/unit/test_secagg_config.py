@@ -101,6 +101,9 @@ def test_secagg_plus_graph_is_symmetric_regular_seeded_and_public():
         assert a.neighbours(u) == b.neighbours(u)
     assert any(a.neighbours(u) != c.neighbours(u) for u in SITES)
     assert a.digest == b.digest != c.digest
+    complete = [SecAggConfig(sites=SITES, threshold=7, vector_length=1, graph_seed=seed)
+                for seed in (b"study-a", b"study-b")]
+    assert complete[0].digest != complete[1].digest  # the public seed is bound in as well
     assert a.share_threshold == 4  # max(3, ceil(5 * 7 / 10))
 
 

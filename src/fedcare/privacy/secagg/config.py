@@ -249,6 +249,7 @@ class SecAggConfig:
             h.update(struct.pack("<I", len(self._neighbours[s])))
             h.update(b"".join(struct.pack("<I", self._index[v]) for v in self._neighbours[s]))
         h.update(struct.pack("<I", self.share_threshold))
+        h.update(struct.pack("<I", len(self.graph_seed)) + self.graph_seed)  # e.g. study-bound
         return h.digest()
 
 
