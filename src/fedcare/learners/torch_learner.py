@@ -10,6 +10,12 @@ sites x hundreds of rounds of tiny models), hence the choices below:
   with ``index_select`` on the whole tensor (no DataLoader);
 * FedProx and SCAFFOLD gradient terms are applied with ``torch._foreach_*`` ops.
 
+DP-SGD (Abadi et al. 2016) is an option of the learner (:class:`DpSgdOptions`), trained with
+Opacus' ``GradSampleModule`` (per-example gradients) and ``DPOptimizer`` (clip each example's
+gradient to ``max_grad_norm``, add N(0, (z C)^2) to the sum). Opacus is imported only when DP
+is on, so the plain path stays as it is. See :meth:`TorchLearner._train_dp` for why fedcare
+does its own Poisson sampling instead of ``PrivacyEngine.make_private``.
+
 Exchanged parameters are the model's floating-point ``state_dict`` entries (parameters and
 float buffers) in ``state_dict`` order. Integer buffers are left out: they are counters (e.g.
 BatchNorm's ``num_batches_tracked``) with no meaningful federated average, and
@@ -19,8 +25,10 @@ BatchNorm's ``num_batches_tracked``) with no meaningful federated average, and
 from __future__ import annotations
 
 import math
+import secrets
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -47,6 +55,69 @@ def _as_tensor(arr: np.ndarray) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*not writable.*")
         return torch.from_numpy(arr)
+
+
+@dataclass(frozen=True)
+class DpSgdOptions:
+    """Record-level DP-SGD at the site.
+
+    ``noise_multiplier`` z and ``max_grad_norm`` C: every step adds N(0, (z C)^2) to the sum of
+    per-example gradients clipped to C. ``seeded=True`` draws the noise from a torch generator
+    seeded with the fit's seed, so a simulation is reproducible - and the noise predictable to
+    anyone who knows the study seed: simulations only. ``seeded=False`` (deployment) seeds the
+    generator from :mod:`secrets` on every fit. Opacus' own ``secure_mode`` needs
+    ``torchcsprng``, which is not installed, so neither stream is a CSPRNG stream; the seed is
+    what is secret.
+    """
+
+    noise_multiplier: float
+    max_grad_norm: float
+    seeded: bool = False
+
+    def __post_init__(self) -> None:
+        problems = []
+        for key, value, ok in (
+                ("privacy.noise_multiplier", self.noise_multiplier, lambda v: v >= 0),
+                ("privacy.clip", self.max_grad_norm, lambda v: v > 0)):
+            if (isinstance(value, bool) or not isinstance(value, (int, float))
+                    or not math.isfinite(value) or not ok(value)):
+                problems.append(f"{key} must be a finite number "
+                                f"{'>= 0' if key.endswith('multiplier') else '> 0'}, "
+                                f"got {value!r}")
+        if problems:
+            raise ConfigError(problems)
+
+
+def dp_sgd_sample_rate(rows: int, batch_size: int) -> float:
+    """DP-SGD's Poisson sampling rate: each row joins each step's batch with ``batch / rows``."""
+    if rows < 1 or batch_size < 1:
+        raise DataError(f"DP-SGD needs rows >= 1 and batch_size >= 1, got {rows}, {batch_size}")
+    return min(1.0, batch_size / rows)
+
+
+def dp_sgd_steps(rows: int, config: TrainConfig) -> int:
+    """Steps one DP-SGD fit takes: ``local_steps``, else ``local_epochs * ceil(rows / batch)``
+    (an "epoch" is the number of steps that sees ``rows`` rows in expectation)."""
+    if config.local_steps > 0:
+        return config.local_steps
+    return config.local_epochs * math.ceil(rows / config.batch_size)
+
+
+def check_dp_compatible(model: nn.Module, name: str) -> None:
+    """Raise :class:`ConfigError` if Opacus cannot compute per-example gradients for ``model``.
+
+    In the zoo: logreg, mlp and cnn (GroupNorm) work; lstm, gru (nn.LSTM/nn.GRU) and
+    transformer (nn.MultiheadAttention) are refused. Opacus offers replacements (DPLSTM,
+    DPMultiheadAttention) with other parameter layouts; fedcare does not swap them in silently.
+    """
+    from opacus.validators import ModuleValidator
+
+    errors = ModuleValidator.validate(model, strict=False)
+    if errors:
+        reasons = sorted({str(e).split(".")[0] for e in errors})
+        raise ConfigError([f"model {name!r} cannot be trained with DP-SGD (Opacus refuses it): "
+                           + "; ".join(reasons),
+                           "DP-SGD works with the zoo models logreg, mlp and cnn"])
 
 
 class Stepper(Protocol):
@@ -98,7 +169,7 @@ class TorchLearner:
     """
 
     def __init__(self, model: nn.Module, task: TaskType, *, name: str = "torch",
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, dp: DpSgdOptions | None = None) -> None:
         if threads is not None:
             if threads < 1:
                 raise ConfigError(f"threads must be >= 1, got {threads}")
@@ -126,16 +197,27 @@ class TorchLearner:
             isinstance(m, nn.RNNBase) and m.dropout > 0 for m in model.modules())
         #: per-example input shape, when known (set by :meth:`from_zoo`); checked on every call
         self.input_shape: tuple[int, ...] | None = None
+        self.dp = dp
+        self._grad_module: nn.Module | None = None
+        if dp is not None:
+            if not isinstance(dp, DpSgdOptions):
+                raise ConfigError("dp must be DpSgdOptions")
+            check_dp_compatible(model, name)
+            from opacus import GradSampleModule
+
+            # Hooks are registered once: they record activations only in training mode with
+            # grad enabled, so ``evaluate`` (eval mode, inference_mode) does not pay for them.
+            self._grad_module = GradSampleModule(model, loss_reduction="mean")
 
     @classmethod
     def from_zoo(cls, model_name: str, input_shape: tuple[int, ...], num_outputs: int,
                  task: TaskType, options: Mapping[str, Any] | None = None, seed: int = 0, *,
-                 threads: int | None = None) -> TorchLearner:
+                 threads: int | None = None, dp: DpSgdOptions | None = None) -> TorchLearner:
         """A learner around :func:`fedcare.learners.models.build_model`'s ``model_name``."""
         from fedcare.learners.models import build_model
 
         model = build_model(model_name, input_shape, num_outputs, options or {}, seed)
-        learner = cls(model, task, name=model_name, threads=threads)
+        learner = cls(model, task, name=model_name, threads=threads, dp=dp)
         learner.input_shape = tuple(int(d) for d in input_shape)
         return learner
 
@@ -236,6 +318,8 @@ class TorchLearner:
         params = self._params
         mu = config.proximal_mu
         anchor = [p.detach().clone() for p in params] if mu > 0 else None
+        if self.dp is not None:
+            return self._fit_dp(xt, yt, config, seed, anchor, corr)
         opt = self._optimizer(config)
         self._set_mode(True)
         if self._stochastic:  # dropout draws from torch's RNG: seed it, restore it after
@@ -280,6 +364,84 @@ class TorchLearner:
                 if step == limit:
                     return (total, seen), step
         return (total, seen), step
+
+    # ------------------------------------------------------------------------------ DP-SGD
+    def _fit_dp(self, xt: torch.Tensor, yt: torch.Tensor, config: TrainConfig, seed: int,
+                anchor: list[torch.Tensor] | None,
+                corr: list[torch.Tensor] | None) -> FitResult:
+        """DP-SGD fit; metrics add ``dp_sample_rate``, ``dp_noise_multiplier`` and ``dp_clip``
+        so the site's ledger and the hub's report account exactly (``num_steps`` = steps)."""
+        from opacus.optimizers import DPOptimizer
+
+        dp = self.dp
+        assert dp is not None
+        n = len(xt)
+        q = dp_sgd_sample_rate(n, config.batch_size)
+        base: torch.optim.Optimizer
+        if config.optimizer == "sgd":
+            base = torch.optim.SGD(self._params, lr=config.lr, momentum=config.momentum,
+                                   weight_decay=config.weight_decay)
+        elif config.optimizer == "adam":
+            base = torch.optim.Adam(self._params, lr=config.lr, weight_decay=config.weight_decay)
+        else:
+            raise ConfigError(f"unknown optimizer {config.optimizer!r}; valid: "
+                              f"{', '.join(OPTIMIZERS)}")
+        noise_gen = torch.Generator()
+        noise_gen.manual_seed(seed if dp.seeded else secrets.randbits(63))
+        opt = DPOptimizer(base, noise_multiplier=dp.noise_multiplier,
+                          max_grad_norm=dp.max_grad_norm,
+                          expected_batch_size=max(1, round(q * n)), generator=noise_gen)
+        self._set_mode(True)
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            torch.manual_seed(seed)  # dropout: seeded, caller's RNG untouched
+            # Opacus' backward hooks fire on outputs because inputs need no gradient: expected.
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            (total, seen), steps = self._train_dp(xt, yt, config, seed, q, opt, anchor, corr)
+        return FitResult(self._export(), num_examples=n, num_steps=steps,
+                         metrics={"train_loss": total / seen if seen else 0.0,
+                                  "dp_sample_rate": q,
+                                  "dp_noise_multiplier": float(dp.noise_multiplier),
+                                  "dp_clip": float(dp.max_grad_norm)})
+
+    def _train_dp(self, xt: torch.Tensor, yt: torch.Tensor, config: TrainConfig, seed: int,
+                  q: float, opt: Any, anchor: list[torch.Tensor] | None,
+                  corr: list[torch.Tensor] | None) -> tuple[tuple[float, int], int]:
+        """The DP-SGD step loop with Poisson sampling done here, not by a DataLoader.
+
+        Why not ``PrivacyEngine.make_private``: it needs a ``DataLoader`` and wraps the module
+        anew on every call, while this learner batches with ``index_select`` and keeps one
+        ``GradSampleModule``. The sampling is the one Opacus' ``DPDataLoader`` does: each row
+        joins each step independently with probability ``q`` (Poisson, so the accountant's
+        amplification holds; batches vary in size and may be empty - an empty step still
+        adds noise, as the accountant assumes). The row draw uses ``numpy.default_rng(seed)``.
+
+        FedProx/SCAFFOLD terms do not depend on the data, so they are added after Opacus has
+        clipped and noised (post-processing) and before the underlying optimizer's step.
+        """
+        gm = self._grad_module
+        assert gm is not None
+        n, limit = len(xt), dp_sgd_steps(len(xt), config)
+        rng = np.random.default_rng(seed)
+        loss_fn, params, mu = self._loss, self._params, config.proximal_mu
+        adjust = anchor is not None or corr is not None
+        total, seen = 0.0, 0
+        for step in range(1, limit + 1):
+            idx = torch.from_numpy(np.flatnonzero(rng.random(n) < q))
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(gm(xt.index_select(0, idx)), yt.index_select(0, idx))
+            if len(idx):  # the mean loss of an empty batch is NaN; its gradient is empty
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise DataError(f"training diverged (loss is NaN/Inf) at step {step}; "
+                                    "lower the learning rate")
+                total += value * len(idx)
+                seen += len(idx)
+            loss.backward()
+            if opt.pre_step():  # clip per example, sum, add noise, scale
+                if adjust:
+                    self._adjust_grads(params, anchor, mu, corr)
+                opt.original_optimizer.step()
+        return (total, seen), limit
 
     @staticmethod
     @torch.no_grad()
