@@ -10,12 +10,15 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fedcare.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fedcare.privacy.dp.spec import PrivacySpec
 
 
 class _Section(BaseModel):
@@ -178,6 +181,17 @@ StrategySection = Annotated[
 ]
 
 
+class SecureAggregationSection(_Section):
+    protocol: Literal["none", "secagg", "secagg+", "ckks"] = Field("none", description=(
+        "Protect updates so the hub learns only their sum: secagg (pairwise masking with "
+        "dropout recovery, Bonawitz 2017), secagg+ (sparse masking graph for many sites, "
+        "Bell 2020), ckks (homomorphic encryption, TenSEAL), or none."))
+    threshold: float = Field(0.67, gt=0.5, le=1, description=(
+        "secagg: share of a round's sites that must survive every step (a strict majority)."))
+    frac_bits: int = Field(24, ge=8, le=40, description=(
+        "secagg: fixed-point fractional bits (precision 2^-frac_bits per value)."))
+
+
 class BaselinesSection(_Section):
     local: bool = Field(True, description="Also train each site alone (local-only baseline).")
     centralized: bool = Field(True, description="Also train on all data pooled (upper bound).")
@@ -195,6 +209,39 @@ class RunSection(_Section):
                                                                  "up on sites that did not answer.")
 
 
+#: Zoo models Opacus computes per-example gradients for (see ``check_dp_compatible``).
+DP_SGD_MODELS = ("logreg", "mlp", "cnn")
+
+
+class PrivacySection(_Section):
+    """Differential privacy of a study (absent or ``mode = "none"``: no DP)."""
+
+    mode: Literal["none", "dp_sgd", "dp_fedavg_central", "dp_fedavg_distributed"] = Field(
+        "none", description=(
+            "none; dp_sgd (record-level DP-SGD at each site, Opacus); dp_fedavg_central "
+            "(site-level DP-FedAvg, the hub adds the noise); dp_fedavg_distributed (each site "
+            "adds its share of the noise; meant for secure aggregation)."))
+    clip: float = Field(1.0, gt=0, allow_inf_nan=False, description=(
+        "DP-SGD: per-example gradient norm bound; DP-FedAvg: per-site update norm bound."))
+    noise_multiplier: float | None = Field(None, ge=0, allow_inf_nan=False, description=(
+        "Noise std / clip. Give this or target_epsilon, not both."))
+    target_epsilon: float | None = Field(None, gt=0, allow_inf_nan=False, description=(
+        "Budget-first: derive the noise multiplier that reaches this epsilon over the study "
+        "(DP-SGD: per site, from its row count)."))
+    delta: float = Field(1e-5, gt=0, lt=1, allow_inf_nan=False,
+                         description="The delta of (epsilon, delta)-DP.")
+    accountant: Literal["pld", "rdp"] = Field(
+        "pld", description="Privacy accountant: pld (tight) or rdp (looser, faster).")
+
+    @model_validator(mode="after")
+    def _one_noise_source(self) -> PrivacySection:
+        if self.mode != "none" and (self.noise_multiplier is None) == (
+                self.target_epsilon is None):
+            raise ValueError("give exactly one of privacy.noise_multiplier or "
+                             "privacy.target_epsilon when privacy.mode is not 'none'")
+        return self
+
+
 class StudyConfig(_Section):
     study: StudySection = Field(default_factory=StudySection)  # type: ignore[arg-type]
     data: DataSection
@@ -202,8 +249,23 @@ class StudyConfig(_Section):
     train: TrainSection = Field(default_factory=TrainSection)  # type: ignore[arg-type]
     strategy: StrategySection = Field(
         default_factory=lambda: FedAvgSection(name="fedavg"))  # type: ignore[call-arg]
+    secure_aggregation: SecureAggregationSection = Field(
+        default_factory=SecureAggregationSection)  # type: ignore[arg-type]
     baselines: BaselinesSection = Field(default_factory=BaselinesSection)  # type: ignore[arg-type]
     run: RunSection = Field(default_factory=RunSection)  # type: ignore[arg-type]
+    privacy: PrivacySection = Field(default_factory=PrivacySection)  # type: ignore[arg-type]
+
+    @model_validator(mode="after")
+    def _privacy_fits_the_study(self) -> StudyConfig:
+        mode = self.privacy.mode
+        if mode == "dp_sgd" and self.model.name not in DP_SGD_MODELS:
+            raise ValueError(f"privacy.mode 'dp_sgd' needs model.name in "
+                             f"{', '.join(DP_SGD_MODELS)} (Opacus cannot compute per-example "
+                             f"gradients for {self.model.name!r})")
+        if mode.startswith("dp_fedavg") and self.strategy.name == "scaffold":
+            raise ValueError(f"privacy.mode {mode!r} cannot be combined with strategy "
+                             "'scaffold': its control variates leave the site un-noised")
+        return self
 
 
 _TAGS = {"builtin", "synthetic", "files", "table", "npz", "federation", "fedavg", "fedprox",
@@ -246,7 +308,19 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None,
         cfg = StudyConfig.model_validate(dict(data))
     except pydantic.ValidationError as exc:
         raise ConfigError([_format_error(e) for e in exc.errors()], source=source) from None
+    problems = _cross_checks(cfg)
+    if problems:
+        raise ConfigError(problems, source=source)
     return _resolve_paths(cfg, base_dir) if base_dir is not None else cfg
+
+
+def _cross_checks(cfg: StudyConfig) -> list[str]:
+    """Rules that span sections."""
+    problems = []
+    if cfg.secure_aggregation.protocol != "none" and cfg.strategy.name == "scaffold":
+        problems.append("'secure_aggregation.protocol': SCAFFOLD needs each site's control "
+                        "variate, which secure aggregation hides; use fedavg, fedprox or fedopt")
+    return problems
 
 
 def _resolve_paths(cfg: StudyConfig, base: Path) -> StudyConfig:
@@ -292,8 +366,9 @@ def describe_keys() -> list[tuple[str, str, str]]:
             rows.append((f"{prefix}.{name}", default, field.description or ""))
 
     for section, model in (("study", StudySection), ("train", TrainSection),
+                           ("secure_aggregation", SecureAggregationSection),
                            ("baselines", BaselinesSection), ("run", RunSection),
-                           ("model", ModelSection)):
+                           ("model", ModelSection), ("privacy", PrivacySection)):
         walk(section, model)
     for data_model in (BuiltinData, SyntheticData, FilesData, PooledFileData, ImageData,
                        FederatedData):
@@ -308,3 +383,60 @@ def describe_keys() -> list[tuple[str, str, str]]:
             seen.add(row[0])
             unique.append(row)
     return unique
+
+
+def derive_noise(cfg: StudyConfig, rows_per_site: int | None = None, *,
+                 n_sites: int | None = None) -> float:
+    """The study's noise multiplier: ``privacy.noise_multiplier``, or (budget-first) the
+    smallest one reaching ``privacy.target_epsilon`` over the whole study.
+
+    DP-SGD: ``q = batch_size / rows`` and ``steps = steps per round x rounds``, so the answer
+    depends on the site's row count - each site derives its own noise and its epsilon is per
+    site (only the site knows its rows). DP-FedAvg: ``q`` is the share of sites sampled per
+    round (``n_sites`` given: ``max(min_sites, ceil(fraction x n_sites)) / n_sites`` as the
+    sampler draws; else ``strategy.fraction``) and ``steps = rounds``.
+    Raises :class:`~fedcare.privacy.dp.errors.PrivacyBudgetError` when the budget is unreachable.
+    """
+    import math
+
+    p = cfg.privacy
+    if p.mode == "none":
+        raise ConfigError("privacy.mode is 'none': the study has no noise to derive")
+    if p.noise_multiplier is not None:
+        return float(p.noise_multiplier)
+    assert p.target_epsilon is not None  # guaranteed by PrivacySection's validator
+    from fedcare.privacy.dp.accounting import noise_for_budget
+
+    rounds = cfg.study.rounds
+    if p.mode == "dp_sgd":
+        if rows_per_site is None or isinstance(rows_per_site, bool) or rows_per_site < 1:
+            raise ConfigError("budget-first DP-SGD needs the site's training row count "
+                              f"(rows_per_site >= 1), got {rows_per_site!r}")
+        t = cfg.train
+        q = min(1.0, t.batch_size / rows_per_site)
+        per_round = t.local_steps or t.local_epochs * math.ceil(rows_per_site / t.batch_size)
+        return noise_for_budget(p.target_epsilon, p.delta, q, per_round * rounds, p.accountant)
+    s = cfg.strategy
+    if n_sites is not None:
+        if isinstance(n_sites, bool) or n_sites < 1:
+            raise ConfigError(f"n_sites must be >= 1, got {n_sites!r}")
+        sampled = n_sites if s.fraction >= 1 else min(
+            n_sites, max(s.min_sites, math.ceil(s.fraction * n_sites), 1))
+        q = sampled / n_sites
+    else:
+        q = s.fraction
+    return noise_for_budget(p.target_epsilon, p.delta, q, rounds, p.accountant)
+
+
+def privacy_spec(cfg: StudyConfig, rows_per_site: int | None = None, *,
+                 n_sites: int | None = None) -> PrivacySpec | None:
+    """The study's resolved :class:`~fedcare.privacy.dp.spec.PrivacySpec` (None without DP);
+    arguments as :func:`derive_noise`."""
+    if cfg.privacy.mode == "none":
+        return None
+    from fedcare.privacy.dp.spec import PrivacySpec
+
+    p = cfg.privacy
+    return PrivacySpec(p.mode, clip=p.clip,  # type: ignore[arg-type]
+                       noise_multiplier=derive_noise(cfg, rows_per_site, n_sites=n_sites),
+                       delta=p.delta, accountant=p.accountant)  # type: ignore[arg-type]
