@@ -255,18 +255,6 @@ class StudyConfig(_Section):
     run: RunSection = Field(default_factory=RunSection)  # type: ignore[arg-type]
     privacy: PrivacySection = Field(default_factory=PrivacySection)  # type: ignore[arg-type]
 
-    @model_validator(mode="after")
-    def _privacy_fits_the_study(self) -> StudyConfig:
-        mode = self.privacy.mode
-        if mode == "dp_sgd" and self.model.name not in DP_SGD_MODELS:
-            raise ValueError(f"privacy.mode 'dp_sgd' needs model.name in "
-                             f"{', '.join(DP_SGD_MODELS)} (Opacus cannot compute per-example "
-                             f"gradients for {self.model.name!r})")
-        if mode.startswith("dp_fedavg") and self.strategy.name == "scaffold":
-            raise ValueError(f"privacy.mode {mode!r} cannot be combined with strategy "
-                             "'scaffold': its control variates leave the site un-noised")
-        return self
-
 
 _TAGS = {"builtin", "synthetic", "files", "table", "npz", "federation", "fedavg", "fedprox",
          "fedadam", "fedyogi", "fedadagrad", "scaffold"}
@@ -277,7 +265,11 @@ def content_hash(cfg: StudyConfig) -> str:
     import hashlib
     import json
 
-    blob = json.dumps(cfg.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    doc = cfg.model_dump(mode="json")
+    # No [privacy] section: hash exactly as before DP existed, so approvals and resumes hold.
+    if cfg.privacy == PrivacySection():  # type: ignore[call-arg]
+        del doc["privacy"]
+    blob = json.dumps(doc, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -320,6 +312,24 @@ def _cross_checks(cfg: StudyConfig) -> list[str]:
     if cfg.secure_aggregation.protocol != "none" and cfg.strategy.name == "scaffold":
         problems.append("'secure_aggregation.protocol': SCAFFOLD needs each site's control "
                         "variate, which secure aggregation hides; use fedavg, fedprox or fedopt")
+    problems += _privacy_checks(cfg)
+    return problems
+
+
+def _privacy_checks(cfg: StudyConfig) -> list[str]:
+    """DP settings that depend on other sections."""
+    mode, problems = cfg.privacy.mode, []
+    if mode == "dp_sgd" and cfg.model.name not in DP_SGD_MODELS:
+        problems.append(f"'privacy.mode': dp_sgd needs model.name in {', '.join(DP_SGD_MODELS)} "
+                        f"(Opacus cannot compute per-example gradients for "
+                        f"{cfg.model.name!r})")
+    if mode.startswith("dp_fedavg") and cfg.strategy.name == "scaffold":
+        problems.append(f"'privacy.mode': {mode} cannot be combined with strategy scaffold "
+                        "(its control variates leave the site without noise)")
+    if mode == "dp_fedavg_distributed" and cfg.secure_aggregation.protocol == "none":
+        problems.append("'privacy.mode': dp_fedavg_distributed needs secure_aggregation "
+                        "(without it the hub sees each update with 1/sqrt(n) of the noise); "
+                        "set secure_aggregation.protocol or use dp_fedavg_central")
     return problems
 
 

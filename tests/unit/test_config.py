@@ -73,3 +73,91 @@ def test_every_key_is_documented() -> None:
     keys = {k for k, _, _ in rows}
     assert {"study.rounds", "strategy.mu", "strategy.server_lr", "run.workers",
             "data[source=files].site"} <= keys
+
+
+# ------------------------------------------------------------------------------ [privacy]
+def _dp(**privacy: object) -> dict:
+    return {"data": {"source": "builtin"}, "privacy": privacy}
+
+
+def test_privacy_defaults_to_none_and_keeps_the_pre_dp_content_hash() -> None:
+    import hashlib
+    import json
+
+    from fedcare.config import content_hash, privacy_spec
+
+    cfg = parse_config({"data": {"source": "builtin"}})
+    assert cfg.privacy.mode == "none" and privacy_spec(cfg) is None
+    doc = cfg.model_dump(mode="json")
+    del doc["privacy"]
+    blob = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    assert content_hash(cfg) == hashlib.sha256(blob).hexdigest()
+    assert content_hash(parse_config(_dp(mode="dp_fedavg_central", noise_multiplier=1.0))) \
+        != content_hash(cfg)
+
+
+def test_privacy_needs_exactly_one_noise_source() -> None:
+    for bad in ({"mode": "dp_sgd"}, {"mode": "dp_sgd", "noise_multiplier": 1.0,
+                                     "target_epsilon": 3.0}):
+        with pytest.raises(ConfigError, match=r"exactly one of privacy\.noise_multiplier"):
+            parse_config(_dp(**bad))
+
+
+@pytest.mark.parametrize(("privacy", "key"), [
+    ({"mode": "dp_sgd", "noise_multiplier": 1.0, "clip": 0}, "privacy.clip"),
+    ({"mode": "dp_sgd", "noise_multiplier": float("nan")}, "privacy.noise_multiplier"),
+    ({"mode": "dp_sgd", "noise_multiplier": -1.0}, "privacy.noise_multiplier"),
+    ({"mode": "dp_sgd", "target_epsilon": float("inf")}, "privacy.target_epsilon"),
+    ({"mode": "dp_sgd", "noise_multiplier": 1.0, "delta": 1.0}, "privacy.delta"),
+    ({"mode": "dp_magic", "noise_multiplier": 1.0}, "privacy.mode"),
+    ({"mode": "dp_sgd", "noise_multiplier": 1.0, "accountant": "moments"}, "privacy.accountant"),
+    ({"mode": "dp_sgd", "noise_multiplier": 1.0, "epsilon": 1}, "privacy.epsilon"),
+])
+def test_privacy_errors_name_the_key(privacy: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        parse_config(_dp(**privacy))
+
+
+def test_privacy_cross_section_rules() -> None:
+    with pytest.raises(ConfigError, match=r"dp_sgd needs model\.name in logreg, mlp, cnn"):
+        parse_config({**_dp(mode="dp_sgd", noise_multiplier=1.0), "model": {"name": "lstm"}})
+    with pytest.raises(ConfigError, match="scaffold"):
+        parse_config({**_dp(mode="dp_fedavg_central", noise_multiplier=1.0),
+                      "strategy": {"name": "scaffold"}})
+    with pytest.raises(ConfigError, match="needs secure_aggregation"):
+        parse_config(_dp(mode="dp_fedavg_distributed", noise_multiplier=1.0))
+    cfg = parse_config({**_dp(mode="dp_fedavg_distributed", noise_multiplier=1.0),
+                        "secure_aggregation": {"protocol": "secagg"}})
+    assert cfg.privacy.mode == "dp_fedavg_distributed"
+
+
+def test_derive_noise_budget_first() -> None:
+    from fedcare.config import derive_noise, privacy_spec
+    from fedcare.privacy.dp import PrivacyBudgetError, epsilon
+
+    given = parse_config(_dp(mode="dp_sgd", noise_multiplier=1.3))
+    assert derive_noise(given, 100) == 1.3
+    cfg = parse_config({**_dp(mode="dp_fedavg_central", target_epsilon=5.0, accountant="rdp"),
+                        "study": {"rounds": 5}})
+    z = derive_noise(cfg)
+    assert epsilon(z, 1.0, 5, 1e-5, "rdp") <= 5.0
+    spec = privacy_spec(cfg)
+    assert spec is not None and spec.noise_multiplier == z and spec.mechanism == "dp_fedavg_central"
+    sgd = parse_config({**_dp(mode="dp_sgd", target_epsilon=4.0, accountant="rdp"),
+                        "study": {"rounds": 2}, "train": {"batch_size": 50, "local_epochs": 1}})
+    with pytest.raises(ConfigError, match="row count"):
+        derive_noise(sgd)
+    z_small, z_big = derive_noise(sgd, 50), derive_noise(sgd, 100)  # q = 1 vs q = 0.5
+    assert epsilon(z_big, 0.5, 4, 1e-5, "rdp") <= 4.0 and z_small != z_big
+    hopeless = parse_config({**_dp(mode="dp_fedavg_central", target_epsilon=1e-4, delta=1e-12,
+                                   accountant="rdp"), "study": {"rounds": 100_000}})
+    with pytest.raises(PrivacyBudgetError, match="cannot be met"):
+        derive_noise(hopeless)
+    with pytest.raises(ConfigError, match="'none'"):
+        derive_noise(parse_config({"data": {"source": "builtin"}}))
+
+
+def test_privacy_keys_are_in_the_reference() -> None:
+    keys = {row[0] for row in describe_keys()}
+    assert {"privacy.mode", "privacy.clip", "privacy.noise_multiplier", "privacy.target_epsilon",
+            "privacy.delta", "privacy.accountant"} <= keys
