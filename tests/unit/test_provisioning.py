@@ -107,8 +107,16 @@ def test_new_writes_the_layout_with_private_keys_0600_and_key_folders_0700(tmp_p
                 "hub/ca.crt", "hub/crl.pem", "hub/hub.toml", "sites/a/site.key",
                 "sites/a/site.crt", "sites/a/ca.crt", "sites/a/node.toml", "sites/b/site.key"]:
         assert (root / rel).is_file(), rel
-    for key in ["ca/ca.key", "hub/hub.key", "sites/a/site.key", "sites/b/site.key"]:
+    for key in ["ca/ca.key", "hub/hub.key", "sites/a/site.key", "sites/b/site.key",
+                "ca/he_secret.ctx", "sites/a/he_secret.ctx", "sites/b/he_secret.ctx"]:
         assert _mode(root / key) == 0o600, key
+    # CKKS: the sites share the secret context; the hub holds only the public one.
+    from fedcare.privacy.he import HEContext
+
+    assert not HEContext.load_public((root / "hub" / "he_public.ctx").read_bytes()).is_private
+    assert not (root / "hub" / "he_secret.ctx").exists()
+    assert (root / "sites/a/he_secret.ctx").read_bytes() == (
+        root / "sites/b/he_secret.ctx").read_bytes()
     for folder in [root, root / "ca", root / "hub", root / "sites", root / "sites" / "a"]:
         assert _mode(folder) & 0o077 == 0, folder
     assert not [p for p in tmp_path.rglob("*") if ".staging" in p.name or p.suffix == ".tmp"]
@@ -272,6 +280,8 @@ def test_add_site_issues_a_kit_with_the_same_ca(fed: Federation) -> None:
     cert.verify_directly_issued_by(_cert(fed.ca_cert_path))
     assert record.fingerprint == certs.fingerprint(cert)
     assert _mode(record.kit_dir / "site.key") == 0o600 and _mode(record.kit_dir) == 0o700
+    assert (record.kit_dir / "he_secret.ctx").read_bytes() == (
+        fed.root / "ca" / "he_secret.ctx").read_bytes()
     assert [s.name for s in reloaded.sites] == ["charite", "st-marys", "uppsala"]
     assert verify_peer(_der(record.kit_dir / "site.crt"), _cert(fed.ca_cert_path),
                        reload_crl(fed.hub.dir)) == "uppsala"

@@ -51,6 +51,8 @@ from fedcare.pki.errors import (
     UnknownCertificate,
 )
 from fedcare.pki.files import (
+    HE_PUBLIC_FILE,
+    HE_SECRET_FILE,
     atomic_write,
     dump_toml,
     exclusive_lock,
@@ -214,12 +216,15 @@ def create_federation(root: str | Path, *, hub_host: str, hub_port: int = DEFAUL
             make_private_dir(stage / "ca")
             write_private_key(stage / "ca" / "ca.key", certs.private_key_pem(ca.key))
             atomic_write(stage / "ca" / "ca.crt", certs.certificate_pem(ca.cert))
+            he_secret, he_public = _he_contexts()
+            write_private_key(stage / "ca" / HE_SECRET_FILE, he_secret)
             hub = _write_hub_folder(stage / "hub", root / "hub", ca, federation_id, host,
                                     hub_port, valid_days, now)
+            atomic_write(stage / "hub" / HE_PUBLIC_FILE, he_public)
             make_private_dir(stage / "sites")
             records = tuple(
                 _write_site_kit(stage / "sites" / n, root / "sites" / n, ca, federation_id, n,
-                                hub.url, valid_days, now) for n in names)
+                                hub.url, valid_days, now, he_secret) for n in names)
             federation = Federation(
                 root=root, federation_id=federation_id, created=now,
                 ca_cert_path=root / "ca" / "ca.crt", ca_key_path=root / "ca" / "ca.key",
@@ -273,9 +278,11 @@ def add_site(root: str | Path, name: str, *, valid_days: int = DEFAULT_VALID_DAY
                                       "move it away first")
             ca = _load_authority(federation)
             now = now or certs.utc_now()
+            he_path = federation.root / "ca" / HE_SECRET_FILE
+            he_secret = he_path.read_bytes() if he_path.is_file() else None
             with _staging(federation.sites_dir, name) as stage:
                 record = _write_site_kit(stage, kit_dir, ca, federation.federation_id, name,
-                                         federation.hub.url, valid_days, now)
+                                         federation.hub.url, valid_days, now, he_secret)
                 _publish(stage, kit_dir)
             _save(replace(federation, sites=(*federation.sites, record)))
     except OSError as exc:
@@ -365,8 +372,18 @@ def _write_hub_folder(folder: Path, final: Path, ca: Authority, federation_id: s
                      cert.not_valid_after_utc, final)
 
 
+def _he_contexts() -> tuple[bytes, bytes]:
+    """The federation's CKKS contexts for homomorphic aggregation: the secret one goes to the
+    sites (and stays with the CA, to issue later kits), the public one to the hub, which can
+    then add ciphertexts but never decrypt them."""
+    from fedcare.privacy.he import create_federation_context
+
+    return create_federation_context()
+
+
 def _write_site_kit(folder: Path, final: Path, ca: Authority, federation_id: str, name: str,
-                    url: str, valid_days: int, now: datetime) -> SiteRecord:
+                    url: str, valid_days: int, now: datetime,
+                    he_secret: bytes | None = None) -> SiteRecord:
     key = certs.new_private_key()
     not_before, not_after = certs.leaf_validity(ca.cert, now, valid_days)
     cert = certs.issue_site_certificate(ca, key.public_key(), name, federation_id,
@@ -374,6 +391,8 @@ def _write_site_kit(folder: Path, final: Path, ca: Authority, federation_id: str
     if not folder.exists():
         make_private_dir(folder)
     write_private_key(folder / "site.key", certs.private_key_pem(key))
+    if he_secret is not None:
+        write_private_key(folder / HE_SECRET_FILE, he_secret)
     atomic_write(folder / "site.crt", certs.certificate_pem(cert))
     atomic_write(folder / "ca.crt", certs.certificate_pem(ca.cert))
     atomic_write(folder / "node.toml",

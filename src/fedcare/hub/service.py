@@ -33,6 +33,7 @@ from fedcare.engine.executor import NORMALIZER, STATS, stats_spec
 from fedcare.engine.history import History, RoundRecord, save_history
 from fedcare.engine.learner_factory import ModelShape, make_learner
 from fedcare.engine.round_engine import EngineSettings, RoundEngine
+from fedcare.engine.secure import PROTOCOL_AUX, SecureAggregator, SecureSettings
 from fedcare.hub.store import (
     BlobStore,
     Database,
@@ -86,8 +87,10 @@ class HubService:
         self._wake: dict[str, threading.Condition] = {}
         self._wake_lock = threading.Lock()
         self._runners: dict[str, threading.Thread] = {}
-        self._specs: dict[str, tuple[ParamSpec, dict[str, ParamSpec]]] = {}
+        self._specs: dict[str, tuple[ParamSpec, dict[str, ParamSpec | None]]] = {}
         self._stopping = threading.Event()
+        #: The federation's public CKKS context (set by the server from the hub folder).
+        self.he_public_context: bytes | None = None
         #: Whether a certificate serial (hex) is revoked; set by the server from the CRL.
         self.is_revoked: Callable[[str], bool] = lambda serial: False
 
@@ -279,19 +282,27 @@ class HubService:
         self.event("rejected", f"reply to {task_id} from {site} rejected: {reason}",
                    site=site, study_id=_study_of(task_id))
 
-    def _expected(self, study_id: str, kind: TaskKind) -> tuple[ParamSpec, dict[str, ParamSpec]]:
+    def _expected(self, study_id: str, kind: TaskKind
+                  ) -> tuple[ParamSpec, dict[str, ParamSpec | None]]:
         if kind is TaskKind.EVALUATE:
             return ParamSpec({}), {}
+        if kind.is_protocol_step:
+            return ParamSpec({}), {PROTOCOL_AUX: None}
         if kind is TaskKind.STATS:
             data = self._config(study_id).data
             assert isinstance(data, FederatedData)
             return ParamSpec({}), {STATS: stats_spec(len(data.features))}
         if study_id not in self._specs:
             cfg = self._config(study_id)
-            learner = make_learner(cfg, ModelShape.of_federated(cfg.data))  # type: ignore[arg-type]
-            spec = learner.initial_parameters().spec
-            strategy = build_strategy(cfg.strategy, num_sites=1)
-            self._specs[study_id] = (spec, strategy.expected_aux(spec))
+            if cfg.secure_aggregation.protocol != "none":
+                # A secure fit reply carries protocol messages (validated by the protocol
+                # when the round engine parses them), never the model.
+                self._specs[study_id] = (ParamSpec({}), {PROTOCOL_AUX: None})
+            else:
+                learner = make_learner(cfg, ModelShape.of_federated(cfg.data))  # type: ignore[arg-type]
+                spec = learner.initial_parameters().spec
+                strategy = build_strategy(cfg.strategy, num_sites=1)
+                self._specs[study_id] = (spec, dict(strategy.expected_aux(spec)))
         return self._specs[study_id]
 
     def _config(self, study_id: str) -> StudyConfig:
@@ -376,8 +387,22 @@ class HubService:
                                   round_timeout=cfg.run.round_timeout or DEFAULT_ROUND_TIMEOUT)
         engine = RoundEngine(settings, strategy, transport, sites, params, history,
                              checkpoints=_HubCheckpoints(self, study_id),
-                             on_round=lambda r: self._on_round(study_id, r))
+                             on_round=lambda r: self._on_round(study_id, r),
+                             secure=self._secure_aggregator(cfg))
         return engine, start
+
+    def _secure_aggregator(self, cfg: StudyConfig) -> SecureAggregator | None:
+        sa = cfg.secure_aggregation
+        if sa.protocol == "none":
+            return None
+        public = None
+        if sa.protocol == "ckks":
+            if self.he_public_context is None:
+                raise ConfigError("this hub has no public CKKS context (he_public.ctx in its "
+                                  "folder); re-provision the federation with this version")
+            public = self.he_public_context
+        return SecureAggregator(SecureSettings(sa.protocol, threshold=sa.threshold,
+                                               frac_bits=sa.frac_bits), public)
 
     def _normalizer(self, engine: RoundEngine) -> None:
         """Federation-wide feature scaling: computed once from the sites' sums (round 1 stats

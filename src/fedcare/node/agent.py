@@ -28,8 +28,10 @@ from fedcare.core.messages import ErrorReply
 from fedcare.core.wire import encode_error, peek_header
 from fedcare.engine.executor import SiteExecutor
 from fedcare.engine.learner_factory import ModelShape, make_learner
+from fedcare.engine.secure import SecureSettings, SecureSite
 from fedcare.node.local_config import NodeData, load_node_data
 from fedcare.node.site_data import build_site_data
+from fedcare.pki.files import HE_SECRET_FILE
 
 log = logging.getLogger("fedcare.node")
 SHA_HEADER = "X-Content-SHA256"
@@ -49,6 +51,7 @@ class NodeAgent:
         from fedcare.pki.trust import client_ssl_context, load_node_config
 
         self.kit = load_node_config(kit_dir)
+        self.kit_dir = Path(kit_dir)
         self.site = self.kit.site
         self.data: NodeData = load_node_data(data_config)
         self.state_dir = state_dir or Path(kit_dir) / "state"
@@ -115,9 +118,27 @@ class NodeAgent:
             learner = make_learner(cfg, ModelShape.of_federated(cfg.data))
             entry.executor = SiteExecutor(data, learner, site_index=index,
                                           expected=learner.initial_parameters().spec,
-                                          state_dir=self.state_dir / study_id)
+                                          state_dir=self.state_dir / study_id,
+                                          secure=self._secure_site(cfg, sites))
         self._studies[study_id] = entry
         return entry
+
+    def _secure_site(self, cfg: StudyConfig, sites: list[str]) -> SecureSite | None:
+        """The site half of the approved study's secure aggregation (None: plain updates).
+        Its settings come from the study the site approved, never from a task."""
+        sa = cfg.secure_aggregation
+        if sa.protocol == "none":
+            return None
+        secret = None
+        if sa.protocol == "ckks":
+            path = self.kit_dir / HE_SECRET_FILE
+            if not path.is_file():
+                raise FedcareError(f"study uses CKKS but the startup kit has no {path.name}; "
+                                   "ask the federation operator for a current kit")
+            secret = path.read_bytes()
+        return SecureSite(self.site, SecureSettings(sa.protocol, threshold=sa.threshold,
+                                                    frac_bits=sa.frac_bits, he_context=secret),
+                          sites)
 
     def handle(self, study_id: str, payload: bytes) -> tuple[str, bytes]:
         header = peek_header(payload)

@@ -28,6 +28,7 @@ from fedcare.engine.executor import SiteExecutor
 from fedcare.engine.history import History, RoundRecord, save_history
 from fedcare.engine.learner_factory import ModelShape, make_learner
 from fedcare.engine.round_engine import EngineSettings, RoundEngine
+from fedcare.engine.secure import SecureAggregator, SecureSettings, SecureSite
 from fedcare.learners.base import Learner
 from fedcare.sim.sites import build_sites, pooled
 from fedcare.strategies.factory import build_strategy
@@ -95,10 +96,29 @@ class _Run:
         self.strategy.train_config(self.train)  # validates strategy/train compatibility now
         self.workers = choose_workers(cfg, self.sites, self.spec.total_size)
 
-    def _executors(self, sites: Sequence[SiteData]) -> dict[str, SiteExecutor]:
+    def _secure(self) -> tuple[SecureSettings | None, bytes | None]:
+        """The study's secure-aggregation settings (sites' half) and the hub's public HE
+        context. A simulation makes its own CKKS contexts, as provisioning does for a
+        federation."""
+        sa = self.cfg.secure_aggregation
+        if sa.protocol == "none":
+            return None, None
+        secret = public = None
+        if sa.protocol == "ckks":
+            from fedcare.privacy.he import create_federation_context
+
+            secret, public = create_federation_context()
+        return SecureSettings(sa.protocol, threshold=sa.threshold, frac_bits=sa.frac_bits,
+                              he_context=secret), public
+
+    def _executors(self, sites: Sequence[SiteData], secure: SecureSettings | None = None
+                   ) -> dict[str, SiteExecutor]:
         state_root = self.out / "sites" if self.out is not None else None
+        names = [s.name for s in sites]
         return {s.name: SiteExecutor(s, self.learner, site_index=i, expected=self.spec,
-                                     state_dir=(state_root / s.name) if state_root else None)
+                                     state_dir=(state_root / s.name) if state_root else None,
+                                     secure=SecureSite(s.name, secure, names) if secure
+                                     else None)
                 for i, s in enumerate(sites)}
 
     def _transport(self, executors: Mapping[str, SiteExecutor]) -> Any:
@@ -144,7 +164,8 @@ class _Run:
             store = CheckpointStore(self.out / "checkpoints") if cfg.run.checkpoint_every else None
             if self.resume:
                 params, start_round, history = self._restore(history)
-        executors = self._executors(self.sites)
+        secure, he_public = self._secure()
+        executors = self._executors(self.sites, secure)
         transport = self._transport(executors)
         try:
             settings = EngineSettings(study=cfg.study.name, seed=cfg.study.seed, train=self.train,
@@ -153,10 +174,15 @@ class _Run:
             engine = RoundEngine(settings, self.strategy, transport,
                                  [s.name for s in self.sites], params, history,
                                  checkpoints=_EveryN(store, cfg.run.checkpoint_every),
-                                 on_round=self._on_round)
+                                 on_round=self._on_round,
+                                 secure=SecureAggregator(secure, he_public) if secure else None)
             final = engine.run(cfg.study.rounds, start_round=start_round)
             if cfg.baselines.local:
-                history.baselines["local"] = self._local_baselines(transport)
+                # A site training alone shares nothing: its baseline runs on plain executors.
+                local = (transport if secure is None
+                         else InMemoryTransport({n: e.handle for n, e in
+                                                 self._executors(self.sites).items()}))
+                history.baselines["local"] = self._local_baselines(local)
             if cfg.baselines.centralized:
                 history.baselines["centralized"] = self._centralized(engine)
         finally:
