@@ -13,7 +13,8 @@ cell is never guessed. Each site is compared with the pooled *other* sites:
 Both use only bins that are unsuppressed at the site *and* at every other site (renormalised
 over those bins), so the comparison is exact where it exists and absent where it would need a
 hidden count; fewer than two usable bins -> no verdict, and the finding says so.
-Label rates are compared with a two-proportion z-test; a rate far from the others usually
+Label rates are compared with a two-proportion z-test against the pooled other sites, and must
+also be ``label_ratio``-fold away from the median site rate; a rate far from the others usually
 means the outcome is coded differently (a site whose outcome codes are in a system the contract
 does not list), not a sicker population -- hence it is reported as a likely definition
 mismatch.
@@ -161,7 +162,12 @@ def _label_outliers(reports: Mapping[str, Mapping[str, Any]], sites: tuple[str, 
         pos, neg = lab.get("positive"), lab.get("negative")
         if isinstance(pos, int) and isinstance(neg, int) and pos + neg > 0:
             counts[s] = (pos, pos + neg)
-    findings = []
+    findings: list[Finding] = []
+    if len(counts) < 2:
+        return findings
+    # The reference for "far from the others" is the median site rate, so that one outlying
+    # site does not make every other site look like an outlier against a pool it dominates.
+    median = float(np.median([p / m for p, m in counts.values()]))
     for s, (pos, n) in counts.items():
         rest = [(p, m) for o, (p, m) in counts.items() if o != s]
         if not rest:
@@ -171,7 +177,7 @@ def _label_outliers(reports: Mapping[str, Mapping[str, Any]], sites: tuple[str, 
         pooled = (pos + rp) / (n + rn)
         se = math.sqrt(pooled * (1 - pooled) * (1 / n + 1 / rn)) if 0 < pooled < 1 else 0.0
         z = (p1 - p2) / se if se else 0.0
-        r = (p1 / p2) if p2 > 0 else math.inf
+        r = (p1 / median) if median > 0 else math.inf
         if abs(z) > z_max and (r > ratio or r < 1 / ratio):
             findings.append(Finding(
                 "label_rate", s, "label",

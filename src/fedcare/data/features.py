@@ -277,7 +277,9 @@ class _Ctx:
         import pandas as pd
 
         if self._event_index is None:
-            self._event_index = self.events["person_id"].map(self.index)
+            self._event_index = pd.Series(  # NaT for persons outside the cohort
+                self.index.reindex(self.events["person_id"].to_numpy()).to_numpy(
+                    dtype="datetime64[ns]"), index=self.events.index)
         idx = self._event_index[mask]
         d = self.day[mask]
         if after:
