@@ -1,0 +1,273 @@
+"""Audit a finished study: can an attacker tell the rows it was trained on from held-out rows?
+
+Members are the training rows, non-members the held-out test rows of the same sites (same
+distribution, never seen by the model). Both are rebuilt from the run folder's
+``config.json`` with :func:`fedcare.sim.sites.build_sites`, whose partition and train/test
+split are deterministic under the study seed, so the audit sees exactly the rows the study
+used. The study's epsilon (if it ran with differential privacy) is read from
+``history.json`` and reported beside the attack's success: the guarantee and its empirical
+check side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors import SafetensorError
+
+from fedcare.config import FederatedData, StudyConfig, parse_config
+from fedcare.core.errors import ConfigError, DataError, ValidationError
+from fedcare.core.files import atomic_write
+from fedcare.core.messages import TrainConfig
+from fedcare.core.params import Parameters
+from fedcare.core.wire import load_parameters
+from fedcare.data.dataset import SiteData, TaskType
+from fedcare.learners.base import Learner
+from fedcare.privacy.audit.attacks import lira_scores, loss_scores
+from fedcare.privacy.audit.figure import html_fragment, roc_png
+from fedcare.privacy.audit.roc import roc_curve, tpr_at_fpr
+from fedcare.privacy.audit.scores import confidence_logit, model_outputs, per_example_loss
+from fedcare.privacy.audit.shadows import ShadowProgress, train_shadows
+
+ATTACKS = ("loss", "lira")
+LOW_FPRS = (0.01, 0.001)
+#: ROC points kept in the JSON (the full curve can have one point per example)
+_ROC_POINTS = 200
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """What to audit and how. ``epochs`` = shadow training passes (default: the study's
+    rounds x local_epochs); ``site`` = one site's rows (default: every site's)."""
+
+    attack: str = "loss"
+    shadows: int = 8
+    online: bool = True
+    epochs: int | None = None
+    seed: int = 0
+    site: str | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.attack not in ATTACKS:
+            problems.append(f"attack must be one of {ATTACKS}, got {self.attack!r}")
+        if self.attack == "lira" and self.shadows < 2:
+            problems.append(f"LiRA needs at least 2 shadow models, got {self.shadows}")
+        if self.epochs is not None and self.epochs < 1:
+            problems.append(f"epochs must be >= 1, got {self.epochs}")
+        if problems:
+            raise ConfigError(problems, source="privacy audit")
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    attack: str
+    variant: str
+    site: str
+    members: int
+    non_members: int
+    auc: float
+    tpr_at_fpr: dict[str, float]
+    privacy: dict[str, Any]
+    shadows: int = 0
+    roc_fpr: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    roc_tpr: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        keep = np.unique(np.linspace(0, len(self.roc_fpr) - 1,
+                                     min(len(self.roc_fpr), _ROC_POINTS)).astype(int))
+        return {"attack": self.attack, "variant": self.variant, "site": self.site,
+                "members": self.members, "non_members": self.non_members, "auc": self.auc,
+                "tpr_at_fpr": dict(self.tpr_at_fpr), "privacy": dict(self.privacy),
+                "shadows": self.shadows,
+                "fpr_resolution": 1.0 / self.non_members,
+                "roc": {"fpr": self.roc_fpr[keep].tolist(), "tpr": self.roc_tpr[keep].tolist()}}
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Rows whose membership is tested: ``is_member`` 1 for training rows, 0 for held-out."""
+
+    x: np.ndarray
+    y: np.ndarray
+    is_member: np.ndarray
+    task: TaskType
+    name: str
+    num_classes: int = 2
+
+    @classmethod
+    def of_site(cls, site: SiteData) -> Candidates:
+        if len(site.y_test) == 0 or len(site.y_train) == 0:
+            raise DataError("an audit needs held-out rows as non-members; this study has "
+                            "data.test_fraction = 0 or a site without test rows", site=site.name)
+        return cls(np.concatenate([site.x_train, site.x_test]),
+                   np.concatenate([site.y_train, site.y_test]),
+                   np.r_[np.ones(len(site.y_train)), np.zeros(len(site.y_test))].astype(np.int8),
+                   site.task, site.name, site.num_classes)
+
+
+# ------------------------------------------------------------------------ the attacks
+def attack(learner: Learner, parameters: Parameters, data: Candidates, settings: AuditSettings,
+           *, make_shadow: Callable[[int], Learner] | None = None,
+           train: TrainConfig | None = None,
+           progress: ShadowProgress | None = None) -> np.ndarray:
+    """Scores (higher = member) of ``settings.attack`` against the model ``parameters``."""
+    logits = model_outputs(learner, parameters, data.x)
+    if settings.attack == "loss":
+        return loss_scores(per_example_loss(data.task, logits, data.y))
+    if make_shadow is None or train is None:
+        raise ConfigError("LiRA needs a shadow-model factory and a training recipe")
+    conf, membership = train_shadows(make_shadow, data.x, data.y, data.task, train,
+                                     settings.shadows, seed=settings.seed, progress=progress)
+    return lira_scores(confidence_logit(data.task, logits, data.y), conf, membership,
+                       online=settings.online)
+
+
+def evaluate_attack(data: Candidates, scores: np.ndarray, settings: AuditSettings,
+                    privacy: Mapping[str, Any]) -> AuditResult:
+    roc = roc_curve(data.is_member, scores)
+    variant = ("threshold" if settings.attack == "loss"
+               else "online" if settings.online else "offline")
+    return AuditResult(
+        attack=settings.attack, variant=variant, site=data.name,
+        members=int(data.is_member.sum()), non_members=int((data.is_member == 0).sum()),
+        auc=roc.auc, tpr_at_fpr={str(f): tpr_at_fpr(roc, f) for f in LOW_FPRS},
+        privacy=dict(privacy), shadows=settings.shadows if settings.attack == "lira" else 0,
+        roc_fpr=roc.fpr, roc_tpr=roc.tpr)
+
+
+# ------------------------------------------------------------------------ run folders
+@dataclass(frozen=True)
+class RunFolder:
+    path: Path
+    config: StudyConfig
+    parameters: Parameters
+    history: dict[str, Any] | None
+
+
+def load_run(run_dir: str | Path) -> RunFolder:
+    """Read a ``fedcare simulate --out`` folder; ConfigError naming what is missing."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise ConfigError(f"run folder {path} does not exist; point --run at a folder written "
+                          "by `fedcare simulate --out`")
+    missing = [n for n in ("config.json", "model.safetensors") if not (path / n).is_file()]
+    if missing:
+        raise ConfigError(f"{path} is not a finished run: it has no {' or '.join(missing)} "
+                          "(written by `fedcare simulate --out` when a run completes)")
+    try:
+        raw_cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path / 'config.json'} is unreadable: {exc}") from exc
+    cfg = parse_config(raw_cfg, source=str(path / "config.json"))
+    try:
+        params = load_parameters((path / "model.safetensors").read_bytes()).parameters
+    except (OSError, ValidationError, SafetensorError) as exc:  # wire lets SafetensorError out
+        raise ConfigError(f"{path / 'model.safetensors'} is unreadable: {exc}") from exc
+    history = None
+    if (path / "history.json").is_file():
+        try:
+            history = json.loads((path / "history.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{path / 'history.json'} is unreadable: {exc}") from exc
+    return RunFolder(path, cfg, params, history)
+
+
+def study_privacy(history: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The study's (epsilon, delta) from ``history.json``, or ``{"private": False}``.
+
+    Looks at ``history["privacy"]`` then ``history["meta"]["privacy"]`` for a mapping with a
+    numeric ``epsilon`` (and ``delta``) — where the DP work records its accountant's result.
+    """
+    for holder in (history or {}, (history or {}).get("meta") or {}):
+        p = holder.get("privacy") if isinstance(holder, Mapping) else None
+        if isinstance(p, Mapping) and isinstance(p.get("epsilon"), (int, float)):
+            out = {"private": True, "epsilon": float(p["epsilon"])}
+            if isinstance(p.get("delta"), (int, float)):
+                out["delta"] = float(p["delta"])
+            return out
+    return {"private": False, "label": "not private"}
+
+
+def candidates_of(cfg: StudyConfig, site: str | None) -> Candidates:
+    """Members/non-members of one site (or of every site) rebuilt from the study's config."""
+    if isinstance(cfg.data, FederatedData):
+        raise ConfigError("this run used data.source = 'federation': its rows stayed at the "
+                          "sites, so only a site can audit it, beside its own data; auditing "
+                          "networked runs is not supported yet")
+    from fedcare.sim.sites import build_sites, pooled
+
+    sites = build_sites(cfg.data, cfg.study.seed)
+    if site is None:
+        chosen = pooled(sites) if len(sites) > 1 else sites[0]
+        data = Candidates.of_site(chosen)
+        return Candidates(data.x, data.y, data.is_member, data.task,
+                          "all sites" if len(sites) > 1 else sites[0].name, data.num_classes)
+    by_name = {s.name: s for s in sites}
+    if site not in by_name:
+        raise DataError(f"no site named {site!r} in this study; its sites are "
+                        f"{sorted(by_name)}")
+    return Candidates.of_site(by_name[site])
+
+
+def shadow_recipe(cfg: StudyConfig, epochs: int | None) -> TrainConfig:
+    """The study's local training recipe, run for ``epochs`` passes (default rounds x
+    local_epochs: about as many passes as the target made over each site's rows)."""
+    base = cfg.train.model_dump()
+    per_round = cfg.train.local_epochs if cfg.train.local_steps == 0 else 1
+    base.update(local_steps=0, local_epochs=epochs or max(cfg.study.rounds * per_round, 1))
+    return TrainConfig(**base)
+
+
+def audit_run(run_dir: str | Path, settings: AuditSettings | None = None, *,
+              progress: ShadowProgress | None = None, write: bool = True) -> AuditResult:
+    """Run a membership-inference audit on a simulation's output folder.
+
+    Writes ``audit/privacy-<attack>-<site>.{json,png,html}`` into the run folder (unless
+    ``write=False``); the ``.html`` is a self-contained fragment for the study report.
+    """
+    from fedcare.engine.learner_factory import ModelShape, make_learner
+
+    settings = settings or AuditSettings()
+    run = load_run(run_dir)
+    cfg = run.config
+    data = candidates_of(cfg, settings.site)
+    shape = ModelShape(tuple(data.x.shape[1:]), data.task, data.num_classes)
+    learner = make_learner(cfg, shape)
+    try:
+        learner.initial_parameters().spec.validate(run.parameters, what="the run's model")
+    except ValidationError as exc:
+        raise ConfigError(f"{run.path / 'model.safetensors'} does not fit the model its "
+                          f"config describes: {exc.message}") from exc
+
+    def make_shadow(seed: int) -> Learner:
+        study = cfg.study.model_copy(update={"seed": seed})
+        return make_learner(cfg.model_copy(update={"study": study}), shape)
+
+    scores = attack(learner, run.parameters, data, settings, make_shadow=make_shadow,
+                    train=shadow_recipe(cfg, settings.epochs), progress=progress)
+    result = evaluate_attack(data, scores, settings, study_privacy(run.history))
+    if write:
+        write_outputs(result, run.path / "audit")
+    return result
+
+
+def write_outputs(result: AuditResult, folder: Path) -> dict[str, Path]:
+    """JSON, PNG and HTML fragment of one audit; returns their paths."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", result.site).strip("-") or "site"
+    stem = folder / f"privacy-{result.attack}-{slug}"
+    png = roc_png(result.roc_fpr, result.roc_tpr,
+                  f"{result.attack} attack on {result.site}: AUC {result.auc:.3f}")
+    doc = result.to_dict()
+    paths = {"json": stem.with_suffix(".json"), "png": stem.with_suffix(".png"),
+             "html": stem.with_suffix(".html")}
+    atomic_write(paths["json"], json.dumps(doc, indent=2).encode())
+    atomic_write(paths["png"], png)
+    atomic_write(paths["html"], html_fragment(doc, png).encode())
+    return paths
