@@ -260,13 +260,18 @@ def test_unknown_site_names_the_sites(run_dir):
 def test_study_privacy_reads_epsilon_from_history():
     assert study_privacy({"privacy": {"epsilon": 2.5, "delta": 1e-5}}) == {
         "private": True, "epsilon": 2.5, "delta": 1e-5}
+    assert study_privacy({"privacy": {"epsilon": "inf"}}) == {"private": False,
+                                                              "epsilon": "inf"}
+    per_site = {"privacy": {"sites": {"a": {"epsilon": 1.0}, "b": {"epsilon": 3.0}}}}
+    assert study_privacy(per_site)["epsilon"] == 3.0
+    assert study_privacy(per_site, "a") == {"private": True, "epsilon": 1.0, "site": "a"}
     assert study_privacy({"meta": {"privacy": {"epsilon": 1}}})["epsilon"] == 1.0
     assert study_privacy({"privacy": {"mode": "none"}})["private"] is False
     assert study_privacy(None)["private"] is False
     frag = html_fragment({"attack": "loss", "variant": "threshold", "site": "a", "members": 1,
                           "non_members": 1, "auc": 0.5, "tpr_at_fpr": {"0.01": 0.0},
                           "privacy": {"epsilon": 2.5, "delta": 1e-5}}, None)
-    assert "&epsilon; = 2.5" in frag and "0.500" in frag
+    assert "&epsilon; = 2.5, &delta; = 1.0e-05" in frag and "0.500" in frag
 
 
 def test_load_run_refuses_missing_and_broken_folders(tmp_path, run_dir):

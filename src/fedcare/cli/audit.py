@@ -49,6 +49,7 @@ def privacy(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from fedcare.privacy.audit import AuditSettings, audit_run
+    from fedcare.privacy.audit.figure import describe_privacy
 
     try:
         settings = AuditSettings(attack=attack.value, shadows=shadows, online=not offline,
@@ -71,8 +72,7 @@ def privacy(
     table.add_row("ROC AUC (0.5 = chance)", f"{result.auc:.3f}")
     for fpr, tpr in result.tpr_at_fpr.items():
         table.add_row(f"TPR at FPR {float(fpr):.1%}", f"{tpr:.3f}")
-    eps = result.privacy.get("epsilon")
-    table.add_row("study privacy", f"epsilon = {eps:.3g}" if eps is not None else "not private")
+    table.add_row("study privacy", escape(describe_privacy(result.privacy)))
     console.print(table)
     if result.non_members < 1000:
         console.print(f"[dim]{result.non_members} non-members: FPRs below "

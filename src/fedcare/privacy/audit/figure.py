@@ -47,13 +47,24 @@ def roc_png(fpr: np.ndarray, tpr: np.ndarray, title: str) -> bytes:
     return buf.getvalue()
 
 
+def describe_privacy(privacy: Mapping[str, Any]) -> str:
+    """One line for people: the study's guarantee, or why there is none."""
+    eps = privacy.get("epsilon")
+    if isinstance(eps, (int, float)):
+        delta = privacy.get("delta")
+        tail = f", delta = {delta:.1e}" if isinstance(delta, (int, float)) else ""
+        return f"epsilon = {eps:.3g}{tail}"
+    if eps == "inf":
+        return "not private (epsilon is infinite: noise multiplier 0)"
+    return "not private (no DP accounting)"
+
+
 def html_fragment(result: Mapping[str, Any], png: bytes | None) -> str:
     """A self-contained ``<section>`` (figure inlined as base64) for the HTML report."""
     esc = html.escape
     privacy = result.get("privacy", {})
-    eps = privacy.get("epsilon")
-    eps_text = (f"&epsilon; = {eps:.3g}, &delta; = {privacy.get('delta', float('nan')):.1e}"
-                if isinstance(eps, (int, float)) else "not private (no DP accounting)")
+    eps_text = (esc(describe_privacy(privacy)).replace("epsilon", "&epsilon;")
+                .replace("delta", "&delta;"))
     rows = [("attack", esc(f"{result['attack']} ({result['variant']})")),
             ("data", esc(f"{result['site']}: {result['members']} members, "
                          f"{result['non_members']} non-members")),

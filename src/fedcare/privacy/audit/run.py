@@ -179,20 +179,49 @@ def load_run(run_dir: str | Path) -> RunFolder:
     return RunFolder(path, cfg, params, history)
 
 
-def study_privacy(history: Mapping[str, Any] | None) -> dict[str, Any]:
+def study_privacy(history: Mapping[str, Any] | None, site: str | None = None) -> dict[str, Any]:
     """The study's (epsilon, delta) from ``history.json``, or ``{"private": False}``.
 
-    Looks at ``history["privacy"]`` then ``history["meta"]["privacy"]`` for a mapping with a
-    numeric ``epsilon`` (and ``delta``) — where the DP work records its accountant's result.
+    Looks at ``history["privacy"]``, then ``history["meta"]["privacy"]``, for the JSON of a
+    :class:`fedcare.privacy.dp.report.PrivacyReport` (``epsilon`` a number or "inf",
+    ``delta``, ``mechanism``), or for per-site reports under ``"sites"`` (DP-SGD: each site's
+    epsilon depends on its row count). For all sites together the largest epsilon is reported.
     """
     for holder in (history or {}, (history or {}).get("meta") or {}):
         p = holder.get("privacy") if isinstance(holder, Mapping) else None
-        if isinstance(p, Mapping) and isinstance(p.get("epsilon"), (int, float)):
-            out = {"private": True, "epsilon": float(p["epsilon"])}
-            if isinstance(p.get("delta"), (int, float)):
-                out["delta"] = float(p["delta"])
-            return out
+        if not isinstance(p, Mapping):
+            continue
+        if _epsilon(p) is not None:
+            return _privacy_entry(p)
+        sites = p.get("sites")
+        if isinstance(sites, Mapping):
+            reports = {k: v for k, v in sites.items()
+                       if isinstance(v, Mapping) and _epsilon(v) is not None}
+            if site is not None and site in reports:
+                return _privacy_entry(reports[site]) | {"site": site}
+            if reports:
+                worst = max(reports, key=lambda k: _epsilon(reports[k]) or 0.0)
+                return _privacy_entry(reports[worst]) | {"site": worst}
     return {"private": False, "label": "not private"}
+
+
+def _epsilon(report: Mapping[str, Any]) -> float | None:
+    eps = report.get("epsilon")
+    if eps == "inf":
+        return float("inf")
+    if isinstance(eps, (int, float)) and not isinstance(eps, bool):
+        return float(eps)
+    return None
+
+
+def _privacy_entry(report: Mapping[str, Any]) -> dict[str, Any]:
+    eps = _epsilon(report)
+    out: dict[str, Any] = {"private": eps is not None and eps != float("inf"),
+                           "epsilon": eps if eps != float("inf") else "inf"}
+    for key in ("delta", "mechanism"):
+        if isinstance(report.get(key), (int, float, str)):
+            out[key] = report[key]
+    return out
 
 
 def candidates_of(cfg: StudyConfig, site: str | None) -> Candidates:
@@ -252,7 +281,8 @@ def audit_run(run_dir: str | Path, settings: AuditSettings | None = None, *,
 
     scores = attack(learner, run.parameters, data, settings, make_shadow=make_shadow,
                     train=shadow_recipe(cfg, settings.epochs), progress=progress)
-    result = evaluate_attack(data, scores, settings, study_privacy(run.history))
+    result = evaluate_attack(data, scores, settings,
+                             study_privacy(run.history, settings.site))
     if write:
         write_outputs(result, run.path / "audit")
     return result
