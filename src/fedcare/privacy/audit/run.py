@@ -191,17 +191,16 @@ def study_privacy(history: Mapping[str, Any] | None, site: str | None = None) ->
         p = holder.get("privacy") if isinstance(holder, Mapping) else None
         if not isinstance(p, Mapping):
             continue
+        sites = p.get("sites")
+        reports = {k: v for k, v in sites.items() if isinstance(v, Mapping)
+                   and _epsilon(v) is not None} if isinstance(sites, Mapping) else {}
+        if site is not None and site in reports:
+            return _privacy_entry(reports[site]) | {"site": site}
         if _epsilon(p) is not None:
             return _privacy_entry(p)
-        sites = p.get("sites")
-        if isinstance(sites, Mapping):
-            reports = {k: v for k, v in sites.items()
-                       if isinstance(v, Mapping) and _epsilon(v) is not None}
-            if site is not None and site in reports:
-                return _privacy_entry(reports[site]) | {"site": site}
-            if reports:
-                worst = max(reports, key=lambda k: _epsilon(reports[k]) or 0.0)
-                return _privacy_entry(reports[worst]) | {"site": worst}
+        if reports:
+            worst = max(reports, key=lambda k: _epsilon(reports[k]) or 0.0)
+            return _privacy_entry(reports[worst]) | {"site": worst}
     return {"private": False, "label": "not private"}
 
 
