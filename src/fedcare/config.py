@@ -269,6 +269,8 @@ def content_hash(cfg: StudyConfig) -> str:
     # No [privacy] section: hash exactly as before DP existed, so approvals and resumes hold.
     if cfg.privacy == PrivacySection():  # type: ignore[call-arg]
         del doc["privacy"]
+    if cfg.secure_aggregation == SecureAggregationSection():  # type: ignore[call-arg]
+        del doc["secure_aggregation"]
     blob = json.dumps(doc, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 

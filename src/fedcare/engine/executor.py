@@ -21,7 +21,8 @@ from fedcare.core.params import ArraySpec, Parameters, ParamSpec
 from fedcare.core.seeds import site_round_seed
 from fedcare.core.wire import decode_task, encode_error, encode_update
 from fedcare.data.dataset import SiteData
-from fedcare.engine.secure import SecureSite, contribution
+from fedcare.engine.privacy import SitePrivacy
+from fedcare.engine.secure import SecureSite, contribution, delta_contribution
 from fedcare.engine.site_state import SiteStateStore
 from fedcare.learners.base import Learner
 from fedcare.strategies import site_algorithm
@@ -55,7 +56,8 @@ class SiteExecutor:
 
     def __init__(self, data: SiteData, learner: Learner, *, site_index: int,
                  expected: ParamSpec, state_dir: Path | None = None,
-                 secure: SecureSite | None = None) -> None:
+                 secure: SecureSite | None = None,
+                 privacy: SitePrivacy | None = None) -> None:
         self.data = data
         self.learner = learner
         self.site_index = site_index
@@ -64,6 +66,8 @@ class SiteExecutor:
         #: Set when the approved study protects updates by secure aggregation: the site then
         #: never sends its update in the clear, whatever a task asks.
         self.secure = secure
+        #: The study's DP and the site's privacy ledger (charged before data is touched).
+        self.privacy = privacy
 
         self._norm_key: bytes | None = None
         self._norm_data: SiteData = data
@@ -124,6 +128,8 @@ class SiteExecutor:
 
     def run(self, task: Task) -> Update:
         start = time.perf_counter()
+        if self.privacy is not None:
+            self.privacy.charge(task, task.train)
         if task.kind is TaskKind.STATS:
             return self._stats(task, start)
         if task.kind.is_protocol_step:
@@ -156,17 +162,23 @@ class SiteExecutor:
         aux, new_state = algo.after_fit(task.parameters, task_aux, result, task.train, state)
         if new_state:
             self.state.save(task.round, new_state)
+        dp_delta = self.privacy.privatize(task, result.parameters) if self.privacy else None
+        provenance: tuple[str, ...] = (f"fit:{self.learner.name}", f"strategy:{task.strategy}")
+        if dp_delta is not None:
+            provenance += (f"dp:{self.privacy.spec.mechanism.value}",)  # type: ignore[union-attr]
         if self.secure is not None:
-            vector = contribution(result.parameters, task.parameters, result.num_examples)
+            vector = (contribution(result.parameters, task.parameters, result.num_examples)
+                      if dp_delta is None else delta_contribution(dp_delta))
             return self._protocol_reply(
                 task, self.secure.start(task, vector), start, num_examples=result.num_examples,
                 metrics={**result.metrics, "steps": float(result.num_steps)},
                 eval_metrics=eval_metrics,
                 num_eval_examples=len(d.x_test) if eval_metrics else 0)
         return Update(
-            task_id=task.task_id, site=self.name, round=task.round, kind=UpdateKind.FULL,
-            parameters=result.parameters, num_examples=result.num_examples,
+            task_id=task.task_id, site=self.name, round=task.round,
+            kind=UpdateKind.FULL if dp_delta is None else UpdateKind.DELTA,
+            parameters=result.parameters if dp_delta is None else dp_delta,
+            num_examples=result.num_examples,
             metrics={**result.metrics, "steps": float(result.num_steps)},
             eval_metrics=eval_metrics, num_eval_examples=len(d.x_test) if eval_metrics else 0,
-            aux=aux, provenance=(f"fit:{self.learner.name}", f"strategy:{task.strategy}"),
-            seconds=time.perf_counter() - start)
+            aux=aux, provenance=provenance, seconds=time.perf_counter() - start)

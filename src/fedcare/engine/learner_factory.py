@@ -36,9 +36,22 @@ class ModelShape:
                    data.classes if task is TaskType.MULTICLASS else 2)
 
 
-def make_learner(cfg: StudyConfig, shape: ModelShape) -> Learner:
-    """One learner for every site in this process; its model is initialised from the seed."""
+def make_learner(cfg: StudyConfig, shape: ModelShape, *, rows: int | None = None,
+                 seeded: bool = True) -> Learner:
+    """One learner for every site in this process; its model is initialised from the seed.
+
+    A DP-SGD study's learner is per site (``rows``: the site's training rows), since a
+    budget-first study derives each site's noise from its own row count; without ``rows``
+    (the hub, which only needs the layout) the learner trains without DP. ``seeded`` noise
+    makes simulations reproducible; nodes pass ``seeded=False``.
+    """
     m = cfg.model
+    dp = None
+    if cfg.privacy.mode == "dp_sgd" and rows is not None:
+        from fedcare.config import derive_noise
+        from fedcare.learners.torch_learner import DpSgdOptions
+
+        dp = DpSgdOptions(derive_noise(cfg, rows), cfg.privacy.clip, seeded=seeded)
     if m.name == "sgd_linear":
         from fedcare.learners.sklearn_learner import SklearnLinearLearner
 
@@ -47,4 +60,4 @@ def make_learner(cfg: StudyConfig, shape: ModelShape) -> Learner:
     from fedcare.learners.torch_learner import TorchLearner
 
     return TorchLearner.from_zoo(m.name, shape.input_shape, shape.num_outputs, shape.task,
-                                 m.options(), cfg.study.seed)
+                                 m.options(), cfg.study.seed, dp=dp)

@@ -27,6 +27,7 @@ from fedcare.strategies.base import Strategy
 from fedcare.transport.base import Transport
 
 if TYPE_CHECKING:
+    from fedcare.engine.privacy import HubPrivacy
     from fedcare.engine.secure import SecureAggregator
 
 
@@ -64,7 +65,8 @@ class RoundEngine:
                  sites: Sequence[str], parameters: Parameters, history: History, *,
                  checkpoints: CheckpointSink | None = None,
                  on_round: Callable[[RoundRecord], None] | None = None,
-                 secure: SecureAggregator | None = None) -> None:
+                 secure: SecureAggregator | None = None,
+                 privacy: HubPrivacy | None = None) -> None:
         if not sites:
             raise FedcareError("a study needs at least one site")
         self.settings = settings
@@ -78,6 +80,8 @@ class RoundEngine:
         self.on_round = on_round
         #: Secure aggregation (masking or CKKS): the hub then sees only the round's sum.
         self.secure = secure
+        #: Differential privacy's hub half (DP-FedAvg weights and noise; epsilon per round).
+        self.privacy = privacy
         self._stack = UpdateStack(self.spec, capacity=len(self.sites))
         #: Arrays sent with every task besides the strategy's (e.g. the feature normalizer).
         self.extra_aux: dict[str, Parameters] = {}
@@ -95,7 +99,7 @@ class RoundEngine:
         expected = self.spec if kind is TaskKind.FIT else ParamSpec({})
         if expected_aux is None:
             expected_aux = self.strategy.expected_aux(self.spec) if kind is TaskKind.FIT else {}
-        if meta and kind is TaskKind.FIT:  # a secure fit answers with protocol messages
+        if meta and meta.get("secure") and kind is TaskKind.FIT:  # answered by protocol msgs
             from fedcare.engine.secure import PROTOCOL_AUX
 
             expected, expected_aux = ParamSpec({}), {PROTOCOL_AUX: None}
@@ -176,7 +180,8 @@ class RoundEngine:
         sampled = self.strategy.sample(self.sites, rng)
         train = self.strategy.train_config(self.settings.train)
         evaluate = self._evaluates_incoming(round_)
-        meta = self.secure.settings.meta(sampled) if self.secure is not None else None
+        meta = {**(self.secure.settings.meta(sampled) if self.secure is not None else {}),
+                **(self.privacy.meta(sampled) if self.privacy is not None else {})}
         ex = self.exchange(round_, sampled, TaskKind.FIT, evaluate=evaluate, train=train,
                            aux=self.strategy.task_aux(), meta=meta)
         record = RoundRecord(round=round_, train_seconds=ex.seconds, bytes_down=ex.bytes_down,
@@ -191,16 +196,27 @@ class RoundEngine:
                 f"(need {need}); failures: {ex.failures}")
         t1 = time.perf_counter()
         self._stack.clear()
+        dp_fedavg = self.privacy is not None and self.privacy.is_dp_fedavg
+        kind = UpdateKind.FULL
         if self.secure is not None:
             self._add_secure_sum(round_, sampled, ex, record)
         else:
             for site in sampled:
                 if site in ex.updates:
                     u = ex.updates[site]
-                    self._stack.add(site, u.parameters, u.num_examples, validated=True)
+                    if dp_fedavg and u.kind is not UpdateKind.DELTA:
+                        raise RoundFailed(f"round {round_}: {site} sent a full model in a "
+                                          "DP-FedAvg study (clipped differences expected)")
+                    self._stack.add(site, u.parameters, 1.0 if dp_fedavg else u.num_examples,
+                                    validated=True)
+            if dp_fedavg:
+                kind = UpdateKind.DELTA
+                noise = self.privacy.central_noise(self.spec.total_size)  # type: ignore[union-attr]
+                if noise is not None:
+                    self._stack.add_to_sum(noise)
         if self._stack.weights.sum() <= 0:
             raise RoundFailed(f"round {round_}: the sites that completed trained on no examples")
-        new = self.strategy.aggregate(round_, self.parameters, self._stack, UpdateKind.FULL,
+        new = self.strategy.aggregate(round_, self.parameters, self._stack, kind,
                                       {s: u.aux for s, u in ex.updates.items()})
         check_finite(new, what=f"aggregated model of round {round_}")
         self.parameters = new
@@ -210,6 +226,8 @@ class RoundEngine:
         self._note_rows(ex.updates)
         record.seconds = time.perf_counter() - t0  # what the checkpoint records...
         self.history.rounds.append(record)
+        if self.privacy is not None:
+            self.history.meta["privacy"] = self.privacy.report(self.history.rounds)
         if self.checkpoints is not None:
             self.checkpoints.save(round_, self.parameters, self.strategy.state(), self.history)
         record.seconds = time.perf_counter() - t0  # ...and, in memory, the checkpoint included
@@ -236,6 +254,10 @@ class RoundEngine:
         if len(result.included) < need:
             raise RoundFailed(f"round {round_}: only {len(result.included)} sites are in the "
                               f"secure sum (need {need}); failures: {record.sites_failed}")
+        if self.privacy is not None and self.privacy.is_dp_fedavg:
+            noise = self.privacy.central_noise(self.spec.total_size)
+            if noise is not None:  # central noise on the (uniform) sum, as in the plain path
+                result.new_model += noise / result.total_weight
         mean = Parameters.unflatten(result.new_model.astype(self._stack.dtype), self.spec)
         self._stack.add("secure-sum", mean, result.total_weight, validated=False)
 

@@ -81,6 +81,12 @@ def contribution(trained: Parameters, global_: Parameters, weight: float) -> np.
     return out
 
 
+def delta_contribution(delta: Parameters) -> np.ndarray:
+    """``[Δ, 1]``: a DP-FedAvg site's clipped difference, weighted 1 like every other site."""
+    flat = delta.flatten("float64")
+    return np.concatenate([flat, [1.0]])
+
+
 def mean_from_sum(total: np.ndarray, global_: Parameters) -> tuple[np.ndarray, float]:
     """FedAvg's new model (flat float64) and the total weight, from the summed contributions."""
     weight = float(total[-1])

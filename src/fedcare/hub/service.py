@@ -32,6 +32,7 @@ from fedcare.core.wire import decode_reply, load_parameters, peek_header, save_p
 from fedcare.engine.executor import NORMALIZER, STATS, stats_spec
 from fedcare.engine.history import History, RoundRecord, save_history
 from fedcare.engine.learner_factory import ModelShape, make_learner
+from fedcare.engine.privacy import hub_privacy
 from fedcare.engine.round_engine import EngineSettings, RoundEngine
 from fedcare.engine.secure import PROTOCOL_AUX, SecureAggregator, SecureSettings
 from fedcare.hub.store import (
@@ -388,7 +389,8 @@ class HubService:
         engine = RoundEngine(settings, strategy, transport, sites, params, history,
                              checkpoints=_HubCheckpoints(self, study_id),
                              on_round=lambda r: self._on_round(study_id, r),
-                             secure=self._secure_aggregator(cfg))
+                             secure=self._secure_aggregator(cfg),
+                             privacy=hub_privacy(cfg, len(sites)))
         return engine, start
 
     def _secure_aggregator(self, cfg: StudyConfig) -> SecureAggregator | None:

@@ -28,6 +28,7 @@ from fedcare.core.messages import ErrorReply
 from fedcare.core.wire import encode_error, peek_header
 from fedcare.engine.executor import SiteExecutor
 from fedcare.engine.learner_factory import ModelShape, make_learner
+from fedcare.engine.privacy import site_privacy
 from fedcare.engine.secure import SecureSettings, SecureSite
 from fedcare.node.local_config import NodeData, load_node_data
 from fedcare.node.site_data import build_site_data
@@ -63,6 +64,19 @@ class NodeAgent:
                                  headers={"User-Agent": f"fedcare-node/{__version__}"})
         self._studies: dict[str, _Study] = {}
         self.stop_event = threading.Event()
+        self.ledger = self._ledger()
+
+    def _ledger(self) -> Any:
+        """The site's privacy ledger under its own policy (None: no [privacy] policy)."""
+        if self.data.privacy_policy is None:
+            log.warning("site %s has no privacy policy ([privacy] policy = ...): it keeps no "
+                        "privacy budget", self.site)
+            return None
+        from fedcare.privacy.dp.ledger import PrivacyLedger, SitePrivacyPolicy
+
+        policy = SitePrivacyPolicy.load(self.data.privacy_policy)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        return PrivacyLedger(self.state_dir / "privacy-ledger.jsonl", policy)
 
     # -- hub calls ------------------------------------------------------------------------
     def hello(self) -> None:
@@ -115,11 +129,15 @@ class NodeAgent:
             index = sites.index(self.site)
             data = build_site_data(cfg.data, self.site, index, cfg.study.seed,
                                    self.data.datasets[cfg.data.dataset])
-            learner = make_learner(cfg, ModelShape.of_federated(cfg.data))
+            rows = len(data.y_train)
+            learner = make_learner(cfg, ModelShape.of_federated(cfg.data), rows=rows,
+                                   seeded=False)
             entry.executor = SiteExecutor(data, learner, site_index=index,
                                           expected=learner.initial_parameters().spec,
                                           state_dir=self.state_dir / study_id,
-                                          secure=self._secure_site(cfg, sites))
+                                          secure=self._secure_site(cfg, sites),
+                                          privacy=site_privacy(cfg, rows, len(sites),
+                                                               self.ledger))
         self._studies[study_id] = entry
         return entry
 

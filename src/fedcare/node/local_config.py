@@ -5,18 +5,36 @@ the site approves. It never leaves the site; the hub only learns names and row c
 [datasets.breast]
 path = "data/breast.csv"      # relative to this file; .csv, .csv.gz or .parquet
 
+[datasets.cardio]               # a clinical source turned into a contract's feature table
+source = "hospital.toml"       # site source: format (csv | omop | fhir), paths, mappings
+contract = "cardio.toml"       # the data contract the site checked its data against
+
 [approval]
 studies = ["3f1c...e9"]        # content hashes of approved studies, or "any" (demos only)
+
+[privacy]
+policy = "privacy.toml"        # the site's privacy budget (max_epsilon, delta, require_dp);
+                               # the ledger of what was spent is kept in the state folder
 ```
+
+Without ``[privacy]`` the site keeps no budget (and says so when the node starts).
 """
 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedcare.core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ClinicalSource:
+    """A dataset built at the site from its own records by a data contract."""
+
+    source: Path
+    contract: Path
 
 
 @dataclass(frozen=True)
@@ -24,6 +42,8 @@ class NodeData:
     datasets: dict[str, Path]
     approve_any: bool
     approved: frozenset[str]
+    clinical: dict[str, ClinicalSource] = field(default_factory=dict)
+    privacy_policy: Path | None = None
 
     def approves(self, config_hash: str) -> bool:
         """Fail closed: a study runs only if its exact content hash is listed (or 'any')."""
@@ -39,22 +59,44 @@ def load_node_data(path: Path) -> NodeData:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"cannot parse {path.name}: {exc}", source=str(path)) from exc
     problems: list[str] = []
-    unknown = set(doc) - {"datasets", "approval"}
+    unknown = set(doc) - {"datasets", "approval", "privacy"}
     if unknown:
         problems.append(f"unknown sections {sorted(unknown)}")
     datasets: dict[str, Path] = {}
+    clinical: dict[str, ClinicalSource] = {}
     raw = doc.get("datasets", {})
     if not isinstance(raw, dict) or not raw:
         problems.append("[datasets] must name at least one dataset: [datasets.NAME] path = ...")
         raw = {}
     for name, entry in raw.items():
+        if isinstance(entry, dict) and "source" in entry:
+            if not (isinstance(entry.get("source"), str)
+                    and isinstance(entry.get("contract"), str)):
+                problems.append(f"datasets.{name}: source and contract must both be paths")
+                continue
+            extra = set(entry) - {"source", "contract"}
+            if extra:
+                problems.append(f"unknown keys in datasets.{name}: {sorted(extra)}")
+            clinical[name] = ClinicalSource((path.parent / entry["source"]).resolve(),
+                                            (path.parent / entry["contract"]).resolve())
+            datasets[name] = clinical[name].source
+            continue
         if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
-            problems.append(f"datasets.{name}.path must be a string")
+            problems.append(f"datasets.{name}.path must be a string (or give source and "
+                            "contract)")
             continue
         extra = set(entry) - {"path"}
         if extra:
             problems.append(f"unknown keys in datasets.{name}: {sorted(extra)}")
         datasets[name] = (path.parent / entry["path"]).resolve()
+    policy = None
+    priv = doc.get("privacy")
+    if priv is not None:
+        if not isinstance(priv, dict) or not isinstance(priv.get("policy"), str) or (
+                set(priv) - {"policy"}):
+            problems.append("[privacy] takes one key: policy = \"privacy.toml\"")
+        else:
+            policy = (path.parent / priv["policy"]).resolve()
     approval = doc.get("approval", {})
     studies = approval.get("studies", []) if isinstance(approval, dict) else None
     if studies != "any" and not (isinstance(studies, list)
@@ -64,4 +106,4 @@ def load_node_data(path: Path) -> NodeData:
     if problems:
         raise ConfigError(problems, source=str(path))
     return NodeData(datasets, studies == "any", frozenset(studies if isinstance(studies, list)
-                                                          else []))
+                                                          else []), clinical, policy)

@@ -27,6 +27,7 @@ from fedcare.engine.checkpoints import CheckpointStore
 from fedcare.engine.executor import SiteExecutor
 from fedcare.engine.history import History, RoundRecord, save_history
 from fedcare.engine.learner_factory import ModelShape, make_learner
+from fedcare.engine.privacy import hub_privacy, site_privacy
 from fedcare.engine.round_engine import EngineSettings, RoundEngine
 from fedcare.engine.secure import SecureAggregator, SecureSettings, SecureSite
 from fedcare.learners.base import Learner
@@ -115,11 +116,19 @@ class _Run:
                    ) -> dict[str, SiteExecutor]:
         state_root = self.out / "sites" if self.out is not None else None
         names = [s.name for s in sites]
-        return {s.name: SiteExecutor(s, self.learner, site_index=i, expected=self.spec,
+        n = len(self.sites)
+        return {s.name: SiteExecutor(s, self._learner_for(s), site_index=i, expected=self.spec,
                                      state_dir=(state_root / s.name) if state_root else None,
                                      secure=SecureSite(s.name, secure, names) if secure
-                                     else None)
+                                     else None,
+                                     privacy=site_privacy(self.cfg, len(s.y_train), n))
                 for i, s in enumerate(sites)}
+
+    def _learner_for(self, site: SiteData) -> Learner:
+        """DP-SGD derives each site's noise from its rows: one learner per site then."""
+        if self.cfg.privacy.mode != "dp_sgd":
+            return self.learner
+        return make_learner(self.cfg, ModelShape.of_site(site), rows=len(site.y_train))
 
     def _transport(self, executors: Mapping[str, SiteExecutor]) -> Any:
         handlers = {n: e.handle for n, e in executors.items()}
@@ -175,7 +184,8 @@ class _Run:
                                  [s.name for s in self.sites], params, history,
                                  checkpoints=_EveryN(store, cfg.run.checkpoint_every),
                                  on_round=self._on_round,
-                                 secure=SecureAggregator(secure, he_public) if secure else None)
+                                 secure=SecureAggregator(secure, he_public) if secure else None,
+                                 privacy=hub_privacy(cfg, len(self.sites)))
             final = engine.run(cfg.study.rounds, start_round=start_round)
             if cfg.baselines.local:
                 # A site training alone shares nothing: its baseline runs on plain executors.

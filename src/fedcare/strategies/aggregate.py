@@ -83,6 +83,19 @@ class UpdateStack:
         self._weights[k] = weight
         self._sites.append(site)
 
+    def add_to_sum(self, vector: np.ndarray) -> None:
+        """Add ``vector`` to the rows' sum (DP-FedAvg's central noise): with unit weights the
+        average then moves by ``vector / n``, exactly as noise added to the sum of the clipped
+        updates before dividing. Refused for weighted stacks, where it would be scaled."""
+        k = len(self._sites)
+        if k == 0 or not np.all(self._weights[:k] == 1.0):
+            raise ValidationError("noise can only be added to a non-empty, uniformly "
+                                  "weighted stack")
+        if vector.shape != (self._buf.shape[1],):
+            raise ValidationError(f"noise of shape {vector.shape} for a stack of width "
+                                  f"{self._buf.shape[1]}")
+        self._buf[0] += vector.astype(self._buf.dtype, copy=False)
+
     @property
     def sites(self) -> list[str]:
         return list(self._sites)

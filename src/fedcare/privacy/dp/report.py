@@ -26,11 +26,14 @@ from fedcare.privacy.dp.spec import PrivacySpec
 
 @dataclass(frozen=True)
 class RoundCharge:
-    """One round's use of the mechanism: ``steps`` steps at ``sample_rate``."""
+    """One round's use of the mechanism: ``steps`` steps at ``sample_rate``; a round whose
+    noise fell short of the study's (distributed noise with sites missing from the sum)
+    carries its own effective ``noise_multiplier``."""
 
     round: int
     sample_rate: float
     steps: int
+    noise_multiplier: float | None = None
 
 
 @dataclass(frozen=True)
@@ -92,27 +95,28 @@ def epsilon_history(spec: PrivacySpec, charges: Sequence[RoundCharge]) -> Privac
     FFT), so a long study costs one accountant call per distinct (sample rate, steps) pair
     per round.
     """
-    z, delta, acc = spec.noise_multiplier, spec.delta, spec.accountant
-    alone: dict[tuple[float, int], float] = {}
-    totals: dict[tuple[float, int], int] = {}
+    z0, delta, acc = spec.noise_multiplier, spec.delta, spec.accountant
+    alone: dict[tuple[float, int, float], float] = {}
+    totals: dict[tuple[float, int, float], int] = {}
     rows = []
     for c in charges:
-        key = (c.sample_rate, c.steps)
+        z = z0 if c.noise_multiplier is None else c.noise_multiplier
+        key = (c.sample_rate, c.steps, z)
         sampled_gaussian_event(z, c.sample_rate, c.steps)  # validates the charge
         if key not in alone:
-            alone[key] = _eps({key: 1}, z, delta, acc)
+            alone[key] = _eps({key: 1}, delta, acc)
         totals[key] = totals.get(key, 0) + 1
         rows.append(RoundPrivacy(c.round, c.sample_rate, c.steps, alone[key],
-                                 _eps(totals, z, delta, acc)))
-    return PrivacyReport(spec.mechanism.value, spec.mechanism.unit, z, spec.clip, delta,
+                                 _eps(totals, delta, acc)))
+    return PrivacyReport(spec.mechanism.value, spec.mechanism.unit, z0, spec.clip, delta,
                          spec.accountant.value, tuple(rows))
 
 
-def _eps(groups: dict[tuple[float, int], int], z: float, delta: float, acc: str) -> float:
+def _eps(groups: dict[tuple[float, int, float], int], delta: float, acc: str) -> float:
     steps = {k: k[1] * n for k, n in groups.items() if k[1] * n > 0}
     if not steps:
         return 0.0
-    if z == 0:
+    if any(k[2] == 0 for k in steps):
         return math.inf
-    return epsilon_of([sampled_gaussian_event(z, q, s) for (q, _), s in steps.items()],
+    return epsilon_of([sampled_gaussian_event(z, q, s) for (q, _, z), s in steps.items()],
                       delta, acc)

@@ -1,0 +1,173 @@
+"""Differential privacy in the round loop: the site's half (ledger, clipping, noise) and the
+hub's half (uniform averaging, central noise, accounting).
+
+The mechanisms and the accountant are :mod:`fedcare.privacy.dp`; this module decides *when*
+each runs. At a site, the privacy ledger is charged BEFORE any data is touched, so a task past
+the site's own budget never trains (even if the hub asks); a DP-FedAvg update leaves the site
+clipped (and, in distributed mode, noised) as a difference to the global model. At the hub,
+DP-FedAvg averages the clipped differences uniformly (weighting by rows would break the
+sensitivity bound), adds the central noise once to the sum, and records epsilon after every
+round in the history.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fedcare.core.errors import ProtocolError
+from fedcare.core.messages import Task, TaskKind, TrainConfig
+from fedcare.core.params import Parameters
+from fedcare.privacy.dp.spec import Mechanism, PrivacySpec
+
+#: Task meta key: how many sites a DP-FedAvg round sampled (each adds 1/n of the noise).
+DP_SITES = "dp_sites"
+
+
+@dataclass
+class SitePrivacy:
+    """A site's privacy settings for one study: the study's spec (None: no DP) and the site's
+    own ledger (None: the site keeps no budget, and accepts only non-DP studies' plain terms).
+    """
+
+    spec: PrivacySpec | None
+    ledger: Any | None  # fedcare.privacy.dp.ledger.PrivacyLedger
+    rows: int
+
+    def charge(self, task: Task, train: TrainConfig) -> None:
+        """Record (and so first check) what this task will spend of the site's budget."""
+        if self.ledger is None or task.kind is TaskKind.EVALUATE or task.kind.is_protocol_step:
+            return
+        from fedcare.privacy.dp.ledger import LedgerEntry
+
+        spec = self.spec
+        if task.kind is TaskKind.STATS or spec is None or spec.mechanism is Mechanism.NONE:
+            entry = LedgerEntry(study=task.study, round=task.round, task_id=task.task_id,
+                                mechanism=Mechanism.NONE, noise_multiplier=0.0, sample_rate=1.0,
+                                steps=0, delta=spec.delta if spec else 1e-5)
+        elif spec.mechanism is Mechanism.DP_SGD:
+            from fedcare.learners.torch_learner import dp_sgd_sample_rate, dp_sgd_steps
+
+            entry = LedgerEntry(study=task.study, round=task.round, task_id=task.task_id,
+                                mechanism=spec.mechanism,
+                                noise_multiplier=spec.noise_multiplier,
+                                sample_rate=dp_sgd_sample_rate(self.rows, train.batch_size),
+                                steps=dp_sgd_steps(self.rows, train), delta=spec.delta)
+        else:
+            # Site level, sample rate 1: amplification by sampling does not hold against the
+            # hub that chose the sample.
+            entry = LedgerEntry(study=task.study, round=task.round, task_id=task.task_id,
+                                mechanism=spec.mechanism,
+                                noise_multiplier=spec.noise_multiplier, sample_rate=1.0,
+                                steps=1, delta=spec.delta)
+        self.ledger.charge(entry)
+
+    def privatize(self, task: Task, trained: Parameters) -> Parameters | None:
+        """DP-FedAvg: the clipped (distributed: and noised) difference to the global model;
+        None when the study's mechanism leaves the update as it is."""
+        spec = self.spec
+        if spec is None or not spec.mechanism.is_dp_fedavg:
+            return None
+        from fedcare.privacy.dp.hooks import privatize_update
+
+        n = task.meta.get(DP_SITES)
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ProtocolError("a DP-FedAvg task must say how many sites the round sampled")
+        delta, _info = privatize_update(task.parameters, trained, spec, n)  # norm stays here
+        return delta
+
+
+class HubPrivacy:
+    """The hub's half: weights, central noise and the epsilon history of one study."""
+
+    def __init__(self, spec: PrivacySpec, n_sites: int) -> None:
+        self.spec = spec
+        self.n_sites = n_sites
+
+    @property
+    def is_dp_fedavg(self) -> bool:
+        return self.spec.mechanism.is_dp_fedavg
+
+    def meta(self, sampled: Sequence[str]) -> dict[str, Any]:
+        return {DP_SITES: len(sampled)} if self.is_dp_fedavg else {}
+
+    def central_noise(self, size: int) -> np.ndarray | None:
+        """N(0, (z·C)²) for the SUM of the clipped differences (central mode only)."""
+        if self.spec.mechanism is not Mechanism.DP_FEDAVG_CENTRAL:
+            return None
+        from fedcare.privacy.dp.mechanisms import gaussian_noise
+
+        return gaussian_noise((size,), self.spec.noise_multiplier * self.spec.clip)
+
+    def report(self, rounds: Sequence[Any]) -> dict[str, Any]:
+        """Epsilon per round and cumulative for ``history.json`` (and the report)."""
+        from fedcare.privacy.dp.report import RoundCharge, epsilon_history
+
+        if not self.is_dp_fedavg:
+            return self._dp_sgd_report(rounds)
+        charges = []
+        for r in rounds:
+            k, got = len(r.sites_sampled), len(r.sites_completed)
+            z = None
+            if self.spec.mechanism is Mechanism.DP_FEDAVG_DISTRIBUTED and got < k:
+                # Each site added 1/k of the noise variance: the sum carries got/k of it.
+                z = self.spec.noise_multiplier * math.sqrt(got / k)
+            charges.append(RoundCharge(r.round, k / self.n_sites, 1, z))
+        return epsilon_history(self.spec, charges).to_json()
+
+    def _dp_sgd_report(self, rounds: Sequence[Any]) -> dict[str, Any]:
+        """DP-SGD is per site (each knows its rows): one history per site from the sample
+        rate, steps and noise it reported with every update."""
+        from fedcare.privacy.dp.report import RoundCharge, epsilon_history
+
+        per_site: dict[str, list[Any]] = {}
+        zs: dict[str, float] = {}
+        for r in rounds:
+            for site, m in r.train_metrics.items():
+                if "dp_sample_rate" in m:
+                    per_site.setdefault(site, []).append(
+                        RoundCharge(r.round, float(m["dp_sample_rate"]), int(m["steps"])))
+                    zs[site] = float(m["dp_noise_multiplier"])
+        sites = {}
+        for site, charges in per_site.items():
+            spec = PrivacySpec(self.spec.mechanism, clip=self.spec.clip,
+                               noise_multiplier=zs[site], delta=self.spec.delta,
+                               accountant=self.spec.accountant)
+            sites[site] = epsilon_history(spec, charges).to_json()
+        worst = max((s["epsilon"] for s in sites.values()),
+                    key=lambda e: math.inf if e == "inf" else e, default=0.0)
+        return {"mechanism": self.spec.mechanism.value, "unit": self.spec.mechanism.unit,
+                "delta": self.spec.delta, "accountant": self.spec.accountant.value,
+                "clip": self.spec.clip, "epsilon": worst, "sites": sites}
+
+
+def hub_privacy(cfg: Any, n_sites: int) -> HubPrivacy | None:
+    """The hub's half for a study config (None without DP). For DP-SGD the hub never needs
+    the noise itself (each site derives and reports its own), only the mechanism and delta."""
+    from fedcare.config import privacy_spec
+
+    p = cfg.privacy
+    if p.mode == "none":
+        return None
+    if p.mode == "dp_sgd":
+        spec = PrivacySpec(Mechanism.DP_SGD, clip=p.clip,
+                           noise_multiplier=p.noise_multiplier or 0.0, delta=p.delta,
+                           accountant=p.accountant)
+    else:
+        spec = privacy_spec(cfg, n_sites=n_sites)  # type: ignore[assignment]
+    return HubPrivacy(spec, n_sites)
+
+
+def site_privacy(cfg: Any, rows: int, n_sites: int, ledger: Any | None = None
+                 ) -> SitePrivacy | None:
+    """The site's half for a study config; None when neither DP nor a ledger applies."""
+    from fedcare.config import privacy_spec
+
+    spec = privacy_spec(cfg, rows, n_sites=n_sites) if cfg.privacy.mode != "none" else None
+    if spec is None and ledger is None:
+        return None
+    return SitePrivacy(spec, ledger, rows)
