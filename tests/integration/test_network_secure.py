@@ -87,3 +87,31 @@ def test_secure_study_over_https_equals_simulation_and_hub_never_holds_an_update
     fed.run_study(plain, timeout=120)
     with pytest.raises(AssertionError, match="is in the hub's state"):
         _assert_hub_never_held(fed.hub_dir / "data", _round_one_truths(fed, plain))
+
+
+def test_a_node_refuses_dp_work_past_its_budget_and_the_researcher_sees_why(net: Net) -> None:
+    fed = net()
+    policy = fed.root / "data" / "alpha-privacy.toml"
+    policy.write_text("max_epsilon = 1.0\ndelta = 1e-5\n")
+    conf = fed.node_configs["alpha"]
+    conf.write_text(conf.read_text() + '\n[privacy]\npolicy = "alpha-privacy.toml"\n')
+    fed.start()
+    cfg = study_config(name="dp-net", rounds=2,
+                       privacy={"mode": "dp_fedavg_distributed", "clip": 1.0,
+                                "noise_multiplier": 1.0},
+                       secure_aggregation={"protocol": "secagg", "threshold": 0.6})
+    st = fed.run_study(cfg, timeout=120)
+    for r in st["rounds"]:
+        assert r["sites_completed"] == ["beta", "gamma"]
+        why = r["sites_failed"]["alpha"]
+        assert "PrivacyBudgetError" in why and "limit" in why, why
+    history = fed.artifact(st["study_id"], "history.json")
+    import json
+
+    privacy = json.loads(history)["privacy"]
+    # 2 of 3 sites in each sum: the distributed noise fell short and is accounted as such
+    from fedcare.privacy.dp.accounting import epsilon
+
+    assert privacy["epsilon"] == pytest.approx(epsilon((2 / 3) ** 0.5, 1.0, 2, 1e-5), rel=1e-6)
+    ledger = fed.root / "state" / "alpha" / "privacy-ledger.jsonl"
+    assert not ledger.exists() or ledger.read_text() == ""
