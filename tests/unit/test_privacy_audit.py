@@ -277,10 +277,12 @@ def test_study_privacy_reads_epsilon_from_history():
 def test_load_run_refuses_missing_and_broken_folders(tmp_path, run_dir):
     with pytest.raises(ConfigError, match="does not exist"):
         load_run(tmp_path / "nope")
-    with pytest.raises(ConfigError, match=r"config\.json or model\.safetensors"):
+    with pytest.raises(ConfigError, match=r"no model\.safetensors"):
+        load_run(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"junk")
+    with pytest.raises(ConfigError, match=r"no config\.json"):
         load_run(tmp_path)
     (tmp_path / "config.json").write_text("{not json")
-    (tmp_path / "model.safetensors").write_bytes(b"junk")
     with pytest.raises(ConfigError, match=r"config\.json is unreadable"):
         load_run(tmp_path)
     (tmp_path / "config.json").write_text((run_dir / "config.json").read_text())
@@ -290,6 +292,64 @@ def test_load_run_refuses_missing_and_broken_folders(tmp_path, run_dir):
         save_parameters(Parameters({"w": np.ones(3, np.float32)})))
     with pytest.raises(ConfigError, match="does not fit the model"):
         audit_run(tmp_path, write=False)
+
+
+# ----------------------------------------------------------------------- networked runs
+def _networked_run(tmp_path):
+    """A folder as `fedcare study download` writes it (no config.json: the configuration is
+    in history.json's meta, with the hub's normalizer) plus one site's own table."""
+    import pandas as pd
+
+    from fedcare.config import parse_config
+    from fedcare.engine.learner_factory import ModelShape, make_learner
+
+    rng = np.random.default_rng(0)
+    feats = [f"f{i}" for i in range(5)]
+    frame = pd.DataFrame(rng.normal(3, 2, (60, 5)), columns=feats)
+    frame["label"] = rng.integers(0, 2, 60)
+    frame.to_csv(tmp_path / "charite.csv", index=False)
+    raw = {"study": {"name": "net", "seed": 7, "rounds": 3},
+           "data": {"source": "federation", "dataset": "d", "label": "label",
+                    "features": feats, "test_fraction": 0.25},
+           "model": {"name": "logreg"}}
+    cfg = parse_config(raw)
+    learner = make_learner(cfg, ModelShape.of_federated(cfg.data))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.safetensors").write_bytes(save_parameters(learner.initial_parameters()))
+    norm = {"mean": [3.0] * 5, "std": [2.0] * 5}
+    history = {"meta": {"config": cfg.model_dump(mode="json"), "normalizer": norm},
+               "sites": [{"name": "st-marys"}, {"name": "charite"}]}
+    (run / "history.json").write_text(json.dumps(history))
+    return run, cfg, tmp_path / "charite.csv"
+
+
+def test_networked_run_is_audited_on_the_sites_own_rows_split_as_its_node_did(tmp_path):
+    from fedcare.node.site_data import build_site_data
+    from fedcare.privacy.audit import candidates_of
+
+    run, cfg, table = _networked_run(tmp_path)
+    history = json.loads((run / "history.json").read_text())
+
+    got = candidates_of(cfg, "charite", history=history, site_data=table)
+    node = build_site_data(cfg.data, "charite", 1, cfg.study.seed, table)  # index 1
+
+    members = got.is_member == 1
+    np.testing.assert_allclose(got.x[members], (node.x_train - 3.0) / 2.0, rtol=1e-6)
+    np.testing.assert_array_equal(got.y[~members], node.y_test)
+    result = audit_run(run, AuditSettings(site="charite", site_data=table))
+    assert (result.members, result.non_members) == (45, 15)
+    assert (run / "audit" / "privacy-loss-charite.json").is_file()
+
+
+def test_networked_run_without_site_data_is_a_clear_error(tmp_path):
+    run, _, table = _networked_run(tmp_path)
+    with pytest.raises(ConfigError, match="--site-data"):
+        audit_run(run, AuditSettings(site="charite"), write=False)
+    with pytest.raises(DataError, match="did not take part"):
+        audit_run(run, AuditSettings(site="karolinska", site_data=table), write=False)
+    with pytest.raises(ConfigError, match="needs site"):
+        AuditSettings(site_data=table)
 
 
 # ---------------------------------------------------------------------------------- CLI

@@ -43,6 +43,8 @@ def privacy(
     epochs: Annotated[int | None, typer.Option(
         help="LiRA: shadow training epochs (default: rounds x local_epochs).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for the shadows' data halves.")] = 0,
+    site_data: Annotated[Path | None, typer.Option(
+        help="Networked study: this site's own table (CSV/Parquet), with --site.")] = None,
 ) -> None:
     """Membership inference against the run's final model: can an attacker tell training rows
     from held-out rows? Writes audit/privacy-ATTACK-SITE.json, .png and .html in the run."""
@@ -53,7 +55,7 @@ def privacy(
 
     try:
         settings = AuditSettings(attack=attack.value, shadows=shadows, online=not offline,
-                                 epochs=epochs, seed=seed, site=site)
+                                 epochs=epochs, seed=seed, site=site, site_data=site_data)
         if attack is Attack.lira:
             with Progress("[bold]shadow models", BarColumn(), MofNCompleteColumn(),
                           TimeElapsedColumn(), console=console) as bar:

@@ -10,17 +10,21 @@ from __future__ import annotations
 
 from fedcare.privacy.audit.attacks import balanced_membership, lira_scores, loss_scores
 from fedcare.privacy.audit.figure import html_fragment, roc_png
+from fedcare.privacy.audit.folders import (
+    Candidates,
+    RunFolder,
+    candidates_of,
+    load_run,
+    study_privacy,
+)
 from fedcare.privacy.audit.roc import Roc, roc_curve, tpr_at_fpr
 from fedcare.privacy.audit.run import (
     ATTACKS,
     AuditResult,
     AuditSettings,
-    Candidates,
     attack,
     audit_run,
     evaluate_attack,
-    load_run,
-    study_privacy,
 )
 from fedcare.privacy.audit.scores import confidence_logit, model_outputs, per_example_loss
 
@@ -30,9 +34,11 @@ __all__ = [
     "AuditSettings",
     "Candidates",
     "Roc",
+    "RunFolder",
     "attack",
     "audit_run",
     "balanced_membership",
+    "candidates_of",
     "confidence_logit",
     "evaluate_attack",
     "html_fragment",

@@ -1,12 +1,8 @@
 """Audit a finished study: can an attacker tell the rows it was trained on from held-out rows?
 
-Members are the training rows, non-members the held-out test rows of the same sites (same
-distribution, never seen by the model). Both are rebuilt from the run folder's
-``config.json`` with :func:`fedcare.sim.sites.build_sites`, whose partition and train/test
-split are deterministic under the study seed, so the audit sees exactly the rows the study
-used. The study's epsilon (if it ran with differential privacy) is read from
-``history.json`` and reported beside the attack's success: the guarantee and its empirical
-check side by side.
+The rows come from :mod:`fedcare.privacy.audit.folders`. The study's epsilon (if it ran with
+differential privacy) is read from ``history.json`` and reported beside the attack's
+success: the guarantee and its empirical check side by side.
 """
 
 from __future__ import annotations
@@ -19,18 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors import SafetensorError
 
-from fedcare.config import FederatedData, StudyConfig, parse_config
-from fedcare.core.errors import ConfigError, DataError, ValidationError
+from fedcare.config import StudyConfig
+from fedcare.core.errors import ConfigError, ValidationError
 from fedcare.core.files import atomic_write
 from fedcare.core.messages import TrainConfig
 from fedcare.core.params import Parameters
-from fedcare.core.wire import load_parameters
-from fedcare.data.dataset import SiteData, TaskType
 from fedcare.learners.base import Learner
 from fedcare.privacy.audit.attacks import lira_scores, loss_scores
 from fedcare.privacy.audit.figure import html_fragment, roc_png
+from fedcare.privacy.audit.folders import Candidates, candidates_of, load_run, study_privacy
 from fedcare.privacy.audit.roc import roc_curve, tpr_at_fpr
 from fedcare.privacy.audit.scores import confidence_logit, model_outputs, per_example_loss
 from fedcare.privacy.audit.shadows import ShadowProgress, train_shadows
@@ -44,7 +38,9 @@ _ROC_POINTS = 200
 @dataclass(frozen=True)
 class AuditSettings:
     """What to audit and how. ``epochs`` = shadow training passes (default: the study's
-    rounds x local_epochs); ``site`` = one site's rows (default: every site's)."""
+    rounds x local_epochs); ``site`` = one site's rows (default: every site's);
+    ``site_data`` = that site's own table, needed for a networked study (its rows never left
+    the site, so only the site can audit them)."""
 
     attack: str = "loss"
     shadows: int = 8
@@ -52,9 +48,12 @@ class AuditSettings:
     epochs: int | None = None
     seed: int = 0
     site: str | None = None
+    site_data: Path | None = None
 
     def __post_init__(self) -> None:
         problems = []
+        if self.site_data is not None and self.site is None:
+            problems.append("site_data needs site (the name of the site whose table it is)")
         if self.attack not in ATTACKS:
             problems.append(f"attack must be one of {ATTACKS}, got {self.attack!r}")
         if self.attack == "lira" and self.shadows < 2:
@@ -90,28 +89,6 @@ class AuditResult:
                 "roc": {"fpr": self.roc_fpr[keep].tolist(), "tpr": self.roc_tpr[keep].tolist()}}
 
 
-@dataclass(frozen=True)
-class Candidates:
-    """Rows whose membership is tested: ``is_member`` 1 for training rows, 0 for held-out."""
-
-    x: np.ndarray
-    y: np.ndarray
-    is_member: np.ndarray
-    task: TaskType
-    name: str
-    num_classes: int = 2
-
-    @classmethod
-    def of_site(cls, site: SiteData) -> Candidates:
-        if len(site.y_test) == 0 or len(site.y_train) == 0:
-            raise DataError("an audit needs held-out rows as non-members; this study has "
-                            "data.test_fraction = 0 or a site without test rows", site=site.name)
-        return cls(np.concatenate([site.x_train, site.x_test]),
-                   np.concatenate([site.y_train, site.y_test]),
-                   np.r_[np.ones(len(site.y_train)), np.zeros(len(site.y_test))].astype(np.int8),
-                   site.task, site.name, site.num_classes)
-
-
 # ------------------------------------------------------------------------ the attacks
 def attack(learner: Learner, parameters: Parameters, data: Candidates, settings: AuditSettings,
            *, make_shadow: Callable[[int], Learner] | None = None,
@@ -142,108 +119,6 @@ def evaluate_attack(data: Candidates, scores: np.ndarray, settings: AuditSetting
         roc_fpr=roc.fpr, roc_tpr=roc.tpr)
 
 
-# ------------------------------------------------------------------------ run folders
-@dataclass(frozen=True)
-class RunFolder:
-    path: Path
-    config: StudyConfig
-    parameters: Parameters
-    history: dict[str, Any] | None
-
-
-def load_run(run_dir: str | Path) -> RunFolder:
-    """Read a ``fedcare simulate --out`` folder; ConfigError naming what is missing."""
-    path = Path(run_dir)
-    if not path.is_dir():
-        raise ConfigError(f"run folder {path} does not exist; point --run at a folder written "
-                          "by `fedcare simulate --out`")
-    missing = [n for n in ("config.json", "model.safetensors") if not (path / n).is_file()]
-    if missing:
-        raise ConfigError(f"{path} is not a finished run: it has no {' or '.join(missing)} "
-                          "(written by `fedcare simulate --out` when a run completes)")
-    try:
-        raw_cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path / 'config.json'} is unreadable: {exc}") from exc
-    cfg = parse_config(raw_cfg, source=str(path / "config.json"))
-    try:
-        params = load_parameters((path / "model.safetensors").read_bytes()).parameters
-    except (OSError, ValidationError, SafetensorError) as exc:  # wire lets SafetensorError out
-        raise ConfigError(f"{path / 'model.safetensors'} is unreadable: {exc}") from exc
-    history = None
-    if (path / "history.json").is_file():
-        try:
-            history = json.loads((path / "history.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"{path / 'history.json'} is unreadable: {exc}") from exc
-    return RunFolder(path, cfg, params, history)
-
-
-def study_privacy(history: Mapping[str, Any] | None, site: str | None = None) -> dict[str, Any]:
-    """The study's (epsilon, delta) from ``history.json``, or ``{"private": False}``.
-
-    Looks at ``history["privacy"]``, then ``history["meta"]["privacy"]``, for the JSON of a
-    :class:`fedcare.privacy.dp.report.PrivacyReport` (``epsilon`` a number or "inf",
-    ``delta``, ``mechanism``), or for per-site reports under ``"sites"`` (DP-SGD: each site's
-    epsilon depends on its row count). For all sites together the largest epsilon is reported.
-    """
-    for holder in (history or {}, (history or {}).get("meta") or {}):
-        p = holder.get("privacy") if isinstance(holder, Mapping) else None
-        if not isinstance(p, Mapping):
-            continue
-        sites = p.get("sites")
-        reports = {k: v for k, v in sites.items() if isinstance(v, Mapping)
-                   and _epsilon(v) is not None} if isinstance(sites, Mapping) else {}
-        if site is not None and site in reports:
-            return _privacy_entry(reports[site]) | {"site": site}
-        if _epsilon(p) is not None:
-            return _privacy_entry(p)
-        if reports:
-            worst = max(reports, key=lambda k: _epsilon(reports[k]) or 0.0)
-            return _privacy_entry(reports[worst]) | {"site": worst}
-    return {"private": False, "label": "not private"}
-
-
-def _epsilon(report: Mapping[str, Any]) -> float | None:
-    eps = report.get("epsilon")
-    if eps == "inf":
-        return float("inf")
-    if isinstance(eps, (int, float)) and not isinstance(eps, bool):
-        return float(eps)
-    return None
-
-
-def _privacy_entry(report: Mapping[str, Any]) -> dict[str, Any]:
-    eps = _epsilon(report)
-    out: dict[str, Any] = {"private": eps is not None and eps != float("inf"),
-                           "epsilon": eps if eps != float("inf") else "inf"}
-    for key in ("delta", "mechanism"):
-        if isinstance(report.get(key), (int, float, str)):
-            out[key] = report[key]
-    return out
-
-
-def candidates_of(cfg: StudyConfig, site: str | None) -> Candidates:
-    """Members/non-members of one site (or of every site) rebuilt from the study's config."""
-    if isinstance(cfg.data, FederatedData):
-        raise ConfigError("this run used data.source = 'federation': its rows stayed at the "
-                          "sites, so only a site can audit it, beside its own data; auditing "
-                          "networked runs is not supported yet")
-    from fedcare.sim.sites import build_sites, pooled
-
-    sites = build_sites(cfg.data, cfg.study.seed)
-    if site is None:
-        chosen = pooled(sites) if len(sites) > 1 else sites[0]
-        data = Candidates.of_site(chosen)
-        return Candidates(data.x, data.y, data.is_member, data.task,
-                          "all sites" if len(sites) > 1 else sites[0].name, data.num_classes)
-    by_name = {s.name: s for s in sites}
-    if site not in by_name:
-        raise DataError(f"no site named {site!r} in this study; its sites are "
-                        f"{sorted(by_name)}")
-    return Candidates.of_site(by_name[site])
-
-
 def shadow_recipe(cfg: StudyConfig, epochs: int | None) -> TrainConfig:
     """The study's local training recipe, run for ``epochs`` passes (default rounds x
     local_epochs: about as many passes as the target made over each site's rows)."""
@@ -265,7 +140,8 @@ def audit_run(run_dir: str | Path, settings: AuditSettings | None = None, *,
     settings = settings or AuditSettings()
     run = load_run(run_dir)
     cfg = run.config
-    data = candidates_of(cfg, settings.site)
+    data = candidates_of(cfg, settings.site, history=run.history,
+                         site_data=settings.site_data)
     shape = ModelShape(tuple(data.x.shape[1:]), data.task, data.num_classes)
     learner = make_learner(cfg, shape)
     try:
