@@ -89,11 +89,14 @@ def test_privacy_defaults_to_none_and_keeps_the_pre_dp_content_hash() -> None:
     cfg = parse_config({"data": {"source": "builtin"}})
     assert cfg.privacy.mode == "none" and privacy_spec(cfg) is None
     doc = cfg.model_dump(mode="json")
-    del doc["privacy"]
+    del doc["privacy"], doc["secure_aggregation"]  # default sections leave the hash alone
     blob = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
     assert content_hash(cfg) == hashlib.sha256(blob).hexdigest()
     assert content_hash(parse_config(_dp(mode="dp_fedavg_central", noise_multiplier=1.0))) \
         != content_hash(cfg)
+    secure = parse_config({"data": {"source": "builtin"},
+                           "secure_aggregation": {"protocol": "secagg"}})
+    assert content_hash(secure) != content_hash(cfg)
 
 
 def test_privacy_needs_exactly_one_noise_source() -> None:
