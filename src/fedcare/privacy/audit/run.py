@@ -165,7 +165,7 @@ def audit_run(run_dir: str | Path, settings: AuditSettings | None = None, *,
 
 def write_outputs(result: AuditResult, folder: Path) -> dict[str, Path]:
     """JSON, PNG and HTML fragment of one audit; returns their paths."""
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", result.site).strip("-") or "site"
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", result.site).strip("-") or "site"
     stem = folder / f"privacy-{result.attack}-{slug}"
     png = roc_png(result.roc_fpr, result.roc_tpr,
                   f"{result.attack} attack on {result.site}: AUC {result.auc:.3f}")
