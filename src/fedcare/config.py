@@ -110,6 +110,9 @@ class FederatedData(_DataCommon):
         "of squares and row counts (no row leaves a site; sites refuse below 10 rows)."))
     sites: list[str] | None = Field(None, description=(
         "Sites taking part (default: every site that holds the dataset)."))
+    contract_hash: str | None = Field(None, min_length=64, max_length=64, description=(
+        "Content hash of the data contract every site must have built its dataset with "
+        "(`fedcare data check` prints it); sites with another contract refuse."))
 
 
 DataSection = Annotated[

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from fedcare import __version__
-from fedcare.cli import network, provision
+from fedcare.cli import audit, data, network, provision
 from fedcare.cli.errors import fail
 from fedcare.core.errors import FedcareError
 
@@ -24,6 +24,8 @@ app.add_typer(provision.app, name="provision")
 app.add_typer(network.hub_app, name="hub")
 app.add_typer(network.node_app, name="node")
 app.add_typer(network.study_app, name="study")
+app.add_typer(data.app, name="data")
+app.add_typer(audit.app, name="audit")
 
 
 def _config_reference() -> str:
@@ -102,12 +104,15 @@ def demo(
     """A real federation on this machine: hub + 3 hospital nodes over mutual TLS.
 
     Provisions certificates, starts the hub and three site nodes as separate processes,
-    trains FedAvg on breast-cancer data split over the hospitals, compares with each hospital
+    harmonizes three synthetic hospitals' FHIR, OMOP and CSV exports to one data contract,
+    checks their quality, trains FedAvg under secure aggregation, compares with each hospital
     alone and with all data pooled, writes report.html, and stops everything it started.
     """
     target = out or Path(tempfile.mkdtemp(prefix="fedcare-demo-"))
-    console.print(f"[bold]fedcare {__version__} demo[/bold]: 3 hospitals, breast-cancer data, "
-                  "federated vs local-only vs pooled")
+    console.print(f"[bold]fedcare {__version__} demo[/bold]: 3 hospitals (FHIR, OMOP, CSV), "
+                  "5-year cardiovascular risk, federated vs local-only vs pooled"
+                  if not in_process else f"[bold]fedcare {__version__} demo[/bold] (in "
+                  "process): 4 simulated sites, breast-cancer data")
     if in_process:
         _run(DEMO_CONFIG, target, resume=False, overwrite=out is not None, workers=None)
         console.print(f"Open the report: [bold]{target / 'report.html'}[/bold]")

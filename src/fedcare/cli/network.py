@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -216,3 +217,31 @@ def download(study_id: str, out: Annotated[Path, typer.Option(help="Folder to wr
         raise fail(exc, 2) from None
     console.print(f"wrote {out}/history.json, model.safetensors, report.html")
 
+
+
+@study_app.command("data")
+def data_quality(dataset: str, federation: Federation = None, hub: HubUrl = None,
+                 ca: CaFile = None, token: Token = None,
+                 as_json: Annotated[bool, typer.Option("--json", help="Print raw JSON.")] = False
+                 ) -> None:
+    """Compare the sites' quality reports for a clinical dataset before training on it:
+    distribution shift, label-rate outliers (a likely label-definition mismatch), code
+    coverage gaps, unit problems, and sites that will refuse."""
+    client = _client(federation, hub, ca, token)
+    try:
+        q = client.call("GET", f"/v1/datasets/{dataset}/quality").json()
+    except FedcareError as exc:
+        raise fail(exc, 2) from None
+    if as_json:
+        console.print_json(json.dumps(q))
+        return
+    for site, report in sorted(q["reports"].items()):
+        rows = (report.get("cohort") or {}).get("rows", report.get("rows", "?"))
+        console.print(f"{site}: cohort rows {rows}")
+    for site, why in q["refusing"].items():
+        console.print(f"[red]{site} refuses to train: {escape(str(why))}[/red]")
+    findings = (q.get("comparison") or {}).get("findings", [])
+    if not findings:
+        console.print("[green]no distribution shift, label-rate, coverage or unit findings[/]")
+    for f in findings:
+        console.print(f"[yellow]{f['kind']}[/yellow] {escape(f['message'])}")

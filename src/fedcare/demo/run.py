@@ -23,7 +23,7 @@ from typing import Any
 from rich.console import Console
 
 from fedcare.core.errors import FedcareError
-from fedcare.demo.hospitals import DATASET, HOSPITALS, LABEL, write_hospitals
+from fedcare.demo.hospitals import DATASET, DemoSite, write_hospitals
 
 ROUNDS = 20
 
@@ -78,57 +78,73 @@ def _wait(what: str, check: Any, timeout: float, procs: list[subprocess.Popen[by
     raise FedcareError(f"timed out waiting for {what}; see the logs in {logs}")
 
 
-def study_config(features: list[str]) -> dict[str, Any]:
+def study_config(features: list[str], label: str, contract_hash: str) -> dict[str, Any]:
     return {
-        "study": {"name": "breast-cancer-federation", "seed": 0, "rounds": ROUNDS},
-        "data": {"source": "federation", "dataset": DATASET, "label": LABEL,
-                 "features": features, "test_fraction": 0.25, "standardize": True},
+        "study": {"name": "cardio-risk-federation", "seed": 0, "rounds": ROUNDS},
+        "data": {"source": "federation", "dataset": DATASET, "label": label,
+                 "features": features, "test_fraction": 0.25, "standardize": True,
+                 "contract_hash": contract_hash},
         "model": {"name": "logreg"},
-        "train": {"local_epochs": 1, "batch_size": 16, "lr": 0.05},
+        "train": {"local_epochs": 1, "batch_size": 32, "lr": 0.05},
         "strategy": {"name": "fedavg", "min_completed": 2},
+        # The hub only ever sees the sum of the hospitals' updates.
+        "secure_aggregation": {"protocol": "secagg"},
         "run": {"round_timeout": 60, "evaluate_every": 1},
     }
 
 
 def run_demo(out: Path, console: Console) -> dict[str, Any]:
     from fedcare.cli.network import HubClient, follow
+    from fedcare.data.contract import contract_hash, feature_columns, load_contract
     from fedcare.hub.provisioning import create_federation
 
     out.mkdir(parents=True, exist_ok=True)
     work = out / "federation"
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
-    features, files = write_hospitals(out)
+    contract_file, sites = write_hospitals(out / "hospitals")
+    contract = load_contract(contract_file)
+    features = feature_columns(contract)
+    formats = ", ".join(s.format.upper() for s in sites)
+    console.print(f"Generated 3 synthetic hospitals exporting {formats} "
+                  f"(different codes, units and case mix) against data contract "
+                  f"{contract.name!r} v{contract.version}")
     port = _free_port()
-    create_federation(work, hub_host="127.0.0.1", hub_port=port, sites=list(HOSPITALS))
-    for name, path in files.items():
-        (out / f"{name}.toml").write_text(
-            f'[datasets.{DATASET}]\npath = "{path.name}"\n\n[approval]\nstudies = "any"\n')
-    console.print(f"Provisioned a federation in {work} (CA, hub certificate, 3 site kits); "
-                  f"hub on https://127.0.0.1:{port}")
+    create_federation(work, hub_host="127.0.0.1", hub_port=port, sites=[s.name for s in sites])
+    console.print(f"Provisioned a federation in {work} (CA, hub certificate, 3 site kits, CKKS "
+                  f"contexts); hub on https://127.0.0.1:{port}")
     with processes() as procs:
         procs.append(_start(["hub", "start", "--kit", str(work / "hub")], logs / "hub.log"))
         client = _wait("the hub", lambda: HubClient(work, None, None, None), 60, procs, logs)
         _wait("the hub", lambda: client.call("GET", "/v1/health"), 60, procs, logs)
-        for name in HOSPITALS:
-            procs.append(_start(["node", "start", "--kit", str(work / "sites" / name), "--data",
-                                 str(out / f"{name}.toml")], logs / f"node-{name}.log"))
+        for site in sites:
+            procs.append(_start(["node", "start", "--kit", str(work / "sites" / site.name),
+                                 "--data", str(site.node_config)], logs / f"node-{site.name}.log"))
         console.print("Started the hub and 3 site nodes as separate processes "
-                      f"(logs in {logs}); waiting for the nodes to connect...")
+                      f"(logs in {logs}); each node harmonizes its own export to the "
+                      "contract...")
         _wait("3 nodes to connect",
-              lambda: len(client.call("GET", "/v1/sites").json()) == len(HOSPITALS),
-              120, procs, logs)
-        doc = client.call("POST", "/v1/studies", json=study_config(features)).json()
+              lambda: len(client.call("GET", "/v1/sites").json()) == len(sites),
+              180, procs, logs)
+        quality = client.call("GET", f"/v1/datasets/{DATASET}/quality").json()
+        _print_quality(quality, console)
+        doc = client.call("POST", "/v1/studies", json=study_config(
+            features, contract.label.name, contract_hash(contract))).json()
         console.print(f"Submitted study {doc['study_id']} (content hash "
-                      f"{doc['config_hash'][:16]}...) to {', '.join(doc['sites'])}")
+                      f"{doc['config_hash'][:16]}..., secure aggregation) to "
+                      f"{', '.join(doc['sites'])}")
         follow(client, doc["study_id"], poll=0.3)
         history = json.loads(client.call(
             "GET", f"/v1/studies/{doc['study_id']}/artifacts/history.json").content)
         model = client.call("GET", f"/v1/studies/{doc['study_id']}/artifacts/model.safetensors")
         (out / "model.safetensors").write_bytes(model.content)
     console.print("Stopped every process. Computing the baselines (simulation on the same "
-                  "files)...")
-    history["baselines"] = baselines(files, features)
+                  "harmonized tables, only possible because the demo owns every hospital)...")
+    tables, equal = harmonized_tables(contract_file, sites, out / "tables")
+    console.print("Harmonized tables equal the generator's ground truth: "
+                  + ("[green]yes[/green]" if equal else "[red]NO[/red]"))
+    history["baselines"] = baselines(tables, features, contract.label.name)
+    history["data_quality"] = quality
     from fedcare.core.files import atomic_write
     from fedcare.reporting import write_report
 
@@ -137,16 +153,64 @@ def run_demo(out: Path, console: Console) -> dict[str, Any]:
     return history
 
 
-def baselines(files: dict[str, Path], features: list[str]) -> dict[str, Any]:
+def _print_quality(quality: dict[str, Any], console: Console) -> None:
+    """What the hub learned before training: each site's shareable quality report, compared."""
+    for site, report in sorted(quality["reports"].items()):
+        rejected = sum(v for v in (report.get("rejects") or {}).values() if isinstance(v, int))
+        console.print(f"  {site}: quality report received - cohort rows "
+                      f"{report.get('cohort_rows', '?')}, source records rejected by reason "
+                      f"{report.get('rejects') or {}}" if rejected else
+                      f"  {site}: quality report received - cohort rows "
+                      f"{report.get('cohort_rows', '?')}")
+    for site, why in quality["refusing"].items():
+        console.print(f"  [red]{site} will refuse to train: {why}[/red]")
+    findings, seen = [], set()
+    for f in (quality.get("comparison") or {}).get("findings", []):
+        if f["message"] not in seen:
+            seen.add(f["message"])
+            findings.append(f)
+    for f in findings[:8]:
+        console.print(f"  [yellow]{f['kind']}[/yellow]: {f['message']}")
+    if len(findings) > 8:
+        console.print(f"  ... and {len(findings) - 8} more findings (`fedcare study data "
+                      f"{DATASET}`)")
+
+
+def harmonized_tables(contract_file: Path, sites: list[DemoSite], folder: Path
+                      ) -> tuple[dict[str, Path], bool]:
+    """Each hospital's feature table built exactly as its node built it, and whether they all
+    equal the generator's ground truth (the check the demo's data path must pass)."""
+    import numpy as np
+
+    from fedcare.node.site_data import build_clinical_table
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files, equal = {}, True
+    for site in sites:
+        built = build_clinical_table(site.source, contract_file, site.name)
+        frame = built.table.frame
+        truth = site.truth.dropna()
+        cols = list(frame.columns)
+        got = frame.sort_index()[cols].round(4)
+        want = truth.sort_index()[cols].round(4) if set(cols) <= set(truth.columns) else None
+        equal = equal and want is not None and got.shape == want.shape and bool(
+            np.allclose(got.to_numpy(float), want.to_numpy(float)))
+        path = folder / f"{site.name}.csv"
+        frame.to_csv(path, index=False)
+        files[site.name] = path
+    return files, equal
+
+
+def baselines(files: dict[str, Path], features: list[str], label: str) -> dict[str, Any]:
     """Local-only and pooled baselines in simulation, same split and seed as the network run."""
     import fedcare
 
     cfg = {"study": {"name": "baselines", "seed": 0, "rounds": ROUNDS},
-           "data": {"source": "files", "label": LABEL, "features": features,
+           "data": {"source": "files", "label": label, "features": features,
                     "test_fraction": 0.25,
-                    "site": [{"name": n, "path": str(p)} for n, p in files.items()]},
+                    "site": [{"name": n, "path": str(p)} for n, p in sorted(files.items())]},
            "model": {"name": "logreg"},
-           "train": {"local_epochs": 1, "batch_size": 16, "lr": 0.05},
+           "train": {"local_epochs": 1, "batch_size": 32, "lr": 0.05},
            "baselines": {"local": True, "centralized": True},
            "run": {"evaluate_every": 0, "workers": 1}}
     return fedcare.simulate(cfg).baselines

@@ -47,6 +47,10 @@ class HelloDataset(BaseModel):
 
     name: str = Field(min_length=1, max_length=100)
     rows: int = Field(ge=0)
+    #: Clinical datasets: the data contract's hash and the site's small-cell-suppressed
+    #: quality report (what `fedcare data check` writes), compared across sites by the hub.
+    contract_hash: str | None = Field(None, max_length=64)
+    quality: dict[str, Any] | None = None
 
 
 class Hello(BaseModel):
@@ -194,6 +198,10 @@ def create_app(service: HubService, trust: PeerTrust, token: str) -> FastAPI:
     async def artifact(study_id: str, name: str) -> FileResponse:
         path = await run_in_threadpool(service.artifact, study_id, name)
         return FileResponse(path, filename=name)
+
+    @app.get("/v1/datasets/{name}/quality", dependencies=[Researcher])
+    async def dataset_quality(name: str) -> dict[str, Any]:
+        return await run_in_threadpool(service.dataset_quality, name)
 
     @app.get("/v1/sites", dependencies=[Researcher])
     async def sites() -> list[dict[str, Any]]:

@@ -132,8 +132,23 @@ class HubService:
             StudyRepo(s).set_status(study_id, StudyStatus.RUNNING)
         self.event("study", f"study {cfg.study.name!r} submitted with sites {sites}",
                    study_id=study_id)
+        self._flag_data(cfg.data.dataset, study_id)
         self._launch(study_id)
         return {"study_id": study_id, "config_hash": content_hash(cfg), "sites": sites}
+
+    def _flag_data(self, dataset: str, study_id: str) -> None:
+        """Before training starts: log what the sites' quality reports say about the data
+        (shift, likely label-definition mismatch, refusals) in the study's event log."""
+        try:
+            q = self.dataset_quality(dataset)
+        except NotFound:
+            return
+        for site, why in q["refusing"].items():
+            self.event("data", f"site {site} will refuse to train on {dataset!r}: {why}",
+                       study_id=study_id, site=site)
+        for f in (q["comparison"] or {}).get("findings", []):
+            self.event("data", f"{f['kind']}: {f['message']}", study_id=study_id,
+                       site=f.get("site"))
 
     def _participants(self, cfg: StudyConfig) -> list[str]:
         assert isinstance(cfg.data, FederatedData)
@@ -187,6 +202,28 @@ class HubService:
             raise NotFound(f"study {study_id} has no {name} yet (is it finished?)")
         return path
 
+    def dataset_quality(self, name: str) -> dict[str, Any]:
+        """Every site's quality report for dataset ``name`` and the hub's comparison of them
+        (distribution shift, label-rate outliers, code coverage, units, contract mismatch):
+        checked before anyone trains on the data."""
+        with self.db.session() as s:
+            reports = {site.name: d["quality"] for site in SiteRepo(s).list()
+                       for d in site.datasets or []
+                       if d.get("name") == name and isinstance(d.get("quality"), dict)}
+        if not reports:
+            raise NotFound(f"no site reported a quality check for dataset {name!r} (clinical "
+                           "datasets with a contract report one when their node starts)")
+        usable = {k: v for k, v in reports.items() if "error" not in v}
+        comparison = None
+        if len(usable) >= 2:
+            from fedcare.analytics.shift import compare_reports
+
+            comparison = compare_reports(usable).to_dict()
+        return {"dataset": name, "reports": reports, "comparison": comparison,
+                "refusing": {k: v.get("violations") or v.get("error")
+                             for k, v in reports.items()
+                             if v.get("violations") or v.get("error")}}
+
     def sites(self) -> list[dict[str, Any]]:
         with self.db.session() as s:
             return [{"name": x.name, "last_seen": x.last_seen.isoformat(), "version": x.version,
@@ -195,7 +232,8 @@ class HubService:
     # -- node side ------------------------------------------------------------------------
     def hello(self, site: str, serial: str, version: str, datasets: list[dict[str, Any]],
               session: str) -> None:
-        infos = [DatasetInfo(str(d["name"]), int(d["rows"])) for d in datasets]
+        infos = [DatasetInfo(str(d["name"]), int(d["rows"]), d.get("contract_hash"),
+                             d.get("quality")) for d in datasets]
         with self.db.session() as s:
             SiteRepo(s).upsert_seen(site, serial, version, infos)
         self.event("node", f"site {site} connected (version {version}, session {session[:8]})",

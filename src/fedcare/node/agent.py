@@ -31,7 +31,12 @@ from fedcare.engine.learner_factory import ModelShape, make_learner
 from fedcare.engine.privacy import site_privacy
 from fedcare.engine.secure import SecureSettings, SecureSite
 from fedcare.node.local_config import NodeData, load_node_data
-from fedcare.node.site_data import build_site_data
+from fedcare.node.site_data import (
+    ClinicalTable,
+    build_clinical_table,
+    build_site_data,
+    clinical_site_data,
+)
 from fedcare.pki.files import HE_SECRET_FILE
 
 log = logging.getLogger("fedcare.node")
@@ -63,6 +68,7 @@ class NodeAgent:
                                  timeout=timeout, trust_env=True,
                                  headers={"User-Agent": f"fedcare-node/{__version__}"})
         self._studies: dict[str, _Study] = {}
+        self._clinical: dict[str, ClinicalTable] = {}
         self.stop_event = threading.Event()
         self.ledger = self._ledger()
 
@@ -80,8 +86,7 @@ class NodeAgent:
 
     # -- hub calls ------------------------------------------------------------------------
     def hello(self) -> None:
-        datasets = [{"name": name, "rows": _count_rows(path)}
-                    for name, path in sorted(self.data.datasets.items())]
+        datasets = [self._describe(name, path) for name, path in sorted(self.data.datasets.items())]
         r = self.http.post("/v1/node/hello", json={"version": __version__,
                                                    "session": self.session,
                                                    "datasets": datasets})
@@ -106,6 +111,29 @@ class NodeAgent:
             return
         _raise_for(r)
 
+    def _describe(self, name: str, path: Path) -> dict[str, Any]:
+        """What the hub may know of a dataset: its name and row count and, for a clinical
+        dataset, its contract hash and small-cell-suppressed quality report."""
+        if name not in self.data.clinical:
+            return {"name": name, "rows": _count_rows(path)}
+        try:
+            built = self.clinical(name)
+        except FedcareError as exc:
+            log.error("dataset %s cannot be built: %s", name, exc)
+            return {"name": name, "rows": 0, "quality": {"error": str(exc)}}
+        if built.violations:
+            log.warning("dataset %s fails its contract's minimum quality; studies on it will "
+                        "be refused: %s", name, "; ".join(built.violations))
+        return {"name": name, "rows": built.rows, "contract_hash": built.contract_hash,
+                "quality": {**built.report, "violations": built.violations}}
+
+    def clinical(self, name: str) -> ClinicalTable:
+        """The clinical dataset ``name`` built from the site's records (once per process)."""
+        if name not in self._clinical:
+            src = self.data.clinical[name]
+            self._clinical[name] = build_clinical_table(src.source, src.contract, self.site)
+        return self._clinical[name]
+
     # -- work -----------------------------------------------------------------------------
     def study(self, study_id: str) -> _Study:
         if study_id in self._studies:
@@ -127,8 +155,12 @@ class NodeAgent:
         else:
             sites: list[str] = doc["sites"]
             index = sites.index(self.site)
-            data = build_site_data(cfg.data, self.site, index, cfg.study.seed,
-                                   self.data.datasets[cfg.data.dataset])
+            if cfg.data.dataset in self.data.clinical:
+                data = clinical_site_data(cfg.data, self.site, index, cfg.study.seed,
+                                          self.clinical(cfg.data.dataset))
+            else:
+                data = build_site_data(cfg.data, self.site, index, cfg.study.seed,
+                                       self.data.datasets[cfg.data.dataset])
             rows = len(data.y_train)
             learner = make_learner(cfg, ModelShape.of_federated(cfg.data), rows=rows,
                                    seeded=False)

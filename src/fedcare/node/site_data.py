@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -10,11 +13,11 @@ from fedcare.config import FederatedData
 from fedcare.core.errors import DataError
 from fedcare.core.seeds import site_round_seed
 from fedcare.data.dataset import SiteData, TaskType
+from fedcare.data.quality import to_json
 
 
 def build_site_data(data: FederatedData, site: str, site_index: int, seed: int,
                     path: Path) -> SiteData:
-    from fedcare.data.partition import split_train_test
     from fedcare.data.tabular import load_table
 
     table = load_table(path, label=data.label, features=data.features, site=site)
@@ -32,11 +35,76 @@ def build_site_data(data: FederatedData, site: str, site_index: int, seed: int,
         if bad.any():
             raise DataError(f"{int(bad.sum())} rows have a label outside 0..{classes - 1}",
                             site=site)
+    return _split_site(data, site, site_index, seed, table.x, y)
+
+
+def _split_site(data: FederatedData, site: str, site_index: int, seed: int, x: np.ndarray,
+                y: np.ndarray) -> SiteData:
+    from fedcare.data.partition import split_train_test
+
+    task = TaskType(data.task)
+    classes = data.classes if task is TaskType.MULTICLASS else 2
     tr, te = split_train_test(np.arange(len(y)), data.test_fraction,
                               site_round_seed(seed, 0, site_index))
-    x_tr, x_te = table.x[tr], table.x[te]
+    x_tr, x_te = x[tr], x[te]
     # No local scaling: when the study standardizes, every task carries the federation-wide
     # mean/std (computed from all sites' sums), so each site scales its rows identically.
     return SiteData(site, np.ascontiguousarray(x_tr, np.float32), y[tr],
                     np.ascontiguousarray(x_te, np.float32), y[te], tuple(data.features), task,
                     classes)
+
+
+@dataclass
+class ClinicalTable:
+    """A clinical dataset as the site built it: the feature table, its shareable quality
+    report and the contract's minimum-quality violations (non-empty: the site refuses to
+    train on it)."""
+
+    table: Any  # fedcare.data.features.FeatureTable
+    contract_hash: str
+    features: list[str]
+    report: dict[str, Any]
+    violations: list[str]
+
+    @property
+    def rows(self) -> int:
+        return len(self.table.frame)
+
+
+def build_clinical_table(source: Path, contract_path: Path, site: str) -> ClinicalTable:
+    """Run the site's adapter (FHIR / OMOP / CSV), harmonize to the contract's feature table and
+    check it against the contract's quality rules. Only the suppressed quality report may
+    leave the site."""
+    from fedcare.data.adapters.source import load_source
+    from fedcare.data.contract import contract_hash, feature_columns, load_contract
+    from fedcare.data.features import build_features
+    from fedcare.data.quality import passes_minimum_quality, quality_report
+
+    contract = load_contract(contract_path)
+    src = load_source(source)
+    records = src.load()
+    table = build_features(contract, records, site_mapping=src.site_mapping(),
+                           index_date=src.index_date)
+    report = quality_report(contract, table, site=site)
+    return ClinicalTable(table, contract_hash(contract), feature_columns(contract),
+                         json.loads(to_json(report)), passes_minimum_quality(contract, table))
+
+
+def clinical_site_data(data: FederatedData, site: str, site_index: int, seed: int,
+                       built: ClinicalTable) -> SiteData:
+    """The study's view of a clinical table; refused when the table fails the contract's
+    minimum quality or is not the table the study was written for."""
+    if built.violations:
+        raise DataError("refusing to train: the site's data fails the contract's minimum "
+                        "quality rules: " + "; ".join(built.violations), site=site)
+    if data.contract_hash is not None and data.contract_hash != built.contract_hash:
+        raise DataError(f"the study names data contract {data.contract_hash[:12]}... but this "
+                        f"site's dataset follows {built.contract_hash[:12]}...; the site must "
+                        "check its data against the study's contract", site=site)
+    if list(data.features) != built.features or data.label != built.table.label:
+        raise DataError(f"study features/label {list(data.features)}/{data.label!r} are not "
+                        f"the contract's {built.features}/{built.table.label!r}", site=site)
+    frame = built.table.frame
+    x = frame[built.features].to_numpy(np.float32)
+    y = frame[built.table.label].to_numpy().astype(np.int64)
+    return _split_site(data, site, site_index, seed, x, y)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -19,6 +20,8 @@ class DatasetInfo:
 
     name: str
     rows: int
+    contract_hash: str | None = None
+    quality: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -39,7 +42,10 @@ class SiteRepo:
         One ``INSERT … ON CONFLICT DO UPDATE``, so two concurrent first calls cannot collide.
         """
         now = utcnow()
-        listed = [{"name": d.name, "rows": d.rows} for d in datasets]
+        listed = [{"name": d.name, "rows": d.rows,
+                   **({"contract_hash": d.contract_hash} if d.contract_hash else {}),
+                   **({"quality": d.quality} if d.quality is not None else {})}
+                  for d in datasets]
         fresh = {"cert_serial": serial.lower(), "last_seen": now, "version": version,
                  "datasets": listed}
         stmt = insert_for(self.session, Site).values(name=name, first_seen=now, **fresh)

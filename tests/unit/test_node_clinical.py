@@ -1,0 +1,69 @@
+"""A node's clinical dataset: built from the site's own export by the data contract, refused
+when it fails the contract's minimum quality or is not the contract the study names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedcare.config import parse_config
+from fedcare.core.errors import DataError
+from fedcare.data.contract import contract_hash, feature_columns, load_contract
+from fedcare.demo.hospitals import contract_path, write_hospitals
+from fedcare.node.local_config import load_node_data
+from fedcare.node.site_data import build_clinical_table, clinical_site_data
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _study(contract_file: Path, **data: object):
+    c = load_contract(contract_file)
+    return parse_config({"data": {"source": "federation", "dataset": "cardio",
+                                  "label": c.label.name, "features": feature_columns(c),
+                                  "contract_hash": contract_hash(c), **data}}).data
+
+
+def test_the_shipped_demo_contract_is_the_example_contract() -> None:
+    assert contract_path().read_bytes() == (ROOT / "examples/contracts/cardio.toml").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory):
+    return write_hospitals(tmp_path_factory.mktemp("demo"))
+
+
+def test_demo_sites_configs_load_and_build_the_truth(demo) -> None:
+    contract_file, sites = demo
+    for site in sites:
+        node = load_node_data(site.node_config)
+        assert set(node.clinical) == {"cardio"} and node.privacy_policy is not None
+        built = build_clinical_table(node.clinical["cardio"].source,
+                                     node.clinical["cardio"].contract, site.name)
+        assert built.violations == []
+        assert built.rows == len(site.truth.dropna())
+        sd = clinical_site_data(_study(contract_file), site.name, 0, 0, built)
+        assert len(sd.y_train) + len(sd.y_test) == built.rows
+        # what leaves the site: suppressed counts only, never a row
+        text = str(built.report)
+        assert not any(pid in text for pid in built.table.frame.index[:50])
+
+
+def test_a_study_naming_another_contract_is_refused(demo) -> None:
+    contract_file, sites = demo
+    built = build_clinical_table(sites[0].source, contract_file, sites[0].name)
+    with pytest.raises(DataError, match="names data contract"):
+        clinical_site_data(_study(contract_file, contract_hash="0" * 64), "s", 0, 0, built)
+    wrong = _study(contract_file, features=["age", "sbp"])
+    with pytest.raises(DataError, match="are not the contract's"):
+        clinical_site_data(wrong, "s", 0, 0, built)
+
+
+def test_data_failing_minimum_quality_is_refused(demo, tmp_path: Path) -> None:
+    contract_file, sites = demo
+    strict = tmp_path / "strict.toml"
+    strict.write_text(contract_file.read_text().replace("min_rows = 50", "min_rows = 100000"))
+    built = build_clinical_table(sites[0].source, strict, sites[0].name)
+    assert built.violations and "at least 100000" in built.violations[0]
+    with pytest.raises(DataError, match="refusing to train"):
+        clinical_site_data(_study(strict), sites[0].name, 0, 0, built)
