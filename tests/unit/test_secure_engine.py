@@ -242,3 +242,30 @@ def test_a_protocol_step_task_may_not_carry_the_model() -> None:
         decode_task(encode_task(task))
     ok = dataclasses.replace(task, parameters=type(task.parameters)({}))
     assert decode_task(encode_task(ok)).kind is TaskKind.SECAGG_SHARE
+
+
+def test_a_ciphertext_under_another_context_is_left_out_and_the_round_goes_on(
+        he_contexts: tuple[bytes, bytes]) -> None:
+    from fedcare.privacy.he import create_federation_context
+
+    secret, public = he_contexts
+    foreign_secret, _ = create_federation_context()
+    sites = make_sites(n_sites=4, rows=40)
+    learner = _learner()
+    spec = learner.initial_parameters().spec
+    names = [s.name for s in sites]
+    handlers = {}
+    for i, s in enumerate(sites):
+        ctx = foreign_secret if s.name == "site-2" else secret
+        ex = SiteExecutor(s, learner, site_index=i, expected=spec,
+                          secure=SecureSite(s.name, SecureSettings("ckks", he_context=ctx),
+                                            names))
+        handlers[s.name] = ex.handle
+    engine = RoundEngine(EngineSettings(study="he", seed=3, train=TRAIN), FedAvg(),
+                         InMemoryTransport(handlers), names, learner.initial_parameters(),
+                         History(study="he"),
+                         secure=SecureAggregator(SecureSettings("ckks"), public))
+    engine.run(1)
+    rec = engine.history.rounds[0]
+    assert rec.sites_completed == ["site-1", "site-3", "site-4"]
+    assert "site-2" in rec.sites_failed and "context" in rec.sites_failed["site-2"]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
@@ -292,7 +293,7 @@ def load_parameters(raw: bytes) -> StoredParameters:
         metadata = dict(json.loads(raw[8:8 + n]).get("__metadata__") or {})
         order = json.loads(metadata.pop("order"))
         params = Parameters({k: tensors[k] for k in order})
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, SafetensorError) as exc:
         raise ValidationError(f"stored model is unreadable: {exc}") from exc
     extra = {k[len(EXTRA_PREFIX):]: v for k, v in tensors.items() if k.startswith(EXTRA_PREFIX)}
     return StoredParameters(params, extra, metadata)

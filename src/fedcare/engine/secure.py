@@ -307,9 +307,19 @@ class SecureAggregator:
                 blobs[s] = _arrays(u)["ct"].tobytes()
             except (FedcareError, KeyError) as exc:
                 acc.failures[s] = f"ciphertext: {exc}"
-        if not blobs:
-            raise ProtocolError(f"round {round_}: no site sent a ciphertext")
-        total = sum_ciphertexts(public, list(blobs.values()))
+        total = None
+        while blobs:
+            try:
+                total = sum_ciphertexts(public, blobs)
+                break
+            except FedcareError as exc:  # a bad ciphertext (wrong context, truncated...)
+                bad = exc.site if exc.site in blobs else None
+                if bad is None:
+                    raise
+                acc.failures[bad] = f"ciphertext: {exc.message}"
+                del blobs[bad]  # that site is left out; the others are summed again
+        if total is None:
+            raise ProtocolError(f"round {round_}: no site sent a usable ciphertext")
         included = sorted(blobs)
         # One participant decrypts the sum (any will do; the first that answers is used).
         for decryptor in included:
