@@ -80,3 +80,11 @@ def privacy(
         console.print(f"[dim]{result.non_members} non-members: FPRs below "
                       f"{1 / result.non_members:.2%} cannot be resolved.[/dim]")
     console.print(f"Wrote [bold]{escape(str(Path(run) / 'audit'))}[/bold]")
+    history_file = Path(run) / "history.json"
+    if history_file.is_file():  # re-render the run's report with the audit in it
+        import json
+
+        from fedcare.reporting import write_report
+
+        write_report(json.loads(history_file.read_text()), Path(run) / "report.html")
+        console.print(f"Updated [bold]{escape(str(Path(run) / 'report.html'))}[/bold]")

@@ -234,13 +234,68 @@ def _json_details(title: str, value: Any, summary_text: str) -> str:
             f"<pre>{esc(text)}</pre></details>")
 
 
-def render_report(history: Mapping[str, Any]) -> str:
+def _privacy(history: Mapping[str, Any]) -> str:
+    """What the study's privacy protection guarantees, in the numbers an auditor checks."""
+    cfg = history.get("config") or {}
+    secure = (cfg.get("secure_aggregation") or {}).get("protocol", "none")
+    p = history.get("privacy")
+    lines = []
+    if secure != "none":
+        lines.append(f"<p>Secure aggregation: <b>{esc(secure)}</b> - the hub received only the "
+                     "sum of each round's site updates, never one site's update.</p>")
+    if not p:
+        if not lines:
+            return ""
+        return "<h2>Privacy</h2>" + "".join(lines) + (
+            "<p>No differential privacy: the released model carries no epsilon guarantee.</p>")
+    eps = p.get("epsilon")
+    lines.append(f"<p>Differential privacy: <b>{esc(p.get('mechanism'))}</b> "
+                 f"({esc(p.get('unit', ''))}), accountant {esc(p.get('accountant'))}, delta "
+                 f"{esc(p.get('delta'))}: <b>epsilon = {esc(s.format_value(eps, 3) if not isinstance(eps, str) else eps)}</b>"  # noqa: E501
+                 " for the released model.</p>")
+    rows = p.get("rounds")
+    if rows:
+        body = "".join(f"<tr><td class='num'>{r['round']}</td>"
+                       f"<td class='num'>{esc(s.format_value(r['sample_rate'], 3))}</td>"
+                       f"<td class='num'>{r['steps']}</td>"
+                       f"<td class='num'>{esc(s.format_value(r['epsilon_round'], 3))}</td>"
+                       f"<td class='num'>{esc(s.format_value(r['epsilon_cumulative'], 3))}</td>"
+                       "</tr>" for r in rows if not isinstance(r["epsilon_round"], str))
+        lines.append(_table(["<th class='num'>round</th>", "<th class='num'>sample rate</th>",
+                             "<th class='num'>steps</th>", "<th class='num'>epsilon (round)</th>",
+                             "<th class='num'>epsilon (cumulative)</th>"], [body], ""))
+    for site, rep in sorted((p.get("sites") or {}).items()):
+        lines.append(f"<p>{esc(site)}: epsilon {esc(s.format_value(rep.get('epsilon'), 3))} "
+                     f"(noise multiplier {esc(s.format_value(rep.get('noise_multiplier'), 3))})"
+                     "</p>")
+    return "<h2>Privacy</h2>" + "".join(lines)
+
+
+def _data_quality(history: Mapping[str, Any]) -> str:
+    """The hub's comparison of the sites' quality reports, made before training."""
+    q = history.get("data_quality")
+    if not q:
+        return ""
+    items = [f"<li><b>{esc(site)}</b> refused: {esc(str(why))}</li>"
+             for site, why in (q.get("refusing") or {}).items()]
+    seen: set[str] = set()
+    for f in (q.get("comparison") or {}).get("findings", []):
+        if f["message"] not in seen:
+            seen.add(f["message"])
+            items.append(f"<li>{esc(f['kind'])}: {esc(f['message'])}</li>")
+    body = "<ul>" + "".join(items) + "</ul>" if items else "<p>No findings.</p>"
+    return (f"<h2>Data quality across sites</h2><p>{len(q.get('reports', {}))} sites sent "
+            "small-cell-suppressed quality reports; the hub compared them before training."
+            f"</p>{body}")
+
+
+def render_report(history: Mapping[str, Any], extra_html: Sequence[str] = ()) -> str:
     """The complete HTML document for one run's history."""
     study = esc(history.get("study", "unnamed study"))
     sections = [_header(history), _headline(history), _convergence(history), _sites(history),
                 _training(history), _operations(history)]
-    if history.get("privacy"):
-        sections.append(_json_details("Privacy", history["privacy"], "Privacy accounting"))
+    sections += [x for x in (_privacy(history), _data_quality(history)) if x]
+    sections += list(extra_html)
     sections.append(_json_details("Configuration", history.get("config"),
                                   "Full study configuration (JSON)"))
     version = esc(history.get("fedcare_version", "?"))
@@ -253,5 +308,10 @@ def render_report(history: Mapping[str, Any]) -> str:
 
 
 def write_report(history: Mapping[str, Any], path: Path) -> None:
-    """Render and write atomically: a reader never sees a half-written report."""
-    atomic_write(Path(path), render_report(history).encode("utf-8"))
+    """Render and write atomically: a reader never sees a half-written report. Privacy-audit
+    fragments written beside it (``audit/privacy-*.html`` by ``fedcare audit privacy``) are
+    included."""
+    path = Path(path)
+    fragments = [f.read_text(encoding="utf-8")
+                 for f in sorted((path.parent / "audit").glob("privacy-*.html"))]
+    atomic_write(path, render_report(history, fragments).encode("utf-8"))
