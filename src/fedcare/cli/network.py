@@ -183,8 +183,12 @@ def status(study_id: str, federation: Federation = None, hub: HubUrl = None,
         console.print(f"[red]{escape(st['error'])}[/red]")
     for r in st["rounds"]:
         failed = r.get("sites_failed") or {}
+        eps = r.get("epsilon")
         console.print(f"  round {r['round']}: {len(r['sites_completed'])} sites, "
-                      f"{r['seconds']:.2f} s" + (f", failed {failed}" if failed else ""))
+                      f"{r['seconds']:.2f} s"
+                      + (f", epsilon {eps:.3g}" if isinstance(eps, float) else
+                         f", epsilon {eps}" if eps is not None else "")
+                      + (f", failed {escape(str(failed))}" if failed else ""))
 
 
 @study_app.command("logs")

@@ -31,6 +31,9 @@ class RoundRecord:
     train_metrics: dict[str, Metrics] = field(default_factory=dict)
     site_metrics: dict[str, Metrics] = field(default_factory=dict)
     global_metrics: Metrics = field(default_factory=dict)
+    #: Differential privacy: cumulative epsilon of the model after this round (None without
+    #: DP; "inf" when a round had no noise).
+    epsilon: float | str | None = None
 
 
 def weighted_mean_metrics(per_site: Mapping[str, Mapping[str, float]],

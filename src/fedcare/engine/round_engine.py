@@ -228,6 +228,7 @@ class RoundEngine:
         self.history.rounds.append(record)
         if self.privacy is not None:
             self.history.meta["privacy"] = self.privacy.report(self.history.rounds)
+            record.epsilon = self.history.meta["privacy"]["epsilon"]
         if self.checkpoints is not None:
             self.checkpoints.save(round_, self.parameters, self.strategy.state(), self.history)
         record.seconds = time.perf_counter() - t0  # ...and, in memory, the checkpoint included
