@@ -66,6 +66,41 @@ def node_start(
         agent.close()
 
 
+@node_app.command("privacy")
+def node_privacy(
+    kit: Annotated[Path, typer.Option(help="The site's startup kit folder.")],
+    data: Annotated[Path, typer.Option(help="The site's data config (with [privacy] policy).")],
+    state_dir: Annotated[Path | None, typer.Option(help="Site state folder.")] = None,
+) -> None:
+    """Show what the site's data has spent of its privacy budget, and check the ledger's
+    hash chain (exit 1 if an entry was edited, removed or inserted)."""
+    from fedcare.node.local_config import load_node_data
+    from fedcare.privacy.dp.ledger import PrivacyLedger, SitePrivacyPolicy
+
+    try:
+        node = load_node_data(data)
+        if node.privacy_policy is None:
+            raise FedcareError(f"{data} has no [privacy] policy: this site keeps no budget")
+        policy = SitePrivacyPolicy.load(node.privacy_policy)
+        ledger = PrivacyLedger((state_dir or kit / "state") / "privacy-ledger.jsonl", policy)
+        problems = ledger.verify()
+        spent = ledger.spent() if not problems else None
+    except FedcareError as exc:
+        raise fail(exc, 2) from None
+    if spent is not None:
+        console.print(f"spent epsilon {spent.epsilon:.3f} of {policy.max_epsilon} at delta "
+                      f"{policy.delta} ({spent.dp_tasks} DP tasks, {spent.non_dp_tasks} "
+                      "without DP)")
+        for e in ledger.entries()[-10:]:
+            console.print(f"  {e.time}  {e.study} round {e.round}  {e.mechanism.value}  "
+                          f"z={e.noise_multiplier:g} q={e.sample_rate:g} steps={e.steps}")
+    if problems:
+        for p in problems:
+            console.print(f"[red]{escape(p)}[/red]")
+        raise typer.Exit(1)
+    console.print("[green]ledger hash chain verified[/green]")
+
+
 class HubClient:
     """The researcher's HTTPS client (server verified against the federation CA)."""
 
