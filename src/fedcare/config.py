@@ -94,14 +94,39 @@ class ImageData(_DataCommon):
     standardize: bool = Field(False, description="Images are scaled to [0, 1] already.")
 
 
+class ImageFolderSite(_Section):
+    name: str = Field(min_length=1, max_length=100, description="Site name.")
+    folder: Path = Field(description="Folder of DICOM (.dcm) or NIfTI (.nii, .nii.gz) images.")
+    labels: Path = Field(description="CSV with columns file,label (class ids 0..k-1).")
+
+
+class ImageFolderData(_DataCommon):
+    source: Literal["image_folder"] = Field(description=(
+        "One folder of DICOM or NIfTI images with a label file per site."))
+    site: list[ImageFolderSite] = Field(min_length=1, description=(
+        "Sites: [[data.site]] name, folder, labels."))
+    size: int = Field(64, ge=8, le=1024, description=(
+        "Images are resized (shorter side) and centre-cropped to size x size."))
+    window: list[float] | None = Field(None, min_length=2, max_length=2, description=(
+        "Intensity window [low, high] for every image (default: DICOM window tags, else each "
+        "image's min..max)."))
+    classes: int | None = Field(None, ge=2, description="Number of classes (default: from "
+                                                        "the labels).")
+    standardize: bool = Field(False, description="Images are scaled to [0, 1] already.")
+
+
 class FederatedData(_DataCommon):
     """A networked study: each node maps ``dataset`` to its own local table."""
 
     source: Literal["federation"] = Field(description="Data held by the federation's nodes.")
     dataset: str = Field(min_length=1, description="Dataset name each node maps to a local file.")
     label: str = Field(min_length=1, description="Label column (present at every site).")
-    features: list[str] = Field(min_length=1, description=(
-        "Feature columns, in order (explicit, so every site trains on the same problem)."))
+    features: list[str] = Field(default_factory=list, description=(
+        "Feature columns, in order (explicit, so every site trains on the same problem); "
+        "empty for an image dataset."))
+    image_size: int | None = Field(None, ge=8, le=1024, description=(
+        "Image datasets: each node maps the dataset to a folder of DICOM/NIfTI images with a "
+        "label file, resized and centre-cropped to image_size x image_size."))
     task: Literal["binary", "multiclass", "regression"] = Field(
         "binary", description="binary, multiclass or regression.")
     classes: int = Field(2, ge=2, description="Number of classes (multiclass).")
@@ -116,7 +141,8 @@ class FederatedData(_DataCommon):
 
 
 DataSection = Annotated[
-    BuiltinData | SyntheticData | FilesData | PooledFileData | ImageData | FederatedData,
+    BuiltinData | SyntheticData | FilesData | PooledFileData | ImageData | ImageFolderData
+    | FederatedData,
     Field(discriminator="source"),
 ]
 
@@ -259,8 +285,8 @@ class StudyConfig(_Section):
     privacy: PrivacySection = Field(default_factory=PrivacySection)  # type: ignore[arg-type]
 
 
-_TAGS = {"builtin", "synthetic", "files", "table", "npz", "federation", "fedavg", "fedprox",
-         "fedadam", "fedyogi", "fedadagrad", "scaffold"}
+_TAGS = {"builtin", "synthetic", "files", "table", "npz", "image_folder", "federation", "fedavg",
+         "fedprox", "fedadam", "fedyogi", "fedadagrad", "scaffold"}
 
 
 def content_hash(cfg: StudyConfig) -> str:
@@ -314,6 +340,14 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None,
 def _cross_checks(cfg: StudyConfig) -> list[str]:
     """Rules that span sections."""
     problems = []
+    d = cfg.data
+    if isinstance(d, FederatedData):
+        if d.image_size is None and not d.features:
+            problems.append("'data.features': list the feature columns (or set "
+                            "data.image_size for an image dataset)")
+        if d.image_size is not None and (d.features or d.standardize):
+            problems.append("'data.image_size': an image dataset takes no features and "
+                            "standardize = false (images are scaled to [0, 1])")
     if cfg.secure_aggregation.protocol != "none" and cfg.strategy.name == "scaffold":
         problems.append("'secure_aggregation.protocol': SCAFFOLD needs each site's control "
                         "variate, which secure aggregation hides; use fedavg, fedprox or fedopt")
@@ -345,6 +379,10 @@ def _resolve_paths(cfg: StudyConfig, base: Path) -> StudyConfig:
         d = d.model_copy(update={"site": sites})
     elif isinstance(d, (PooledFileData, ImageData)):
         d = d.model_copy(update={"path": base / d.path})
+    elif isinstance(d, ImageFolderData):
+        folders = [x.model_copy(update={"folder": base / x.folder, "labels": base / x.labels})
+                   for x in d.site]
+        d = d.model_copy(update={"site": folders})
     return cfg.model_copy(update={"data": d})
 
 
@@ -386,7 +424,7 @@ def describe_keys() -> list[tuple[str, str, str]]:
                            ("model", ModelSection), ("privacy", PrivacySection)):
         walk(section, model)
     for data_model in (BuiltinData, SyntheticData, FilesData, PooledFileData, ImageData,
-                       FederatedData):
+                       ImageFolderData, FederatedData):
         src = data_model.model_fields["source"].annotation.__args__[0]  # type: ignore[union-attr]
         walk(f"data[source={src}]", data_model)
     for strategy_model in (FedAvgSection, FedProxSection, FedOptSection, ScaffoldSection):

@@ -32,8 +32,9 @@ class ModelShape:
     @classmethod
     def of_federated(cls, data: FederatedData) -> ModelShape:
         task = TaskType(data.task)
-        return cls((len(data.features),), task,
-                   data.classes if task is TaskType.MULTICLASS else 2)
+        shape = ((1, data.image_size, data.image_size) if data.image_size is not None
+                 else (len(data.features),))
+        return cls(shape, task, data.classes if task is TaskType.MULTICLASS else 2)
 
 
 def make_learner(cfg: StudyConfig, shape: ModelShape, *, rows: int | None = None,

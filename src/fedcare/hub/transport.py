@@ -51,7 +51,12 @@ class HubTransport:
             reply_sha = None if reply is None else reply.blob_sha
         if reply_sha is not None:  # answered before a restart: reuse, never ask twice
             with svc.waiters_lock:
-                svc.waiters.pop(task.id, None)
+                ours = svc.waiters.pop(task.id, None) is fut
+            if not ours:
+                # A node's reply arrived meanwhile: receive_reply took the waiter and resolves
+                # the future itself (whoever pops the waiter resolves it, exactly once).
+                svc.notify_site(site)
+                return fut
             try:
                 fut.set_result(svc.blobs.get(reply_sha))
             except Exception as exc:  # noqa: BLE001 (a corrupt stored reply fails this site only)

@@ -26,6 +26,7 @@ from fedcare.config import FederatedData, StudyConfig, content_hash, parse_confi
 from fedcare.core.errors import FedcareError, TransportError
 from fedcare.core.messages import ErrorReply
 from fedcare.core.wire import encode_error, peek_header
+from fedcare.data.imaging import image_site_data
 from fedcare.engine.executor import SiteExecutor
 from fedcare.engine.learner_factory import ModelShape, make_learner
 from fedcare.engine.privacy import site_privacy
@@ -115,7 +116,7 @@ class NodeAgent:
         """What the hub may know of a dataset: its name and row count and, for a clinical
         dataset, its contract hash and small-cell-suppressed quality report."""
         if name not in self.data.clinical:
-            return {"name": name, "rows": _count_rows(path)}
+            return {"name": name, "rows": _count_rows(path)}  # images: label-file rows
         try:
             built = self.clinical(name)
         except FedcareError as exc:
@@ -155,7 +156,17 @@ class NodeAgent:
         else:
             sites: list[str] = doc["sites"]
             index = sites.index(self.site)
-            if cfg.data.dataset in self.data.clinical:
+            if cfg.data.dataset in self.data.images:
+                folder = self.data.images[cfg.data.dataset]
+                if cfg.data.image_size is None:
+                    raise FedcareError(f"dataset {cfg.data.dataset!r} holds images but the "
+                                       "study sets no data.image_size")
+                data = image_site_data(folder.folder, folder.labels, site=self.site,
+                                       size=cfg.data.image_size,
+                                       test_fraction=cfg.data.test_fraction,
+                                       seed=cfg.study.seed, site_index=index,
+                                       num_classes=cfg.data.classes)[0]
+            elif cfg.data.dataset in self.data.clinical:
                 data = clinical_site_data(cfg.data, self.site, index, cfg.study.seed,
                                           self.clinical(cfg.data.dataset))
             else:

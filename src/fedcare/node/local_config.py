@@ -9,6 +9,10 @@ path = "data/breast.csv"      # relative to this file; .csv, .csv.gz or .parquet
 source = "hospital.toml"       # site source: format (csv | omop | fhir), paths, mappings
 contract = "cardio.toml"       # the data contract the site checked its data against
 
+[datasets.xray]                 # DICOM / NIfTI images and a file,label CSV
+images = "images/"
+labels = "labels.csv"
+
 [approval]
 studies = ["3f1c...e9"]        # content hashes of approved studies, or "any" (demos only)
 
@@ -38,11 +42,20 @@ class ClinicalSource:
 
 
 @dataclass(frozen=True)
+class ImageFolder:
+    """A dataset of DICOM/NIfTI images in a folder with a ``file,label`` CSV."""
+
+    folder: Path
+    labels: Path
+
+
+@dataclass(frozen=True)
 class NodeData:
     datasets: dict[str, Path]
     approve_any: bool
     approved: frozenset[str]
     clinical: dict[str, ClinicalSource] = field(default_factory=dict)
+    images: dict[str, ImageFolder] = field(default_factory=dict)
     privacy_policy: Path | None = None
 
     def approves(self, config_hash: str) -> bool:
@@ -68,7 +81,19 @@ def load_node_data(path: Path) -> NodeData:
     if not isinstance(raw, dict) or not raw:
         problems.append("[datasets] must name at least one dataset: [datasets.NAME] path = ...")
         raw = {}
+    images: dict[str, ImageFolder] = {}
     for name, entry in raw.items():
+        if isinstance(entry, dict) and "images" in entry:
+            if not (isinstance(entry.get("images"), str)
+                    and isinstance(entry.get("labels"), str)) or set(entry) - {"images",
+                                                                               "labels"}:
+                problems.append(f"datasets.{name}: an image dataset takes images = FOLDER and "
+                                "labels = CSV")
+                continue
+            images[name] = ImageFolder((path.parent / entry["images"]).resolve(),
+                                       (path.parent / entry["labels"]).resolve())
+            datasets[name] = images[name].labels
+            continue
         if isinstance(entry, dict) and "source" in entry:
             if not (isinstance(entry.get("source"), str)
                     and isinstance(entry.get("contract"), str)):
@@ -106,4 +131,5 @@ def load_node_data(path: Path) -> NodeData:
     if problems:
         raise ConfigError(problems, source=str(path))
     return NodeData(datasets, studies == "any", frozenset(studies if isinstance(studies, list)
-                                                          else []), clinical, policy)
+                                                          else []), clinical=clinical,
+                    images=images, privacy_policy=policy)

@@ -8,6 +8,7 @@ names the site.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -16,6 +17,7 @@ from fedcare.config import (
     DataSection,
     FilesData,
     ImageData,
+    ImageFolderData,
     PooledFileData,
     SyntheticData,
 )
@@ -45,6 +47,8 @@ def build_sites(data: DataSection, seed: int) -> list[SiteData]:
         return _pooled_file(data, seed)
     if isinstance(data, ImageData):
         return _images(data, seed)
+    if isinstance(data, ImageFolderData):
+        return _image_folders(data, seed)
     raise DataError(f"unsupported data source {type(data).__name__}")  # pragma: no cover
 
 
@@ -189,6 +193,27 @@ def _images(data: ImageData, seed: int) -> list[SiteData]:
     arrays = [(f"site-{i + 1}", x_tr[tp], y_tr[tp], x_te[sp], y_te[sp])
               for i, (tp, sp) in enumerate(zip(train_parts, test_parts, strict=True))]
     return _finish(arrays, (), task, n_classes, data.standardize)
+
+
+def _image_folders(data: ImageFolderData, seed: int) -> list[SiteData]:
+    """Each site's DICOM/NIfTI folder with its label file (see :mod:`fedcare.data.imaging`);
+    the class count is agreed across sites (a site may lack a class)."""
+    from fedcare.data.imaging import image_site_data
+
+    window = (data.window[0], data.window[1]) if data.window else None
+    classes = data.classes or max(2, 1 + max(_max_label(s.labels, s.name) for s in data.site))
+    return [image_site_data(s.folder, s.labels, site=s.name, size=data.size, window=window,
+                            test_fraction=data.test_fraction, seed=seed, site_index=i,
+                            num_classes=classes)[0] for i, s in enumerate(data.site)]
+
+
+def _max_label(path: Path, site: str) -> int:
+    import pandas as pd
+
+    try:
+        return int(pd.read_csv(path)["label"].max())
+    except (OSError, KeyError, ValueError) as exc:
+        raise DataError(f"cannot read labels from {path}: {exc}", site=site) from exc
 
 
 def pooled(sites: Sequence[SiteData]) -> SiteData:
