@@ -89,6 +89,11 @@ def main() -> None:
               in ("completed", "failed"), 600, procs, work)
         st = client.call("GET", f"/v1/studies/{sid}").json()
         rounds = st["rounds"][2:]  # steady state
+        result["breakdown_ms"] = {
+            "exchange": 1000 * statistics.median(r["train_seconds"] for r in rounds),
+            "aggregate": 1000 * statistics.median(r["aggregate_seconds"] for r in rounds),
+            "rest (checkpoint, bookkeeping)": 1000 * statistics.median(
+                r["seconds"] - r["train_seconds"] - r["aggregate_seconds"] for r in rounds)}
         walls = [r["seconds"] for r in rounds]
         slowest = [max(m["seconds"] for m in r["train_metrics"].values()) for r in rounds]
         result["network_round_s"] = statistics.median(walls)
