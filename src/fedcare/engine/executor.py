@@ -128,9 +128,9 @@ class SiteExecutor:
 
     def run(self, task: Task) -> Update:
         start = time.perf_counter()
-        if self.privacy is not None:
-            self.privacy.charge(task, task.train)
         if task.kind is TaskKind.STATS:
+            if self.privacy is not None:
+                self.privacy.charge(task, task.train)
             return self._stats(task, start)
         if task.kind.is_protocol_step:
             if self.secure is None:
@@ -142,6 +142,8 @@ class SiteExecutor:
                 "the approved study protects updates with secure aggregation but the task "
                 "asks for a plain update" if self.secure is not None else
                 "the task asks for secure aggregation but the approved study does not use it")
+        if self.privacy is not None:  # a valid task only: the ledger is charged, then data used
+            self.privacy.charge(task, task.train)
         d = self._normalized(task.aux.get(NORMALIZER))
         eval_metrics: dict[str, float] = {}
         if task.evaluate and len(d.x_test):
