@@ -218,7 +218,11 @@ class HubService:
         if len(usable) >= 2:
             from fedcare.analytics.shift import compare_reports
 
-            comparison = compare_reports(usable).to_dict()
+            try:
+                comparison = compare_reports(usable).to_dict()
+            except Exception as exc:  # noqa: BLE001 (reports are node-supplied JSON: a malformed one must not make this endpoint, or a study submission, fail)
+                comparison = {"error": f"the sites' reports could not be compared: {exc!r}",
+                              "findings": []}
         return {"dataset": name, "reports": reports, "comparison": comparison,
                 "refusing": {k: v.get("violations") or v.get("error")
                              for k, v in reports.items()
