@@ -101,7 +101,8 @@ def test_a_site_refuses_a_task_past_its_budget_and_its_ledger_is_unchanged(tmp_p
     run.prepare()
     site = run.sites[0]
     # one DP-FedAvg round at z=1 costs ~4.4 epsilon at delta 1e-5: allow one round only
-    ledger = PrivacyLedger(tmp_path / "ledger.jsonl", SitePrivacyPolicy(6.0, 1e-5))
+    ledger = PrivacyLedger(tmp_path / "ledger.jsonl",
+                           SitePrivacyPolicy(6.0, 1e-5, trust_hub_noise=True))
     spec = PrivacySpec("dp_fedavg_central", clip=1.0, noise_multiplier=1.0, delta=1e-5)
     ex = SiteExecutor(site, run.learner, site_index=0, expected=run.spec,
                       privacy=SitePrivacy(spec, ledger, len(site.y_train)))
@@ -155,3 +156,52 @@ def test_dp_fedavg_site_sends_a_clipped_delta_never_its_model() -> None:
     missing = eng.exchange(1, eng.sites, TaskKind.FIT, evaluate=False, train=run.train,
                            aux={})
     assert all("how many sites" in m for m in missing.failures.values())
+
+
+def _dp_site(tmp_path: Path, mode: str, **policy: object):
+    run = _Run(parse_config(BASE), None, None, False, False)
+    run.prepare()
+    site = run.sites[0]
+    ledger = PrivacyLedger(tmp_path / "l.jsonl", SitePrivacyPolicy(50.0, 1e-5, **policy))
+    spec = PrivacySpec(mode, clip=1.0, noise_multiplier=1.0, delta=1e-5)
+    ex = SiteExecutor(site, run.learner, site_index=0, expected=run.spec,
+                      privacy=SitePrivacy(spec, ledger, len(site.y_train), study_sites=4,
+                                          secure_threshold=0.75))
+    eng = RoundEngine(EngineSettings(study="b", seed=0, train=run.train), FedAvg(),
+                      InMemoryTransport({site.name: ex.handle}), [site.name], run.initial,
+                      History(study="b"))
+    return site, ledger, eng, run
+
+
+def test_central_noise_is_refused_by_a_site_that_does_not_trust_the_hub(tmp_path: Path) -> None:
+    site, ledger, eng, run = _dp_site(tmp_path, "dp_fedavg_central")
+    got = eng.exchange(1, [site.name], TaskKind.FIT, evaluate=False, train=run.train, aux={},
+                       meta={"dp_sites": 1})
+    assert "trust_hub_noise" in got.failures[site.name] and ledger.entries() == []
+
+
+def test_a_hub_cannot_shrink_a_sites_noise_share_by_inflating_the_round(tmp_path: Path) -> None:
+    site, ledger, eng, run = _dp_site(tmp_path, "dp_fedavg_distributed")
+    for meta in ({"dp_sites": 10**6, "participants": [site.name]},   # more than the study
+                 {"dp_sites": 3, "participants": [site.name]}):      # not the participants
+        got = eng.exchange(1, [site.name], TaskKind.FIT, evaluate=False, train=run.train,
+                           aux={}, meta=meta)
+        assert "ProtocolError" in got.failures[site.name]
+    assert ledger.entries() == []  # refused before anything was charged
+
+
+def test_distributed_noise_is_charged_at_the_share_the_threshold_guarantees(tmp_path: Path
+                                                                              ) -> None:
+    from fedcare.core.messages import Task, TrainConfig
+    from fedcare.core.params import Parameters
+
+    ledger = PrivacyLedger(tmp_path / "l.jsonl", SitePrivacyPolicy(50.0, 1e-5))
+    spec = PrivacySpec("dp_fedavg_distributed", clip=1.0, noise_multiplier=2.0, delta=1e-5)
+    sp = SitePrivacy(spec, ledger, 100, study_sites=4, secure_threshold=0.75)
+    task = Task(task_id="s/r1/fit/a", study="s", round=1, site="a", kind=TaskKind.FIT,
+                parameters=Parameters({}),
+                meta={"dp_sites": 4, "participants": ["a", "b", "c", "d"]})
+    sp.check(task)
+    sp.charge(task, TrainConfig())
+    # t = ceil(0.75 * 4) = 3 survivors carry 3/4 of the noise variance
+    assert ledger.entries()[0].noise_multiplier == pytest.approx(2.0 * (3 / 4) ** 0.5)

@@ -67,3 +67,30 @@ def test_data_failing_minimum_quality_is_refused(demo, tmp_path: Path) -> None:
     assert built.violations and "at least 100000" in built.violations[0]
     with pytest.raises(DataError, match="refusing to train"):
         clinical_site_data(_study(strict), sites[0].name, 0, 0, built)
+
+
+def test_a_clinical_study_must_name_its_contract(demo) -> None:
+    contract_file, sites = demo
+    built = build_clinical_table(sites[0].source, contract_file, sites[0].name)
+    with pytest.raises(DataError, match="names no data contract"):
+        clinical_site_data(_study(contract_file, contract_hash=None), "s", 0, 0, built)
+
+
+def test_the_hub_refuses_a_study_whose_sites_used_different_contracts(tmp_path: Path) -> None:
+    from fedcare.core.errors import ConfigError
+    from fedcare.hub.service import HubService
+
+    svc = HubService(tmp_path / "hub")
+    try:
+        for site, h in (("a", "1" * 64), ("b", "2" * 64)):
+            svc.hello(site, "01", "x", [{"name": "cardio", "rows": 100, "contract_hash": h}],
+                      "s")
+        study = {"data": {"source": "federation", "dataset": "cardio", "label": "y",
+                          "features": ["age"]}}
+        with pytest.raises(ConfigError, match="different data contracts"):
+            svc.submit_study(study)
+        with pytest.raises(ConfigError, match=r"sites \['b'\] built dataset"):
+            svc.submit_study({**study, "data": {**study["data"], "contract_hash": "1" * 64}})
+    finally:
+        svc.stop()
+        svc.db.dispose()

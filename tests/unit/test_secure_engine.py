@@ -269,3 +269,40 @@ def test_a_ciphertext_under_another_context_is_left_out_and_the_round_goes_on(
     rec = engine.history.rounds[0]
     assert rec.sites_completed == ["site-1", "site-3", "site-4"]
     assert "site-2" in rec.sites_failed and "context" in rec.sites_failed["site-2"]
+
+
+def test_ckks_never_decrypts_a_sum_of_one_site(he_contexts: tuple[bytes, bytes]) -> None:
+    secret, public = he_contexts
+
+    def wrap(site: str, handle: Callable[[bytes], bytes]) -> Callable[[bytes], bytes]:
+        def h(payload: bytes) -> bytes:
+            if site != "site-1" and peek_header(payload)["kind"] == TaskKind.FIT:
+                raise ConnectionError("gone")
+            return handle(payload)
+        return h
+
+    engine = _engine(3, SecureSettings("ckks", he_context=secret), public=public, wrap=wrap)
+    engine.strategy.initialize(engine.parameters)
+    with pytest.raises(RoundFailed, match="must include at least"):
+        engine.run_round(1)
+    # and a site asked to decrypt a "sum" naming fewer sites than the threshold refuses
+    from fedcare.core.messages import Task
+    from fedcare.core.params import Parameters
+    from fedcare.engine.secure import _as_aux
+
+    sites = make_sites(n_sites=3, rows=40)
+    names = [s.name for s in sites]
+    site = SecureSite(names[0], SecureSettings("ckks", he_context=secret), names)
+    fit = Task(task_id="x/r1/fit/site-1", study="x", round=1, site=names[0],
+               kind=TaskKind.FIT, parameters=Parameters({}),
+               meta={"secure": "ckks", "participants": names})
+    ct = site.start(fit, np.ones(5))["sp"]["ct"]
+    step = dataclasses.replace(fit, task_id="x/r1/he_decrypt/site-1", kind=TaskKind.HE_DECRYPT,
+                               aux=_as_aux({"ct": np.asarray(ct)}),
+                               meta={**fit.meta, "included": [names[0]]})
+    from fedcare.core.errors import ProtocolError
+
+    with pytest.raises(ProtocolError, match="at least"):
+        site.step(step)
+    # a re-delivered fit gets the same answer (no second session to difference against)
+    assert site.start(fit, np.ones(5))["sp"]["ct"] is ct

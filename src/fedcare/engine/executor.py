@@ -142,7 +142,10 @@ class SiteExecutor:
                 "the approved study protects updates with secure aggregation but the task "
                 "asks for a plain update" if self.secure is not None else
                 "the task asks for secure aggregation but the approved study does not use it")
+        if self.secure is not None and task.kind is TaskKind.FIT:
+            self.secure.check(task)
         if self.privacy is not None:  # a valid task only: the ledger is charged, then data used
+            self.privacy.check(task)
             self.privacy.charge(task, task.train)
         d = self._normalized(task.aux.get(NORMALIZER))
         eval_metrics: dict[str, float] = {}
@@ -166,6 +169,11 @@ class SiteExecutor:
             self.state.save(task.round, new_state)
         dp_delta = self.privacy.privatize(task, result.parameters) if self.privacy else None
         provenance: tuple[str, ...] = (f"fit:{self.learner.name}", f"strategy:{task.strategy}")
+        if self.privacy is not None and self.privacy.spec is not None:
+            # The training loss is computed on the protected rows without noise: under DP
+            # only the accounting facts (steps, sample rate, noise) leave the site.
+            result = replace(result, metrics={k: v for k, v in result.metrics.items()
+                                              if k.startswith("dp_")})
         if dp_delta is not None:
             provenance += (f"dp:{self.privacy.spec.mechanism.value}",)  # type: ignore[union-attr]
         if self.secure is not None:

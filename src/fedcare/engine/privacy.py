@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from fedcare.core.errors import ProtocolError
+from fedcare.core.errors import FedcareError, ProtocolError
 from fedcare.core.messages import Task, TaskKind, TrainConfig
 from fedcare.core.params import Parameters
 from fedcare.privacy.dp.spec import Mechanism, PrivacySpec
@@ -37,6 +37,47 @@ class SitePrivacy:
     spec: PrivacySpec | None
     ledger: Any | None  # fedcare.privacy.dp.ledger.PrivacyLedger
     rows: int
+    #: Sites in the approved study, and the share of a secure round's participants that must
+    #: survive (distributed noise: the sum carries at least that share of the noise).
+    study_sites: int = 1
+    secure_threshold: float = 1.0
+
+    def check(self, task: Task) -> None:
+        """Refuse a DP-FedAvg task whose round size the hub could have inflated to shrink the
+        site's noise share: n must be the round's participant list (validated by secure
+        aggregation against the study) and at most the study's sites."""
+        spec = self.spec
+        if spec is None or not spec.mechanism.is_dp_fedavg or task.kind is not TaskKind.FIT:
+            return
+        n = task.meta.get(DP_SITES)
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= self.study_sites:
+            raise ProtocolError("a DP-FedAvg task must say how many sites the round sampled "
+                                f"(1..{self.study_sites}), got {n!r}")
+        if spec.mechanism is Mechanism.DP_FEDAVG_DISTRIBUTED and n != len(
+                task.meta.get("participants") or []):
+            raise ProtocolError("distributed DP: the round size must equal its secure-"
+                                "aggregation participant list")
+
+    def _noise_against_hub(self, spec: PrivacySpec, task: Task) -> float:
+        """The noise multiplier that protects this site's update from the HUB: none in
+        central mode (the hub adds it) unless the site's policy trusts the hub; in
+        distributed mode the share guaranteed by the protocol's survivor threshold."""
+        if spec.mechanism is Mechanism.DP_FEDAVG_CENTRAL:
+            policy = getattr(self.ledger, "policy", None)
+            if not getattr(policy, "trust_hub_noise", False):
+                from fedcare.privacy.dp.errors import PrivacyBudgetError
+
+                raise PrivacyBudgetError(
+                    "central DP-FedAvg: the hub adds the noise, so the site's update reaches "
+                    "it un-noised; this site's privacy policy does not trust the hub "
+                    "(trust_hub_noise = false) - use dp_fedavg_distributed with secure "
+                    "aggregation, or set trust_hub_noise = true")
+            return spec.noise_multiplier
+        if spec.mechanism is Mechanism.DP_FEDAVG_DISTRIBUTED:
+            n = int(task.meta.get(DP_SITES, 1))
+            t = max(1, math.ceil(self.secure_threshold * n))
+            return spec.noise_multiplier * math.sqrt(t / n)
+        return spec.noise_multiplier
 
     def charge(self, task: Task, train: TrainConfig) -> None:
         """Record (and so first check) what this task will spend of the site's budget."""
@@ -45,7 +86,7 @@ class SitePrivacy:
         from fedcare.privacy.dp.ledger import LedgerEntry
 
         spec = self.spec
-        if task.kind is TaskKind.STATS or spec is None or spec.mechanism is Mechanism.NONE:
+        if task.kind is TaskKind.STATS or spec is None:
             entry = LedgerEntry(study=task.study, round=task.round, task_id=task.task_id,
                                 mechanism=Mechanism.NONE, noise_multiplier=0.0, sample_rate=1.0,
                                 steps=0, delta=spec.delta if spec else 1e-5)
@@ -62,8 +103,8 @@ class SitePrivacy:
             # hub that chose the sample.
             entry = LedgerEntry(study=task.study, round=task.round, task_id=task.task_id,
                                 mechanism=spec.mechanism,
-                                noise_multiplier=spec.noise_multiplier, sample_rate=1.0,
-                                steps=1, delta=spec.delta)
+                                noise_multiplier=self._noise_against_hub(spec, task),
+                                sample_rate=1.0, steps=1, delta=spec.delta)
         self.ledger.charge(entry)
 
     def privatize(self, task: Task, trained: Parameters) -> Parameters | None:
@@ -74,9 +115,8 @@ class SitePrivacy:
             return None
         from fedcare.privacy.dp.hooks import privatize_update
 
-        n = task.meta.get(DP_SITES)
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ProtocolError("a DP-FedAvg task must say how many sites the round sampled")
+        self.check(task)
+        n = int(task.meta[DP_SITES])
         delta, _info = privatize_update(task.parameters, trained, spec, n)  # norm stays here
         return delta
 
@@ -132,12 +172,15 @@ class HubPrivacy:
                     per_site.setdefault(site, []).append(
                         RoundCharge(r.round, float(m["dp_sample_rate"]), int(m["steps"])))
                     zs[site] = float(m["dp_noise_multiplier"])
-        sites = {}
+        sites: dict[str, Any] = {}
         for site, charges in per_site.items():
-            spec = PrivacySpec(self.spec.mechanism, clip=self.spec.clip,
-                               noise_multiplier=zs[site], delta=self.spec.delta,
-                               accountant=self.spec.accountant)
-            sites[site] = epsilon_history(spec, charges).to_json()
+            try:
+                spec = PrivacySpec(self.spec.mechanism, clip=self.spec.clip,
+                                   noise_multiplier=zs[site], delta=self.spec.delta,
+                                   accountant=self.spec.accountant)
+                sites[site] = epsilon_history(spec, charges).to_json()
+            except FedcareError as exc:  # a site reported impossible accounting facts
+                sites[site] = {"epsilon": "inf", "error": exc.message}
         worst = max((s["epsilon"] for s in sites.values()),
                     key=lambda e: math.inf if e == "inf" else e, default=0.0)
         return {"mechanism": self.spec.mechanism.value, "unit": self.spec.mechanism.unit,
@@ -170,4 +213,5 @@ def site_privacy(cfg: Any, rows: int, n_sites: int, ledger: Any | None = None
     spec = privacy_spec(cfg, rows, n_sites=n_sites) if cfg.privacy.mode != "none" else None
     if spec is None and ledger is None:
         return None
-    return SitePrivacy(spec, ledger, rows)
+    return SitePrivacy(spec, ledger, rows, study_sites=n_sites,
+                       secure_threshold=cfg.secure_aggregation.threshold)

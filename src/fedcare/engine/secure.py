@@ -130,6 +130,11 @@ def _arrays(update_or_task: Update | Task) -> dict[str, np.ndarray]:
     return dict(got.items())
 
 
+def _min_sum(settings: SecureSettings, n: int) -> int:
+    """Fewest sites a decrypted CKKS sum may hold: the threshold share, and never one."""
+    return max(2, math.ceil(settings.threshold * n)) if n >= 2 else 2
+
+
 # -- the site half -----------------------------------------------------------------------------
 class SecureSite:
     """A site's secure-aggregation sessions, one per round, held in memory between the round's
@@ -142,6 +147,7 @@ class SecureSite:
         self.settings = settings
         self.known_sites = set(known_sites) if known_sites is not None else None
         self._sessions: dict[int, tuple[Any, Any, np.ndarray]] = {}
+        self._answers: dict[int, dict[str, Parameters]] = {}
 
     def _participants(self, task: Task) -> list[str]:
         got = task.meta.get("participants")
@@ -156,9 +162,19 @@ class SecureSite:
                                 f"approved study uses {self.settings.protocol!r}")
         return got
 
+    def check(self, task: Task) -> None:
+        """Validate a secure fit task before the site touches its data."""
+        self._participants(task)
+
     def start(self, task: Task, vector: np.ndarray) -> dict[str, Parameters]:
-        """After local training: open the round's session; the reply's protocol payload."""
+        """After local training: open the round's session; the reply's protocol payload.
+
+        A fit for a round whose session is open (a re-delivered task) gets the SAME answer:
+        a fresh session would mask the same update again under new keys, and two sums over
+        different survivors would then reveal it by subtraction."""
         participants = self._participants(task)
+        if task.round in self._answers:
+            return self._answers[task.round]
         self._sessions = {r: s for r, s in self._sessions.items() if r >= task.round}
         if self.settings.is_masking:
             from fedcare.privacy.secagg import SecAggClient
@@ -167,7 +183,8 @@ class SecureSite:
                                 task.round)
             client = SecAggClient(cfg, self.site)
             self._sessions[task.round] = (cfg, client, vector)
-            return _as_aux(client.advertise_keys().to_arrays(cfg))
+            self._answers[task.round] = _as_aux(client.advertise_keys().to_arrays(cfg))
+            return self._answers[task.round]
         from fedcare.privacy.he import HEContext, encrypt_vector
 
         if self.settings.he_context is None:
@@ -176,7 +193,8 @@ class SecureSite:
         ctx = HEContext.load_secret(self.settings.he_context)
         self._sessions[task.round] = (ctx, None, vector)
         blob = encrypt_vector(ctx, vector)
-        return _as_aux({"ct": np.frombuffer(blob, dtype=np.uint8)})
+        self._answers[task.round] = _as_aux({"ct": np.frombuffer(blob, dtype=np.uint8)})
+        return self._answers[task.round]
 
     def step(self, task: Task) -> dict[str, Parameters]:
         """One later protocol step of the round's session."""
@@ -184,10 +202,23 @@ class SecureSite:
             raise ProtocolError(f"no secure-aggregation session for round {task.round} "
                                 "(was this site restarted mid-round?)")
         first, client, vector = self._sessions[task.round]
+        participants = self._participants(task)
         arrays = _arrays(task)
+        if (task.kind is TaskKind.HE_DECRYPT) == self.settings.is_masking:
+            raise ProtocolError(f"a {task.kind.value} step does not belong to this study's "
+                                f"{self.settings.protocol} protocol")
         if task.kind is TaskKind.HE_DECRYPT:
-            from fedcare.privacy.he import decrypt_vector
+            from fedcare.privacy.he import decrypt_vector, peek
 
+            included = task.meta.get("included")
+            need = _min_sum(self.settings, len(participants))
+            if (not isinstance(included, list) or not set(included) <= set(participants)
+                    or len(set(included)) < need):
+                raise ProtocolError(f"refusing to decrypt: the sum must include at least "
+                                    f"{need} of the round's sites")
+            if "ct" not in arrays or peek(arrays["ct"].tobytes()).length != vector.size:
+                raise ProtocolError("refusing to decrypt: not a ciphertext of this round's "
+                                    "vectors")
             total = decrypt_vector(first, arrays["ct"].tobytes())
             del self._sessions[task.round]
             return _as_aux({"sum": total.astype(np.float64)})
@@ -321,11 +352,21 @@ class SecureAggregator:
         if total is None:
             raise ProtocolError(f"round {round_}: no site sent a usable ciphertext")
         included = sorted(blobs)
+        need = _min_sum(self.settings, len(participants))
+        if len(included) < need:
+            # A "sum" of fewer would let a decrypting site hand the hub one site's update.
+            raise ProtocolError(f"round {round_}: only {len(included)} ciphertexts; the sum "
+                                f"must include at least {need} sites")
+        meta = {**self.settings.meta(participants), "included": included}
         # One participant decrypts the sum (any will do; the first that answers is used).
         for decryptor in included:
-            got = self._step(engine, round_, TaskKind.HE_DECRYPT,
-                             {decryptor: {"ct": np.frombuffer(total, dtype=np.uint8)}},
-                             participants, acc)
+            ex = engine.protocol_exchange(
+                round_, TaskKind.HE_DECRYPT,
+                {decryptor: _as_aux({"ct": np.frombuffer(total, dtype=np.uint8)})}, meta)
+            acc.failures.update({s: f"he_decrypt: {m}" for s, m in ex.failures.items()})
+            acc.bytes_down += ex.bytes_down
+            acc.bytes_up += ex.bytes_up
+            got = {s: _arrays(u) for s, u in ex.updates.items()}
             if decryptor in got:
                 plain = np.asarray(got[decryptor]["sum"], dtype=np.float64)
                 if plain.shape != (engine.spec.total_size + 1,) or not np.isfinite(plain).all():

@@ -49,7 +49,7 @@ class HelloDataset(BaseModel):
     rows: int = Field(ge=0)
     #: Clinical datasets: the data contract's hash and the site's small-cell-suppressed
     #: quality report (what `fedcare data check` writes), compared across sites by the hub.
-    contract_hash: str | None = Field(None, max_length=64)
+    contract_hash: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     quality: dict[str, Any] | None = None
 
 

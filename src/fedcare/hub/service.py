@@ -122,6 +122,7 @@ class HubService:
             raise ConfigError("a networked study needs data.source = 'federation' (the nodes "
                               "map data.dataset to their own files)")
         sites = self._participants(cfg)
+        self._check_contracts(cfg, sites)
         if len(sites) < cfg.strategy.min_sites:
             raise ConfigError(f"only {len(sites)} site(s) hold dataset {cfg.data.dataset!r} "
                               f"({sites}); the strategy needs {cfg.strategy.min_sites}")
@@ -135,6 +136,26 @@ class HubService:
         self._flag_data(cfg.data.dataset, study_id)
         self._launch(study_id)
         return {"study_id": study_id, "config_hash": content_hash(cfg), "sites": sites}
+
+    def _check_contracts(self, cfg: StudyConfig, sites: list[str]) -> None:
+        """Refuse a study whose sites built its dataset with different data contracts (or
+        another contract than the study names): they would not be training on the same
+        problem. Sites without a contract (plain tables) are not affected."""
+        assert isinstance(cfg.data, FederatedData)
+        with self.db.session() as s:
+            hashes = {site.name: d.get("contract_hash") for site in SiteRepo(s).list()
+                      if site.name in sites for d in site.datasets or []
+                      if d.get("name") == cfg.data.dataset and d.get("contract_hash")}
+        wanted = cfg.data.contract_hash
+        if wanted is not None:
+            wrong = sorted(n for n, h in hashes.items() if h != wanted)
+            if wrong:
+                raise ConfigError(f"sites {wrong} built dataset {cfg.data.dataset!r} with "
+                                  "another data contract than data.contract_hash; they must "
+                                  "re-check their data against the study's contract")
+        elif len(set(hashes.values())) > 1:
+            raise ConfigError(f"the sites built dataset {cfg.data.dataset!r} with different "
+                              "data contracts; name one with data.contract_hash")
 
     def _flag_data(self, dataset: str, study_id: str) -> None:
         """Before training starts: log what the sites' quality reports say about the data

@@ -120,12 +120,18 @@ class NodeAgent:
         try:
             built = self.clinical(name)
         except FedcareError as exc:
+            # The detail (which may name a patient or a small count) stays in the site's log.
             log.error("dataset %s cannot be built: %s", name, exc)
-            return {"name": name, "rows": 0, "quality": {"error": str(exc)}}
+            return {"name": name, "rows": 0,
+                    "quality": {"error": f"the site could not build this dataset "
+                                         f"({type(exc).__name__}); details are in the node's log"}}
         if built.violations:
             log.warning("dataset %s fails its contract's minimum quality; studies on it will "
                         "be refused: %s", name, "; ".join(built.violations))
-        return {"name": name, "rows": built.rows, "contract_hash": built.contract_hash,
+        # The cohort size rounded down to 10: exact, it would let the hub recover suppressed
+        # cells of the report's attrition by subtraction.
+        return {"name": name, "rows": built.rows // 10 * 10,
+                "contract_hash": built.contract_hash,
                 "quality": {**built.report, "violations": built.violations}}
 
     def clinical(self, name: str) -> ClinicalTable:
@@ -154,7 +160,15 @@ class NodeAgent:
         elif cfg.data.dataset not in self.data.datasets:
             entry.refusal = f"site {self.site} holds no dataset named {cfg.data.dataset!r}"
         else:
-            sites: list[str] = doc["sites"]
+            sites = doc.get("sites")
+            if not isinstance(sites, list) or self.site not in sites:
+                raise FedcareError(f"study {study_id} does not list site {self.site}")
+            if cfg.data.sites is not None and not set(sites) <= set(cfg.data.sites):
+                # The approved study names its sites: the hub may not add others (they would
+                # join secure-aggregation rounds and change every site's noise share).
+                extra = sorted(set(sites) - set(cfg.data.sites))
+                raise FedcareError(f"the hub lists sites {extra} that the approved study "
+                                   "does not name")
             index = sites.index(self.site)
             if cfg.data.dataset in self.data.images:
                 folder = self.data.images[cfg.data.dataset]

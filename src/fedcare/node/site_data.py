@@ -95,9 +95,16 @@ def clinical_site_data(data: FederatedData, site: str, site_index: int, seed: in
     """The study's view of a clinical table; refused when the table fails the contract's
     minimum quality or is not the table the study was written for."""
     if built.violations:
+        # The reasons are in the site's quality report (shared, small cells suppressed) and
+        # its log; the refusal that travels to the hub names no count.
         raise DataError("refusing to train: the site's data fails the contract's minimum "
-                        "quality rules: " + "; ".join(built.violations), site=site)
-    if data.contract_hash is not None and data.contract_hash != built.contract_hash:
+                        "quality rules (see `fedcare study data` and the site's quality "
+                        "report)", site=site)
+    if data.contract_hash is None:
+        raise DataError("the study names no data contract (data.contract_hash): a site "
+                        "trains a clinical dataset only for the contract it was built with",
+                        site=site)
+    if data.contract_hash != built.contract_hash:
         raise DataError(f"the study names data contract {data.contract_hash[:12]}... but this "
                         f"site's dataset follows {built.contract_hash[:12]}...; the site must "
                         "check its data against the study's contract", site=site)

@@ -42,7 +42,7 @@ from fedcare.privacy.dp.errors import LedgerError, PrivacyBudgetError
 from fedcare.privacy.dp.spec import Accountant, Mechanism, check_finite_number, parse_enum
 
 GENESIS = "0" * 64
-_POLICY_KEYS = {"max_epsilon", "delta", "accountant", "require_dp"}
+_POLICY_KEYS = {"max_epsilon", "delta", "accountant", "require_dp", "trust_hub_noise"}
 
 
 @dataclass(frozen=True)
@@ -53,12 +53,15 @@ class SitePrivacyPolicy:
         delta = 1e-5           # at this delta; studies asking a larger delta are refused
         accountant = "pld"     # or "rdp"
         require_dp = true      # refuse tasks without DP
+        trust_hub_noise = false  # central DP-FedAvg: the hub adds the noise, so against the
+                                 # hub the site's update is un-noised; refused unless true
     """
 
     max_epsilon: float
     delta: float
     accountant: Accountant = Accountant.PLD
     require_dp: bool = False
+    trust_hub_noise: bool = False
 
     def __post_init__(self) -> None:
         problems = check_finite_number(self.max_epsilon, "max_epsilon", non_negative=True)
@@ -93,7 +96,8 @@ class SitePrivacyPolicy:
         try:
             return cls(max_epsilon=doc["max_epsilon"], delta=doc["delta"],
                        accountant=doc.get("accountant", "pld"),
-                       require_dp=doc.get("require_dp", False))
+                       require_dp=doc.get("require_dp", False),
+                       trust_hub_noise=doc.get("trust_hub_noise", False))
         except ConfigError as exc:
             raise ConfigError(exc.problems, source=str(path)) from None
 
