@@ -244,6 +244,20 @@ def encode_error(reply: ErrorReply) -> bytes:
     return _pack(header, None, {})
 
 
+class ValidatedReply(bytes):
+    """Reply bytes a transport has already decoded and validated against the same layout the
+    round engine expects (the hub must, to answer a bad reply with a 4xx before storing it):
+    the engine reuses :attr:`decoded` instead of decoding a large update a second time."""
+
+    decoded: Update | ErrorReply
+
+    @classmethod
+    def of(cls, data: bytes, decoded: Update | ErrorReply) -> ValidatedReply:
+        out = cls(data)
+        out.decoded = decoded
+        return out
+
+
 def decode_reply(data: bytes, expected: ParamSpec,
                  expected_aux: Mapping[str, ParamSpec | None] | None = None,
                  site: str | None = None) -> Update | ErrorReply:

@@ -20,7 +20,13 @@ from fedcare.core.errors import FedcareError, ValidationError
 from fedcare.core.messages import ErrorReply, Task, TaskKind, TrainConfig, Update, UpdateKind
 from fedcare.core.params import Parameters, ParamSpec, check_finite
 from fedcare.core.seeds import round_seed
-from fedcare.core.wire import decode_reply, encode_task, pack_arrays, peek_header
+from fedcare.core.wire import (
+    ValidatedReply,
+    decode_reply,
+    encode_task,
+    pack_arrays,
+    peek_header,
+)
 from fedcare.engine.history import History, RoundRecord, weighted_mean_metrics
 from fedcare.strategies.aggregate import UpdateStack
 from fedcare.strategies.base import Strategy
@@ -155,7 +161,8 @@ class RoundEngine:
                 continue
             bytes_up += len(reply)
             try:
-                decoded = decode_reply(reply, expected, expected_aux, site=site)
+                decoded = (reply.decoded if isinstance(reply, ValidatedReply)
+                           else decode_reply(reply, expected, expected_aux, site=site))
             except ValidationError as exc:
                 failures[site] = f"rejected update: {exc.message}"
                 continue

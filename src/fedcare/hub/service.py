@@ -28,7 +28,13 @@ from fedcare.core.errors import ConfigError, FedcareError, ProtocolError, Valida
 from fedcare.core.files import atomic_write
 from fedcare.core.messages import TaskKind, TrainConfig
 from fedcare.core.params import Parameters, ParamSpec
-from fedcare.core.wire import decode_reply, load_parameters, peek_header, save_parameters
+from fedcare.core.wire import (
+    ValidatedReply,
+    decode_reply,
+    load_parameters,
+    peek_header,
+    save_parameters,
+)
 from fedcare.engine.executor import NORMALIZER, STATS, stats_spec
 from fedcare.engine.history import History, RoundRecord, save_history
 from fedcare.engine.learner_factory import ModelShape, make_learner
@@ -326,7 +332,7 @@ class HubService:
             if owner != site:
                 raise WrongSite(f"task {task_id} was not sent to this site", site=site)
             spec, aux = self._expected(study_id, kind)
-            decode_reply(body, spec, aux, site=site)  # full validation; raises on bad input
+            decoded = decode_reply(body, spec, aux, site=site)  # full validation
             sha_stored = self.blobs.put_hashed(body, digest)
             with self.db.session() as s:
                 ReplyRepo(s).record(task_id, site, sha_stored, len(body),
@@ -339,7 +345,7 @@ class HubService:
         with self.waiters_lock:
             fut = self.waiters.pop(task_id, None)
         if fut is not None and not fut.done():
-            fut.set_result(body)
+            fut.set_result(ValidatedReply.of(body, decoded))
 
     def rejected(self, site: str, task_id: str, reason: str) -> None:
         """Log a refused reply in its study's event log (``fedcare study logs``)."""
