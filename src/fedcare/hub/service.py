@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import asdict
@@ -61,6 +62,8 @@ log = logging.getLogger("fedcare.hub")
 
 #: A round waits this long for sites when the study sets no ``run.round_timeout``.
 DEFAULT_ROUND_TIMEOUT = 600.0
+#: Task payloads kept in memory after storing them (the blob store has them all).
+PAYLOAD_CACHE_BYTES = 512 * 1024**2
 #: Largest reply a node may post (bytes); configurable per hub.
 DEFAULT_MAX_BODY = 2 * 1024**3
 #: A task handed out this long ago and still unanswered is handed out again when its site
@@ -96,6 +99,9 @@ class HubService:
         self._runners: dict[str, threading.Thread] = {}
         self._specs: dict[str, tuple[ParamSpec, dict[str, ParamSpec | None]]] = {}
         self._stopping = threading.Event()
+        self._payloads: OrderedDict[str, bytes] = OrderedDict()
+        self._payload_bytes = 0
+        self._payload_lock = threading.Lock()
         #: The federation's public CKKS context (set by the server from the hub folder).
         self.he_public_context: bytes | None = None
         #: Whether a certificate serial (hex) is revoked; set by the server from the CRL.
@@ -279,7 +285,7 @@ class HubService:
                 task = TaskRepo(s).next_pending_for(site, redeliver_after=REDELIVER_AFTER)
                 found = (task.id, task.study_id, task.payload_sha) if task else None
             if found is not None:
-                return found[0], found[1], self.blobs.get(found[2]), found[2]
+                return found[0], found[1], self._payload(found[2]), found[2]
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
@@ -287,6 +293,22 @@ class HubService:
             with wake:
                 wake.wait(timeout=min(remaining, 1.0))
         return None
+
+    def remember_payload(self, sha: str, payload: bytes) -> None:
+        """Keep a task payload this process just stored, so handing it out does not read and
+        re-hash it from disk (a round hands out one per site). Bounded; oldest evicted."""
+        with self._payload_lock:
+            self._payloads[sha] = payload
+            self._payloads.move_to_end(sha)
+            self._payload_bytes = sum(len(p) for p in self._payloads.values())
+            while self._payload_bytes > PAYLOAD_CACHE_BYTES and len(self._payloads) > 1:
+                _, old = self._payloads.popitem(last=False)
+                self._payload_bytes -= len(old)
+
+    def _payload(self, sha: str) -> bytes:
+        with self._payload_lock:
+            cached = self._payloads.get(sha)
+        return cached if cached is not None else self.blobs.get(sha)
 
     def _condition(self, site: str) -> threading.Condition:
         with self._wake_lock:

@@ -39,6 +39,7 @@ class HubTransport:
                 f"site {site} has been revoked; it is left out of this study", site=site))
             return fut
         sha = svc.blobs.put(payload)
+        svc.remember_payload(sha, payload)
         task = NewTask(self.study_id, round_, site, kind, sha)
         with svc.waiters_lock:
             svc.waiters[task.id] = fut
