@@ -233,3 +233,35 @@ def test_categorical_sex_and_count_aggregation() -> None:
 def test_empty_records(cardio) -> None:
     ft = build_features(cardio, CanonicalRecords.empty())
     assert ft.n_rows == 0 and ft.attrition[0] == ("persons", 0)
+
+
+def test_same_day_end_at_midnight_is_not_before_a_timed_start(cardio) -> None:
+    s = Site().person("a").ev("a", "drug", "RXNORM", "83367", start="2020-01-01T10:30:00",
+                              end="2020-01-01")
+    ft = build_features(cardio, s.records())
+    assert "end before start" not in ft.rejects
+    assert ft.frame.loc["a", "statin"] == 1
+
+
+def test_count_feature_with_drop_row_keeps_persons_with_zero_events() -> None:
+    r = raw()
+    r["features"][2]["aggregation"] = "count"  # sbp, missing = "drop_row"
+    assert r["features"][2]["missing"] == "drop_row"
+    c = parse_contract(r)
+    s = Site().person("a").person("b")
+    s.events = [e for e in s.events if not (e["person_id"] == "b" and e["code"] == "8480-6")]
+    ft = build_features(c, s.records())
+    assert ft.n_rows == 2
+    assert ft.frame.loc["a", "sbp"] == 1.0 and ft.frame.loc["b", "sbp"] == 0.0
+    assert ft.missing["sbp"] == 0 and dict(ft.attrition)["missing sbp"] == 0
+
+
+def test_count_feature_still_honours_cohort_require() -> None:
+    r = raw()
+    r["features"][2]["aggregation"] = "count"
+    r["cohort"] = {**r.get("cohort", {}), "require": ["sbp"]}
+    c = parse_contract(r)
+    s = Site().person("a").person("b")
+    s.events = [e for e in s.events if not (e["person_id"] == "b" and e["code"] == "8480-6")]
+    ft = build_features(c, s.records())
+    assert list(ft.frame.index) == ["a"] and dict(ft.attrition)["no sbp in window"] == 1

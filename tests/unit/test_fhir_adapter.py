@@ -248,3 +248,57 @@ def test_non_finite_values_are_not_values(tmp_path: Path) -> None:
                     + json.dumps(_obs()).replace("5.2", "NaN") + "\n")
     rec = load_fhir([path], validate="none")
     assert rec.rejects == {fhir.NO_VALUE: 1}
+
+
+# -- review fixes: by-day order, year bounds, components, birth dates ---------------------------
+
+
+def _encounter(start: str, end: str | None) -> dict[str, Any]:
+    period = {"start": start} if end is None else {"start": start, "end": end}
+    return {"resourceType": "Encounter", "status": "finished",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                      "code": "AMB"},
+            "subject": {"reference": "Patient/p1"}, "period": period}
+
+
+@pytest.mark.parametrize("mode", ["all", "none"])
+def test_period_with_datetime_start_and_same_day_date_end_is_kept(tmp_path: Path,
+                                                                   mode: str) -> None:
+    rec = _load(tmp_path, [_patient(), _encounter("2020-03-04T10:00:00+01:00", "2020-03-04"),
+                           _encounter("2020-03-05T10:00:00+01:00", "2020-03-04")], mode)
+    assert len(rec.events) == 1 and rec.rejects == {fhir.END_BEFORE_START: 1}
+    assert rec.events["start"].iloc[0] == pd.Timestamp("2020-03-04 10:00")  # wall clock
+
+
+@pytest.mark.parametrize("mode", ["all", "none"])
+def test_out_of_range_dates_are_counted(tmp_path: Path, mode: str) -> None:
+    rec = _load(tmp_path, [_patient(), _encounter("2020-01-01", "9999-12-31"),
+                           _encounter("1066-10-14", None), _cond(onsetDateTime="9999-12-31")],
+                mode)
+    assert len(rec.events) == 1 and rec.events["end"].isna().all()
+    assert rec.rejects == {fhir.DATE_OUT_OF_RANGE: 2, fhir.END_OUT_OF_RANGE: 1}
+
+
+@pytest.mark.parametrize("mode", ["all", "sample", "none"])
+def test_bad_component_is_counted_and_the_rest_kept(tmp_path: Path, mode: str) -> None:
+    bp = _obs(code="85354-9")
+    del bp["valueQuantity"]
+    bp["component"] = [
+        {"code": {"coding": [{"system": LOINC, "code": "8480-6"}]},
+         "valueQuantity": {"value": 120, "unit": "mmHg"}},
+        {"code": {"text": "diastolic"}, "valueQuantity": {"value": 80, "unit": "mmHg"}},
+        {"code": {"coding": [{"system": LOINC, "code": "8462-4"}]},
+         "valueQuantity": {"unit": "mmHg"}},
+    ]
+    rec = _load(tmp_path, [_patient(), bp], mode)
+    assert rec.events["code"].tolist() == ["8480-6"]
+    assert rec.rejects == {fhir.BAD_COMPONENT: 2}
+
+
+@pytest.mark.parametrize("mode", ["all", "sample", "none"])
+def test_patient_with_malformed_birth_date_is_kept(tmp_path: Path, mode: str) -> None:
+    rec = _load(tmp_path, [_patient("p1", birthDate="03/02/1960"),
+                           _patient("p2", birthDate="1066-01-01"), _obs("p1")], mode)
+    assert rec.persons["person_id"].tolist() == ["p1", "p2"]
+    assert rec.persons["birth_date"].isna().all() and len(rec.events) == 1
+    assert rec.rejects == {fhir.BAD_BIRTH_DATE: 1, fhir.BIRTH_OUT_OF_RANGE: 1}

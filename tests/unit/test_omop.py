@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from fedcare.core.errors import ConfigError, DataError
+from fedcare.data.adapters import dates, omop
 from fedcare.data.adapters.omop import load_omop
 
 PERSON = """person_id,gender_concept_id,year_of_birth,month_of_birth,day_of_birth,\
@@ -105,3 +106,66 @@ def test_table_without_required_column(omop_dir: Path) -> None:
     (omop_dir / "drug_exposure.csv").write_text("person_id,drug_start\n1,2020-01-01\n")
     with pytest.raises(DataError, match="drug_exposure lacks"):
         load_omop(omop_dir)
+
+
+# -- review fixes: same-day visits, out-of-range dates, float ids -------------------------------
+
+
+def _cdm(tmp: Path, **tables: str) -> Path:
+    for name, text in tables.items():
+        (tmp / f"{name}.csv").write_text(text)
+    return tmp
+
+
+def test_same_day_visit_with_start_time_is_not_end_before_start(tmp_path: Path) -> None:
+    src = _cdm(tmp_path, person="person_id,gender_concept_id,year_of_birth\n1,8532,1950\n",
+               visit_occurrence="""visit_occurrence_id,person_id,visit_concept_id,\
+visit_start_date,visit_start_datetime,visit_end_date,visit_end_datetime
+1,1,9202,2020-03-01,2020-03-01 10:30:00,2020-03-01,
+2,1,9202,2020-03-02,2020-03-02 10:30:00,2020-03-02,2020-03-02 11:00:00
+3,1,9202,2020-03-05,2020-03-05 10:30:00,2020-03-04,
+""")
+    r = load_omop(src)
+    visits = r.events.sort_values("start")
+    assert list(visits["start"]) == [pd.Timestamp("2020-03-01 10:30"),
+                                     pd.Timestamp("2020-03-02 10:30")]
+    assert visits["end"].iloc[1] == pd.Timestamp("2020-03-02 11:00")  # end datetime preferred
+    assert r.rejects == {"end before start": 1}
+
+
+def test_sentinel_dates_are_counted_never_raised(tmp_path: Path) -> None:
+    src = _cdm(tmp_path, person="""person_id,gender_concept_id,year_of_birth,birth_datetime
+1,8532,1950,
+2,8507,1066,
+3,8507,1950,9999-12-31
+""", condition_occurrence="""condition_occurrence_id,person_id,condition_concept_id,\
+condition_start_date,condition_end_date
+1,1,4329847,2020-01-01,9999-12-31
+2,1,4329847,1066-10-14,
+3,1,4329847,2020-01-01,31/12/2020
+4,1,4329847,2020-01-01T22:00:00+02:00,
+""")
+    r = load_omop(src)
+    assert len(r.events) == 3 and r.events["end"].isna().all()
+    assert pd.Timestamp("2020-01-01 22:00") in set(r.events["start"])  # wall clock kept
+    assert r.persons.set_index("person_id")["birth_date"].isna().tolist() == [False, True, True]
+    assert r.rejects == {dates.REASON_DATE_OUT_OF_RANGE: 1, dates.REASON_END_OUT_OF_RANGE: 1,
+                         dates.REASON_BAD_END: 1, dates.REASON_BIRTH_OUT_OF_RANGE: 2}
+
+
+def test_float_ids_and_gender_concepts_match(tmp_path: Path) -> None:
+    src = _cdm(tmp_path, person="""person_id,gender_concept_id,year_of_birth,gender_source_value
+1.0,8532.0,1950,
+2.0,8507.0,1960,
+3,99999,1970,X
+4,,1970,
+""", measurement="""measurement_id,person_id,measurement_concept_id,measurement_date,\
+value_as_number,unit_source_value
+1,1.0,3027114.0,2020-01-01,200,mg/dL
+2,2,3027114,2020-01-01,190,mg/dL
+""")
+    r = load_omop(src)
+    sex = r.persons.set_index("person_id")["sex"].to_dict()
+    assert sex == {"1": "female", "2": "male", "3": "unknown", "4": "unknown"}
+    assert sorted(r.events["person_id"]) == ["1", "2"]
+    assert r.rejects == {omop.REASON_UNMAPPED_GENDER: 1}

@@ -74,6 +74,9 @@ class FeatureTable:
     coverage: dict[str, Counter[str]]
     site_systems: dict[str, Counter[str]]
     imputed: dict[str, tuple[str, float]] = field(default_factory=dict)
+    #: feature -> unit string as written -> distinct persons with a row in it (the quality
+    #: report publishes a free-text unit only when it is seen at >= min_cell persons).
+    unit_persons: dict[str, Counter[str]] = field(default_factory=dict)
 
     @property
     def feature_names(self) -> list[str]:
@@ -125,7 +128,7 @@ def build_features(
 
     site_systems = {d: Counter(g.value_counts().to_dict())
                     for d, g in events.groupby("domain", sort=True)["system"]}
-    ctx = _Ctx(events, day, index, rejects, {}, {}, {})
+    ctx = _Ctx(events, day, index, rejects, {}, {}, {}, {})
     coverage = ctx.coverage
 
     # -- cohort rules (before features: an excluded person's values never count) ------------
@@ -179,6 +182,12 @@ def build_features(
         miss = observed[name].isna()
         attrition.append((f"no {name} in window", int(miss.sum())))
         observed, label = observed[~miss], label[~miss]
+    for f in numeric:
+        # No measurement in the window is a count of 0, not a missing value: fill it before
+        # drop_row looks for missing values (it would drop everyone with a count of 0).
+        # cohort.require ran first: requiring a count feature still means "at least one".
+        if isinstance(f, MeasurementFeature) and f.aggregation is Aggregation.COUNT:
+            observed[f.name] = observed[f.name].fillna(0.0)
     missing = {f.name: int(observed[f.name].isna().sum()) for f in numeric}
     for f in numeric:
         if f.missing.kind == "drop_row":
@@ -195,7 +204,8 @@ def build_features(
         attrition=attrition, rejects=Counter({k: v for k, v in rejects.items() if v}),
         source_counts=Counter(records.source_counts), missing=missing,
         out_of_range=ctx.out_of_range, units=ctx.units, unit_failures=ctx.unit_failures,
-        coverage=coverage, site_systems=site_systems, imputed=imputed)
+        coverage=coverage, site_systems=site_systems, imputed=imputed,
+        unit_persons=ctx.unit_persons)
 
 
 def _prepare_events(events: pd.DataFrame, mapping: SiteMapping | None,
@@ -204,7 +214,9 @@ def _prepare_events(events: pd.DataFrame, mapping: SiteMapping | None,
     ev["code"] = normalise_codes(ev["system"], ev["code"])
     if mapping is not None:
         ev, _ = mapping.apply(ev)
-    bad = ev["end"].notna() & (ev["end"] < ev["start"])
+    # By day, like everything here: an end stamped at midnight of the start day is not before
+    # a start at 10:00.
+    bad = ev["end"].notna() & (ev["end"].dt.normalize() < ev["start"].dt.normalize())
     rejects[REASON_END_BEFORE_START] += int(bad.sum())
     return ev[~bad].reset_index(drop=True)
 
@@ -249,6 +261,7 @@ class _Ctx:
     coverage: dict[str, Counter[str]]
     units: dict[str, Counter[str]]
     unit_failures: dict[str, dict[str, Counter[str]]]
+    unit_persons: dict[str, Counter[str]]
     out_of_range: dict[str, int] = field(default_factory=dict)
     _domain: dict[str, pd.DataFrame] = field(default_factory=dict)
     _event_index: pd.Series | None = None
@@ -313,6 +326,9 @@ class _Ctx:
         rows, day = rows[~novalue], day[~novalue]
         conv = convert_column(rows["value"], rows["unit"], f.unit, f.analyte)
         self.units[f.name] = conv.rows_by_unit
+        self.unit_persons[f.name] = Counter(
+            {str(u): int(n) for u, n in rows.groupby(rows["unit"].fillna("").astype(str),
+                                                     sort=False)["person_id"].nunique().items()})
         self.unit_failures[f.name] = conv.failed_by_unit
         for reason, n in conv.rejects.items():
             self.rejects[reason] += n

@@ -19,6 +19,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from fedcare.core.errors import DataError
+from fedcare.data.adapters.dates import (
+    MAX_YEAR,
+    MIN_YEAR,
+    REASON_BIRTH_OUT_OF_RANGE,
+    REASON_DATE_OUT_OF_RANGE,
+    REASON_END_OUT_OF_RANGE,
+    parse_dates,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -105,10 +113,17 @@ class CanonicalRecords:
     ) -> CanonicalRecords:
         """Coerce columns to the canonical dtypes (ids/codes to str, dates to datetime64[ns],
         value to float64, missing unit to "") and validate. Unparseable dates or values raise
-        :class:`DataError`; adapters that want to count such rows must filter them first."""
+        :class:`DataError`; adapters that want to count such rows must filter them first.
+
+        Dates are ISO 8601 (or datetimes); a zone offset is dropped (local wall-clock time,
+        see :mod:`fedcare.data.adapters.dates`). A date outside years 1678-2261 is counted,
+        not raised: such a start drops the event, such an end leaves it open (NaT), such a
+        birth date leaves it unknown -- each under its own reason in ``rejects``.
+        """
+        counted: Counter[str] = Counter(rejects or {})
         return cls(
-            coerce_persons(persons), coerce_events(events),
-            Counter(rejects or {}), Counter(source_counts or {}),
+            coerce_persons(persons, rejects=counted), coerce_events(events, rejects=counted),
+            Counter({k: v for k, v in counted.items() if v}), Counter(source_counts or {}),
         )
 
     @classmethod
@@ -165,18 +180,25 @@ class CanonicalRecords:
         return int(sum(self.rejects.values()))
 
 
-def coerce_persons(df: pd.DataFrame) -> pd.DataFrame:
-    """Return ``df`` restricted to the canonical person columns with canonical dtypes."""
+def coerce_persons(df: pd.DataFrame, *, rejects: Counter[str] | None = None) -> pd.DataFrame:
+    """Return ``df`` restricted to the canonical person columns with canonical dtypes.
+
+    A birth date outside years 1678-2261 becomes NaT, counted in ``rejects`` (without a
+    counter such a date is a :class:`DataError`, because nothing would record it)."""
     _require_columns("persons", df, PERSON_COLUMNS)
     out = df.loc[:, list(PERSON_COLUMNS)].copy()
     out["person_id"] = _as_str(out["person_id"])
     out["sex"] = _as_str(out["sex"]).str.lower().replace("", "unknown")
-    out["birth_date"] = _as_datetime(out["birth_date"], "persons.birth_date")
+    out["birth_date"], oor = _as_datetime(out["birth_date"], "persons.birth_date")
+    _count(rejects, REASON_BIRTH_OUT_OF_RANGE, oor, "persons.birth_date")
     return out.reset_index(drop=True)
 
 
-def coerce_events(df: pd.DataFrame) -> pd.DataFrame:
-    """Return ``df`` restricted to the canonical event columns with canonical dtypes."""
+def coerce_events(df: pd.DataFrame, *, rejects: Counter[str] | None = None) -> pd.DataFrame:
+    """Return ``df`` restricted to the canonical event columns with canonical dtypes.
+
+    An event whose start is outside years 1678-2261 is dropped and an end outside them is
+    cleared (open end), each counted in ``rejects`` (a :class:`DataError` without one)."""
     import pandas as pd
 
     _require_columns("events", df, EVENT_COLUMNS)
@@ -188,9 +210,11 @@ def coerce_events(df: pd.DataFrame) -> pd.DataFrame:
     except (ValueError, TypeError) as exc:
         raise DataError(f"events.value: not numeric ({exc}); filter or count such rows "
                         "in the adapter") from exc
-    for col in _DATE_EVENT:
-        out[col] = _as_datetime(out[col], f"events.{col}")
-    return out.reset_index(drop=True)
+    out["start"], start_oor = _as_datetime(out["start"], "events.start")
+    out["end"], end_oor = _as_datetime(out["end"], "events.end")
+    _count(rejects, REASON_DATE_OUT_OF_RANGE, start_oor, "events.start")
+    _count(rejects, REASON_END_OUT_OF_RANGE, end_oor & ~start_oor, "events.end")
+    return out[~start_oor.to_numpy()].reset_index(drop=True)
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -213,17 +237,28 @@ def _as_str(s: pd.Series) -> pd.Series:
     return out
 
 
-def _as_datetime(s: pd.Series, where: str) -> pd.Series:
-    import pandas as pd
-
+def _as_datetime(s: pd.Series, where: str) -> tuple[pd.Series, pd.Series]:
+    """(datetime64[ns] values, mask of dates outside years 1678-2261, now NaT)."""
     try:
-        out = pd.to_datetime(s, errors="raise")
+        parsed = parse_dates(s)
     except (ValueError, TypeError, OverflowError) as exc:
         raise DataError(f"{where}: unparseable date ({exc}); filter or count such rows in "
                         "the adapter") from exc
-    if getattr(out.dt, "tz", None) is not None:
-        out = out.dt.tz_convert("UTC").dt.tz_localize(None)
-    return out.astype("datetime64[ns]")
+    if parsed.unparseable.any():
+        bad = s[parsed.unparseable.to_numpy()].iloc[:3].tolist()
+        raise DataError(f"{where}: unparseable date(s) {bad} (ISO 8601 expected); filter or "
+                        "count such rows in the adapter")
+    return parsed.values, parsed.out_of_range
+
+
+def _count(rejects: Counter[str] | None, reason: str, mask: pd.Series, where: str) -> None:
+    n = int(mask.sum())
+    if not n:
+        return
+    if rejects is None:
+        raise DataError(f"{where}: {n} date(s) outside years {MIN_YEAR}-{MAX_YEAR}; build "
+                        "with CanonicalRecords.from_frames, which counts them")
+    rejects[reason] += n
 
 
 def _check_frame(name: str, df: object, cols: tuple[str, ...], str_cols: tuple[str, ...],

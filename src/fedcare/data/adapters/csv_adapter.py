@@ -51,9 +51,16 @@ source file), each mapped column by column; any canonical field may be a constan
     [domain_values]                   # optional: source value -> canonical domain
     lab = "measurement"
 
+Dates (both layouts) are ISO 8601 unless the mapping says otherwise, with ``date_format``
+(a strftime format, e.g. ``"%d/%m/%Y"``, applied exactly) or ``dayfirst = true`` (D/M/Y with
+``/``, ``.`` or ``-``, optional time); a cell that does not match is a counted reject, never a
+guess (see :mod:`fedcare.data.adapters.dates`: offsets dropped, local wall-clock time kept,
+years 1678-2261).
+
 Rows that cannot become records are counted in ``rejects`` by reason (missing person id, bad
-date, a truthy flag without a date, end before start, an unknown domain/system, a value that
-is not a number); a missing *column* is a configuration error naming the column.
+date, a date out of range, a truthy flag without a date, end before start -- compared by day
+--, an unknown domain/system, a value that is not a number); a missing *column* is a
+configuration error naming the column.
 """
 
 from __future__ import annotations
@@ -67,7 +74,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fedcare.core.errors import ConfigError, DataError
 from fedcare.data.adapters.canonical import (
@@ -75,6 +82,15 @@ from fedcare.data.adapters.canonical import (
     SEXES,
     CanonicalRecords,
     empty_events,
+)
+from fedcare.data.adapters.dates import (
+    REASON_BAD_END,
+    REASON_BIRTH_OUT_OF_RANGE,
+    REASON_DATE_OUT_OF_RANGE,
+    REASON_END_OUT_OF_RANGE,
+    ParsedDates,
+    check_date_format,
+    parse_dates,
 )
 from fedcare.data.harmonize.codes import canonical_system
 
@@ -101,6 +117,27 @@ class _M(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class _Dated(_M):
+    """How the file writes dates: ISO 8601 unless ``date_format`` or ``dayfirst`` is set."""
+
+    date_format: str | None = None
+    dayfirst: bool = False
+
+    @field_validator("date_format")
+    @classmethod
+    def _fmt(cls, v: str | None) -> str | None:
+        return None if v is None else check_date_format(v)
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> _Dated:
+        if self.date_format is not None and self.dayfirst:
+            raise ValueError("give date_format or dayfirst, not both")
+        return self
+
+    def dates(self, s: pd.Series) -> ParsedDates:
+        return parse_dates(_text(s), date_format=self.date_format, dayfirst=self.dayfirst)
+
+
 class WideColumn(_M):
     column: str
     domain: Literal["measurement", "condition", "drug", "encounter"]
@@ -111,7 +148,7 @@ class WideColumn(_M):
     date: str | None = None
 
 
-class WideMapping(_M):
+class WideMapping(_Dated):
     layout: Literal["wide"]
     person_id: str
     birth_date: str | None = None
@@ -142,7 +179,7 @@ class EventColumns(_M):
     end: str | None = None
 
 
-class LongMapping(_M):
+class LongMapping(_Dated):
     layout: Literal["long"]
     persons: PersonColumns
     events: EventColumns
@@ -252,16 +289,6 @@ def _text(s: pd.Series) -> pd.Series:
     return s.astype(object).where(s.notna(), "").astype(str).str.strip()
 
 
-def _dates(s: pd.Series) -> pd.Series:
-    import pandas as pd
-
-    t = _text(s)
-    out = pd.to_datetime(t.where(t != "", None), errors="coerce", format="mixed")
-    if getattr(out.dt, "tz", None) is not None:
-        out = out.dt.tz_convert("UTC").dt.tz_localize(None)
-    return out.astype("datetime64[ns]")
-
-
 def _numbers(s: pd.Series) -> tuple[pd.Series, pd.Series]:
     """(float values, mask of non-empty cells that are not numbers)."""
     import pandas as pd
@@ -272,22 +299,26 @@ def _numbers(s: pd.Series) -> tuple[pd.Series, pd.Series]:
 
 
 def _persons(df: pd.DataFrame, pid: str, birth_date: str | None, birth_year: str | None,
-             sex: str | None, sex_values: Mapping[str, str],
+             sex: str | None, sex_values: Mapping[str, str], m: _Dated,
              rejects: Counter[str]) -> pd.DataFrame:
     import pandas as pd
 
     out = pd.DataFrame({"person_id": _text(df[pid])})
+    oor = pd.Series(False, index=out.index)
     if birth_date:
-        out["birth_date"] = _dates(df[birth_date])
+        parsed = m.dates(df[birth_date])
+        out["birth_date"], oor = parsed.values, parsed.out_of_range
     elif birth_year:
         year, _ = _numbers(df[birth_year])
-        out["birth_date"] = pd.to_datetime(
-            year.map(lambda y: f"{int(y)}-07-01" if np.isfinite(y) else None), errors="coerce")
+        parsed = parse_dates(year.map(
+            lambda y: f"{int(y):04d}-07-01" if np.isfinite(y) and 0 < y < 10_000 else ""))
+        out["birth_date"], oor = parsed.values, parsed.out_of_range
     else:
         out["birth_date"] = pd.Series(pd.NaT, index=out.index, dtype="datetime64[ns]")
-    if birth_date or birth_year:
-        bad = out["birth_date"].isna() & (out["person_id"] != "")
-        rejects[REASON_BAD_BIRTH] += int(bad.sum())  # person kept: age just unknown
+    if birth_date or birth_year:  # person kept either way: age just unknown
+        named = out["person_id"] != ""
+        rejects[REASON_BIRTH_OUT_OF_RANGE] += int((oor & named).sum())
+        rejects[REASON_BAD_BIRTH] += int((out["birth_date"].isna() & ~oor & named).sum())
     if sex:
         raw = _text(df[sex])
         lookup = {**{s: s for s in SEXES}, **sex_values}
@@ -302,19 +333,45 @@ def _persons(df: pd.DataFrame, pid: str, birth_date: str | None, birth_year: str
     return out[~dup].reset_index(drop=True)
 
 
+def _event_dates(start: ParsedDates, end: ParsedDates | None, index: pd.Index
+                 ) -> dict[str, pd.Series]:
+    """The date columns of an event frame, plus the notes :func:`_finish` counts: whether the
+    start was out of range, and why an end was dropped (event kept with an open end)."""
+    import pandas as pd
+
+    if end is None:
+        end_values = pd.Series(pd.NaT, index=index, dtype="datetime64[ns]")
+        note = pd.Series("", index=index, dtype=object)
+    else:
+        end_values = end.values
+        note = pd.Series(np.where(end.out_of_range, REASON_END_OUT_OF_RANGE,
+                                  np.where(end.unparseable, REASON_BAD_END, "")),
+                         index=index, dtype=object)
+    return {"start": start.values, "end": end_values, "_start_oor": start.out_of_range,
+            "_end_note": note}
+
+
 def _finish(persons: pd.DataFrame, events: pd.DataFrame, rejects: Counter[str],
             counts: Counter[str]) -> CanonicalRecords:
-    """Drop (and count) events without a person, a date, or with end < start."""
+    """Drop (and count) events without a person or a usable date, or ending before the day
+    they start (compared by day: a same-day visit stamped 10:00-00:00 is fine)."""
     no_pid = events["person_id"] == ""
     rejects[REASON_NO_PERSON] += int(no_pid.sum())
     unknown = ~no_pid & ~events["person_id"].isin(persons["person_id"])
     rejects[REASON_UNKNOWN_PERSON] += int(unknown.sum())
-    no_date = events["start"].isna() & ~no_pid & ~unknown
+    oor = events["_start_oor"].astype(bool) & ~no_pid & ~unknown
+    rejects[REASON_DATE_OUT_OF_RANGE] += int(oor.sum())
+    no_date = events["start"].isna() & ~no_pid & ~unknown & ~oor
     rejects[REASON_BAD_DATE] += int(no_date.sum())
-    keep = ~(no_pid | unknown | no_date)
-    order = keep & events["end"].notna() & (events["end"] < events["start"])
+    keep = ~(no_pid | unknown | no_date | oor)
+    order = keep & events["end"].notna() & (
+        events["end"].dt.normalize() < events["start"].dt.normalize())
     rejects[REASON_END_BEFORE_START] += int(order.sum())
-    events = events[keep & ~order]
+    kept = keep & ~order
+    for reason, n in events.loc[kept, "_end_note"].value_counts().items():
+        if reason:
+            rejects[str(reason)] += int(n)
+    events = events[kept].drop(columns=["_start_oor", "_end_note"])
     rejects = Counter({k: v for k, v in rejects.items() if v})
     return CanonicalRecords.from_frames(persons, events, rejects=rejects, source_counts=counts)
 
@@ -342,23 +399,23 @@ def _load_wide_one(path: Path, m: WideMapping) -> CanonicalRecords:
     _need(df, cols, f"mapping for {path.name}")
     rejects: Counter[str] = Counter()
     counts: Counter[str] = Counter({path.name: len(df)})
-    persons = _persons(df, m.person_id, m.birth_date, m.birth_year, m.sex, m.sex_values,
+    persons = _persons(df, m.person_id, m.birth_date, m.birth_year, m.sex, m.sex_values, m,
                        rejects)
     pid = _text(df[m.person_id])
     # A row is used once: id-less rows are counted as persons, a repeated id's row as a
     # duplicate person row; neither contributes events.
     usable = (pid != "") & ~pid.duplicated()
-    default_date = _dates(df[m.date]) if m.date else None
+    default_date = m.dates(df[m.date]) if m.date else None
     frames = []
     for c in m.columns:
         system = canonical_system(c.system)
         cell = _text(df[c.column])
         if c.domain == "encounter":
-            start = _dates(df[c.column])
+            start = m.dates(df[c.column])
             present = cell != ""
             value = pd.Series(np.nan, index=df.index)
         else:
-            date = _dates(df[c.date]) if c.date else default_date
+            date = m.dates(df[c.date]) if c.date else default_date
             if date is None:
                 raise ConfigError(f"column {c.column!r}: give it a date column (date = ...) or "
                                   "set a default date for the table")
@@ -377,10 +434,19 @@ def _load_wide_one(path: Path, m: WideMapping) -> CanonicalRecords:
         frames.append(pd.DataFrame({
             "person_id": pid, "domain": c.domain, "system": system, "code": c.code,
             "value": value, "unit": unit if c.domain == "measurement" else "",
-            "start": start, "end": pd.Series(pd.NaT, index=df.index, dtype="datetime64[ns]"),
+            **_event_dates(start, None, df.index),
         })[(present & usable).to_numpy()])
-    events = pd.concat(frames, ignore_index=True) if frames else empty_events()
+    events = pd.concat(frames, ignore_index=True) if frames else _empty_noted()
     return _finish(persons, events, rejects, counts)
+
+
+def _empty_noted() -> pd.DataFrame:
+    import pandas as pd
+
+    ev = empty_events()
+    ev["_start_oor"] = pd.Series([], dtype=bool)
+    ev["_end_note"] = pd.Series([], dtype=object)
+    return ev
 
 
 # -- long -------------------------------------------------------------------------------------
@@ -400,13 +466,13 @@ def load_long(persons_path: str | Path, events_path: str | Path | Sequence[str |
     rejects: Counter[str] = Counter()
     counts: Counter[str] = Counter({Path(persons_path).name: len(pdf)})
     persons = _persons(pdf, pc.person_id, pc.birth_date, pc.birth_year, pc.sex, m.sex_values,
-                       rejects)
+                       m, rejects)
     frames = []
     for ep in _as_paths(events_path):
         edf = read_table(ep)
         counts[Path(ep).name] += len(edf)
         frames.append(_long_events(edf, m, rejects))
-    events = pd.concat(frames, ignore_index=True) if frames else empty_events()
+    events = pd.concat(frames, ignore_index=True) if frames else _empty_noted()
     return _finish(persons, events, rejects, counts)
 
 
@@ -443,9 +509,8 @@ def _long_events(df: pd.DataFrame, m: LongMapping, rejects: Counter[str]) -> pd.
         "person_id": _text(df[ec.person_id]), "domain": domain, "system": system,
         "code": _text(df[ec.code]), "value": value,
         "unit": _text(df[ec.unit]) if ec.unit else "",
-        "start": _dates(df[ec.start]),
-        "end": _dates(df[ec.end]) if ec.end else pd.Series(pd.NaT, index=df.index,
-                                                            dtype="datetime64[ns]"),
+        **_event_dates(m.dates(df[ec.start]), m.dates(df[ec.end]) if ec.end else None,
+                       df.index),
     })
     bad = pd.Series(False, index=df.index)
     for reason, mask in ((REASON_BAD_DOMAIN, ev["domain"] == ""),

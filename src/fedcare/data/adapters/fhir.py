@@ -41,8 +41,21 @@ read, or holds nothing that looks like FHIR raises :class:`DataError`.
 - the unit is the UCUM ``code`` when the quantity says it is UCUM, otherwise its ``unit`` text;
 - resources marked entered-in-error, refuted, cancelled or not-taken are rejected
   (:data:`RETRACTED`) rather than treated as facts;
-- a Patient without ``birthDate`` is kept (birth date NaT); events whose subject is not among
-  the Patients read are rejected (:data:`UNKNOWN_SUBJECT`), counted once per resource.
+- an end is before its start only when its *day* is (a Period with a datetime start and a
+  date-only end on the same day is fine); dates outside years 1678-2261 are out of range
+  (:mod:`fedcare.data.adapters.dates`): such a start rejects the resource
+  (:data:`DATE_OUT_OF_RANGE`), such an end (``9999-12-31`` for "ongoing") leaves the event
+  open and is counted (:data:`END_OUT_OF_RANGE`);
+- a Patient without ``birthDate``, or with one that cannot be read, is kept (birth date NaT);
+  an unreadable one is counted (:data:`BAD_BIRTH_DATE` / :data:`BIRTH_OUT_OF_RANGE`) and the
+  rest of the Patient is still validated;
+- an Observation component that has a ``valueQuantity`` but no usable code or value is counted
+  (:data:`BAD_COMPONENT`) while the resource's other values are kept;
+- events whose subject is not among the Patients read are rejected
+  (:data:`UNKNOWN_SUBJECT`), counted once per resource.
+
+Counts of things kept despite a defect (a dropped end, birth date or component) are added only
+when the resource is accepted, so a resource rejected later leaves no trace.
 """
 
 from __future__ import annotations
@@ -61,6 +74,13 @@ from typing import TYPE_CHECKING, Any, Final
 
 from fedcare.core.errors import ConfigError, DataError
 from fedcare.data.adapters.canonical import EVENT_COLUMNS, CanonicalRecords
+from fedcare.data.adapters.dates import (
+    MAX_YEAR,
+    MIN_YEAR,
+    REASON_BIRTH_OUT_OF_RANGE,
+    REASON_DATE_OUT_OF_RANGE,
+    REASON_END_OUT_OF_RANGE,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -94,13 +114,16 @@ END_BEFORE_START: Final = "end before start"
 NO_VALUE: Final = "observation without value"
 RETRACTED: Final = "retracted (entered-in-error, refuted, cancelled or not-taken)"
 UNRESOLVED_MEDICATION: Final = "unresolved medication reference"
+DATE_OUT_OF_RANGE: Final = REASON_DATE_OUT_OF_RANGE
+END_OUT_OF_RANGE: Final = REASON_END_OUT_OF_RANGE
+BIRTH_OUT_OF_RANGE: Final = REASON_BIRTH_OUT_OF_RANGE
+BAD_BIRTH_DATE: Final = "unparseable birth date (patient kept, age unknown)"
+BAD_COMPONENT: Final = "observation component without usable code or value"
 
 _SUFFIXES: Final = (".ndjson", ".json", ".ndjson.gz", ".json.gz", ".jsonl", ".jsonl.gz")
 _RETRACTED_STATUS: Final = frozenset({"entered-in-error", "cancelled", "not-taken", "refuted"})
 _SEXES: Final = {"female": "female", "male": "male", "other": "other", "unknown": "unknown"}
 _DATE_RE: Final = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(T.+)?)?)?$")
-# datetime64[ns] covers 1677-09-21 .. 2262-04-11; stay safely inside.
-_MIN_YEAR, _MAX_YEAR = 1678, 2261
 
 
 class Validation(enum.StrEnum):
@@ -178,6 +201,8 @@ class _Reader:
         self.counts: Counter[str] = Counter()
         self.accepted: Counter[str] = Counter()
         self.serial = 0
+        self.notes: Counter[str] = Counter()  # counts the current resource adds if accepted
+        self.validate_as: dict[str, Any] | None = None  # what to validate instead of it
         self.handlers = {
             "Patient": self._patient, "Observation": self._observation,
             "Condition": self._condition, "MedicationRequest": self._medication_use,
@@ -242,15 +267,18 @@ class _Reader:
             self.rejects[UNSUPPORTED] += 1
             return
         self.serial += 1
+        self.notes = Counter()
+        self.validate_as = None
         try:
             commit = handler(res)
             if self._should_validate(rtype):
-                _validate(rtype, res)
+                _validate(rtype, res if self.validate_as is None else self.validate_as)
         except _Reject as rej:
             self.rejects[rej.reason] += 1
             return
         self.accepted[rtype] += 1
         commit()
+        self.rejects.update(self.notes)
 
     def _should_validate(self, rtype: str) -> bool:
         if self.mode is Validation.ALL:
@@ -270,13 +298,20 @@ class _Reader:
         pid = pid.strip()
         if pid in self.persons:
             raise _Reject(DUPLICATE_PATIENT)
-        birth = _date(res.get("birthDate"), required=False)
+        try:
+            birth = _date(res.get("birthDate"), required=False)
+        except _Reject as rej:  # kept: only the age is unknown
+            birth = None
+            self.notes[BIRTH_OUT_OF_RANGE if rej.reason == DATE_OUT_OF_RANGE
+                       else BAD_BIRTH_DATE] += 1
+            self.validate_as = {k: v for k, v in res.items() if k != "birthDate"}
         gender = res.get("gender")
         sex = _SEXES.get(gender, "unknown") if isinstance(gender, str) else "unknown"
 
         def commit() -> None:
             if pid in self.persons:  # same id twice within one validated batch
                 self.rejects[DUPLICATE_PATIENT] += 1
+                self.notes.clear()
             else:
                 self.persons[pid] = (birth, sex)
         return commit
@@ -284,7 +319,7 @@ class _Reader:
     def _observation(self, res: dict[str, Any]) -> _Commit:
         _not_retracted(res)
         pid = self._subject(res)
-        start, end = _effective(res)
+        start, end = _effective(res, self.notes)
         events: list[_Event] = []
         if "valueQuantity" in res:
             system, code = _coding(res.get("code"))
@@ -299,6 +334,7 @@ class _Reader:
                     system, code = _coding(comp.get("code"))
                     value, unit = _quantity(comp["valueQuantity"])
                 except _Reject:
+                    self.notes[BAD_COMPONENT] += 1
                     continue
                 events.append((pid, "measurement", system, code, value, unit, start, end))
         if not events:
@@ -312,8 +348,7 @@ class _Reader:
         pid = self._subject(res)
         system, code = _coding(res.get("code"))
         start = _first_date(res, ("onsetDateTime", ("onsetPeriod", "start"), "recordedDate"))
-        end = _first_date(res, ("abatementDateTime", ("abatementPeriod", "start")),
-                          required=False)
+        end = _end_date(res, ("abatementDateTime", ("abatementPeriod", "start")), self.notes)
         _check_order(start, end)
         return self._committer([(pid, "condition", system, code, math.nan, "", start, end)])
 
@@ -324,7 +359,7 @@ class _Reader:
             start = _first_date(res, ("authoredOn",))
             end = None
         else:
-            start, end = _effective(res)
+            start, end = _effective(res, self.notes)
         if "medicationCodeableConcept" in res:
             system, code = _coding(res["medicationCodeableConcept"])
             return self._committer([(pid, "drug", system, code, math.nan, "", start, end)])
@@ -359,7 +394,7 @@ class _Reader:
         _not_retracted(res)
         pid = self._subject(res)
         start = _first_date(res, (("period", "start"),))
-        end = _first_date(res, (("period", "end"),), required=False)
+        end = _end_date(res, (("period", "end"),), self.notes)
         _check_order(start, end)
         system, code = "LOCAL", ""
         types = res.get("type")
@@ -567,17 +602,32 @@ def _not_retracted(res: dict[str, Any]) -> None:
                 raise _Reject(RETRACTED)
 
 
-def _effective(res: dict[str, Any]) -> tuple[datetime, datetime | None]:
+def _effective(res: dict[str, Any], notes: Counter[str]) -> tuple[datetime, datetime | None]:
     if "effectivePeriod" in res:
         start = _first_date(res, (("effectivePeriod", "start"),))
-        end = _first_date(res, (("effectivePeriod", "end"),), required=False)
+        end = _end_date(res, (("effectivePeriod", "end"),), notes)
         _check_order(start, end)
         return start, end
     return _first_date(res, ("effectiveDateTime", "effectiveInstant")), None
 
 
+def _end_date(res: dict[str, Any], fields: Sequence[str | tuple[str, str]],
+              notes: Counter[str]) -> datetime | None:
+    """An optional end; one outside years 1678-2261 (``9999-12-31``: ongoing) is an open
+    end, noted, rather than a reason to drop the event."""
+    try:
+        end: datetime | None = _first_date(res, fields, required=False)
+    except _Reject as rej:
+        if rej.reason != DATE_OUT_OF_RANGE:
+            raise
+        notes[END_OUT_OF_RANGE] += 1
+        return None
+    return end
+
+
 def _check_order(start: datetime, end: datetime | None) -> None:
-    if end is not None and end < start:
+    """By day: ``start 2020-03-04T10:00``, ``end 2020-03-04`` (midnight) is one day."""
+    if end is not None and end.date() < start.date():
         raise _Reject(END_BEFORE_START)
 
 
@@ -606,11 +656,15 @@ def _date(raw: Any, *, required: bool) -> datetime | None:
     if not isinstance(raw, str):
         raise _Reject(BAD_DATE)
     m = _DATE_RE.match(raw.strip())
-    if m is None or not _MIN_YEAR <= int(m[1]) <= _MAX_YEAR:
+    if m is None:
         raise _Reject(BAD_DATE)
     try:
-        if m[4]:
-            return datetime.fromisoformat(raw.strip()).replace(tzinfo=None)
-        return datetime(int(m[1]), int(m[2] or 1), int(m[3] or 1))
+        if m[4]:  # the offset is dropped: local wall-clock time, as in every adapter
+            out = datetime.fromisoformat(raw.strip()).replace(tzinfo=None)
+        else:
+            out = datetime(int(m[1]), int(m[2] or 1), int(m[3] or 1))
     except ValueError:
         raise _Reject(BAD_DATE) from None
+    if not MIN_YEAR <= out.year <= MAX_YEAR:
+        raise _Reject(DATE_OUT_OF_RANGE)
+    return out

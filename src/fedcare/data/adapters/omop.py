@@ -17,6 +17,14 @@ the concept mapping is incomplete. Units come from ``unit_source_value`` as the 
 them (harmonized later). Birth dates: ``birth_datetime``, else year/month/day with a missing
 month taken as 1 July and a missing day as the 15th (mid-period, halving the worst-case age
 error).
+
+Identifiers and concept ids exported through a spreadsheet come back as ``8532.0``; a trailing
+``.0`` is dropped from every id before matching. Dates follow :mod:`fedcare.data.adapters.dates`
+(offsets dropped -- local wall-clock time --, years 1678-2261: an out-of-range start is a
+reject, an out-of-range end such as ``9999-12-31`` an open end, both counted). An event ends
+before it starts only when its end *day* is before its start day: ``visit_end_date`` is
+midnight, so comparing it with a ``visit_start_datetime`` would reject every same-day visit;
+``*_end_datetime`` is preferred when present.
 """
 
 from __future__ import annotations
@@ -28,6 +36,15 @@ from typing import TYPE_CHECKING
 
 from fedcare.core.errors import ConfigError, DataError
 from fedcare.data.adapters.canonical import DOMAINS, CanonicalRecords, empty_events
+from fedcare.data.adapters.dates import (
+    MAX_YEAR,
+    MIN_YEAR,
+    OFFSET_SQL,
+    REASON_BAD_END,
+    REASON_BIRTH_OUT_OF_RANGE,
+    REASON_DATE_OUT_OF_RANGE,
+    REASON_END_OUT_OF_RANGE,
+)
 from fedcare.data.harmonize.codes import canonical_system
 
 if TYPE_CHECKING:
@@ -37,23 +54,26 @@ TABLES = ("person", "observation_period", "visit_occurrence", "measurement",
           "condition_occurrence", "drug_exposure")
 _SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq", ".tsv")
 
-# domain -> (table, concept column, start date, start datetime, end date, value, unit, source)
+# domain -> (table, concept column, start date, start datetime, end date, end datetime,
+#            value, unit, source)
 _DOMAIN_SQL: dict[str, tuple[str, str, str, str | None, str | None, str | None, str | None,
-                             str]] = {
+                             str | None, str]] = {
     "encounter": ("visit_occurrence", "visit_concept_id", "visit_start_date",
-                  "visit_start_datetime", "visit_end_date", None, None, "visit_source_value"),
+                  "visit_start_datetime", "visit_end_date", "visit_end_datetime", None, None,
+                  "visit_source_value"),
     "measurement": ("measurement", "measurement_concept_id", "measurement_date",
-                    "measurement_datetime", None, "value_as_number", "unit_source_value",
+                    "measurement_datetime", None, None, "value_as_number", "unit_source_value",
                     "measurement_source_value"),
     "condition": ("condition_occurrence", "condition_concept_id", "condition_start_date",
-                  "condition_start_datetime", "condition_end_date", None, None,
-                  "condition_source_value"),
+                  "condition_start_datetime", "condition_end_date", "condition_end_datetime",
+                  None, None, "condition_source_value"),
     "drug": ("drug_exposure", "drug_concept_id", "drug_exposure_start_date",
-             "drug_exposure_start_datetime", "drug_exposure_end_date", None, None,
-             "drug_source_value"),
+             "drug_exposure_start_datetime", "drug_exposure_end_date",
+             "drug_exposure_end_datetime", None, None, "drug_source_value"),
 }
 
 GENDER_CONCEPTS = {"8532": "female", "8507": "male", "8521": "other", "8551": "unknown"}
+REASON_UNMAPPED_GENDER = "unmapped gender (person kept, sex unknown)"
 
 
 def load_omop(source: str | Path, *, source_vocabulary: Mapping[str, str] | None = None,
@@ -137,6 +157,22 @@ def _col(cols: set[str], name: str | None, cast: str = "VARCHAR") -> str:
     return f"NULLIF(trim(CAST({name} AS VARCHAR)), '')"
 
 
+def _id(cols: set[str], name: str | None) -> str:
+    """An id or concept id as text, without the ``.0`` a float export appends."""
+    return f"NULLIF(regexp_replace({_col(cols, name)}, '\\.0+$', ''), '')"
+
+
+def _ts(expr: str) -> str:
+    """Text -> TIMESTAMP at local wall-clock time (a trailing offset is dropped), NULL when
+    unparseable."""
+    return f"TRY_CAST(regexp_replace({expr}, '{OFFSET_SQL}', '\\1') AS TIMESTAMP)"
+
+
+def _bounded(ts: str) -> str:
+    """``ts``, or NULL outside years 1678-2261 (datetime64[ns] cannot hold it)."""
+    return f"CASE WHEN year({ts}) BETWEEN {MIN_YEAR} AND {MAX_YEAR} THEN {ts} END"
+
+
 def _load(con: duckdb.DuckDBPyConnection, present: set[str],
           vocab: Mapping[str, str]) -> CanonicalRecords:
     rejects: Counter[str] = Counter()
@@ -153,6 +189,11 @@ def _load(con: duckdb.DuckDBPyConnection, present: set[str],
     for reason, n in con.execute(
             "SELECT reason, count(*) FROM _ev WHERE reason IS NOT NULL GROUP BY reason"
     ).fetchall():
+        rejects[reason] += int(n)
+    for reason, n in con.execute(
+            "SELECT end_note, count(*) FROM _ev WHERE reason IS NULL AND end_note IS NOT NULL "
+            "AND (code IS NOT NULL OR (src_system IS NOT NULL AND src_code IS NOT NULL)) "
+            "GROUP BY end_note").fetchall():
         rejects[reason] += int(n)
     events = con.execute("""
         SELECT person_id, domain, 'OMOP' AS system, code, value, unit, start, "end"
@@ -172,25 +213,36 @@ def _persons_view(con: duckdb.DuckDBPyConnection, rejects: Counter[str]) -> None
     y = f"TRY_CAST({_col(c, 'year_of_birth')} AS INTEGER)"
     m = f"TRY_CAST({_col(c, 'month_of_birth')} AS INTEGER)"
     d = f"TRY_CAST({_col(c, 'day_of_birth')} AS INTEGER)"
+    src = f"upper(COALESCE({_col(c, 'gender_source_value')}, ''))"
     con.execute(f"""
-        CREATE TEMP TABLE _p AS SELECT
-          {_col(c, 'person_id')} AS person_id,
-          COALESCE(TRY_CAST({_col(c, 'birth_datetime')} AS TIMESTAMP),
+        CREATE TEMP TABLE _p0 AS SELECT
+          {_id(c, 'person_id')} AS person_id,
+          COALESCE({_ts(_col(c, 'birth_datetime'))},
                    TRY_CAST(TRY(make_date({y}, COALESCE({m}, 7),
                                           COALESCE({d}, CASE WHEN {m} IS NULL THEN 1 ELSE 15
-                                                        END))) AS TIMESTAMP)) AS birth_date,
-          CASE {_col(c, 'gender_concept_id')} {gender} ELSE
-            CASE upper(COALESCE({_col(c, 'gender_source_value')}, ''))
+                                                        END))) AS TIMESTAMP)) AS birth_any,
+          CASE {_id(c, 'gender_concept_id')} {gender} ELSE
+            CASE {src}
               WHEN 'F' THEN 'female' WHEN 'FEMALE' THEN 'female'
-              WHEN 'M' THEN 'male' WHEN 'MALE' THEN 'male' ELSE 'unknown' END
-          END AS sex
+              WHEN 'M' THEN 'male' WHEN 'MALE' THEN 'male' END
+          END AS sex_mapped,
+          (NULLIF({_id(c, 'gender_concept_id')}, '0') IS NOT NULL OR {src} <> '') AS sex_given
         FROM person""")
+    con.execute(f"""
+        CREATE TEMP TABLE _p AS SELECT person_id, {_bounded('birth_any')} AS birth_date,
+               birth_any, COALESCE(sex_mapped, 'unknown') AS sex,
+               sex_mapped IS NULL AND sex_given AS sex_unmapped
+          FROM _p0""")
     for reason, sql in (
         ("missing person id", "SELECT count(*) FROM _p WHERE person_id IS NULL"),
         ("duplicate person row", "SELECT count(*) - count(DISTINCT person_id) FROM _p "
                                  "WHERE person_id IS NOT NULL"),
         ("missing or unparseable birth date",
-         "SELECT count(*) FROM _p WHERE person_id IS NOT NULL AND birth_date IS NULL"),
+         "SELECT count(*) FROM _p WHERE person_id IS NOT NULL AND birth_any IS NULL"),
+        (REASON_BIRTH_OUT_OF_RANGE, "SELECT count(*) FROM _p WHERE person_id IS NOT NULL "
+                                    "AND birth_any IS NOT NULL AND birth_date IS NULL"),
+        (REASON_UNMAPPED_GENDER,
+         "SELECT count(*) FROM _p WHERE person_id IS NOT NULL AND sex_unmapped"),
     ):
         n = int(con.execute(sql).fetchone()[0])  # type: ignore[index]
         if n:
@@ -202,31 +254,44 @@ def _persons_view(con: duckdb.DuckDBPyConnection, rejects: Counter[str]) -> None
 
 
 def _domain_sql(con: duckdb.DuckDBPyConnection, domain: str, src_system: str | None) -> str:
-    table, concept, sdate, sdt, edate, value, unit, srcval = _DOMAIN_SQL[domain]
+    table, concept, sdate, sdt, edate, edt, value, unit, srcval = _DOMAIN_SQL[domain]
     c = _columns(con, table)
     if "person_id" not in c or concept not in c:
         raise DataError(f"OMOP table {table} lacks person_id or {concept}")
     raw_value = _col(c, value)
     src = f"'{src_system}'" if src_system else "CAST(NULL AS VARCHAR)"
     src_code = _col(c, srcval) if src_system else "CAST(NULL AS VARCHAR)"
-    start = (f"COALESCE(TRY_CAST({_col(c, sdt)} AS TIMESTAMP), "
-             f"TRY_CAST({_col(c, sdate)} AS TIMESTAMP))")
-    end = f"TRY_CAST({_col(c, edate)} AS TIMESTAMP)"
-    code = f"NULLIF(regexp_replace({_col(c, concept)}, '\\.0+$', ''), '0')"
+    # *_datetime preferred, *_date otherwise; an out-of-range value of either is skipped
+    # (``start_any``/``end_any`` keep it to tell "out of range" from "unparseable").
+    sdt_ts, sdate_ts = _ts(_col(c, sdt)), _ts(_col(c, sdate))
+    edt_ts, edate_ts = _ts(_col(c, edt)), _ts(_col(c, edate))
+    start = f"COALESCE({_bounded(sdt_ts)}, {_bounded(sdate_ts)})"
+    start_any = f"COALESCE({sdt_ts}, {sdate_ts})"
+    end = f"COALESCE({_bounded(edt_ts)}, {_bounded(edate_ts)})"
+    end_any = f"COALESCE({edt_ts}, {edate_ts})"
+    end_raw = f"COALESCE({_col(c, edt)}, {_col(c, edate)})"
+    code = f"NULLIF({_id(c, concept)}, '0')"
     return f"""
       SELECT t.person_id, '{domain}' AS domain, t.code, t.value, t.unit, t.start, t."end",
              t.src_system, t.src_code,
              CASE WHEN t.person_id IS NULL THEN 'missing person id'
                   WHEN p.person_id IS NULL THEN 'event for unknown person'
+                  WHEN t.start IS NULL AND t.start_any IS NOT NULL
+                    THEN '{REASON_DATE_OUT_OF_RANGE}'
                   WHEN t.start IS NULL THEN 'missing or unparseable date'
-                  WHEN t."end" < t.start THEN 'end before start'
+                  WHEN CAST(t."end" AS DATE) < CAST(t.start AS DATE) THEN 'end before start'
                   WHEN t.raw_value IS NOT NULL AND t.value IS NULL THEN 'value not a number'
                   WHEN t.code IS NULL AND (t.src_system IS NULL OR t.src_code IS NULL)
                     THEN 'unmapped concept (0)'
-             END AS reason
-      FROM (SELECT {_col(c, 'person_id')} AS person_id, {code} AS code,
+             END AS reason,
+             CASE WHEN t."end" IS NULL AND t.end_any IS NOT NULL
+                    THEN '{REASON_END_OUT_OF_RANGE}'
+                  WHEN t.end_any IS NULL AND t.end_raw IS NOT NULL THEN '{REASON_BAD_END}'
+             END AS end_note
+      FROM (SELECT {_id(c, 'person_id')} AS person_id, {code} AS code,
                    {raw_value} AS raw_value, TRY_CAST({raw_value} AS DOUBLE) AS value,
-                   COALESCE({_col(c, unit)}, '') AS unit, {start} AS start, {end} AS "end",
-                   {src} AS src_system, {src_code} AS src_code
+                   COALESCE({_col(c, unit)}, '') AS unit, {start} AS start,
+                   {start_any} AS start_any, {end} AS "end", {end_any} AS end_any,
+                   {end_raw} AS end_raw, {src} AS src_system, {src_code} AS src_code
               FROM {table}) AS t
       LEFT JOIN _persons AS p ON p.person_id = t.person_id"""
