@@ -129,3 +129,55 @@ def test_bad_site_mapping(tmp_path: Path) -> None:
     assert "row 1" in str(err.value) and "ICD9" in str(err.value)
     with pytest.raises(ConfigError, match="does not exist"):
         SiteMapping.load(tmp_path / "none.csv")
+
+
+# -- review fixes: dimensionless scales, HbA1c, UCUM atoms and exponents ------------------------
+
+
+def test_percent_to_mmol_per_mol_is_refused_without_a_rule() -> None:
+    res = convert_column(np.array([6.5]), np.array(["%"]), "mmol/mol")
+    assert np.isnan(res.values[0])
+    assert res.failed_by_unit == {"unit incompatible with target": {"%": 1}}
+    with pytest.raises(ConfigError, match="unit incompatible"):
+        conversion_factor("%", "mmol/mol")
+
+
+@pytest.mark.parametrize("analyte", ["HbA1c", "hba1c"])
+def test_hba1c_uses_the_ifcc_ngsp_master_equation(analyte: str) -> None:
+    there = convert_column(np.array([6.5, 5.0]), np.array(["%", "%"]), "mmol/mol", analyte)
+    assert there.values == pytest.approx([47.54, 31.15], abs=0.01)  # not 65 and 50
+    back = convert_column(there.values, np.array(["mmol/mol"] * 2), "%", analyte)
+    assert back.values == pytest.approx([6.5, 5.0], rel=1e-12)
+    with pytest.raises(ConfigError, match="not a plain factor"):
+        conversion_factor("%", "mmol/mol", analyte)
+
+
+@given(st.floats(3.0, 20.0))
+def test_hba1c_round_trip(x: float) -> None:
+    there = convert_column(np.array([x]), np.array(["%"]), "mmol/mol", "hba1c").values
+    assert there[0] == pytest.approx(10.929 * (x - 2.15))
+    back = convert_column(there, np.array(["mmol/mol"]), "%", "hba1c").values
+    assert back[0] == pytest.approx(x, rel=1e-12)
+
+
+@pytest.mark.parametrize("src, dst, factor", [
+    ("kg/m2", "kg/m**2", 1.0),
+    ("[lb_av]", "kg", 0.45359237),
+    ("[in_i]", "cm", 2.54),
+    ("kg.m-2", "kg/m2", 1.0),
+    ("s-1", "/min", 60.0),
+    ("mL/min/1.73m2", "mL/s/m2", 1 / 60 / 1.73),
+])
+def test_ucum_atoms_and_exponents(src: str, dst: str, factor: float) -> None:
+    assert conversion_factor(src, dst) == pytest.approx(factor, rel=1e-9)
+
+
+def test_celsius_and_fahrenheit() -> None:
+    res = convert_column(np.array([212.0, 37.0]), np.array(["[degF]", "Cel"]), "Cel")
+    assert res.values == pytest.approx([100.0, 37.0])
+
+
+def test_junk_units_are_unknown_not_a_crash() -> None:
+    res = convert_column(np.array([1.0, 2.0]), np.array(["mL/min/{1.73_m2}", "/*/"]), "mL/min")
+    assert np.isnan(res.values).all()
+    assert sum(res.failed_by_unit["unit not recognised"].values()) == 2

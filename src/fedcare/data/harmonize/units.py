@@ -9,6 +9,15 @@ of a column, on the whole group of values as a numpy array, never row by row.
 
 A unit that cannot be parsed, or is not convertible to the target (even with the analyte's
 molar mass), is never guessed: those rows become missing and are counted by reason and unit.
+
+**Dimensionless units are not interchangeable.** pint sees ``%`` and ``mmol/mol`` as two
+spellings of a pure number and would convert HbA1c 6.5 % to 65 mmol/mol; the two are different
+*scales* (NGSP/DCCT vs IFCC), related by the master equation IFCC = 10.929 x (NGSP - 2.15)
+(Hoelzel et al., *IFCC reference system for measurement of hemoglobin A1c*, Clin Chem 2004;
+Hanas & John, *2010 consensus statement on the worldwide standardization of the HbA1c
+measurement*, Diabetes Care 2010), i.e. 6.5 % = 47.5 mmol/mol. A conversion between two
+different dimensionless units therefore needs an explicit rule (:data:`RULES`); the only
+generic one is a percentage <-> a fraction (``%`` <-> ``1``), a plain factor by definition.
 """
 
 from __future__ import annotations
@@ -52,8 +61,28 @@ REASON_UNKNOWN_UNIT = "unit not recognised"
 REASON_INCOMPATIBLE_UNIT = "unit incompatible with target"
 REASON_NO_VALUE = "measurement without numeric value"
 
+#: Explicit conversions pint cannot know: (analyte or None for any, source unit, target unit)
+#: -> (a, b) with target = a x source + b. Units are matched by meaning (``%`` = ``percent``).
+RULES: dict[tuple[str | None, str, str], tuple[float, float]] = {
+    ("hba1c", "%", "mmol/mol"): (10.929, -10.929 * 2.15),
+    ("hba1c", "mmol/mol", "%"): (1 / 10.929, 2.15),
+    (None, "%", "1"): (0.01, 0.0),
+    (None, "1", "%"): (100.0, 0.0),
+}
+
 _POWER = re.compile(r"10[*^](-?\d+)")
 _ANNOTATION = re.compile(r"\{[^}]*\}")
+#: UCUM writes exponents as a trailing integer (``m2``, ``s-1``); pint needs ``**``. Not after
+#: a digit-``e`` (``1e3``), not inside a longer token.
+_EXPONENT = re.compile(r"(?<=[A-Za-z\]])(?<![0-9][eE])(-?\d+)(?![\d.A-Za-z])")
+#: UCUM's ``.`` multiplies (``kg.m-2``); a decimal point sits between digits.
+_UCUM_DOT = re.compile(r"(?<=[A-Za-z\]])\.(?=[A-Za-z\[])")
+#: ``/1.73m2`` (eGFR) means per 1.73 square metres, not (per 1.73) times square metres.
+_PER_SCALED = re.compile(r"/(\d+(?:\.\d+)?)\s*([A-Za-z][A-Za-z0-9*]*)")
+#: UCUM bracketed and special atoms -> pint names.
+_UCUM_ATOMS = {"[Hg]": "Hg", "[iU]": "IU", "[IU]": "IU", "[lb_av]": "lb", "[oz_av]": "oz",
+               "[in_i]": "inch", "[ft_i]": "foot", "[degF]": "degF"}
+_CELSIUS = re.compile(r"(?<![A-Za-z])Cel(?![A-Za-z])")
 
 
 @lru_cache(maxsize=1)
@@ -69,12 +98,22 @@ def registry() -> pint.UnitRegistry:
 
 def normalise_unit(text: str) -> str:
     """UCUM-ish spelling -> a pint expression (``mm[Hg]`` -> ``mmHg``, ``10*3/uL`` ->
-    ``1e3/uL``, ``µmol/L`` -> ``umol/L``, ``[iU]/L`` -> ``IU/L``, ``%`` -> ``percent``)."""
+    ``1e3/uL``, ``µmol/L`` -> ``umol/L``, ``[iU]/L`` -> ``IU/L``, ``%`` -> ``percent``,
+    ``kg/m2`` -> ``kg/m**2``, ``[lb_av]`` -> ``lb``, ``[in_i]`` -> ``inch``, ``Cel`` ->
+    ``degC``, ``kg.m-2`` -> ``kg*m**-2``, ``mL/min/1.73m2`` -> ``mL/min/(1.73*m**2)``,
+    ``/min`` -> ``1/min``)."""
     t = _ANNOTATION.sub("", text.strip())
     t = t.replace("µ", "u").replace("μ", "u")
-    t = t.replace("[Hg]", "Hg").replace("[iU]", "IU").replace("[IU]", "IU")
+    for atom, name in _UCUM_ATOMS.items():
+        t = t.replace(atom, name)
+    t = _CELSIUS.sub("degC", t)
+    t = _UCUM_DOT.sub("*", t)
+    t = _EXPONENT.sub(r"**\1", t)  # before 10*3 -> 1e3, whose "e3" is not an exponent
+    t = _PER_SCALED.sub(r"/(\1*\2)", t)
     t = _POWER.sub(lambda m: f"1e{m.group(1)}", t)
     t = t.replace("%", "percent")
+    if t.startswith("/"):
+        t = "1" + t  # UCUM "/min": per minute
     if t in ("", "1"):
         return "dimensionless" if t == "1" else ""
     return t
@@ -83,14 +122,12 @@ def normalise_unit(text: str) -> str:
 @lru_cache(maxsize=4096)
 def parse_unit(text: str) -> pint.Quantity | None:
     """The quantity one ``text`` unit stands for (scale included), or None if unparseable."""
-    import pint
-
     expr = normalise_unit(text)
     if not expr:
         return None
     try:
         q = registry().parse_expression(expr)
-    except (pint.errors.PintError, ValueError, TypeError, AttributeError, SyntaxError):
+    except Exception:  # noqa: BLE001 (pint raises anything, even AssertionError, on junk)
         return None
     if not isinstance(q, registry().Quantity):
         return None
@@ -106,13 +143,45 @@ def require_unit(text: str, *, what: str) -> pint.Quantity:
     return q
 
 
-def analyte_mass(analyte: str | None) -> float | None:
+def _analyte_key(analyte: str | None) -> str | None:
     if analyte is None:
         return None
     key = analyte.strip().lower().replace(" ", "_")
-    if key not in MOLAR_MASS:
-        raise ConfigError(f"unknown analyte {analyte!r}; known: {sorted(MOLAR_MASS)}")
-    return MOLAR_MASS[key]
+    known = set(MOLAR_MASS) | {a for a, _, _ in RULES if a is not None}
+    if key not in known:
+        raise ConfigError(f"unknown analyte {analyte!r}; known: {sorted(known)}")
+    return key
+
+
+def analyte_mass(analyte: str | None) -> float | None:
+    """Molar mass (g/mol) of ``analyte``; None for no analyte or one known only by a rule."""
+    key = _analyte_key(analyte)
+    return None if key is None else MOLAR_MASS.get(key)
+
+
+def _same_unit(a: pint.Quantity, b: pint.Quantity) -> bool:
+    """Same meaning (``%`` and ``percent``; ``mmol/mol`` and ``umol/mmol``)."""
+    if a.dimensionality != b.dimensionality:
+        return False
+    try:
+        ratio = float((a / b).to("dimensionless").magnitude)
+    except Exception:  # noqa: BLE001 (offset units: compare their names instead)
+        return bool(a.units == b.units and a.magnitude == b.magnitude)
+    return abs(ratio - 1.0) < 1e-12
+
+
+def _rule(sq: pint.Quantity, dq: pint.Quantity, analyte: str | None) -> Any:
+    key = _analyte_key(analyte)
+    for (who, src, dst), (a, b) in RULES.items():
+        if who not in (None, key):
+            continue
+        rs, rd = parse_unit(src), parse_unit(dst)
+        assert rs is not None and rd is not None
+        if _same_unit(sq, rs) and _same_unit(dq, rd):
+            def fn(v: np.ndarray, a: float = a, b: float = b) -> np.ndarray:
+                return np.asarray(v, dtype=np.float64) * a + b
+            return fn
+    return None
 
 
 def _converter(src: str, dst: str, analyte: str | None) -> tuple[str | None, Any]:
@@ -126,6 +195,9 @@ def _converter(src: str, dst: str, analyte: str | None) -> tuple[str | None, Any
         raise ConfigError(f"target unit {dst!r} is not understood")
     if sq is None:
         return REASON_UNKNOWN_UNIT, None
+    rule = _rule(sq, dq, analyte)
+    if rule is not None:
+        return None, rule
     ureg = registry()
     mass = analyte_mass(analyte)
     candidates = [sq]
@@ -133,6 +205,8 @@ def _converter(src: str, dst: str, analyte: str | None) -> tuple[str | None, Any
         m = ureg.Quantity(mass, "g/mol")
         candidates += [sq / m, sq * m]
     for cand in candidates:
+        if cand.dimensionless and dq.dimensionless and not _same_unit(cand, dq):
+            continue  # two different pure-number scales: only an explicit rule converts
         if cand.dimensionality == dq.dimensionality:
             unit_q = cand
 
@@ -148,12 +222,17 @@ def _converter(src: str, dst: str, analyte: str | None) -> tuple[str | None, Any
 
 
 def conversion_factor(src: str, dst: str, analyte: str | None = None) -> float:
-    """Multiplicative factor from ``src`` to ``dst`` (ConfigError when impossible)."""
+    """Multiplicative factor from ``src`` to ``dst`` (ConfigError when impossible, or when the
+    conversion is not a plain factor, like HbA1c % -> mmol/mol)."""
     reason, fn = _converter(src, dst, analyte)
     if fn is None:
         raise ConfigError(f"cannot convert {src!r} to {dst!r}"
                           f"{f' for {analyte}' if analyte else ''}: {reason}")
-    return float(fn(np.array([1.0]))[0])
+    one, two = fn(np.array([1.0, 2.0]))
+    if not np.isclose(two, 2 * one, rtol=1e-12, atol=0.0):
+        raise ConfigError(f"{src!r} -> {dst!r} is not a plain factor (an offset applies); "
+                          "use convert_column")
+    return float(one)
 
 
 @dataclass
