@@ -30,7 +30,8 @@ def check(
     out: Annotated[Path | None, typer.Option("--out", help="Write the report as JSON.")] = None,
     html: Annotated[Path | None, typer.Option("--html", help="Write the report as HTML.")]
     = None,
-    min_cell: Annotated[int, typer.Option(help="Suppress every count below this.")] = 10,
+    min_cell: Annotated[int, typer.Option(min=1, help="Suppress every count below this "
+                                          "(at least 1).")] = 10,
 ) -> None:
     """Build the contract's features from this site's data and report their quality.
 

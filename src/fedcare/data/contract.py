@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -91,16 +92,26 @@ class MissingPolicy(_Model):
     """
 
     kind: Literal["drop_row", "impute_mean", "impute_value", "flag"]
-    value: float | None = None
+    value: float | None = Field(default=None, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _value(self) -> MissingPolicy:
+        if (self.kind == "impute_value") != (self.value is not None):
+            raise ValueError("impute_value (and only it) takes a value")
+        return self
 
     @classmethod
     def parse(cls, text: str) -> MissingPolicy:
         if text.startswith("impute_value:"):
             raw = text.split(":", 1)[1]
             try:
-                return cls(kind="impute_value", value=float(raw))
+                value = float(raw)
             except ValueError:
                 raise ValueError(f"impute_value needs a number after ':' (got {raw!r})") from None
+            if not math.isfinite(value):
+                raise ValueError(f"impute_value needs a finite number (got {raw!r}): NaN would "
+                                 "leave the value missing and inf would break every model")
+            return cls(kind="impute_value", value=value)
         if text in ("drop_row", "impute_mean", "flag"):
             return cls(kind=text)  # type: ignore[arg-type]
         raise ValueError(f"unknown missing policy {text!r}; use drop_row, impute_mean, "
@@ -243,12 +254,25 @@ class Cohort(_Model):
                                      "(before the missing policy applies).")
     exclude_prior: tuple[PriorExclusion, ...] = ()
 
+    @field_validator("age")
+    @classmethod
+    def _age_range(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None:
+            lo, hi = v
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                raise ValueError(f"cohort age bounds must be finite numbers (got {list(v)})")
+            if lo > hi:
+                raise ValueError(f"cohort age range [{lo:g}, {hi:g}]: the lower bound is above "
+                                 "the upper one, so nobody would be in the cohort")
+        return v
+
 
 class QualityRules(_Model):
     min_rows: int = Field(1, ge=1, description="Minimum cohort rows after every rule.")
     max_missing: float = Field(1.0, ge=0, le=1,
                                description="Maximum share of missing values per feature.")
-    max_missing_by_feature: dict[str, float] = Field(default_factory=dict)
+    max_missing_by_feature: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=dict, description="Per-feature share in [0, 1]; overrides max_missing.")
     min_label_count: int = Field(0, ge=0, description="Minimum rows of each label class.")
     require_code_coverage: bool = Field(True, description="A coded feature with no matching "
                                         "event at the site is a violation (likely unmapped).")
