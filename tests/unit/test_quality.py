@@ -102,7 +102,8 @@ def test_min_cell_parameter(cardio) -> None:
 def test_partition_never_leaves_exactly_one_hidden_cell(counts: list[int]) -> None:
     cells = suppress_partition(counts, 10)
     hidden = [c for c in cells if isinstance(c, str)]
-    assert len(hidden) != 1
+    # a lone hidden cell is allowed only when it is empty (nothing small to protect)
+    assert len(hidden) != 1 or counts[cells.index(hidden[0])] == 0
     for c, n in zip(cells, counts, strict=True):
         assert c == n or isinstance(c, str)
         if n < 10:

@@ -32,6 +32,7 @@ import numpy as np
 from fedcare.core.errors import DataError
 
 PSI_EPS = 1e-4
+OTHER_UNIT = "other"  # the quality report's bucket for units it does not name
 
 
 @dataclass(frozen=True)
@@ -207,8 +208,36 @@ def _units(reports: Mapping[str, Mapping[str, Any]], sites: tuple[str, ...]) -> 
     for s in sites:
         for name, block in reports[s].get("features", {}).items():
             for reason, per_unit in block.get("unit_failures", {}).items():
-                for unit, n in per_unit.items():
+                if not isinstance(per_unit, Mapping):
+                    continue
+                for unit, n in _safe_units(per_unit).items():
                     findings.append(Finding("units", s, name,
                                             f"{name} at {s}: {n} rows in unit {unit!r} "
                                             f"({reason}); values dropped"))
     return findings
+
+
+def _safe_units(per_unit: Mapping[str, Any]) -> dict[str, Any]:
+    """Unit -> count, repeating a unit's text only when it is a unit (pint parses it) or the
+    site published its count as a number; any other text -- free text with a suppressed count,
+    from a report built before sites folded such units, or by another tool -- is summed under
+    "other" (counts stay suppressed when any part is)."""
+    from fedcare.data.harmonize.units import unit_label
+
+    out: dict[str, Any] = {}
+    other: list[Any] = []
+    for unit, n in per_unit.items():
+        text = str(unit)
+        if text in ("", OTHER_UNIT) or unit_label(text) is not None or (
+                isinstance(n, int) and not isinstance(n, bool)):
+            if text == OTHER_UNIT:
+                other.append(n)
+            else:
+                out[text] = n
+        else:
+            other.append(n)
+    if other:
+        ints = [n for n in other if isinstance(n, int) and not isinstance(n, bool)]
+        out[OTHER_UNIT] = sum(ints) if len(ints) == len(other) else next(
+            (n for n in other if isinstance(n, str)), "suppressed")
+    return out

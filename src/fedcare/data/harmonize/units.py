@@ -134,6 +134,27 @@ def parse_unit(text: str) -> pint.Quantity | None:
     return q
 
 
+@lru_cache(maxsize=4096)
+def unit_label(text: str) -> str | None:
+    """pint's canonical spelling of a parseable unit (``mg/dL``, ``mg/dl`` and ``mg / dL`` all
+    give ``mg / dl``; a scale is kept: ``10*3/uL`` -> ``1000 / µl``), or None when ``text`` is
+    not a unit. Reports publish this form rather than the site's text, which can be free text
+    (a name, a lab's note) and fingerprints a site's spelling."""
+    import math
+
+    q = parse_unit(text)
+    if q is None:
+        return None
+    for style in ("~", ""):
+        units = format(q.units, style) or "1"
+        mag = float(q.magnitude)
+        label = units if math.isclose(mag, 1.0) else f"{mag:.6g} {units}"
+        label = label.replace(" 1 / ", " / ")
+        if parse_unit(label) is not None:
+            return label
+    return None
+
+
 def require_unit(text: str, *, what: str) -> pint.Quantity:
     """Parse a contract's canonical unit; a bad one is a configuration error."""
     q = parse_unit(text)
