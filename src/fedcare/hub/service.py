@@ -99,6 +99,8 @@ class HubService:
         self._runners: dict[str, threading.Thread] = {}
         self._specs: dict[str, tuple[ParamSpec, dict[str, ParamSpec | None]]] = {}
         self._stopping = threading.Event()
+        self._serials: dict[str, str] = {}
+        self._tasks: dict[str, tuple[str, TaskKind, str]] = {}
         self._payloads: OrderedDict[str, bytes] = OrderedDict()
         self._payload_bytes = 0
         self._payload_lock = threading.Lock()
@@ -273,6 +275,7 @@ class HubService:
                              d.get("quality")) for d in datasets]
         with self.db.session() as s:
             SiteRepo(s).upsert_seen(site, serial, version, infos)
+        self._serials[site] = serial.lower()
         self.event("node", f"site {site} connected (version {version}, session {session[:8]})",
                    site=site)
 
@@ -293,6 +296,35 @@ class HubService:
             with wake:
                 wake.wait(timeout=min(remaining, 1.0))
         return None
+
+    def note_task(self, task_id: str, site: str, kind: TaskKind, study_id: str) -> None:
+        """Remember who a task was created for (replies are checked against it; a hub that
+        restarted reads it back from the database)."""
+        self._tasks[task_id] = (site, kind, study_id)
+
+    def forget_tasks(self, prefix: str) -> None:
+        for tid in list(self._tasks):  # a snapshot: other threads add tasks meanwhile
+            if tid.startswith(prefix):
+                self._tasks.pop(tid, None)
+
+    def _task_info(self, task_id: str) -> tuple[str | None, TaskKind | None, str]:
+        known = self._tasks.get(task_id)
+        if known is not None:
+            return known
+        with self.db.session() as s:
+            task = TaskRepo(s).get(task_id)
+            return (None, None, "") if task is None else (task.site, task.kind, task.study_id)
+
+    def site_serial(self, site: str) -> str | None:
+        """The certificate serial a site last connected with (cached: asked once per task)."""
+        serial = self._serials.get(site)
+        if serial is None:
+            with self.db.session() as s:
+                known = SiteRepo(s).get(site)
+                serial = None if known is None else known.cert_serial
+            if serial is not None:
+                self._serials[site] = serial
+        return serial
 
     def remember_payload(self, sha: str, payload: bytes) -> None:
         """Keep a task payload this process just stored, so handing it out does not read and
@@ -342,10 +374,7 @@ class HubService:
             header = peek_header(body)
             if header.get("task_id") != task_id:
                 raise ValidationError("reply names another task than the one it is posted to")
-            with self.db.session() as s:
-                task = TaskRepo(s).get(task_id)
-                owner, kind, study_id = ((None, None, "") if task is None
-                                         else (task.site, task.kind, task.study_id))
+            owner, kind, study_id = self._task_info(task_id)
             # Refused here, before the body goes into the blob store (ReplyRepo.record would
             # refuse them too, but only after the store): otherwise a site could park any
             # bytes on the hub's disk by posting them to task ids that are not its own.

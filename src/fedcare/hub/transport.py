@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from fedcare.core.errors import TransportError
 from fedcare.core.messages import TaskKind
 from fedcare.core.wire import peek_header
-from fedcare.hub.store import NewTask, ReplyRepo, SiteRepo, StudyRepo, TaskRepo
+from fedcare.hub.store import NewTask, ReplyRepo, StudyRepo, TaskRepo
 
 if TYPE_CHECKING:
     from fedcare.hub.service import HubService
@@ -48,6 +48,7 @@ class HubTransport:
                 StudyRepo(s).start_round(self.study_id, round_)
                 self._started_rounds.add(round_)
             TaskRepo(s).create_many([task])
+            svc.note_task(task.id, site, kind, self.study_id)
             reply = ReplyRepo(s).get(task.id)
             reply_sha = None if reply is None else reply.blob_sha
         if reply_sha is not None:  # answered before a restart: reuse, never ask twice
@@ -66,14 +67,13 @@ class HubTransport:
         return fut
 
     def _revoked(self, site: str) -> bool:
-        with self.service.db.session() as s:
-            known = SiteRepo(s).get(site)
-            serial = None if known is None else known.cert_serial
+        serial = self.service.site_serial(site)
         return serial is not None and self.service.is_revoked(serial)
 
     def close(self) -> None:
+        prefix = f"{self.study_id}/"
         with self.service.waiters_lock:
-            prefix = f"{self.study_id}/"
             for tid in [t for t in self.service.waiters if t.startswith(prefix)]:
                 self.service.waiters.pop(tid).cancel()
+        self.service.forget_tasks(prefix)
 
