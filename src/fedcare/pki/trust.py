@@ -27,7 +27,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric import x448, x25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedcare.pki.certs import SITE_URI_PREFIX, hub_url, is_site_name
@@ -205,7 +205,11 @@ def load_ca_certificate(hub_dir: str | Path) -> x509.Certificate:
 def check_crl(crl: x509.CertificateRevocationList, ca_cert: x509.Certificate) -> None:
     """Raise :class:`CrlError` unless ``crl`` was issued and signed by ``ca_cert``."""
     key = ca_cert.public_key()
-    if isinstance(key, x25519.X25519PublicKey | x448.X448PublicKey) \
+    # Only signing keys can have signed a CRL (the federation CA's is EC P-256); anything else
+    # - key-agreement or KEM keys, which newer `cryptography` releases can also return - is
+    # refused rather than passed on.
+    if not isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey
+                      | ed25519.Ed25519PublicKey | ed448.Ed448PublicKey) \
             or crl.issuer != ca_cert.subject or not crl.is_signature_valid(key):
         raise CrlError("the revocation list is not signed by this federation's CA")
 
