@@ -13,6 +13,7 @@ import contextlib
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 PRIVATE_FILE_MODE = 0o600
 PUBLIC_FILE_MODE = 0o644
@@ -50,3 +51,18 @@ def fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def read_toml(path: str | Path, what: str) -> dict[str, Any]:
+    """Parse a TOML file, or raise :class:`ConfigError` naming ``what`` it was meant to be."""
+    import tomllib
+
+    from fedcare.core.errors import ConfigError
+
+    p = Path(path)
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {p} does not exist", source=str(p)) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"not valid TOML: {exc}", source=str(p)) from None

@@ -19,7 +19,6 @@ import hashlib
 import json
 import math
 import re
-import tomllib
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
@@ -29,6 +28,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fedcare.core.errors import ConfigError
+from fedcare.core.files import read_toml
 from fedcare.data.adapters.canonical import SYSTEMS
 
 CONTRACT_SCHEMA: Literal[1] = 1
@@ -377,10 +377,5 @@ def parse_contract(raw: Mapping[str, Any], *, source: str | None = None) -> Cont
 def load_contract(path: str | Path) -> Contract:
     """Read and validate a contract TOML file (:class:`ConfigError` lists every problem)."""
     p = Path(path)
-    try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"contract file {p} does not exist", source=str(p)) from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"not valid TOML: {exc}", source=str(p)) from None
+    raw = read_toml(p, "contract file")
     return parse_contract(raw, source=str(p))

@@ -19,7 +19,6 @@ The FHIR reader (:mod:`fedcare.data.adapters.fhir`) is imported only when used.
 from __future__ import annotations
 
 import datetime as dt
-import tomllib
 from pathlib import Path
 from typing import Literal
 
@@ -27,6 +26,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedcare.core.errors import ConfigError
+from fedcare.core.files import read_toml
 from fedcare.data.adapters.canonical import CanonicalRecords
 from fedcare.data.harmonize.codes import SiteMapping
 
@@ -88,12 +88,7 @@ class SiteSource(BaseModel):
 
 def load_source(path: str | Path) -> SiteSource:
     p = Path(path)
-    try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"site source file {p} does not exist", source=str(p)) from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"not valid TOML: {exc}", source=str(p)) from None
+    raw = read_toml(p, "site source file")
     try:
         return SiteSource.model_validate({**raw, "base": p.parent})
     except pydantic.ValidationError as exc:
