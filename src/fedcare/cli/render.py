@@ -36,7 +36,8 @@ def results_table(history: Mapping[str, Any]) -> Table:
     table = Table(title=f"{history.get('study', 'study')}: test metrics after "
                         f"{len(history.get('rounds', []))} rounds of {history.get('strategy', '')}"
                         " (fed = federated, local = site alone, pooled = all data together)")
-    table.add_column("site")
+    names = [str(s["name"]) for s in history.get("sites", [])]
+    table.add_column("site", no_wrap=True, min_width=max([4, *(len(n) for n in names)]))
     table.add_column("train/test", justify="right")
     for m in metrics:
         for label, _ in blocks:
