@@ -388,3 +388,20 @@ def test_plain_sgd_matches_torch_optim_sgd(momentum: float, weight_decay: float)
             opt.step()
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(pa, pb, rtol=1e-6, atol=1e-7)
+
+
+def test_evaluation_batches_wide_models_without_changing_the_result(monkeypatch) -> None:
+    import fedcare.learners.torch_learner as tl
+    from fedcare.data.dataset import TaskType as TT
+
+    assert tl.eval_batch_rows(131_000_000, 8) == 4      # a 500 MB MLP: a few rows at a time
+    assert tl.eval_batch_rows(1_000_000, 100) == tl.EVAL_BATCH
+    learner = tl.TorchLearner.from_zoo("mlp", (6,), 1, TT.BINARY, {"hidden": [16]}, seed=0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 6)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    params = learner.initial_parameters()
+    whole = learner.evaluate(params, x, y)
+    monkeypatch.setattr(tl, "EVAL_ACTIVATION_BUDGET", 7 * 16)  # -> 7 rows per batch
+    assert tl.eval_batch_rows(sum(v.size for v in params.values()), 6) < 50
+    assert learner.evaluate(params, x, y) == pytest.approx(whole)

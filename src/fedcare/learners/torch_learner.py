@@ -45,6 +45,17 @@ from fedcare.learners.metrics import task_metrics
 
 #: Rows per forward pass in ``evaluate`` (bounds memory on large test sets).
 EVAL_BATCH = 4096
+#: Evaluation holds one batch's activations; a wide model gets fewer rows per batch so they
+#: stay near this many values (~256 MB in float32). A 500 MB MLP evaluated 114 rows in one
+#: batch through a 13 M-unit layer: 6 GB.
+EVAL_ACTIVATION_BUDGET = 64 * 1024**2
+
+
+def eval_batch_rows(n_params: int, row_size: int) -> int:
+    """Rows per evaluation batch: ``n_params / row_size`` approximates the activations one
+    row produces in a dense network (weights fan out from each input value)."""
+    per_row = max(1, n_params // max(1, row_size))
+    return max(1, min(EVAL_BATCH, EVAL_ACTIVATION_BUDGET // per_row))
 OPTIMIZERS = ("sgd", "adam")
 
 
@@ -466,6 +477,7 @@ class TorchLearner:
         xt = self._x(x)
         self._set_mode(False)
         with torch.inference_mode():
-            out = torch.cat([self.model(xt[i:i + EVAL_BATCH])
-                             for i in range(0, len(xt), EVAL_BATCH)])
+            step = eval_batch_rows(sum(p.numel() for p in self.model.parameters()),
+                                   int(np.prod(xt.shape[1:])))
+            out = torch.cat([self.model(xt[i:i + step]) for i in range(0, len(xt), step)])
         return task_metrics(self.task, out.double().numpy(), np.asarray(y))
