@@ -96,6 +96,8 @@ def test_error_reply_round_trip() -> None:
     reply = ErrorReply("t", "a", 2, "DataError", "no rows")
     back = decode_reply(encode_error(reply), _params().spec)
     assert back == reply
+    with pytest.raises(ValidationError, match="must not carry arrays"):
+        decode_reply(encode_error(reply) + b"\0" * 16, _params().spec)
 
 
 def test_task_is_not_an_update() -> None:

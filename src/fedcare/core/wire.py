@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,11 +20,11 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from fedcare.core.errors import ValidationError
+from fedcare.core.framing import frame, unframe
 from fedcare.core.messages import ErrorReply, Task, TaskKind, TrainConfig, Update, UpdateKind
 from fedcare.core.params import Parameters, ParamSpec, check_finite
 
 MAGIC = b"FEDC1"
-_LEN = struct.Struct("<I")
 MAX_HEADER_BYTES = 1 << 20
 
 
@@ -61,22 +60,15 @@ def _pack(header: dict[str, Any], params: Parameters | None,
     header["order"] = list(arrays.order)
     header["aux_order"] = {a: list(o) for a, o in arrays.aux_order.items()}
     try:
-        hb = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+        return frame(MAGIC, header, arrays.blob)
     except ValueError as exc:
         raise ValidationError(f"message header holds a non-finite number: {exc}") from exc
-    return b"".join((MAGIC, _LEN.pack(len(hb)), hb, arrays.blob))
 
 
 def _unpack(data: bytes) -> tuple[dict[str, Any], Parameters | None, dict[str, Parameters]]:
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise ValidationError(f"message must be bytes, got {type(data).__name__}")
-    data = bytes(data)
-    header = peek_header(data)
-    (hlen,) = _LEN.unpack_from(data, len(MAGIC))
-    start = len(MAGIC) + _LEN.size
-    blob = data[start + hlen:]
+    header, body = unframe(data, MAGIC, what="message", max_header=MAX_HEADER_BYTES)
     try:
-        tensors = st_load(blob) if blob else {}
+        tensors = st_load(bytes(body)) if len(body) else {}
     except Exception as exc:  # safetensors raises its own SafetensorError / ValueError
         raise ValidationError(f"array payload is corrupt: {exc}") from exc
     order = header.get("order", [])
@@ -97,19 +89,7 @@ def _unpack(data: bytes) -> tuple[dict[str, Any], Parameters | None, dict[str, P
 
 def peek_header(data: bytes) -> dict[str, Any]:
     """The JSON header of a message without touching its arrays (routing, bookkeeping)."""
-    if len(data) < len(MAGIC) + _LEN.size or not data.startswith(MAGIC):
-        raise ValidationError("not a fedcare message (bad magic or truncated)")
-    (hlen,) = _LEN.unpack_from(data, len(MAGIC))
-    start = len(MAGIC) + _LEN.size
-    if hlen > MAX_HEADER_BYTES or start + hlen > len(data):
-        raise ValidationError("message header is truncated or too large")
-    try:
-        header = json.loads(data[start:start + hlen])
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValidationError(f"message header is not valid JSON: {exc}") from exc
-    if not isinstance(header, dict):
-        raise ValidationError("message header must be a JSON object")
-    return header
+    return unframe(data, MAGIC, what="message", max_header=MAX_HEADER_BYTES)[0]
 
 
 def _require(header: Mapping[str, Any], key: str, typ: type | tuple[type, ...]) -> Any:
@@ -261,15 +241,17 @@ class ValidatedReply(bytes):
 def decode_reply(data: bytes, expected: ParamSpec,
                  expected_aux: Mapping[str, ParamSpec | None] | None = None,
                  site: str | None = None) -> Update | ErrorReply:
-    """Decode what a site sent back: either an update or an error reply."""
-    if len(data) > len(MAGIC) + _LEN.size and data.startswith(MAGIC):
-        header, _, _ = _unpack(data)
-        if header.get("type") == "error":
-            return ErrorReply(
-                task_id=_require(header, "task_id", str), site=_require(header, "site", str),
-                round=_require(header, "round", int),
-                error_type=_require(header, "error_type", str),
-                message=_require(header, "message", str))
+    """Decode what a site sent back: either an update or an error reply (the header says
+    which; only an update's arrays are loaded, once)."""
+    header, body = unframe(data, MAGIC, what="message", max_header=MAX_HEADER_BYTES)
+    if header.get("type") == "error":
+        if len(body):
+            raise ValidationError("an error reply must not carry arrays", site=site)
+        return ErrorReply(
+            task_id=_require(header, "task_id", str), site=_require(header, "site", str),
+            round=_require(header, "round", int),
+            error_type=_require(header, "error_type", str),
+            message=_require(header, "message", str))
     return decode_update(data, expected, expected_aux, site=site)
 
 

@@ -31,17 +31,15 @@ fingerprint its ciphertexts carry.
 from __future__ import annotations
 
 import hashlib
-import json
-import struct
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import tenseal as ts
 
 from fedcare.core.errors import ConfigError, ValidationError
+from fedcare.core.framing import frame, unframe
 
 CONTEXT_MAGIC = b"FCHEC1"
-_LEN = struct.Struct("<I")
 _MAX_HEADER = 1 << 16
 _DEGREES = (4096, 8192, 16384, 32768)
 
@@ -221,27 +219,13 @@ def create_federation_context(params: HEParams | None = None) -> tuple[bytes, by
 
 # --------------------------------------------------------------------------- file format
 def _wrap(header: dict[str, Any], body: bytes) -> bytes:
-    hb = json.dumps(header, separators=(",", ":")).encode()
-    return b"".join((CONTEXT_MAGIC, _LEN.pack(len(hb)), hb, body))
+    return frame(CONTEXT_MAGIC, header, body)
 
 
 def _unwrap(data: bytes) -> tuple[dict[str, Any], bytes]:
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise ValidationError(f"HE context must be bytes, got {type(data).__name__}")
-    data = bytes(data)
-    start = len(CONTEXT_MAGIC) + _LEN.size
-    if len(data) < start or not data.startswith(CONTEXT_MAGIC):
-        raise ValidationError("not a fedcare HE context file (bad magic or truncated)")
-    (hlen,) = _LEN.unpack_from(data, len(CONTEXT_MAGIC))
-    if hlen > _MAX_HEADER or start + hlen > len(data):
-        raise ValidationError("HE context header is truncated or too large")
-    try:
-        header = json.loads(data[start:start + hlen])
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValidationError(f"HE context header is not valid JSON: {exc}") from exc
-    if not isinstance(header, dict):
-        raise ValidationError("HE context header must be a JSON object")
-    return header, data[start + hlen:]
+    header, body = unframe(data, CONTEXT_MAGIC, what="HE context file",
+                           max_header=_MAX_HEADER)
+    return header, bytes(body)
 
 
 def _tenseal_context(raw: bytes) -> ts.Context:

@@ -15,9 +15,7 @@ the division the mean's error is far below float32 resolution.
 
 from __future__ import annotations
 
-import json
 import math
-import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -25,11 +23,11 @@ import numpy as np
 import tenseal as ts
 
 from fedcare.core.errors import ValidationError
+from fedcare.core.framing import frame, unframe
 from fedcare.core.params import Parameters, ParamSpec
 from fedcare.privacy.he.context import HEContext
 
 CIPHER_MAGIC = b"FCHEV1"
-_LEN = struct.Struct("<I")
 _MAX_HEADER = 1 << 12
 #: longest vector accepted (2^31 values: ~8 GB of float32; far beyond any model we ship)
 MAX_LENGTH = 1 << 31
@@ -198,35 +196,22 @@ def _check_values(ctx: HEContext, values: np.ndarray) -> np.ndarray:
 def _join(ctx: HEContext, length: int, pieces: Sequence[bytes]) -> bytes:
     header = {"fingerprint": ctx.fingerprint, "length": length, "chunks": len(pieces),
               "slots": ctx.params.slots}
-    hb = json.dumps(header, separators=(",", ":")).encode()
     sizes = np.asarray([len(p) for p in pieces], dtype="<u4").tobytes()
-    return b"".join((CIPHER_MAGIC, _LEN.pack(len(hb)), hb, sizes, *pieces))
+    return frame(CIPHER_MAGIC, header, sizes, *pieces)
 
 
 def _split(blob: bytes) -> tuple[CipherHeader, np.ndarray, memoryview]:
-    if not isinstance(blob, (bytes, bytearray, memoryview)):
-        raise ValidationError(f"ciphertext must be bytes, got {type(blob).__name__}")
-    view = memoryview(blob).cast("B")
-    start = len(CIPHER_MAGIC) + _LEN.size
-    if len(view) < start or bytes(view[:len(CIPHER_MAGIC)]) != CIPHER_MAGIC:
-        raise ValidationError("not a fedcare ciphertext (bad magic or truncated)")
-    (hlen,) = _LEN.unpack_from(view, len(CIPHER_MAGIC))
-    if hlen > _MAX_HEADER or start + hlen > len(view):
-        raise ValidationError("ciphertext header is truncated or too large")
-    try:
-        raw = json.loads(bytes(view[start:start + hlen]))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValidationError(f"ciphertext header is not valid JSON: {exc}") from exc
+    raw, rest = unframe(blob, CIPHER_MAGIC, what="ciphertext", max_header=_MAX_HEADER)
     header = _header(raw)
     expected_chunks = -(-header.length // header.slots)
     if header.chunks != expected_chunks:
         raise ValidationError(f"ciphertext declares {header.chunks} chunks for {header.length} "
                               f"values, expected {expected_chunks} at {header.slots} slots")
-    table_end = start + hlen + 4 * header.chunks
-    if table_end > len(view):
+    table_end = 4 * header.chunks
+    if table_end > len(rest):
         raise ValidationError("ciphertext is truncated (chunk table incomplete)")
-    sizes = np.frombuffer(view[start + hlen:table_end], dtype="<u4").astype(np.int64)
-    body = view[table_end:]
+    sizes = np.frombuffer(rest[:table_end], dtype="<u4").astype(np.int64)
+    body = rest[table_end:]
     if int(sizes.sum()) != len(body) or (sizes == 0).any():
         raise ValidationError(f"ciphertext is truncated or padded: chunks declare "
                               f"{int(sizes.sum())} bytes, {len(body)} present")
