@@ -111,3 +111,16 @@ def test_fedavg_charges_refuse_impossible_counts() -> None:
         fedavg_charges([5], 4)
     with pytest.raises(ConfigError, match="n_sites"):
         fedavg_charges([1], 0)
+
+
+def test_extending_a_report_round_by_round_equals_computing_it_at_once() -> None:
+    from fedcare.privacy.dp.report import RoundCharge, epsilon_history
+    from fedcare.privacy.dp.spec import PrivacySpec
+
+    spec = PrivacySpec("dp_fedavg_central", clip=1.0, noise_multiplier=1.2, delta=1e-5)
+    charges = [RoundCharge(r, 0.5 if r % 2 else 1.0, 1, 0.9 if r == 4 else None)
+               for r in range(1, 7)]
+    previous = None
+    for r in range(1, len(charges) + 1):
+        previous = epsilon_history(spec, charges[:r], previous)
+    assert previous == epsilon_history(spec, charges)

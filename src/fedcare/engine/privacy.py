@@ -127,6 +127,9 @@ class HubPrivacy:
     def __init__(self, spec: PrivacySpec, n_sites: int) -> None:
         self.spec = spec
         self.n_sites = n_sites
+        #: Last reports, extended by one round each time instead of recomputed.
+        self._last: Any = None
+        self._last_sites: dict[str, Any] = {}
 
     @property
     def is_dp_fedavg(self) -> bool:
@@ -149,7 +152,7 @@ class HubPrivacy:
 
         if not self.is_dp_fedavg:
             return self._dp_sgd_report(rounds)
-        charges = []
+        charges: list[Any] = []
         for r in rounds:
             k, got = len(r.sites_sampled), len(r.sites_completed)
             z = None
@@ -157,7 +160,8 @@ class HubPrivacy:
                 # Each site added 1/k of the noise variance: the sum carries got/k of it.
                 z = self.spec.noise_multiplier * math.sqrt(got / k)
             charges.append(RoundCharge(r.round, k / self.n_sites, 1, z))
-        return epsilon_history(self.spec, charges).to_json()
+        self._last = epsilon_history(self.spec, charges, self._last)
+        return self._last.to_json()
 
     def _dp_sgd_report(self, rounds: Sequence[Any]) -> dict[str, Any]:
         """DP-SGD is per site (each knows its rows): one history per site from the sample
@@ -178,7 +182,9 @@ class HubPrivacy:
                 spec = PrivacySpec(self.spec.mechanism, clip=self.spec.clip,
                                    noise_multiplier=zs[site], delta=self.spec.delta,
                                    accountant=self.spec.accountant)
-                sites[site] = epsilon_history(spec, charges).to_json()
+                report = epsilon_history(spec, charges, self._last_sites.get(site))
+                self._last_sites[site] = report
+                sites[site] = report.to_json()
             except FedcareError as exc:  # a site reported impossible accounting facts
                 sites[site] = {"epsilon": "inf", "error": exc.message}
         worst = max((s["epsilon"] for s in sites.values()),
