@@ -306,3 +306,22 @@ def test_ckks_never_decrypts_a_sum_of_one_site(he_contexts: tuple[bytes, bytes])
         site.step(step)
     # a re-delivered fit gets the same answer (no second session to difference against)
     assert site.start(fit, np.ones(5))["sp"]["ct"] is ct
+
+
+def test_a_site_never_masks_an_earlier_round_again() -> None:
+    from fedcare.core.errors import ProtocolError
+    from fedcare.core.messages import Task
+    from fedcare.core.params import Parameters
+
+    names = ["site-1", "site-2", "site-3"]
+    site = SecureSite(names[0], SecureSettings("secagg"), names)
+
+    def fit(r: int) -> Task:
+        return Task(task_id=f"x/r{r}/fit/site-1", study="x", round=r, site=names[0],
+                    kind=TaskKind.FIT, parameters=Parameters({}),
+                    meta={"secure": "secagg", "participants": names})
+
+    site.start(fit(1), np.ones(4))
+    site.start(fit(2), np.ones(4))
+    with pytest.raises(ProtocolError, match="already answered"):
+        site.start(fit(1), np.ones(4))

@@ -25,7 +25,6 @@ from fedcare.core.wire import (
     decode_reply,
     encode_task,
     pack_arrays,
-    peek_header,
 )
 from fedcare.engine.history import History, RoundRecord, weighted_mean_metrics
 from fedcare.strategies.aggregate import UpdateStack
@@ -116,7 +115,7 @@ class RoundEngine:
                         train=train, aux=aux, seed=s.seed, evaluate=evaluate,
                         strategy=self.strategy.name, meta=dict(meta or {}))
             payloads[site] = encode_task(task, arrays=arrays)
-        return self._collect(payloads, expected, expected_aux, start)
+        return self._collect(round_, kind, payloads, expected, expected_aux, start)
 
     def protocol_exchange(self, round_: int, kind: TaskKind,
                           aux: Mapping[str, Mapping[str, Parameters]],
@@ -132,13 +131,15 @@ class RoundEngine:
             kind=kind, parameters=Parameters({}), train=s.train, aux=site_aux, seed=s.seed,
             evaluate=False, strategy=self.strategy.name, meta=dict(meta)))
             for site, site_aux in aux.items()}
-        return self._collect(payloads, ParamSpec({}), {PROTOCOL_AUX: None}, start)
+        return self._collect(round_, kind, payloads, ParamSpec({}), {PROTOCOL_AUX: None},
+                             start)
 
     def task_id(self, round_: int, kind: TaskKind, site: str) -> str:
         return f"{self.settings.study}/r{round_}/{kind.value}/{site}"
 
-    def _collect(self, payloads: Mapping[str, bytes], expected: ParamSpec,
-                 expected_aux: Mapping[str, ParamSpec | None], start: float) -> Exchange:
+    def _collect(self, round_: int, kind: TaskKind, payloads: Mapping[str, bytes],
+                 expected: ParamSpec, expected_aux: Mapping[str, ParamSpec | None],
+                 start: float) -> Exchange:
         s = self.settings
         futures: dict[str, Future[bytes]] = {}
         bytes_down = 0
@@ -168,8 +169,7 @@ class RoundEngine:
                 continue
             if isinstance(decoded, ErrorReply):
                 failures[site] = f"{decoded.error_type}: {decoded.message}"
-            elif decoded.site != site or decoded.task_id != peek_header(
-                    payloads[site])["task_id"]:
+            elif decoded.site != site or decoded.task_id != self.task_id(round_, kind, site):
                 failures[site] = "reply does not answer the task sent to this site"
             else:
                 updates[site] = decoded

@@ -148,6 +148,7 @@ class SecureSite:
         self.known_sites = set(known_sites) if known_sites is not None else None
         self._sessions: dict[int, tuple[Any, Any, np.ndarray]] = {}
         self._answers: dict[int, dict[str, Parameters]] = {}
+        self._answered: set[int] = set()
 
     def _participants(self, task: Task) -> list[str]:
         got = task.meta.get("participants")
@@ -175,6 +176,13 @@ class SecureSite:
         participants = self._participants(task)
         if task.round in self._answers:
             return self._answers[task.round]
+        if task.round <= max(self._answers, default=-1) or task.round in self._answered:
+            raise ProtocolError(f"round {task.round} was already answered; a site never "
+                                "masks or encrypts a round's update twice")
+        # Only the newest round's answer is kept (a CKKS answer is ~14x the model); older
+        # rounds are remembered by number, and refused.
+        self._answered.update(self._answers)
+        self._answers.clear()
         self._sessions = {r: s for r, s in self._sessions.items() if r >= task.round}
         if self.settings.is_masking:
             from fedcare.privacy.secagg import SecAggClient

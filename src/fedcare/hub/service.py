@@ -330,9 +330,10 @@ class HubService:
         """Keep a task payload this process just stored, so handing it out does not read and
         re-hash it from disk (a round hands out one per site). Bounded; oldest evicted."""
         with self._payload_lock:
+            if sha not in self._payloads:
+                self._payload_bytes += len(payload)
             self._payloads[sha] = payload
             self._payloads.move_to_end(sha)
-            self._payload_bytes = sum(len(p) for p in self._payloads.values())
             while self._payload_bytes > PAYLOAD_CACHE_BYTES and len(self._payloads) > 1:
                 _, old = self._payloads.popitem(last=False)
                 self._payload_bytes -= len(old)
