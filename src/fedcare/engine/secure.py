@@ -278,9 +278,9 @@ class SecureAggregator:
 
     def _step(self, engine: RoundEngine, round_: int, kind: TaskKind,
               payloads: Mapping[str, Mapping[str, np.ndarray]], participants: Sequence[str],
-              acc: SecureSum) -> dict[str, dict[str, np.ndarray]]:
+              acc: SecureSum, **meta: Any) -> dict[str, dict[str, np.ndarray]]:
         ex = engine.protocol_exchange(round_, kind, {s: _as_aux(p) for s, p in payloads.items()},
-                                      self.settings.meta(participants))
+                                      {**self.settings.meta(participants), **meta})
         acc.failures.update({s: f"{kind.value}: {m}" for s, m in ex.failures.items()})
         acc.bytes_down += ex.bytes_down
         acc.bytes_up += ex.bytes_up
@@ -365,16 +365,11 @@ class SecureAggregator:
             # A "sum" of fewer would let a decrypting site hand the hub one site's update.
             raise ProtocolError(f"round {round_}: only {len(included)} ciphertexts; the sum "
                                 f"must include at least {need} sites")
-        meta = {**self.settings.meta(participants), "included": included}
         # One participant decrypts the sum (any will do; the first that answers is used).
         for decryptor in included:
-            ex = engine.protocol_exchange(
-                round_, TaskKind.HE_DECRYPT,
-                {decryptor: _as_aux({"ct": np.frombuffer(total, dtype=np.uint8)})}, meta)
-            acc.failures.update({s: f"he_decrypt: {m}" for s, m in ex.failures.items()})
-            acc.bytes_down += ex.bytes_down
-            acc.bytes_up += ex.bytes_up
-            got = {s: _arrays(u) for s, u in ex.updates.items()}
+            got = self._step(engine, round_, TaskKind.HE_DECRYPT,
+                             {decryptor: {"ct": np.frombuffer(total, dtype=np.uint8)}},
+                             participants, acc, included=included)
             if decryptor in got:
                 plain = np.asarray(got[decryptor]["sum"], dtype=np.float64)
                 if plain.shape != (engine.spec.total_size + 1,) or not np.isfinite(plain).all():
