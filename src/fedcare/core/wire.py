@@ -8,10 +8,12 @@ model layout the site holds, an update against the layout that was sent in its t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -36,6 +38,59 @@ class ArrayBlob:
     order: tuple[str, ...]
     aux_order: Mapping[str, tuple[str, ...]]
 
+    @cached_property
+    def sha256(self) -> str:
+        """The blob's sha256 (hex), computed once however many tasks carry the blob."""
+        return hashlib.sha256(self.blob).hexdigest()
+
+
+@dataclass(frozen=True)
+class TaskPayload:
+    """An encoded task kept as its two parts: ``head`` (magic, length and this task's JSON
+    header) and the exchange's ``arrays``, one object shared by every site's task.
+
+    ``bytes(payload)`` is the wire message. The hub keeps the parts instead: ten sites' tasks
+    then hold one copy of a model instead of ten, the arrays are hashed once per exchange
+    (:meth:`digest`), and the model is sent from that one copy without being concatenated.
+    """
+
+    head: bytes
+    arrays: ArrayBlob
+
+    def __bytes__(self) -> bytes:
+        return b"".join((self.head, self.arrays.blob))
+
+    def __len__(self) -> int:
+        return len(self.head) + len(self.arrays.blob)
+
+    def digest(self) -> str:
+        return _digest(hashlib.sha256(self.head).hexdigest(), self.arrays.sha256)
+
+
+def as_bytes(payload: bytes | TaskPayload) -> bytes:
+    """The wire message of a payload in either form."""
+    return payload if isinstance(payload, bytes) else bytes(payload)
+
+
+def payload_digest(data: bytes | bytearray | memoryview) -> str:
+    """The digest a task payload travels with: ``sha256(head):sha256(arrays)``.
+
+    Two sha256s over the two parts of the message rather than one over all of it, so that the
+    hub hashes a round's model once instead of once per site. Every byte is covered either
+    way; a message that is not framed at all is hashed whole (and fails to decode later).
+    """
+    view = memoryview(data).cast("B")
+    try:
+        _, body = unframe(view, MAGIC, what="message", max_header=MAX_HEADER_BYTES)
+    except ValidationError:
+        return hashlib.sha256(view).hexdigest()
+    split = len(view) - len(body)
+    return _digest(hashlib.sha256(view[:split]).hexdigest(), hashlib.sha256(body).hexdigest())
+
+
+def _digest(head_sha: str, arrays_sha: str) -> str:
+    return f"{head_sha}:{arrays_sha}"
+
 
 def pack_arrays(params: Parameters | None, aux: Mapping[str, Parameters]) -> ArrayBlob:
     tensors: dict[str, np.ndarray] = {}
@@ -54,13 +109,20 @@ def pack_arrays(params: Parameters | None, aux: Mapping[str, Parameters]) -> Arr
 
 def _pack(header: dict[str, Any], params: Parameters | None,
           aux: Mapping[str, Parameters], arrays: ArrayBlob | None = None) -> bytes:
+    return bytes(_pack_parts(header, params, aux, arrays))
+
+
+def _pack_parts(header: dict[str, Any], params: Parameters | None,
+                aux: Mapping[str, Parameters], arrays: ArrayBlob | None = None) -> TaskPayload:
+    """A message as (framed header, arrays); :func:`_pack` joins them for every message but
+    a task, whose parts the hub keeps apart (see :class:`TaskPayload`)."""
     arrays = arrays if arrays is not None else pack_arrays(params, aux)
     header = dict(header)
     # Order is part of the model's identity; safetensors sorts keys, so we carry it ourselves.
     header["order"] = list(arrays.order)
     header["aux_order"] = {a: list(o) for a, o in arrays.aux_order.items()}
     try:
-        return frame(MAGIC, header, arrays.blob)
+        return TaskPayload(frame(MAGIC, header), arrays)
     except ValueError as exc:
         raise ValidationError(f"message header holds a non-finite number: {exc}") from exc
 
@@ -112,6 +174,11 @@ def _finite_metrics(raw: Any, what: str) -> dict[str, float]:
 
 def encode_task(task: Task, *, arrays: ArrayBlob | None = None) -> bytes:
     """Encode a task; ``arrays`` (from :func:`pack_arrays`) reuses a model serialised once."""
+    return bytes(encode_task_payload(task, arrays=arrays))
+
+
+def encode_task_payload(task: Task, *, arrays: ArrayBlob | None = None) -> TaskPayload:
+    """Encode a task as its parts (see :class:`TaskPayload`)."""
     header = {
         "type": "task", "task_id": task.task_id, "study": task.study, "round": task.round,
         "site": task.site, "kind": task.kind.value, "train": task.train.to_json(),
@@ -119,7 +186,7 @@ def encode_task(task: Task, *, arrays: ArrayBlob | None = None) -> bytes:
     }
     if task.meta:
         header["meta"] = dict(task.meta)
-    return _pack(header, task.parameters, task.aux, arrays)
+    return _pack_parts(header, task.parameters, task.aux, arrays)
 
 
 def decode_task(data: bytes, expected: ParamSpec | None = None) -> Task:
@@ -224,18 +291,25 @@ def encode_error(reply: ErrorReply) -> bytes:
     return _pack(header, None, {})
 
 
-class ValidatedReply(bytes):
+class ValidatedReply:
     """Reply bytes a transport has already decoded and validated against the same layout the
     round engine expects (the hub must, to answer a bad reply with a 4xx before storing it):
-    the engine reuses :attr:`decoded` instead of decoding a large update a second time."""
+    the engine reuses :attr:`decoded` instead of decoding a large update a second time.
 
-    decoded: Update | ErrorReply
+    A wrapper, not a ``bytes`` subclass: constructing one of those copied every update."""
 
-    @classmethod
-    def of(cls, data: bytes, decoded: Update | ErrorReply) -> ValidatedReply:
-        out = cls(data)
-        out.decoded = decoded
-        return out
+    __slots__ = ("data", "decoded")
+
+    def __init__(self, data: bytes, decoded: Update | ErrorReply) -> None:
+        self.data = data
+        self.decoded = decoded
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+#: What a transport's future resolves to: a site's reply, possibly already validated.
+Reply = bytes | ValidatedReply
 
 
 def decode_reply(data: bytes, expected: ParamSpec,

@@ -21,9 +21,12 @@ from fedcare.core.messages import ErrorReply, Task, TaskKind, TrainConfig, Updat
 from fedcare.core.params import Parameters, ParamSpec, check_finite
 from fedcare.core.seeds import round_seed
 from fedcare.core.wire import (
+    Reply,
+    TaskPayload,
     ValidatedReply,
     decode_reply,
     encode_task,
+    encode_task_payload,
     pack_arrays,
 )
 from fedcare.engine.history import History, RoundRecord, weighted_mean_metrics
@@ -108,13 +111,13 @@ class RoundEngine:
             from fedcare.engine.secure import PROTOCOL_AUX
 
             expected, expected_aux = ParamSpec({}), {PROTOCOL_AUX: None}
-        payloads = {}
+        payloads: dict[str, bytes | TaskPayload] = {}
         for site in sites:
             task = Task(task_id=self.task_id(round_, kind, site), study=s.study,
                         round=round_, site=site, kind=kind, parameters=self.parameters,
                         train=train, aux=aux, seed=s.seed, evaluate=evaluate,
                         strategy=self.strategy.name, meta=dict(meta or {}))
-            payloads[site] = encode_task(task, arrays=arrays)
+            payloads[site] = encode_task_payload(task, arrays=arrays)
         return self._collect(round_, kind, payloads, expected, expected_aux, start)
 
     def protocol_exchange(self, round_: int, kind: TaskKind,
@@ -137,11 +140,12 @@ class RoundEngine:
     def task_id(self, round_: int, kind: TaskKind, site: str) -> str:
         return f"{self.settings.study}/r{round_}/{kind.value}/{site}"
 
-    def _collect(self, round_: int, kind: TaskKind, payloads: Mapping[str, bytes],
+    def _collect(self, round_: int, kind: TaskKind,
+                 payloads: Mapping[str, bytes | TaskPayload],
                  expected: ParamSpec, expected_aux: Mapping[str, ParamSpec | None],
                  start: float) -> Exchange:
         s = self.settings
-        futures: dict[str, Future[bytes]] = {}
+        futures: dict[str, Future[Reply]] = {}
         bytes_down = 0
         for site, payload in payloads.items():
             bytes_down += len(payload)

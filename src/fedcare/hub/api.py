@@ -11,6 +11,7 @@ error is a 4xx with a ``detail`` that says what was wrong; fedcare errors never 
 
 import hmac
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -22,11 +23,15 @@ from starlette.concurrency import run_in_threadpool
 
 from fedcare import __version__
 from fedcare.core.errors import ConfigError, FedcareError, ProtocolError, ValidationError
-from fedcare.hub.service import HubService, NotFound
+from fedcare.hub.service import HubService, NotFound, Offer
 from fedcare.hub.store import DuplicateReply, LateReply, NotDelivered, UnknownTask, WrongSite
 from fedcare.pki.errors import PeerCertificateError
 
 SHA_HEADER = "X-Content-SHA256"
+#: A task payload's digest, ``sha256(head):sha256(arrays)`` (see core.wire.payload_digest).
+DIGEST_HEADER = "X-Fedcare-Payload-Digest"
+#: Verified site certificates the hub remembers (a federation has far fewer sites).
+VERIFIED_CACHE_SIZE = 4096
 
 _STATUS: list[tuple[type[Exception], int]] = [
     (NotFound, 404), (UnknownTask, 404), (WrongSite, 403), (DuplicateReply, 409),
@@ -74,11 +79,27 @@ class PeerTrust:
         self._mtime = 0.0
         self.crl: x509.CertificateRevocationList = reload_crl(hub_dir)
         self._checked = 0.0
+        #: Certificates that passed :func:`verify_peer` under the current CRL, with their
+        #: validity window: every request of a node carries the same certificate, and the
+        #: full check (two signature verifications) cost more hub CPU per round than the
+        #: rest of the node protocol's bookkeeping. Emptied whenever the CRL changes.
+        self._verified: dict[bytes, tuple[str, datetime, datetime]] = {}
 
     def site_of(self, cert_der: bytes) -> str:
         from fedcare.pki.trust import verify_peer
 
-        return verify_peer(cert_der, self.ca, self._fresh_crl())
+        crl = self._fresh_crl()
+        known = self._verified.get(cert_der)
+        if known is not None:
+            site, not_before, not_after = known
+            if not_before <= datetime.now(UTC) <= not_after:
+                return site
+        site = verify_peer(cert_der, self.ca, crl)  # raises for anything not trusted
+        cert = x509.load_der_x509_certificate(cert_der)
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            self._verified.clear()
+        self._verified[cert_der] = (site, cert.not_valid_before_utc, cert.not_valid_after_utc)
+        return site
 
     def _fresh_crl(self) -> x509.CertificateRevocationList:
         now = time.monotonic()
@@ -87,6 +108,7 @@ class PeerTrust:
             mtime = self.crl_path.stat().st_mtime
             if mtime != self._mtime:
                 self.crl, self._mtime = self._reload(self.hub_dir), mtime
+                self._verified = {}
         return self.crl
 
     def is_revoked(self, serial_hex: str) -> bool:
@@ -94,6 +116,27 @@ class PeerTrust:
         the current CRL: a revoked site is left out of every study submitted afterwards."""
         return self._fresh_crl().get_revoked_certificate_by_serial_number(
             int(serial_hex, 16)) is not None
+
+
+class _TaskResponse(Response):
+    """A task payload sent as its two parts, the model straight from the one copy every
+    site's task shares (a plain Response would need them joined: a copy per site)."""
+
+    media_type = "application/octet-stream"
+
+    def __init__(self, offer: Offer, task_id: str) -> None:
+        self.parts = (offer.head, offer.body)
+        super().__init__(headers={
+            "content-length": str(offer.size), "X-Fedcare-Task-Id": task_id,
+            "X-Fedcare-Study": offer.study_id, DIGEST_HEADER: offer.digest})
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": self.status_code,
+                    "headers": self.raw_headers})
+        head, body = self.parts
+        await send({"type": "http.response.body", "body": head, "more_body": bool(body)})
+        if body:
+            await send({"type": "http.response.body", "body": body})
 
 
 def create_app(service: HubService, trust: PeerTrust, token: str) -> FastAPI:
@@ -105,7 +148,9 @@ def create_app(service: HubService, trust: PeerTrust, token: str) -> FastAPI:
         return JSONResponse({"detail": exc.message, "error": type(exc).__name__},
                             status_code=status_of(exc))
 
-    def site(request: Request) -> str:
+    # Dependencies are coroutines: FastAPI runs a plain function dependency in a worker thread,
+    # one thread hop per request for what is a dictionary lookup once the certificate is known.
+    async def site(request: Request) -> str:
         tls = request.scope.get("extensions", {}).get("tls", {})
         der = tls.get("client_cert")
         if not der:
@@ -113,7 +158,7 @@ def create_app(service: HubService, trust: PeerTrust, token: str) -> FastAPI:
                                      "(mutual TLS); use the site's startup kit")
         return trust.site_of(der)
 
-    def researcher(authorization: Annotated[str | None, Header()] = None) -> None:
+    async def researcher(authorization: Annotated[str | None, Header()] = None) -> None:
         given = (authorization or "").removeprefix("Bearer ").strip()
         if not given or not hmac.compare_digest(given.encode(), token.encode()):
             raise HTTPException(401, "missing or wrong bearer token; it is in the hub folder "
@@ -142,9 +187,8 @@ def create_app(service: HubService, trust: PeerTrust, token: str) -> FastAPI:
         # model in it). Its task stays unanswered; the round's deadline treats it like any
         # silent site.
         trust.site_of(request.scope["extensions"]["tls"]["client_cert"])
-        task_id, study_id, payload, sha = found
-        return Response(payload, media_type="application/octet-stream", headers={
-            "X-Fedcare-Task-Id": task_id, "X-Fedcare-Study": study_id, SHA_HEADER: sha})
+        task_id, offer = found
+        return _TaskResponse(offer, task_id)
 
     @app.get("/v1/node/studies/{study_id}")
     async def node_study(study_id: str, site: Site) -> dict[str, Any]:

@@ -13,10 +13,9 @@ import json
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from fedcare.core.files import atomic_write
 from fedcare.core.messages import TaskKind, TrainConfig
 from fedcare.core.params import Parameters, ParamSpec
 from fedcare.core.wire import (
+    Reply,
     ValidatedReply,
     decode_reply,
     load_parameters,
@@ -62,8 +62,6 @@ log = logging.getLogger("fedcare.hub")
 
 #: A round waits this long for sites when the study sets no ``run.round_timeout``.
 DEFAULT_ROUND_TIMEOUT = 600.0
-#: Task payloads kept in memory after storing them (the blob store has them all).
-PAYLOAD_CACHE_BYTES = 512 * 1024**2
 #: Largest reply a node may post (bytes); configurable per hub.
 DEFAULT_MAX_BODY = 2 * 1024**3
 #: A task handed out this long ago and still unanswered is handed out again when its site
@@ -79,6 +77,24 @@ class NotFound(FedcareError):
     pass
 
 
+@dataclass(frozen=True)
+class Offer:
+    """A task a running engine offers its site: the message as its two parts (``head`` is
+    the task's own framing and header, ``body`` the arrays every site's task of the exchange
+    shares - one object, not one copy per site) and the digest it travels with."""
+
+    site: str
+    study_id: str
+    round: int
+    head: bytes
+    body: bytes
+    digest: str
+
+    @property
+    def size(self) -> int:
+        return len(self.head) + len(self.body)
+
+
 class Forbidden(FedcareError):
     pass
 
@@ -92,7 +108,7 @@ class HubService:
         self.db.migrate()
         self.blobs = BlobStore(self.data_dir / "blobs")
         self.max_body = max_body
-        self.waiters: dict[str, Future[bytes]] = {}
+        self.waiters: dict[str, Future[Reply]] = {}
         self.waiters_lock = threading.Lock()
         self._wake: dict[str, threading.Condition] = {}
         self._wake_lock = threading.Lock()
@@ -101,9 +117,11 @@ class HubService:
         self._stopping = threading.Event()
         self._serials: dict[str, str] = {}
         self._tasks: dict[str, tuple[str, TaskKind, str]] = {}
-        self._payloads: OrderedDict[str, bytes] = OrderedDict()
-        self._payload_bytes = 0
-        self._payload_lock = threading.Lock()
+        #: Tasks this process's engines offer, by site then task id (see :meth:`offer`).
+        self._offers: dict[str, dict[str, Offer]] = {}
+        self._offers_lock = threading.Lock()
+        #: Offers made per site so far: a long-poll that saw N and finds N+1 looks again.
+        self._offered_count: dict[str, int] = {}
         #: The federation's public CKKS context (set by the server from the hub folder).
         self.he_public_context: bytes | None = None
         #: Whether a certificate serial (hex) is revoked; set by the server from the CRL.
@@ -279,23 +297,70 @@ class HubService:
         self.event("node", f"site {site} connected (version {version}, session {session[:8]})",
                    site=site)
 
-    def next_task(self, site: str, wait: float) -> tuple[str, str, bytes, str] | None:
-        """Long-poll: the site's oldest pending task (id, study, payload, sha256), or None
-        after ``wait`` seconds. The payload was verified against its sha256 on reading."""
+    def next_task(self, site: str, wait: float) -> tuple[str, Offer] | None:
+        """Long-poll: the site's oldest pending task (id and offer), or None after ``wait``
+        seconds. Only tasks a running engine of this process offers are handed out, so a
+        site that has nothing offered costs no database query while it waits."""
         deadline = time.monotonic() + max(0.0, min(wait, 60.0))
+        wake = self._condition(site)
         while not self._stopping.is_set():
-            with self.db.session() as s:
-                task = TaskRepo(s).next_pending_for(site, redeliver_after=REDELIVER_AFTER)
-                found = (task.id, task.study_id, task.payload_sha) if task else None
+            with wake:
+                seen = self._offered_count.get(site, 0)
+            found = self._deliver(site)
             if found is not None:
-                return found[0], found[1], self._payload(found[2]), found[2]
+                return found
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            wake = self._condition(site)
             with wake:
-                wake.wait(timeout=min(remaining, 1.0))
+                if self._offered_count.get(site, 0) == seen and not self._stopping.is_set():
+                    # Woken by a new offer; else every second, for a delivered task whose
+                    # lease ran out (handed out again, see REDELIVER_AFTER).
+                    wake.wait(timeout=min(remaining, 1.0))
         return None
+
+    def _deliver(self, site: str) -> tuple[str, Offer] | None:
+        with self._offers_lock:
+            offered = list(self._offers.get(site, ()))
+        if not offered:
+            return None
+        with self.db.session() as s:
+            task = TaskRepo(s).next_pending_for(site, redeliver_after=REDELIVER_AFTER,
+                                                among=offered)
+            task_id = task.id if task is not None else None
+        if task_id is None:
+            return None
+        with self._offers_lock:
+            offer = self._offers.get(site, {}).get(task_id)
+        # Withdrawn in the meantime (answered through a re-delivery, or its round ended):
+        # the site is told nothing now and asks again.
+        return None if offer is None else (task_id, offer)
+
+    def offer(self, task_id: str, offer: Offer) -> None:
+        """Make a stored task available to its site's long-poll.
+
+        Task payloads are kept in memory only, never written to disk: a hub restarted
+        mid-round replays the round from its last checkpoint, and its engine offers the same
+        tasks again (same ids, rebuilt from the same model). Until then a task row left by
+        the previous process is not handed out. Writing each site's copy of the model to the
+        blob store cost more hub CPU per round than everything else the protocol does."""
+        wake = self._condition(offer.site)
+        with self._offers_lock:
+            self._offers.setdefault(offer.site, {})[task_id] = offer
+        with wake:
+            self._offered_count[offer.site] = self._offered_count.get(offer.site, 0) + 1
+            wake.notify_all()
+
+    def withdraw(self, task_ids: Callable[[str], bool]) -> None:
+        """Stop offering the tasks whose id ``task_ids`` accepts (answered, or their round
+        or study is over), releasing their payloads."""
+        with self._offers_lock:
+            for site in list(self._offers):
+                offers = self._offers[site]
+                for tid in [t for t in offers if task_ids(t)]:
+                    del offers[tid]
+                if not offers:
+                    del self._offers[site]
 
     def note_task(self, task_id: str, site: str, kind: TaskKind, study_id: str) -> None:
         """Remember who a task was created for (replies are checked against it; a hub that
@@ -325,23 +390,6 @@ class HubService:
             if serial is not None:
                 self._serials[site] = serial
         return serial
-
-    def remember_payload(self, sha: str, payload: bytes) -> None:
-        """Keep a task payload this process just stored, so handing it out does not read and
-        re-hash it from disk (a round hands out one per site). Bounded; oldest evicted."""
-        with self._payload_lock:
-            if sha not in self._payloads:
-                self._payload_bytes += len(payload)
-            self._payloads[sha] = payload
-            self._payloads.move_to_end(sha)
-            while self._payload_bytes > PAYLOAD_CACHE_BYTES and len(self._payloads) > 1:
-                _, old = self._payloads.popitem(last=False)
-                self._payload_bytes -= len(old)
-
-    def _payload(self, sha: str) -> bytes:
-        with self._payload_lock:
-            cached = self._payloads.get(sha)
-        return cached if cached is not None else self.blobs.get(sha)
 
     def _condition(self, site: str) -> threading.Condition:
         with self._wake_lock:
@@ -394,10 +442,11 @@ class HubService:
         except (ValidationError, ProtocolError) as exc:
             self.rejected(site, task_id, exc.message)
             raise
+        self.withdraw(lambda tid: tid == task_id)
         with self.waiters_lock:
             fut = self.waiters.pop(task_id, None)
         if fut is not None and not fut.done():
-            fut.set_result(ValidatedReply.of(body, decoded))
+            fut.set_result(ValidatedReply(body, decoded))
 
     def rejected(self, site: str, task_id: str, reason: str) -> None:
         """Log a refused reply in its study's event log (``fedcare study logs``)."""
@@ -573,6 +622,9 @@ class _HubCheckpoints:
         with svc.db.session() as s:
             StudyRepo(s).complete_round(self.study_id, round_, asdict(history.rounds[-1]),
                                         model_sha, state_sha)
+        # The round's unanswered tasks are expired now: stop offering them.
+        prefix = f"{self.study_id}/r{round_}/"
+        svc.withdraw(lambda tid: tid.startswith(prefix))
 
 
 def _study_of(task_id: str) -> str | None:

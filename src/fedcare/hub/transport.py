@@ -1,10 +1,10 @@
 """The hub's side of the one-method transport: tasks go to the database, replies come back
 through futures resolved by the API when a node posts them.
 
-Every task payload is stored content-addressed before it is offered, and task ids are
-deterministic, so a hub restarted mid-round re-creates the same tasks (a no-op), and any reply
-that was already accepted is handed straight back to the engine: nothing is lost and nothing
-is counted twice.
+Task ids are deterministic, so a hub restarted mid-round re-creates the same tasks (a no-op
+in the database) and offers their payloads again, and any reply that was already accepted is
+handed straight back to the engine: nothing is lost and nothing is counted twice. Payloads
+themselves are held in memory while offered (see :meth:`HubService.offer`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from fedcare.core.errors import TransportError
 from fedcare.core.messages import TaskKind
-from fedcare.core.wire import peek_header
+from fedcare.core.wire import Reply, TaskPayload, payload_digest, peek_header
 from fedcare.hub.store import NewTask, ReplyRepo, StudyRepo, TaskRepo
 
 if TYPE_CHECKING:
@@ -27,10 +27,16 @@ class HubTransport:
         self.study_id = study_id
         self._started_rounds: set[int] = set()
 
-    def submit(self, site: str, payload: bytes) -> Future[bytes]:
+    def submit(self, site: str, payload: bytes | TaskPayload) -> Future[Reply]:
+        from fedcare.hub.service import Offer
+
         svc = self.service
-        fut: Future[bytes] = Future()
-        header = peek_header(payload)
+        fut: Future[Reply] = Future()
+        if isinstance(payload, TaskPayload):  # the exchange's arrays: one object, hashed once
+            head, body, digest = payload.head, payload.arrays.blob, payload.digest()
+        else:
+            head, body, digest = payload, b"", payload_digest(payload)
+        header = peek_header(head)
         round_, kind = int(header["round"]), TaskKind(header["kind"])
         if self._revoked(site):
             # Never offered: the site could not fetch it anyway, and the round would wait
@@ -38,9 +44,8 @@ class HubTransport:
             fut.set_exception(TransportError(
                 f"site {site} has been revoked; it is left out of this study", site=site))
             return fut
-        sha = svc.blobs.put(payload)
-        svc.remember_payload(sha, payload)
-        task = NewTask(self.study_id, round_, site, kind, sha)
+        # The task row records the sha256 of the arrays it carries (the model it sent).
+        task = NewTask(self.study_id, round_, site, kind, digest.rsplit(":", 1)[-1])
         with svc.waiters_lock:
             svc.waiters[task.id] = fut
         with svc.db.session() as s:
@@ -57,13 +62,13 @@ class HubTransport:
             if not ours:
                 # A node's reply arrived meanwhile: receive_reply took the waiter and resolves
                 # the future itself (whoever pops the waiter resolves it, exactly once).
-                svc.notify_site(site)
                 return fut
             try:
                 fut.set_result(svc.blobs.get(reply_sha))
             except Exception as exc:  # noqa: BLE001 (a corrupt stored reply fails this site only)
                 fut.set_exception(TransportError(f"stored reply unreadable: {exc}", site=site))
-        svc.notify_site(site)
+            return fut
+        svc.offer(task.id, Offer(site, self.study_id, round_, head, body, digest))
         return fut
 
     def _revoked(self, site: str) -> bool:
@@ -75,5 +80,6 @@ class HubTransport:
         with self.service.waiters_lock:
             for tid in [t for t in self.service.waiters if t.startswith(prefix)]:
                 self.service.waiters.pop(tid).cancel()
+        self.service.withdraw(lambda tid: tid.startswith(prefix))
         self.service.forget_tasks(prefix)
 

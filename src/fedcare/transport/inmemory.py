@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 
 from fedcare.core.errors import TransportError
+from fedcare.core.wire import Reply, TaskPayload, as_bytes
 
 Handler = Callable[[bytes], bytes]
 
@@ -16,14 +17,14 @@ class InMemoryTransport:
     def __init__(self, handlers: Mapping[str, Handler]) -> None:
         self._handlers = dict(handlers)
 
-    def submit(self, site: str, payload: bytes) -> Future[bytes]:
-        fut: Future[bytes] = Future()
+    def submit(self, site: str, payload: bytes | TaskPayload) -> Future[Reply]:
+        fut: Future[Reply] = Future()
         handler = self._handlers.get(site)
         if handler is None:
             fut.set_exception(TransportError(f"no route to site {site!r}"))
             return fut
         try:
-            fut.set_result(handler(payload))
+            fut.set_result(handler(as_bytes(payload)))
         except Exception as exc:  # noqa: BLE001 (delivered to the engine through the future)
             fut.set_exception(TransportError(f"site handler failed: {exc}", site=site))
         return fut

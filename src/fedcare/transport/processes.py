@@ -20,6 +20,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from fedcare.core.errors import TransportError
+from fedcare.core.wire import Reply, TaskPayload, as_bytes
 
 Handler = Callable[[bytes], bytes]
 _STOP = b""
@@ -48,7 +49,7 @@ class _QueueWorker:
     """A thread that runs one site task at a time from its queue and resolves its future."""
 
     def __init__(self) -> None:
-        self.jobs: queue.Queue[tuple[str, bytes, Future[bytes]] | None] = queue.Queue()
+        self.jobs: queue.Queue[tuple[str, bytes, Future[Reply]] | None] = queue.Queue()
         self.thread = threading.Thread(target=self._pump, daemon=True)
         self.thread.start()
 
@@ -139,13 +140,13 @@ class ProcessTransport:
         self._workers: list[_QueueWorker] = [_LocalWorker(handlers)]
         self._workers += [_Worker(ctx, handlers, init) for _ in range(workers - 1)]
 
-    def submit(self, site: str, payload: bytes) -> Future[bytes]:
-        fut: Future[bytes] = Future()
+    def submit(self, site: str, payload: bytes | TaskPayload) -> Future[Reply]:
+        fut: Future[Reply] = Future()
         w = self._route.get(site)
         if w is None:
             fut.set_exception(TransportError(f"no route to site {site!r}"))
         else:
-            self._workers[w].jobs.put((site, payload, fut))
+            self._workers[w].jobs.put((site, as_bytes(payload), fut))
         return fut
 
     def close(self) -> None:

@@ -2,8 +2,8 @@
 
 A task's id is deterministic (``study/r{round}/{kind}/{site}``), so an engine that restarts
 after a crash and re-issues a round creates no duplicates: :meth:`TaskRepo.create_many` is an
-``INSERT … ON CONFLICT DO NOTHING`` and returns the rows as stored (the first payload wins —
-a site may already hold it).
+``INSERT … ON CONFLICT DO NOTHING`` and returns the rows as stored (a row keeps the digest
+of the first payload it was created with).
 
 Delivery is at-least-once: :meth:`TaskRepo.next_pending_for` marks a task delivered and counts
 the attempt in the same transaction that reads it. If that transaction commits but the HTTP
@@ -12,7 +12,7 @@ answer is lost, the task is handed out again once its lease (``redeliver_after``
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -89,14 +89,16 @@ class TaskRepo:
         return self.session.get(Task, task_id)
 
     def next_pending_for(
-        self, site: str, *, redeliver_after: timedelta | None = None
+        self, site: str, *, redeliver_after: timedelta | None = None,
+        among: Collection[str] | None = None,
     ) -> Task | None:
         """Hand the site its oldest pending task: mark it delivered and count the attempt.
 
         ``redeliver_after`` also hands out a task delivered longer ago than that and still
-        unanswered (its answer was presumably lost). Two concurrent callers never get the same
-        task: PostgreSQL skips rows another transaction has locked (``FOR UPDATE SKIP LOCKED``);
-        on SQLite the transaction already holds the database's write lock.
+        unanswered (its answer was presumably lost). ``among`` limits the choice to these task
+        ids (the hub hands out only tasks a running engine offers). Two concurrent callers
+        never get the same task: PostgreSQL skips rows another transaction has locked
+        (``FOR UPDATE SKIP LOCKED``); on SQLite the transaction holds the write lock.
         """
         now = utcnow()
         ready = Task.status == TaskStatus.PENDING
@@ -106,6 +108,8 @@ class TaskRepo:
                 sa.and_(Task.status == TaskStatus.DELIVERED,
                         Task.delivered_at < now - redeliver_after),
             )
+        if among is not None:
+            ready = sa.and_(ready, Task.id.in_(list(among)))
         task = self.session.scalars(
             sa.select(Task)
             .where(Task.site == site, ready)
