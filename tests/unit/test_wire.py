@@ -18,8 +18,10 @@ from fedcare.core.wire import (
     decode_update,
     encode_error,
     encode_task,
+    encode_task_payload,
     encode_update,
     pack_arrays,
+    payload_digest,
 )
 
 
@@ -50,6 +52,35 @@ def test_encode_task_with_shared_array_blob_equals_plain_encoding() -> None:
     p = _params()
     task = Task("t1", "s", 1, "a", TaskKind.FIT, p)
     assert encode_task(task, arrays=pack_arrays(p, {})) == encode_task(task)
+
+
+def test_task_payload_parts_are_the_message_and_share_one_array_blob() -> None:
+    p = _params()
+    arrays = pack_arrays(p, {})
+    parts = {site: encode_task_payload(Task(f"s/r1/fit/{site}", "s", 1, site, TaskKind.FIT, p),
+                                       arrays=arrays) for site in ("a", "b")}
+    for site, part in parts.items():
+        whole = encode_task(Task(f"s/r1/fit/{site}", "s", 1, site, TaskKind.FIT, p))
+        assert bytes(part) == whole and len(part) == len(whole)
+        assert part.digest() == payload_digest(whole)
+        assert decode_task(bytes(part), p.spec).site == site
+    assert parts["a"].arrays.blob is parts["b"].arrays.blob  # one copy of the model
+
+
+@given(st.data())
+def test_payload_digest_changes_with_any_byte(data: st.DataObject) -> None:
+    whole = encode_task(Task("t", "s", 1, "a", TaskKind.FIT, _params()))
+    at = data.draw(st.integers(0, len(whole) - 1))
+    flip = data.draw(st.integers(1, 255))
+    changed = bytearray(whole)
+    changed[at] ^= flip
+    assert payload_digest(bytes(changed)) != payload_digest(whole)
+
+
+def test_payload_digest_of_bytes_that_are_no_message_hashes_them_whole() -> None:
+    import hashlib
+
+    assert payload_digest(b"not a message") == hashlib.sha256(b"not a message").hexdigest()
 
 
 def test_update_round_trip() -> None:

@@ -145,11 +145,8 @@ class RoundEngine:
                  expected: ParamSpec, expected_aux: Mapping[str, ParamSpec | None],
                  start: float) -> Exchange:
         s = self.settings
-        futures: dict[str, Future[Reply]] = {}
-        bytes_down = 0
-        for site, payload in payloads.items():
-            bytes_down += len(payload)
-            futures[site] = self.transport.submit(site, payload)
+        bytes_down = sum(len(p) for p in payloads.values())
+        futures: dict[str, Future[Reply]] = self.transport.send(payloads)
         deadline = None if s.round_timeout is None else start + s.round_timeout
         updates: dict[str, Update] = {}
         failures: dict[str, str] = {}

@@ -9,6 +9,7 @@ themselves are held in memory while offered (see :meth:`HubService.offer`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,7 @@ from fedcare.core.errors import TransportError
 from fedcare.core.messages import TaskKind
 from fedcare.core.wire import Reply, TaskPayload, payload_digest, peek_header
 from fedcare.hub.store import NewTask, ReplyRepo, StudyRepo, TaskRepo
+from fedcare.hub.store.errors import BlobCorrupted, BlobNotFound
 
 if TYPE_CHECKING:
     from fedcare.hub.service import HubService
@@ -27,49 +29,71 @@ class HubTransport:
         self.study_id = study_id
         self._started_rounds: set[int] = set()
 
-    def submit(self, site: str, payload: bytes | TaskPayload) -> Future[Reply]:
+    def send(self, payloads: Mapping[str, bytes | TaskPayload]) -> dict[str, Future[Reply]]:
+        """Record the exchange's tasks in one transaction, then offer them to their sites;
+        a task answered before a restart gets its stored reply instead of being offered."""
         from fedcare.hub.service import Offer
 
         svc = self.service
-        fut: Future[Reply] = Future()
-        if isinstance(payload, TaskPayload):  # the exchange's arrays: one object, hashed once
-            head, body, digest = payload.head, payload.arrays.blob, payload.digest()
-        else:
-            head, body, digest = payload, b"", payload_digest(payload)
-        header = peek_header(head)
-        round_, kind = int(header["round"]), TaskKind(header["kind"])
-        if self._revoked(site):
-            # Never offered: the site could not fetch it anyway, and the round would wait
-            # for it until its deadline.
-            fut.set_exception(TransportError(
-                f"site {site} has been revoked; it is left out of this study", site=site))
-            return fut
-        # The task row records the sha256 of the arrays it carries (the model it sent).
-        task = NewTask(self.study_id, round_, site, kind, digest.rsplit(":", 1)[-1])
+        futures: dict[str, Future[Reply]] = {site: Future() for site in payloads}
+        offers: dict[str, Offer] = {}
+        tasks: dict[str, NewTask] = {}
+        for site, payload in payloads.items():
+            if self._revoked(site):
+                # Never offered: the site could not fetch it anyway, and the round would wait
+                # for it until its deadline.
+                futures[site].set_exception(TransportError(
+                    f"site {site} has been revoked; it is left out of this study", site=site))
+                continue
+            if isinstance(payload, TaskPayload):  # the exchange's arrays: one object, hashed once
+                head, body, digest = payload.head, payload.arrays.blob, payload.digest()
+            else:
+                head, body, digest = payload, b"", payload_digest(payload)
+            header = peek_header(head)
+            round_, kind = int(header["round"]), TaskKind(header["kind"])
+            offers[site] = Offer(site, self.study_id, round_, head, body, digest)
+            # The task row records the sha256 of the arrays it carries (the model it sent).
+            tasks[site] = NewTask(self.study_id, round_, site, kind, digest.rsplit(":", 1)[-1])
+        if not tasks:
+            return futures
         with svc.waiters_lock:
-            svc.waiters[task.id] = fut
+            for site, task in tasks.items():
+                svc.waiters[task.id] = futures[site]
         with svc.db.session() as s:
-            if kind is TaskKind.FIT and round_ not in self._started_rounds:
+            fits = {t.round for t in tasks.values() if t.kind is TaskKind.FIT}
+            for round_ in sorted(fits - self._started_rounds):
                 StudyRepo(s).start_round(self.study_id, round_)
                 self._started_rounds.add(round_)
-            TaskRepo(s).create_many([task])
-            svc.note_task(task.id, site, kind, self.study_id)
-            reply = ReplyRepo(s).get(task.id)
-            reply_sha = None if reply is None else reply.blob_sha
-        if reply_sha is not None:  # answered before a restart: reuse, never ask twice
-            with svc.waiters_lock:
-                ours = svc.waiters.pop(task.id, None) is fut
-            if not ours:
-                # A node's reply arrived meanwhile: receive_reply took the waiter and resolves
-                # the future itself (whoever pops the waiter resolves it, exactly once).
-                return fut
-            try:
-                fut.set_result(svc.blobs.get(reply_sha))
-            except Exception as exc:  # noqa: BLE001 (a corrupt stored reply fails this site only)
-                fut.set_exception(TransportError(f"stored reply unreadable: {exc}", site=site))
-            return fut
-        svc.offer(task.id, Offer(site, self.study_id, round_, head, body, digest))
-        return fut
+            TaskRepo(s).create_many(tasks.values())
+            for site, task in tasks.items():
+                svc.note_task(task.id, site, task.kind, self.study_id)
+            answered = ReplyRepo(s).stored_for([t.id for t in tasks.values()])
+        for site, task in tasks.items():
+            # Answered before a restart: reuse the stored reply, never ask twice.
+            if task.id not in answered or not self._reuse(task.id, futures[site],
+                                                          answered[task.id]):
+                svc.offer(task.id, offers[site])
+        return futures
+
+    def _reuse(self, task_id: str, fut: Future[Reply], reply_sha: str) -> bool:
+        """Resolve ``fut`` with the stored reply; False when its bytes are gone (the task is
+        then reopened and must be offered again)."""
+        svc = self.service
+        try:
+            stored = svc.blobs.get(reply_sha)
+        except (BlobNotFound, BlobCorrupted) as exc:
+            svc.event("recovery", f"the stored reply to {task_id} is unreadable ({exc}); "
+                      "asking its site again", study_id=self.study_id)
+            with svc.db.session() as s:
+                ReplyRepo(s).forget(task_id)
+            return False
+        with svc.waiters_lock:
+            ours = svc.waiters.pop(task_id, None) is fut
+        # Not ours: a node's reply arrived meanwhile, and receive_reply, which took the
+        # waiter, resolves the future itself (whoever pops the waiter resolves it, once).
+        if ours:
+            fut.set_result(stored)
+        return True
 
     def _revoked(self, site: str) -> bool:
         serial = self.service.site_serial(site)

@@ -17,7 +17,10 @@ class InMemoryTransport:
     def __init__(self, handlers: Mapping[str, Handler]) -> None:
         self._handlers = dict(handlers)
 
-    def submit(self, site: str, payload: bytes | TaskPayload) -> Future[Reply]:
+    def send(self, payloads: Mapping[str, bytes | TaskPayload]) -> dict[str, Future[Reply]]:
+        return {site: self._run(site, payload) for site, payload in payloads.items()}
+
+    def _run(self, site: str, payload: bytes | TaskPayload) -> Future[Reply]:
         fut: Future[Reply] = Future()
         handler = self._handlers.get(site)
         if handler is None:

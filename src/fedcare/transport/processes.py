@@ -140,14 +140,17 @@ class ProcessTransport:
         self._workers: list[_QueueWorker] = [_LocalWorker(handlers)]
         self._workers += [_Worker(ctx, handlers, init) for _ in range(workers - 1)]
 
-    def submit(self, site: str, payload: bytes | TaskPayload) -> Future[Reply]:
-        fut: Future[Reply] = Future()
-        w = self._route.get(site)
-        if w is None:
-            fut.set_exception(TransportError(f"no route to site {site!r}"))
-        else:
-            self._workers[w].jobs.put((site, as_bytes(payload), fut))
-        return fut
+    def send(self, payloads: Mapping[str, bytes | TaskPayload]) -> dict[str, Future[Reply]]:
+        futures: dict[str, Future[Reply]] = {}
+        for site, payload in payloads.items():
+            fut: Future[Reply] = Future()
+            w = self._route.get(site)
+            if w is None:
+                fut.set_exception(TransportError(f"no route to site {site!r}"))
+            else:
+                self._workers[w].jobs.put((site, as_bytes(payload), fut))
+            futures[site] = fut
+        return futures
 
     def close(self) -> None:
         for w in self._workers:

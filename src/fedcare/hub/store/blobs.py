@@ -10,6 +10,10 @@ fsynced, then ``os.replace``d into place and the directory is fsynced. A ``kill 
 either no blob or the whole blob — at worst an orphan temporary file or an unreferenced blob,
 never a truncated one under a valid name. Blobs are written *before* the transaction that
 references them commits, so a committed row always finds its blob.
+
+``durable=False`` skips both fsyncs (sites' replies: see ``HubService.receive_reply``). A
+``kill -9`` still leaves the whole blob (the kernel has it); only a power cut can lose or tear
+it, and every read re-hashes, so such a blob is found out, never used.
 """
 
 from __future__ import annotations
@@ -95,15 +99,15 @@ class BlobStore:
         self._commit(tmp, self.path(sha))
         return sha
 
-    def put_hashed(self, data: bytes, sha: str) -> str:
+    def put_hashed(self, data: bytes, sha: str, *, durable: bool = True) -> str:
         """Store ``data`` whose sha256 the caller computed a moment ago from these very bytes.
 
         Saves hashing a large upload twice (once to check the sender's checksum, once here);
         the name is still the content's hash, and :meth:`get` still verifies on every read.
         """
         check_blob_id(sha)
-        tmp, _, _ = self._write_temp([data], hashed=False)
-        self._commit(tmp, self.path(sha))
+        tmp, _, _ = self._write_temp([data], hashed=False, durable=durable)
+        self._commit(tmp, self.path(sha), durable=durable)
         return sha
 
     def put_stream(self, chunks: Iterable[bytes]) -> tuple[str, int]:
@@ -131,8 +135,8 @@ class BlobStore:
             raise BlobCorrupted(f"blob {sha} is corrupted: its content hash differs")
         return data
 
-    def _write_temp(self, chunks: Iterable[bytes], *, hashed: bool = True
-                    ) -> tuple[Path, str, int]:
+    def _write_temp(self, chunks: Iterable[bytes], *, hashed: bool = True,
+                    durable: bool = True) -> tuple[Path, str, int]:
         digest = hashlib.sha256() if hashed else None
         size = 0
         fd, name = tempfile.mkstemp(dir=self._tmp, suffix=".part")
@@ -145,13 +149,14 @@ class BlobStore:
                     out.write(chunk)
                     size += len(chunk)
                 out.flush()
-                os.fsync(out.fileno())
+                if durable:
+                    os.fsync(out.fileno())
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         return tmp, digest.hexdigest() if digest is not None else "", size
 
-    def _commit(self, tmp: Path, target: Path) -> None:
+    def _commit(self, tmp: Path, target: Path, *, durable: bool = True) -> None:
         try:
             target.parent.mkdir(exist_ok=True)
             os.chmod(tmp, 0o444)
@@ -159,4 +164,5 @@ class BlobStore:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        _fsync_dir(target.parent)
+        if durable:
+            _fsync_dir(target.parent)

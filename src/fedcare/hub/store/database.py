@@ -64,8 +64,9 @@ def _configure_sqlite(engine: Engine) -> None:
             cursor.execute("PRAGMA foreign_keys = ON")
             # WAL + NORMAL: a commit survives the hub process being killed (kill -9) at any
             # moment; after a power loss the last commits may roll back, which the hub replays
-            # deterministically (task ids, seeds) without counting anything twice. Blobs the
-            # database refers to are fsynced before the commit. FULL cost ~30 fsyncs a round.
+            # deterministically (task ids, seeds) without counting anything twice. Checkpoint
+            # blobs are fsynced before the commit; reply blobs are not (a lost one is asked for
+            # again, see HubTransport._reuse). FULL cost ~30 fsyncs a round.
             cursor.execute("PRAGMA synchronous = NORMAL")
         finally:
             cursor.close()

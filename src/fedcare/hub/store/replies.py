@@ -84,6 +84,27 @@ class ReplyRepo:
     def get(self, task_id: str) -> Reply | None:
         return self.session.get(Reply, task_id)
 
+    def forget(self, task_id: str) -> None:
+        """Drop a reply whose stored bytes are gone (a power cut before the kernel wrote them:
+        replies are not fsynced) and reopen its task, so that the site is asked again
+        instead of the reply being counted from bytes nobody has any more."""
+        reply = self.session.get(Reply, task_id)
+        task = self.session.get(Task, task_id)
+        if reply is not None:
+            self.session.delete(reply)
+        if task is not None:
+            task.status = TaskStatus.PENDING
+            task.completed_at = None
+        self.session.flush()
+
+    def stored_for(self, task_ids: list[str]) -> dict[str, str]:
+        """The stored reply blob of each of these tasks that has one (task id -> sha256)."""
+        if not task_ids:
+            return {}
+        rows = self.session.execute(
+            sa.select(Reply.task_id, Reply.blob_sha).where(Reply.task_id.in_(task_ids)))
+        return {tid: sha for tid, sha in rows if sha is not None}
+
     def get_for_round(self, study_id: str, round: int) -> list[Reply]:
         """Every reply to a task of this round, by site."""
         return list(
