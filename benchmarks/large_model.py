@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import threading
@@ -78,6 +79,7 @@ def main() -> None:
     finally:
         stop.set()
         fed.close()
+        shutil.rmtree(fed.root, ignore_errors=True)  # ~2.5 GB of models and replies
     result["peak_rss_mb"] = peaks
     moved = result.get("proxy_mb_down", 0) + result.get("proxy_mb_up", 0)
     result["effective_mb_s"] = moved / result["wall_s"] if result.get("wall_s") else None

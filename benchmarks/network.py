@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -73,7 +74,16 @@ def main() -> None:
     ap.add_argument("--sites", type=int, default=10)
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args()
+    # Every run writes the replies of every round (40 MB a round) into its hub's folder:
+    # gone at the end, or a few runs fill a small disk.
     work = Path(tempfile.mkdtemp(prefix="fedcare-netbench-"))
+    try:
+        run(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, work: Path) -> None:
     files = write_sites(work, args.sites, 500)
     names = list(files)
     port = _free_port()

@@ -199,8 +199,10 @@ class NetFederation:
         return proc
 
     def start_hub(self, *, db: str | None = None, max_body_mb: int | None = None,
-                  wait: bool = True) -> Proc:
+                  keep_replies: bool = False, wait: bool = True) -> Proc:
         args = ["hub", "start", "--kit", str(self.hub_dir), "--port", str(self.port)]
+        if keep_replies:
+            args.append("--keep-replies")
         if db:
             args += ["--db", db]
         if max_body_mb is not None:

@@ -154,6 +154,28 @@ def test_hub_killed_mid_study_resumes_and_ends_as_if_never_interrupted(net: Net)
     _assert_same_model(_model(fed, study_id), _simulated(fed, cfg))
 
 
+def test_sites_updates_are_deleted_once_their_round_is_checkpointed(net: Net) -> None:
+    """A completed round's replies are never needed again (a study resumes from its
+    checkpoint), and a site's individual update is the most sensitive thing the hub holds:
+    by default their bytes are deleted, their rows kept as the record."""
+    import sqlite3
+
+    fed = net().start()
+    st = fed.run_study(study_config(rounds=2))
+    with sqlite3.connect(fed.hub_dir / "data" / "hub.db") as conn:
+        replies = conn.execute(
+            "SELECT r.blob_sha FROM replies r JOIN tasks t ON t.id = r.task_id "
+            "WHERE t.study_id = ?", (st["study_id"],)).fetchall()
+        model_sha, state_sha = conn.execute(
+            "SELECT global_model, strategy_state FROM studies WHERE id = ?",
+            (st["study_id"],)).fetchone()
+    blobs = fed.hub_dir / "data" / "blobs"
+    assert len(replies) == 3 * len(SITES)  # 2 rounds + the final evaluation
+    assert not [sha for (sha,) in replies if (blobs / sha[:2] / sha[2:]).exists()]
+    assert (blobs / model_sha[:2] / model_sha[2:]).exists()  # the checkpoint stays
+    assert (blobs / state_sha[:2] / state_sha[2:]).exists()
+
+
 def test_reply_lost_to_a_power_cut_is_asked_for_again(net: Net) -> None:
     """Replies are stored without fsync, so a power cut can lose one whose database row
     survived. Simulated: a round waits for a dead site while the others' replies are stored;

@@ -69,7 +69,9 @@ def _assert_hub_never_held(hub_state: Path, truths: list[np.ndarray]) -> None:
 @pytest.mark.parametrize("protocol", ["secagg", "ckks"])
 def test_secure_study_over_https_equals_simulation_and_hub_never_holds_an_update(
         net: Net, protocol: str) -> None:
-    fed = net().start()
+    # --keep-replies: the hub keeps every reply it ever stored, so the check below covers
+    # everything the sites sent, not only what is left after completed rounds are cleaned.
+    fed = net().start(keep_replies=True)
     cfg = study_config(name=f"sec-{protocol}", rounds=2, model={"name": "mlp", "hidden": [8]},
                        secure_aggregation={"protocol": protocol})
     st = fed.run_study(cfg, timeout=120)

@@ -32,6 +32,10 @@ def hub_start(
     port: Annotated[int | None, typer.Option(help="Override the port in hub.toml.")] = None,
     host: Annotated[str | None, typer.Option(help="Override the address to bind.")] = None,
     max_body_mb: Annotated[int, typer.Option(help="Largest accepted upload (MB).")] = 2048,
+    keep_replies: Annotated[bool, typer.Option(
+        help="Keep each site's update after its round is checkpointed (default: deleted; "
+             "studies resume from checkpoints, and an individual update is the most "
+             "sensitive thing the hub stores).")] = False,
 ) -> None:
     """Start the hub over HTTPS with mutual TLS (nodes authenticate by certificate)."""
     from fedcare.hub.server import serve
@@ -39,7 +43,7 @@ def hub_start(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s hub %(message)s")
     try:
         serve(kit, data_dir or kit / "data", host=host, port=port, db_url=db,
-              max_body=max_body_mb * 1024 * 1024)
+              max_body=max_body_mb * 1024 * 1024, keep_replies=keep_replies)
     except FedcareError as exc:
         raise fail(exc, 2) from None
 

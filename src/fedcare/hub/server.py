@@ -71,11 +71,12 @@ def researcher_token(hub_dir: Path) -> str:
 
 def build_server(hub_dir: Path, data_dir: Path, *, host: str | None = None,
                  port: int | None = None, db_url: str | None = None,
-                 max_body: int | None = None) -> tuple[uvicorn.Server, HubService]:
+                 max_body: int | None = None, keep_replies: bool = False
+                 ) -> tuple[uvicorn.Server, HubService]:
     from fedcare.pki.trust import load_hub_config, server_ssl_context
 
     cfg = load_hub_config(hub_dir)
-    service = HubService(data_dir, db_url=db_url,
+    service = HubService(data_dir, db_url=db_url, keep_replies=keep_replies,
                          **({"max_body": max_body} if max_body else {}))
     trust = PeerTrust(hub_dir)
     service.is_revoked = trust.is_revoked

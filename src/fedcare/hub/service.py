@@ -101,13 +101,18 @@ class Forbidden(FedcareError):
 
 class HubService:
     def __init__(self, data_dir: Path, *, db_url: str | None = None,
-                 max_body: int = DEFAULT_MAX_BODY) -> None:
+                 max_body: int = DEFAULT_MAX_BODY, keep_replies: bool = False) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.db = Database(db_url) if db_url else Database.for_data_dir(self.data_dir)
         self.db.migrate()
         self.blobs = BlobStore(self.data_dir / "blobs")
         self.max_body = max_body
+        #: Keep sites' replies after their round is checkpointed. Off by default: a study
+        #: resumes from checkpoints, never from the replies of a completed round, and a
+        #: site's individual update is the most sensitive thing the hub holds (and 4 MB per
+        #: site per round for a 1 M-parameter model). The reply rows stay as the record.
+        self.keep_replies = keep_replies
         self.waiters: dict[str, Future[Reply]] = {}
         self.waiters_lock = threading.Lock()
         self._wake: dict[str, threading.Condition] = {}
@@ -452,6 +457,19 @@ class HubService:
         if fut is not None and not fut.done():
             fut.set_result(ValidatedReply(body, decoded))
 
+    def drop_replies(self, study_id: str, round_: int | None = None) -> None:
+        """Delete the stored replies of a checkpointed round (or, with ``round_`` None, of a
+        finished study) unless the hub keeps replies (see :attr:`keep_replies`)."""
+        if self.keep_replies:
+            return
+        with self.db.session() as s:
+            repo = ReplyRepo(s)
+            replies = (repo.get_for_round(study_id, round_) if round_ is not None
+                       else repo.get_for_study(study_id))
+            shas = [r.blob_sha for r in replies if r.blob_sha]
+        for sha in shas:
+            self.blobs.delete(sha)
+
     def rejected(self, site: str, task_id: str, reason: str) -> None:
         """Log a refused reply in its study's event log (``fedcare study logs``)."""
         self.event("rejected", f"reply to {task_id} from {site} rejected: {reason}",
@@ -509,6 +527,7 @@ class HubService:
             self._write_outputs(study_id, engine.history, final)
             with self.db.session() as s:
                 StudyRepo(s).set_status(study_id, StudyStatus.COMPLETED)
+            self.drop_replies(study_id)  # the final evaluation's (no round checkpoints them)
             self.event("study", f"study {study_id} completed", study_id=study_id)
         except FedcareError as exc:
             self._fail(study_id, str(exc))
@@ -524,6 +543,7 @@ class HubService:
         with self.db.session() as s:
             StudyRepo(s).set_status(study_id, StudyStatus.FAILED, error=message)
         self.event("study", f"study {study_id} failed: {message}", study_id=study_id)
+        self.drop_replies(study_id)  # a failed study never resumes
 
     def _engine(self, study_id: str, transport: HubTransport) -> tuple[RoundEngine, int]:
         """The study's engine and the round it starts from (after the last completed one)."""
@@ -629,6 +649,7 @@ class _HubCheckpoints:
         # The round's unanswered tasks are expired now: stop offering them.
         prefix = f"{self.study_id}/r{round_}/"
         svc.withdraw(lambda tid: tid.startswith(prefix))
+        svc.drop_replies(self.study_id, round_)
 
 
 def _study_of(task_id: str) -> str | None:

@@ -116,6 +116,12 @@ class ReplyRepo:
             )
         )
 
+    def get_for_study(self, study_id: str) -> list[Reply]:
+        """Every reply to a task of this study."""
+        return list(self.session.scalars(
+            sa.select(Reply).join(Task, Task.id == Reply.task_id)
+            .where(Task.study_id == study_id)))
+
     def _round_closed(self, study: Study, round: int) -> bool:
         if round <= study.current_round:
             return True
