@@ -72,6 +72,10 @@ def as_bytes(payload: bytes | TaskPayload) -> bytes:
     return payload if isinstance(payload, bytes) else bytes(payload)
 
 
+#: The HTTP header a task payload's :func:`payload_digest` travels in (hub to node).
+DIGEST_HEADER = "X-Fedcare-Payload-Digest"
+
+
 def payload_digest(data: bytes | bytearray | memoryview) -> str:
     """The digest a task payload travels with: ``sha256(head):sha256(arrays)``.
 

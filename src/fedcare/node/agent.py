@@ -25,7 +25,7 @@ from fedcare import __version__
 from fedcare.config import FederatedData, StudyConfig, content_hash, parse_config
 from fedcare.core.errors import FedcareError, TransportError
 from fedcare.core.messages import ErrorReply
-from fedcare.core.wire import encode_error, payload_digest, peek_header
+from fedcare.core.wire import DIGEST_HEADER, encode_error, payload_digest, peek_header
 from fedcare.data.imaging import image_site_data
 from fedcare.engine.executor import SiteExecutor
 from fedcare.engine.learner_factory import ModelShape, make_learner
@@ -42,7 +42,6 @@ from fedcare.pki.files import HE_SECRET_FILE
 
 log = logging.getLogger("fedcare.node")
 SHA_HEADER = "X-Content-SHA256"
-DIGEST_HEADER = "X-Fedcare-Payload-Digest"
 
 
 @dataclass
