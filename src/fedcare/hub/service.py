@@ -451,7 +451,8 @@ class HubService:
         except (ValidationError, ProtocolError) as exc:
             self.rejected(site, task_id, exc.message)
             raise
-        self.withdraw(lambda tid: tid == task_id)
+        with self._offers_lock:  # answered: no longer offered
+            self._offers.get(site, {}).pop(task_id, None)
         with self.waiters_lock:
             fut = self.waiters.pop(task_id, None)
         if fut is not None and not fut.done():
