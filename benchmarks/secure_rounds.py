@@ -40,13 +40,13 @@ def run(cfg: dict, protocol: str, drop: int) -> dict:
         from fedcare.core.messages import TaskKind
         from fedcare.transport import inmemory
 
-        orig = inmemory.InMemoryTransport.submit
+        orig = inmemory.InMemoryTransport._run
 
-        def submit(self, site, payload):  # type: ignore[no-untyped-def]
-            from fedcare.core.wire import peek_header
+        def run_site(self, site, payload):  # type: ignore[no-untyped-def]
+            from fedcare.core.wire import as_bytes, peek_header
 
             if (site in {"site-1", "site-2"}
-                    and peek_header(payload)["kind"] == TaskKind.SECAGG_UNMASK.value):
+                    and peek_header(as_bytes(payload))["kind"] == TaskKind.SECAGG_UNMASK.value):
                 from concurrent.futures import Future
 
                 f: Future[bytes] = Future()
@@ -56,14 +56,14 @@ def run(cfg: dict, protocol: str, drop: int) -> dict:
                 return f
             return orig(self, site, payload)
 
-        inmemory.InMemoryTransport.submit = submit  # type: ignore[method-assign]
+        inmemory.InMemoryTransport._run = run_site  # type: ignore[method-assign]
     try:
         t0 = time.perf_counter()
         h = fedcare.simulate(cfg)
         wall = time.perf_counter() - t0
     finally:
         if drop:
-            inmemory.InMemoryTransport.submit = orig  # type: ignore[method-assign]
+            inmemory.InMemoryTransport._run = orig  # type: ignore[method-assign]
     rounds = [r.seconds for r in h.rounds[1:]]  # round 1 pays first-use costs
     return {"round_s": statistics.median(rounds), "wall_s": wall,
             "completed": len(h.rounds[-1].sites_completed)}
