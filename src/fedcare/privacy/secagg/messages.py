@@ -179,6 +179,22 @@ class KeysBroadcast(_Message):
         return cls({site: (c[i].tobytes(), s[i].tobytes()) for i, site in enumerate(sites)})
 
 
+def _ciphertexts_out(cfg: SecAggConfig, site: str, peers_key: str,
+                     ciphertexts: Mapping[str, bytes]) -> Arrays:
+    """One site's stage-2 ciphertexts, by peer (recipients or senders: the two directions
+    of the same exchange carry the same layout)."""
+    order = sorted(ciphertexts, key=cfg.index)
+    return {"site": _idx(cfg, [site]), peers_key: _idx(cfg, order),
+            "ciphertexts": _rows([ciphertexts[p] for p in order], CIPHERTEXT_BYTES)}
+
+
+def _ciphertexts_in(d: Mapping[str, np.ndarray], cfg: SecAggConfig, msg: str,
+                    peers_key: str) -> tuple[str, dict[str, bytes]]:
+    peers = _sites(_arr(d, peers_key, _U32, (None,), msg), cfg, msg, peers_key)
+    ct = _arr(d, "ciphertexts", _U8, (len(peers), CIPHERTEXT_BYTES), msg)
+    return _site(d, cfg, msg), {p: ct[i].tobytes() for i, p in enumerate(peers)}
+
+
 @dataclass(frozen=True)
 class ShareBundle(_Message):
     """Stage 2, site -> hub: one AEAD ciphertext of (share of b_u, of s_u^SK) per neighbour."""
@@ -189,16 +205,11 @@ class ShareBundle(_Message):
     KEYS: ClassVar[frozenset[str]] = frozenset({"site", "recipients", "ciphertexts"})
 
     def _arrays(self, cfg: SecAggConfig) -> Arrays:
-        order = sorted(self.ciphertexts, key=cfg.index)
-        return {"site": _idx(cfg, [self.site]), "recipients": _idx(cfg, order),
-                "ciphertexts": _rows([self.ciphertexts[r] for r in order], CIPHERTEXT_BYTES)}
+        return _ciphertexts_out(cfg, self.site, "recipients", self.ciphertexts)
 
     @classmethod
     def _parse(cls, d: Mapping[str, np.ndarray], cfg: SecAggConfig) -> Self:
-        n = "ShareBundle"
-        rec = _sites(_arr(d, "recipients", _U32, (None,), n), cfg, n, "recipients")
-        ct = _arr(d, "ciphertexts", _U8, (len(rec), CIPHERTEXT_BYTES), n)
-        return cls(_site(d, cfg, n), {r: ct[i].tobytes() for i, r in enumerate(rec)})
+        return cls(*_ciphertexts_in(d, cfg, "ShareBundle", "recipients"))
 
 
 @dataclass(frozen=True)
@@ -211,16 +222,11 @@ class ShareDelivery(_Message):
     KEYS: ClassVar[frozenset[str]] = frozenset({"site", "senders", "ciphertexts"})
 
     def _arrays(self, cfg: SecAggConfig) -> Arrays:
-        order = sorted(self.ciphertexts, key=cfg.index)
-        return {"site": _idx(cfg, [self.recipient]), "senders": _idx(cfg, order),
-                "ciphertexts": _rows([self.ciphertexts[s] for s in order], CIPHERTEXT_BYTES)}
+        return _ciphertexts_out(cfg, self.recipient, "senders", self.ciphertexts)
 
     @classmethod
     def _parse(cls, d: Mapping[str, np.ndarray], cfg: SecAggConfig) -> Self:
-        n = "ShareDelivery"
-        snd = _sites(_arr(d, "senders", _U32, (None,), n), cfg, n, "senders")
-        ct = _arr(d, "ciphertexts", _U8, (len(snd), CIPHERTEXT_BYTES), n)
-        return cls(_site(d, cfg, n), {s: ct[i].tobytes() for i, s in enumerate(snd)})
+        return cls(*_ciphertexts_in(d, cfg, "ShareDelivery", "senders"))
 
 
 @dataclass(frozen=True)
