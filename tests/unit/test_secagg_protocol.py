@@ -190,12 +190,18 @@ def test_server_never_holds_a_single_encoded_input_and_masked_looks_uniform():
     assert srv._total is None and srv.state is ServerState.DONE
 
 
-def test_ciphertext_for_another_pair_fails_authentication_naming_the_sender():
-    cfg = SecAggConfig(sites=_sites(3), threshold=2, vector_length=2)
+def _through_sharing(cfg: SecAggConfig
+                     ) -> tuple[dict[str, SecAggClient], SecAggServer, dict[str, ShareDelivery]]:
+    """Every site of ``cfg`` through key advertisement and share exchange."""
     clients = {u: SecAggClient(cfg, u) for u in cfg.sites}
     srv = SecAggServer(cfg)
-    bcast = srv.collect_keys({u: c.advertise_keys() for u, c in clients.items()})
-    routed = srv.collect_shares({u: clients[u].share_keys(bcast[u]) for u in bcast})
+    keys = srv.collect_keys({u: c.advertise_keys() for u, c in clients.items()})
+    return clients, srv, srv.collect_shares({u: clients[u].share_keys(keys[u]) for u in keys})
+
+
+def test_ciphertext_for_another_pair_fails_authentication_naming_the_sender():
+    cfg = SecAggConfig(sites=_sites(3), threshold=2, vector_length=2)
+    clients, _, routed = _through_sharing(cfg)
     # site-2 receives, labelled as from site-1, the ciphertext site-0 sent it.
     swapped = dict(routed["site-2"].ciphertexts)
     swapped["site-1"] = routed["site-2"].ciphertexts["site-0"]
@@ -228,10 +234,7 @@ def _det_rng(label: str):
 
 def test_client_refuses_to_reveal_both_shares_of_a_peer():
     cfg = SecAggConfig(sites=_sites(4), threshold=3, vector_length=2)
-    clients = {u: SecAggClient(cfg, u) for u in cfg.sites}
-    srv = SecAggServer(cfg)
-    b = srv.collect_keys({u: c.advertise_keys() for u, c in clients.items()})
-    routed = srv.collect_shares({u: clients[u].share_keys(b[u]) for u in b})
+    clients, _, routed = _through_sharing(cfg)
     for u in cfg.sites:
         clients[u].masked_input(np.zeros(2), routed[u])
     evil = UnmaskRequest(("site-0", "site-1", "site-2", "site-3"), ("site-3",))
@@ -250,10 +253,7 @@ def test_client_refuses_to_reveal_both_shares_of_a_peer():
 
 def test_client_refuses_request_that_omits_a_neighbour_or_itself():
     cfg = SecAggConfig(sites=_sites(4), threshold=3, vector_length=1)
-    clients = {u: SecAggClient(cfg, u) for u in cfg.sites}
-    srv = SecAggServer(cfg)
-    b = srv.collect_keys({u: c.advertise_keys() for u, c in clients.items()})
-    routed = srv.collect_shares({u: clients[u].share_keys(b[u]) for u in b})
+    clients, _, routed = _through_sharing(cfg)
     for u in cfg.sites:
         clients[u].masked_input(np.zeros(1), routed[u])
     with pytest.raises(ProtocolError, match="neither a survivor nor dropped"):
@@ -336,10 +336,7 @@ def test_server_refuses_masked_vector_of_wrong_length_or_dtype(masked):
 
 def test_server_refuses_a_response_with_both_shares_and_corrupted_shares():
     cfg = SecAggConfig(sites=_sites(4), threshold=3, vector_length=2, frac_bits=0, clip=5.0)
-    clients = {u: SecAggClient(cfg, u) for u in cfg.sites}
-    srv = SecAggServer(cfg)
-    b = srv.collect_keys({u: c.advertise_keys() for u, c in clients.items()})
-    routed = srv.collect_shares({u: clients[u].share_keys(b[u]) for u in b})
+    clients, srv, routed = _through_sharing(cfg)
     req = srv.collect_masked({u: clients[u].masked_input(np.ones(2), routed[u])
                               for u in routed if u != "site-3"})
     resp = {u: clients[u].unmask(req) for u in req.survivors}
@@ -377,10 +374,7 @@ def test_wrong_state_calls_are_refused_without_changing_state():
 def test_client_refuses_out_of_range_or_nonfinite_input():
     cfg = SecAggConfig(sites=_sites(2), threshold=2, vector_length=2, clip=1.0)
     for bad in (np.array([0.0, 1.5]), np.array([np.nan, 0.0]), np.zeros(3)):
-        clients = {u: SecAggClient(cfg, u) for u in cfg.sites}
-        srv = SecAggServer(cfg)
-        b = srv.collect_keys({u: c.advertise_keys() for u, c in clients.items()})
-        routed = srv.collect_shares({u: clients[u].share_keys(b[u]) for u in b})
+        clients, _, routed = _through_sharing(cfg)
         with pytest.raises(ValidationError, match="site-0"):
             clients["site-0"].masked_input(bad, routed["site-0"])
         assert clients["site-0"].state is ClientState.ABORTED
