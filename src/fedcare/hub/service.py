@@ -48,6 +48,7 @@ from fedcare.hub.store import (
     DatasetInfo,
     EventRepo,
     ReplyRepo,
+    Site,
     SiteRepo,
     StudyRepo,
     StudyStatus,
@@ -158,8 +159,10 @@ class HubService:
         if not isinstance(cfg.data, FederatedData):
             raise ConfigError("a networked study needs data.source = 'federation' (the nodes "
                               "map data.dataset to their own files)")
-        sites = self._participants(cfg)
-        self._check_contracts(cfg, sites)
+        with self.db.session() as s:
+            listed = SiteRepo(s).list()  # read once for the three checks below
+        sites = self._participants(cfg, listed)
+        self._check_contracts(cfg, sites, listed)
         if len(sites) < cfg.strategy.min_sites:
             raise ConfigError(f"only {len(sites)} site(s) hold dataset {cfg.data.dataset!r} "
                               f"({sites}); the strategy needs {cfg.strategy.min_sites}")
@@ -170,19 +173,19 @@ class HubService:
             StudyRepo(s).set_status(study_id, StudyStatus.RUNNING)
         self.event("study", f"study {cfg.study.name!r} submitted with sites {sites}",
                    study_id=study_id)
-        self._flag_data(cfg.data.dataset, study_id)
+        self._flag_data(cfg.data.dataset, study_id, listed)
         self._launch(study_id)
         return {"study_id": study_id, "config_hash": content_hash(cfg), "sites": sites}
 
-    def _check_contracts(self, cfg: StudyConfig, sites: list[str]) -> None:
+    def _check_contracts(self, cfg: StudyConfig, sites: list[str],
+                         listed: list[Site]) -> None:
         """Refuse a study whose sites built its dataset with different data contracts (or
         another contract than the study names): they would not be training on the same
         problem. Sites without a contract (plain tables) are not affected."""
         assert isinstance(cfg.data, FederatedData)
-        with self.db.session() as s:
-            hashes = {site.name: d.get("contract_hash") for site in SiteRepo(s).list()
-                      if site.name in sites for d in site.datasets or []
-                      if d.get("name") == cfg.data.dataset and d.get("contract_hash")}
+        hashes = {site.name: d.get("contract_hash") for site in listed
+                  if site.name in sites for d in site.datasets or []
+                  if d.get("name") == cfg.data.dataset and d.get("contract_hash")}
         wanted = cfg.data.contract_hash
         if wanted is not None:
             wrong = sorted(n for n, h in hashes.items() if h != wanted)
@@ -194,11 +197,11 @@ class HubService:
             raise ConfigError(f"the sites built dataset {cfg.data.dataset!r} with different "
                               "data contracts; name one with data.contract_hash")
 
-    def _flag_data(self, dataset: str, study_id: str) -> None:
+    def _flag_data(self, dataset: str, study_id: str, listed: list[Site]) -> None:
         """Before training starts: log what the sites' quality reports say about the data
         (shift, likely label-definition mismatch, refusals) in the study's event log."""
         try:
-            q = self.dataset_quality(dataset)
+            q = self.dataset_quality(dataset, listed)
         except NotFound:
             return
         for site, why in q["refusing"].items():
@@ -208,13 +211,11 @@ class HubService:
             self.event("data", f"{f['kind']}: {f['message']}", study_id=study_id,
                        site=f.get("site"))
 
-    def _participants(self, cfg: StudyConfig) -> list[str]:
+    def _participants(self, cfg: StudyConfig, listed: list[Site]) -> list[str]:
         assert isinstance(cfg.data, FederatedData)
-        with self.db.session() as s:
-            listed = SiteRepo(s).list()
-            revoked = {site.name for site in listed if self.is_revoked(site.cert_serial)}
-            known = {site.name: [d["name"] for d in site.datasets or []]
-                     for site in listed if site.name not in revoked}
+        revoked = {site.name for site in listed if self.is_revoked(site.cert_serial)}
+        known = {site.name: [d["name"] for d in site.datasets or []]
+                 for site in listed if site.name not in revoked}
         if cfg.data.sites:
             gone = sorted(revoked & set(cfg.data.sites))
             if gone:
@@ -260,14 +261,16 @@ class HubService:
             raise NotFound(f"study {study_id} has no {name} yet (is it finished?)")
         return path
 
-    def dataset_quality(self, name: str) -> dict[str, Any]:
+    def dataset_quality(self, name: str, listed: list[Site] | None = None) -> dict[str, Any]:
         """Every site's quality report for dataset ``name`` and the hub's comparison of them
         (distribution shift, label-rate outliers, code coverage, units, contract mismatch):
-        checked before anyone trains on the data."""
-        with self.db.session() as s:
-            reports = {site.name: d["quality"] for site in SiteRepo(s).list()
-                       for d in site.datasets or []
-                       if d.get("name") == name and isinstance(d.get("quality"), dict)}
+        checked before anyone trains on the data. ``listed``: the site table, when the
+        caller has just read it."""
+        if listed is None:
+            with self.db.session() as s:
+                listed = SiteRepo(s).list()
+        reports = {site.name: d["quality"] for site in listed for d in site.datasets or []
+                   if d.get("name") == name and isinstance(d.get("quality"), dict)}
         if not reports:
             raise NotFound(f"no site reported a quality check for dataset {name!r} (clinical "
                            "datasets with a contract report one when their node starts)")
