@@ -90,7 +90,6 @@ class Offer:
 
     site: str
     study_id: str
-    round: int
     head: bytes
     body: bytes
     digest: str

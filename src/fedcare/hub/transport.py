@@ -51,7 +51,7 @@ class HubTransport:
                 head, body, digest = payload, b"", payload_digest(payload)
             header = peek_header(head)
             round_, kind = int(header["round"]), TaskKind(header["kind"])
-            offers[site] = Offer(site, self.study_id, round_, head, body, digest)
+            offers[site] = Offer(site, self.study_id, head, body, digest)
             # The task row records the sha256 of the arrays it carries (the model it sent).
             tasks[site] = NewTask(self.study_id, round_, site, kind, digest.rsplit(":", 1)[-1])
         if not tasks:
