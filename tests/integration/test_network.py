@@ -154,10 +154,11 @@ def test_hub_killed_mid_study_resumes_and_ends_as_if_never_interrupted(net: Net)
     _assert_same_model(_model(fed, study_id), _simulated(fed, cfg))
 
 
-def test_sites_updates_are_deleted_once_their_round_is_checkpointed(net: Net) -> None:
-    """A completed round's replies are never needed again (a study resumes from its
-    checkpoint), and a site's individual update is the most sensitive thing the hub holds:
-    by default their bytes are deleted, their rows kept as the record."""
+def test_sites_updates_never_reach_the_hubs_disk_by_default(net: Net) -> None:
+    """A study resumes from its checkpoints, never from replies, and a site's individual
+    update is the most sensitive thing the hub handles: by default the hub holds replies in
+    memory only, and their rows are the record. (With --keep-replies they are stored: see
+    test_bad_replies_get_4xx_and_never_touch_the_model.)"""
     import sqlite3
 
     fed = net().start()
@@ -176,14 +177,17 @@ def test_sites_updates_are_deleted_once_their_round_is_checkpointed(net: Net) ->
     assert (blobs / state_sha[:2] / state_sha[2:]).exists()
 
 
-def test_reply_lost_to_a_power_cut_is_asked_for_again(net: Net) -> None:
-    """Replies are stored without fsync, so a power cut can lose one whose database row
-    survived. Simulated: a round waits for a dead site while the others' replies are stored;
-    the hub is killed and those reply files are deleted. The restarted hub must find them
-    gone, ask those sites again, and still end with exactly the simulation's model."""
+@pytest.mark.parametrize("keep_replies", [False, True], ids=["in-memory", "kept-power-cut"])
+def test_replies_the_hub_lost_are_asked_for_again(net: Net, keep_replies: bool) -> None:
+    """A round waits for a dead site while the others' replies are accepted; the hub is
+    killed. By default it held those replies in memory only; with --keep-replies they are
+    stored without fsync, and a power cut loses them although their database rows survived
+    (simulated: the files are deleted). Either way the restarted hub must ask those sites
+    again, their nodes must send the reply they computed before (not train a second time),
+    and the study must end with exactly the simulation's model."""
     import sqlite3
 
-    fed = net().start()
+    fed = net().start(keep_replies=keep_replies)
     fed.run_study(study_config(name="warm-up", rounds=1))  # cold starts out of the way
     rounds = 3
     cfg = study_config(rounds=rounds, run={"round_timeout": 120})
@@ -197,18 +201,27 @@ def test_reply_lost_to_a_power_cut_is_asked_for_again(net: Net) -> None:
                 "SELECT r.task_id, r.blob_sha FROM replies r JOIN tasks t ON t.id = r.task_id "
                 "WHERE t.study_id = ?", (study_id,)).fetchall()
 
-    fed.wait_until("two stored replies", lambda: len(stored_replies()) >= 2, timeout=60)
+    fed.wait_until("two accepted replies", lambda: len(stored_replies()) >= 2, timeout=60)
     fed.kill_hub()
     lost = stored_replies()
-    for _, sha in lost:  # the power cut: rows committed, bytes never reached the disk
-        (fed.hub_dir / "data" / "blobs" / sha[:2] / sha[2:]).unlink()
+    for _, sha in lost:
+        blob = fed.hub_dir / "data" / "blobs" / sha[:2] / sha[2:]
+        assert blob.exists() == keep_replies
+        if keep_replies:  # the power cut: rows committed, bytes never reached the disk
+            blob.unlink()
 
-    fed.start_hub()
+    fed.start_hub(keep_replies=keep_replies)
     fed.start_node("gamma")
     st = fed.wait_study(study_id, timeout=120)
     assert st["status"] == "completed", st.get("error")
     recovered = [e["message"] for e in fed.events(study_id) if e["kind"] == "recovery"]
     assert len(recovered) == len(lost), recovered
+    why = "is unreadable" if keep_replies else "held in memory by the previous hub process"
+    assert all(why in m for m in recovered), recovered
+    for task_id, _ in lost:  # resent as computed, not trained again
+        site = task_id.rsplit("/", 1)[-1]
+        node_log = fed.nodes[site].tail(10**6)
+        assert f"task {task_id} asked again" in node_log, node_log[-2000:]
     for r in st["rounds"]:
         assert r["sites_completed"] == list(SITES), (r["round"], r["sites_failed"])
     _assert_rounds_once_each(fed, st, rounds)
@@ -363,7 +376,9 @@ def _with_nan(reply: bytes, cfg: dict[str, Any]) -> bytes:
 
 def test_replays_and_malformed_replies_are_refused_and_logged(net: Net, tmp_path: Path) -> None:
     fed = net(sites=("alpha", "beta"))
-    fed.start_hub(max_body_mb=1)
+    # --keep-replies: accepted replies go to the blob store, so that "refused before the
+    # store" below is checked against a store that does receive replies.
+    fed.start_hub(max_body_mb=1, keep_replies=True)
     # Both sites are driven by the test through the node's own code (NodeAgent): it polls
     # and computes real replies, and the test decides what is posted, and how.
     agents = {s: NodeAgent(fed.kit(s), fed.node_configs[s], state_dir=tmp_path / s,
@@ -378,7 +393,7 @@ def test_replays_and_malformed_replies_are_refused_and_logged(net: Net, tmp_path
         for site, agent in agents.items():
             got = agent.poll()
             assert got is not None and got[0] == study_id
-            replies[site] = agent.handle(*got)
+            replies[site] = agent.answer(*got)
         beta_task, beta_reply = replies["beta"]
         nan_reply = _with_nan(beta_reply, cfg)
         hijack = encode_error(ErrorReply(beta_task, "alpha", 1, "X", "alpha answers for beta"))
@@ -408,13 +423,15 @@ def test_replays_and_malformed_replies_are_refused_and_logged(net: Net, tmp_path
 
         # The genuine reply is accepted once; its replay is a 409.
         assert _post(beta, beta_task, beta_reply).status_code == 202
+        sha = hashlib.sha256(beta_reply).hexdigest()
+        assert (fed.hub_dir / "data" / "blobs" / sha[:2] / sha[2:]).exists()
         replay = _post(beta, beta_task, beta_reply)
         assert replay.status_code == 409, replay.text
         assert _post(alpha, *replies["alpha"]).status_code == 202
         for agent in agents.values():  # the final evaluation, answered normally
             got = agent.poll()
             assert got is not None
-            agent.send(*agent.handle(*got))
+            agent.send(*agent.answer(*got))
         st = fed.wait_study(study_id)
         assert st["status"] == "completed", st.get("error")
         assert st["rounds"][0]["sites_completed"] == ["alpha", "beta"]

@@ -108,10 +108,13 @@ class HubService:
         self.db.migrate()
         self.blobs = BlobStore(self.data_dir / "blobs")
         self.max_body = max_body
-        #: Keep sites' replies after their round is checkpointed. Off by default: a study
-        #: resumes from checkpoints, never from the replies of a completed round, and a
-        #: site's individual update is the most sensitive thing the hub holds (and 4 MB per
-        #: site per round for a 1 M-parameter model). The reply rows stay as the record.
+        #: Write every site's reply to the blob store and keep it. Off by default: a reply
+        #: is held in memory only, until its round is aggregated. A site's individual update
+        #: is the most sensitive thing the hub handles, a study resumes from its checkpoints
+        #: (never from the replies of a completed round), and writing them cost ~15 % of the
+        #: hub's CPU in the network benchmark (4 MB per site per round for a 1 M-parameter
+        #: model). A hub killed mid-round asks the round's sites again and each node sends
+        #: the reply it already computed (NodeAgent). The reply rows are the record either way.
         self.keep_replies = keep_replies
         self.waiters: dict[str, Future[Reply]] = {}
         self.waiters_lock = threading.Lock()
@@ -440,13 +443,14 @@ class HubService:
                 raise WrongSite(f"task {task_id} was not sent to this site", site=site)
             spec, aux = self._expected(study_id, kind)
             decoded = decode_reply(body, spec, aux, site=site)  # full validation
-            # Not fsynced (about 15 ms of disk wait per 4 MB reply, on the round's critical
-            # path): a hub killed with kill -9 keeps it all the same, and a power cut that
-            # loses it is found out on reading it back, when the site is asked again
-            # (HubTransport._reuse). The round's checkpoint, the study's real state, is fsynced.
-            sha_stored = self.blobs.put_hashed(body, digest, durable=False)
+            if self.keep_replies:
+                # Not fsynced (about 15 ms of disk wait per 4 MB reply, on the round's
+                # critical path): a hub killed with kill -9 keeps it all the same, and a power
+                # cut that loses it is found out on reading it back, when the site is asked
+                # again (HubTransport._reuse). The round's checkpoint is fsynced.
+                self.blobs.put_hashed(body, digest, durable=False)
             with self.db.session() as s:
-                ReplyRepo(s).record(task_id, site, sha_stored, len(body),
+                ReplyRepo(s).record(task_id, site, digest, len(body),
                                     is_error=header.get("type") == "error",
                                     message=header.get("message") if header.get(
                                         "type") == "error" else None)
@@ -459,19 +463,6 @@ class HubService:
             fut = self.waiters.pop(task_id, None)
         if fut is not None and not fut.done():
             fut.set_result(ValidatedReply(body, decoded))
-
-    def drop_replies(self, study_id: str, round_: int | None = None) -> None:
-        """Delete the stored replies of a checkpointed round (or, with ``round_`` None, of a
-        finished study) unless the hub keeps replies (see :attr:`keep_replies`)."""
-        if self.keep_replies:
-            return
-        with self.db.session() as s:
-            repo = ReplyRepo(s)
-            replies = (repo.get_for_round(study_id, round_) if round_ is not None
-                       else repo.get_for_study(study_id))
-            shas = [r.blob_sha for r in replies if r.blob_sha]
-        for sha in shas:
-            self.blobs.delete(sha)
 
     def rejected(self, site: str, task_id: str, reason: str) -> None:
         """Log a refused reply in its study's event log (``fedcare study logs``)."""
@@ -530,7 +521,6 @@ class HubService:
             self._write_outputs(study_id, engine.history, final)
             with self.db.session() as s:
                 StudyRepo(s).set_status(study_id, StudyStatus.COMPLETED)
-            self.drop_replies(study_id)  # the final evaluation's (no round checkpoints them)
             self.event("study", f"study {study_id} completed", study_id=study_id)
         except FedcareError as exc:
             self._fail(study_id, str(exc))
@@ -546,7 +536,6 @@ class HubService:
         with self.db.session() as s:
             StudyRepo(s).set_status(study_id, StudyStatus.FAILED, error=message)
         self.event("study", f"study {study_id} failed: {message}", study_id=study_id)
-        self.drop_replies(study_id)  # a failed study never resumes
 
     def _engine(self, study_id: str, transport: HubTransport) -> tuple[RoundEngine, int]:
         """The study's engine and the round it starts from (after the last completed one)."""
@@ -652,7 +641,6 @@ class _HubCheckpoints:
         # The round's unanswered tasks are expired now: stop offering them.
         prefix = f"{self.study_id}/r{round_}/"
         svc.withdraw(lambda tid: tid.startswith(prefix))
-        svc.drop_replies(self.study_id, round_)
 
 
 def _study_of(task_id: str) -> str | None:

@@ -2,9 +2,11 @@
 through futures resolved by the API when a node posts them.
 
 Task ids are deterministic, so a hub restarted mid-round re-creates the same tasks (a no-op
-in the database) and offers their payloads again, and any reply that was already accepted is
-handed straight back to the engine: nothing is lost and nothing is counted twice. Payloads
-themselves are held in memory while offered (see :meth:`HubService.offer`).
+in the database) and offers their payloads again. A reply the previous process had accepted
+is handed straight back to the engine when the hub keeps replies on disk; by default replies
+are held in memory only, so its site is asked again, and the node sends the very reply it
+computed before (it keeps its last one). Nothing is lost and nothing is counted twice.
+Payloads themselves are held in memory while offered (see :meth:`HubService.offer`).
 """
 
 from __future__ import annotations
@@ -67,23 +69,26 @@ class HubTransport:
             TaskRepo(s).create_many(tasks.values())
             for site, task in tasks.items():
                 svc.note_task(task.id, site, task.kind, self.study_id)
-            answered = ReplyRepo(s).stored_for([t.id for t in tasks.values()])
+            answered = ReplyRepo(s).answered([t.id for t in tasks.values()])
         for site, task in tasks.items():
-            # Answered before a restart: reuse the stored reply, never ask twice.
+            # Answered before a restart: reuse the stored reply if the hub kept it.
             if task.id not in answered or not self._reuse(task.id, futures[site],
                                                           answered[task.id]):
                 svc.offer(task.id, offers[site])
         return futures
 
     def _reuse(self, task_id: str, fut: Future[Reply], reply_sha: str) -> bool:
-        """Resolve ``fut`` with the stored reply; False when its bytes are gone (the task is
-        then reopened and must be offered again)."""
+        """Resolve ``fut`` with the stored reply; False when the hub has not got its bytes
+        (the task is then reopened and must be offered again)."""
         svc = self.service
         try:
             stored = svc.blobs.get(reply_sha)
         except (BlobNotFound, BlobCorrupted) as exc:
-            svc.event("recovery", f"the stored reply to {task_id} is unreadable ({exc}); "
-                      "asking its site again", study_id=self.study_id)
+            why = (f"is unreadable ({exc})" if svc.keep_replies or isinstance(exc, BlobCorrupted)
+                   else "was held in memory by the previous hub process (replies are written "
+                        "to disk only with --keep-replies)")
+            svc.event("recovery", f"the reply to {task_id} {why}; asking its site again",
+                      study_id=self.study_id)
             with svc.db.session() as s:
                 ReplyRepo(s).forget(task_id)
             return False

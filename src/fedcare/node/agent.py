@@ -3,7 +3,7 @@
 A hospital opens no inbound port: the node dials the hub with its site certificate, asks
 for the next task (the hub holds the request open until there is one), runs it with the same
 :class:`SiteExecutor` simulation uses, and posts the reply. Connection trouble is met with
-exponential backoff, never a crash; ``HTTPS_PROXY`` is honoured (httpx reads the environment).
+exponential backoff, never a crash; ``HTTPS_PROXY`` is honoured (see :mod:`fedcare.node.hub_link`).
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from fedcare import __version__
 from fedcare.config import FederatedData, StudyConfig, content_hash, parse_config
 from fedcare.core.errors import FedcareError, TransportError
@@ -31,6 +29,7 @@ from fedcare.engine.executor import SiteExecutor
 from fedcare.engine.learner_factory import ModelShape, make_learner
 from fedcare.engine.privacy import site_privacy
 from fedcare.engine.secure import SecureSettings, SecureSite
+from fedcare.node.hub_link import HubLink, HubResponse, LinkError
 from fedcare.node.local_config import NodeData, load_node_data
 from fedcare.node.site_data import (
     ClinicalTable,
@@ -64,11 +63,16 @@ class NodeAgent:
         self.state_dir = state_dir or Path(kit_dir) / "state"
         self.poll_wait = poll_wait
         self.session = uuid.uuid4().hex
-        timeout = httpx.Timeout(connect=10.0, read=poll_wait + 30.0, write=600.0, pool=10.0)
-        self.http = httpx.Client(base_url=self.kit.hub_url, verify=client_ssl_context(kit_dir),
-                                 timeout=timeout, trust_env=True,
-                                 headers={"User-Agent": f"fedcare-node/{__version__}"})
+        self.http = HubLink(self.kit.hub_url, client_ssl_context(kit_dir), connect_timeout=10.0,
+                            read_timeout=poll_wait + 30.0,
+                            user_agent=f"fedcare-node/{__version__}")
         self._studies: dict[str, _Study] = {}
+        #: The last task this node answered (its payload digest) and the reply. A hub that
+        #: restarts mid-round asks the round's sites again (it holds replies in memory only,
+        #: unless it keeps them), and the identical task must get the identical answer: not
+        #: a second training, which would cost the time, charge the site's privacy budget
+        #: again and, under secure aggregation, be refused.
+        self._last: tuple[str, tuple[str, bytes]] | None = None
         self._clinical: dict[str, ClinicalTable] = {}
         self.stop_event = threading.Event()
         self.ledger = self._ledger()
@@ -88,25 +92,27 @@ class NodeAgent:
     # -- hub calls ------------------------------------------------------------------------
     def hello(self) -> None:
         datasets = [self._describe(name, path) for name, path in sorted(self.data.datasets.items())]
-        r = self.http.post("/v1/node/hello", json={"version": __version__,
-                                                   "session": self.session,
-                                                   "datasets": datasets})
+        r = self.http.request("POST", "/v1/node/hello", json={
+            "version": __version__, "session": self.session, "datasets": datasets})
         _raise_for(r)
 
-    def poll(self) -> tuple[str, bytes] | None:
-        r = self.http.get("/v1/node/task", params={"wait": self.poll_wait})
+    def poll(self) -> tuple[str, bytes, str] | None:
+        """The next task: its study, payload and payload digest (None: nothing yet)."""
+        r = self.http.request("GET", "/v1/node/task", params={"wait": self.poll_wait})
         if r.status_code == 204:
             return None
         _raise_for(r)
         body = r.content
-        if payload_digest(body) != r.headers.get(DIGEST_HEADER):
+        digest = payload_digest(body)
+        if digest != r.headers.get(DIGEST_HEADER):
             raise TransportError("task payload failed its sha256 check (corrupted in transit)")
-        return r.headers["X-Fedcare-Study"], body
+        return r.headers["X-Fedcare-Study"], body, digest
 
     def send(self, task_id: str, reply: bytes) -> None:
-        r = self.http.post("/v1/node/reply", params={"task_id": task_id}, content=reply,
-                           headers={SHA_HEADER: hashlib.sha256(reply).hexdigest(),
-                                    "Content-Type": "application/octet-stream"})
+        r = self.http.request("POST", "/v1/node/reply", params={"task_id": task_id},
+                              content=reply,
+                              headers={SHA_HEADER: hashlib.sha256(reply).hexdigest(),
+                                       "Content-Type": "application/octet-stream"})
         if r.status_code in (409, 410):  # duplicate or late: the hub already settled this task
             log.info("hub declined reply for %s: %s", task_id, r.text)
             return
@@ -145,7 +151,7 @@ class NodeAgent:
     def study(self, study_id: str) -> _Study:
         if study_id in self._studies:
             return self._studies[study_id]
-        r = self.http.get(f"/v1/node/studies/{study_id}")
+        r = self.http.request("GET", f"/v1/node/studies/{study_id}")
         _raise_for(r)
         doc = r.json()
         cfg = parse_config(doc["config"])
@@ -215,6 +221,17 @@ class NodeAgent:
                                                     frac_bits=sa.frac_bits, he_context=secret),
                           sites)
 
+    def answer(self, study_id: str, payload: bytes, digest: str) -> tuple[str, bytes]:
+        """The reply to a task (task id, bytes): the one already computed when the hub asks
+        the same task again (same digest), else :meth:`handle`'s."""
+        if self._last is not None and self._last[0] == digest:
+            log.info("task %s asked again (the hub restarted?): sending the same reply",
+                     self._last[1][0])
+            return self._last[1]
+        reply = self.handle(study_id, payload)
+        self._last = (digest, reply)
+        return reply
+
     def handle(self, study_id: str, payload: bytes) -> tuple[str, bytes]:
         header = peek_header(payload)
         task_id = str(header.get("task_id", ""))
@@ -253,17 +270,18 @@ class NodeAgent:
                 failures = 0
                 if got is None:
                     continue
-                pending = self.handle(*got)
+                pending = self.answer(*got)
                 self.send(*pending)
                 pending = None
             except FedcareError as exc:  # the hub refused something: say so, keep serving
-                pending = None  # a refused reply is not sent again
+                if pending is not None:  # a refused reply is neither sent nor reused again
+                    pending = self._last = None
                 failures += 1
                 log.error("%s", exc)
                 self.stop_event.wait(min(30.0, 1.0 * failures))
-            except (httpx.TransportError, TransportError, _HubUnavailable) as exc:
+            except (LinkError, TransportError, _HubUnavailable) as exc:
                 failures += 1
-                greeted = greeted and not isinstance(exc, httpx.ConnectError)
+                greeted = greeted and not (isinstance(exc, LinkError) and exc.connect)
                 delay = min(30.0, 0.5 * 2 ** min(failures, 6)) * (0.5 + random.random() / 2)
                 log.warning("hub unreachable (%s); retrying in %.1f s", exc, delay)
                 self.stop_event.wait(delay)
@@ -276,7 +294,7 @@ class _HubUnavailable(Exception):
     pass
 
 
-def _raise_for(r: httpx.Response) -> None:
+def _raise_for(r: HubResponse) -> None:
     if r.status_code >= 500:
         raise _HubUnavailable(f"hub answered {r.status_code}")
     if r.status_code >= 400:

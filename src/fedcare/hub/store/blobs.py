@@ -92,15 +92,6 @@ class BlobStore:
     def exists(self, sha: str) -> bool:
         return self.path(sha).is_file()
 
-    def delete(self, sha: str) -> bool:
-        """Remove a blob; False when there was none. Not fsynced: a blob that comes back
-        after a power cut is only an unreferenced file."""
-        try:
-            self.path(sha).unlink()
-        except FileNotFoundError:
-            return False
-        return True
-
     def put(self, data: bytes) -> str:
         """Store ``data`` and return its sha256 hex. Idempotent: the same bytes give the same
         name, and rewriting them (atomically) also repairs a damaged copy."""

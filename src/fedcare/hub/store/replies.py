@@ -85,9 +85,10 @@ class ReplyRepo:
         return self.session.get(Reply, task_id)
 
     def forget(self, task_id: str) -> None:
-        """Drop a reply whose stored bytes are gone (a power cut before the kernel wrote them:
-        replies are not fsynced) and reopen its task, so that the site is asked again
-        instead of the reply being counted from bytes nobody has any more."""
+        """Drop a reply whose bytes the hub no longer has and reopen its task, so that the
+        site is asked again instead of the reply being counted from bytes nobody has: the
+        previous hub process held them in memory only (the default), or a power cut lost them
+        before the kernel wrote them (replies are not fsynced)."""
         reply = self.session.get(Reply, task_id)
         task = self.session.get(Task, task_id)
         if reply is not None:
@@ -97,8 +98,9 @@ class ReplyRepo:
             task.completed_at = None
         self.session.flush()
 
-    def stored_for(self, task_ids: list[str]) -> dict[str, str]:
-        """The stored reply blob of each of these tasks that has one (task id -> sha256)."""
+    def answered(self, task_ids: list[str]) -> dict[str, str]:
+        """The sha256 of the reply to each of these tasks that has one (task id -> sha256);
+        the blob store holds its bytes only when the hub keeps replies."""
         if not task_ids:
             return {}
         rows = self.session.execute(
@@ -115,12 +117,6 @@ class ReplyRepo:
                 .order_by(Reply.site, Reply.task_id)
             )
         )
-
-    def get_for_study(self, study_id: str) -> list[Reply]:
-        """Every reply to a task of this study."""
-        return list(self.session.scalars(
-            sa.select(Reply).join(Task, Task.id == Reply.task_id)
-            .where(Task.study_id == study_id)))
 
     def _round_closed(self, study: Study, round: int) -> bool:
         if round <= study.current_round:
