@@ -1,0 +1,188 @@
+"""The floor under the network benchmark: what one round's bytes cost on this machine alone.
+
+The same shape as ``benchmarks/network.py`` - a hub and N site processes on loopback, the
+federation's real certificates (mutual TLS), a 4 MB model out to every site and a 4 MB
+answer back - doing only what every round must do with those bytes: TLS both ways, and a
+sha256 made by the sender and checked by the receiver. No HTTP, no database, no training, no
+serialization: Python's ``ssl`` (OpenSSL) on blocking sockets, one thread per site at the
+hub, the model hashed once, receive buffers reused. Hand-written on purpose (it measures the
+cost under any framework, so it must not use one).
+
+It then runs the in-memory engine on the network benchmark's study and prints the lower bound
+the floor puts under the networked engine's overhead here: a networked round does at least the
+in-memory engine's work plus the floor's, on ``os.cpu_count()`` cores, so it cannot be shorter
+than (in-memory CPU + floor CPU) / cores, however good the rest of the implementation.
+
+Run:  python benchmarks/transport_floor.py [--sites 10] [--rounds 30] [--out benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import resource
+import shutil
+import socket
+import ssl
+import statistics
+import struct
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
+sys.path.insert(0, str(HERE))
+
+from fedcare.hub.provisioning import create_federation  # noqa: E402
+from fedcare.pki.trust import client_ssl_context, server_ssl_context  # noqa: E402
+
+SIZE = 4_000_000  # the network benchmark's model: ~1.0 M float32 parameters
+HEAD = struct.Struct(">I32s")  # body length, sha256 of the body
+
+
+def _recv_into(sock: ssl.SSLSocket, buf: bytearray, n: int) -> memoryview:
+    view = memoryview(buf)[:n]
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:], n - got)
+        if not k:
+            raise EOFError("peer closed the connection")
+        got += k
+    return view
+
+
+def _recv_message(sock: ssl.SSLSocket, head: bytearray, body: bytearray) -> memoryview | None:
+    n, digest = HEAD.unpack(_recv_into(sock, head, HEAD.size))
+    if n == 0:
+        return None
+    data = _recv_into(sock, body, n)
+    if hashlib.sha256(data).digest() != digest:
+        raise ValueError("sha256 mismatch")
+    return data
+
+
+def _site(kit: Path, port: int) -> None:
+    """A site: receive the model, check its sha256, answer with 4 MB and their sha256."""
+    context = client_ssl_context(kit)
+    head, body = bytearray(HEAD.size), bytearray(SIZE)
+    with socket.create_connection(("127.0.0.1", port)) as raw, \
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+        while (model := _recv_message(sock, head, body)) is not None:
+            answer = model  # same size as a trained model; no training: this is the floor
+            sock.sendall(HEAD.pack(len(answer), hashlib.sha256(answer).digest()))
+            sock.sendall(answer)
+
+
+def floor(sites: int, rounds: int, work: Path) -> dict[str, float]:
+    names = [f"site-{i}" for i in range(sites)]
+    create_federation(work / "fed", hub_host="127.0.0.1", hub_port=1, sites=names)
+    context = server_ssl_context(work / "fed" / "hub")
+    context.verify_mode = ssl.CERT_REQUIRED
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    procs = [mp.get_context("fork").Process(target=_site, args=(work / "fed" / "sites" / n, port))
+             for n in names]
+    for p in procs:
+        p.start()
+    conns = [context.wrap_socket(listener.accept()[0], server_side=True) for _ in names]
+    model = os.urandom(SIZE)
+    model_head = HEAD.pack(SIZE, hashlib.sha256(model).digest())  # hashed once per round
+    buffers = [(bytearray(HEAD.size), bytearray(SIZE)) for _ in conns]
+
+    def exchange(i: int) -> None:
+        conns[i].sendall(model_head)
+        conns[i].sendall(model)
+        _recv_message(conns[i], *buffers[i])
+
+    walls, warm = [], 3
+    cpu0 = t0 = 0.0
+    for r in range(rounds + warm):
+        if r == warm:
+            cpu0, t0 = time.process_time(), time.perf_counter()
+        start = time.perf_counter()
+        threads = [threading.Thread(target=exchange, args=(i,)) for i in range(len(conns))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        walls.append(time.perf_counter() - start)
+    hub_cpu = (time.process_time() - cpu0) / rounds
+    wall = (time.perf_counter() - t0) / rounds
+    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    for c in conns:
+        c.sendall(HEAD.pack(0, bytes(32)))
+        c.close()
+    for p in procs:
+        p.join()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    used = (children.ru_utime + children.ru_stime) - (children0.ru_utime + children0.ru_stime)
+    return {"round_ms_median": 1000 * statistics.median(walls[warm:]),
+            "round_ms_mean": 1000 * wall, "hub_cpu_ms": 1000 * hub_cpu,
+            # the sites' whole life (handshake and warm-up rounds included): an upper side
+            "sites_cpu_ms": 1000 * used / (rounds + warm)}
+
+
+def in_memory(rounds: int, work: Path) -> dict[str, float]:
+    """The in-memory engine on the network benchmark's study: wall and CPU per round."""
+    import fedcare
+    from network import FEATURES, study, write_sites
+
+    files = write_sites(work, 10, 500)
+    source = {"source": "files", "label": "label", "features": FEATURES, "test_fraction": 0.0,
+              "standardize": False,
+              "site": [{"name": n, "path": str(p)} for n, p in files.items()]}
+    fedcare.simulate(study(1, source))  # warm-up
+    marks = []
+    for n in (2, rounds + 2):
+        t, c = time.perf_counter(), time.process_time()
+        fedcare.simulate(study(n, source))
+        marks.append((time.perf_counter() - t, time.process_time() - c))
+    (w2, c2), (wn, cn) = marks
+    return {"round_ms": 1000 * (wn - w2) / rounds, "cpu_ms": 1000 * (cn - c2) / rounds}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sites", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--out", type=Path, default=HERE / "results")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="fedcare-floor-"))
+    try:
+        f = floor(args.sites, args.rounds, work)
+        m = in_memory(10, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    cores = os.cpu_count() or 1
+    bound = (m["cpu_ms"] + f["hub_cpu_ms"] + f["sites_cpu_ms"]) / cores - m["round_ms"]
+    result = {"sites": args.sites, "rounds": args.rounds, "cores": cores, "floor": f,
+              "in_memory": m, "overhead_lower_bound_ms": bound}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "transport_floor.json").write_text(json.dumps(result, indent=2))
+    md = ["# Transport floor", "",
+          f"A hub and {args.sites} site processes on loopback with the federation's certificates "
+          f"(mutual TLS), {SIZE / 1e6:.0f} MB out to every site and {SIZE / 1e6:.0f} MB back per "
+          "round, sha256 made by the sender and checked by the receiver; nothing else. "
+          f"{args.rounds} rounds on {cores} cores.", "",
+          "| measure | value |", "|---|---|",
+          f"| floor round (median) | {f['round_ms_median']:.0f} ms |",
+          f"| floor CPU per round: hub | {f['hub_cpu_ms']:.0f} ms |",
+          f"| floor CPU per round: all sites (handshakes and warm-up included) | "
+          f"{f['sites_cpu_ms']:.0f} ms |",
+          f"| in-memory engine, same study as network.py: round / CPU per round | "
+          f"{m['round_ms']:.0f} ms / {m['cpu_ms']:.0f} ms |",
+          f"| **lower bound on the networked engine's overhead here** "
+          f"((in-memory CPU + floor CPU) / {cores} cores - in-memory round) | "
+          f"**{bound:.0f} ms** |"]
+    (args.out / "transport_floor.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
