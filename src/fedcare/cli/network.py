@@ -33,9 +33,10 @@ def hub_start(
     host: Annotated[str | None, typer.Option(help="Override the address to bind.")] = None,
     max_body_mb: Annotated[int, typer.Option(help="Largest accepted upload (MB).")] = 2048,
     keep_replies: Annotated[bool, typer.Option(
-        help="Keep each site's update after its round is checkpointed (default: deleted; "
-             "studies resume from checkpoints, and an individual update is the most "
-             "sensitive thing the hub stores).")] = False,
+        help="Store every site's update in the hub's blob store and keep it (default: held "
+             "in memory until its round is aggregated, never written: studies resume from "
+             "checkpoints, and an individual update is the most sensitive thing the hub "
+             "handles).")] = False,
 ) -> None:
     """Start the hub over HTTPS with mutual TLS (nodes authenticate by certificate)."""
     from fedcare.hub.server import serve

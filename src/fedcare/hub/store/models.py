@@ -199,7 +199,9 @@ class Reply(Base):
         sa.ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True
     )
     site: Mapped[str] = mapped_column(sa.String(NAME_LEN))
-    #: The update (or error report) blob; null for an error reply without a body.
+    #: The sha256 of the reply's bytes (update or error report): the record of what the site
+    #: sent. Its blob is in the store only when the hub keeps replies (``--keep-replies``);
+    #: by default the bytes are held in memory until the round is aggregated.
     blob_sha: Mapped[str | None] = mapped_column(sa.String(SHA_LEN))
     size: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     received_at: Mapped[datetime] = mapped_column(UtcDateTime())
