@@ -39,6 +39,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
+from network import in_memory, write_sites  # noqa: E402
+
 from fedcare.hub.provisioning import create_federation  # noqa: E402
 from fedcare.pki.trust import client_ssl_context, server_ssl_context  # noqa: E402
 
@@ -134,26 +136,6 @@ def floor(sites: int, rounds: int, work: Path) -> dict[str, float]:
             "sites_cpu_ms": 1000 * used / rounds}
 
 
-def in_memory(rounds: int, work: Path) -> dict[str, float]:
-    """The in-memory engine on the network benchmark's study: wall and CPU per round."""
-    from network import FEATURES, study, write_sites
-
-    import fedcare
-
-    files = write_sites(work, 10, 500)
-    source = {"source": "files", "label": "label", "features": FEATURES, "test_fraction": 0.0,
-              "standardize": False,
-              "site": [{"name": n, "path": str(p)} for n, p in files.items()]}
-    fedcare.simulate(study(1, source))  # warm-up
-    marks = []
-    for n in (2, rounds + 2):
-        t, c = time.perf_counter(), time.process_time()
-        fedcare.simulate(study(n, source))
-        marks.append((time.perf_counter() - t, time.process_time() - c))
-    (w2, c2), (wn, cn) = marks
-    return {"round_ms": 1000 * (wn - w2) / rounds, "cpu_ms": 1000 * (cn - c2) / rounds}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sites", type=int, default=10)
@@ -163,7 +145,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="fedcare-floor-"))
     try:
         f = floor(args.sites, args.rounds, work)
-        m = in_memory(10, work)
+        wall_ms, cpu_ms, _ = in_memory(write_sites(work, 10, 500), 10)
+        m = {"round_ms": wall_ms, "cpu_ms": cpu_ms}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     cores = os.cpu_count() or 1
