@@ -100,6 +100,12 @@ def test_full_study_over_https_equals_its_simulation(net: Net, tmp_path: Path,
     _assert_rounds_once_each(fed, st, 3)
     for r in st["rounds"]:
         assert r["sites_completed"] == list(SITES) and not r["sites_failed"]
+    for last in (0, 1, 2, 5):  # what a progress display asks for: the last N records
+        got = fed.call("GET", f"/v1/studies/{st['study_id']}", params={"rounds": last})
+        expected = st["rounds"][max(0, len(st["rounds"]) - last):]
+        assert got.status_code == 200 and got.json()["rounds"] == expected, last
+    assert fed.call("GET", f"/v1/studies/{st['study_id']}",
+                    params={"rounds": -1}).status_code == 422
 
     out = tmp_path / "download"  # what a researcher does: the CLI, over HTTPS
     done = fed.cli("study", "download", st["study_id"], "--out", str(out),

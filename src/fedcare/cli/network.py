@@ -190,7 +190,8 @@ def follow(client: HubClient, study_id: str, poll: float = 0.5) -> dict[str, Any
                   TextColumn("{task.fields[info]}"), console=console) as bar:
         task = None
         while True:
-            st = client.call("GET", f"/v1/studies/{study_id}").json()
+            # The last round's record only: all of them grow with the study, every 0.5 s.
+            st = client.call("GET", f"/v1/studies/{study_id}", params={"rounds": 1}).json()
             if task is None:
                 task = bar.add_task(st["name"], total=st["rounds_planned"], info="")
             info = ""

@@ -238,8 +238,10 @@ def create_app(service: HubService, trust: PeerTrust, token: str) -> FastAPI:
         return await run_in_threadpool(service.list_studies)
 
     @app.get("/v1/studies/{study_id}", dependencies=[Researcher])
-    async def status(study_id: str) -> dict[str, Any]:
-        return await run_in_threadpool(service.study_status, study_id)
+    async def status(study_id: str, rounds: Annotated[int | None, Query(
+            ge=0, le=1_000_000, description="only the last N rounds' records (default: all)")]
+            = None) -> dict[str, Any]:
+        return await run_in_threadpool(service.study_status, study_id, rounds)
 
     @app.get("/v1/studies/{study_id}/events", dependencies=[Researcher])
     async def events(study_id: str) -> list[dict[str, Any]]:

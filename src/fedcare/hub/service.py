@@ -231,12 +231,14 @@ class HubService:
             return list(cfg.data.sites)
         return sorted(n for n, ds in known.items() if cfg.data.dataset in ds)
 
-    def study_status(self, study_id: str) -> dict[str, Any]:
+    def study_status(self, study_id: str, last_rounds: int | None = None) -> dict[str, Any]:
+        """The study's state and its rounds' records (``last_rounds``: only the last that
+        many; a progress display needs one, and all of them grow with the study)."""
         with self.db.session() as s:
             study = StudyRepo(s).get(study_id)
             if study is None:
                 raise NotFound(f"no study {study_id!r}")
-            rounds = [r.record for r in StudyRepo(s).rounds(study_id) if r.record]
+            rounds = [r.record for r in StudyRepo(s).rounds(study_id, last_rounds) if r.record]
             return {"study_id": study.id, "name": study.name, "status": study.status.value,
                     "rounds_planned": study.rounds_planned, "current_round": study.current_round,
                     "sites": study.sites, "config_hash": study.config_hash,

@@ -204,12 +204,13 @@ class StudyRepo:
         self.session.flush()
         return study
 
-    def rounds(self, study_id: str) -> builtins.list[Round]:
-        return list(
-            self.session.scalars(
-                sa.select(Round).where(Round.study_id == study_id).order_by(Round.round)
-            )
-        )
+    def rounds(self, study_id: str, last: int | None = None) -> builtins.list[Round]:
+        """The study's rounds in order; with ``last``, only the last that many."""
+        query = sa.select(Round).where(Round.study_id == study_id)
+        if last is None:
+            return list(self.session.scalars(query.order_by(Round.round)))
+        return list(reversed(self.session.scalars(
+            query.order_by(Round.round.desc()).limit(last)).all()))
 
     def _write_round(
         self, study_id: str, round: int, record: dict[str, Any], model_sha: str, now: Any
