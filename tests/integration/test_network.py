@@ -164,7 +164,7 @@ def test_sites_updates_never_reach_the_hubs_disk_by_default(net: Net) -> None:
     """A study resumes from its checkpoints, never from replies, and a site's individual
     update is the most sensitive thing the hub handles: by default the hub holds replies in
     memory only, and their rows are the record. (With --keep-replies they are stored: see
-    test_bad_replies_get_4xx_and_never_touch_the_model.)"""
+    test_replays_and_malformed_replies_are_refused_and_logged.)"""
     import sqlite3
 
     fed = net().start()
