@@ -69,8 +69,8 @@ def _assert_hub_never_held(hub_state: Path, truths: list[np.ndarray]) -> None:
 @pytest.mark.parametrize("protocol", ["secagg", "ckks"])
 def test_secure_study_over_https_equals_simulation_and_hub_never_holds_an_update(
         net: Net, protocol: str) -> None:
-    # --keep-replies: the hub keeps every reply it ever stored, so the check below covers
-    # everything the sites sent, not only what is left after completed rounds are cleaned.
+    # --keep-replies: the hub stores every reply it accepts (by default it holds them in
+    # memory only), so the check below covers everything the sites sent.
     fed = net().start(keep_replies=True)
     cfg = study_config(name=f"sec-{protocol}", rounds=2, model={"name": "mlp", "hidden": [8]},
                        secure_aggregation={"protocol": protocol})
@@ -89,6 +89,17 @@ def test_secure_study_over_https_equals_simulation_and_hub_never_holds_an_update
     fed.run_study(plain, timeout=120)
     with pytest.raises(AssertionError, match="is in the hub's state"):
         _assert_hub_never_held(fed.hub_dir / "data", _round_one_truths(fed, plain))
+
+
+def test_a_plain_studys_updates_never_reach_the_hubs_disk_by_default(net: Net) -> None:
+    """Without secure aggregation the hub sees each site's update, but by default holds it
+    in memory only: its whole state folder (database, blobs, logs) never contains one. The
+    test above shows the same search finds them when the hub keeps replies."""
+    fed = net().start()
+    cfg = study_config(name="plain-default", rounds=2, model={"name": "mlp", "hidden": [8]})
+    st = fed.run_study(cfg, timeout=120)
+    assert all(r["sites_completed"] == sorted(fed.sites) for r in st["rounds"]), st["rounds"]
+    _assert_hub_never_held(fed.hub_dir / "data", _round_one_truths(fed, cfg))
 
 
 def test_a_node_refuses_dp_work_past_its_budget_and_the_researcher_sees_why(net: Net) -> None:
