@@ -114,7 +114,10 @@ class HubService:
         #: (never from the replies of a completed round), and writing them cost ~15 % of the
         #: hub's CPU in the network benchmark (4 MB per site per round for a 1 M-parameter
         #: model). A hub killed mid-round asks the round's sites again and each node sends
-        #: the reply it already computed (NodeAgent). The reply rows are the record either way.
+        #: the reply it already computed (NodeAgent). The trade-off: a site whose node also
+        #: died before it could resend misses that round (left out at the deadline, like any
+        #: silent site), where a stored reply would have counted. The reply rows are the
+        #: record either way.
         self.keep_replies = keep_replies
         self.waiters: dict[str, Future[Reply]] = {}
         self.waiters_lock = threading.Lock()
