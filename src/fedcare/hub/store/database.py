@@ -65,8 +65,9 @@ def _configure_sqlite(engine: Engine) -> None:
             # WAL + NORMAL: a commit survives the hub process being killed (kill -9) at any
             # moment; after a power loss the last commits may roll back, which the hub replays
             # deterministically (task ids, seeds) without counting anything twice. Checkpoint
-            # blobs are fsynced before the commit; reply blobs are not (a lost one is asked for
-            # again, see HubTransport._reuse). FULL cost ~30 fsyncs a round.
+            # blobs are fsynced before the commit; reply blobs (written only with
+            # --keep-replies) are not: a lost one is asked for again (HubTransport._reuse).
+            # FULL cost ~30 fsyncs a round.
             cursor.execute("PRAGMA synchronous = NORMAL")
         finally:
             cursor.close()
