@@ -10,15 +10,12 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fedcare.core.errors import ConfigError
-
-if TYPE_CHECKING:
-    from fedcare.privacy.dp.spec import PrivacySpec
 
 
 class _Section(BaseModel):
@@ -436,60 +433,3 @@ def describe_keys() -> list[tuple[str, str, str]]:
             seen.add(row[0])
             unique.append(row)
     return unique
-
-
-def derive_noise(cfg: StudyConfig, rows_per_site: int | None = None, *,
-                 n_sites: int | None = None) -> float:
-    """The study's noise multiplier: ``privacy.noise_multiplier``, or (budget-first) the
-    smallest one reaching ``privacy.target_epsilon`` over the whole study.
-
-    DP-SGD: ``q = batch_size / rows`` and ``steps = steps per round x rounds``, so the answer
-    depends on the site's row count - each site derives its own noise and its epsilon is per
-    site (only the site knows its rows). DP-FedAvg: ``q`` is the share of sites sampled per
-    round (``n_sites`` given: ``max(min_sites, ceil(fraction x n_sites)) / n_sites`` as the
-    sampler draws; else ``strategy.fraction``) and ``steps = rounds``.
-    Raises :class:`~fedcare.privacy.dp.errors.PrivacyBudgetError` when the budget is unreachable.
-    """
-    import math
-
-    p = cfg.privacy
-    if p.mode == "none":
-        raise ConfigError("privacy.mode is 'none': the study has no noise to derive")
-    if p.noise_multiplier is not None:
-        return float(p.noise_multiplier)
-    assert p.target_epsilon is not None  # guaranteed by PrivacySection's validator
-    from fedcare.privacy.dp.accounting import noise_for_budget
-
-    rounds = cfg.study.rounds
-    if p.mode == "dp_sgd":
-        if rows_per_site is None or isinstance(rows_per_site, bool) or rows_per_site < 1:
-            raise ConfigError("budget-first DP-SGD needs the site's training row count "
-                              f"(rows_per_site >= 1), got {rows_per_site!r}")
-        t = cfg.train
-        q = min(1.0, t.batch_size / rows_per_site)
-        per_round = t.local_steps or t.local_epochs * math.ceil(rows_per_site / t.batch_size)
-        return noise_for_budget(p.target_epsilon, p.delta, q, per_round * rounds, p.accountant)
-    s = cfg.strategy
-    if n_sites is not None:
-        if isinstance(n_sites, bool) or n_sites < 1:
-            raise ConfigError(f"n_sites must be >= 1, got {n_sites!r}")
-        sampled = n_sites if s.fraction >= 1 else min(
-            n_sites, max(s.min_sites, math.ceil(s.fraction * n_sites), 1))
-        q = sampled / n_sites
-    else:
-        q = s.fraction
-    return noise_for_budget(p.target_epsilon, p.delta, q, rounds, p.accountant)
-
-
-def privacy_spec(cfg: StudyConfig, rows_per_site: int | None = None, *,
-                 n_sites: int | None = None) -> PrivacySpec | None:
-    """The study's resolved :class:`~fedcare.privacy.dp.spec.PrivacySpec` (None without DP);
-    arguments as :func:`derive_noise`."""
-    if cfg.privacy.mode == "none":
-        return None
-    from fedcare.privacy.dp.spec import PrivacySpec
-
-    p = cfg.privacy
-    return PrivacySpec(p.mode, clip=p.clip,  # type: ignore[arg-type]
-                       noise_multiplier=derive_noise(cfg, rows_per_site, n_sites=n_sites),
-                       delta=p.delta, accountant=p.accountant)  # type: ignore[arg-type]

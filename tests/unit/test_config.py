@@ -84,7 +84,8 @@ def test_privacy_defaults_to_none_and_keeps_the_pre_dp_content_hash() -> None:
     import hashlib
     import json
 
-    from fedcare.config import content_hash, privacy_spec
+    from fedcare.config import content_hash
+    from fedcare.engine.assembly import privacy_spec
 
     cfg = parse_config({"data": {"source": "builtin"}})
     assert cfg.privacy.mode == "none" and privacy_spec(cfg) is None
@@ -135,7 +136,7 @@ def test_privacy_cross_section_rules() -> None:
 
 
 def test_derive_noise_budget_first() -> None:
-    from fedcare.config import derive_noise, privacy_spec
+    from fedcare.engine.assembly import derive_noise, privacy_spec
     from fedcare.privacy.dp import PrivacyBudgetError, epsilon
 
     given = parse_config(_dp(mode="dp_sgd", noise_multiplier=1.3))

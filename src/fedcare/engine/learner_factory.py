@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedcare.config import FederatedData, StudyConfig
-from fedcare.data.dataset import SiteData, TaskType
-from fedcare.learners.base import Learner
+from fedcare.core.dataset import SiteData, TaskType
+from fedcare.core.learning import Learner
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ def make_learner(cfg: StudyConfig, shape: ModelShape, *, rows: int | None = None
     m = cfg.model
     dp = None
     if cfg.privacy.mode == "dp_sgd" and rows is not None:
-        from fedcare.config import derive_noise
+        from fedcare.engine.assembly import derive_noise
         from fedcare.learners.torch_learner import DpSgdOptions
 
         dp = DpSgdOptions(derive_noise(cfg, rows), cfg.privacy.clip, seeded=seeded)

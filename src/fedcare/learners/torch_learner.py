@@ -1,4 +1,4 @@
-"""A :class:`~fedcare.learners.base.Learner` for any PyTorch module.
+"""A :class:`~fedcare.core.learning.Learner` for any PyTorch module.
 
 The learner holds one model and is handed weights and a site's arrays on every call, so a
 process simulating many sites keeps one model. ``fit`` is the simulation's hot path (tens of
@@ -36,11 +36,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fedcare.core.dataset import TaskType
 from fedcare.core.errors import ConfigError, DataError, ValidationError
+from fedcare.core.learning import FitResult
 from fedcare.core.messages import TrainConfig
 from fedcare.core.params import Parameters, ParamSpec, check_finite
-from fedcare.data.dataset import TaskType
-from fedcare.learners.base import FitResult
 from fedcare.learners.metrics import task_metrics
 
 #: Rows per forward pass in ``evaluate`` (bounds memory on large test sets).

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedcare.core.errors import ConfigError, ValidationError
+from fedcare.core.learning import FitResult
 from fedcare.core.messages import TrainConfig, UpdateKind
 from fedcare.core.params import Parameters, ParamSpec
-from fedcare.learners.base import FitResult
 from fedcare.strategies.aggregate import UpdateStack
 from fedcare.strategies.base import SamplingOptions, SiteAlgorithm, Strategy, averaged_model
 
