@@ -10,16 +10,18 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from fedcare.core.errors import ConfigError
+from fedcare.core.settings import Section, literal_values
+from fedcare.strategies.base import StrategyOptions
+from fedcare.strategies.fedavg import FedAvgOptions
+from fedcare.strategies.registry import all_strategies, describe, options_types
 
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_Section = Section
 
 
 class StudySection(_Section):
@@ -137,6 +139,11 @@ class FederatedData(_DataCommon):
         "(`fedcare data check` prints it); sites with another contract refuse."))
 
 
+#: Every data source, in the order the reference lists them.
+DATA_SOURCES: tuple[type[_DataCommon], ...] = (
+    BuiltinData, SyntheticData, FilesData, PooledFileData, ImageData, ImageFolderData,
+    FederatedData)
+
 DataSection = Annotated[
     BuiltinData | SyntheticData | FilesData | PooledFileData | ImageData | ImageFolderData
     | FederatedData,
@@ -171,40 +178,17 @@ class TrainSection(_Section):
     weight_decay: float = Field(0.0, ge=0, description="L2 weight decay.")
 
 
-class _StrategyCommon(_Section):
-    fraction: float = Field(1.0, gt=0, le=1, description="Share of sites sampled per round.")
-    min_sites: int = Field(1, ge=1, description="Minimum sites sampled per round.")
-    min_completed: int = Field(1, ge=1, description="Minimum sites that must answer for a round "
-                                                    "to count.")
+def _strategy_union() -> Any:
+    """The ``[strategy]`` section: one registered strategy's options, chosen by ``name``."""
+    from typing import Union
+
+    return Annotated[Union[options_types()], Field(discriminator="name")]  # noqa: UP007
 
 
-class FedAvgSection(_StrategyCommon):
-    name: Literal["fedavg"] = Field(description="FedAvg (McMahan et al. 2017).")
-
-
-class FedProxSection(_StrategyCommon):
-    name: Literal["fedprox"] = Field(description="FedProx (Li et al. 2020).")
-    mu: float = Field(0.01, gt=0, description="fedprox: proximal coefficient mu.")
-
-
-class FedOptSection(_StrategyCommon):
-    name: Literal["fedadam", "fedyogi", "fedadagrad"] = Field(
-        description="Adaptive server optimizers (Reddi et al. 2021).")
-    server_lr: float = Field(0.01, gt=0, description="fedopt/scaffold: server learning rate.")
-    beta1: float = Field(0.9, ge=0, lt=1, description="fedopt: first-moment decay.")
-    beta2: float = Field(0.99, ge=0, lt=1, description="fedopt: second-moment decay.")
-    tau: float = Field(1e-3, gt=0, description="fedopt: adaptivity tau.")
-
-
-class ScaffoldSection(_StrategyCommon):
-    name: Literal["scaffold"] = Field(description="SCAFFOLD (Karimireddy et al. 2020).")
-    server_lr: float = Field(1.0, gt=0, description="Server learning rate.")
-
-
-StrategySection = Annotated[
-    FedAvgSection | FedProxSection | FedOptSection | ScaffoldSection,
-    Field(discriminator="name"),
-]
+if TYPE_CHECKING:
+    StrategySection = StrategyOptions
+else:
+    StrategySection = _strategy_union()
 
 
 class SecureAggregationSection(_Section):
@@ -273,8 +257,7 @@ class StudyConfig(_Section):
     data: DataSection
     model: ModelSection = Field(default_factory=ModelSection)  # type: ignore[arg-type]
     train: TrainSection = Field(default_factory=TrainSection)  # type: ignore[arg-type]
-    strategy: StrategySection = Field(
-        default_factory=lambda: FedAvgSection(name="fedavg"))  # type: ignore[call-arg]
+    strategy: StrategySection = Field(default_factory=FedAvgOptions)
     secure_aggregation: SecureAggregationSection = Field(
         default_factory=SecureAggregationSection)  # type: ignore[arg-type]
     baselines: BaselinesSection = Field(default_factory=BaselinesSection)  # type: ignore[arg-type]
@@ -282,8 +265,10 @@ class StudyConfig(_Section):
     privacy: PrivacySection = Field(default_factory=PrivacySection)  # type: ignore[arg-type]
 
 
-_TAGS = {"builtin", "synthetic", "files", "table", "npz", "image_folder", "federation", "fedavg",
-         "fedprox", "fedadam", "fedyogi", "fedadagrad", "scaffold"}
+def _tags() -> set[str]:
+    """Discriminator values pydantic puts in an error's path (users never write them)."""
+    sources = {v for m in DATA_SOURCES for v in literal_values(m.model_fields["source"].annotation)}
+    return sources | set(all_strategies())
 
 
 def content_hash(cfg: StudyConfig) -> str:
@@ -303,7 +288,7 @@ def content_hash(cfg: StudyConfig) -> str:
 
 def _format_error(err: Mapping[str, Any]) -> str:
     parts = list(err["loc"])
-    if len(parts) > 1 and parts[0] in ("data", "strategy") and parts[1] in _TAGS:
+    if len(parts) > 1 and parts[0] in ("data", "strategy") and parts[1] in _tags():
         del parts[1]  # pydantic puts the union's tag in the path; users never wrote it
     loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in parts)
     loc = loc.replace(".[", "[")
@@ -345,9 +330,13 @@ def _cross_checks(cfg: StudyConfig) -> list[str]:
         if d.image_size is not None and (d.features or d.standardize):
             problems.append("'data.image_size': an image dataset takes no features and "
                             "standardize = false (images are scaled to [0, 1])")
-    if cfg.secure_aggregation.protocol != "none" and cfg.strategy.name == "scaffold":
-        problems.append("'secure_aggregation.protocol': SCAFFOLD needs each site's control "
-                        "variate, which secure aggregation hides; use fedavg, fedprox or fedopt")
+    strategy = all_strategies()[cfg.strategy.name]
+    if cfg.secure_aggregation.protocol != "none" and not strategy.capabilities.aggregates_a_sum:
+        usable = ", ".join(n for n, c in all_strategies().items()
+                           if c.capabilities.aggregates_a_sum)
+        problems.append(f"'secure_aggregation.protocol': strategy {cfg.strategy.name} needs "
+                        "each site's individual update, which secure aggregation hides; "
+                        f"use one of {usable}")
     problems += _privacy_checks(cfg)
     return problems
 
@@ -359,9 +348,11 @@ def _privacy_checks(cfg: StudyConfig) -> list[str]:
         problems.append(f"'privacy.mode': dp_sgd needs model.name in {', '.join(DP_SGD_MODELS)} "
                         f"(Opacus cannot compute per-example gradients for "
                         f"{cfg.model.name!r})")
-    if mode.startswith("dp_fedavg") and cfg.strategy.name == "scaffold":
-        problems.append(f"'privacy.mode': {mode} cannot be combined with strategy scaffold "
-                        "(its control variates leave the site without noise)")
+    strategy = all_strategies()[cfg.strategy.name]
+    if mode.startswith("dp_fedavg") and not strategy.capabilities.site_level_dp:
+        problems.append(f"'privacy.mode': {mode} cannot be combined with strategy "
+                        f"{cfg.strategy.name} (it needs more from each site than a clipped, "
+                        "noised update)")
     if mode == "dp_fedavg_distributed" and cfg.secure_aggregation.protocol == "none":
         problems.append("'privacy.mode': dp_fedavg_distributed needs secure_aggregation "
                         "(without it the hub sees each update with 1/sqrt(n) of the noise); "
@@ -406,26 +397,61 @@ def load_config(path: Path) -> StudyConfig:
     return parse_config(data or {}, base_dir=path.parent.resolve(), source=str(path))
 
 
+def _allowed(annotation: Any, description: str) -> str:
+    """A choice's description with every allowed value, unless it lists them already."""
+    values = [str(v) for v in literal_values(annotation)]
+    if len(values) < 2 or all(v in description for v in values):
+        return description
+    return f"{description} One of: {', '.join(values)}."
+
+
+def _strategy_rows() -> list[tuple[str, str, str]]:
+    """``strategy.*`` rows from the registry: the names with what each is, the keys every
+    strategy shares, then each strategy's own keys with the strategies they apply to."""
+    strategies = all_strategies()
+    names = "; ".join(f"{n} ({describe(n)})" for n in strategies)
+    rows = [("strategy.name", "'fedavg'", f"Aggregation strategy, one of: {names}.")]
+    common = set(StrategyOptions.model_fields) - {"name"}
+    rows += [(f"strategy.{k}", repr(f.default), f.description or "")
+             for k, f in StrategyOptions.model_fields.items() if k in common]
+    own: dict[str, list[tuple[str, str, str]]] = {}
+    for name, cls in strategies.items():
+        for key, field in cls.Options.model_fields.items():
+            if key in common or key == "name":
+                continue
+            own.setdefault(key, []).append((name, repr(field.default),
+                                            _allowed(field.annotation, field.description or "")))
+    for key, uses in own.items():
+        defaults = sorted({d for _, d, _ in uses})
+        default = defaults[0] if len(defaults) == 1 else "; ".join(
+            f"{d} ({', '.join(n for n, dd, _ in uses if dd == d)})" for d in defaults)
+        which = ", ".join(n for n, _, _ in uses)
+        rows.append((f"strategy.{key}", default, f"[{which}] {uses[0][2]}"))
+    return rows
+
+
 def describe_keys() -> list[tuple[str, str, str]]:
-    """(key, default, description) for every config key, for --help and the README."""
+    """(key, default, description) for every config key, for --help and the README; every
+    choice lists its allowed values (strategies come from their registry)."""
     rows: list[tuple[str, str, str]] = []
 
     def walk(prefix: str, model: type[BaseModel]) -> None:
         for name, field in model.model_fields.items():
             default = "" if field.is_required() or field.default_factory else repr(field.default)
-            rows.append((f"{prefix}.{name}", default, field.description or ""))
+            rows.append((f"{prefix}.{name}", default,
+                         _allowed(field.annotation, field.description or "")))
 
     for section, model in (("study", StudySection), ("train", TrainSection),
                            ("secure_aggregation", SecureAggregationSection),
                            ("baselines", BaselinesSection), ("run", RunSection),
                            ("model", ModelSection), ("privacy", PrivacySection)):
         walk(section, model)
-    for data_model in (BuiltinData, SyntheticData, FilesData, PooledFileData, ImageData,
-                       ImageFolderData, FederatedData):
-        src = data_model.model_fields["source"].annotation.__args__[0]  # type: ignore[union-attr]
+    sources = [literal_values(m.model_fields["source"].annotation)[0] for m in DATA_SOURCES]
+    rows.append(("data.source", "", f"Where the sites' data comes from, one of: "
+                                    f"{', '.join(sources)} (keys per source below)."))
+    for data_model, src in zip(DATA_SOURCES, sources, strict=True):
         walk(f"data[source={src}]", data_model)
-    for strategy_model in (FedAvgSection, FedProxSection, FedOptSection, ScaffoldSection):
-        walk("strategy", strategy_model)
+    rows += _strategy_rows()
     seen: set[str] = set()
     unique = []
     for row in rows:

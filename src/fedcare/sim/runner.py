@@ -32,7 +32,7 @@ from fedcare.engine.privacy import hub_privacy, site_privacy
 from fedcare.engine.round_engine import EngineSettings, RoundEngine
 from fedcare.engine.secure import SecureAggregator, SecureSettings, SecureSite
 from fedcare.sim.sites import build_sites, pooled
-from fedcare.strategies.factory import build_strategy
+from fedcare.strategies import build_strategy
 from fedcare.strategies.fedavg import FedAvg
 from fedcare.transport.inmemory import InMemoryTransport
 
