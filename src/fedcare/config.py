@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from fedcare.core.errors import ConfigError
 from fedcare.core.settings import Section, literal_values
+from fedcare.learners.options import LogregOptions, ModelOptions, all_models
 from fedcare.strategies.base import StrategyOptions
 from fedcare.strategies.fedavg import FedAvgOptions
 from fedcare.strategies.registry import all_strategies, describe, options_types
@@ -151,20 +152,23 @@ DataSection = Annotated[
 ]
 
 
-class ModelSection(_Section):
-    name: Literal["logreg", "mlp", "cnn", "lstm", "gru", "transformer", "sgd_linear"] = Field(
-        "logreg", description=("Model: logreg, mlp, cnn (2-D images), lstm/gru (sequences), "
-                               "transformer (tabular/sequence), sgd_linear (scikit-learn)."))
-    hidden: list[int] | int | None = Field(
-        None, description="mlp: hidden layer sizes; lstm/gru: hidden size.")
-    dropout: float | None = Field(None, ge=0, lt=1, description="mlp: dropout rate.")
-    channels: list[int] | None = Field(None, description="cnn: channels per conv block.")
-    layers: int | None = Field(None, ge=1, description="lstm/gru/transformer: layer count.")
-    d_model: int | None = Field(None, ge=4, description="transformer: model width.")
-    heads: int | None = Field(None, ge=1, description="transformer: attention heads.")
+def _model_union() -> Any:
+    """The ``[model]`` section: one registered model's options, chosen by ``name``."""
+    from typing import Union
 
-    def options(self) -> dict[str, Any]:
-        return {k: v for k, v in self.model_dump(exclude={"name"}).items() if v is not None}
+    return Annotated[Union[tuple(all_models().values())],  # noqa: UP007
+                     Field(discriminator="name")]
+
+
+if TYPE_CHECKING:
+    ModelSection = ModelOptions
+else:
+    ModelSection = _model_union()
+
+#: The keys of the single ``[model]`` table studies had before each model declared its own
+#: options. :func:`content_hash` writes a model section in that shape, so the hash of every
+#: study - what its sites approved - is unchanged by the new declaration.
+_LEGACY_MODEL_KEYS = ("name", "hidden", "dropout", "channels", "layers", "d_model", "heads")
 
 
 class TrainSection(_Section):
@@ -219,10 +223,6 @@ class RunSection(_Section):
                                                                  "up on sites that did not answer.")
 
 
-#: Zoo models Opacus computes per-example gradients for (see ``check_dp_compatible``).
-DP_SGD_MODELS = ("logreg", "mlp", "cnn")
-
-
 class PrivacySection(_Section):
     """Differential privacy of a study (absent or ``mode = "none"``: no DP)."""
 
@@ -255,7 +255,7 @@ class PrivacySection(_Section):
 class StudyConfig(_Section):
     study: StudySection = Field(default_factory=StudySection)  # type: ignore[arg-type]
     data: DataSection
-    model: ModelSection = Field(default_factory=ModelSection)  # type: ignore[arg-type]
+    model: ModelSection = Field(default_factory=LogregOptions)
     train: TrainSection = Field(default_factory=TrainSection)  # type: ignore[arg-type]
     strategy: StrategySection = Field(default_factory=FedAvgOptions)
     secure_aggregation: SecureAggregationSection = Field(
@@ -277,6 +277,8 @@ def content_hash(cfg: StudyConfig) -> str:
     import json
 
     doc = cfg.model_dump(mode="json")
+    given = cfg.model.model_dump(mode="json", include=cfg.model.model_fields_set | {"name"})
+    doc["model"] = {key: given.get(key) for key in _LEGACY_MODEL_KEYS}
     # No [privacy] section: hash exactly as before DP existed, so approvals and resumes hold.
     if cfg.privacy == PrivacySection():  # type: ignore[call-arg]
         del doc["privacy"]
@@ -344,10 +346,10 @@ def _cross_checks(cfg: StudyConfig) -> list[str]:
 def _privacy_checks(cfg: StudyConfig) -> list[str]:
     """DP settings that depend on other sections."""
     mode, problems = cfg.privacy.mode, []
-    if mode == "dp_sgd" and cfg.model.name not in DP_SGD_MODELS:
-        problems.append(f"'privacy.mode': dp_sgd needs model.name in {', '.join(DP_SGD_MODELS)} "
-                        f"(Opacus cannot compute per-example gradients for "
-                        f"{cfg.model.name!r})")
+    if mode == "dp_sgd" and not cfg.model.capabilities.dp_sgd:
+        usable = ", ".join(n for n, m in all_models().items() if m.capabilities.dp_sgd)
+        problems.append(f"'privacy.mode': dp_sgd needs model.name in {usable} (Opacus cannot "
+                        f"compute per-example gradients for {cfg.model.name!r})")
     strategy = all_strategies()[cfg.strategy.name]
     if mode.startswith("dp_fedavg") and not strategy.capabilities.site_level_dp:
         problems.append(f"'privacy.mode': {mode} cannot be combined with strategy "
@@ -405,6 +407,37 @@ def _allowed(annotation: Any, description: str) -> str:
     return f"{description} One of: {', '.join(values)}."
 
 
+def _plugin_key_rows(section: str, uses: dict[str, list[tuple[str, str, str]]]
+                     ) -> list[tuple[str, str, str]]:
+    """One row per key several plugins may declare: ``uses[key]`` lists (plugin, default,
+    description); defaults and descriptions that differ are given per plugin."""
+    def grouped(declared: list[tuple[str, str, str]], index: int) -> str:
+        values = list(dict.fromkeys(d[index] for d in declared))
+        if len(values) == 1:
+            return values[0]
+        return "; ".join(f"{', '.join(d[0] for d in declared if d[index] == v)}: "
+                         f"{v.rstrip('.')}" for v in values)
+
+    return [(f"{section}.{key}", grouped(declared, 1),
+             f"[{', '.join(d[0] for d in declared)}] {grouped(declared, 2)}")
+            for key, declared in uses.items()]
+
+
+def _model_rows() -> list[tuple[str, str, str]]:
+    """``model.*`` rows from the model registry: every name with its summary, then each
+    model's own keys with the models they apply to."""
+    models = all_models()
+    names = "; ".join(f"{n} ({m.summary})" for n, m in models.items())
+    rows = [("model.name", "'logreg'", f"Model, one of: {names}.")]
+    own: dict[str, list[tuple[str, str, str]]] = {}
+    for name, cls in models.items():
+        for key, field in cls.model_fields.items():
+            if key != "name":
+                own.setdefault(key, []).append((name, repr(field.default),
+                                                (field.description or "").split(": ", 1)[-1]))
+    return rows + _plugin_key_rows("model", own)
+
+
 def _strategy_rows() -> list[tuple[str, str, str]]:
     """``strategy.*`` rows from the registry: the names with what each is, the keys every
     strategy shares, then each strategy's own keys with the strategies they apply to."""
@@ -421,13 +454,7 @@ def _strategy_rows() -> list[tuple[str, str, str]]:
                 continue
             own.setdefault(key, []).append((name, repr(field.default),
                                             _allowed(field.annotation, field.description or "")))
-    for key, uses in own.items():
-        defaults = sorted({d for _, d, _ in uses})
-        default = defaults[0] if len(defaults) == 1 else "; ".join(
-            f"{d} ({', '.join(n for n, dd, _ in uses if dd == d)})" for d in defaults)
-        which = ", ".join(n for n, _, _ in uses)
-        rows.append((f"strategy.{key}", default, f"[{which}] {uses[0][2]}"))
-    return rows
+    return rows + _plugin_key_rows("strategy", own)
 
 
 def describe_keys() -> list[tuple[str, str, str]]:
@@ -444,8 +471,9 @@ def describe_keys() -> list[tuple[str, str, str]]:
     for section, model in (("study", StudySection), ("train", TrainSection),
                            ("secure_aggregation", SecureAggregationSection),
                            ("baselines", BaselinesSection), ("run", RunSection),
-                           ("model", ModelSection), ("privacy", PrivacySection)):
+                           ("privacy", PrivacySection)):
         walk(section, model)
+    rows += _model_rows()
     sources = [literal_values(m.model_fields["source"].annotation)[0] for m in DATA_SOURCES]
     rows.append(("data.source", "", f"Where the sites' data comes from, one of: "
                                     f"{', '.join(sources)} (keys per source below)."))

@@ -77,7 +77,7 @@ def test_declares_its_options_and_builds_from_them(name: str) -> None:
 def test_its_section_is_accepted_by_the_study_config(name: str) -> None:
     cfg = parse_config({"data": {"source": "builtin"}, "strategy": {"name": name}})
     assert cfg.strategy.name == name
-    with pytest.raises(ConfigError, match="unknown key 'strategy.no_such_option'"):
+    with pytest.raises(ConfigError, match=r"unknown key 'strategy\.no_such_option'"):
         parse_config({"data": {"source": "builtin"},
                       "strategy": {"name": name, "no_such_option": 1}})
 
@@ -86,7 +86,7 @@ def test_its_section_is_accepted_by_the_study_config(name: str) -> None:
 def test_no_change_in_gives_no_change_out(name: str) -> None:
     current = _model(0)
     strategy = _started(name, current)
-    new = _aggregate(strategy, current, {s: current for s in SITES})
+    new = _aggregate(strategy, current, dict.fromkeys(SITES, current))
     for k in current:
         np.testing.assert_allclose(new[k], current[k], rtol=1e-6, atol=1e-6)
 
