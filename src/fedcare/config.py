@@ -12,11 +12,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import pydantic
 from pydantic import BaseModel, Field, model_validator
 
 from fedcare.core.errors import ConfigError
-from fedcare.core.settings import Section, literal_values
+from fedcare.core.settings import Section, literal_values, validate_section
 from fedcare.learners.options import LogregOptions, ModelOptions, all_models
 from fedcare.strategies.base import StrategyOptions
 from fedcare.strategies.fedavg import FedAvgOptions
@@ -268,7 +267,7 @@ class StudyConfig(_Section):
 def _tags() -> set[str]:
     """Discriminator values pydantic puts in an error's path (users never write them)."""
     sources = {v for m in DATA_SOURCES for v in literal_values(m.model_fields["source"].annotation)}
-    return sources | set(all_strategies())
+    return sources | set(all_strategies()) | set(all_models())
 
 
 def content_hash(cfg: StudyConfig) -> str:
@@ -288,33 +287,12 @@ def content_hash(cfg: StudyConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _format_error(err: Mapping[str, Any]) -> str:
-    parts = list(err["loc"])
-    if len(parts) > 1 and parts[0] in ("data", "strategy") and parts[1] in _tags():
-        del parts[1]  # pydantic puts the union's tag in the path; users never wrote it
-    loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in parts)
-    loc = loc.replace(".[", "[")
-    kind = err["type"]
-    if kind == "extra_forbidden":
-        return f"unknown key '{loc}'"
-    if kind == "missing":
-        return f"missing key '{loc}'"
-    if kind in ("union_tag_invalid", "literal_error"):
-        return f"'{loc}': {err['msg']}"
-    got = err.get("input")
-    shown = f" (got {got!r})" if isinstance(got, (str, int, float, bool)) else ""
-    return f"'{loc}': {err['msg']}{shown}"
-
-
 def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None,
                  source: str | None = None) -> StudyConfig:
     """Validate a config mapping; relative file paths are resolved against ``base_dir``."""
     if not isinstance(data, Mapping):
         raise ConfigError("the configuration must be a table/mapping", source=source)
-    try:
-        cfg = StudyConfig.model_validate(dict(data))
-    except pydantic.ValidationError as exc:
-        raise ConfigError([_format_error(e) for e in exc.errors()], source=source) from None
+    cfg = validate_section(StudyConfig, dict(data), source=source, tags=_tags())
     problems = _cross_checks(cfg)
     if problems:
         raise ConfigError(problems, source=source)

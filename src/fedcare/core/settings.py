@@ -11,9 +11,13 @@ receive the validated section itself instead of restating its rules in a second 
 from __future__ import annotations
 
 import typing
+from collections.abc import Collection, Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
+
+from fedcare.core.errors import ConfigError
 
 
 class Section(BaseModel):
@@ -30,3 +34,58 @@ def literal_values(annotation: Any) -> tuple[Any, ...]:
     for arg in typing.get_args(annotation):
         values += literal_values(arg)
     return values
+
+
+def format_error(err: Mapping[str, Any], tags: Collection[str] = ()) -> str:
+    """One pydantic error as a line that names the key the user wrote (``strategy.mu``).
+
+    ``tags``: the discriminator values of the schema's unions (``"fedprox"``, ``"csv"``), which
+    pydantic puts in an error's path although no user ever wrote them."""
+    parts = list(err["loc"])
+    # The first tag in the path is the union's; a later one is a key the user wrote that
+    # happens to share a tag's name (an omop source's ``omop`` key).
+    first = next((i for i, p in enumerate(parts) if isinstance(p, str) and p in tags), None)
+    if first is not None:
+        del parts[first]
+    loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in parts)
+    loc = loc.replace(".[", "[")
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return f"unknown key '{loc}'"
+    if kind == "missing":
+        return f"missing key '{loc}'"
+    if kind == "union_tag_invalid":
+        ctx = err.get("ctx") or {}
+        return (f"'{loc}.{ctx.get('discriminator', '').strip(chr(39))}': "
+                f"{ctx.get('tag')!r} is not one of {ctx.get('expected_tags')}")
+    if kind == "literal_error":
+        return f"'{loc}': {err['msg']}"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    got = err.get("input")
+    shown = f" (got {got!r})" if isinstance(got, (str, int, float, bool)) else ""
+    return f"'{loc}': {msg}{shown}"
+
+
+def validate_section(model: Any, data: Any, *, source: str | None = None,
+                     tags: Collection[str] = ()) -> Any:
+    """``model`` (a :class:`Section` or a pydantic ``TypeAdapter``) validating ``data``; every
+    problem becomes one line of a :class:`~fedcare.core.errors.ConfigError`."""
+    import pydantic
+
+    try:
+        if isinstance(model, pydantic.TypeAdapter):
+            return model.validate_python(data)
+        return model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise ConfigError([format_error(e, tags) for e in exc.errors()], source=source) from None
+
+
+def load_toml(path: Path, model: Any, *, what: str, tags: Collection[str] = (),
+              extra: Mapping[str, Any] | None = None) -> Any:
+    """Read the TOML file ``path`` (a ``what``, for messages) into ``model``, the one way
+    fedcare reads its settings files; ``extra`` adds keys the file does not hold (its
+    folder, say)."""
+    from fedcare.core.files import read_toml
+
+    raw = read_toml(Path(path), what)
+    return validate_section(model, {**raw, **(extra or {})}, source=str(path), tags=tags)

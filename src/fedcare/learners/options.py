@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from fedcare.core.errors import ConfigError
 from fedcare.core.settings import Section, literal_values
@@ -109,12 +109,13 @@ class MlpOptions(ModelOptions):
     hidden: list[int] | int = Field([64], description="mlp: hidden layer sizes.")
     dropout: float = Field(0.0, ge=0, lt=1, description="mlp: dropout after each hidden layer.")
 
-    @model_validator(mode="after")
-    def _check(self) -> MlpOptions:
-        sizes = _sizes(self.hidden)
+    @field_validator("hidden")
+    @classmethod
+    def _check_hidden(cls, value: list[int] | int) -> list[int] | int:
+        sizes = _sizes(value)
         if not sizes or any(not 1 <= h <= MAX_WIDTH for h in sizes) or len(sizes) > MAX_LAYERS:
-            raise ValueError(f"hidden must be 1 to {MAX_LAYERS} layer sizes in 1..{MAX_WIDTH}")
-        return self
+            raise ValueError(f"must be 1 to {MAX_LAYERS} layer sizes, each in 1..{MAX_WIDTH}")
+        return value
 
     def options(self) -> dict[str, Any]:
         return {"hidden": _sizes(self.hidden), "dropout": self.dropout}
@@ -130,11 +131,12 @@ class CnnOptions(ModelOptions):
     channels: list[int] = Field([16, 32], min_length=1, max_length=MAX_LAYERS,
                                 description="cnn: output channels per conv block.")
 
-    @model_validator(mode="after")
-    def _check(self) -> CnnOptions:
-        if any(not 1 <= c <= MAX_WIDTH for c in self.channels):
-            raise ValueError(f"channels must be in 1..{MAX_WIDTH}")
-        return self
+    @field_validator("channels")
+    @classmethod
+    def _check_channels(cls, value: list[int]) -> list[int]:
+        if any(not 1 <= c <= MAX_WIDTH for c in value):
+            raise ValueError(f"each must be in 1..{MAX_WIDTH}")
+        return value
 
 
 class _RecurrentOptions(ModelOptions):
@@ -145,16 +147,13 @@ class _RecurrentOptions(ModelOptions):
     dropout: float = Field(0.0, ge=0, lt=1,
                            description="lstm/gru: dropout between stacked layers.")
 
-    @model_validator(mode="after")
-    def _check(self) -> _RecurrentOptions:
-        hidden = self.hidden
-        if isinstance(hidden, list):
-            if len(hidden) != 1:
-                raise ValueError("hidden must be one size")
-            hidden = hidden[0]
-        if not 1 <= hidden <= MAX_WIDTH:
-            raise ValueError(f"hidden must be in 1..{MAX_WIDTH}")
-        return self
+    @field_validator("hidden")
+    @classmethod
+    def _check_hidden(cls, value: int | list[int]) -> int | list[int]:
+        size = value[0] if isinstance(value, list) and len(value) == 1 else value
+        if isinstance(size, list) or not 1 <= size <= MAX_WIDTH:
+            raise ValueError(f"must be one size in 1..{MAX_WIDTH}")
+        return value
 
     def options(self) -> dict[str, Any]:
         hidden = self.hidden[0] if isinstance(self.hidden, list) else self.hidden
