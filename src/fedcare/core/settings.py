@@ -36,6 +36,9 @@ def literal_values(annotation: Any) -> tuple[Any, ...]:
     return values
 
 
+_TYPE_NAMES = frozenset({"int", "float", "str", "bool", "none", "list", "dict"})
+
+
 def format_error(err: Mapping[str, Any], tags: Collection[str] = ()) -> str:
     """One pydantic error as a line that names the key the user wrote (``strategy.mu``).
 
@@ -47,6 +50,8 @@ def format_error(err: Mapping[str, Any], tags: Collection[str] = ()) -> str:
     first = next((i for i, p in enumerate(parts) if isinstance(p, str) and p in tags), None)
     if first is not None:
         del parts[first]
+    # A plain union's member is in the path too ("list[str]", "literal['any']", "int").
+    parts = [p for p in parts if not (isinstance(p, str) and ("[" in p or p in _TYPE_NAMES))]
     loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in parts)
     loc = loc.replace(".[", "[")
     kind = err["type"]
@@ -77,7 +82,8 @@ def validate_section(model: Any, data: Any, *, source: str | None = None,
             return model.validate_python(data)
         return model.model_validate(data)
     except pydantic.ValidationError as exc:
-        raise ConfigError([format_error(e, tags) for e in exc.errors()], source=source) from None
+        problems = list(dict.fromkeys(format_error(e, tags) for e in exc.errors()))
+        raise ConfigError(problems, source=source) from None
 
 
 def load_toml(path: Path, model: Any, *, what: str, tags: Collection[str] = (),
