@@ -66,7 +66,7 @@ from fedcare.privacy.dp.spec import Accountant, Mechanism, check_finite_number, 
 GENESIS = "0" * 64
 #: The HTTP header a node sends its ledger head in (``<count>:<sha256 hex>``).
 LEDGER_HEAD_HEADER = "X-Fedcare-Ledger-Head"
-_HEAD = re.compile(r"^(0|[1-9][0-9]{0,17}):([0-9a-f]{64})$")
+_HEAD = re.compile(r"(0|[1-9][0-9]{0,17}):([0-9a-f]{64})")
 _SIGNATURE = ec.ECDSA(hashes.SHA256())
 _POLICY_KEYS = {"max_epsilon", "delta", "accountant", "require_dp", "trust_hub_noise"}
 
@@ -205,8 +205,9 @@ class LedgerHead:
     hash: str
 
     def __post_init__(self) -> None:
-        if (isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 0
-                or not isinstance(self.hash, str) or not _HEAD.match(f"{self.count}:{self.hash}")
+        if (isinstance(self.count, bool) or not isinstance(self.count, int)
+                or not isinstance(self.hash, str)
+                or not _HEAD.fullmatch(f"{self.count}:{self.hash}")
                 or (self.count == 0) != (self.hash == GENESIS)):
             raise ValidationError(f"not a ledger head: count {self.count!r}, hash {self.hash!r}"
                                   " (want an entry count and the 64-hex SHA-256 of its last "
@@ -215,7 +216,7 @@ class LedgerHead:
     @classmethod
     def parse(cls, text: object) -> LedgerHead:
         """Read ``<count>:<hash>``; a :class:`ValidationError` names what is wrong."""
-        match = _HEAD.match(text) if isinstance(text, str) else None
+        match = _HEAD.fullmatch(text) if isinstance(text, str) else None
         if match is None:
             raise ValidationError(f"{LEDGER_HEAD_HEADER} must be <entry count>:<sha256 hex of "
                                   f"the last line>, got {str(text)[:100]!r}")
