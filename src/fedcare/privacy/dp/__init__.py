@@ -26,6 +26,7 @@ from fedcare.privacy.dp.spec import Accountant, Mechanism, PrivacySpec
 __all__ = [
     "Accountant", "LedgerEntry", "LedgerError", "LedgerHead", "LedgerKey", "Mechanism",
     "PrivacyBudgetError", "PrivacyLedger", "PrivacyReport", "PrivacySpec", "PrivatizeInfo",
-    "RoundCharge", "SitePrivacyPolicy", "Spent", "central_noise", "clip_update", "epsilon", "epsilon_history",
-    "epsilon_of", "fedavg_charges", "gaussian_noise", "noise_for_budget", "privatize_update",
+    "RoundCharge", "SitePrivacyPolicy", "Spent", "central_noise", "clip_update", "epsilon",
+    "epsilon_history", "epsilon_of", "fedavg_charges", "gaussian_noise", "noise_for_budget",
+    "privatize_update",
 ]
