@@ -5,13 +5,19 @@ it (so refuses the work) after a restart."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
 
 from fedcare.node.ledger_anchor import ANCHOR_FILE
+from fedcare.privacy.dp.ledger import LEDGER_HEAD_HEADER
 from tests.integration.network import NetFederation, study_config
 from tests.integration.network import net_fixture as net_fixture  # the "net" fixture
 
@@ -94,3 +100,50 @@ def test_the_hub_anchors_the_ledger_and_every_tampering_is_found(net: Net) -> No
     assert "LedgerError" in why and "hub acknowledged 2" in why, why
     assert st["rounds"][0]["sites_completed"] == ["beta"]
     assert ledger.read_bytes() == original.splitlines(keepends=True)[0]  # nothing charged
+
+
+# --- the API's side, in process (the fuzz suite's app, with site alpha's certificate) -------
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from tests.integration.test_api_fuzz import _hub
+
+    with _hub(tmp_path_factory.mktemp("anchor-api")) as (asgi, _service):
+        yield asgi
+
+
+def _call(app: Any, method: str, path: str, **kw: Any) -> httpx.Response:
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://hub") as client:
+            return await client.request(method, path, **kw)
+
+    return asyncio.run(go())
+
+
+def _hello(app: Any, head: str | None) -> httpx.Response:
+    return _call(app, "POST", "/v1/node/hello",
+                 json={"version": "0.1.0", "session": "s" * 8, "datasets": []},
+                 headers={} if head is None else {LEDGER_HEAD_HEADER: head})
+
+
+@pytest.mark.parametrize("head", ["", "abc", "3", "1:" + "g" * 64, "-1:" + "a" * 64,
+                                  "0:" + "a" * 64, "9" * 30 + ":" + "a" * 64,
+                                  "1:" + "a" * 64 + " x"])
+def test_a_malformed_ledger_head_is_a_4xx_naming_the_header(app: Any, head: str) -> None:
+    r = _hello(app, head)
+    assert r.status_code == 422 and LEDGER_HEAD_HEADER.lower() in r.text.lower(), r.text
+    r = _call(app, "POST", "/v1/node/reply", params={"task_id": "x/r1/fit/alpha"},
+              content=b"garbage", headers={"Content-Type": "application/octet-stream",
+                                           LEDGER_HEAD_HEADER: head})
+    assert r.status_code == 422 and LEDGER_HEAD_HEADER.lower() in r.text.lower(), r.text
+
+
+def test_hello_returns_the_longest_head_and_never_lowers_it(app: Any) -> None:
+    three, one = "3:" + "c" * 64, "1:" + "a" * 64
+    assert _call(app, "GET", "/v1/node/ledger-head").json() == {"site": "alpha",
+                                                                "ledger_head": None}
+    assert _hello(app, three).json()["ledger_head"] == three
+    assert _hello(app, one).json()["ledger_head"] == three  # a cut ledger: refused
+    assert _hello(app, None).json()["ledger_head"] == three
+    assert _call(app, "GET", "/v1/node/ledger-head").json()["ledger_head"] == three

@@ -220,7 +220,10 @@ class LedgerHead:
         if match is None:
             raise ValidationError(f"{LEDGER_HEAD_HEADER} must be <entry count>:<sha256 hex of "
                                   f"the last line>, got {str(text)[:100]!r}")
-        return cls(int(match[1]), match[2])
+        try:
+            return cls(int(match[1]), match[2])
+        except ValidationError as exc:
+            raise ValidationError(f"{LEDGER_HEAD_HEADER}: {exc.message}") from None
 
     def __str__(self) -> str:
         return f"{self.count}:{self.hash}"
