@@ -5,7 +5,9 @@ policy, deny by default). Each task that touches data is *charged* before it run
 :meth:`PrivacyLedger.charge` validates the entry, composes every DP event already in the
 ledger plus this one with a real accountant (``dp-accounting``), refuses with
 :class:`PrivacyBudgetError` past the site's ``max_epsilon``, and only then appends one
-JSON line (write + flush + fsync of an ``O_APPEND`` file; the file is never rewritten).
+JSON line (write + flush + fsync of an ``O_APPEND`` file; the file is never rewritten,
+except once by the steward to sign a ledger from before signatures,
+:meth:`PrivacyLedger.sign_unsigned`).
 
 Tamper evidence, in three layers (:meth:`PrivacyLedger.verify`; while the ledger has any
 problem, charging refuses - fail closed - and the site steward must look at the file):
@@ -21,7 +23,7 @@ problem, charging refuses - fail closed - and the site steward must look at the 
    a signed ledger stripped of its signatures would otherwise pass as an old one.
 3. **Anchor.** Neither detects a cut at the end, or a deleted file: what is left is a valid
    shorter ledger. So the node tells the hub its :class:`LedgerHead` (entry count and last
-   line's hash) with every reply; the hub keeps the latest one per site and acknowledges it,
+   line's hash) with every reply; the hub keeps the longest one per site and answers with it,
    and the node keeps the acknowledged head (:mod:`fedcare.node.ledger_anchor`). A ledger
    that is shorter than, or does not extend, its :attr:`PrivacyLedger.anchor` was truncated,
    deleted or replaced. The hash of line k commits to lines 1..k through the chain, so one
