@@ -26,7 +26,9 @@ from fedcare.core.errors import ConfigError, FedcareError, ProtocolError, Valida
 from fedcare.core.wire import DIGEST_HEADER
 from fedcare.hub.service import HubService, NotFound, Offer
 from fedcare.hub.store import DuplicateReply, LateReply, NotDelivered, UnknownTask, WrongSite
+from fedcare.hub.store.ledger_heads import LedgerHeadRepo
 from fedcare.pki.errors import PeerCertificateError
+from fedcare.privacy.dp.ledger import LedgerHead
 
 SHA_HEADER = "X-Content-SHA256"
 #: A task's model goes out in slices of this size (views of the one shared copy): handed to
@@ -146,6 +148,29 @@ class _TaskResponse(Response):
                         "more_body": end < len(view)})
 
 
+def _parse_head(value: str | None) -> LedgerHead | None:
+    """The ledger head a node reported in ``X-Fedcare-Ledger-Head`` (None: it sent none)."""
+    return None if value is None else LedgerHead.parse(value)
+
+
+def anchor_ledger_head(service: HubService, site: str, reported: LedgerHead | None
+                       ) -> str | None:
+    """Record the privacy-ledger head ``site`` reported (if any) and return the head the hub
+    holds for it, which is what the node keeps as its ledger's anchor. A report that does
+    not go beyond the held head is refused, and logged: that site's ledger was cut, deleted
+    or replaced (see :mod:`fedcare.hub.store.ledger_heads`)."""
+    with service.db.session() as s:
+        repo = LedgerHeadRepo(s)
+        held = repo.get(site) if reported is None else repo.report(site, reported.count,
+                                                                   reported.hash)
+    if held is not None and held.refused:
+        service.event("ledger", f"site {site} reported privacy-ledger head {reported}, which "
+                      f"does not extend the head {held} the hub acknowledged: its ledger was "
+                      "cut, deleted or replaced; its node refuses to charge until its steward "
+                      "restores the ledger", site=site)
+    return None if held is None else str(held)
+
+
 def create_app(service: HubService, trust: PeerTrust, token: str) -> FastAPI:
     app = FastAPI(title="fedcare hub", version=__version__,
                   description="Coordinates federated studies; nodes dial in over mTLS.")
@@ -176,12 +201,22 @@ def create_app(service: HubService, trust: PeerTrust, token: str) -> FastAPI:
 
     # -- node endpoints -------------------------------------------------------------------
     @app.post("/v1/node/hello")
-    async def hello(body: Hello, site: Site, request: Request) -> dict[str, str]:
+    async def hello(body: Hello, site: Site, request: Request,
+                    x_fedcare_ledger_head: Annotated[str | None, Header(max_length=100)] = None
+                    ) -> dict[str, str | None]:
         der = request.scope["extensions"]["tls"]["client_cert"]
         serial = f"{x509.load_der_x509_certificate(der).serial_number:x}"
+        reported = _parse_head(x_fedcare_ledger_head)
         await run_in_threadpool(service.hello, site, serial, body.version,
                                 [d.model_dump() for d in body.datasets], body.session)
-        return {"site": site, "hub_version": __version__}
+        held = await run_in_threadpool(anchor_ledger_head, service, site, reported)
+        return {"site": site, "hub_version": __version__, "ledger_head": held}
+
+    @app.get("/v1/node/ledger-head")
+    async def ledger_head(site: Site) -> dict[str, str | None]:
+        """The privacy-ledger head the hub holds for the calling site (its anchor)."""
+        held = await run_in_threadpool(anchor_ledger_head, service, site, None)
+        return {"site": site, "ledger_head": held}
 
     @app.get("/v1/node/task", responses={204: {"description": "no task yet"}})
     async def next_task(site: Site, request: Request,
@@ -204,8 +239,9 @@ def create_app(service: HubService, trust: PeerTrust, token: str) -> FastAPI:
     @app.post("/v1/node/reply", status_code=202)
     async def reply(request: Request, site: Site,
                     task_id: Annotated[str, Query(min_length=1, max_length=400)],
-                    x_content_sha256: Annotated[str | None, Header()] = None
-                    ) -> dict[str, bool]:
+                    x_content_sha256: Annotated[str | None, Header()] = None,
+                    x_fedcare_ledger_head: Annotated[str | None, Header(max_length=100)] = None
+                    ) -> dict[str, bool | str | None]:
         async def refuse(code: int, message: str) -> NoReturn:
             # Decided here, before HubService sees the reply: log it as the service logs its
             # own refusals, so that every rejected reply shows in `fedcare study logs`.
@@ -214,6 +250,10 @@ def create_app(service: HubService, trust: PeerTrust, token: str) -> FastAPI:
 
         if request.headers.get("content-type", "") != "application/octet-stream":
             await refuse(415, "replies are application/octet-stream (fedcare wire format)")
+        try:
+            reported = _parse_head(x_fedcare_ledger_head)
+        except ValidationError as exc:
+            await refuse(422, exc.message)
         too_big = f"body larger than the hub's limit ({service.max_body} B)"
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > service.max_body:
@@ -226,7 +266,8 @@ def create_app(service: HubService, trust: PeerTrust, token: str) -> FastAPI:
             chunks.append(chunk)
         await run_in_threadpool(service.receive_reply, site, task_id, b"".join(chunks),
                                 x_content_sha256)
-        return {"accepted": True}
+        held = await run_in_threadpool(anchor_ledger_head, service, site, reported)
+        return {"accepted": True, "ledger_head": held}
 
     # -- researcher endpoints -------------------------------------------------------------
     @app.post("/v1/studies", dependencies=[Researcher], status_code=201)
