@@ -157,8 +157,10 @@ class NetFederation:
     _client: httpx.Client | None = None
 
     def __post_init__(self) -> None:
+        # Each site's kit (and key) is made in its own folder, outside the coordinator's.
         self.fed = create_federation(self.root / "fed", hub_host="127.0.0.1",
-                                     hub_port=self.port, sites=list(self.sites))
+                                     hub_port=self.port, sites=list(self.sites),
+                                     site_kits=self.kits_dir)
         self.tables = write_site_tables(self.root / "data", self.sites)
         self.node_configs = {}
         for site in self.sites:
@@ -181,8 +183,17 @@ class NetFederation:
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}"
 
+    @property
+    def kits_dir(self) -> Path:
+        """Where each site's own kit lives (never inside the coordinator's ``fed_dir``)."""
+        return self.root / "site-kits"
+
+    @property
+    def researcher_dir(self) -> Path:
+        return self.fed_dir / "researcher"
+
     def kit(self, site: str) -> Path:
-        return self.fed_dir / "sites" / site
+        return self.kits_dir / site
 
     # -- processes ----------------------------------------------------------------------
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Proc:
