@@ -38,11 +38,13 @@ def test_a_ckks_study_keeps_its_secret_among_the_sites(net: Net) -> None:
     assert find_secrets(fed.fed_dir) == COORDINATOR_KEYS
     secrets = {}
     for site in fed.sites:
-        found = find_secrets(fed.kit(site))
-        path = f"state/{study}/ckks_secret.ctx"
-        assert found == {"site.key": "PEM private key", path: "CKKS secret context"}, found
-        secrets[site] = (fed.kit(site) / path).read_bytes()
-        assert (fed.kit(site) / path).stat().st_mode & 0o077 == 0
+        assert find_secrets(fed.kit(site)) == {"site.key": "PEM private key"}
+        state = fed.root / "state" / site  # the node's --state-dir
+        found = find_secrets(state)
+        path = f"{study}/ckks_secret.ctx"
+        assert found == {path: "CKKS secret context"}, found
+        secrets[site] = (state / path).read_bytes()
+        assert (state / path).stat().st_mode & 0o077 == 0
     # every site of the study holds the same key (the maker's), and it decrypts
     assert len(set(secrets.values())) == 1
     assert HEContext.load_secret(secrets[fed.sites[0]]).is_private
@@ -52,3 +54,6 @@ def test_a_ckks_study_keeps_its_secret_among_the_sites(net: Net) -> None:
     secret = secrets[fed.sites[0]]
     for blob in sealed:
         assert secret[-4096:] not in blob.read_bytes()
+    # the researcher follows the study with the researcher folder alone (no private key)
+    done = fed.cli("study", "status", study, "--federation", str(fed.researcher_dir))
+    assert done.returncode == 0 and "completed" in done.stdout, done.stderr

@@ -97,3 +97,18 @@ def test_install_cert_refuses_another_sites_certificate(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "issued for another key" in " ".join(result.output.split())
     assert not (tmp_path / "b" / "site.crt").exists()
+
+
+def test_a_researcher_needs_only_the_researcher_folder(tmp_path: Path) -> None:
+    from fedcare.cli.network import HubClient
+
+    create_federation(tmp_path / "fed", hub_host="127.0.0.1", hub_port=9443)
+    handed = tmp_path / "researcher"
+    (tmp_path / "fed" / "researcher").rename(handed)  # what the researcher receives
+
+    client = HubClient(handed, None, None, None)
+
+    assert str(client.http.base_url) == "https://127.0.0.1:9443"
+    token = (tmp_path / "fed" / "hub" / "researcher.token").read_text().strip()
+    assert client.http.headers["Authorization"] == f"Bearer {token}"
+    assert find_secrets(handed) == {}
