@@ -1,9 +1,11 @@
 """A real networked federation for tests: hub and nodes as subprocesses on loopback.
 
-:class:`NetFederation` provisions a federation into a temporary folder (CA, hub folder, one
-startup kit per site), writes each site's slice of the breast-cancer table as a CSV plus its
-node data config, and starts ``fedcare hub start`` / ``fedcare node start`` as real processes
-(``sys.executable -m fedcare.cli.main``) on a free loopback port. Researchers' calls go over
+:class:`NetFederation` provisions a federation into a temporary folder (CA, hub and
+researcher folders in ``fed/``; each site's own kit, with its key, in ``site-kits/<site>``,
+made as a site makes it: ``node init``, the coordinator signs, ``node install-cert``), writes
+each site's slice of the breast-cancer table as a CSV plus its node data config, and starts
+``fedcare hub start`` / ``fedcare node start`` as real processes (``sys.executable -m
+fedcare.cli.main``) on a free loopback port. Researchers' calls go over
 HTTPS with the federation CA and the bearer token; node-side calls use a site's own kit.
 
 Every wait is bounded, and every process the harness started is killed (SIGKILL) by

@@ -112,3 +112,6 @@ def test_a_researcher_needs_only_the_researcher_folder(tmp_path: Path) -> None:
     token = (tmp_path / "fed" / "hub" / "researcher.token").read_text().strip()
     assert client.http.headers["Authorization"] == f"Bearer {token}"
     assert find_secrets(handed) == {}
+    # the coordinator may still use its own federation folder
+    own = HubClient(tmp_path / "fed", None, None, None)
+    assert own.http.headers["Authorization"] == f"Bearer {token}"

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fedcare.pki import certs
 from fedcare.pki.errors import ProvisioningConfigError, ProvisioningError
 from fedcare.pki.files import atomic_write, make_private_dir, write_private_key
-from fedcare.pki.trust import NODE_CONFIG_FILE, NodeConfig, _site_identity, load_node_config
+from fedcare.pki.trust import NODE_CONFIG_FILE, NodeConfig, certificate_site, load_node_config
 
 KEY_FILE = "site.key"
 CSR_FILE = "site.csr"
@@ -103,7 +103,7 @@ def install_site_certificate(kit: str | Path, issued: str | Path) -> NodeConfig:
     except (ValueError, TypeError, InvalidSignature) as exc:
         raise ProvisioningConfigError(f"{issued / CERT_FILE} is not signed by the "
                                       f"{CA_FILE} it came with") from exc
-    site = _site_identity(cert)
+    site = certificate_site(cert)
     wanted = _csr_site(kit)
     if site != wanted or doc.get("site") != site:
         raise ProvisioningConfigError(f"the issued files name site {site!r} (node.toml: "

@@ -290,6 +290,12 @@ def _site_identity(cert: x509.Certificate) -> str:
     return names[0]
 
 
+def certificate_site(cert: x509.Certificate) -> str:
+    """The site a certificate names (SAN URI agreeing with its CN, clientAuth, not a CA), or
+    :class:`UnknownCertificate`. Says nothing about who issued it: check that separately."""
+    return _site_identity(cert)
+
+
 def verify_peer(cert_der: bytes, ca_cert: x509.Certificate,
                 crl: x509.CertificateRevocationList, *, now: datetime | None = None) -> str:
     """Return the site name a client certificate proves, or raise why it proves nothing.

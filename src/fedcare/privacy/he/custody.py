@@ -130,12 +130,12 @@ class SiteIdentity:
         """``cert_der`` if it is a current site certificate of this federation naming
         ``site``; else :class:`ProtocolError` saying why."""
         from fedcare.pki.errors import PeerCertificateError
-        from fedcare.pki.trust import _site_identity
+        from fedcare.pki.trust import certificate_site
 
         try:
             cert = x509.load_der_x509_certificate(bytes(cert_der))
             cert.verify_directly_issued_by(self.ca)
-            named = _site_identity(cert)
+            named = certificate_site(cert)
         except (ValueError, TypeError, InvalidSignature, PeerCertificateError) as exc:
             raise ProtocolError(f"the certificate given for site {site} is not a site "
                                 f"certificate of this federation's CA: {exc}") from exc
