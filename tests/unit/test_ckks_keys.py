@@ -9,6 +9,7 @@ the sum of verified contributions of the round.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -204,3 +205,54 @@ def test_the_relay_takes_a_key_only_from_the_maker_once_per_recipient(tmp_path: 
                                                               "sealed": True}}
     with pytest.raises(ValidationError, match="invalid study"):
         relay.get_sealed("../../etc", "hospital-2")
+
+
+# --- a node's key source (the hub's relay played by a KeyRelay in memory) ---------------------
+
+class _Hub:
+    """Just enough of the hub's key endpoints, over a real :class:`KeyRelay`."""
+
+    def __init__(self, relay: KeyRelay, caller: str) -> None:
+        self.relay, self.caller = relay, caller
+
+    def __call__(self, method: str, path: str, content: bytes = b"", **_: object) -> object:
+        from fedcare.node.hub_link import HubResponse
+
+        study = path.split("/")[4]
+        if path.endswith("/certs"):
+            body = json.dumps(self.relay.certificates(study, SITES)).encode()
+            return HubResponse(200, {}, body)
+        if method == "PUT":
+            self.relay.put_sealed(study, SITES, self.caller, path.rsplit("/", 1)[1], content)
+            return HubResponse(204, {}, b"")
+        try:
+            return HubResponse(200, {}, self.relay.get_sealed(study, self.caller))
+        except KeyRelayNotFound:
+            return HubResponse(404, {}, b"")
+
+
+def test_the_maker_seals_the_study_key_to_each_site_and_they_all_hold_it(
+        ids: dict[str, SiteIdentity], tmp_path: Path) -> None:
+    from fedcare.node.ckks_keys import SECRET_FILE, RelayKeys
+
+    relay = KeyRelay(tmp_path / "hub")
+    late = RelayKeys(_Hub(relay, "hospital-2"), ids["hospital-2"], SITES, tmp_path / "2",
+                     wait=0)
+    with pytest.raises(ProtocolError, match="site hospital-1 makes it and must be online"):
+        late.context("st")  # the maker has not made it yet
+    for s in ("hospital-2", "hospital-3"):  # what hello does at the hub
+        relay.remember_certificate(s, ids[s].cert_der())
+
+    maker = RelayKeys(_Hub(relay, "hospital-1"), ids["hospital-1"], SITES, tmp_path / "1")
+    made = maker.context("st")
+    others = [RelayKeys(_Hub(relay, s), ids[s], SITES, tmp_path / s[-1], wait=0).context("st")
+              for s in ("hospital-2", "hospital-3")]
+
+    secret = (tmp_path / "1" / SECRET_FILE).read_bytes()
+    assert all(o.is_private and o.fingerprint == made.fingerprint for o in others)
+    for folder in ("1", "2", "3"):
+        path = tmp_path / folder / SECRET_FILE
+        assert path.read_bytes() == secret and path.stat().st_mode & 0o077 == 0
+    from tests.keyscan import find_secrets
+
+    assert find_secrets(tmp_path / "hub") == {}  # the relay holds only sealed copies
