@@ -150,7 +150,8 @@ def node_privacy(
 
 
 Federation = Annotated[Path | None, typer.Option(
-    help="Federation folder (reads the hub URL, CA and researcher token).")]
+    help="Researcher folder (FED/researcher from `fedcare provision new`), or the "
+         "coordinator's federation folder: reads the hub URL, CA and researcher token.")]
 HubUrl = Annotated[str | None, typer.Option("--hub", help="Hub URL.")]
 CaFile = Annotated[Path | None, typer.Option(help="Federation CA certificate.")]
 Token = Annotated[str | None, typer.Option(help="Researcher token.")]

@@ -24,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from fedcare import __version__
 from fedcare.core.errors import ConfigError, FedcareError, ProtocolError, ValidationError
 from fedcare.core.wire import DIGEST_HEADER
+from fedcare.hub.keyrelay import MAX_SEALED_BYTES, KeyRelay, KeyRelayNotFound
 from fedcare.hub.service import HubService, NotFound, Offer
 from fedcare.hub.store import DuplicateReply, LateReply, NotDelivered, UnknownTask, WrongSite
 from fedcare.hub.store.ledger_heads import LedgerHeadRepo
@@ -171,7 +172,9 @@ def anchor_ledger_head(service: HubService, site: str, reported: LedgerHead | No
     return None if held is None else str(held)
 
 
-def create_app(service: HubService, trust: PeerTrust, token: str) -> FastAPI:
+def create_app(service: HubService, trust: PeerTrust, token: str,
+               relay: KeyRelay | None = None) -> FastAPI:
+    relay = relay or KeyRelay(service.data_dir / "keyrelay")
     app = FastAPI(title="fedcare hub", version=__version__,
                   description="Coordinates federated studies; nodes dial in over mTLS.")
 
@@ -179,6 +182,10 @@ def create_app(service: HubService, trust: PeerTrust, token: str) -> FastAPI:
     async def _fedcare_error(request: Request, exc: FedcareError) -> JSONResponse:
         return JSONResponse({"detail": exc.message, "error": type(exc).__name__},
                             status_code=status_of(exc))
+
+    @app.exception_handler(KeyRelayNotFound)
+    async def _no_key_yet(request: Request, exc: KeyRelayNotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc), "error": type(exc).__name__}, status_code=404)
 
     # Dependencies are coroutines: FastAPI runs a plain function dependency in a worker thread,
     # one thread hop per request for what is a dictionary lookup once the certificate is known.
@@ -209,6 +216,8 @@ def create_app(service: HubService, trust: PeerTrust, token: str) -> FastAPI:
         reported = _parse_head(x_fedcare_ledger_head)
         await run_in_threadpool(service.hello, site, serial, body.version,
                                 [d.model_dump() for d in body.datasets], body.session)
+        # The study key relay seals CKKS keys to the certificate a site authenticated with.
+        await run_in_threadpool(relay.remember_certificate, site, der)
         held = await run_in_threadpool(anchor_ledger_head, service, site, reported)
         return {"site": site, "hub_version": __version__, "ledger_head": held}
 
@@ -268,6 +277,38 @@ def create_app(service: HubService, trust: PeerTrust, token: str) -> FastAPI:
                                 x_content_sha256)
         held = await run_in_threadpool(anchor_ledger_head, service, site, reported)
         return {"accepted": True, "ledger_head": held}
+
+    # -- CKKS key relay (node endpoints; opaque sealed blobs, see fedcare.hub.keyrelay) ------
+    async def study_sites(site: str, study_id: str) -> list[str]:
+        doc = await run_in_threadpool(service.study_for_node, site, study_id)  # 404 if not in it
+        return list(doc["sites"])
+
+    @app.get("/v1/node/keys/{study_id}/certs")
+    async def key_certs(study_id: str, site: Site) -> dict[str, dict[str, object]]:
+        sites = await study_sites(site, study_id)
+        return await run_in_threadpool(relay.certificates, study_id, sites)
+
+    @app.put("/v1/node/keys/{study_id}/sealed/{recipient}", status_code=204)
+    async def key_put(study_id: str, recipient: str, site: Site, request: Request) -> Response:
+        sites = await study_sites(site, study_id)
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > MAX_SEALED_BYTES:
+            raise HTTPException(413, f"a sealed key is at most {MAX_SEALED_BYTES} bytes")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_SEALED_BYTES:
+                raise HTTPException(413, f"a sealed key is at most {MAX_SEALED_BYTES} bytes")
+            chunks.append(chunk)
+        await run_in_threadpool(relay.put_sealed, study_id, sites, site, recipient,
+                                b"".join(chunks))
+        return Response(status_code=204)
+
+    @app.get("/v1/node/keys/{study_id}/sealed")
+    async def key_get(study_id: str, site: Site) -> Response:
+        await study_sites(site, study_id)
+        blob = await run_in_threadpool(relay.get_sealed, study_id, site)
+        return Response(blob, media_type="application/octet-stream")
 
     # -- researcher endpoints -------------------------------------------------------------
     @app.post("/v1/studies", dependencies=[Researcher], status_code=201)
