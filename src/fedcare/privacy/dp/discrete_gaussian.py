@@ -172,6 +172,10 @@ def _exact_compare(prefix: int, nbits: int, gamma: Fraction, source: RandomWords
 
 
 # -- discrete Laplace and discrete Gaussian --------------------------------------------------------
+def _ratio(u: np.ndarray, t: int) -> Callable[[int], Fraction]:
+    return lambda i: Fraction(int(u[i]), t)
+
+
 def discrete_laplace(t: int, size: int, source: RandomWords) -> np.ndarray:
     """``size`` samples with P(Y = y) proportional to exp(-|y| / t) (CKS20 Algorithm 2 with
     s = 1), as int64."""
@@ -183,8 +187,7 @@ def discrete_laplace(t: int, size: int, source: RandomWords) -> np.ndarray:
         m = max(16, int((size - filled) * 1.8))
         u = source.below(t, m)
         gu = u.astype(np.float64) / t  # correctly rounded: error <= 2^-53 gu
-        keep = bernoulli_exp_neg(gu, gu * _FLOAT_EPS, lambda i, u=u: Fraction(int(u[i]), t),
-                                 source)
+        keep = bernoulli_exp_neg(gu, gu * _FLOAT_EPS, _ratio(u, t), source)
         u = u[keep]
         v = np.zeros(u.size, dtype=np.int64)  # V ~ Geometric: count Bernoulli(e^-1) successes
         active = np.arange(u.size)
