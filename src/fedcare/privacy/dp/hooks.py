@@ -134,6 +134,11 @@ def central_noise(values: np.ndarray | Mapping[str, np.ndarray], spec: PrivacySp
     names = list(values)
     flat = np.concatenate([np.asarray(values[k], dtype=np.float64).reshape(-1) * scale
                            for k in names]) if names else np.empty(0)
-    noisy = dg.grid_noised(values, noisy_sum(flat, spec, rng, frac_bits=frac_bits), frac_bits)
-    return Parameters({k: (noisy[k] / n_sites).astype(np.asarray(values[k]).dtype)
-                       for k in names})
+    noisy = noisy_sum(flat, spec, rng, frac_bits=frac_bits) / n_sites
+    out: dict[str, np.ndarray] = {}
+    pos = 0
+    for k in names:
+        a = np.asarray(values[k])
+        out[k] = noisy[pos:pos + a.size].reshape(a.shape).astype(a.dtype)
+        pos += a.size
+    return Parameters(out)
