@@ -85,10 +85,12 @@ class RandomWords:
             assert self._rng is not None
             return np.frombuffer(self._rng.bytes(8 * n), dtype=np.uint64).copy()
         out = np.empty(n, dtype=np.uint64)
+        raw = out.view(np.uint8)
+        zeros = bytes(8 * min(n, _CHUNK_WORDS))
         for start in range(0, n, _CHUNK_WORDS):
             k = min(_CHUNK_WORDS, n - start)
-            out[start:start + k] = np.frombuffer(self._stream.update(bytes(8 * k)),
-                                                 dtype=np.uint64)
+            # The keystream (ChaCha20 of zeros) is written straight into ``out``.
+            self._stream.update_into(zeros[:8 * k], raw[8 * start:8 * (start + k)])
         return out
 
     def bits(self, n: int) -> np.ndarray:
@@ -103,14 +105,12 @@ class RandomWords:
         if not 1 <= bound <= 2**62:
             raise ValueError(f"bound must be in [1, 2^62], got {bound}")
         limit = np.uint64((2**64 // bound) * bound - 1)  # accept words <= limit
-        out = np.empty(n, dtype=np.int64)
-        todo = np.arange(n)
-        while todo.size:
-            w = self.words(todo.size)
-            ok = w <= limit
-            out[todo[ok]] = (w[ok] % np.uint64(bound)).astype(np.int64)
-            todo = todo[~ok]
-        return out
+        w = self.words(n)
+        bad = np.flatnonzero(w > limit)  # probability < bound / 2^64 each
+        while bad.size:
+            w[bad] = self.words(bad.size)
+            bad = bad[w[bad] > limit]
+        return (w % np.uint64(bound)).astype(np.int64)
 
 
 # -- Bernoulli(exp(-gamma)), exact --------------------------------------------------------------
@@ -126,19 +126,21 @@ def bernoulli_exp_neg(gamma: np.ndarray, gamma_err: np.ndarray | float,
     how often the slow path runs.
     """
     g = np.asarray(gamma, dtype=np.float64)
-    err = np.broadcast_to(np.asarray(gamma_err, dtype=np.float64), g.shape)
+    err = np.asarray(gamma_err, dtype=np.float64)
     p = np.exp(-g)
     # |exp(-gamma) - exp(-g)| <= exp(-g) (e^err - 1) <= p * 2 err for err <= 1; numpy's exp is
     # within a few ulps (2^-48 covers it); the absolute term covers subnormal/underflowed p.
     slack = p * (2.0 * np.minimum(err, 1.0) + 2.0**-48) + 2.0**-1000
-    lo, hi = p - slack, p + slack
-    u = (source.words(g.size) >> np.uint64(11)).astype(np.int64)  # leading 53 bits of V
-    v_lo = u.astype(np.float64) * _U53  # exact: V lies in [v_lo, v_lo + 2^-53)
-    usable = err < 1.0  # a larger bound says nothing: decide exactly
-    accept = (v_lo + _U53 <= lo) & usable
-    undecided = ~accept & ~((v_lo >= hi) & usable)
+    words = source.words(g.size) >> np.uint64(11)  # the leading 53 bits of V
+    v_lo = words.astype(np.float64) * _U53  # exact: V lies in [v_lo, v_lo + 2^-53)
+    accept = v_lo + _U53 <= p - slack
+    undecided = ~accept & (v_lo < p + slack)
+    if np.any(err >= 1.0):  # a larger bound says nothing: decide those exactly
+        useless = np.broadcast_to(err >= 1.0, g.shape)
+        accept &= ~useless
+        undecided |= useless
     for i in np.flatnonzero(undecided):
-        accept[i] = _exact_compare(int(u[i]), 53, exact_gamma(int(i)), source)
+        accept[i] = _exact_compare(int(words[i]), 53, exact_gamma(int(i)), source)
     return accept
 
 
