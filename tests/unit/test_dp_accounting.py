@@ -157,7 +157,7 @@ def test_a_coarse_grid_costs_privacy_and_the_accountant_sees_it(accountant: str)
 
 
 def test_discrete_noise_multiplier_refuses_a_grid_too_coarse_for_the_bound() -> None:
-    with pytest.raises(ConfigError, match="raise secure_aggregation.frac_bits"):
+    with pytest.raises(ConfigError, match=r"raise secure_aggregation\.frac_bits"):
         discrete_noise_multiplier(0.1, 0.01, 8, shares=10)
     with pytest.raises(ConfigError, match="summed"):
         discrete_noise_multiplier(1.0, 1.0, 24, shares=3, summed=4)

@@ -33,6 +33,16 @@ processing). Distributed noise gives each site a discrete Gaussian share of vari
 the Kairouz-Liu-Steinke 2021 bound for it
 (:func:`fedcare.privacy.dp.accounting.discrete_noise_multiplier`).
 
+DP-SGD is not covered: its per-step noise is drawn inside Opacus with ``torch.normal``, in
+floating point (generator seeded from :mod:`secrets`, see ``DpSgdOptions``). Opacus'
+``secure_mode`` (a CSPRNG plus an average of Gaussian draws against the floating-point attack,
+Holohan & Braghin 2021) needs ``torchcsprng``, whose last release (0.2.1, March 2021) ships
+wheels for CPython 3.6-3.9 only and no source: ``pip download --no-deps torchcsprng`` finds no
+installable file for fedcare's Python 3.11 / torch 2.x. What mitigates it: a noised gradient
+never leaves the site; only the model after many steps does (under secure aggregation, only
+the sum of the sites' models), so Mironov's attack, which reads the low bits of one noised
+value, does not apply directly - but DP-SGD lacks the exactness argument DP-FedAvg has.
+
 Assumption: the clip bound holds only if the site runs this code unmodified.
 """
 
