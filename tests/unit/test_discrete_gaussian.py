@@ -231,3 +231,14 @@ def test_noised_grid_values_encode_for_secure_aggregation_without_rounding() -> 
     cfg = SecAggConfig(sites=("a", "b"), threshold=2, vector_length=flat.size, clip=64.0,
                        frac_bits=24, mod_bits=64)
     np.testing.assert_array_equal(decode(encode(flat, cfg), cfg), flat)
+
+
+def test_the_secure_keystream_fills_every_chunk() -> None:
+    from fedcare.privacy.dp.discrete_gaussian import _CHUNK_WORDS
+
+    words = RandomWords().words(_CHUNK_WORDS + 3)
+    tail = words[-8:]
+    assert np.unique(tail).size == 8 and tail.all()
+    # Each of the 64 bit positions is set in about half of the words (±10 standard errors).
+    ones = np.unpackbits(words[:200_000].view(np.uint8)).reshape(-1, 64).mean(axis=0)
+    assert np.all(np.abs(ones - 0.5) < 10 * 0.5 / math.sqrt(200_000))

@@ -90,7 +90,7 @@ class RandomWords:
         for start in range(0, n, _CHUNK_WORDS):
             k = min(_CHUNK_WORDS, n - start)
             # The keystream (ChaCha20 of zeros) is written straight into ``out``.
-            self._stream.update_into(zeros[:8 * k], raw[8 * start:8 * (start + k)])
+            self._stream.update_into(zeros[:8 * k], raw[8 * start:8 * (start + k)].data)
         return out
 
     def bits(self, n: int) -> np.ndarray:
