@@ -242,3 +242,17 @@ def test_the_secure_keystream_fills_every_chunk() -> None:
     # Each of the 64 bit positions is set in about half of the words (±10 standard errors).
     ones = np.unpackbits(words[:200_000].view(np.uint8)).reshape(-1, 64).mean(axis=0)
     assert np.all(np.abs(ones - 0.5) < 10 * 0.5 / math.sqrt(200_000))
+
+
+def test_the_hubs_central_noise_is_a_discrete_gaussian_on_the_studys_grid() -> None:
+    from fedcare.engine.privacy import HubPrivacy
+
+    central = PrivacySpec("dp_fedavg_central", clip=0.5, noise_multiplier=2.0)
+    hub = HubPrivacy(central, 4, frac_bits=12)
+    total = np.arange(50_000) * 2.0**-12
+    out = hub.noisy_sum(total)
+    assert out is not None
+    np.testing.assert_array_equal(out * 2.0**12, np.rint(out * 2.0**12))
+    assert (out - total).std() == pytest.approx(1.0, rel=0.03)  # z * C on the sum
+    distributed = PrivacySpec("dp_fedavg_distributed", clip=0.5, noise_multiplier=2.0)
+    assert HubPrivacy(distributed, 4, frac_bits=12).noisy_sum(total) is None
