@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -47,6 +48,25 @@ def test_clip_bounds_the_whole_flat_norm_and_keeps_direction(parts: list[np.ndar
         np.testing.assert_array_equal(a, b)
     assert [o.shape for o in out.values()] == [a.shape for a in parts]
     assert all(o.dtype == np.float32 for o in out.values())
+
+
+@settings(deadline=None)
+@given(st.lists(arrays, min_size=1, max_size=4), st.floats(1e-3, 1e3), st.integers(8, 30))
+def test_privatized_update_is_on_the_grid_with_the_l2_bound_exact(
+        parts: list[np.ndarray], clip: float, frac_bits: int) -> None:
+    """After clipping, grid rounding and the float32 cast, the update is a vector of exact
+    grid multiples whose norm is <= clip in exact integer arithmetic: the sensitivity the
+    accountant assumes (C) needs no rounding term."""
+    site = Parameters({f"p{i}": a for i, a in enumerate(parts)})
+    zero = Parameters({k: np.zeros_like(v) for k, v in site.items()})
+    spec = PrivacySpec("dp_fedavg_central", clip=clip, noise_multiplier=1.0)
+    out, _ = privatize_update(zero, site, spec, n_sites=1, frac_bits=frac_bits)
+    assert [o.shape for o in out.values()] == [a.shape for a in parts]
+    assert all(o.dtype == np.float32 for o in out.values())
+    steps = out.flatten(np.float64) * 2.0**frac_bits
+    np.testing.assert_array_equal(steps, np.rint(steps))
+    bound = Fraction(clip) * 2**frac_bits
+    assert sum(int(v) ** 2 for v in steps) <= bound * bound
 
 
 def test_clip_zero_vector_and_0d_arrays() -> None:
