@@ -256,3 +256,19 @@ def test_the_hubs_central_noise_is_a_discrete_gaussian_on_the_studys_grid() -> N
     assert (out - total).std() == pytest.approx(1.0, rel=0.03)  # z * C on the sum
     distributed = PrivacySpec("dp_fedavg_distributed", clip=0.5, noise_multiplier=2.0)
     assert HubPrivacy(distributed, 4, frac_bits=12).noisy_sum(total) is None
+
+
+def test_exact_squared_norm_in_both_arithmetics() -> None:
+    from fedcare.privacy.dp.discrete_gaussian import _exact_sq_norm
+
+    rng = np.random.default_rng(9)
+    for top in (2**10, 2**25, 2**40):  # float64 path, float64 overflowing 2^52, Python ints
+        k = rng.integers(-top, top, size=5_000)
+        assert _exact_sq_norm(k) == sum(int(v) * int(v) for v in k)
+
+
+def test_a_float_clip_that_overshoots_is_still_bounded_after_rounding() -> None:
+    x = np.full(10_000, 1.0 / 100) * (1 + 1e-7)  # norm 1.0000001 > clip 1
+    k = round_to_grid(x, 1.0, 30)
+    assert sum(int(v) ** 2 for v in k) <= (2**30) ** 2
+    assert np.all(np.abs(k - x * 2.0**30) <= 2**30 * 2e-7 + 1)

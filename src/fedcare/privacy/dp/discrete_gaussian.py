@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import decimal
 import math
+import operator
 import os
 from collections.abc import Callable, Mapping
 from fractions import Fraction
@@ -288,15 +289,21 @@ def grid_noise(shape: tuple[int, ...] | int, variance: Fraction,
 
 
 def _exact_sq_norm(k: np.ndarray) -> int:
-    """Exact sum of squares of an int64 vector (float64 when every partial sum stays below
-    2^53, where integer arithmetic in doubles is exact in any order; Python ints otherwise)."""
+    """Exact sum of squares of an int64 vector.
+
+    In float64 when every square is below 2^53 and the total comes out below 2^52: the terms
+    are non-negative, so every partial sum (in whatever order or blocking BLAS uses) is then an
+    integer below 2^53, where doubles are exact. Python integers otherwise.
+    """
     if k.size == 0:
         return 0
-    top = int(np.abs(k).max())
-    if top * top * k.size < MAX_GRID_INT:
+    if int(np.abs(k).max()) < 2**26:
         f = k.astype(np.float64)
-        return int(np.dot(f, f))
-    return sum(int(v) * int(v) for v in k.tolist())
+        total = float(np.dot(f, f))
+        if total < 2.0**52:
+            return int(total)
+    values = k.tolist()
+    return sum(map(operator.mul, values, values))
 
 
 def round_to_grid(flat: np.ndarray, clip: float, frac_bits: int) -> np.ndarray:
@@ -327,9 +334,11 @@ def round_to_grid(flat: np.ndarray, clip: float, frac_bits: int) -> np.ndarray:
     shrink = 1.0
     while True:
         k = np.trunc(scaled * shrink).astype(np.int64)
-        if _exact_sq_norm(k) <= bound_sq:
+        sq = _exact_sq_norm(k)
+        if sq <= bound_sq:
             return k
-        shrink *= 1.0 - 1e-9  # only when the float clip itself overshot by rounding
+        # Only when the float clip itself overshot (e.g. by the cast to float32).
+        shrink *= min(1.0 - 2.0**-40, math.sqrt(float(bound_sq / sq)))
 
 
 def from_grid(k: np.ndarray, frac_bits: int) -> np.ndarray:
