@@ -19,7 +19,8 @@ The sampler
 CKS20 Algorithm 3: propose ``Y`` from the discrete Laplace distribution with integer scale
 ``t = floor(sigma) + 1`` (their Algorithm 2) and accept it with probability
 ``exp(-(|Y| - sigma^2/t)^2 / (2 sigma^2))``; accepted values are exactly N_Z(0, sigma^2).
-The randomness is ``os.urandom`` (64-bit words), or a seeded numpy generator in tests only.
+The randomness is a ChaCha20 keystream keyed by ``os.urandom`` (:class:`RandomWords`), or a
+seeded numpy generator in tests only.
 
 Every Bernoulli(exp(-gamma)) is decided *exactly* by :func:`bernoulli_exp_neg`: a uniform
 ``V`` in [0, 1) is compared with ``p = exp(-gamma)``. A float64 estimate of ``p`` with a
@@ -27,14 +28,14 @@ certified error bound decides whenever the 53 leading bits of ``V`` lie outside 
 (all but ~1e-11 of the draws); otherwise more bits of the *same* ``V`` are drawn and ``p`` is
 recomputed with correctly rounded :mod:`decimal` arithmetic until the comparison is decided.
 The outcome therefore has probability exactly ``p`` - the float estimate only makes it fast.
-Everything else is integer arithmetic, vectorised with numpy (~1 s per million values on one
-core, see ``benchmarks/discrete_gaussian.py``).
+Everything else is integer arithmetic, vectorised with numpy (0.3-0.6 s per million values
+here, 10-25x a float sampler; ``benchmarks/discrete_gaussian.py``).
 
 Library check (December 2026): OpenDP 0.16 (``make_gaussian`` on integer vectors, behind its
-"contrib" flag) is exact too but took 13.6 s per million values here, too slow for model-sized
-noise every round; diffprivlib's ``GaussianDiscrete`` samples one Python value at a time;
-TensorFlow Privacy's sampler decides acceptance in floating point and needs TensorFlow; Opacus
-has none. Hence this hand-written, vectorised implementation.
+"contrib" flag) is exact too but took 13-24 s per million values here, too slow for
+model-sized noise every round; diffprivlib's ``GaussianDiscrete`` is a scalar mechanism (one
+Python value per call); TensorFlow Privacy's sampler needs TensorFlow; Opacus has none. Hence
+this hand-written, vectorised implementation.
 """
 
 from __future__ import annotations
