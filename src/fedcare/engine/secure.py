@@ -303,6 +303,8 @@ class SecureSum:
     failures: dict[str, str]
     bytes_down: int = 0
     bytes_up: int = 0
+    #: The decoded sum Σ w·(x − g) itself (central DP noise is added to it exactly).
+    total: np.ndarray | None = None
 
 
 class SecureAggregator:
@@ -360,6 +362,7 @@ class SecureAggregator:
                          acc)
         result = server.finish(self._parse(got, UnmaskResponse, cfg, acc))
         acc.new_model, acc.total_weight = mean_from_sum(result.sum, engine.parameters)
+        acc.total = result.sum[:-1]
         acc.included = sorted(result.included)
         return acc
 
@@ -403,6 +406,7 @@ class SecureAggregator:
                     acc.failures[decryptor] = "decrypted sum has the wrong shape or NaN/Inf"
                     continue
                 acc.new_model, acc.total_weight = mean_from_sum(plain, engine.parameters)
+                acc.total = plain[:-1]
                 acc.included = included
                 return acc
         raise ProtocolError(f"round {round_}: no site could decrypt the aggregate: "
