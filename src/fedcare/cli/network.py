@@ -183,7 +183,8 @@ def submit(config: Annotated[Path, typer.Argument(help="Study file (.toml/.yaml)
 
 
 def follow(client: HubClient, study_id: str, poll: float = 0.5) -> dict[str, Any]:
-    """Progress bar until the study completes or fails; returns its final status."""
+    """Progress bar until the study completes, fails or is paused; returns its final status
+    (exit 1 unless it completed)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -201,7 +202,7 @@ def follow(client: HubClient, study_id: str, poll: float = 0.5) -> dict[str, Any
                 info = f"{len(last.get('sites_completed', []))} sites answered" + (
                     f", [red]{len(failed)} failed[/red]" if failed else "")
             bar.update(task, completed=st["current_round"], info=info)
-            if st["status"] in ("completed", "failed", "cancelled"):
+            if st["status"] in ("completed", "failed", "cancelled", "paused"):
                 break
             time.sleep(poll)
     if st["status"] != "completed":
@@ -230,6 +231,24 @@ def status(study_id: str, federation: Federation = None, hub: HubUrl = None,
                       + (f", epsilon {eps:.3g}" if isinstance(eps, float) else
                          f", epsilon {eps}" if eps is not None else "")
                       + (f", failed {escape(str(failed))}" if failed else ""))
+
+
+@study_app.command("resume")
+def resume(study_id: str, federation: Federation = None, hub: HubUrl = None,
+           ca: CaFile = None, token: Token = None,
+           wait: Annotated[bool, typer.Option(help="Follow progress until it ends.")] = False
+           ) -> None:
+    """Continue a paused study (the hub could not write its storage: disk full, read-only)
+    from its last completed round, once the hub's storage is fixed."""
+    client = _client(federation, hub, ca, token)
+    try:
+        doc = client.call("POST", f"/v1/studies/{study_id}/resume").json()
+    except FedcareError as exc:
+        raise fail(exc, 2) from None
+    console.print(f"study [bold]{study_id}[/bold] resumed after round "
+                  f"{doc['resumed_after_round']}")
+    if wait:
+        follow(client, study_id)
 
 
 @study_app.command("logs")

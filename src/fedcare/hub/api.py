@@ -24,7 +24,13 @@ from starlette.concurrency import run_in_threadpool
 from fedcare import __version__
 from fedcare.core.errors import ConfigError, FedcareError, ProtocolError, ValidationError
 from fedcare.core.wire import DIGEST_HEADER
-from fedcare.hub.service import HubService, NotFound, Offer
+from fedcare.hub.service import (
+    HubService,
+    NotFound,
+    NotResumable,
+    Offer,
+    StorageUnavailable,
+)
 from fedcare.hub.store import DuplicateReply, LateReply, NotDelivered, UnknownTask, WrongSite
 from fedcare.pki.errors import PeerCertificateError
 
@@ -40,6 +46,7 @@ VERIFIED_CACHE_SIZE = 4096
 _STATUS: list[tuple[type[Exception], int]] = [
     (NotFound, 404), (UnknownTask, 404), (WrongSite, 403), (DuplicateReply, 409),
     (NotDelivered, 409), (LateReply, 410), (ProtocolError, 409), (PeerCertificateError, 403),
+    (NotResumable, 409), (StorageUnavailable, 503),
     (ConfigError, 422), (ValidationError, 422), (FedcareError, 400),
 ]
 
@@ -242,6 +249,13 @@ def create_app(service: HubService, trust: PeerTrust, token: str) -> FastAPI:
             ge=0, le=1_000_000, description="only the last N rounds' records (default: all)")]
             = None) -> dict[str, Any]:
         return await run_in_threadpool(service.study_status, study_id, rounds)
+
+    @app.post("/v1/studies/{study_id}/resume", dependencies=[Researcher])
+    async def resume(study_id: str) -> dict[str, Any]:
+        """Continue a paused study (stopped because the hub could not write its storage)
+        from its last completed round: 409 when it is not paused, 503 while the storage
+        still cannot be written."""
+        return await run_in_threadpool(service.resume_study, study_id)
 
     @app.get("/v1/studies/{study_id}/events", dependencies=[Researcher])
     async def events(study_id: str) -> list[dict[str, Any]]:
