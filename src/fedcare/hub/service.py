@@ -559,7 +559,7 @@ class HubService:
         finally:
             try:
                 transport.close()  # stop offering its tasks before anything else
-            except Exception:  # noqa: BLE001 (the study's end must be recorded all the same)
+            except Exception:  # the study's end must be recorded all the same
                 log.exception("study %s: closing its transport failed", study_id)
         self._settle(study_id, *outcome)
 
