@@ -59,7 +59,7 @@ def test_simulate_writes_under_runs_whatever_the_study_name(
     written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")
                      if p.is_file())
     assert written and all(p.startswith("a/b/work/") for p in written), written
-    runs = [p for p in (work / "runs").iterdir()]
+    runs = list((work / "runs").iterdir())
     assert len(runs) == 1 and (runs[0] / "report.html").is_file()
     # The study keeps its name where people read it.
     assert json.loads((runs[0] / "history.json").read_text())["study"] == name
