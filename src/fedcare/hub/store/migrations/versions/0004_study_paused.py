@@ -56,7 +56,7 @@ def upgrade() -> None:
     if op.get_bind().dialect.name == "sqlite":
         _sqlite_swap_check(_check(_BEFORE), _check(_AFTER))
         return
-    op.drop_constraint(_NAME, "studies", type_="check")
+    op.drop_constraint(op.f(_NAME), "studies", type_="check")
     op.create_check_constraint(op.f(_NAME), "studies", _check(_AFTER))
 
 
@@ -67,5 +67,5 @@ def downgrade() -> None:
     if op.get_bind().dialect.name == "sqlite":
         _sqlite_swap_check(_check(_AFTER), _check(_BEFORE))
         return
-    op.drop_constraint(_NAME, "studies", type_="check")
+    op.drop_constraint(op.f(_NAME), "studies", type_="check")
     op.create_check_constraint(op.f(_NAME), "studies", _check(_BEFORE))
