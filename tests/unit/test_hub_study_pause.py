@@ -277,3 +277,37 @@ def test_a_crash_escaping_the_engine_still_ends_the_study(fed: Federation,
     study_id = fed.svc.submit_study(study_config(rounds=2))["study_id"]
     st = fed.settled(study_id)
     assert (st["status"], st["error"]) == ("failed", "cannot build this study's engine")
+
+
+def test_the_api_resumes_and_answers_503_while_the_storage_is_full(
+        fed: Federation, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from fedcare.hub.api import PeerTrust, create_app
+
+    app = create_app(fed.svc, PeerTrust(tmp_path / "fed" / "hub"), "token")
+    client = TestClient(app, headers={"Authorization": "Bearer token"})
+    db = FullDatabase(fed.svc)
+    disk = FillingDisk(fed.svc.data_dir / "blobs", full_from=1)
+    fed.svc.blobs = disk
+    fed.start_nodes()
+    study_id = client.post("/v1/studies", json=study_config(rounds=2)).json()["study_id"]
+    assert fed.settled(study_id)["status"] == "paused"
+
+    db.full.set()  # a submission the hub cannot store: a 503 that says why, not a bare 500
+    r = client.post("/v1/studies", json=study_config(rounds=2))
+    assert r.status_code == 503 and "disk is full" in r.json()["detail"], r.text
+    r = client.post(f"/v1/studies/{study_id}/resume")
+    assert r.status_code == 503 and "still cannot write" in r.json()["detail"], r.text
+    db.full.clear()
+
+    assert client.post("/v1/studies/nosuchstudy/resume").status_code == 404
+    assert client.post(f"/v1/studies/{study_id}/resume",
+                       headers={"Authorization": "Bearer wrong"}).status_code == 401
+    disk.full = False
+    r = client.post(f"/v1/studies/{study_id}/resume")
+    assert r.status_code == 200 and r.json() == {
+        "study_id": study_id, "status": "running", "resumed_after_round": 0}
+    assert fed.settled(study_id)["status"] == "completed"
+    r = client.post(f"/v1/studies/{study_id}/resume")
+    assert r.status_code == 409 and "completed" in r.json()["detail"]

@@ -10,6 +10,7 @@ error is a 4xx with a ``detail`` that says what was wrong; fedcare errors never 
 # aliases (Site, Researcher) at definition time.
 
 import hmac
+import logging
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +20,7 @@ from cryptography import x509
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
 
 from fedcare import __version__
@@ -32,8 +34,10 @@ from fedcare.hub.service import (
     StorageUnavailable,
 )
 from fedcare.hub.store import DuplicateReply, LateReply, NotDelivered, UnknownTask, WrongSite
+from fedcare.hub.store.faults import storage_problem
 from fedcare.pki.errors import PeerCertificateError
 
+log = logging.getLogger("fedcare.hub")
 SHA_HEADER = "X-Content-SHA256"
 #: A task's model goes out in slices of this size (views of the one shared copy): handed to
 #: the TLS layer whole, each 4 MB model was encrypted into a fresh 4 MB buffer and queued
@@ -256,6 +260,21 @@ def create_app(service: HubService, trust: PeerTrust, token: str) -> FastAPI:
         from its last completed round: 409 when it is not paused, 503 while the storage
         still cannot be written."""
         return await run_in_threadpool(service.resume_study, study_id)
+
+    async def _storage_error(request: Request, exc: Exception) -> JSONResponse:
+        """Any request the hub cannot store (disk full, read-only): a 503 that says so, not
+        a bare 500; a node retries it later, as it does any 5xx. Other errors: a 500."""
+        problem = storage_problem(exc)
+        if problem is None:
+            raise exc
+        log.warning("%s %s: the hub cannot write its storage: %s", request.method,
+                    request.url.path, problem)
+        return JSONResponse({"detail": f"the hub cannot write its storage: {problem}",
+                             "error": "StorageUnavailable"}, status_code=503,
+                            headers={"Retry-After": "30"})
+
+    for storage_error_type in (OSError, DBAPIError):
+        app.add_exception_handler(storage_error_type, _storage_error)
 
     @app.get("/v1/studies/{study_id}/events", dependencies=[Researcher])
     async def events(study_id: str) -> list[dict[str, Any]]:
