@@ -87,6 +87,16 @@ def test_a_full_disk_pauses_the_study_and_resume_finishes_it(
         assert f"fedcare study resume {study_id}" in st["error"]
         paused_at = st["current_round"]
 
+        # Another study submitted while the disk is full (the audit's was left `running` with
+        # its thread dead): refused with a 503 that says why, or accepted and then paused,
+        # completed, or still retrying to record its end (see below).
+        r = fed.call("POST", "/v1/studies", json=study_config(name="small", rounds=2,
+                                                              run={"round_timeout": 240}))
+        assert r.status_code in (201, 503), r.text
+        if r.status_code == 503:
+            assert "cannot write its storage" in r.json()["detail"]
+        second = r.json()["study_id"] if r.status_code == 201 else None
+
         # The audit restarted the hub after growing the file system: the study stays
         # paused (it is not resumed behind the researcher's back, nor failed).
         fed.kill_hub()
@@ -101,6 +111,12 @@ def test_a_full_disk_pauses_the_study_and_resume_finishes_it(
         again = fed.cli("study", "resume", study_id, "--federation", str(fed.fed_dir))
         assert again.returncode == 2 and "409" in again.stderr  # running: not twice
 
+        if second is not None:
+            # Paused: resumed like the first; running when the hub was killed: resumed by
+            # the restart.
+            if fed.status(second)["status"] == "paused":
+                assert fed.call("POST", f"/v1/studies/{second}/resume").status_code == 200
+            assert fed.wait_study(second, 300)["status"] == "completed"
         st = fed.wait_study(study_id, 300)
         assert (st["status"], st["current_round"]) == ("completed", ROUNDS), st
         assert [r["round"] for r in st["rounds"]] == list(range(1, ROUNDS + 1))
