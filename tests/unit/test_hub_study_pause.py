@@ -11,6 +11,7 @@ raises and the ``database or disk is full`` error a database write raises;
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -311,3 +312,42 @@ def test_the_api_resumes_and_answers_503_while_the_storage_is_full(
     assert fed.settled(study_id)["status"] == "completed"
     r = client.post(f"/v1/studies/{study_id}/resume")
     assert r.status_code == 409 and "completed" in r.json()["detail"]
+
+
+def test_a_round_that_fails_while_the_state_folder_is_full_pauses(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replies of a round cannot be recorded on a full disk: the engine sees silence and
+    fails the round; the hub checks its state folder before calling that a failure. Needs a
+    real full file system (a tmpfs: root); skipped where mounting is not permitted."""
+    import shutil
+    import subprocess
+
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = shutil.which("mount") and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)],
+        capture_output=True, timeout=30).returncode == 0
+    if not mounted:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        monkeypatch.setattr(service_module, "SETTLE_RETRY", (0.05, 0.2))
+        create_federation(tmp_path / "fed", hub_host="127.0.0.1", hub_port=1,
+                          sites=list(SITES))
+        # The database elsewhere (it holds the outcome), the state folder on the tmpfs.
+        svc = HubService(small / "hub", db_url=f"sqlite:///{tmp_path / 'hub.db'}")
+        try:
+            for site in SITES:
+                svc.hello(site, "1a", "test", [{"name": DATASET, "rows": 100}], "s")
+            with contextlib.suppress(OSError), open(small / "ballast", "wb") as fh:
+                fh.write(b"\0" * (2 << 20))  # stops part-way: the file system is full
+            study_id = svc.submit_study(study_config(rounds=2, run={"round_timeout": 1}))[
+                "study_id"]  # no node answers: round 1 fails at its deadline
+            svc.wait_for(study_id, WAIT)
+            st = svc.study_status(study_id)
+        finally:
+            svc.stop()
+            svc.db.dispose()
+    finally:
+        subprocess.run(["umount", str(small)], capture_output=True, timeout=30)
+    assert st["status"] == "paused", st
+    assert "No space left on device" in st["error"] and "round deadline" in st["error"]

@@ -568,7 +568,7 @@ class HubService:
         problem = storage_problem(exc)
         if problem is None and isinstance(exc, FedcareError):
             # A round that failed for want of replies may have failed because the hub could
-            # not record them (the API answered the nodes 500): the engine only sees the
+            # not record them (the API answered the nodes 503): the engine only sees the
             # silence. The failure of the storage is what to report then.
             problem = self._storage_probe()
             if problem is None:
