@@ -6,7 +6,8 @@ The hub is a real :class:`HubService` (SQLite, blob store) and the sites real
 :class:`NodeAgent` s answering its tasks in threads, in this process: no TLS, no HTTP. The
 storage failure is injected where it happens on a full disk, as the OSError(28) a blob write
 raises and the ``database or disk is full`` error a database write raises;
-``tests/integration/test_hub_disk_full.py`` fills a real (tmpfs) file system.
+``tests/integration/test_hub_disk_full.py`` fills a real (tmpfs) file system, as does the
+last test here (skipped without the right to mount).
 """
 
 from __future__ import annotations

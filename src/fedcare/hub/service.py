@@ -555,7 +555,11 @@ class HubService:
             self._write_outputs(study_id, engine.history, final)
             outcome: tuple[StudyStatus, str | None] = (StudyStatus.COMPLETED, None)
         except Exception as exc:  # noqa: BLE001 (classified below; a bug is logged with its traceback)
-            outcome = self._outcome(study_id, exc)
+            try:
+                outcome = self._outcome(study_id, exc)
+            except Exception:  # classifying must not be what leaves the study runner-less
+                log.exception("study %s: cannot classify its failure", study_id)
+                outcome = (StudyStatus.FAILED, f"internal error: {exc!r}")
         finally:
             try:
                 transport.close()  # stop offering its tasks before anything else
