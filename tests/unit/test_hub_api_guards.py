@@ -214,3 +214,44 @@ def test_a_missing_revocation_list_refuses_sites_with_a_reason(
     finally:
         shutil.copy(backup, crl)
     assert _call(app, "POST", "/v1/node/hello", json=hello).status_code == 200
+
+
+# -- F4: a long-poll whose node went away ------------------------------------------------------
+def test_a_long_poll_whose_client_went_away_gives_its_slot_back(hub: Any) -> None:
+    """Else a node that restarted twice within a poll's wait would find its site's slots
+    taken by its own dead polls (429) until they timed out."""
+    app, service = _app(hub), hub[1]
+
+    async def scenario() -> None:
+        gone = asyncio.Event()
+        first = True
+
+        async def receive() -> dict[str, Any]:
+            nonlocal first
+            if first:
+                first = False
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            pass
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                 "method": "GET", "scheme": "https", "path": "/v1/node/task",
+                 "raw_path": b"/v1/node/task", "root_path": "", "query_string": b"wait=60",
+                 "headers": [(b"host", b"hub")], "client": ("127.0.0.1", 1),
+                 "server": ("hub", 443)}
+        call = asyncio.create_task(app(scope, receive, send))
+        while service._polls.get("alpha") != 1:
+            await asyncio.sleep(0.01)
+        gone.set()
+        await asyncio.wait_for(call, 30)  # not the poll's 60 s
+
+        async def released() -> None:  # the cancelled poll's own clean-up
+            while service._polls:
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(released(), 30)
+
+    asyncio.run(scenario())

@@ -64,7 +64,7 @@ def test_a_state_folder_made_by_an_older_version_is_tightened(tmp_path: Path,
 def test_a_file_in_place_of_the_state_folder_is_one_clear_error(tmp_path: Path) -> None:
     file = tmp_path / "hubdata"
     file.write_text("not a folder")
-    with pytest.raises(HubStateError, match=r"state folder .*hubdata cannot be written.*--data-dir"):
+    with pytest.raises(HubStateError, match=r"folder .*hubdata cannot be written.*--data-dir"):
         prepare_data_dir(file)
     with pytest.raises(HubStateError):
         HubService(file, revocation=NeverRevoked(), he_public_context=None)

@@ -11,14 +11,16 @@ is started with ``--api-docs``, and then needs the researcher token too.
 # No `from __future__ import annotations`: FastAPI must resolve the local dependency
 # aliases (Site, Researcher) at definition time.
 
+import asyncio
 import hmac
 import json
 import logging
 import re
 import time
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar
 
 from cryptography import x509
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
@@ -35,6 +37,7 @@ from fedcare.hub.store import DuplicateReply, LateReply, NotDelivered, UnknownTa
 from fedcare.pki.errors import CrlError, PeerCertificateError
 
 log = logging.getLogger("fedcare.hub")
+_T = TypeVar("_T")
 
 SHA_HEADER = "X-Content-SHA256"
 #: A task's model goes out in slices of this size (views of the one shared copy): handed to
@@ -259,6 +262,24 @@ class _BodyLimit:
         await self.app(scope, limited, send)
 
 
+async def _unless_disconnected(request: Request, poll: Coroutine[Any, Any, _T]) -> _T | None:
+    """Run a long-poll (it waits on the event loop, holding no thread) until it ends or its
+    client goes away (None). A poll whose node died or restarted would otherwise keep one of
+    its site's MAX_POLLS_PER_SITE slots for up to its ``wait``."""
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass  # the (empty) request body
+
+    polling, watching = asyncio.ensure_future(poll), asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({polling, watching}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watching.cancel()
+        if not polling.done():  # the client went away (or this request was cancelled)
+            polling.cancel()  # its finally gives the site's poll slot back
+    return polling.result() if polling.done() else None
+
+
 def create_app(service: HubService, trust: PeerTrust, token: str, *,
                max_request: int = DEFAULT_MAX_REQUEST, api_docs: bool = False) -> FastAPI:
     """The hub's API over ``service``.
@@ -327,7 +348,7 @@ def create_app(service: HubService, trust: PeerTrust, token: str, *,
     @app.get("/v1/node/task", responses={204: {"description": "no task yet"}})
     async def next_task(site: Site, request: Request,
                         wait: Annotated[float, Query(ge=0, le=60)] = 20.0) -> Response:
-        found = await service.next_task(site, wait)  # waits on the event loop, no thread
+        found = await _unless_disconnected(request, service.next_task(site, wait))
         if found is None:
             return Response(status_code=204)
         # The certificate was checked when the long-poll began, up to `wait` s ago: check it
