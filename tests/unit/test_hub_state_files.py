@@ -69,3 +69,28 @@ def test_a_file_in_place_of_the_state_folder_is_one_clear_error(tmp_path: Path) 
     with pytest.raises(HubStateError):
         HubService(file, revocation=NeverRevoked(), he_public_context=None)
     assert file.read_text() == "not a folder"
+
+
+def test_a_database_that_refuses_writes_is_one_clear_error(tmp_path: Path) -> None:
+    """SQLite's own "attempt to write a readonly database" (here: a connection made
+    read-only with ``PRAGMA query_only``; in the audit, a read-only mount) is a
+    HubStateError naming the folder, not a traceback."""
+    import sqlalchemy as sa
+
+    from fedcare.hub.store import EventRepo
+    from fedcare.hub.store.database import Database, writable_database
+
+    db = Database.for_data_dir(tmp_path)
+    db.migrate()
+    db.dispose()
+
+    @sa.event.listens_for(db.engine, "connect")
+    def _read_only(dbapi_conn: object, _record: object) -> None:
+        dbapi_conn.execute("PRAGMA query_only = ON")  # type: ignore[attr-defined]
+
+    try:
+        with pytest.raises(HubStateError, match=rf"{tmp_path} cannot be written.*readonly"), \
+                writable_database(db), db.session() as s:
+            EventRepo(s).log("test", "refused")
+    finally:
+        db.dispose()
