@@ -265,7 +265,9 @@ class _BodyLimit:
 async def _unless_disconnected(request: Request, poll: Coroutine[Any, Any, _T]) -> _T | None:
     """Run a long-poll (it waits on the event loop, holding no thread) until it ends or its
     client goes away (None). A poll whose node died or restarted would otherwise keep one of
-    its site's MAX_POLLS_PER_SITE slots for up to its ``wait``."""
+    its site's MAX_POLLS_PER_SITE slots for up to its ``wait``. A task the poll had just
+    taken when its client went away is handed out again after REDELIVER_AFTER, like any
+    answer lost on the way."""
     async def disconnected() -> None:
         while (await request.receive())["type"] != "http.disconnect":
             pass  # the (empty) request body
