@@ -66,12 +66,13 @@ def check_float(value: object, what: str, low: float, high: float, *,
     rng = f"{lo}{low:g}, {high:g}{hi}"
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise ValueError(f"{what} must be a finite number in {rng}, got {type(value).__name__}")
-    if isinstance(value, int) and abs(value) > 10**30 * max(1.0, abs(high), abs(low)):
-        raise ValueError(f"{what} must be a finite number in {rng}, got an integer of "
-                         f"{len(str(abs(value)))} digits")
-    v = float(value)
-    below = v <= low if low_open else v < low
-    above = v >= high if high_open else v > high
-    if v != v or below or above:  # NaN compares false everywhere: caught by v != v
-        raise ValueError(f"{what} must be a finite number in {rng}, got {v!r}")
-    return v
+    # Compared before float(): Python compares an int with a float exactly, so a huge int
+    # is refused (10**400 would overflow float(), 10**30 + 1 would round down to 1e30).
+    below = value <= low if low_open else value < low
+    above = value >= high if high_open else value > high
+    if value != value or below or above:  # NaN compares false everywhere: caught by !=
+        shown: object = value
+        if isinstance(value, int) and abs(value) >= 10**30:
+            shown = f"an integer of {len(str(abs(value)))} digits"
+        raise ValueError(f"{what} must be a finite number in {rng}, got {shown!s}")
+    return float(value)

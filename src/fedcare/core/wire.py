@@ -148,7 +148,10 @@ def _unpack(data: bytes) -> tuple[dict[str, Any], Parameters | None, dict[str, P
         raise ValidationError(f"array payload is corrupt: {exc}") from exc
     order = header.get("order", [])
     aux_order = header.get("aux_order", {})
-    if not isinstance(order, list) or not isinstance(aux_order, dict):
+    if (not isinstance(order, list) or not isinstance(aux_order, dict)
+            or not all(isinstance(k, str) for k in order)
+            or not all(isinstance(names, list) and all(isinstance(k, str) for k in names)
+                       for names in aux_order.values())):
         raise ValidationError("message header has a malformed array order")
     expected = {f"p/{k}" for k in order} | {
         f"a/{a}/{k}" for a, names in aux_order.items() for k in names}
