@@ -16,20 +16,51 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fedcare.core.errors import ConfigError
+from fedcare.core.limits import (
+    MAX_BATCH_SIZE,
+    MAX_LOCAL_EPOCHS,
+    MAX_LOCAL_STEPS,
+    MAX_LR,
+    MAX_PROXIMAL_MU,
+    MAX_SEED,
+    MAX_WEIGHT_DECAY,
+)
 
 if TYPE_CHECKING:
     from fedcare.privacy.dp.spec import PrivacySpec
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Every number has an upper bound and non-finite floats are refused (audit F21: lr = inf
+    # failed late on the wire, local_epochs = 10**9 trained for ever); a test walks the
+    # schema so that a new option cannot forget its bounds.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+#: Sites a study may have (simulated or in a federation).
+MAX_SITES = 10_000
+#: Rounds a study may run.
+MAX_ROUNDS = 100_000
+#: Classes of a classification task.
+MAX_CLASSES = 10_000
+#: Features of a synthetic dataset, width of a model layer, rows generated per synthetic site.
+MAX_FEATURES = 100_000
+MAX_WIDTH = 100_000
+MAX_ROWS_PER_SITE = 10_000_000
+#: Dirichlet concentration (large = iid), and a few other unit-free positive settings.
+MAX_ALPHA = 1e6
+#: Seconds a round may wait for its sites (a week).
+MAX_ROUND_TIMEOUT = 7 * 24 * 3600.0
+#: Layers of a sequence/transformer model, and entries of a hidden/channels list.
+MAX_LAYERS = 1_000
 
 
 class StudySection(_Section):
     name: str = Field("study", min_length=1, max_length=100,
                       description="Study name, used in task ids and reports.")
-    seed: int = Field(0, description="Seed for every random choice (init, batches, sampling).")
-    rounds: int = Field(10, ge=1, le=100_000, description="Number of federated rounds.")
+    seed: int = Field(0, ge=0, le=MAX_SEED,
+                      description="Seed for every random choice (init, batches, sampling).")
+    rounds: int = Field(10, ge=1, le=MAX_ROUNDS, description="Number of federated rounds.")
 
 
 class SiteFile(_Section):
@@ -38,7 +69,7 @@ class SiteFile(_Section):
 
 
 class _DataCommon(_Section):
-    test_fraction: float = Field(0.2, ge=0, lt=1,
+    test_fraction: float = Field(0.2, ge=0, lt=1, allow_inf_nan=False,
                                  description="Share of each site's rows held out for testing.")
     standardize: bool = Field(True, description=(
         "Scale tabular features by the federation's mean/std (computed from per-site sums, "
@@ -49,20 +80,23 @@ class BuiltinData(_DataCommon):
     source: Literal["builtin"] = Field(description="Data shipped with a dependency.")
     dataset: Literal["breast_cancer"] = Field(
         "breast_cancer", description="Built-in dataset: breast_cancer (scikit-learn, 569 rows).")
-    sites: int = Field(4, ge=1, le=10_000, description="Number of simulated sites.")
+    sites: int = Field(4, ge=1, le=MAX_SITES, description="Number of simulated sites.")
     partition: Literal["iid", "dirichlet"] = Field(
         "dirichlet", description="How rows are split: iid or dirichlet (label skew).")
-    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (smaller = more skew).")
+    alpha: float = Field(0.5, gt=0, le=MAX_ALPHA, allow_inf_nan=False,
+                         description="Dirichlet concentration (smaller = more skew).")
 
 
 class SyntheticData(_DataCommon):
     source: Literal["synthetic"] = Field(description="Generated classification data.")
-    sites: int = Field(4, ge=1, le=10_000, description="Number of simulated sites.")
-    rows_per_site: int = Field(1000, ge=2, description="Rows generated per site.")
-    n_features: int = Field(20, ge=1, description="Number of features.")
-    classes: int = Field(2, ge=2, description="Number of classes.")
+    sites: int = Field(4, ge=1, le=MAX_SITES, description="Number of simulated sites.")
+    rows_per_site: int = Field(1000, ge=2, le=MAX_ROWS_PER_SITE,
+                               description="Rows generated per site.")
+    n_features: int = Field(20, ge=1, le=MAX_FEATURES, description="Number of features.")
+    classes: int = Field(2, ge=2, le=MAX_CLASSES, description="Number of classes.")
     partition: Literal["iid", "dirichlet"] = Field("iid", description="iid or dirichlet.")
-    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration.")
+    alpha: float = Field(0.5, gt=0, le=MAX_ALPHA, allow_inf_nan=False,
+                         description="Dirichlet concentration.")
 
 
 class FilesData(_DataCommon):
@@ -70,7 +104,8 @@ class FilesData(_DataCommon):
     label: str = Field(min_length=1, description="Label column (present at every site).")
     features: list[str] | None = Field(
         None, description="Feature columns; default: every column except the label.")
-    site: list[SiteFile] = Field(min_length=1, description="Sites: [[data.site]] name, path.")
+    site: list[SiteFile] = Field(min_length=1, max_length=MAX_SITES,
+                                 description="Sites: [[data.site]] name, path.")
 
 
 class PooledFileData(_DataCommon):
@@ -78,19 +113,22 @@ class PooledFileData(_DataCommon):
     path: Path = Field(description="CSV or Parquet file, relative to the config.")
     label: str = Field(min_length=1, description="Label column.")
     features: list[str] | None = Field(None, description="Feature columns (default: all).")
-    sites: int = Field(4, ge=1, description="Number of sites (iid/dirichlet).")
+    sites: int = Field(4, ge=1, le=MAX_SITES, description="Number of sites (iid/dirichlet).")
     partition: Literal["iid", "dirichlet", "attribute"] = Field(
         "iid", description="iid, dirichlet, or attribute (one site per value of a column).")
-    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration.")
+    alpha: float = Field(0.5, gt=0, le=MAX_ALPHA, allow_inf_nan=False,
+                         description="Dirichlet concentration.")
     attribute: str | None = Field(None, description="Column naming each row's site.")
 
 
 class ImageData(_DataCommon):
     source: Literal["npz"] = Field(description="MedMNIST-style .npz images split over sites.")
     path: Path = Field(description=".npz with train/val/test _images and _labels arrays.")
-    sites: int = Field(3, ge=1, description="Number of sites the training images are split into.")
+    sites: int = Field(3, ge=1, le=MAX_SITES,
+                       description="Number of sites the training images are split into.")
     partition: Literal["iid", "dirichlet"] = Field("iid", description="iid or dirichlet.")
-    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration.")
+    alpha: float = Field(0.5, gt=0, le=MAX_ALPHA, allow_inf_nan=False,
+                         description="Dirichlet concentration.")
     standardize: bool = Field(False, description="Images are scaled to [0, 1] already.")
 
 
@@ -103,15 +141,16 @@ class ImageFolderSite(_Section):
 class ImageFolderData(_DataCommon):
     source: Literal["image_folder"] = Field(description=(
         "One folder of DICOM or NIfTI images with a label file per site."))
-    site: list[ImageFolderSite] = Field(min_length=1, description=(
+    site: list[ImageFolderSite] = Field(min_length=1, max_length=MAX_SITES, description=(
         "Sites: [[data.site]] name, folder, labels."))
     size: int = Field(64, ge=8, le=1024, description=(
         "Images are resized (shorter side) and centre-cropped to size x size."))
-    window: list[float] | None = Field(None, min_length=2, max_length=2, description=(
+    window: list[Annotated[float, Field(ge=-1e9, le=1e9, allow_inf_nan=False)]] | None = Field(
+        None, min_length=2, max_length=2, description=(
         "Intensity window [low, high] for every image (default: DICOM window tags, else each "
         "image's min..max)."))
-    classes: int | None = Field(None, ge=2, description="Number of classes (default: from "
-                                                        "the labels).")
+    classes: int | None = Field(None, ge=2, le=MAX_CLASSES, description=(
+        "Number of classes (default: from the labels)."))
     standardize: bool = Field(False, description="Images are scaled to [0, 1] already.")
 
 
@@ -129,7 +168,7 @@ class FederatedData(_DataCommon):
         "label file, resized and centre-cropped to image_size x image_size."))
     task: Literal["binary", "multiclass", "regression"] = Field(
         "binary", description="binary, multiclass or regression.")
-    classes: int = Field(2, ge=2, description="Number of classes (multiclass).")
+    classes: int = Field(2, ge=2, le=MAX_CLASSES, description="Number of classes (multiclass).")
     standardize: bool = Field(True, description=(
         "Scale features by the federation's mean/std, computed from each site's sums, sums "
         "of squares and row counts (no row leaves a site; sites refuse below 10 rows)."))
@@ -147,38 +186,50 @@ DataSection = Annotated[
 ]
 
 
+#: A layer width (hidden units, channels).
+_Width = Annotated[int, Field(ge=1, le=MAX_WIDTH)]
+
+
 class ModelSection(_Section):
     name: Literal["logreg", "mlp", "cnn", "lstm", "gru", "transformer", "sgd_linear"] = Field(
         "logreg", description=("Model: logreg, mlp, cnn (2-D images), lstm/gru (sequences), "
                                "transformer (tabular/sequence), sgd_linear (scikit-learn)."))
-    hidden: list[int] | int | None = Field(
+    hidden: Annotated[list[_Width], Field(max_length=MAX_LAYERS)] | _Width | None = Field(
         None, description="mlp: hidden layer sizes; lstm/gru: hidden size.")
-    dropout: float | None = Field(None, ge=0, lt=1, description="mlp: dropout rate.")
-    channels: list[int] | None = Field(None, description="cnn: channels per conv block.")
-    layers: int | None = Field(None, ge=1, description="lstm/gru/transformer: layer count.")
-    d_model: int | None = Field(None, ge=4, description="transformer: model width.")
-    heads: int | None = Field(None, ge=1, description="transformer: attention heads.")
+    dropout: float | None = Field(None, ge=0, lt=1, allow_inf_nan=False,
+                                  description="mlp: dropout rate.")
+    channels: list[_Width] | None = Field(None, max_length=MAX_LAYERS,
+                                          description="cnn: channels per conv block.")
+    layers: int | None = Field(None, ge=1, le=MAX_LAYERS,
+                               description="lstm/gru/transformer: layer count.")
+    d_model: int | None = Field(None, ge=4, le=MAX_WIDTH, description="transformer: model width.")
+    heads: int | None = Field(None, ge=1, le=MAX_LAYERS, description="transformer: attention heads.")
 
     def options(self) -> dict[str, Any]:
         return {k: v for k, v in self.model_dump(exclude={"name"}).items() if v is not None}
 
 
 class TrainSection(_Section):
-    local_epochs: int = Field(1, ge=0, description="Local epochs per round.")
-    local_steps: int = Field(0, ge=0, description="Local mini-batch steps per round (overrides "
-                                                  "local_epochs when > 0).")
-    batch_size: int = Field(32, ge=1, description="Mini-batch size.")
-    lr: float = Field(0.1, gt=0, description="Local learning rate.")
+    # Bounds shared with the wire's TrainConfig (fedcare.core.limits): a study the hub
+    # accepts is one every site's decoder accepts.
+    local_epochs: int = Field(1, ge=0, le=MAX_LOCAL_EPOCHS, description="Local epochs per round.")
+    local_steps: int = Field(0, ge=0, le=MAX_LOCAL_STEPS, description=(
+        "Local mini-batch steps per round (overrides local_epochs when > 0)."))
+    batch_size: int = Field(32, ge=1, le=MAX_BATCH_SIZE, description="Mini-batch size.")
+    lr: float = Field(0.1, gt=0, le=MAX_LR, allow_inf_nan=False,
+                      description="Local learning rate.")
     optimizer: Literal["sgd", "adam"] = Field("sgd", description="Local optimizer: sgd or adam.")
-    momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum.")
-    weight_decay: float = Field(0.0, ge=0, description="L2 weight decay.")
+    momentum: float = Field(0.0, ge=0, lt=1, allow_inf_nan=False, description="SGD momentum.")
+    weight_decay: float = Field(0.0, ge=0, le=MAX_WEIGHT_DECAY, allow_inf_nan=False,
+                                description="L2 weight decay.")
 
 
 class _StrategyCommon(_Section):
-    fraction: float = Field(1.0, gt=0, le=1, description="Share of sites sampled per round.")
-    min_sites: int = Field(1, ge=1, description="Minimum sites sampled per round.")
-    min_completed: int = Field(1, ge=1, description="Minimum sites that must answer for a round "
-                                                    "to count.")
+    fraction: float = Field(1.0, gt=0, le=1, allow_inf_nan=False,
+                            description="Share of sites sampled per round.")
+    min_sites: int = Field(1, ge=1, le=MAX_SITES, description="Minimum sites sampled per round.")
+    min_completed: int = Field(1, ge=1, le=MAX_SITES, description=(
+        "Minimum sites that must answer for a round to count."))
 
 
 class FedAvgSection(_StrategyCommon):
@@ -187,21 +238,27 @@ class FedAvgSection(_StrategyCommon):
 
 class FedProxSection(_StrategyCommon):
     name: Literal["fedprox"] = Field(description="FedProx (Li et al. 2020).")
-    mu: float = Field(0.01, gt=0, description="fedprox: proximal coefficient mu.")
+    mu: float = Field(0.01, gt=0, le=MAX_PROXIMAL_MU, allow_inf_nan=False,
+                      description="fedprox: proximal coefficient mu.")
 
 
 class FedOptSection(_StrategyCommon):
     name: Literal["fedadam", "fedyogi", "fedadagrad"] = Field(
         description="Adaptive server optimizers (Reddi et al. 2021).")
-    server_lr: float = Field(0.01, gt=0, description="fedopt/scaffold: server learning rate.")
-    beta1: float = Field(0.9, ge=0, lt=1, description="fedopt: first-moment decay.")
-    beta2: float = Field(0.99, ge=0, lt=1, description="fedopt: second-moment decay.")
-    tau: float = Field(1e-3, gt=0, description="fedopt: adaptivity tau.")
+    server_lr: float = Field(0.01, gt=0, le=MAX_LR, allow_inf_nan=False,
+                             description="fedopt/scaffold: server learning rate.")
+    beta1: float = Field(0.9, ge=0, lt=1, allow_inf_nan=False,
+                         description="fedopt: first-moment decay.")
+    beta2: float = Field(0.99, ge=0, lt=1, allow_inf_nan=False,
+                         description="fedopt: second-moment decay.")
+    tau: float = Field(1e-3, gt=0, le=MAX_ALPHA, allow_inf_nan=False,
+                       description="fedopt: adaptivity tau.")
 
 
 class ScaffoldSection(_StrategyCommon):
     name: Literal["scaffold"] = Field(description="SCAFFOLD (Karimireddy et al. 2020).")
-    server_lr: float = Field(1.0, gt=0, description="Server learning rate.")
+    server_lr: float = Field(1.0, gt=0, le=MAX_LR, allow_inf_nan=False,
+                             description="Server learning rate.")
 
 
 StrategySection = Annotated[
@@ -215,7 +272,7 @@ class SecureAggregationSection(_Section):
         "Protect updates so the hub learns only their sum: secagg (pairwise masking with "
         "dropout recovery, Bonawitz 2017), secagg+ (sparse masking graph for many sites, "
         "Bell 2020), ckks (homomorphic encryption, TenSEAL), or none."))
-    threshold: float = Field(0.67, gt=0.5, le=1, description=(
+    threshold: float = Field(0.67, gt=0.5, le=1, allow_inf_nan=False, description=(
         "secagg: share of a round's sites that must survive every step (a strict majority)."))
     frac_bits: int = Field(24, ge=8, le=40, description=(
         "secagg: fixed-point fractional bits (precision 2^-frac_bits per value)."))
@@ -231,11 +288,13 @@ class RunSection(_Section):
         "Worker processes for sites: 0 = auto (parallel when the model is big enough to gain), "
         "1 = one process."))
     threads_per_site: int = Field(1, ge=1, le=256, description="Torch threads per site process.")
-    evaluate_every: int = Field(1, ge=0, description=(
+    evaluate_every: int = Field(1, ge=0, le=MAX_ROUNDS, description=(
         "Evaluate the global model at every site every N rounds (0 = only at the end)."))
-    checkpoint_every: int = Field(1, ge=0, description="Checkpoint every N rounds (0 = never).")
-    round_timeout: float | None = Field(None, gt=0, description="Seconds before a round gives "
-                                                                 "up on sites that did not answer.")
+    checkpoint_every: int = Field(1, ge=0, le=MAX_ROUNDS,
+                                  description="Checkpoint every N rounds (0 = never).")
+    round_timeout: float | None = Field(None, gt=0, le=MAX_ROUND_TIMEOUT, allow_inf_nan=False,
+                                        description="Seconds before a round gives up on sites "
+                                                    "that did not answer (at most a week).")
 
 
 #: Zoo models Opacus computes per-example gradients for (see ``check_dp_compatible``).
@@ -250,11 +309,11 @@ class PrivacySection(_Section):
             "none; dp_sgd (record-level DP-SGD at each site, Opacus); dp_fedavg_central "
             "(site-level DP-FedAvg, the hub adds the noise); dp_fedavg_distributed (each site "
             "adds its share of the noise; meant for secure aggregation)."))
-    clip: float = Field(1.0, gt=0, allow_inf_nan=False, description=(
+    clip: float = Field(1.0, gt=0, le=1e6, allow_inf_nan=False, description=(
         "DP-SGD: per-example gradient norm bound; DP-FedAvg: per-site update norm bound."))
-    noise_multiplier: float | None = Field(None, ge=0, allow_inf_nan=False, description=(
+    noise_multiplier: float | None = Field(None, ge=0, le=1e6, allow_inf_nan=False, description=(
         "Noise std / clip. Give this or target_epsilon, not both."))
-    target_epsilon: float | None = Field(None, gt=0, allow_inf_nan=False, description=(
+    target_epsilon: float | None = Field(None, gt=0, le=1e6, allow_inf_nan=False, description=(
         "Budget-first: derive the noise multiplier that reaches this epsilon over the study "
         "(DP-SGD: per site, from its row count)."))
     delta: float = Field(1e-5, gt=0, lt=1, allow_inf_nan=False,
@@ -285,6 +344,12 @@ class StudyConfig(_Section):
     privacy: PrivacySection = Field(default_factory=PrivacySection)  # type: ignore[arg-type]
 
 
+_DATA_MODELS: tuple[type[_Section], ...] = (
+    BuiltinData, SyntheticData, FilesData, PooledFileData, ImageData, ImageFolderData,
+    FederatedData)
+_STRATEGY_MODELS: tuple[type[_Section], ...] = (
+    FedAvgSection, FedProxSection, FedOptSection, ScaffoldSection)
+
 _TAGS = {"builtin", "synthetic", "files", "table", "npz", "image_folder", "federation", "fedavg",
          "fedprox", "fedadam", "fedyogi", "fedadagrad", "scaffold"}
 
@@ -304,10 +369,60 @@ def content_hash(cfg: StudyConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+_RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal",
+                 "finite_number"}
+
+
+def _section_model(parts: list[Any]) -> tuple[type[BaseModel] | None, int]:
+    """The model a loc's key lives in and the index of the key in ``parts``."""
+    if not parts or parts[0] not in StudyConfig.model_fields:
+        return None, 0
+    if parts[0] in ("data", "strategy"):
+        if len(parts) < 2:
+            return None, 0
+        for m in (_DATA_MODELS if parts[0] == "data" else _STRATEGY_MODELS):
+            tag = "source" if parts[0] == "data" else "name"
+            if parts[1] in m.model_fields[tag].annotation.__args__:  # type: ignore[union-attr]
+                return m, 2
+        return None, 0
+    ann = StudyConfig.model_fields[parts[0]].annotation
+    return (ann, 1) if isinstance(ann, type) and issubclass(ann, BaseModel) else (None, 0)
+
+
+def _valid_range(parts: list[Any]) -> str | None:
+    """'valid range ...' of the numeric key at ``parts`` (from its Field constraints), so a
+    bound error names both ends, not only the one crossed."""
+    model, i = _section_model(parts)
+    if model is None or i >= len(parts) or parts[i] not in model.model_fields:
+        return None
+    low = high = None
+    low_open = high_open = False
+    for c in model.model_fields[parts[i]].metadata:
+        if getattr(c, "ge", None) is not None:
+            low = c.ge
+        if getattr(c, "gt", None) is not None:
+            low, low_open = c.gt, True
+        if getattr(c, "le", None) is not None:
+            high = c.le
+        if getattr(c, "lt", None) is not None:
+            high, high_open = c.lt, True
+    if low is None or high is None:
+        return None
+    if isinstance(low, int) and isinstance(high, int) and not (low_open or high_open):
+        return f"valid range {low}..{high}"
+    return f"valid range {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+
+
 def _format_error(err: Mapping[str, Any]) -> str:
     parts = list(err["loc"])
     if len(parts) > 1 and parts[0] in ("data", "strategy") and parts[1] in _TAGS:
+        bound = _valid_range(parts)
         del parts[1]  # pydantic puts the union's tag in the path; users never wrote it
+    else:
+        bound = _valid_range(parts)
+    # pydantic names the member of a union a value was tried against; users never wrote it
+    parts = [p for p in parts if not (isinstance(p, str) and (
+        p.startswith(("list[", "constrained-")) or p in ("int", "float")))]
     loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in parts)
     loc = loc.replace(".[", "[")
     kind = err["type"]
@@ -319,6 +434,11 @@ def _format_error(err: Mapping[str, Any]) -> str:
         return f"'{loc}': {err['msg']}"
     got = err.get("input")
     shown = f" (got {got!r})" if isinstance(got, (str, int, float, bool)) else ""
+    if isinstance(got, int) and abs(got) >= 10**30:
+        shown = f" (got an integer of {len(str(abs(got)))} digits)"
+    numeric = isinstance(got, (int, float)) and not isinstance(got, bool)
+    if bound is not None and (kind in _RANGE_ERRORS or numeric):
+        shown += f"; {bound}"
     return f"'{loc}': {err['msg']}{shown}"
 
 
