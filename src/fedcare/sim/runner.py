@@ -185,7 +185,9 @@ class _Run:
                                  checkpoints=_EveryN(store, cfg.run.checkpoint_every),
                                  on_round=self._on_round,
                                  secure=SecureAggregator(secure, he_public) if secure else None,
-                                 privacy=hub_privacy(cfg, len(self.sites)))
+                                 privacy=hub_privacy(cfg, len(self.sites)),
+                                 example_bounds={s.name: len(s.y_train) + len(s.y_test)
+                                                 for s in self.sites})
             final = engine.run(cfg.study.rounds, start_round=start_round)
             if cfg.baselines.local:
                 # A site training alone shares nothing: its baseline runs on plain executors.
