@@ -203,7 +203,8 @@ class ModelSection(_Section):
     layers: int | None = Field(None, ge=1, le=MAX_LAYERS,
                                description="lstm/gru/transformer: layer count.")
     d_model: int | None = Field(None, ge=4, le=MAX_WIDTH, description="transformer: model width.")
-    heads: int | None = Field(None, ge=1, le=MAX_LAYERS, description="transformer: attention heads.")
+    heads: int | None = Field(None, ge=1, le=MAX_LAYERS,
+                              description="transformer: attention heads.")
 
     def options(self) -> dict[str, Any]:
         return {k: v for k, v in self.model_dump(exclude={"name"}).items() if v is not None}

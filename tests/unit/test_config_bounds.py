@@ -9,6 +9,7 @@ schema walk below finds every numeric field of every section (each variant of ``
 from __future__ import annotations
 
 import math
+import types
 import typing
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -88,7 +89,7 @@ def _numeric(ann: Any, meta: list[Any], in_list: bool) -> Iterator[tuple[type, b
         inner, *extra = typing.get_args(ann)
         found = [m for e in extra for m in (e.metadata if isinstance(e, FieldInfo) else [e])]
         yield from _numeric(inner, meta + found, in_list)
-    elif origin in (typing.Union, getattr(__import__("types"), "UnionType")):
+    elif origin in (typing.Union, types.UnionType):
         for arg in typing.get_args(ann):
             yield from _numeric(arg, meta, in_list)
     elif origin is list:

@@ -80,9 +80,9 @@ class TrainConfig:
         problems = []
         ints = {"local_epochs": MAX_LOCAL_EPOCHS, "local_steps": MAX_LOCAL_STEPS,
                 "batch_size": MAX_BATCH_SIZE}
-        for name, high in ints.items():
+        for name, top in ints.items():
             try:
-                check_int(getattr(self, name), name, 1 if name == "batch_size" else 0, high)
+                check_int(getattr(self, name), name, 1 if name == "batch_size" else 0, top)
             except ValueError as exc:
                 problems.append(str(exc))
         floats = {"lr": (0.0, MAX_LR, True, False), "momentum": (0.0, 1.0, False, True),
