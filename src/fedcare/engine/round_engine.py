@@ -30,7 +30,11 @@ from fedcare.core.wire import (
     pack_arrays,
 )
 from fedcare.engine.history import History, RoundRecord, weighted_mean_metrics
-from fedcare.engine.integrity import cap_examples, robust_outliers
+from fedcare.engine.integrity import (
+    MIN_UPDATES_FOR_OUTLIERS,
+    cap_examples,
+    robust_outliers,
+)
 from fedcare.strategies.aggregate import UpdateStack
 from fedcare.strategies.base import Strategy
 from fedcare.transport.base import Transport
@@ -293,9 +297,14 @@ class RoundEngine:
         distance of each to the global model (``delta``: the rows are differences already)
         against the round's median, as a robust z-score (:func:`robust_outliers`)."""
         rows, sites = self._stack.rows, self._stack.sites
+        if len(sites) < MIN_UPDATES_FOR_OUTLIERS:
+            return
         g = None if delta else self.parameters.flatten(self._stack.dtype)
-        distances = {site: float(np.linalg.norm(rows[i] if g is None else rows[i] - g))
-                     for i, site in enumerate(sites)}
+        buf = np.empty(rows.shape[1], dtype=rows.dtype)  # one buffer, not one per site
+        distances = {}
+        for i, site in enumerate(sites):
+            diff = rows[i] if g is None else np.subtract(rows[i], g, out=buf)
+            distances[site] = float(np.sqrt(np.dot(diff, diff)))
         for site, z in robust_outliers(distances).items():
             why = (f"update lies {distances[site]:.4g} from the global model, "
                    f"{z:.1f} robust z-scores above the round's median distance (flagged, "
