@@ -134,3 +134,19 @@ def test_a_node_refuses_a_task_naming_another_strategy_than_its_approved_study(
                 assert f"approved uses '{approved}'" in out.message  # type: ignore[union-attr]
     finally:
         agent.close()
+
+
+# -- simulation: the study's executors are bound to its strategy, the baselines to FedAvg -----
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_scaffold_simulation_runs_its_baselines_on_fedavg_executors(workers: int) -> None:
+    import fedcare
+
+    history = fedcare.simulate({
+        "study": {"name": "bind", "seed": 1, "rounds": 2},
+        "data": {"source": "synthetic", "sites": 3, "rows_per_site": 60, "n_features": 4},
+        "strategy": {"name": "scaffold"},
+        "baselines": {"local": True, "centralized": True},
+        "run": {"workers": workers}})
+    assert all(not r.sites_failed and len(r.sites_completed) == 3 for r in history.rounds)
+    assert set(history.baselines["local"]["site_metrics"]) == {"site-1", "site-2", "site-3"}
+    assert history.baselines["centralized"]["global_metrics"]
