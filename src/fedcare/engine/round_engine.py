@@ -84,7 +84,7 @@ class RoundEngine:
                  privacy: HubPrivacy | None = None,
                  example_bounds: Mapping[str, int] | None = None) -> None:
         """``example_bounds``: the most examples each site may claim (hub: the rows it
-        declared for the study's dataset; simulation: its real training rows). A reply
+        declared for the study's dataset, +9; simulation: its real rows). A reply
         claiming more is capped to the bound and flagged; a site missing from the mapping
         may claim none. None: no bound (a study whose sites are the caller's own)."""
         if not sites:
