@@ -30,9 +30,12 @@ ROWS_SLACK = 9
 #: Modified z-score above which an update is flagged as an outlier (Iglewicz and Hoaglin,
 #: "How to Detect and Handle Outliers", 1993, recommend 3.5).
 OUTLIER_Z = 3.5
-#: The robust scale is at least this share of the median distance: in a round where most
-#: sites agree almost exactly (MAD close to 0) a tiny difference is not an outlier.
-MIN_RELATIVE_SCALE = 0.1
+#: The robust scale is at least this share of the median distance, so a flagged update lies
+#: more than ``1 + OUTLIER_Z * MIN_RELATIVE_SCALE`` (4.5) times the median distance from the
+#: global model. The check is meant for gross outliers (a poisoned or broken update), not
+#: for heterogeneity: a site with several times more rows takes several times more steps
+#: and honestly moves further, and with three sites the MAD alone would flag it.
+MIN_RELATIVE_SCALE = 1.0
 #: Fewer updates than this give no meaningful median to compare with.
 MIN_UPDATES_FOR_OUTLIERS = 3
 
