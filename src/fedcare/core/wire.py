@@ -3,7 +3,8 @@
 A message is ``MAGIC | u32 header length | JSON header | safetensors blob``. Array keys in the
 blob are ``p/<name>`` for model parameters and ``a/<aux>/<name>`` for auxiliary arrays.
 Decoding validates everything against what the receiver expects: a task is checked against the
-model layout the site holds, an update against the layout that was sent in its task.
+model layout the site holds, an update against the layout that was sent in its task, and
+every number in a header is type-checked and bounded (:mod:`fedcare.core.limits`).
 """
 
 from __future__ import annotations
