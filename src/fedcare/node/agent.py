@@ -217,9 +217,9 @@ class NodeAgent:
                 raise FedcareError(f"study uses CKKS but the startup kit has no {path.name}; "
                                    "ask the federation operator for a current kit")
             secret = path.read_bytes()
-        return SecureSite(self.site, SecureSettings(sa.protocol, threshold=sa.threshold,
-                                                    frac_bits=sa.frac_bits, he_context=secret),
-                          sites)
+        settings = SecureSettings.of(cfg, he_context=secret)
+        assert settings is not None
+        return SecureSite(self.site, settings, sites)
 
     def answer(self, study_id: str, payload: bytes, digest: str) -> tuple[str, bytes]:
         """The reply to a task (task id, bytes): the one already computed when the hub asks
