@@ -365,9 +365,17 @@ class SecureAggregator:
 
     def aggregate(self, engine: RoundEngine, round_: int, participants: Sequence[str],
                   fit: Mapping[str, Update]) -> SecureSum:
-        if self.settings.is_masking:
-            return self._secagg(engine, round_, participants, fit)
-        return self._ckks(engine, round_, participants, fit)
+        acc = SecureSum(np.empty(0), 0.0, [], {})
+        try:
+            if self.settings.is_masking:
+                return self._secagg(engine, round_, participants, fit, acc)
+            return self._ckks(engine, round_, participants, fit, acc)
+        except FedcareError as exc:
+            if not acc.failures:
+                raise
+            # Say why sites were missing (e.g. a site refusing to unmask), not only how many.
+            raise ProtocolError(f"{exc.message}; the sites' failures: {acc.failures}",
+                                site=exc.site) from exc
 
     def _step(self, engine: RoundEngine, round_: int, kind: TaskKind,
               payloads: Mapping[str, Mapping[str, np.ndarray]], participants: Sequence[str],
@@ -380,7 +388,7 @@ class SecureAggregator:
         return {s: _arrays(u) for s, u in ex.updates.items()}
 
     def _secagg(self, engine: RoundEngine, round_: int, participants: Sequence[str],
-                fit: Mapping[str, Update]) -> SecureSum:
+                fit: Mapping[str, Update], acc: SecureSum) -> SecureSum:
         from fedcare.privacy.secagg import (
             AdvertiseKeys,
             MaskedInput,
@@ -392,7 +400,6 @@ class SecureAggregator:
         cfg = secagg_config(self.settings, participants, engine.spec.total_size + 1,
                             engine.settings.study, round_)
         server = SecAggServer(cfg)
-        acc = SecureSum(np.empty(0), 0.0, [], {})
         keys = {}
         for s, u in fit.items():
             try:
@@ -426,13 +433,12 @@ class SecureAggregator:
         return out
 
     def _ckks(self, engine: RoundEngine, round_: int, participants: Sequence[str],
-              fit: Mapping[str, Update]) -> SecureSum:
+              fit: Mapping[str, Update], acc: SecureSum) -> SecureSum:
         from fedcare.privacy.he import HEContext, sum_ciphertexts
 
         if self.public_he_context is None:
             raise ConfigError("the hub holds no public CKKS context (he_public.ctx)")
         public = HEContext.load_public(self.public_he_context)
-        acc = SecureSum(np.empty(0), 0.0, [], {})
         blobs: dict[str, bytes] = {}
         for s, u in sorted(fit.items()):
             try:
