@@ -16,6 +16,17 @@ itself, so the sum gives the example-weighted FedAvg mean ``Σ w·(x − g) / Σ
 
 The protocols themselves (:mod:`fedcare.privacy.secagg`, :mod:`fedcare.privacy.he`) are pure
 state machines; this module only routes their messages.
+
+A hub killed mid-round loses the protocol's state (its half of the keys' routing, the masked
+sum). The round cannot continue, so a restarted hub runs its protocol again from the fit step
+as a new *attempt*: new task ids (``study/r{round}/a{attempt}/...``, so a late reply to the old
+attempt is never taken for one to the new), fresh keys at every site. Each site enters the
+contribution it stored for the round (trained once; under DP clipped, noised and charged once)
+and reveals the round's sum over one set of sites only (see :class:`SecureSite`).
+
+Survivor threshold: ``t = max(min_completed, ⌊n/2⌋ + 1, ⌈threshold·n⌉)`` of a round's ``n``
+sites (:func:`fedcare.privacy.secagg.config.survivor_threshold`), so a study with
+``min_completed = 2`` of 3 sites survives one dropout, and never below a strict majority.
 """
 
 from __future__ import annotations
