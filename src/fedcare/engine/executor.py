@@ -176,9 +176,9 @@ class SiteExecutor:
             raise ProtocolError(f"round {task.round} asked again with another model, training "
                                 "config or participant list than this site trained on; "
                                 "refusing to enter its update into another round")
-        log.info("task %s: round %d's secure aggregation restarted (attempt %d); entering "
-                 "the update trained for it before, without training again", task.task_id,
-                 task.round, task_attempt(task))
+        log.info("task %s: round %d's fit asked again (protocol attempt %d; the hub "
+                 "restarted?): entering the update trained for it before, without training "
+                 "again", task.task_id, task.round, task_attempt(task))
         assert self.secure is not None
         return self._protocol_reply(task, self.secure.start(task, fit.vector), start,
                                     **fit.fields)
