@@ -123,8 +123,7 @@ class _Run:
             from fedcare.privacy.he import create_federation_context
 
             secret, public = create_federation_context()
-        return SecureSettings(sa.protocol, threshold=sa.threshold, frac_bits=sa.frac_bits,
-                              he_context=secret), public
+        return SecureSettings.of(self.cfg, he_context=secret), public
 
     def _executors(self, sites: Sequence[SiteData], secure: SecureSettings | None = None,
                    strategy: str | None = None) -> dict[str, SiteExecutor]:
