@@ -147,6 +147,19 @@ def _suggestions(cfg: StudyConfig, n_sites: int, n_params: int, z: float) -> lis
     return out
 
 
+def check_dp_study(cfg: StudyConfig, n_sites: int, *, force: bool = False) -> None:
+    """The hub's check at submission: the model's size from the learner factory, then
+    :func:`refuse_unless_learnable` (a :class:`ConfigError`, i.e. HTTP 422)."""
+    if cfg.privacy.mode not in ("dp_fedavg_central", "dp_fedavg_distributed") or n_sites < 1:
+        return
+    from fedcare.config import FederatedData
+    from fedcare.engine.learner_factory import ModelShape, make_learner
+
+    assert isinstance(cfg.data, FederatedData)
+    size = make_learner(cfg, ModelShape.of_federated(cfg.data)).initial_parameters().spec
+    refuse_unless_learnable(assess_dp(cfg, n_sites, size.total_size), force=force)
+
+
 def refuse_unless_learnable(assessment: DpAssessment | None, *, force: bool = False) -> None:
     """Raise :class:`ConfigError` for a study that cannot learn, unless ``force``; forced, warn
     (``warnings.warn``) so a Python caller still sees it."""
@@ -154,5 +167,6 @@ def refuse_unless_learnable(assessment: DpAssessment | None, *, force: bool = Fa
         return
     if not force:
         raise ConfigError(assessment.summary() + " Pass --force (fedcare simulate, fedcare "
-                          "study submit) or force=True to run it anyway.")
+                          "study submit; POST /v1/studies?force=true) or force=True to run "
+                          "it anyway.")
     warnings.warn(assessment.summary(), UserWarning, stacklevel=2)

@@ -7,6 +7,8 @@ round. A Hypothesis test checks it against scikit-learn.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from fedcare.core.dataset import TaskType
@@ -44,6 +46,12 @@ def primary_metric(task: TaskType | str, requested: str | None = None) -> tuple[
         raise ConfigError(f"'study.primary_metric': {name!r} does not apply to a {task.value} "
                           f"task; use one of {', '.join(allowed)}")
     return name, allowed[name]
+
+
+def primary_metric_meta(task: TaskType | str, requested: str | None = None) -> dict[str, Any]:
+    """:func:`primary_metric` as the history's ``primary_metric`` and ``higher_is_better``."""
+    name, higher = primary_metric(task, requested)
+    return {"primary_metric": name, "higher_is_better": higher}
 
 
 
