@@ -86,7 +86,7 @@ def test_config_checks_the_metric_against_a_task_it_declares() -> None:
     with pytest.raises(ConfigError, match="'auc' does not apply to a multiclass task"):
         parse_config({"study": {"primary_metric": "auc"},
                       "data": {"source": "synthetic", "classes": 3}})
-    with pytest.raises(ConfigError, match="study.primary_metric"):
+    with pytest.raises(ConfigError, match=r"study\.primary_metric"):
         parse_config({"study": {"primary_metric": "r2"}, "data": {"source": "builtin"}})
 
 
