@@ -28,7 +28,8 @@ def _study(privacy: dict[str, Any], secure: str = "none") -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(("mode", "secure"), [("dp_fedavg_distributed", "secagg"),
-                                              ("dp_fedavg_central", "none")])
+                                              ("dp_fedavg_central", "none"),
+                                              ("dp_sgd", "none")])
 def test_site_level_dp_with_default_baselines_completes_and_labels_them(
         tmp_path: Path, mode: str, secure: str) -> None:
     cfg = _study({"mode": mode, "clip": 1.0, "noise_multiplier": 0.5, "delta": 1e-5}, secure)
