@@ -74,3 +74,22 @@ def test_a_metric_of_another_task_is_refused_naming_the_allowed_ones(hub: HubSer
     with pytest.raises(ConfigError, match="'auc' does not apply to a regression task; use "
                                           "one of rmse, mse, mae"):
         hub.submit_study(_study(study={"primary_metric": "auc"}, data={"task": "regression"}))
+
+
+def test_the_api_answers_422_and_force_true_overrides(hub: HubService) -> None:
+    from fastapi.testclient import TestClient
+
+    from fedcare.hub.api import create_app
+
+    app = create_app(hub, trust=None, token="t")  # type: ignore[arg-type]  # researcher only
+    auth = {"Authorization": "Bearer t"}
+    with TestClient(app) as client:
+        refused = client.post("/v1/studies", json=_study(**DP_EPS_1), headers=auth)
+        with pytest.warns(UserWarning, match="cannot learn"):
+            forced = client.post("/v1/studies", params={"force": "true"},
+                                 json=_study(**DP_EPS_1), headers=auth)
+
+    assert refused.status_code == 422, refused.text
+    assert "cannot learn" in refused.json()["detail"]
+    assert "POST /v1/studies?force=true" in refused.json()["detail"]
+    assert forced.status_code == 201, forced.text
