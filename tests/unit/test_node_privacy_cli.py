@@ -29,9 +29,10 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    root = tmp_path_factory.mktemp("fed") / "fed"
-    create_federation(root, hub_host="127.0.0.1", hub_port=port, sites=["alpha"])
-    return root
+    base = tmp_path_factory.mktemp("fed")
+    create_federation(base / "fed", hub_host="127.0.0.1", hub_port=port, sites=["alpha"],
+                      site_kits=base / "kits")
+    return base / "kits"
 
 
 def _site(tmp_path: Path, federation: Path) -> tuple[Path, Path, PrivacyLedger]:
@@ -41,7 +42,7 @@ def _site(tmp_path: Path, federation: Path) -> tuple[Path, Path, PrivacyLedger]:
     conf.write_text('[datasets.x]\npath = "d.csv"\n[approval]\nstudies = "any"\n'
                     '[privacy]\npolicy = "privacy.toml"\n')
     kit = tmp_path / "kit"
-    shutil.copytree(federation / "sites" / "alpha", kit)
+    shutil.copytree(federation / "alpha", kit)
     (kit / "state").mkdir()
     ledger = PrivacyLedger(kit / "state" / "privacy-ledger.jsonl",
                            SitePrivacyPolicy(50.0, 1e-5), key=ledger_key(kit))

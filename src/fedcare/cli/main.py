@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from fedcare import __version__
-from fedcare.cli import audit, data, network, provision
+from fedcare.cli import audit, data, network, nodekit, provision  # noqa: F401 (nodekit adds `node init`)
 from fedcare.cli.errors import fail
 from fedcare.core.errors import FedcareError
 
@@ -23,7 +23,7 @@ app = typer.Typer(name="fedcare", help="Federated learning and analytics for hea
 console = Console()
 app.add_typer(provision.app, name="provision")
 app.add_typer(network.hub_app, name="hub")
-app.add_typer(network.node_app, name="node")
+app.add_typer(network.node_app, name="node")  # with nodekit's init and install-cert
 app.add_typer(network.study_app, name="study")
 app.add_typer(data.app, name="data")
 app.add_typer(audit.app, name="audit")
@@ -89,15 +89,17 @@ def simulate(
     """Run a federated study in simulation (every site on this machine).
 
     Same engine as a real federation. Writes history.json, the final model, per-round
-    checkpoints and report.html to --out (default: ./runs/<study name>).
+    checkpoints and report.html to --out (default: ./runs/<study name>, the name made one
+    safe folder name).
     """
     from fedcare.config import load_config
+    from fedcare.sim.runner import default_output_dir
 
     try:
         name = load_config(config).study.name
     except FedcareError as exc:
         raise fail(exc) from None
-    _run(config, out or Path("runs") / name, resume, overwrite, workers, force)
+    _run(config, out or default_output_dir(name), resume, overwrite, workers, force)
 
 
 DEMO_CONFIG = {

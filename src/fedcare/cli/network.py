@@ -32,12 +32,19 @@ def hub_start(
                                               "folder), e.g. postgresql://user@host/db")] = None,
     port: Annotated[int | None, typer.Option(help="Override the port in hub.toml.")] = None,
     host: Annotated[str | None, typer.Option(help="Override the address to bind.")] = None,
-    max_body_mb: Annotated[int, typer.Option(help="Largest accepted upload (MB).")] = 2048,
+    max_body_mb: Annotated[int, typer.Option(
+        min=1, help="Largest accepted reply upload (MB).")] = 2048,
+    max_request_kb: Annotated[int, typer.Option(
+        min=1, help="Largest accepted body of any other request (KB): a node's hello with "
+                    "its datasets' quality reports, a study's config.")] = 1024,
     keep_replies: Annotated[bool, typer.Option(
         help="Store every site's update in the hub's blob store and keep it (default: held "
              "in memory until its round is aggregated, never written: studies resume from "
              "checkpoints, and an individual update is the most sensitive thing the hub "
              "handles).")] = False,
+    api_docs: Annotated[bool, typer.Option(
+        help="Serve the API's description (/docs, /redoc, /openapi.json), to researchers "
+             "only (bearer token). Off by default.")] = False,
 ) -> None:
     """Start the hub over HTTPS with mutual TLS (nodes authenticate by certificate)."""
     from fedcare.hub.server import serve
@@ -45,7 +52,8 @@ def hub_start(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s hub %(message)s")
     try:
         serve(kit, data_dir or kit / "data", host=host, port=port, db_url=db,
-              max_body=max_body_mb * 1024 * 1024, keep_replies=keep_replies)
+              max_body=max_body_mb * 1024 * 1024, max_request=max_request_kb * 1024,
+              keep_replies=keep_replies, api_docs=api_docs)
     except FedcareError as exc:
         raise fail(exc, 2) from None
 
@@ -150,7 +158,8 @@ def node_privacy(
 
 
 Federation = Annotated[Path | None, typer.Option(
-    help="Federation folder (reads the hub URL, CA and researcher token).")]
+    help="Researcher folder (FED/researcher from `fedcare provision new`), or the "
+         "coordinator's federation folder: reads the hub URL, CA and researcher token.")]
 HubUrl = Annotated[str | None, typer.Option("--hub", help="Hub URL.")]
 CaFile = Annotated[Path | None, typer.Option(help="Federation CA certificate.")]
 Token = Annotated[str | None, typer.Option(help="Researcher token.")]
@@ -190,7 +199,8 @@ def submit(config: Annotated[Path, typer.Argument(help="Study file (.toml/.yaml)
 
 
 def follow(client: HubClient, study_id: str, poll: float = 0.5) -> dict[str, Any]:
-    """Progress bar until the study ends; exit 1 unless it completed."""
+    """Progress bar until the study completes, fails or is paused; exit 1 unless it
+    completed."""
     with StudyProgress(console) as bar:
         st = watch(client, study_id, on_status=bar, poll=poll)
     if st["status"] != "completed":
@@ -219,6 +229,24 @@ def status(study_id: str, federation: Federation = None, hub: HubUrl = None,
                       + (f", epsilon {eps:.3g}" if isinstance(eps, float) else
                          f", epsilon {eps}" if eps is not None else "")
                       + (f", failed {escape(str(failed))}" if failed else ""))
+
+
+@study_app.command("resume")
+def resume(study_id: str, federation: Federation = None, hub: HubUrl = None,
+           ca: CaFile = None, token: Token = None,
+           wait: Annotated[bool, typer.Option(help="Follow progress until it ends.")] = False
+           ) -> None:
+    """Continue a paused study (the hub could not write its storage: disk full, read-only)
+    from its last completed round, once the hub's storage is fixed."""
+    client = _client(federation, hub, ca, token)
+    try:
+        doc = client.call("POST", f"/v1/studies/{study_id}/resume").json()
+    except FedcareError as exc:
+        raise fail(exc, 2) from None
+    console.print(f"study [bold]{study_id}[/bold] resumed after round "
+                  f"{doc['resumed_after_round']}")
+    if wait:
+        follow(client, study_id)
 
 
 @study_app.command("logs")

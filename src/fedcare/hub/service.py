@@ -8,17 +8,20 @@ last completed round.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -48,15 +51,19 @@ from fedcare.hub.store import (
     Database,
     DatasetInfo,
     EventRepo,
+    InvalidTransition,
     ReplyRepo,
     Site,
     SiteRepo,
+    StudyNotFound,
     StudyRepo,
     StudyStatus,
     TaskRepo,
     UnknownTask,
     WrongSite,
 )
+from fedcare.hub.store.database import prepare_data_dir, writable_database
+from fedcare.hub.store.faults import storage_problem
 from fedcare.hub.transport import HubTransport
 from fedcare.learners.metrics import primary_metric_meta
 from fedcare.strategies import build_strategy
@@ -74,6 +81,20 @@ DEFAULT_MAX_BODY = 2 * 1024**3
 #: Without this the task stayed "delivered" forever, and after a hub restart every round
 #: in progress timed out for every site that had it (and the study failed).
 REDELIVER_AFTER = timedelta(seconds=5)
+#: Recording a study's end is retried while the database cannot be written: first and
+#: longest wait (s).
+SETTLE_RETRY = (0.5, 30.0)
+#: A failed study's hub checks that its state folder takes a write of this size (bytes).
+STORAGE_PROBE_BYTES = 64 * 1024
+#: Long-polls one site may hold open at once. A node keeps one; a second covers a node that
+#: restarted while the hub still holds its previous, abandoned poll. More are refused (429):
+#: they can only come from a misbehaving or hostile client, and each open poll costs the hub
+#: a coroutine and a socket (before the long-poll waited asynchronously, each held one of the
+#: worker threads every other request needs, and one site could stall the whole hub).
+MAX_POLLS_PER_SITE = 2
+#: A long-poll waiting for a task looks at the site's offered tasks again at least this often
+#: (a delivered task whose lease ran out is handed out again, see REDELIVER_AFTER).
+RECHECK_EVERY = 1.0
 
 
 class NotFound(FedcareError):
@@ -82,6 +103,54 @@ class NotFound(FedcareError):
 
 class Forbidden(FedcareError):
     pass
+
+
+class NotResumable(FedcareError):
+    """A resume asked for a study that is not paused (nor failed on a storage failure)."""
+
+
+class StorageUnavailable(FedcareError):
+    """The hub cannot write its state folder or database right now (disk full, read-only)."""
+
+
+class TooManyPolls(FedcareError):
+    """A site already holds :data:`MAX_POLLS_PER_SITE` long-polls (answered 429)."""
+
+
+class RevocationCheck(Protocol):
+    """Tells whether a site certificate (by serial, hex as the site table stores it) has been
+    revoked. A required argument of :class:`HubService`, so no embedding can end up with a
+    hub that never checks revocation; the server passes the federation's CRL
+    (:class:`fedcare.hub.api.PeerTrust`)."""
+
+    def is_revoked(self, serial_hex: str) -> bool: ...
+
+
+class NeverRevoked:
+    """A :class:`RevocationCheck` for tests and tools without a federation CRL: nothing is
+    revoked. Only ever passed explicitly."""
+
+    def is_revoked(self, serial_hex: str) -> bool:
+        return False
+
+
+class _SiteWaiters:
+    """The long-polls of one site waiting on the event loop, woken from any thread.
+
+    An engine thread that offers a task calls :meth:`wake`, which schedules ``Event.set`` on
+    each waiter's own loop with ``call_soon_threadsafe``: a waiting long-poll holds no thread.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.events: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+
+    def wake(self) -> None:
+        with self.lock:
+            waiting = list(self.events)
+        for loop, event in waiting:
+            with contextlib.suppress(RuntimeError):  # its loop is closed: nobody is waiting
+                loop.call_soon_threadsafe(event.set)
 
 
 @dataclass(frozen=True)
@@ -102,12 +171,22 @@ class Offer:
 
 
 class HubService:
-    def __init__(self, data_dir: Path, *, db_url: str | None = None,
+    """The hub's state and protocol.
+
+    Args:
+        data_dir: the state folder (database unless ``db_url``, blobs, study outputs); made
+            owner-only, and refused with a :class:`HubStateError` when it cannot be written.
+        revocation: whether a site certificate is revoked (required: see
+            :class:`RevocationCheck`).
+    """
+
+    def __init__(self, data_dir: Path, *, revocation: RevocationCheck,
+                 db_url: str | None = None,
                  max_body: int = DEFAULT_MAX_BODY, keep_replies: bool = False) -> None:
-        self.data_dir = Path(data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = prepare_data_dir(data_dir)
         self.db = Database(db_url) if db_url else Database.for_data_dir(self.data_dir)
-        self.db.migrate()
+        with writable_database(self.db):
+            self.db.migrate()
         self.blobs = BlobStore(self.data_dir / "blobs")
         self.max_body = max_body
         #: Write every site's reply to the blob store and keep it. Off by default: a reply
@@ -123,8 +202,11 @@ class HubService:
         self.keep_replies = keep_replies
         self.waiters: dict[str, Future[Reply]] = {}
         self.waiters_lock = threading.Lock()
-        self._wake: dict[str, threading.Condition] = {}
+        #: Each site's waiting long-polls (see :meth:`next_task`).
+        self._wake: dict[str, _SiteWaiters] = {}
         self._wake_lock = threading.Lock()
+        #: Long-polls open per site, at most MAX_POLLS_PER_SITE (under _wake_lock).
+        self._polls: dict[str, int] = {}
         self._runners: dict[str, threading.Thread] = {}
         self._specs: dict[str, tuple[ParamSpec, dict[str, ParamSpec | None]]] = {}
         self._stopping = threading.Event()
@@ -133,26 +215,37 @@ class HubService:
         #: Tasks this process's engines offer, by site then task id (see :meth:`offer`).
         self._offers: dict[str, dict[str, Offer]] = {}
         self._offers_lock = threading.Lock()
-        #: Offers made per site so far: a long-poll that saw N and finds N+1 looks again.
-        self._offered_count: dict[str, int] = {}
-        #: The federation's public CKKS context (set by the server from the hub folder).
-        self.he_public_context: bytes | None = None
-        #: Whether a certificate serial (hex) is revoked; set by the server from the CRL.
-        self.is_revoked: Callable[[str], bool] = lambda serial: False
+        self._revocation = revocation
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
-        """Resume every study that was running when the hub last stopped."""
-        with self.db.session() as s:
-            running = [st.id for st in StudyRepo(s).list(status=StudyStatus.RUNNING)]
+        """Resume every study that was running when the hub last stopped. A paused study
+        waits for a researcher's ``fedcare study resume`` (its storage may still be full)."""
+        with writable_database(self.db):
+            with self.db.session() as s:
+                running = [st.id for st in StudyRepo(s).list(status=StudyStatus.RUNNING)]
+                paused = [(st.id, st.error)
+                          for st in StudyRepo(s).list(status=StudyStatus.PAUSED)]
+            for study_id in running:
+                self.event("resume", f"resuming study {study_id}", study_id=study_id)
+        for study_id, why in paused:
+            log.warning("study %s is paused (%s); continue it with `fedcare study resume %s`",
+                        study_id, why, study_id)
         for study_id in running:
-            self.event("resume", f"resuming study {study_id}", study_id=study_id)
             self._launch(study_id)
 
     def stop(self) -> None:
+        """Stop: wake every waiting long-poll (it answers "no task"), let studies resume on
+        the next start."""
         self._stopping.set()
-        for site in list(self._wake):
-            self.notify_site(site)
+        with self._wake_lock:
+            sites = list(self._wake.values())
+        for waiters in sites:
+            waiters.wake()
+
+    def is_revoked(self, serial_hex: str) -> bool:
+        """Whether the certificate with this serial is revoked (see :class:`RevocationCheck`)."""
+        return self._revocation.is_revoked(serial_hex)
 
     def event(self, kind: str, message: str, *, study_id: str | None = None,
               site: str | None = None) -> None:
@@ -315,27 +408,67 @@ class HubService:
         self.event("node", f"site {site} connected (version {version}, session {session[:8]})",
                    site=site)
 
-    def next_task(self, site: str, wait: float) -> tuple[str, Offer] | None:
+    async def next_task(self, site: str, wait: float) -> tuple[str, Offer] | None:
         """Long-poll: the site's oldest pending task (id and offer), or None after ``wait``
         seconds. Only tasks a running engine of this process offers are handed out, so a
-        site that has nothing offered costs no database query while it waits."""
+        site that has nothing offered costs no database query while it waits.
+
+        Waits on the event loop, holding no thread: an engine thread's :meth:`offer` wakes
+        it (thread-safely). A site may hold :data:`MAX_POLLS_PER_SITE` of these at once;
+        one more raises :class:`TooManyPolls`. Run it on the server's event loop.
+        """
         deadline = time.monotonic() + max(0.0, min(wait, 60.0))
-        wake = self._condition(site)
-        while not self._stopping.is_set():
-            with wake:
-                seen = self._offered_count.get(site, 0)
-            found = self._deliver(site)
-            if found is not None:
-                return found
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+        with self._poll_slot(site):
+            loop = asyncio.get_running_loop()
+            waiters = self._waiters(site)
+            woken = asyncio.Event()
+            with waiters.lock:
+                waiters.events.add((loop, woken))
+            try:
+                while not self._stopping.is_set():
+                    # Cleared before looking: an offer made from now on sets it again, and
+                    # the wait below returns at once (no offer slips between look and wait).
+                    woken.clear()
+                    found = await self._deliver_async(site)
+                    if found is not None:
+                        return found
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or self._stopping.is_set():
+                        return None
+                    # Woken by a new offer; else every RECHECK_EVERY s, for a delivered task
+                    # whose lease ran out (handed out again, see REDELIVER_AFTER).
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(woken.wait(), min(remaining, RECHECK_EVERY))
                 return None
-            with wake:
-                if self._offered_count.get(site, 0) == seen and not self._stopping.is_set():
-                    # Woken by a new offer; else every second, for a delivered task whose
-                    # lease ran out (handed out again, see REDELIVER_AFTER).
-                    wake.wait(timeout=min(remaining, 1.0))
-        return None
+            finally:
+                with waiters.lock:
+                    waiters.events.discard((loop, woken))
+
+    @contextlib.contextmanager
+    def _poll_slot(self, site: str) -> Iterator[None]:
+        """One of the site's :data:`MAX_POLLS_PER_SITE` long-poll slots, or
+        :class:`TooManyPolls`. Only the event loop's thread counts, so no lock."""
+        with self._wake_lock:
+            if self._polls.get(site, 0) >= MAX_POLLS_PER_SITE:
+                raise TooManyPolls(f"site {site} already holds {MAX_POLLS_PER_SITE} "
+                                   "long-polls (GET /v1/node/task); a node needs one: wait "
+                                   "for an answer before polling again")
+            self._polls[site] = self._polls.get(site, 0) + 1
+        try:
+            yield
+        finally:
+            with self._wake_lock:
+                self._polls[site] -= 1
+                if not self._polls[site]:
+                    del self._polls[site]
+
+    async def _deliver_async(self, site: str) -> tuple[str, Offer] | None:
+        """:meth:`_deliver` off the event loop (it queries the database), and not at all
+        when nothing is offered to the site."""
+        with self._offers_lock:
+            if not self._offers.get(site):
+                return None
+        return await asyncio.to_thread(self._deliver, site)
 
     def _deliver(self, site: str) -> tuple[str, Offer] | None:
         with self._offers_lock:
@@ -362,12 +495,9 @@ class HubService:
         tasks again (same ids, rebuilt from the same model). Until then a task row left by
         the previous process is not handed out. Storing them cost a write, a sha256 and two
         fsyncs of each site's copy of the model per round, on the round's critical path."""
-        wake = self._condition(offer.site)
         with self._offers_lock:
             self._offers.setdefault(offer.site, {})[task_id] = offer
-        with wake:
-            self._offered_count[offer.site] = self._offered_count.get(offer.site, 0) + 1
-            wake.notify_all()
+        self.notify_site(offer.site)
 
     def withdraw(self, task_ids: Callable[[str], bool]) -> None:
         """Stop offering the tasks whose id ``task_ids`` accepts (answered, or their round
@@ -409,15 +539,14 @@ class HubService:
                 self._serials[site] = serial
         return serial
 
-    def _condition(self, site: str) -> threading.Condition:
+    def _waiters(self, site: str) -> _SiteWaiters:
         with self._wake_lock:
-            return self._wake.setdefault(site, threading.Condition())
+            return self._wake.setdefault(site, _SiteWaiters())
 
     def notify_site(self, site: str) -> None:
-        """Wake only the long-polls of ``site`` (a new task for one site wakes no other)."""
-        wake = self._condition(site)
-        with wake:
-            wake.notify_all()
+        """Wake only the long-polls of ``site`` (a new task for one site wakes no other);
+        safe from any thread."""
+        self._waiters(site).wake()
 
     def study_for_node(self, site: str, study_id: str) -> dict[str, Any]:
         with self.db.session() as s:
@@ -520,6 +649,13 @@ class HubService:
             thread.join(timeout)
 
     def _run_study(self, study_id: str) -> None:
+        """Run a study's engine to its end, in this (the study's own) thread.
+
+        However the engine stops, the study leaves this thread completed, failed, or paused
+        when the hub could not write its storage (see :func:`storage_problem`): never still
+        ``running`` with no thread to run it, which is what a database error while recording
+        a failure used to leave (the thread died, the study waited for a hub restart).
+        """
         transport = HubTransport(self, study_id)
         try:
             engine, start = self._engine(study_id, transport)
@@ -527,23 +663,117 @@ class HubService:
             self._normalizer(engine)
             final = engine.run(rounds, start_round=start)
             self._write_outputs(study_id, engine.history, final)
-            with self.db.session() as s:
-                StudyRepo(s).set_status(study_id, StudyStatus.COMPLETED)
-            self.event("study", f"study {study_id} completed", study_id=study_id)
-        except FedcareError as exc:
-            self._fail(study_id, str(exc))
-        except Exception as exc:
-            log.exception("study %s crashed", study_id)
-            self._fail(study_id, f"internal error: {exc!r}")
+            outcome: tuple[StudyStatus, str | None] = (StudyStatus.COMPLETED, None)
+        except Exception as exc:  # noqa: BLE001 (classified below; a bug is logged with its traceback)
+            try:
+                outcome = self._outcome(study_id, exc)
+            except Exception:  # classifying must not be what leaves the study runner-less
+                log.exception("study %s: cannot classify its failure", study_id)
+                outcome = (StudyStatus.FAILED, f"internal error: {exc!r}")
         finally:
-            transport.close()
+            try:
+                transport.close()  # stop offering its tasks before anything else
+            except Exception:  # the study's end must be recorded all the same
+                log.exception("study %s: closing its transport failed", study_id)
+        self._settle(study_id, *outcome)
+
+    def _outcome(self, study_id: str, exc: Exception) -> tuple[StudyStatus, str]:
+        """How a study the engine gave up on ends: paused on a storage failure, else failed."""
+        problem = storage_problem(exc)
+        if problem is None and isinstance(exc, FedcareError):
+            # A round that failed for want of replies may have failed because the hub could
+            # not record them (the API answered the nodes 503): the engine only sees the
+            # silence. The failure of the storage is what to report then.
+            problem = self._storage_probe()
+            if problem is None:
+                return StudyStatus.FAILED, str(exc)
+            return StudyStatus.PAUSED, _paused(study_id, problem, after=str(exc))
+        if problem is None:
+            log.exception("study %s crashed", study_id, exc_info=exc)
+            return StudyStatus.FAILED, f"internal error: {exc!r}"
+        return StudyStatus.PAUSED, _paused(study_id, problem)
+
+    def _storage_probe(self) -> str | None:
+        """Whether the hub's state folder takes a small durable write right now (None) or
+        what is wrong with it. Asked only when a study fails (never on the round's path)."""
+        probe = self.data_dir / f".write-probe-{threading.get_ident()}"
+        try:
+            try:
+                with open(probe, "wb") as fh:
+                    fh.write(b"\0" * STORAGE_PROBE_BYTES)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            finally:
+                probe.unlink(missing_ok=True)
+        except OSError as exc:
+            return storage_problem(exc)
+        return None
 
     def _fail(self, study_id: str, message: str) -> None:
-        if self._stopping.is_set():
-            return  # shutting down: the study resumes on the next start
-        with self.db.session() as s:
-            StudyRepo(s).set_status(study_id, StudyStatus.FAILED, error=message)
-        self.event("study", f"study {study_id} failed: {message}", study_id=study_id)
+        self._settle(study_id, StudyStatus.FAILED, message)
+
+    def _settle(self, study_id: str, status: StudyStatus, message: str | None) -> None:
+        """Record how a study's run ended: its status, error and event in one transaction.
+
+        Retried (with backoff) until the database takes it: meanwhile this thread is still
+        the study's runner, so the study is never ``running`` without one. A failure that
+        cannot be recorded because the storage fails is recorded as a pause instead (the
+        storage is the likelier cause, and a genuine failure shows again on resuming). A hub
+        shutting down records no failure or pause: the study is still running in the
+        database and resumes when the hub starts again.
+        """
+        delay, most = SETTLE_RETRY
+        while True:
+            if self._stopping.is_set() and status is not StudyStatus.COMPLETED:
+                return
+            text = f"study {study_id} {status.value}" + (f": {message}" if message else "")
+            try:
+                with self.db.session() as s:
+                    StudyRepo(s).set_status(study_id, status, error=message)
+                    EventRepo(s).log("study", text, study_id=study_id)
+            except (InvalidTransition, StudyNotFound) as exc:  # cancelled meanwhile, say
+                log.error("study %s: cannot record it %s: %s", study_id, status.value, exc)
+                return
+            except Exception as exc:  # noqa: BLE001 (retried: the state must reach the database)
+                problem = storage_problem(exc)
+                if problem is not None and status is StudyStatus.FAILED:
+                    status, message = StudyStatus.PAUSED, _paused(study_id, problem,
+                                                                  after=message)
+                log.warning("study %s: cannot record it %s (%s); trying again in %.1f s",
+                            study_id, status.value, problem or repr(exc), delay)
+                if self._stopping.wait(delay):
+                    return
+                delay = min(most, delay * 2)
+                continue
+            (log.warning if status is StudyStatus.PAUSED else log.info)("%s", text)
+            return
+
+    def resume_study(self, study_id: str) -> dict[str, Any]:
+        """Continue a paused study, or one that failed on a storage failure, after its last
+        completed round (what a hub restart does for a running study), in a new thread."""
+        runner = self._runners.get(study_id)
+        if runner is not None and runner.is_alive():
+            raise NotResumable(f"study {study_id} is still running on this hub")
+        try:
+            with self.db.session() as s:
+                study = StudyRepo(s).resume(study_id)
+                after = study.current_round
+                EventRepo(s).log("resume", f"study {study_id} resumed by a researcher after "
+                                           f"round {after}", study_id=study_id)
+        except StudyNotFound as exc:
+            raise NotFound(exc.message) from exc
+        except InvalidTransition as exc:
+            raise NotResumable(exc.message) from exc
+        except Exception as exc:
+            problem = storage_problem(exc)
+            if problem is None:
+                raise
+            raise StorageUnavailable(f"the hub still cannot write its storage: {problem}; "
+                                     "free space (or fix the disk) and resume again") from exc
+        log.info("study %s resumed after round %d", study_id, after)
+        self._launch(study_id)
+        return {"study_id": study_id, "status": StudyStatus.RUNNING.value,
+                "resumed_after_round": after}
 
     def _engine(self, study_id: str, transport: HubTransport) -> tuple[RoundEngine, int]:
         """The study's engine and the round it starts from (after the last completed one)."""
@@ -591,14 +821,9 @@ class HubService:
         sa = cfg.secure_aggregation
         if sa.protocol == "none":
             return None
-        public = None
-        if sa.protocol == "ckks":
-            if self.he_public_context is None:
-                raise ConfigError("this hub has no public CKKS context (he_public.ctx in its "
-                                  "folder); re-provision the federation with this version")
-            public = self.he_public_context
+        # CKKS: the hub holds no context; the sites make the study's key (fedcare.hub.keyrelay).
         return SecureAggregator(SecureSettings(sa.protocol, threshold=sa.threshold,
-                                               frac_bits=sa.frac_bits), public)
+                                               frac_bits=sa.frac_bits))
 
     def _normalizer(self, engine: RoundEngine) -> None:
         """Federation-wide feature scaling: computed once from the sites' sums (round 1 stats
@@ -649,6 +874,14 @@ class _HubCheckpoints:
         # The round's unanswered tasks are expired now: stop offering them.
         prefix = f"{self.study_id}/r{round_}/"
         svc.withdraw(lambda tid: tid.startswith(prefix))
+
+
+def _paused(study_id: str, problem: str, *, after: str | None = None) -> str:
+    """The reason a paused study shows (``fedcare study status``): what failed, what to do."""
+    seen = f" (the study then stopped: {after})" if after else ""
+    return (f"the hub cannot write its storage: {problem}{seen}. Free space (or fix the "
+            f"disk), then continue from the last completed round with `fedcare study resume "
+            f"{study_id}`")
 
 
 def _study_of(task_id: str) -> str | None:

@@ -38,7 +38,6 @@ from fedcare.node.site_data import (
     build_site_data,
     clinical_site_data,
 )
-from fedcare.pki.files import HE_SECRET_FILE
 
 log = logging.getLogger("fedcare.node")
 SHA_HEADER = "X-Content-SHA256"
@@ -157,9 +156,14 @@ class NodeAgent:
             return {"name": name, "rows": _count_rows(path)}  # images: label-file rows
         try:
             built = self.clinical(name)
-        except FedcareError as exc:
-            # The detail (which may name a patient or a small count) stays in the site's log.
-            log.error("dataset %s cannot be built: %s", name, exc)
+        except Exception as exc:
+            # Whatever is wrong with the site's own files, the node goes on serving its other
+            # datasets. The detail (which may name a patient or a small count) stays in the
+            # site's log.
+            if isinstance(exc, FedcareError):
+                log.error("dataset %s cannot be built: %s", name, exc)
+            else:  # not a known data problem: keep the traceback for whoever investigates
+                log.exception("dataset %s cannot be built", name)
             return {"name": name, "rows": 0,
                     "quality": {"error": f"the site could not build this dataset "
                                          f"({type(exc).__name__}); details are in the node's log"}}
@@ -230,28 +234,30 @@ class NodeAgent:
             entry.executor = SiteExecutor(data, learner, site_index=index,
                                           expected=learner.initial_parameters().spec,
                                           state_dir=self.state_dir / study_id,
-                                          secure=self._secure_site(cfg, sites),
+                                          secure=self._secure_site(study_id, cfg, sites),
                                           privacy=site_privacy(cfg, rows, len(sites),
                                                                self.ledger))
         self._studies[study_id] = entry
         return entry
 
-    def _secure_site(self, cfg: StudyConfig, sites: list[str]) -> SecureSite | None:
+    def _secure_site(self, study_id: str, cfg: StudyConfig, sites: list[str]
+                     ) -> SecureSite | None:
         """The site half of the approved study's secure aggregation (None: plain updates).
-        Its settings come from the study the site approved, never from a task."""
+        Its settings come from the study the site approved, never from a task. Under CKKS the
+        study's key is made among its sites (never at the hub or the coordinator) and every
+        ciphertext is signed with this site's key (:mod:`fedcare.engine.ckks_custody`)."""
         sa = cfg.secure_aggregation
         if sa.protocol == "none":
             return None
-        secret = None
-        if sa.protocol == "ckks":
-            path = self.kit_dir / HE_SECRET_FILE
-            if not path.is_file():
-                raise FedcareError(f"study uses CKKS but the startup kit has no {path.name}; "
-                                   "ask the federation operator for a current kit")
-            secret = path.read_bytes()
-        return SecureSite(self.site, SecureSettings(sa.protocol, threshold=sa.threshold,
-                                                    frac_bits=sa.frac_bits, he_context=secret),
-                          sites)
+        settings = SecureSettings(sa.protocol, threshold=sa.threshold, frac_bits=sa.frac_bits)
+        if sa.protocol != "ckks":
+            return SecureSite(self.site, settings, sites)
+        from fedcare.engine.ckks_custody import SiteIdentity
+        from fedcare.node.ckks_keys import RelayKeys
+
+        identity = SiteIdentity.from_kit(self.kit_dir)
+        keys = RelayKeys(self.http.request, identity, sites, self.state_dir / study_id)
+        return SecureSite(self.site, settings, sites, identity=identity, keys=keys)
 
     def answer(self, study_id: str, payload: bytes, digest: str) -> tuple[str, bytes]:
         """The reply to a task (task id, bytes): the one already computed when the hub asks
