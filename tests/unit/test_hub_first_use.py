@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from fedcare.core.errors import ConfigError
-from fedcare.hub.service import HubService
+from fedcare.hub.service import HubService, NeverRevoked
 
 FEATURES = [f"f{i}" for i in range(30)]  # breast-cancer sized: 31 logreg parameters
 
@@ -26,7 +26,7 @@ DP_EPS_1 = {"privacy": {"mode": "dp_fedavg_central", "clip": 0.5, "target_epsilo
 
 @pytest.fixture
 def hub(tmp_path: Path) -> Iterator[HubService]:
-    svc = HubService(tmp_path / "hub")
+    svc = HubService(tmp_path / "hub", revocation=NeverRevoked())
     try:
         for site in ("a", "b", "c", "d"):
             svc.hello(site, "01", "x", [{"name": "breast", "rows": 140}], "s")

@@ -42,6 +42,7 @@ from fedcare.core.wire import (
 from fedcare.engine.dp_check import check_dp_study
 from fedcare.engine.executor import NORMALIZER, STATS, stats_spec
 from fedcare.engine.history import History, RoundRecord, save_history
+from fedcare.engine.integrity import example_bound
 from fedcare.engine.learner_factory import ModelShape, make_learner
 from fedcare.engine.privacy import hub_privacy
 from fedcare.engine.round_engine import EngineSettings, RoundEngine
@@ -810,12 +811,29 @@ class HubService:
         settings = EngineSettings(study=study_id, seed=cfg.study.seed, train=train,
                                   evaluate_every=cfg.run.evaluate_every,
                                   round_timeout=cfg.run.round_timeout or DEFAULT_ROUND_TIMEOUT)
+        # Fixed when the study starts (and kept in its history for a resume): a site cannot
+        # raise its weight's bound by saying hello again with more rows mid-study.
+        bounds = history.meta.setdefault("example_bounds",
+                                         self._example_bounds(cfg.data.dataset, sites))
         engine = RoundEngine(settings, strategy, transport, sites, params, history,
                              checkpoints=_HubCheckpoints(self, study_id),
                              on_round=lambda r: self._on_round(study_id, r),
                              secure=self._secure_aggregator(cfg),
-                             privacy=hub_privacy(cfg, len(sites)))
+                             privacy=hub_privacy(cfg, len(sites)), example_bounds=bounds)
         return engine, start
+
+    def _example_bounds(self, dataset: str, sites: list[str]) -> dict[str, int]:
+        """The most examples each site may claim in a study of ``dataset``: the rows it
+        declared in its hello (audit F3: a FedAvg weight was whatever a reply claimed)."""
+        with self.db.session() as s:
+            listed = {x.name: x.datasets or [] for x in SiteRepo(s).list()}
+        out = {}
+        for site in sites:
+            rows = [d.get("rows") for d in listed.get(site, []) if d.get("name") == dataset]
+            declared = max((r for r in rows if isinstance(r, int) and not isinstance(r, bool)),
+                           default=0)
+            out[site] = example_bound(declared)
+        return out
 
     def _secure_aggregator(self, cfg: StudyConfig) -> SecureAggregator | None:
         sa = cfg.secure_aggregation
@@ -843,6 +861,9 @@ class HubService:
         failed = f"; failed: {record.sites_failed}" if record.sites_failed else ""
         self.event("round", f"round {record.round} done with {record.sites_completed}{failed}",
                    study_id=study_id)
+        for site, why in record.sites_flagged.items():
+            self.event("flagged", f"round {record.round}: site {site}: {why}",
+                       study_id=study_id, site=site if site in record.sites_sampled else None)
 
     def _write_outputs(self, study_id: str, history: History, final: Parameters) -> None:
         out = self.data_dir / "studies" / study_id

@@ -137,8 +137,10 @@ class _Run:
         return SecureSettings(sa.protocol, threshold=sa.threshold, frac_bits=sa.frac_bits,
                               he_context=secret), public
 
-    def _executors(self, sites: Sequence[SiteData], secure: SecureSettings | None = None
-                   ) -> dict[str, SiteExecutor]:
+    def _executors(self, sites: Sequence[SiteData], secure: SecureSettings | None = None,
+                   strategy: str | None = None) -> dict[str, SiteExecutor]:
+        """The sites' executors, bound to the study's strategy (``strategy``: another, for
+        the baselines, which train with plain FedAvg)."""
         state_root = self.out / "sites" if self.out is not None else None
         names = [s.name for s in sites]
         n = len(self.sites)
@@ -146,7 +148,8 @@ class _Run:
                                      state_dir=(state_root / s.name) if state_root else None,
                                      secure=SecureSite(s.name, secure, names) if secure
                                      else None,
-                                     privacy=site_privacy(self.cfg, len(s.y_train), n))
+                                     privacy=site_privacy(self.cfg, len(s.y_train), n),
+                                     strategy=strategy or self.cfg.strategy.name)
                 for i, s in enumerate(sites)}
 
     def _learner_for(self, site: SiteData) -> Learner:
@@ -212,15 +215,22 @@ class _Run:
                                  checkpoints=_EveryN(store, cfg.run.checkpoint_every),
                                  on_round=self._on_round,
                                  secure=SecureAggregator(secure, he_public) if secure else None,
-                                 privacy=hub_privacy(cfg, len(self.sites)))
+                                 privacy=hub_privacy(cfg, len(self.sites)),
+                                 example_bounds={s.name: len(s.y_train) + len(s.y_test)
+                                                 for s in self.sites})
             final = engine.run(cfg.study.rounds, start_round=start_round)
             if cfg.baselines.local:
                 # A site training alone shares nothing: its baseline runs on plain executors,
-                # without secure aggregation or DP (see _baseline_note).
-                plain = secure is None and cfg.privacy.mode == "none"
-                local = transport if plain else InMemoryTransport(
-                    {n: e.handle for n, e in self._plain_executors().items()})
-                history.baselines["local"] = self._local_baselines(local)
+                # without secure aggregation or DP (see _baseline_note). Its tasks are plain
+                # FedAvg's: executors bound to another strategy refuse them.
+                plain = (secure is None and cfg.privacy.mode == "none"
+                         and cfg.strategy.name == "fedavg")
+                local = transport if plain else self._transport(self._plain_executors())
+                try:
+                    history.baselines["local"] = self._local_baselines(local)
+                finally:
+                    if local is not transport:
+                        local.close()
             if cfg.baselines.centralized:
                 history.baselines["centralized"] = self._centralized(engine)
             for block in history.baselines.values():
@@ -278,7 +288,8 @@ class _Run:
     def _plain_executors(self) -> dict[str, SiteExecutor]:
         """Executors for the baselines: the non-DP learner, no privacy, no secure aggregation,
         no state on disk."""
-        return {s.name: SiteExecutor(s, self.learner, site_index=i, expected=self.spec)
+        return {s.name: SiteExecutor(s, self.learner, site_index=i, expected=self.spec,
+                                     strategy="fedavg")
                 for i, s in enumerate(self.sites)}
 
     def _single_site_study(self, name: str, transport: Any, site: str, total: int) -> Parameters:
@@ -320,7 +331,7 @@ class _Run:
 
         everything = pooled(self.sites)
         ex = SiteExecutor(everything, self.learner, site_index=len(self.sites),
-                          expected=self.spec)
+                          expected=self.spec, strategy="fedavg")
         params = self._single_site_study("centralized", InMemoryTransport({"pooled": ex.handle}),
                                          "pooled", self.cfg.study.rounds)
         per_site = {s.name: self.learner.evaluate(params, s.x_test, s.y_test)
