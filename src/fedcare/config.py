@@ -59,6 +59,12 @@ class StudySection(_Section):
     seed: int = Field(0, ge=0, le=MAX_SEED,
                       description="Seed for every random choice (init, batches, sampling).")
     rounds: int = Field(10, ge=1, le=MAX_ROUNDS, description="Number of federated rounds.")
+    primary_metric: Literal["accuracy", "auc", "balanced_accuracy", "f1", "brier", "rmse",
+                            "mse", "mae"] | None = Field(None, description=(
+        "Metric the report leads with and compares, shown beside the trivial (constant) "
+        "prediction's score: accuracy, auc, balanced_accuracy, f1 or brier for "
+        "classification (auc: binary only), rmse, mse or mae for regression. Default: "
+        "accuracy, or mse for regression."))
 
 
 class SiteFile(_Section):
@@ -330,6 +336,8 @@ def content_hash(cfg: StudyConfig) -> str:
         del doc["privacy"]
     if cfg.secure_aggregation == SecureAggregationSection():  # type: ignore[call-arg]
         del doc["secure_aggregation"]
+    if cfg.study.primary_metric is None:  # likewise: studies that choose none hash as before
+        del doc["study"]["primary_metric"]
     blob = json.dumps(doc, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -368,6 +376,14 @@ def _cross_checks(cfg: StudyConfig) -> list[str]:
     n_sites = _declared_sites(cfg)
     if n_sites is not None:
         problems += secure_round_problems(cfg, n_sites)
+    task = _declared_task(cfg)
+    if task is not None and cfg.study.primary_metric is not None:
+        from fedcare.learners.metrics import primary_metric
+
+        try:
+            primary_metric(task, cfg.study.primary_metric)
+        except ConfigError as exc:
+            problems.append(exc.message)
     return problems
 
 
@@ -398,6 +414,19 @@ def secure_round_problems(cfg: StudyConfig, n_sites: int) -> list[str]:
     n = n_sites if s.fraction >= 1 else min(
         n_sites, max(s.min_sites, math.ceil(s.fraction * n_sites), 1))
     return threshold_problems(n, cfg.secure_aggregation.threshold, s.min_completed)
+
+
+def _declared_task(cfg: StudyConfig) -> str | None:
+    """The task when the configuration alone fixes it (other sources infer it from the
+    labels, and the runner checks the primary metric once the data is loaded)."""
+    d = cfg.data
+    if isinstance(d, FederatedData):
+        return d.task
+    if isinstance(d, BuiltinData):
+        return "binary"
+    if isinstance(d, SyntheticData):
+        return "binary" if d.classes == 2 else "multiclass"
+    return None
 
 
 def _privacy_checks(cfg: StudyConfig) -> list[str]:

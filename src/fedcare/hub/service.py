@@ -45,6 +45,7 @@ from fedcare.core.wire import (
     peek_header,
     save_parameters,
 )
+from fedcare.engine.dp_check import check_dp_study
 from fedcare.engine.executor import NORMALIZER, STATS, stats_spec
 from fedcare.engine.history import History, RoundRecord, save_history
 from fedcare.engine.integrity import example_bound
@@ -71,6 +72,7 @@ from fedcare.hub.store import (
 from fedcare.hub.store.database import prepare_data_dir, writable_database
 from fedcare.hub.store.faults import storage_problem
 from fedcare.hub.transport import HubTransport
+from fedcare.learners.metrics import primary_metric_meta
 from fedcare.strategies import build_strategy
 
 log = logging.getLogger("fedcare.hub")
@@ -259,7 +261,7 @@ class HubService:
             EventRepo(s).log(kind, message, study_id=study_id, site=site)
 
     # -- researcher side ------------------------------------------------------------------
-    def submit_study(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+    def submit_study(self, raw: Mapping[str, Any], force: bool = False) -> dict[str, Any]:
         cfg = parse_config(raw)
         if not isinstance(cfg.data, FederatedData):
             raise ConfigError("a networked study needs data.source = 'federation' (the nodes "
@@ -267,6 +269,7 @@ class HubService:
         with self.db.session() as s:
             listed = SiteRepo(s).list()  # read once for the three checks below
         sites = self._participants(cfg, listed)
+        check_dp_study(cfg, len(sites), force=force)  # a DP study that cannot learn: 422
         self._check_contracts(cfg, sites, listed)
         if len(sites) < cfg.strategy.min_sites:
             raise ConfigError(f"only {len(sites)} site(s) hold dataset {cfg.data.dataset!r} "
@@ -800,8 +803,8 @@ class HubService:
         history = History(study=cfg.study.name, meta={
             "fedcare_version": __version__, "study_id": study_id,
             "config_hash": content_hash(cfg), "task": cfg.data.task,
-            "primary_metric": "mse" if cfg.data.task == "regression" else "accuracy",
-            "higher_is_better": cfg.data.task != "regression", "strategy": cfg.strategy.name,
+            **primary_metric_meta(cfg.data.task, cfg.study.primary_metric),
+            "strategy": cfg.strategy.name,
             "model": cfg.model.name, "rounds_planned": cfg.study.rounds, "mode": "network",
             "config": cfg.model_dump(mode="json")},
             sites=[{"name": x, "train_rows": None, "test_rows": None} for x in sites])
