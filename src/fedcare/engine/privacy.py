@@ -8,10 +8,22 @@ clipped (and, in distributed mode, noised) as a difference to the global model. 
 DP-FedAvg averages the clipped differences uniformly (weighting by rows would break the
 sensitivity bound), adds the central noise once to the sum, and records epsilon after every
 round in the history.
+
+Feature statistics (a study that standardizes asks every site once, before training, for its
+row count and per-feature sums and sums of squares) are a release of their own: under DP each
+site clips every value to the study's declared range (``data.stats_clip``), which bounds one
+row's contribution (:func:`fedcare.data.standardize.bounded_sensitivity`), and adds Gaussian
+noise calibrated with ``dp-accounting`` to ``privacy.stats_epsilon`` (one Gaussian mechanism,
+sample rate 1). The site charges its ledger for it BEFORE touching its data, like any task; the
+hub composes the same charge into the study's epsilon (a "round 0" row). The unit is the
+record (one patient row added or removed): in a DP-FedAvg study the rounds are site-level,
+and the composed figure is then a record-level bound (a site-level guarantee implies a
+record-level one, not the reverse).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from fedcare.core.errors import FedcareError, ProtocolError
+from fedcare.core.errors import FedcareError, ProtocolError, ValidationError
 from fedcare.core.messages import Task, TaskKind, TrainConfig
 from fedcare.core.params import Parameters
 from fedcare.privacy.dp.spec import Mechanism, PrivacySpec
@@ -41,6 +53,33 @@ class SitePrivacy:
     #: survive (distributed noise: the sum carries at least that share of the noise).
     study_sites: int = 1
     secure_threshold: float = 1.0
+    #: Noise multiplier of the feature statistics (None: the study releases none under DP)
+    #: and their declared ranges (``data.stats_clip``).
+    stats_noise: float | None = None
+    stats_clip: Any = None
+
+    def noised_stats(self, x: np.ndarray, feature_names: Sequence[str], in_sum: int
+                     ) -> tuple[float, np.ndarray, np.ndarray]:
+        """The site's DP feature statistics ``(count, Σu, Σu²)`` (bounded units, see
+        :func:`fedcare.data.standardize.bounded_sums`) plus Gaussian noise.
+
+        The noise protects the released value against the hub: alone (``in_sum = 1``) it has
+        std ``z·Δ``; inside a secure sum that is guaranteed to hold at least ``in_sum`` sites'
+        vectors, each site adds ``z·Δ/sqrt(in_sum)`` so that sum carries ``z·Δ`` (distributed
+        noise, as DP-FedAvg's). ``Δ = sqrt(1 + 2d)`` bounds one row's ``[1, u, u²]``."""
+        from fedcare.data.standardize import bounded_sums, stats_bounds
+        from fedcare.privacy.dp.mechanisms import gaussian_noise
+
+        if self.stats_noise is None or self.stats_clip is None:
+            raise ProtocolError("the approved study releases no DP feature statistics")
+        d = len(feature_names)
+        try:
+            low, high = stats_bounds(self.stats_clip, feature_names)
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from exc
+        n, total, total_sq = bounded_sums(x, low, high)
+        noise = gaussian_noise(1 + 2 * d, stats_noise_std(self.stats_noise, d, in_sum))
+        return n + float(noise[0]), total + noise[1:1 + d], total_sq + noise[1 + d:]
 
     def check(self, task: Task) -> None:
         """Refuse a DP-FedAvg task whose round size the hub could have inflated to shrink the
@@ -86,7 +125,12 @@ class SitePrivacy:
         from fedcare.privacy.dp.ledger import LedgerEntry
 
         spec = self.spec
-        if task.kind is TaskKind.STATS or spec is None:
+        if task.kind is TaskKind.STATS and spec is not None and self.stats_noise is not None:
+            # Record level, one Gaussian release at sample rate 1 (see the module docstring).
+            entry = LedgerEntry(study=task.study, round=task.round, task_id=task.task_id,
+                                mechanism=spec.mechanism, noise_multiplier=self.stats_noise,
+                                sample_rate=1.0, steps=1, delta=spec.delta)
+        elif task.kind is TaskKind.STATS or spec is None:
             entry = LedgerEntry(study=task.study, round=task.round, task_id=task.task_id,
                                 mechanism=Mechanism.NONE, noise_multiplier=0.0, sample_rate=1.0,
                                 steps=0, delta=spec.delta if spec else 1e-5)
@@ -124,9 +168,13 @@ class SitePrivacy:
 class HubPrivacy:
     """The hub's half: weights, central noise and the epsilon history of one study."""
 
-    def __init__(self, spec: PrivacySpec, n_sites: int) -> None:
+    def __init__(self, spec: PrivacySpec, n_sites: int, stats_noise: float | None = None
+                 ) -> None:
         self.spec = spec
         self.n_sites = n_sites
+        #: The feature statistics' noise multiplier when the study releases them (composed
+        #: into the reported epsilon as a "round 0" charge before the first round).
+        self.stats_noise = stats_noise
         #: Last reports, extended by one round each time instead of recomputed.
         self._last: Any = None
         self._last_sites: dict[str, Any] = {}
@@ -152,7 +200,7 @@ class HubPrivacy:
 
         if not self.is_dp_fedavg:
             return self._dp_sgd_report(rounds)
-        charges: list[Any] = []
+        charges: list[Any] = self._stats_charge()
         for r in rounds:
             k, got = len(r.sites_sampled), len(r.sites_completed)
             z = None
@@ -161,7 +209,24 @@ class HubPrivacy:
                 z = self.spec.noise_multiplier * math.sqrt(got / k)
             charges.append(RoundCharge(r.round, k / self.n_sites, 1, z))
         self._last = epsilon_history(self.spec, charges, self._last)
-        return self._last.to_json()
+        return self._with_stats(self._last.to_json())
+
+    def _stats_charge(self) -> list[Any]:
+        from fedcare.privacy.dp.report import RoundCharge
+
+        if self.stats_noise is None:
+            return []
+        return [RoundCharge(STATS_ROUND, 1.0, 1, self.stats_noise)]
+
+    def _with_stats(self, report: dict[str, Any]) -> dict[str, Any]:
+        if self.stats_noise is not None:
+            from fedcare.privacy.dp.accounting import epsilon
+
+            report["stats"] = {"round": STATS_ROUND, "noise_multiplier": self.stats_noise,
+                               "epsilon": epsilon(self.stats_noise, 1.0, 1, self.spec.delta,
+                                                  self.spec.accountant),
+                               "unit": "record"}
+        return report
 
     def _dp_sgd_report(self, rounds: Sequence[Any]) -> dict[str, Any]:
         """DP-SGD is per site (each knows its rows): one history per site from the sample
@@ -173,7 +238,7 @@ class HubPrivacy:
         for r in rounds:
             for site, m in r.train_metrics.items():
                 if "dp_sample_rate" in m:
-                    per_site.setdefault(site, []).append(
+                    per_site.setdefault(site, self._stats_charge()).append(
                         RoundCharge(r.round, float(m["dp_sample_rate"]), int(m["steps"])))
                     zs[site] = float(m["dp_noise_multiplier"])
         sites: dict[str, Any] = {}
@@ -189,9 +254,10 @@ class HubPrivacy:
                 sites[site] = {"epsilon": "inf", "error": exc.message}
         worst = max((s["epsilon"] for s in sites.values()),
                     key=lambda e: math.inf if e == "inf" else e, default=0.0)
-        return {"mechanism": self.spec.mechanism.value, "unit": self.spec.mechanism.unit,
-                "delta": self.spec.delta, "accountant": self.spec.accountant.value,
-                "clip": self.spec.clip, "epsilon": worst, "sites": sites}
+        return self._with_stats({
+            "mechanism": self.spec.mechanism.value, "unit": self.spec.mechanism.unit,
+            "delta": self.spec.delta, "accountant": self.spec.accountant.value,
+            "clip": self.spec.clip, "epsilon": worst, "sites": sites})
 
 
 def hub_privacy(cfg: Any, n_sites: int) -> HubPrivacy | None:
@@ -208,7 +274,7 @@ def hub_privacy(cfg: Any, n_sites: int) -> HubPrivacy | None:
                            accountant=p.accountant)
     else:
         spec = privacy_spec(cfg, n_sites=n_sites)  # type: ignore[assignment]
-    return HubPrivacy(spec, n_sites)
+    return HubPrivacy(spec, n_sites, stats_noise_multiplier(cfg))
 
 
 def site_privacy(cfg: Any, rows: int, n_sites: int, ledger: Any | None = None
@@ -220,4 +286,45 @@ def site_privacy(cfg: Any, rows: int, n_sites: int, ledger: Any | None = None
     if spec is None and ledger is None:
         return None
     return SitePrivacy(spec, ledger, rows, study_sites=n_sites,
-                       secure_threshold=cfg.secure_aggregation.threshold)
+                       secure_threshold=cfg.secure_aggregation.threshold,
+                       stats_noise=stats_noise_multiplier(cfg),
+                       stats_clip=cfg.data.stats_clip)
+
+
+#: The round number of the feature-statistics exchange (before round 1's training), in task
+#: ids (``<study>/r0/stats/<site>``), secure-aggregation sessions and the epsilon history.
+STATS_ROUND = 0
+
+
+def releases_stats(cfg: Any) -> bool:
+    """Whether the study computes the federation's feature statistics (it standardizes
+    tabular features)."""
+    d = cfg.data
+    return bool(d.standardize) and getattr(d, "image_size", None) is None
+
+
+@functools.lru_cache(maxsize=64)
+def _stats_noise(epsilon: float, delta: float, accountant: str) -> float:
+    from fedcare.privacy.dp.accounting import noise_for_budget
+
+    return noise_for_budget(epsilon, delta, 1.0, 1, accountant)
+
+
+def stats_noise_multiplier(cfg: Any) -> float | None:
+    """The feature statistics' Gaussian noise multiplier: the smallest (``dp-accounting``,
+    the study's accountant) whose single release at sample rate 1 meets
+    ``privacy.stats_epsilon`` at ``privacy.delta``; None without DP or without statistics."""
+    p = cfg.privacy
+    if p.mode == "none" or not releases_stats(cfg):
+        return None
+    return _stats_noise(float(p.stats_epsilon), float(p.delta), str(p.accountant))
+
+
+def stats_noise_std(noise_multiplier: float, n_features: int, in_sum: int) -> float:
+    """Each site's noise std on its ``[count, Σu, Σu²]``: ``z·sqrt(1 + 2d)/sqrt(in_sum)``, so
+    a sum of at least ``in_sum`` sites' vectors carries ``z`` times the sensitivity."""
+    from fedcare.data.standardize import bounded_sensitivity
+
+    if isinstance(in_sum, bool) or not isinstance(in_sum, int) or in_sum < 1:
+        raise ProtocolError(f"a secure sum must hold at least 1 site, got {in_sum!r}")
+    return noise_multiplier * bounded_sensitivity(n_features) / math.sqrt(in_sum)

@@ -380,3 +380,131 @@ class SecureAggregator:
                 return acc
         raise ProtocolError(f"round {round_}: no site could decrypt the aggregate: "
                             f"{acc.failures}")
+
+
+# -- a secure sum of one vector per site (the feature statistics) ------------------------------
+def sites_in_any_sum(settings: SecureSettings, n: int) -> int:
+    """The fewest sites' vectors any sum the hub can obtain from a session of ``n``
+    participants holds: secagg's unmasking threshold (the server cannot unmask fewer
+    survivors), or the number of sites a CKKS decryptor requires in a sum. A site that adds
+    distributed DP noise relies on this many shares being in whatever the hub learns."""
+    if settings.is_masking:
+        t = max(2, math.ceil(settings.threshold * n))
+        if 2 * t <= n:
+            t = n // 2 + 1
+        return min(t, n)
+    return min(_min_sum(settings, n), n)
+
+
+@dataclass
+class VectorSum:
+    """The plain sum of the included sites' vectors: all the hub learns from the session."""
+
+    total: np.ndarray
+    included: list[str]
+    failures: dict[str, str]
+    bytes_down: int = 0
+    bytes_up: int = 0
+
+
+class SecureVectorSum:
+    """Runs one secure-aggregation session over an arbitrary vector per site (not a model
+    update): used for the feature statistics, whose ``[count, sums, sums of squares]`` the hub
+    must only learn as the federation's total.
+
+    The first message (secagg keys, or the CKKS ciphertext) comes in each site's reply to the
+    task that asked for the vector, exactly as a secure fit reply; the later steps are protocol
+    exchanges of the same session. The session's round number must differ from every training
+    round's (the engine uses round 0), since sessions, graph seeds and task ids are per round.
+    The same protocol code runs as for updates (:class:`SecureAggregator`'s steps); only the
+    vector's length and what is done with the sum differ."""
+
+    def __init__(self, aggregator: SecureAggregator) -> None:
+        self.agg = aggregator
+
+    def run(self, engine: RoundEngine, round_: int, participants: Sequence[str],
+            first: Mapping[str, Update], length: int) -> VectorSum:
+        acc = SecureSum(np.empty(0), 0.0, [], {})
+        if self.agg.settings.is_masking:
+            total = self._secagg(engine, round_, participants, first, length, acc)
+        else:
+            total = self._ckks(engine, round_, participants, first, length, acc)
+        return VectorSum(total, acc.included, acc.failures, acc.bytes_down, acc.bytes_up)
+
+    def _secagg(self, engine: RoundEngine, round_: int, participants: Sequence[str],
+                first: Mapping[str, Update], length: int, acc: SecureSum) -> np.ndarray:
+        from fedcare.privacy.secagg import (
+            AdvertiseKeys,
+            MaskedInput,
+            SecAggServer,
+            ShareBundle,
+            UnmaskResponse,
+        )
+
+        agg = self.agg
+        cfg = secagg_config(agg.settings, participants, length, engine.settings.study, round_)
+        server = SecAggServer(cfg)
+        keys = {}
+        for s, u in first.items():
+            try:
+                keys[s] = AdvertiseKeys.from_arrays(_arrays(u), cfg=cfg)
+            except FedcareError as exc:
+                acc.failures[s] = f"keys: {exc.message}"
+        bcast = server.collect_keys(keys)
+        got = agg._step(engine, round_, TaskKind.SECAGG_SHARE,
+                        {s: m.to_arrays(cfg) for s, m in bcast.items()}, participants, acc)
+        routed = server.collect_shares(agg._parse(got, ShareBundle, cfg, acc))
+        got = agg._step(engine, round_, TaskKind.SECAGG_MASK,
+                        {s: m.to_arrays(cfg) for s, m in routed.items()}, participants, acc)
+        request = server.collect_masked(agg._parse(got, MaskedInput, cfg, acc))
+        got = agg._step(engine, round_, TaskKind.SECAGG_UNMASK,
+                        {s: request.to_arrays(cfg) for s in request.survivors}, participants,
+                        acc)
+        result = server.finish(agg._parse(got, UnmaskResponse, cfg, acc))
+        acc.included = sorted(result.included)
+        return np.asarray(result.sum, dtype=np.float64)
+
+    def _ckks(self, engine: RoundEngine, round_: int, participants: Sequence[str],
+              first: Mapping[str, Update], length: int, acc: SecureSum) -> np.ndarray:
+        from fedcare.privacy.he import HEContext, sum_ciphertexts
+
+        agg = self.agg
+        if agg.public_he_context is None:
+            raise ConfigError("the hub holds no public CKKS context (he_public.ctx)")
+        public = HEContext.load_public(agg.public_he_context)
+        blobs: dict[str, bytes] = {}
+        for s, u in sorted(first.items()):
+            try:
+                blobs[s] = _arrays(u)["ct"].tobytes()
+            except (FedcareError, KeyError) as exc:
+                acc.failures[s] = f"ciphertext: {exc}"
+        total = None
+        while blobs:
+            try:
+                total = sum_ciphertexts(public, blobs)
+                break
+            except FedcareError as exc:
+                bad = exc.site if exc.site in blobs else None
+                if bad is None:
+                    raise
+                acc.failures[bad] = f"ciphertext: {exc.message}"
+                del blobs[bad]
+        if total is None:
+            raise ProtocolError("no site sent a usable ciphertext")
+        included = sorted(blobs)
+        need = _min_sum(agg.settings, len(participants))
+        if len(included) < need:
+            raise ProtocolError(f"only {len(included)} ciphertexts; the sum must include at "
+                                f"least {need} sites")
+        for decryptor in included:
+            got = agg._step(engine, round_, TaskKind.HE_DECRYPT,
+                            {decryptor: {"ct": np.frombuffer(total, dtype=np.uint8)}},
+                            participants, acc, included=included)
+            if decryptor in got:
+                plain = np.asarray(got[decryptor]["sum"], dtype=np.float64)
+                if plain.shape != (length,) or not np.isfinite(plain).all():
+                    acc.failures[decryptor] = "decrypted sum has the wrong shape or NaN/Inf"
+                    continue
+                acc.included = included
+                return plain
+        raise ProtocolError(f"no site could decrypt the sum: {acc.failures}")
