@@ -50,7 +50,7 @@ def _raw_train(fed: NetFederation, cfg: dict) -> list[np.ndarray]:
 
 def _assert_hub_never_held_sums(fed: NetFederation, trains: list[np.ndarray]) -> None:
     files = [p for p in (fed.hub_dir / "data").rglob("*") if p.is_file()]
-    files += [p for p in fed.hub_dir.glob("*.log")]
+    files += list(fed.hub_dir.glob("*.log"))
     raw = b"".join(p.read_bytes() for p in files)
     for x in trains:
         _, total, total_sq = site_sums(x)
