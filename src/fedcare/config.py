@@ -148,7 +148,10 @@ class FederatedData(_DataCommon):
     classes: int = Field(2, ge=2, description="Number of classes (multiclass).")
     standardize: bool = Field(True, description=(
         "Scale features by the federation's mean/std, computed from each site's sums, sums "
-        "of squares and row counts (no row leaves a site; sites refuse below 10 rows)."))
+        "of squares and row counts (no row leaves a site; sites refuse below 10 rows). A "
+        "secure study sends them through secure aggregation (the hub learns only the "
+        "federation's totals); a DP study clips them to data.stats_clip and noises them "
+        "(privacy.stats_epsilon)."))
     sites: list[str] | None = Field(None, description=(
         "Sites taking part (default: every site that holds the dataset)."))
     contract_hash: str | None = Field(None, min_length=64, max_length=64, description=(
