@@ -31,7 +31,7 @@ import psutil
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from fedcare.cli.network import HubClient  # noqa: E402
+from fedcare.client import HubClient  # noqa: E402
 from fedcare.demo.run import _free_port, _start, _wait, processes  # noqa: E402
 from fedcare.engine.history import History  # noqa: E402
 from fedcare.hub.provisioning import create_federation  # noqa: E402

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import fedcare
-from fedcare.privacy.audit import AuditSettings, audit_run
-from fedcare.privacy.audit.figure import describe_privacy
+from fedcare.attacks.membership import AuditSettings, audit_run
+from fedcare.attacks.membership.figure import describe_privacy
 
 RESULTS = Path(__file__).parent / "results"
 

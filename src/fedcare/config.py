@@ -12,17 +12,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import pydantic
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, FiniteFloat, model_validator
 
 from fedcare.core.errors import ConfigError
+from fedcare.core.settings import Section, literal_values, validate_section
+from fedcare.learners.options import LogregOptions, ModelOptions, all_models
+from fedcare.strategies.base import StrategyOptions
+from fedcare.strategies.fedavg import FedAvgOptions
+from fedcare.strategies.registry import all_strategies, describe, options_types
 
-if TYPE_CHECKING:
-    from fedcare.privacy.dp.spec import PrivacySpec
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_Section = Section
 
 
 class StudySection(_Section):
@@ -37,7 +36,7 @@ class SiteFile(_Section):
     path: Path = Field(description="CSV (.csv, .csv.gz) or Parquet file, relative to the config.")
 
 
-StatsRange = tuple[pydantic.FiniteFloat, pydantic.FiniteFloat]
+StatsRange = tuple[FiniteFloat, FiniteFloat]
 
 
 class _DataCommon(_Section):
@@ -159,6 +158,11 @@ class FederatedData(_DataCommon):
         "(`fedcare data check` prints it); sites with another contract refuse."))
 
 
+#: Every data source, in the order the reference lists them.
+DATA_SOURCES: tuple[type[_DataCommon], ...] = (
+    BuiltinData, SyntheticData, FilesData, PooledFileData, ImageData, ImageFolderData,
+    FederatedData)
+
 DataSection = Annotated[
     BuiltinData | SyntheticData | FilesData | PooledFileData | ImageData | ImageFolderData
     | FederatedData,
@@ -166,20 +170,23 @@ DataSection = Annotated[
 ]
 
 
-class ModelSection(_Section):
-    name: Literal["logreg", "mlp", "cnn", "lstm", "gru", "transformer", "sgd_linear"] = Field(
-        "logreg", description=("Model: logreg, mlp, cnn (2-D images), lstm/gru (sequences), "
-                               "transformer (tabular/sequence), sgd_linear (scikit-learn)."))
-    hidden: list[int] | int | None = Field(
-        None, description="mlp: hidden layer sizes; lstm/gru: hidden size.")
-    dropout: float | None = Field(None, ge=0, lt=1, description="mlp: dropout rate.")
-    channels: list[int] | None = Field(None, description="cnn: channels per conv block.")
-    layers: int | None = Field(None, ge=1, description="lstm/gru/transformer: layer count.")
-    d_model: int | None = Field(None, ge=4, description="transformer: model width.")
-    heads: int | None = Field(None, ge=1, description="transformer: attention heads.")
+def _model_union() -> Any:
+    """The ``[model]`` section: one registered model's options, chosen by ``name``."""
+    from typing import Union
 
-    def options(self) -> dict[str, Any]:
-        return {k: v for k, v in self.model_dump(exclude={"name"}).items() if v is not None}
+    return Annotated[Union[tuple(all_models().values())],  # noqa: UP007
+                     Field(discriminator="name")]
+
+
+if TYPE_CHECKING:
+    ModelSection = ModelOptions
+else:
+    ModelSection = _model_union()
+
+#: The keys of the single ``[model]`` table studies had before each model declared its own
+#: options. :func:`content_hash` writes a model section in that shape, so the hash of every
+#: study - what its sites approved - is unchanged by the new declaration.
+_LEGACY_MODEL_KEYS = ("name", "hidden", "dropout", "channels", "layers", "d_model", "heads")
 
 
 class TrainSection(_Section):
@@ -193,40 +200,17 @@ class TrainSection(_Section):
     weight_decay: float = Field(0.0, ge=0, description="L2 weight decay.")
 
 
-class _StrategyCommon(_Section):
-    fraction: float = Field(1.0, gt=0, le=1, description="Share of sites sampled per round.")
-    min_sites: int = Field(1, ge=1, description="Minimum sites sampled per round.")
-    min_completed: int = Field(1, ge=1, description="Minimum sites that must answer for a round "
-                                                    "to count.")
+def _strategy_union() -> Any:
+    """The ``[strategy]`` section: one registered strategy's options, chosen by ``name``."""
+    from typing import Union
+
+    return Annotated[Union[options_types()], Field(discriminator="name")]  # noqa: UP007
 
 
-class FedAvgSection(_StrategyCommon):
-    name: Literal["fedavg"] = Field(description="FedAvg (McMahan et al. 2017).")
-
-
-class FedProxSection(_StrategyCommon):
-    name: Literal["fedprox"] = Field(description="FedProx (Li et al. 2020).")
-    mu: float = Field(0.01, gt=0, description="fedprox: proximal coefficient mu.")
-
-
-class FedOptSection(_StrategyCommon):
-    name: Literal["fedadam", "fedyogi", "fedadagrad"] = Field(
-        description="Adaptive server optimizers (Reddi et al. 2021).")
-    server_lr: float = Field(0.01, gt=0, description="fedopt/scaffold: server learning rate.")
-    beta1: float = Field(0.9, ge=0, lt=1, description="fedopt: first-moment decay.")
-    beta2: float = Field(0.99, ge=0, lt=1, description="fedopt: second-moment decay.")
-    tau: float = Field(1e-3, gt=0, description="fedopt: adaptivity tau.")
-
-
-class ScaffoldSection(_StrategyCommon):
-    name: Literal["scaffold"] = Field(description="SCAFFOLD (Karimireddy et al. 2020).")
-    server_lr: float = Field(1.0, gt=0, description="Server learning rate.")
-
-
-StrategySection = Annotated[
-    FedAvgSection | FedProxSection | FedOptSection | ScaffoldSection,
-    Field(discriminator="name"),
-]
+if TYPE_CHECKING:
+    StrategySection = StrategyOptions
+else:
+    StrategySection = _strategy_union()
 
 
 class SecureAggregationSection(_Section):
@@ -255,10 +239,6 @@ class RunSection(_Section):
     checkpoint_every: int = Field(1, ge=0, description="Checkpoint every N rounds (0 = never).")
     round_timeout: float | None = Field(None, gt=0, description="Seconds before a round gives "
                                                                  "up on sites that did not answer.")
-
-
-#: Zoo models Opacus computes per-example gradients for (see ``check_dp_compatible``).
-DP_SGD_MODELS = ("logreg", "mlp", "cnn")
 
 
 class PrivacySection(_Section):
@@ -297,10 +277,9 @@ class PrivacySection(_Section):
 class StudyConfig(_Section):
     study: StudySection = Field(default_factory=StudySection)  # type: ignore[arg-type]
     data: DataSection
-    model: ModelSection = Field(default_factory=ModelSection)  # type: ignore[arg-type]
+    model: ModelSection = Field(default_factory=LogregOptions)
     train: TrainSection = Field(default_factory=TrainSection)  # type: ignore[arg-type]
-    strategy: StrategySection = Field(
-        default_factory=lambda: FedAvgSection(name="fedavg"))  # type: ignore[call-arg]
+    strategy: StrategySection = Field(default_factory=FedAvgOptions)
     secure_aggregation: SecureAggregationSection = Field(
         default_factory=SecureAggregationSection)  # type: ignore[arg-type]
     baselines: BaselinesSection = Field(default_factory=BaselinesSection)  # type: ignore[arg-type]
@@ -308,8 +287,10 @@ class StudyConfig(_Section):
     privacy: PrivacySection = Field(default_factory=PrivacySection)  # type: ignore[arg-type]
 
 
-_TAGS = {"builtin", "synthetic", "files", "table", "npz", "image_folder", "federation", "fedavg",
-         "fedprox", "fedadam", "fedyogi", "fedadagrad", "scaffold"}
+def _tags() -> set[str]:
+    """Discriminator values pydantic puts in an error's path (users never write them)."""
+    sources = {v for m in DATA_SOURCES for v in literal_values(m.model_fields["source"].annotation)}
+    return sources | set(all_strategies()) | set(all_models())
 
 
 def content_hash(cfg: StudyConfig) -> str:
@@ -318,6 +299,8 @@ def content_hash(cfg: StudyConfig) -> str:
     import json
 
     doc = cfg.model_dump(mode="json")
+    given = cfg.model.model_dump(mode="json", include=cfg.model.model_fields_set | {"name"})
+    doc["model"] = {key: given.get(key) for key in _LEGACY_MODEL_KEYS}
     # No [privacy] section: hash exactly as before DP existed, so approvals and resumes hold.
     if cfg.privacy == PrivacySection():  # type: ignore[call-arg]
         del doc["privacy"]
@@ -332,33 +315,12 @@ def content_hash(cfg: StudyConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _format_error(err: Mapping[str, Any]) -> str:
-    parts = list(err["loc"])
-    if len(parts) > 1 and parts[0] in ("data", "strategy") and parts[1] in _TAGS:
-        del parts[1]  # pydantic puts the union's tag in the path; users never wrote it
-    loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in parts)
-    loc = loc.replace(".[", "[")
-    kind = err["type"]
-    if kind == "extra_forbidden":
-        return f"unknown key '{loc}'"
-    if kind == "missing":
-        return f"missing key '{loc}'"
-    if kind in ("union_tag_invalid", "literal_error"):
-        return f"'{loc}': {err['msg']}"
-    got = err.get("input")
-    shown = f" (got {got!r})" if isinstance(got, (str, int, float, bool)) else ""
-    return f"'{loc}': {err['msg']}{shown}"
-
-
 def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None,
                  source: str | None = None) -> StudyConfig:
     """Validate a config mapping; relative file paths are resolved against ``base_dir``."""
     if not isinstance(data, Mapping):
         raise ConfigError("the configuration must be a table/mapping", source=source)
-    try:
-        cfg = StudyConfig.model_validate(dict(data))
-    except pydantic.ValidationError as exc:
-        raise ConfigError([_format_error(e) for e in exc.errors()], source=source) from None
+    cfg = validate_section(StudyConfig, dict(data), source=source, tags=_tags())
     problems = _cross_checks(cfg)
     if problems:
         raise ConfigError(problems, source=source)
@@ -376,9 +338,13 @@ def _cross_checks(cfg: StudyConfig) -> list[str]:
         if d.image_size is not None and (d.features or d.standardize):
             problems.append("'data.image_size': an image dataset takes no features and "
                             "standardize = false (images are scaled to [0, 1])")
-    if cfg.secure_aggregation.protocol != "none" and cfg.strategy.name == "scaffold":
-        problems.append("'secure_aggregation.protocol': SCAFFOLD needs each site's control "
-                        "variate, which secure aggregation hides; use fedavg, fedprox or fedopt")
+    strategy = all_strategies()[cfg.strategy.name]
+    if cfg.secure_aggregation.protocol != "none" and not strategy.capabilities.aggregates_a_sum:
+        usable = ", ".join(n for n, c in all_strategies().items()
+                           if c.capabilities.aggregates_a_sum)
+        problems.append(f"'secure_aggregation.protocol': strategy {cfg.strategy.name} needs "
+                        "each site's individual update, which secure aggregation hides; "
+                        f"use one of {usable}")
     problems += _privacy_checks(cfg)
     return problems
 
@@ -386,13 +352,15 @@ def _cross_checks(cfg: StudyConfig) -> list[str]:
 def _privacy_checks(cfg: StudyConfig) -> list[str]:
     """DP settings that depend on other sections."""
     mode, problems = cfg.privacy.mode, []
-    if mode == "dp_sgd" and cfg.model.name not in DP_SGD_MODELS:
-        problems.append(f"'privacy.mode': dp_sgd needs model.name in {', '.join(DP_SGD_MODELS)} "
-                        f"(Opacus cannot compute per-example gradients for "
-                        f"{cfg.model.name!r})")
-    if mode.startswith("dp_fedavg") and cfg.strategy.name == "scaffold":
-        problems.append(f"'privacy.mode': {mode} cannot be combined with strategy scaffold "
-                        "(its control variates leave the site without noise)")
+    if mode == "dp_sgd" and not cfg.model.capabilities.dp_sgd:
+        usable = ", ".join(n for n, m in all_models().items() if m.capabilities.dp_sgd)
+        problems.append(f"'privacy.mode': dp_sgd needs model.name in {usable} (Opacus cannot "
+                        f"compute per-example gradients for {cfg.model.name!r})")
+    strategy = all_strategies()[cfg.strategy.name]
+    if mode.startswith("dp_fedavg") and not strategy.capabilities.site_level_dp:
+        problems.append(f"'privacy.mode': {mode} cannot be combined with strategy "
+                        f"{cfg.strategy.name} (it needs more from each site than a clipped, "
+                        "noised update)")
     d = cfg.data
     if mode != "none" and d.standardize and d.stats_clip is None:
         problems.append("'data.stats_clip': a DP study that standardizes features releases "
@@ -448,26 +416,87 @@ def load_config(path: Path) -> StudyConfig:
     return parse_config(data or {}, base_dir=path.parent.resolve(), source=str(path))
 
 
+def _allowed(annotation: Any, description: str) -> str:
+    """A choice's description with every allowed value, unless it lists them already."""
+    values = [str(v) for v in literal_values(annotation)]
+    if len(values) < 2 or all(v in description for v in values):
+        return description
+    return f"{description} One of: {', '.join(values)}."
+
+
+def _plugin_key_rows(section: str, uses: dict[str, list[tuple[str, str, str]]]
+                     ) -> list[tuple[str, str, str]]:
+    """One row per key several plugins may declare: ``uses[key]`` lists (plugin, default,
+    description); defaults and descriptions that differ are given per plugin."""
+    def grouped(declared: list[tuple[str, str, str]], index: int) -> str:
+        values = list(dict.fromkeys(d[index] for d in declared))
+        if len(values) == 1:
+            return values[0]
+        return "; ".join(f"{', '.join(d[0] for d in declared if d[index] == v)}: "
+                         f"{v.rstrip('.')}" for v in values)
+
+    return [(f"{section}.{key}", grouped(declared, 1),
+             f"[{', '.join(d[0] for d in declared)}] {grouped(declared, 2)}")
+            for key, declared in uses.items()]
+
+
+def _model_rows() -> list[tuple[str, str, str]]:
+    """``model.*`` rows from the model registry: every name with its summary, then each
+    model's own keys with the models they apply to."""
+    models = all_models()
+    names = "; ".join(f"{n} ({m.summary})" for n, m in models.items())
+    rows = [("model.name", "'logreg'", f"Model, one of: {names}.")]
+    own: dict[str, list[tuple[str, str, str]]] = {}
+    for name, cls in models.items():
+        for key, field in cls.model_fields.items():
+            if key != "name":
+                own.setdefault(key, []).append((name, repr(field.default),
+                                                (field.description or "").split(": ", 1)[-1]))
+    return rows + _plugin_key_rows("model", own)
+
+
+def _strategy_rows() -> list[tuple[str, str, str]]:
+    """``strategy.*`` rows from the registry: the names with what each is, the keys every
+    strategy shares, then each strategy's own keys with the strategies they apply to."""
+    strategies = all_strategies()
+    names = "; ".join(f"{n} ({describe(n)})" for n in strategies)
+    rows = [("strategy.name", "'fedavg'", f"Aggregation strategy, one of: {names}.")]
+    common = set(StrategyOptions.model_fields) - {"name"}
+    rows += [(f"strategy.{k}", repr(f.default), f.description or "")
+             for k, f in StrategyOptions.model_fields.items() if k in common]
+    own: dict[str, list[tuple[str, str, str]]] = {}
+    for name, cls in strategies.items():
+        for key, field in cls.Options.model_fields.items():
+            if key in common or key == "name":
+                continue
+            own.setdefault(key, []).append((name, repr(field.default),
+                                            _allowed(field.annotation, field.description or "")))
+    return rows + _plugin_key_rows("strategy", own)
+
+
 def describe_keys() -> list[tuple[str, str, str]]:
-    """(key, default, description) for every config key, for --help and the README."""
+    """(key, default, description) for every config key, for --help and the README; every
+    choice lists its allowed values (strategies come from their registry)."""
     rows: list[tuple[str, str, str]] = []
 
     def walk(prefix: str, model: type[BaseModel]) -> None:
         for name, field in model.model_fields.items():
             default = "" if field.is_required() or field.default_factory else repr(field.default)
-            rows.append((f"{prefix}.{name}", default, field.description or ""))
+            rows.append((f"{prefix}.{name}", default,
+                         _allowed(field.annotation, field.description or "")))
 
     for section, model in (("study", StudySection), ("train", TrainSection),
                            ("secure_aggregation", SecureAggregationSection),
                            ("baselines", BaselinesSection), ("run", RunSection),
-                           ("model", ModelSection), ("privacy", PrivacySection)):
+                           ("privacy", PrivacySection)):
         walk(section, model)
-    for data_model in (BuiltinData, SyntheticData, FilesData, PooledFileData, ImageData,
-                       ImageFolderData, FederatedData):
-        src = data_model.model_fields["source"].annotation.__args__[0]  # type: ignore[union-attr]
+    rows += _model_rows()
+    sources = [literal_values(m.model_fields["source"].annotation)[0] for m in DATA_SOURCES]
+    rows.append(("data.source", "", f"Where the sites' data comes from, one of: "
+                                    f"{', '.join(sources)} (keys per source below)."))
+    for data_model, src in zip(DATA_SOURCES, sources, strict=True):
         walk(f"data[source={src}]", data_model)
-    for strategy_model in (FedAvgSection, FedProxSection, FedOptSection, ScaffoldSection):
-        walk("strategy", strategy_model)
+    rows += _strategy_rows()
     seen: set[str] = set()
     unique = []
     for row in rows:
@@ -475,60 +504,3 @@ def describe_keys() -> list[tuple[str, str, str]]:
             seen.add(row[0])
             unique.append(row)
     return unique
-
-
-def derive_noise(cfg: StudyConfig, rows_per_site: int | None = None, *,
-                 n_sites: int | None = None) -> float:
-    """The study's noise multiplier: ``privacy.noise_multiplier``, or (budget-first) the
-    smallest one reaching ``privacy.target_epsilon`` over the whole study.
-
-    DP-SGD: ``q = batch_size / rows`` and ``steps = steps per round x rounds``, so the answer
-    depends on the site's row count - each site derives its own noise and its epsilon is per
-    site (only the site knows its rows). DP-FedAvg: ``q`` is the share of sites sampled per
-    round (``n_sites`` given: ``max(min_sites, ceil(fraction x n_sites)) / n_sites`` as the
-    sampler draws; else ``strategy.fraction``) and ``steps = rounds``.
-    Raises :class:`~fedcare.privacy.dp.errors.PrivacyBudgetError` when the budget is unreachable.
-    """
-    import math
-
-    p = cfg.privacy
-    if p.mode == "none":
-        raise ConfigError("privacy.mode is 'none': the study has no noise to derive")
-    if p.noise_multiplier is not None:
-        return float(p.noise_multiplier)
-    assert p.target_epsilon is not None  # guaranteed by PrivacySection's validator
-    from fedcare.privacy.dp.accounting import noise_for_budget
-
-    rounds = cfg.study.rounds
-    if p.mode == "dp_sgd":
-        if rows_per_site is None or isinstance(rows_per_site, bool) or rows_per_site < 1:
-            raise ConfigError("budget-first DP-SGD needs the site's training row count "
-                              f"(rows_per_site >= 1), got {rows_per_site!r}")
-        t = cfg.train
-        q = min(1.0, t.batch_size / rows_per_site)
-        per_round = t.local_steps or t.local_epochs * math.ceil(rows_per_site / t.batch_size)
-        return noise_for_budget(p.target_epsilon, p.delta, q, per_round * rounds, p.accountant)
-    s = cfg.strategy
-    if n_sites is not None:
-        if isinstance(n_sites, bool) or n_sites < 1:
-            raise ConfigError(f"n_sites must be >= 1, got {n_sites!r}")
-        sampled = n_sites if s.fraction >= 1 else min(
-            n_sites, max(s.min_sites, math.ceil(s.fraction * n_sites), 1))
-        q = sampled / n_sites
-    else:
-        q = s.fraction
-    return noise_for_budget(p.target_epsilon, p.delta, q, rounds, p.accountant)
-
-
-def privacy_spec(cfg: StudyConfig, rows_per_site: int | None = None, *,
-                 n_sites: int | None = None) -> PrivacySpec | None:
-    """The study's resolved :class:`~fedcare.privacy.dp.spec.PrivacySpec` (None without DP);
-    arguments as :func:`derive_noise`."""
-    if cfg.privacy.mode == "none":
-        return None
-    from fedcare.privacy.dp.spec import PrivacySpec
-
-    p = cfg.privacy
-    return PrivacySpec(p.mode, clip=p.clip,  # type: ignore[arg-type]
-                       noise_multiplier=derive_noise(cfg, rows_per_site, n_sites=n_sites),
-                       delta=p.delta, accountant=p.accountant)  # type: ignore[arg-type]

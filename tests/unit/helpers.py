@@ -6,10 +6,10 @@ from dataclasses import replace
 
 import numpy as np
 
+from fedcare.core.dataset import SiteData, TaskType
+from fedcare.core.learning import FitResult, Learner
 from fedcare.core.messages import TrainConfig
 from fedcare.core.params import Parameters
-from fedcare.data.dataset import SiteData, TaskType
-from fedcare.learners.base import FitResult, Learner
 
 
 def make_sites(n_sites: int = 3, rows: int = 40, features: int = 5, seed: int = 0,

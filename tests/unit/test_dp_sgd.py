@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fedcare.core.dataset import TaskType
 from fedcare.core.errors import ConfigError
 from fedcare.core.messages import TrainConfig
-from fedcare.data.dataset import TaskType
 from fedcare.learners import TorchLearner
 from fedcare.learners.torch_learner import DpSgdOptions, dp_sgd_sample_rate, dp_sgd_steps
 

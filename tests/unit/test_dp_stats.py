@@ -16,11 +16,11 @@ from hypothesis.extra import numpy as hnp
 
 import fedcare
 from fedcare.config import parse_config
+from fedcare.core.dataset import TaskType
 from fedcare.core.errors import ConfigError
 from fedcare.core.messages import Task, TaskKind
 from fedcare.core.params import Parameters
 from fedcare.core.wire import decode_reply, encode_task
-from fedcare.data.dataset import TaskType
 from fedcare.data.standardize import (
     DP_STD_FLOOR,
     bounded_sensitivity,

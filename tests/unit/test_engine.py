@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fedcare.core.dataset import TaskType
 from fedcare.core.messages import TrainConfig
 from fedcare.core.params import Parameters
-from fedcare.data.dataset import TaskType
 from fedcare.engine.executor import SiteExecutor
 from fedcare.engine.history import History
 from fedcare.engine.round_engine import EngineSettings, RoundEngine, RoundFailed

@@ -8,10 +8,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from fedcare.core.dataset import SiteData, TaskType
 from fedcare.core.messages import Task, TaskKind
 from fedcare.core.params import Parameters
 from fedcare.core.wire import decode_reply, encode_task
-from fedcare.data.dataset import SiteData, TaskType
 from fedcare.engine.executor import (
     MIN_STATS_ROWS,
     NORMALIZER,

@@ -9,9 +9,9 @@ import pytest
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from fedcare.core.dataset import SiteData, TaskType
 from fedcare.core.errors import DataError
 from fedcare.data import imaging
-from fedcare.data.dataset import SiteData, TaskType
 from fedcare.data.imaging import image_site_data, load_image_folder
 
 

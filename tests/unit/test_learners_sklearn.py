@@ -9,10 +9,10 @@ from hypothesis import strategies as st
 from sklearn.datasets import load_breast_cancer
 from sklearn.metrics import roc_auc_score
 
+from fedcare.core.dataset import TaskType
 from fedcare.core.errors import ConfigError, ValidationError
 from fedcare.core.messages import TrainConfig
 from fedcare.core.params import Parameters
-from fedcare.data.dataset import TaskType
 from fedcare.learners import Learner, SklearnLinearLearner
 from fedcare.learners.metrics import binary_auc
 

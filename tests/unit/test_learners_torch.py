@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
+from fedcare.core.dataset import TaskType
 from fedcare.core.errors import ConfigError, DataError, ValidationError
 from fedcare.core.messages import TrainConfig
 from fedcare.core.params import Parameters
-from fedcare.data.dataset import TaskType
 from fedcare.learners import MODEL_NAMES, Learner, TorchLearner
 
 SHAPES = {
@@ -392,7 +392,7 @@ def test_plain_sgd_matches_torch_optim_sgd(momentum: float, weight_decay: float)
 
 def test_evaluation_batches_wide_models_without_changing_the_result(monkeypatch) -> None:
     import fedcare.learners.torch_learner as tl
-    from fedcare.data.dataset import TaskType as TT
+    from fedcare.core.dataset import TaskType as TT
 
     assert tl.eval_batch_rows(131_000_000, 8) == 4      # a 500 MB MLP: a few rows at a time
     assert tl.eval_batch_rows(1_000_000, 100) == tl.EVAL_BATCH

@@ -9,15 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from fedcare.cli.audit import app
-from fedcare.core.errors import ConfigError, DataError, ValidationError
-from fedcare.core.messages import TrainConfig
-from fedcare.core.params import Parameters
-from fedcare.core.wire import save_parameters
-from fedcare.data.dataset import TaskType
-from fedcare.learners.metrics import task_metrics
-from fedcare.learners.torch_learner import TorchLearner
-from fedcare.privacy.audit import (
+from fedcare.attacks.membership import (
     AuditSettings,
     Candidates,
     attack,
@@ -34,6 +26,14 @@ from fedcare.privacy.audit import (
     study_privacy,
     tpr_at_fpr,
 )
+from fedcare.cli.audit import app
+from fedcare.core.dataset import TaskType
+from fedcare.core.errors import ConfigError, DataError, ValidationError
+from fedcare.core.messages import TrainConfig
+from fedcare.core.params import Parameters
+from fedcare.core.wire import save_parameters
+from fedcare.learners.metrics import task_metrics
+from fedcare.learners.torch_learner import TorchLearner
 
 # ---------------------------------------------------------------------------------- ROC
 
@@ -325,8 +325,8 @@ def _networked_run(tmp_path):
 
 
 def test_networked_run_is_audited_on_the_sites_own_rows_split_as_its_node_did(tmp_path):
+    from fedcare.attacks.membership import candidates_of
     from fedcare.node.site_data import build_site_data
-    from fedcare.privacy.audit import candidates_of
 
     run, cfg, table = _networked_run(tmp_path)
     history = json.loads((run / "history.json").read_text())

@@ -15,9 +15,9 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
+from fedcare.core.dataset import TaskType
 from fedcare.core.messages import TaskKind, TrainConfig
 from fedcare.core.wire import decode_task, peek_header
-from fedcare.data.dataset import TaskType
 from fedcare.engine.executor import SiteExecutor
 from fedcare.engine.history import History
 from fedcare.engine.round_engine import EngineSettings, RoundEngine, RoundFailed

@@ -9,10 +9,10 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
+from fedcare.core.dataset import TaskType
 from fedcare.core.messages import Task, TaskKind
 from fedcare.core.params import Parameters
 from fedcare.core.wire import _unpack, decode_reply, encode_task, peek_header
-from fedcare.data.dataset import TaskType
 from fedcare.data.standardize import federated_standardizer, site_sums
 from fedcare.engine.executor import STATS, SiteExecutor, stats_vector
 from fedcare.engine.history import History

@@ -1,4 +1,5 @@
-"""``fedcare audit``: empirical privacy checks of a finished study (thin over privacy.audit)."""
+"""``fedcare audit``: empirical privacy checks of a finished study (thin over the
+membership-inference attacks in :mod:`fedcare.attacks.membership`)."""
 
 from __future__ import annotations
 
@@ -50,8 +51,8 @@ def privacy(
     from held-out rows? Writes audit/privacy-ATTACK-SITE.json, .png and .html in the run."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from fedcare.privacy.audit import AuditSettings, audit_run
-    from fedcare.privacy.audit.figure import describe_privacy
+    from fedcare.attacks.membership import AuditSettings, audit_run
+    from fedcare.attacks.membership.figure import describe_privacy
 
     try:
         settings = AuditSettings(attack=attack.value, shadows=shadows, online=not offline,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,7 +12,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from fedcare.cli.errors import fail
-from fedcare.core.errors import ConfigError, FedcareError
+from fedcare.client import HubClient, watch
+from fedcare.core.errors import FedcareError
+from fedcare.reporting.progress import StudyProgress
 
 console = Console()
 
@@ -106,46 +107,6 @@ def node_privacy(
     console.print("[green]ledger hash chain verified[/green]")
 
 
-class HubClient:
-    """The researcher's HTTPS client (server verified against the federation CA)."""
-
-    def __init__(self, federation: Path | None, url: str | None, ca: Path | None,
-                 token: str | None) -> None:
-        import ssl
-
-        import httpx
-
-        if federation is not None:
-            from fedcare.pki.trust import load_hub_config
-
-            hub = load_hub_config(federation / "hub")
-            url = url or hub.url
-            ca = ca or hub.tls.ca
-            token_file = federation / "hub" / "researcher.token"
-            if token is None and token_file.exists():
-                token = token_file.read_text().strip()
-        if not url or not ca or not token:
-            raise ConfigError("give --federation DIR, or --hub URL, --ca FILE and --token")
-        context = ssl.create_default_context(cafile=str(ca))
-        self.http = httpx.Client(base_url=url, verify=context, timeout=60.0,
-                                 headers={"Authorization": f"Bearer {token}"})
-
-    def call(self, method: str, path: str, **kw: Any) -> Any:
-        import httpx
-
-        try:
-            r = self.http.request(method, path, **kw)
-        except httpx.HTTPError as exc:
-            raise FedcareError(f"cannot reach the hub at {self.http.base_url}: {exc}") from exc
-        if r.status_code >= 400:
-            try:
-                detail = r.json().get("detail", r.text)
-            except ValueError:
-                detail = r.text
-            raise FedcareError(f"hub refused ({r.status_code}): {detail}")
-        return r
-
-
 Federation = Annotated[Path | None, typer.Option(
     help="Federation folder (reads the hub URL, CA and researcher token).")]
 HubUrl = Annotated[str | None, typer.Option("--hub", help="Hub URL.")]
@@ -183,27 +144,9 @@ def submit(config: Annotated[Path, typer.Argument(help="Study file (.toml/.yaml)
 
 
 def follow(client: HubClient, study_id: str, poll: float = 0.5) -> dict[str, Any]:
-    """Progress bar until the study completes or fails; returns its final status."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[info]}"), console=console) as bar:
-        task = None
-        while True:
-            # The last round's record only: all of them grow with the study, every 0.5 s.
-            st = client.call("GET", f"/v1/studies/{study_id}", params={"rounds": 1}).json()
-            if task is None:
-                task = bar.add_task(st["name"], total=st["rounds_planned"], info="")
-            info = ""
-            if st["rounds"]:
-                last = st["rounds"][-1]
-                failed = last.get("sites_failed") or {}
-                info = f"{len(last.get('sites_completed', []))} sites answered" + (
-                    f", [red]{len(failed)} failed[/red]" if failed else "")
-            bar.update(task, completed=st["current_round"], info=info)
-            if st["status"] in ("completed", "failed", "cancelled"):
-                break
-            time.sleep(poll)
+    """Progress bar until the study ends; exit 1 unless it completed."""
+    with StudyProgress(console) as bar:
+        st = watch(client, study_id, on_status=bar, poll=poll)
     if st["status"] != "completed":
         raise fail(FedcareError(f"study {study_id} {st['status']}: {st.get('error')}"), 1)
     return st

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from fedcare.data.dataset import SiteData, TaskType
+from fedcare.core.dataset import SiteData, TaskType
 from fedcare.data.table import Table
 
 if TYPE_CHECKING:

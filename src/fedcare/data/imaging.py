@@ -36,8 +36,8 @@ from typing import Any, Final
 
 import numpy as np
 
+from fedcare.core.dataset import SiteData, TaskType
 from fedcare.core.errors import DataError
-from fedcare.data.dataset import SiteData, TaskType
 
 SUFFIXES: Final = (".dcm", ".dicom", ".nii", ".nii.gz")
 

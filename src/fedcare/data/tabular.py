@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from fedcare.core.dataset import TaskType
 from fedcare.core.errors import DataError
-from fedcare.data.dataset import TaskType
 from fedcare.data.table import Table
 
 _CSV_SUFFIXES = (".csv", ".csv.gz")

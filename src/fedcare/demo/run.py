@@ -24,6 +24,7 @@ from rich.console import Console
 
 from fedcare.core.errors import FedcareError
 from fedcare.demo.hospitals import DATASET, DemoSite, write_hospitals
+from fedcare.reporting.progress import StudyProgress
 
 ROUNDS = 20
 
@@ -94,7 +95,7 @@ def study_config(features: list[str], label: str, contract_hash: str) -> dict[st
 
 
 def run_demo(out: Path, console: Console) -> dict[str, Any]:
-    from fedcare.cli.network import HubClient, follow
+    from fedcare.client import HubClient, watch
     from fedcare.data.contract import contract_hash, feature_columns, load_contract
     from fedcare.hub.provisioning import create_federation
 
@@ -133,7 +134,10 @@ def run_demo(out: Path, console: Console) -> dict[str, Any]:
         console.print(f"Submitted study {doc['study_id']} (content hash "
                       f"{doc['config_hash'][:16]}..., secure aggregation) to "
                       f"{', '.join(doc['sites'])}")
-        follow(client, doc["study_id"], poll=0.3)
+        with StudyProgress(console) as bar:
+            final = watch(client, doc["study_id"], on_status=bar, poll=0.3)
+        if final["status"] != "completed":
+            raise FedcareError(f"the demo study {final['status']}: {final.get('error')}")
         history = json.loads(client.call(
             "GET", f"/v1/studies/{doc['study_id']}/artifacts/history.json").content)
         model = client.call("GET", f"/v1/studies/{doc['study_id']}/artifacts/model.safetensors")

@@ -15,16 +15,16 @@ from typing import Any
 
 import numpy as np
 
+from fedcare.core.dataset import SiteData
 from fedcare.core.errors import FedcareError, ProtocolError, ValidationError
+from fedcare.core.learning import Learner
 from fedcare.core.messages import ErrorReply, Task, TaskKind, Update, UpdateKind
 from fedcare.core.params import ArraySpec, Parameters, ParamSpec
 from fedcare.core.seeds import site_round_seed
 from fedcare.core.wire import decode_task, encode_error, encode_update
-from fedcare.data.dataset import SiteData
 from fedcare.engine.privacy import SitePrivacy
 from fedcare.engine.secure import SecureSite, contribution, delta_contribution
 from fedcare.engine.site_state import SiteStateStore
-from fedcare.learners.base import Learner
 from fedcare.strategies import site_algorithm
 
 #: Task aux entry carrying the federation-wide feature ``mean`` and ``std``.

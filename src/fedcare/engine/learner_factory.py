@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedcare.config import FederatedData, StudyConfig
-from fedcare.data.dataset import SiteData, TaskType
-from fedcare.learners.base import Learner
+from fedcare.core.dataset import SiteData, TaskType
+from fedcare.core.learning import Learner
 
 
 @dataclass(frozen=True)
@@ -49,11 +49,11 @@ def make_learner(cfg: StudyConfig, shape: ModelShape, *, rows: int | None = None
     m = cfg.model
     dp = None
     if cfg.privacy.mode == "dp_sgd" and rows is not None:
-        from fedcare.config import derive_noise
+        from fedcare.engine.assembly import derive_noise
         from fedcare.learners.torch_learner import DpSgdOptions
 
         dp = DpSgdOptions(derive_noise(cfg, rows), cfg.privacy.clip, seeded=seeded)
-    if m.name == "sgd_linear":
+    if m.capabilities.backend == "sklearn":
         from fedcare.learners.sklearn_learner import SklearnLinearLearner
 
         return SklearnLinearLearner(shape.input_shape[0], shape.task,
@@ -61,4 +61,4 @@ def make_learner(cfg: StudyConfig, shape: ModelShape, *, rows: int | None = None
     from fedcare.learners.torch_learner import TorchLearner
 
     return TorchLearner.from_zoo(m.name, shape.input_shape, shape.num_outputs, shape.task,
-                                 m.options(), cfg.study.seed, dp=dp)
+                                 m, cfg.study.seed, dp=dp)

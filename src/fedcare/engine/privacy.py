@@ -263,7 +263,7 @@ class HubPrivacy:
 def hub_privacy(cfg: Any, n_sites: int) -> HubPrivacy | None:
     """The hub's half for a study config (None without DP). For DP-SGD the hub never needs
     the noise itself (each site derives and reports its own), only the mechanism and delta."""
-    from fedcare.config import privacy_spec
+    from fedcare.engine.assembly import privacy_spec
 
     p = cfg.privacy
     if p.mode == "none":
@@ -280,7 +280,7 @@ def hub_privacy(cfg: Any, n_sites: int) -> HubPrivacy | None:
 def site_privacy(cfg: Any, rows: int, n_sites: int, ledger: Any | None = None
                  ) -> SitePrivacy | None:
     """The site's half for a study config; None when neither DP nor a ledger applies."""
-    from fedcare.config import privacy_spec
+    from fedcare.engine.assembly import privacy_spec
 
     spec = privacy_spec(cfg, rows, n_sites=n_sites) if cfg.privacy.mode != "none" else None
     if spec is None and ledger is None:

@@ -77,6 +77,11 @@ class RoundEngine:
                  privacy: HubPrivacy | None = None) -> None:
         if not sites:
             raise FedcareError("a study needs at least one site")
+        if secure is not None and not strategy.capabilities.aggregates_a_sum:
+            # Under secure aggregation the stack holds one row, the sum; a strategy that needs
+            # each site's update would silently aggregate that sum instead.
+            raise FedcareError(f"strategy {strategy.name} needs each site's update and cannot "
+                               "run under secure aggregation")
         self.settings = settings
         self.strategy = strategy
         self.transport = transport

@@ -57,7 +57,7 @@ from fedcare.hub.store import (
     WrongSite,
 )
 from fedcare.hub.transport import HubTransport
-from fedcare.strategies.factory import build_strategy
+from fedcare.strategies import build_strategy
 
 log = logging.getLogger("fedcare.hub")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-from fedcare.learners.base import FitResult, Learner
+from fedcare.core.learning import FitResult, Learner
 
 _LAZY = {"MODEL_NAMES": "models", "build_model": "models",
          "SklearnLinearLearner": "sklearn_learner", "TorchLearner": "torch_learner"}

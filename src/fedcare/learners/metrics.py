@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedcare.data.dataset import TaskType
+from fedcare.core.dataset import TaskType
 
 
 def binary_auc(labels: np.ndarray, scores: np.ndarray) -> float:

@@ -12,105 +12,29 @@ GroupNorm / LayerNorm normalise per example instead.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
 from fedcare.core.errors import ConfigError
+from fedcare.learners.options import ModelOptions, all_models, model_options
 
-MODEL_NAMES: tuple[str, ...] = ("logreg", "mlp", "cnn", "lstm", "gru", "transformer")
-
-
-# ------------------------------------------------------------------------------ option parsing
-def _positive_int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError("must be a positive integer")
-    return int(value)
-
-
-def _int_list(value: Any) -> list[int]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = [value]
-    if not isinstance(value, (list, tuple)) or not value:
-        raise ValueError("must be a non-empty list of positive integers")
-    return [_positive_int(v) for v in value]
-
-
-def _single_int(value: Any) -> int:
-    if isinstance(value, (list, tuple)) and len(value) == 1:
-        value = value[0]
-    return _positive_int(value)
-
-
-def _rate(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise ValueError("must be a number in [0, 1)")
-    return float(value)
-
-
-@dataclass(frozen=True)
-class _Option:
-    default: Any
-    parse: Callable[[Any], Any]
-    help: str
-
-
-_OPTIONS: dict[str, dict[str, _Option]] = {
-    "logreg": {},
-    "mlp": {
-        "hidden": _Option([64], _int_list, "hidden layer sizes"),
-        "dropout": _Option(0.0, _rate, "dropout after each hidden layer"),
-    },
-    "cnn": {"channels": _Option([16, 32], _int_list, "output channels per conv block")},
-    "lstm": {
-        "hidden": _Option(64, _single_int, "hidden size"),
-        "layers": _Option(1, _positive_int, "stacked layers"),
-        "dropout": _Option(0.0, _rate, "dropout between stacked layers"),
-    },
-    "transformer": {
-        "d_model": _Option(32, _positive_int, "token width"),
-        "heads": _Option(4, _positive_int, "attention heads (must divide d_model)"),
-        "layers": _Option(2, _positive_int, "encoder layers"),
-        "dropout": _Option(0.0, _rate, "dropout inside the encoder"),
-    },
-}
-_OPTIONS["gru"] = _OPTIONS["lstm"]
-
-_SUMMARY = {
-    "logreg": "logistic/linear regression: one nn.Linear on flat (n, F) input",
-    "mlp": "multi-layer perceptron with ReLU on flat (n, F) input (higher ranks are flattened)",
-    "cnn": "2-D CNN for (n, C, H, W) images: conv + GroupNorm + ReLU + max-pool blocks",
-    "lstm": "LSTM over (n, T, F) sequences, classifies from the last hidden state",
-    "gru": "GRU over (n, T, F) sequences, classifies from the last hidden state",
-    "transformer": "transformer encoder; features (n, F) or time steps (n, T, F) are tokens",
-}
+#: The PyTorch zoo: every registered model the torch backend builds.
+MODEL_NAMES: tuple[str, ...] = tuple(
+    n for n, o in all_models().items() if o.capabilities.backend == "torch")
 
 
 def describe_options() -> dict[str, str]:
-    """One line per model (name -> description and options with defaults), for CLI help."""
+    """One line per zoo model (name -> description and options with defaults), for CLI help."""
     out = {}
     for name in MODEL_NAMES:
-        opts = ", ".join(f"{k}={o.default!r} ({o.help})" for k, o in _OPTIONS[name].items())
-        out[name] = f"{_SUMMARY[name]}; options: {opts or 'none'}"
+        cls = all_models()[name]
+        opts = ", ".join(f"{k}={f.default!r} ({(f.description or '').split(': ', 1)[-1]})"
+                         for k, f in cls.model_fields.items() if k != "name")
+        out[name] = f"{cls.summary}; options: {opts or 'none'}"
     return out
-
-
-def _parse_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    spec = _OPTIONS[name]
-    problems = [f"model {name!r} has no option {k!r}; valid options: {sorted(spec) or 'none'}"
-                for k in options if k not in spec]
-    parsed = {}
-    for key, opt in spec.items():
-        try:
-            parsed[key] = opt.parse(options.get(key, opt.default))
-        except ValueError as exc:
-            problems.append(f"model option {key}={options.get(key)!r} {exc}")
-    if problems:
-        raise ConfigError(problems)
-    return parsed
 
 
 def _expect_rank(name: str, input_shape: tuple[int, ...], ranks: tuple[int, ...],
@@ -224,17 +148,18 @@ def _construct(name: str, shape: tuple[int, ...], out: int, o: dict[str, Any]) -
 
 
 def build_model(name: str, input_shape: tuple[int, ...], num_outputs: int,
-                options: Mapping[str, Any], seed: int) -> nn.Module:
+                options: Mapping[str, Any] | ModelOptions, seed: int) -> nn.Module:
     """Build zoo model ``name`` for per-example ``input_shape``, initialised from ``seed``.
 
     ``logreg`` is exactly ``nn.Linear(features, num_outputs)`` built right after
     ``torch.manual_seed(seed)``. The caller's global RNG state is left untouched.
     """
-    if name not in _OPTIONS:
+    if name not in MODEL_NAMES:
         raise ConfigError(f"unknown model {name!r}; valid models: {', '.join(MODEL_NAMES)}")
     if isinstance(num_outputs, bool) or not isinstance(num_outputs, int) or num_outputs < 1:
         raise ConfigError(f"num_outputs must be a positive integer, got {num_outputs!r}")
-    parsed = _parse_options(name, options)
+    parsed = (options if isinstance(options, ModelOptions)
+              else model_options(name, dict(options))).options()
     shape = tuple(int(d) for d in input_shape)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

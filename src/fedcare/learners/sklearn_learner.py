@@ -1,4 +1,4 @@
-"""A scikit-learn linear model as a :class:`~fedcare.learners.base.Learner`.
+"""A scikit-learn linear model as a :class:`~fedcare.core.learning.Learner`.
 
 ``SGDClassifier(loss="log_loss")`` (logistic regression, one-vs-rest for more than two
 classes) or ``SGDRegressor`` trained with ``partial_fit``. Its weights are plain arrays,
@@ -18,11 +18,11 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.linear_model import SGDClassifier, SGDRegressor
 
+from fedcare.core.dataset import TaskType
 from fedcare.core.errors import ConfigError, DataError, ValidationError
+from fedcare.core.learning import FitResult
 from fedcare.core.messages import TrainConfig
 from fedcare.core.params import Parameters
-from fedcare.data.dataset import TaskType
-from fedcare.learners.base import FitResult
 from fedcare.learners.metrics import task_metrics
 
 

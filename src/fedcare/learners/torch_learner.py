@@ -1,4 +1,4 @@
-"""A :class:`~fedcare.learners.base.Learner` for any PyTorch module.
+"""A :class:`~fedcare.core.learning.Learner` for any PyTorch module.
 
 The learner holds one model and is handed weights and a site's arrays on every call, so a
 process simulating many sites keeps one model. ``fit`` is the simulation's hot path (tens of
@@ -36,12 +36,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fedcare.core.dataset import TaskType
 from fedcare.core.errors import ConfigError, DataError, ValidationError
+from fedcare.core.learning import FitResult
 from fedcare.core.messages import TrainConfig
 from fedcare.core.params import Parameters, ParamSpec, check_finite
-from fedcare.data.dataset import TaskType
-from fedcare.learners.base import FitResult
 from fedcare.learners.metrics import task_metrics
+from fedcare.learners.options import ModelOptions
 
 #: Rows per forward pass in ``evaluate`` (bounds memory on large test sets).
 EVAL_BATCH = 4096
@@ -222,12 +223,14 @@ class TorchLearner:
 
     @classmethod
     def from_zoo(cls, model_name: str, input_shape: tuple[int, ...], num_outputs: int,
-                 task: TaskType, options: Mapping[str, Any] | None = None, seed: int = 0, *,
+                 task: TaskType, options: Mapping[str, Any] | ModelOptions | None = None,
+                 seed: int = 0, *,
                  threads: int | None = None, dp: DpSgdOptions | None = None) -> TorchLearner:
         """A learner around :func:`fedcare.learners.models.build_model`'s ``model_name``."""
         from fedcare.learners.models import build_model
 
-        model = build_model(model_name, input_shape, num_outputs, options or {}, seed)
+        model = build_model(model_name, input_shape, num_outputs,
+                            {} if options is None else options, seed)
         learner = cls(model, task, name=model_name, threads=threads, dp=dp)
         learner.input_shape = tuple(int(d) for d in input_shape)
         return learner

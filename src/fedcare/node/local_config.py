@@ -26,11 +26,13 @@ Without ``[privacy]`` the site keeps no budget (and says so when the node starts
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any
 
-from fedcare.core.errors import ConfigError
+from pydantic import Discriminator, Field, Tag, TypeAdapter, field_validator
+
+from fedcare.core.settings import Section, load_toml
 
 
 @dataclass(frozen=True)
@@ -63,73 +65,89 @@ class NodeData:
         return self.approve_any or config_hash in self.approved
 
 
+# --- the file's schema: one declaration per kind of dataset ----------------------------------
+class _TableDataset(Section):
+    path: str = Field(min_length=1, description="A .csv, .csv.gz or .parquet table.")
+
+
+class _ClinicalDataset(Section):
+    source: str = Field(min_length=1, description="The site source file (format, paths).")
+    contract: str = Field(min_length=1, description="The data contract it is checked against.")
+
+
+class _ImageDataset(Section):
+    images: str = Field(min_length=1, description="Folder of DICOM or NIfTI images.")
+    labels: str = Field(min_length=1, description="CSV with columns file,label.")
+
+
+def _dataset_kind(value: Any) -> str:
+    """Which kind of dataset an entry is, from the key that only that kind has."""
+    if isinstance(value, dict):
+        if "images" in value:
+            return "images"
+        if "source" in value or "contract" in value:
+            return "clinical"
+    return "table"
+
+
+_Dataset = Annotated[
+    Annotated[_TableDataset, Tag("table")] | Annotated[_ClinicalDataset, Tag("clinical")]
+    | Annotated[_ImageDataset, Tag("images")],
+    Discriminator(_dataset_kind),
+]
+
+
+class _Approval(Section):
+    studies: Any = Field(default_factory=list, description=(
+        "Content hashes of the studies the site approves, or \"any\" (demos only)."))
+
+    @field_validator("studies")
+    @classmethod
+    def _hashes_or_any(cls, value: Any) -> list[str] | str:
+        if value == "any" or (isinstance(value, list) and all(isinstance(v, str)
+                                                                for v in value)):
+            return value  # type: ignore[no-any-return]
+        raise ValueError('must be a list of study content hashes, or "any"')
+
+
+class _Privacy(Section):
+    policy: str = Field(min_length=1, description="The site's privacy budget file.")
+
+
+class _NodeFile(Section):
+    datasets: dict[str, _Dataset] = Field(min_length=1, description=(
+        "[datasets.NAME]: path = TABLE, or source + contract, or images + labels."))
+    approval: _Approval = Field(default_factory=_Approval)
+    privacy: _Privacy | None = None
+
+
+_FILE = TypeAdapter(_NodeFile)
+
+
 def load_node_data(path: Path) -> NodeData:
+    """Read the site's node data file; paths in it are relative to the file."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"node data config {path} does not exist")
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"cannot parse {path.name}: {exc}", source=str(path)) from exc
-    problems: list[str] = []
-    unknown = set(doc) - {"datasets", "approval", "privacy"}
-    if unknown:
-        problems.append(f"unknown sections {sorted(unknown)}")
+    doc: _NodeFile = load_toml(path, _FILE, what="node data config",
+                               tags={"table", "clinical", "images"})
+    here = path.parent
+
+    def local(p: str) -> Path:
+        return (here / p).resolve()
+
     datasets: dict[str, Path] = {}
     clinical: dict[str, ClinicalSource] = {}
-    raw = doc.get("datasets", {})
-    if not isinstance(raw, dict) or not raw:
-        problems.append("[datasets] must name at least one dataset: [datasets.NAME] path = ...")
-        raw = {}
     images: dict[str, ImageFolder] = {}
-    for name, entry in raw.items():
-        if isinstance(entry, dict) and "images" in entry:
-            if not (isinstance(entry.get("images"), str)
-                    and isinstance(entry.get("labels"), str)) or set(entry) - {"images",
-                                                                               "labels"}:
-                problems.append(f"datasets.{name}: an image dataset takes images = FOLDER and "
-                                "labels = CSV")
-                continue
-            images[name] = ImageFolder((path.parent / entry["images"]).resolve(),
-                                       (path.parent / entry["labels"]).resolve())
+    for name, entry in doc.datasets.items():
+        if isinstance(entry, _ImageDataset):
+            images[name] = ImageFolder(local(entry.images), local(entry.labels))
             datasets[name] = images[name].labels
-            continue
-        if isinstance(entry, dict) and "source" in entry:
-            if not (isinstance(entry.get("source"), str)
-                    and isinstance(entry.get("contract"), str)):
-                problems.append(f"datasets.{name}: source and contract must both be paths")
-                continue
-            extra = set(entry) - {"source", "contract"}
-            if extra:
-                problems.append(f"unknown keys in datasets.{name}: {sorted(extra)}")
-            clinical[name] = ClinicalSource((path.parent / entry["source"]).resolve(),
-                                            (path.parent / entry["contract"]).resolve())
+        elif isinstance(entry, _ClinicalDataset):
+            clinical[name] = ClinicalSource(local(entry.source), local(entry.contract))
             datasets[name] = clinical[name].source
-            continue
-        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
-            problems.append(f"datasets.{name}.path must be a string (or give source and "
-                            "contract)")
-            continue
-        extra = set(entry) - {"path"}
-        if extra:
-            problems.append(f"unknown keys in datasets.{name}: {sorted(extra)}")
-        datasets[name] = (path.parent / entry["path"]).resolve()
-    policy = None
-    priv = doc.get("privacy")
-    if priv is not None:
-        if not isinstance(priv, dict) or not isinstance(priv.get("policy"), str) or (
-                set(priv) - {"policy"}):
-            problems.append("[privacy] takes one key: policy = \"privacy.toml\"")
         else:
-            policy = (path.parent / priv["policy"]).resolve()
-    approval = doc.get("approval", {})
-    studies = approval.get("studies", []) if isinstance(approval, dict) else None
-    if studies != "any" and not (isinstance(studies, list)
-                                 and all(isinstance(s, str) for s in studies)):
-        problems.append("approval.studies must be a list of study hashes or \"any\"")
-        studies = []
-    if problems:
-        raise ConfigError(problems, source=str(path))
-    return NodeData(datasets, studies == "any", frozenset(studies if isinstance(studies, list)
-                                                          else []), clinical=clinical,
-                    images=images, privacy_policy=policy)
+            datasets[name] = local(entry.path)
+    studies = doc.approval.studies
+    return NodeData(datasets, studies == "any",
+                    frozenset(studies if isinstance(studies, list) else []),
+                    clinical=clinical, images=images,
+                    privacy_policy=local(doc.privacy.policy) if doc.privacy else None)

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 
 from fedcare.config import FederatedData
+from fedcare.core.dataset import SiteData, TaskType
 from fedcare.core.errors import DataError
 from fedcare.core.seeds import site_round_seed
-from fedcare.data.dataset import SiteData, TaskType
 from fedcare.data.quality import to_json
 
 

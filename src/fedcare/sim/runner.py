@@ -17,12 +17,13 @@ from typing import Any
 
 from fedcare import __version__
 from fedcare.config import FederatedData, StudyConfig, content_hash, load_config, parse_config
+from fedcare.core.dataset import SiteData, TaskType
 from fedcare.core.errors import ConfigError, FedcareError
 from fedcare.core.files import atomic_write
+from fedcare.core.learning import Learner
 from fedcare.core.messages import TrainConfig
 from fedcare.core.params import Parameters
 from fedcare.core.wire import save_parameters
-from fedcare.data.dataset import SiteData, TaskType
 from fedcare.engine.checkpoints import CheckpointStore
 from fedcare.engine.executor import SiteExecutor
 from fedcare.engine.history import History, RoundRecord, save_history
@@ -30,9 +31,8 @@ from fedcare.engine.learner_factory import ModelShape, make_learner
 from fedcare.engine.privacy import hub_privacy, site_privacy
 from fedcare.engine.round_engine import EngineSettings, RoundEngine
 from fedcare.engine.secure import SecureAggregator, SecureSettings, SecureSite
-from fedcare.learners.base import Learner
 from fedcare.sim.sites import build_sites, pooled
-from fedcare.strategies.factory import build_strategy
+from fedcare.strategies import build_strategy
 from fedcare.strategies.fedavg import FedAvg
 from fedcare.transport.inmemory import InMemoryTransport
 

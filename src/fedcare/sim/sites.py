@@ -21,9 +21,9 @@ from fedcare.config import (
     PooledFileData,
     SyntheticData,
 )
+from fedcare.core.dataset import SiteData, TaskType
 from fedcare.core.errors import DataError
 from fedcare.core.seeds import site_round_seed
-from fedcare.data.dataset import SiteData, TaskType
 from fedcare.data.table import Table
 
 

@@ -16,34 +16,50 @@ are pure functions over flat numpy vectors so they can be checked against the fo
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
 from fedcare.core.errors import ConfigError
 from fedcare.core.messages import UpdateKind
 from fedcare.core.params import Parameters
 from fedcare.strategies.aggregate import UpdateStack
-from fedcare.strategies.base import SamplingOptions, Strategy, averaged_model
+from fedcare.strategies.base import (
+    Capabilities,
+    SamplingOptions,
+    Strategy,
+    StrategyOptions,
+    averaged_model,
+    own_options,
+)
+from fedcare.strategies.registry import register
 
 
-@dataclass(frozen=True)
-class FedOptOptions:
-    server_lr: float = 0.01
-    beta1: float = 0.9
-    beta2: float = 0.99
-    tau: float = 1e-3
+class FedOptOptions(StrategyOptions):
+    """Options of the three adaptive server optimizers (one ``name`` each below)."""
 
-    def __post_init__(self) -> None:
-        problems = []
-        if not self.server_lr > 0:
-            problems.append("strategy.server_lr must be > 0")
-        if not 0 <= self.beta1 < 1 or not 0 <= self.beta2 < 1:
-            problems.append("strategy.beta1 and strategy.beta2 must be in [0, 1)")
-        if not self.tau > 0:
-            problems.append("strategy.tau must be > 0")
-        if problems:
-            raise ConfigError(problems)
+    name: Literal["fedadam", "fedyogi", "fedadagrad"] = Field(
+        "fedadam", description="Adaptive server optimizers (Reddi et al. 2021).")
+    server_lr: float = Field(0.01, gt=0, le=1e3, allow_inf_nan=False,
+                             description="Server learning rate.")
+    beta1: float = Field(0.9, ge=0, lt=1, description="First-moment decay beta1.")
+    beta2: float = Field(0.99, ge=0, lt=1, description="Second-moment decay beta2.")
+    tau: float = Field(1e-3, gt=0, le=1e3, allow_inf_nan=False,
+                       description="Adaptivity tau (also the initial sqrt(v)).")
+
+
+class FedAdamOptions(FedOptOptions):
+    name: Literal["fedadam"] = Field("fedadam", description="FedAdam (Reddi et al. 2021).")
+
+
+class FedYogiOptions(FedOptOptions):
+    name: Literal["fedyogi"] = Field("fedyogi", description="FedYogi (Reddi et al. 2021).")
+
+
+class FedAdagradOptions(FedOptOptions):
+    name: Literal["fedadagrad"] = Field("fedadagrad",
+                                        description="FedAdagrad (Reddi et al. 2021).")
 
 
 def adagrad_v(v: np.ndarray, delta: np.ndarray, beta2: float) -> np.ndarray:
@@ -76,6 +92,7 @@ class FedOpt(Strategy):
 
     name = "fedopt"
     v_rule = "adam"
+    capabilities = Capabilities(server_state=True)
 
     def __init__(self, options: FedOptOptions | None = None,
                  sampling: SamplingOptions | None = None) -> None:
@@ -83,6 +100,11 @@ class FedOpt(Strategy):
         self.options = options or FedOptOptions()
         self._m: np.ndarray | None = None
         self._v: np.ndarray | None = None
+
+    @classmethod
+    def from_options(cls, options: StrategyOptions, *, num_sites: int) -> Strategy:
+        own = own_options(options, FedOptOptions)
+        return cls(own, own.sampling())
 
     def initialize(self, parameters: Parameters) -> None:
         x = parameters.flatten(np.result_type(np.float32, *parameters.values()))
@@ -112,16 +134,28 @@ class FedOpt(Strategy):
         self._v = np.array(state["v"])
 
 
+@register
 class FedAdagrad(FedOpt):
+    """FedAdagrad: an Adagrad step on the averaged change, at the server (Reddi et al. 2021)."""
+
     name = "fedadagrad"
+    Options = FedAdagradOptions
     v_rule = "adagrad"
 
 
+@register
 class FedAdam(FedOpt):
+    """FedAdam: an Adam step on the averaged change, at the server (Reddi et al. 2021)."""
+
     name = "fedadam"
+    Options = FedAdamOptions
     v_rule = "adam"
 
 
+@register
 class FedYogi(FedOpt):
+    """FedYogi: a Yogi step on the averaged change, at the server (Reddi et al. 2021)."""
+
     name = "fedyogi"
+    Options = FedYogiOptions
     v_rule = "yogi"

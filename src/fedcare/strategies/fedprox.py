@@ -6,30 +6,44 @@ which the learner applies to every gradient. It limits client drift on heterogen
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal
 
-from fedcare.core.errors import ConfigError
+from pydantic import Field
+
 from fedcare.core.messages import TrainConfig
-from fedcare.strategies.base import SamplingOptions, with_mu
+from fedcare.strategies.base import (
+    SamplingOptions,
+    Strategy,
+    StrategyOptions,
+    own_options,
+    with_mu,
+)
 from fedcare.strategies.fedavg import FedAvg
+from fedcare.strategies.registry import register
 
 
-@dataclass(frozen=True)
-class FedProxOptions:
-    mu: float = 0.01
-
-    def __post_init__(self) -> None:
-        if not self.mu > 0:
-            raise ConfigError("strategy.mu must be > 0 for FedProx (mu = 0 is FedAvg)")
+class FedProxOptions(StrategyOptions):
+    name: Literal["fedprox"] = Field("fedprox", description="FedProx (Li et al. 2020).")
+    mu: float = Field(0.01, gt=0, le=1e4, allow_inf_nan=False, description=(
+        "Proximal coefficient mu (> 0; mu = 0 is FedAvg)."))
 
 
+@register
 class FedProx(FedAvg):
+    """FedProx: FedAvg whose sites add a proximal term mu/2 ||w - w_global||^2 (Li et al. 2020)."""
+
     name = "fedprox"
+    Options = FedProxOptions
 
     def __init__(self, options: FedProxOptions | None = None,
                  sampling: SamplingOptions | None = None) -> None:
         super().__init__(sampling)
         self.options = options or FedProxOptions()
+
+    @classmethod
+    def from_options(cls, options: StrategyOptions, *, num_sites: int) -> Strategy:
+        own = own_options(options, FedProxOptions)
+        return cls(own, own.sampling())
 
     def train_config(self, base: TrainConfig) -> TrainConfig:
         return with_mu(base, self.options.mu)

@@ -14,32 +14,47 @@ over the sampled set S, as in the paper). Option II assumes plain SGD locally: u
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
 from fedcare.core.errors import ConfigError, ValidationError
+from fedcare.core.learning import FitResult
 from fedcare.core.messages import TrainConfig, UpdateKind
 from fedcare.core.params import Parameters, ParamSpec
-from fedcare.learners.base import FitResult
 from fedcare.strategies.aggregate import UpdateStack
-from fedcare.strategies.base import SamplingOptions, SiteAlgorithm, Strategy, averaged_model
+from fedcare.strategies.base import (
+    Capabilities,
+    SamplingOptions,
+    SiteAlgorithm,
+    Strategy,
+    StrategyOptions,
+    averaged_model,
+    own_options,
+)
+from fedcare.strategies.registry import register
 
 CONTROL = "c"        # the server control variate, sent with each task
 DELTA_CONTROL = "dc"  # a site's change of its own control variate, returned with its update
 
 
-@dataclass(frozen=True)
-class ScaffoldOptions:
-    server_lr: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not self.server_lr > 0:
-            raise ConfigError("strategy.server_lr must be > 0")
+class ScaffoldOptions(StrategyOptions):
+    name: Literal["scaffold"] = Field("scaffold",
+                                      description="SCAFFOLD (Karimireddy et al. 2020).")
+    server_lr: float = Field(1.0, gt=0, le=1e3, allow_inf_nan=False,
+                             description="Server learning rate.")
 
 
+@register
 class Scaffold(Strategy):
+    """SCAFFOLD: control variates remove client drift on non-IID sites (Karimireddy et al. 2020)."""
+
     name = "scaffold"
+    Options = ScaffoldOptions
+    # Each site's control-variate change travels beside its update, outside the secure sum
+    # and without DP noise: SCAFFOLD works with neither.
+    capabilities = Capabilities(aggregates_a_sum=False, site_level_dp=False, server_state=True)
 
     def __init__(self, options: ScaffoldOptions | None = None,
                  sampling: SamplingOptions | None = None, num_sites: int = 1) -> None:
@@ -47,6 +62,11 @@ class Scaffold(Strategy):
         self.options = options or ScaffoldOptions()
         self.num_sites = num_sites
         self._c: Parameters | None = None
+
+    @classmethod
+    def from_options(cls, options: StrategyOptions, *, num_sites: int) -> Strategy:
+        own = own_options(options, ScaffoldOptions)
+        return cls(own, own.sampling(), num_sites=num_sites)
 
     def initialize(self, parameters: Parameters) -> None:
         self._c = Parameters({k: np.zeros_like(v) for k, v in parameters.items()})
@@ -116,3 +136,6 @@ class ScaffoldSite(SiteAlgorithm):
             new_state[f"c_i/{name}"] = c_i_new
             dc[name] = c_i_new - c_i
         return {DELTA_CONTROL: Parameters(dc)}, new_state
+
+
+Scaffold.site_half = ScaffoldSite()

@@ -19,32 +19,30 @@ The FHIR reader (:mod:`fedcare.data.adapters.fhir`) is imported only when used.
 from __future__ import annotations
 
 import datetime as dt
+from abc import abstractmethod
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, ClassVar, Literal
 
-import pydantic
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, TypeAdapter
 
 from fedcare.core.errors import ConfigError
-from fedcare.core.files import read_toml
+from fedcare.core.settings import Section, load_toml
 from fedcare.data.adapters.canonical import CanonicalRecords
 from fedcare.data.harmonize.codes import SiteMapping
 
 
-class SiteSource(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class SourceBase(Section):
+    """What every source file says, whatever its format; each format declares its own keys
+    (one class below each), so a key of another format is refused by name."""
 
-    site: str = Field("site", min_length=1, max_length=100)
-    format: Literal["csv", "omop", "fhir"]
-    paths: tuple[Path, ...] = ()
-    mapping: Path | None = None
-    persons: Path | None = None
-    events: tuple[Path, ...] = ()
-    omop: Path | None = None
-    source_vocabulary: dict[str, str] = Field(default_factory=dict)
-    code_mapping: Path | None = None
-    index_date: dt.date | None = None
+    site: str = Field("site", min_length=1, max_length=100, description=(
+        "The site's name, shown in quality reports."))
+    code_mapping: Path | None = Field(None, description=(
+        "Optional CSV mapping the site's local codes to standard ones (harmonize.codes)."))
+    index_date: dt.date | None = Field(None, description=(
+        "For a contract with a fixed_date index rule that names no date."))
     base: Path = Field(Path("."), exclude=True)
+    summary: ClassVar[str] = ""
 
     def resolve(self, p: Path) -> Path:
         return p if p.is_absolute() else self.base / p
@@ -52,20 +50,20 @@ class SiteSource(BaseModel):
     def site_mapping(self) -> SiteMapping | None:
         return SiteMapping.load(self.resolve(self.code_mapping)) if self.code_mapping else None
 
+    @abstractmethod
     def load(self) -> CanonicalRecords:
-        """Run the configured adapter."""
-        if self.format == "omop":
-            from fedcare.data.adapters.omop import load_omop
+        """Run this format's adapter."""
 
-            if self.omop is None:
-                raise ConfigError("format 'omop' needs omop = <folder or .duckdb file>")
-            return load_omop(self.resolve(self.omop), source_vocabulary=self.source_vocabulary)
-        if self.format == "fhir":
-            from fedcare.data.adapters.fhir import load_fhir
 
-            if not self.paths:
-                raise ConfigError("format 'fhir' needs paths = [...]")
-            return load_fhir([self.resolve(p) for p in self.paths])
+class CsvSource(SourceBase):
+    summary: ClassVar[str] = "CSV or Parquet tables, wide or long, with a column mapping"
+    format: Literal["csv"] = Field(description="csv: tables read through a column mapping.")
+    mapping: Path = Field(description="csv: the column mapping TOML (see csv_adapter).")
+    paths: tuple[Path, ...] = Field((), description="csv wide: the tables.")
+    persons: Path | None = Field(None, description="csv long: the persons table.")
+    events: tuple[Path, ...] = Field((), description="csv long: the event tables.")
+
+    def load(self) -> CanonicalRecords:
         from fedcare.data.adapters.csv_adapter import (
             LongMapping,
             load_long,
@@ -73,8 +71,6 @@ class SiteSource(BaseModel):
             load_wide,
         )
 
-        if self.mapping is None:
-            raise ConfigError("format 'csv' needs mapping = <column mapping TOML>")
         m = load_mapping(self.resolve(self.mapping))
         if isinstance(m, LongMapping):
             if self.persons is None or not self.events:
@@ -86,11 +82,39 @@ class SiteSource(BaseModel):
         return load_wide([self.resolve(p) for p in self.paths], m)
 
 
-def load_source(path: str | Path) -> SiteSource:
+class OmopSource(SourceBase):
+    summary: ClassVar[str] = "OMOP CDM v5.4 tables (CSV/Parquet folder or a DuckDB file)"
+    format: Literal["omop"] = Field(description="omop: an OMOP CDM export.")
+    omop: Path = Field(description="omop: folder of CDM tables or a .duckdb file.")
+    source_vocabulary: dict[str, str] = Field(default_factory=dict, description=(
+        "omop: vocabulary of source codes per domain, e.g. { condition = \"ICD10CM\" }."))
+
+    def load(self) -> CanonicalRecords:
+        from fedcare.data.adapters.omop import load_omop
+
+        return load_omop(self.resolve(self.omop), source_vocabulary=self.source_vocabulary)
+
+
+class FhirSource(SourceBase):
+    summary: ClassVar[str] = "FHIR R4 Bundles or bulk NDJSON"
+    format: Literal["fhir"] = Field(description="fhir: FHIR R4 resources.")
+    paths: tuple[Path, ...] = Field(min_length=1, description=(
+        "fhir: Bundles, NDJSON files or folders of them."))
+
+    def load(self) -> CanonicalRecords:
+        from fedcare.data.adapters.fhir import load_fhir
+
+        return load_fhir([self.resolve(p) for p in self.paths])
+
+
+#: Every source format, declared once: the file's schema, its reference and its loader.
+SOURCE_FORMATS: tuple[type[SourceBase], ...] = (CsvSource, OmopSource, FhirSource)
+SiteSource = Annotated[CsvSource | OmopSource | FhirSource, Field(discriminator="format")]
+_ADAPTER: TypeAdapter[SiteSource] = TypeAdapter(SiteSource)
+
+
+def load_source(path: str | Path) -> SourceBase:
     p = Path(path)
-    raw = read_toml(p, "site source file")
-    try:
-        return SiteSource.model_validate({**raw, "base": p.parent})
-    except pydantic.ValidationError as exc:
-        raise ConfigError([f"'{'.'.join(map(str, e['loc']))}': {e['msg']}"
-                           for e in exc.errors()], source=str(p)) from None
+    source: SourceBase = load_toml(p, _ADAPTER, what="site source file",
+                                   tags={"csv", "omop", "fhir"}, extra={"base": p.parent})
+    return source

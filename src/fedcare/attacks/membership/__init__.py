@@ -8,17 +8,17 @@ attacker holding a model can tell the rows it was trained on from rows it never 
 
 from __future__ import annotations
 
-from fedcare.privacy.audit.attacks import balanced_membership, lira_scores, loss_scores
-from fedcare.privacy.audit.figure import html_fragment, roc_png
-from fedcare.privacy.audit.folders import (
+from fedcare.attacks.membership.attacks import balanced_membership, lira_scores, loss_scores
+from fedcare.attacks.membership.figure import html_fragment, roc_png
+from fedcare.attacks.membership.folders import (
     Candidates,
     RunFolder,
     candidates_of,
     load_run,
     study_privacy,
 )
-from fedcare.privacy.audit.roc import Roc, roc_curve, tpr_at_fpr
-from fedcare.privacy.audit.run import (
+from fedcare.attacks.membership.roc import Roc, roc_curve, tpr_at_fpr
+from fedcare.attacks.membership.run import (
     ATTACKS,
     AuditResult,
     AuditSettings,
@@ -26,7 +26,7 @@ from fedcare.privacy.audit.run import (
     audit_run,
     evaluate_attack,
 )
-from fedcare.privacy.audit.scores import confidence_logit, model_outputs, per_example_loss
+from fedcare.attacks.membership.scores import confidence_logit, model_outputs, per_example_loss
 
 __all__ = [
     "ATTACKS",

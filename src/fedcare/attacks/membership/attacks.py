@@ -1,7 +1,7 @@
 """Membership-inference attacks as pure functions from per-example statistics to scores.
 
 Every attack returns one score per candidate example; higher means "more likely a member".
-They are scored against the truth with :mod:`fedcare.privacy.audit.roc`.
+They are scored against the truth with :mod:`fedcare.attacks.membership.roc`.
 
 * **Loss threshold** (Yeom, Giacomelli, Fredrikson & Jha 2018, "Privacy Risk in Machine
   Learning: Analyzing the Connection to Overfitting"): members tend to have lower loss, so the

@@ -17,11 +17,11 @@ from collections.abc import Callable
 
 import numpy as np
 
+from fedcare.attacks.membership.attacks import balanced_membership
+from fedcare.attacks.membership.scores import confidence_logit, model_outputs
+from fedcare.core.dataset import TaskType
+from fedcare.core.learning import Learner
 from fedcare.core.messages import TrainConfig
-from fedcare.data.dataset import TaskType
-from fedcare.learners.base import Learner
-from fedcare.privacy.audit.attacks import balanced_membership
-from fedcare.privacy.audit.scores import confidence_logit, model_outputs
 
 ShadowProgress = Callable[[int, int], None]
 

@@ -1,6 +1,6 @@
 """Audit a finished study: can an attacker tell the rows it was trained on from held-out rows?
 
-The rows come from :mod:`fedcare.privacy.audit.folders`. The study's epsilon (if it ran with
+The rows come from :mod:`fedcare.attacks.membership.folders`. The study's epsilon (if it ran with
 differential privacy) is read from ``history.json`` and reported beside the attack's
 success: the guarantee and its empirical check side by side.
 """
@@ -16,18 +16,18 @@ from typing import Any
 
 import numpy as np
 
+from fedcare.attacks.membership.attacks import lira_scores, loss_scores
+from fedcare.attacks.membership.figure import html_fragment, roc_png
+from fedcare.attacks.membership.folders import Candidates, candidates_of, load_run, study_privacy
+from fedcare.attacks.membership.roc import roc_curve, tpr_at_fpr
+from fedcare.attacks.membership.scores import confidence_logit, model_outputs, per_example_loss
+from fedcare.attacks.membership.shadows import ShadowProgress, train_shadows
 from fedcare.config import StudyConfig
 from fedcare.core.errors import ConfigError, ValidationError
 from fedcare.core.files import atomic_write
+from fedcare.core.learning import Learner
 from fedcare.core.messages import TrainConfig
 from fedcare.core.params import Parameters
-from fedcare.learners.base import Learner
-from fedcare.privacy.audit.attacks import lira_scores, loss_scores
-from fedcare.privacy.audit.figure import html_fragment, roc_png
-from fedcare.privacy.audit.folders import Candidates, candidates_of, load_run, study_privacy
-from fedcare.privacy.audit.roc import roc_curve, tpr_at_fpr
-from fedcare.privacy.audit.scores import confidence_logit, model_outputs, per_example_loss
-from fedcare.privacy.audit.shadows import ShadowProgress, train_shadows
 
 ATTACKS = ("loss", "lira")
 LOW_FPRS = (0.01, 0.001)

@@ -20,10 +20,10 @@ import numpy as np
 from safetensors import SafetensorError
 
 from fedcare.config import FederatedData, StudyConfig, parse_config
+from fedcare.core.dataset import SiteData, TaskType
 from fedcare.core.errors import ConfigError, DataError, ValidationError
 from fedcare.core.params import Parameters
 from fedcare.core.wire import load_parameters
-from fedcare.data.dataset import SiteData, TaskType
 
 
 @dataclass(frozen=True)

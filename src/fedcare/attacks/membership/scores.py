@@ -12,10 +12,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fedcare.core.dataset import TaskType
 from fedcare.core.errors import ConfigError, DataError
+from fedcare.core.learning import Learner
 from fedcare.core.params import Parameters
-from fedcare.data.dataset import TaskType
-from fedcare.learners.base import Learner
 
 #: rows per forward pass
 BATCH = 4096

@@ -1,0 +1,201 @@
+"""Every model a study can name declares its options here, once (no torch import).
+
+Each model's ``[model]`` section is a :class:`ModelOptions` subclass registered with
+:func:`register_model`: the declaration gives the study config's discriminated union, the
+validation and its messages, the config reference and ``--help`` (with every model's summary),
+and :class:`ModelCapabilities` that the compatibility rules read (DP-SGD, backend) instead of a
+list of names. The layers themselves are built by the backend (:mod:`.models` for the PyTorch
+zoo, :mod:`.sklearn_learner`), which imports torch or scikit-learn only when a model is built:
+reading a study must not cost a torch import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, TypeVar
+
+from pydantic import Field, field_validator, model_validator
+
+from fedcare.core.errors import ConfigError
+from fedcare.core.settings import Section, literal_values
+
+#: Largest layer width / count any zoo option accepts (a typo of 10**9 units is refused at
+#: config time, not discovered as an out-of-memory at every site).
+MAX_WIDTH = 65_536
+MAX_LAYERS = 64
+
+
+@dataclass(frozen=True)
+class ModelCapabilities:
+    """``backend``: which learner trains it. ``dp_sgd``: Opacus computes its per-example
+    gradients (record-level DP-SGD). ``input``: the per-example input it takes, for messages."""
+
+    backend: Literal["torch", "sklearn"] = "torch"
+    dp_sgd: bool = False
+    input: str = "flat (n, features)"
+
+
+class ModelOptions(Section):
+    """The ``[model]`` section every model shares; subclasses narrow ``name``."""
+
+    name: str
+    summary: ClassVar[str] = ""
+    capabilities: ClassVar[ModelCapabilities] = ModelCapabilities()
+
+    def options(self) -> dict[str, Any]:
+        """The model's own options (everything but its name), as the builder takes them."""
+        return self.model_dump(exclude={"name"})
+
+
+M = TypeVar("M", bound=ModelOptions)
+_MODELS: dict[str, type[ModelOptions]] = {}
+
+
+def register_model(cls: type[M]) -> type[M]:
+    names = literal_values(cls.model_fields["name"].annotation)
+    if len(names) != 1 or not cls.summary:
+        raise TypeError(f"{cls.__qualname__} must narrow name to one Literal and set a summary")
+    if names[0] in _MODELS and _MODELS[names[0]] is not cls:
+        raise TypeError(f"model name {names[0]!r} is registered twice")
+    _MODELS[names[0]] = cls
+    return cls
+
+
+def all_models() -> dict[str, type[ModelOptions]]:
+    """Every registered model's options class by name (declaration order)."""
+    return dict(_MODELS)
+
+
+def model_options(name: str, options: dict[str, Any] | None = None) -> ModelOptions:
+    """Validate ``options`` for model ``name`` (the builder's entry point for tests and the
+    Python API; a study's section arrives validated already)."""
+    import pydantic
+
+    if name not in _MODELS:
+        raise ConfigError(f"unknown model {name!r}; valid models: {', '.join(_MODELS)}")
+    try:
+        return _MODELS[name].model_validate({"name": name, **(options or {})})
+    except pydantic.ValidationError as exc:
+        problems = []
+        for e in exc.errors():
+            key = ".".join(str(p) for p in e["loc"])
+            if e["type"] == "extra_forbidden":
+                valid = sorted(set(_MODELS[name].model_fields) - {"name"})
+                problems.append(f"model {name!r} has no option {key!r}; valid options: "
+                                f"{', '.join(valid) or 'none'}")
+            else:
+                problems.append(f"model option {key or name}: {e['msg']}")
+        raise ConfigError(problems) from None
+
+
+@register_model
+class LogregOptions(ModelOptions):
+    name: Literal["logreg"] = "logreg"
+    summary: ClassVar[str] = "logistic/linear regression: one nn.Linear on flat (n, F) input"
+    capabilities: ClassVar[ModelCapabilities] = ModelCapabilities(dp_sgd=True)
+
+
+def _sizes(value: Any) -> Any:
+    """A width list accepts one bare number too (``hidden = 64``)."""
+    return [value] if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+@register_model
+class MlpOptions(ModelOptions):
+    name: Literal["mlp"] = "mlp"
+    summary: ClassVar[str] = ("multi-layer perceptron with ReLU on flat (n, F) input (higher "
+                              "ranks are flattened)")
+    capabilities: ClassVar[ModelCapabilities] = ModelCapabilities(dp_sgd=True)
+    hidden: list[int] | int = Field([64], description="mlp: hidden layer sizes.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="mlp: dropout after each hidden layer.")
+
+    @field_validator("hidden")
+    @classmethod
+    def _check_hidden(cls, value: list[int] | int) -> list[int] | int:
+        sizes = _sizes(value)
+        if not sizes or any(not 1 <= h <= MAX_WIDTH for h in sizes) or len(sizes) > MAX_LAYERS:
+            raise ValueError(f"must be 1 to {MAX_LAYERS} layer sizes, each in 1..{MAX_WIDTH}")
+        return value
+
+    def options(self) -> dict[str, Any]:
+        return {"hidden": _sizes(self.hidden), "dropout": self.dropout}
+
+
+@register_model
+class CnnOptions(ModelOptions):
+    name: Literal["cnn"] = "cnn"
+    summary: ClassVar[str] = ("2-D CNN for (n, C, H, W) images: conv + GroupNorm + ReLU + "
+                              "max-pool blocks")
+    capabilities: ClassVar[ModelCapabilities] = ModelCapabilities(
+        dp_sgd=True, input="image (n, channels, height, width)")
+    channels: list[int] = Field([16, 32], min_length=1, max_length=MAX_LAYERS,
+                                description="cnn: output channels per conv block.")
+
+    @field_validator("channels")
+    @classmethod
+    def _check_channels(cls, value: list[int]) -> list[int]:
+        if any(not 1 <= c <= MAX_WIDTH for c in value):
+            raise ValueError(f"each must be in 1..{MAX_WIDTH}")
+        return value
+
+
+class _RecurrentOptions(ModelOptions):
+    capabilities: ClassVar[ModelCapabilities] = ModelCapabilities(
+        input="sequence (n, time, features)")
+    hidden: int | list[int] = Field(64, description="lstm/gru: hidden size.")
+    layers: int = Field(1, ge=1, le=MAX_LAYERS, description="lstm/gru: stacked layers.")
+    dropout: float = Field(0.0, ge=0, lt=1,
+                           description="lstm/gru: dropout between stacked layers.")
+
+    @field_validator("hidden")
+    @classmethod
+    def _check_hidden(cls, value: int | list[int]) -> int | list[int]:
+        size = value[0] if isinstance(value, list) and len(value) == 1 else value
+        if isinstance(size, list) or not 1 <= size <= MAX_WIDTH:
+            raise ValueError(f"must be one size in 1..{MAX_WIDTH}")
+        return value
+
+    def options(self) -> dict[str, Any]:
+        hidden = self.hidden[0] if isinstance(self.hidden, list) else self.hidden
+        return {"hidden": hidden, "layers": self.layers, "dropout": self.dropout}
+
+
+@register_model
+class LstmOptions(_RecurrentOptions):
+    name: Literal["lstm"] = "lstm"
+    summary: ClassVar[str] = "LSTM over (n, T, F) sequences, classifies from the last hidden state"
+
+
+@register_model
+class GruOptions(_RecurrentOptions):
+    name: Literal["gru"] = "gru"
+    summary: ClassVar[str] = "GRU over (n, T, F) sequences, classifies from the last hidden state"
+
+
+@register_model
+class TransformerOptions(ModelOptions):
+    name: Literal["transformer"] = "transformer"
+    summary: ClassVar[str] = ("transformer encoder; features (n, F) or time steps (n, T, F) "
+                              "are tokens")
+    capabilities: ClassVar[ModelCapabilities] = ModelCapabilities(
+        input="tabular (n, features) or sequence (n, time, features)")
+    d_model: int = Field(32, ge=4, le=MAX_WIDTH, description="transformer: token width.")
+    heads: int = Field(4, ge=1, le=256,
+                       description="transformer: attention heads (must divide d_model).")
+    layers: int = Field(2, ge=1, le=MAX_LAYERS, description="transformer: encoder layers.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="transformer: dropout inside the encoder.")
+
+    @model_validator(mode="after")
+    def _check(self) -> TransformerOptions:
+        if self.d_model % self.heads:
+            raise ValueError(f"transformer heads={self.heads} must divide "
+                             f"d_model={self.d_model}")
+        return self
+
+
+@register_model
+class SgdLinearOptions(ModelOptions):
+    name: Literal["sgd_linear"] = "sgd_linear"
+    summary: ClassVar[str] = ("scikit-learn linear model trained by SGD (logistic loss, or "
+                              "squared loss for regression)")
+    capabilities: ClassVar[ModelCapabilities] = ModelCapabilities(backend="sklearn")
