@@ -108,7 +108,8 @@ def run(args: argparse.Namespace, work: Path) -> None:
     files = write_sites(work, args.sites, 500)
     names = list(files)
     port = _free_port()
-    create_federation(work / "fed", hub_host="127.0.0.1", hub_port=port, sites=names)
+    create_federation(work / "fed", hub_host="127.0.0.1", hub_port=port, sites=names,
+                      site_kits=work / "kits")
     for n, p in files.items():
         (work / f"{n}.toml").write_text(f'[datasets.bench]\npath = "{p.name}"\n'
                                         '[approval]\nstudies = "any"\n')
@@ -119,7 +120,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
         client = _wait("hub", lambda: HubClient(work / "fed", None, None, None), 60, procs, work)
         _wait("hub", lambda: client.call("GET", "/v1/health"), 60, procs, work)
         for n in names:
-            procs.append(_start(["node", "start", "--kit", str(work / "fed" / "sites" / n),
+            procs.append(_start(["node", "start", "--kit", str(work / "kits" / n),
                                  "--data", str(work / f"{n}.toml")], work / f"{n}.log"))
         _wait("nodes", lambda: len(client.call("GET", "/v1/sites").json()) == len(names), 300,
               procs, work)
@@ -170,7 +171,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
 
         from fedcare.pki.trust import client_ssl_context
 
-        kit = work / "fed" / "sites" / names[0]
+        kit = work / "kits" / names[0]
         body = np.random.default_rng(1).bytes(100 * 1024 * 1024)
         with httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=client_ssl_context(kit),
                           timeout=300) as http:

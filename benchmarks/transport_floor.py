@@ -93,7 +93,8 @@ def _site(kit: Path, port: int, warm: int, cpu: Any) -> None:
 
 def floor(sites: int, rounds: int, work: Path) -> dict[str, float]:
     names = [f"site-{i}" for i in range(sites)]
-    create_federation(work / "fed", hub_host="127.0.0.1", hub_port=1, sites=names)
+    create_federation(work / "fed", hub_host="127.0.0.1", hub_port=1, sites=names,
+                      site_kits=work / "kits")
     context = server_ssl_context(work / "fed" / "hub")
     context.verify_mode = ssl.CERT_REQUIRED
     listener = socket.create_server(("127.0.0.1", 0))
@@ -101,7 +102,7 @@ def floor(sites: int, rounds: int, work: Path) -> dict[str, float]:
     warm = 3
     ctx = mp.get_context("fork")
     site_cpu = ctx.Queue()
-    procs = [ctx.Process(target=_site, args=(work / "fed" / "sites" / n, port, warm, site_cpu))
+    procs = [ctx.Process(target=_site, args=(work / "kits" / n, port, warm, site_cpu))
              for n in names]
     for p in procs:
         p.start()

@@ -28,12 +28,19 @@ class HubClient:
         import httpx
 
         if federation is not None:
-            from fedcare.pki.trust import load_hub_config
+            from fedcare.pki.trust import (
+                RESEARCHER_CONFIG_FILE,
+                load_hub_config,
+                load_researcher_config,
+            )
 
-            hub = load_hub_config(federation / "hub")
-            url = url or hub.url
-            ca = ca or hub.tls.ca
-            token_file = federation / "hub" / "researcher.token"
+            if (federation / RESEARCHER_CONFIG_FILE).is_file():  # a researcher folder
+                mine = load_researcher_config(federation)
+                url, ca, token_file = url or mine.hub_url, ca or mine.ca, mine.token
+            else:  # the coordinator's own federation folder
+                hub = load_hub_config(federation / "hub")
+                url, ca = url or hub.url, ca or hub.tls.ca
+                token_file = federation / "hub" / "researcher.token"
             if token is None and token_file.exists():
                 token = token_file.read_text().strip()
         if not url or not ca or not token:

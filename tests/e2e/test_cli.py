@@ -36,6 +36,13 @@ def test_demo_runs_end_to_end_and_writes_a_report(tmp_path: Path) -> None:
     assert set(history["data_quality"]["reports"]) == {"hospital-1", "hospital-2", "hospital-3"}
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 3
+    # Key custody (audit F13): each hospital made its own key; after the whole run the
+    # coordinator's folder (hub state included) holds only the CA's and the hub's keys.
+    from tests.keyscan import find_secrets
+
+    assert find_secrets(out / "federation") == {"ca/ca.key": "PEM private key",
+                                                "hub/hub.key": "PEM private key"}
+    assert set(find_secrets(out / "site-kits")) == {f"hospital-{i}/site.key" for i in (1, 2, 3)}
 
 
 STUDY = """

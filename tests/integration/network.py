@@ -1,9 +1,11 @@
 """A real networked federation for tests: hub and nodes as subprocesses on loopback.
 
-:class:`NetFederation` provisions a federation into a temporary folder (CA, hub folder, one
-startup kit per site), writes each site's slice of the breast-cancer table as a CSV plus its
-node data config, and starts ``fedcare hub start`` / ``fedcare node start`` as real processes
-(``sys.executable -m fedcare.cli.main``) on a free loopback port. Researchers' calls go over
+:class:`NetFederation` provisions a federation into a temporary folder (CA, hub and
+researcher folders in ``fed/``; each site's own kit, with its key, in ``site-kits/<site>``,
+made as a site makes it: ``node init``, the coordinator signs, ``node install-cert``), writes
+each site's slice of the breast-cancer table as a CSV plus its node data config, and starts
+``fedcare hub start`` / ``fedcare node start`` as real processes (``sys.executable -m
+fedcare.cli.main``) on a free loopback port. Researchers' calls go over
 HTTPS with the federation CA and the bearer token; node-side calls use a site's own kit.
 
 Every wait is bounded, and every process the harness started is killed (SIGKILL) by
@@ -157,8 +159,10 @@ class NetFederation:
     _client: httpx.Client | None = None
 
     def __post_init__(self) -> None:
+        # Each site's kit (and key) is made in its own folder, outside the coordinator's.
         self.fed = create_federation(self.root / "fed", hub_host="127.0.0.1",
-                                     hub_port=self.port, sites=list(self.sites))
+                                     hub_port=self.port, sites=list(self.sites),
+                                     site_kits=self.kits_dir)
         self.tables = write_site_tables(self.root / "data", self.sites)
         self.node_configs = {}
         for site in self.sites:
@@ -181,8 +185,17 @@ class NetFederation:
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}"
 
+    @property
+    def kits_dir(self) -> Path:
+        """Where each site's own kit lives (never inside the coordinator's ``fed_dir``)."""
+        return self.root / "site-kits"
+
+    @property
+    def researcher_dir(self) -> Path:
+        return self.fed_dir / "researcher"
+
     def kit(self, site: str) -> Path:
-        return self.fed_dir / "sites" / site
+        return self.kits_dir / site
 
     # -- processes ----------------------------------------------------------------------
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Proc:

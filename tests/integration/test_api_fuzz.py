@@ -53,7 +53,8 @@ def _site_der(kit: Path) -> bytes:
 @contextlib.contextmanager
 def _hub(root: Path, db_url: str | None = None) -> Iterator[tuple[Any, HubService]]:
     """The hub's ASGI app (wrapped to present site alpha's certificate) and its service."""
-    fed = create_federation(root / "fed", hub_host="127.0.0.1", sites=["alpha", "beta"])
+    fed = create_federation(root / "fed", hub_host="127.0.0.1", sites=["alpha", "beta"],
+                            site_kits=root / "kits")
     service = HubService(root / "data", db_url=db_url)
     app = create_app(service, PeerTrust(fed.hub.dir), TOKEN)
     # Some state for the fuzzer to run into: both sites known, holding a dataset.

@@ -20,19 +20,26 @@ from fedcare.hub.provisioning import (
 )
 
 SERVER = Path(__file__).with_name("tls_site_server.py")
+
+
+def _kit(fed: Federation, site: str) -> Path:
+    """The site's own kit (its key never sits in the federation folder)."""
+    return fed.root.parent / "kits" / site
 TIMEOUT = 10.0
 
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Federation:
-    return create_federation(tmp_path_factory.mktemp("tls") / "fed", hub_host="hub.example.org",
-                             sites=["charite", "st-marys"])
+    root = tmp_path_factory.mktemp("tls")
+    return create_federation(root / "fed", hub_host="hub.example.org",
+                             sites=["charite", "st-marys"], site_kits=root / "kits")
 
 
 @pytest.fixture(scope="module")
 def other_fed(tmp_path_factory: pytest.TempPathFactory) -> Federation:
-    return create_federation(tmp_path_factory.mktemp("tls-other") / "fed",
-                             hub_host="hub.example.org", sites=["charite"])
+    root = tmp_path_factory.mktemp("tls-other")
+    return create_federation(root / "fed", hub_host="hub.example.org", sites=["charite"],
+                             site_kits=root / "kits")
 
 
 @pytest.fixture(scope="module")
@@ -69,20 +76,20 @@ def _exchange(context: ssl.SSLContext, port: int, hostname: str = "localhost") -
 @pytest.mark.parametrize("hostname", ["hub.example.org", "localhost", "127.0.0.1"])
 def test_site_completes_mtls_and_the_server_learns_its_name(fed: Federation, port: int,
                                                             hostname: str) -> None:
-    context = client_ssl_context(fed.site("charite").kit_dir)
+    context = client_ssl_context(_kit(fed, "charite"))
     assert _exchange(context, port, hostname) == "OK charite"
 
 
 def test_the_client_refuses_a_hub_name_not_in_the_certificate(fed: Federation,
                                                               port: int) -> None:
-    context = client_ssl_context(fed.site("charite").kit_dir)
+    context = client_ssl_context(_kit(fed, "charite"))
     with pytest.raises(ssl.SSLCertVerificationError, match=r"mismatch|doesn't match"):
         _exchange(context, port, "evil.example.org")
 
 
 def test_a_kit_from_another_federation_fails_the_handshake(other_fed: Federation,
                                                            port: int) -> None:
-    context = client_ssl_context(other_fed.site("charite").kit_dir)
+    context = client_ssl_context(_kit(other_fed, "charite"))
     with pytest.raises(ssl.SSLCertVerificationError, match="certificate verify failed"):
         _exchange(context, port)
 
@@ -98,7 +105,7 @@ def _client_trusting(fed: Federation, kit: Path | None) -> ssl.SSLContext:
 
 def test_the_hub_refuses_a_foreign_client_certificate(fed: Federation, other_fed: Federation,
                                                       port: int) -> None:
-    context = _client_trusting(fed, other_fed.site("charite").kit_dir)
+    context = _client_trusting(fed, _kit(other_fed, "charite"))
     # TLS 1.3: the client finishes first, then reads the hub's alert.
     with pytest.raises((ssl.SSLError, ConnectionResetError), match=r"unknown ca|reset"):
         _exchange(context, port)
@@ -110,7 +117,7 @@ def test_the_hub_refuses_a_client_without_a_certificate(fed: Federation, port: i
 
 
 def test_a_revoked_site_completes_tls_but_is_refused(fed: Federation, port: int) -> None:
-    context = client_ssl_context(fed.site("st-marys").kit_dir)
+    context = client_ssl_context(_kit(fed, "st-marys"))
     assert _exchange(context, port) == "OK st-marys"
 
     revoke_site(fed.root, "st-marys", reason="key-compromise")  # the server is still running
@@ -118,4 +125,4 @@ def test_a_revoked_site_completes_tls_but_is_refused(fed: Federation, port: int)
     verdict = _exchange(context, port)
     assert verdict.startswith("REFUSED RevokedCertificate:"), verdict
     assert "st-marys" in verdict
-    assert _exchange(client_ssl_context(fed.site("charite").kit_dir), port) == "OK charite"
+    assert _exchange(client_ssl_context(_kit(fed, "charite")), port) == "OK charite"

@@ -10,6 +10,7 @@ from fedcare.core.dataset import SiteData, TaskType
 from fedcare.core.learning import FitResult, Learner
 from fedcare.core.messages import TrainConfig
 from fedcare.core.params import Parameters
+from fedcare.privacy.dp.ledger import LedgerKey
 
 
 def make_sites(n_sites: int = 3, rows: int = 40, features: int = 5, seed: int = 0,
@@ -47,3 +48,12 @@ class PoisonedLearner:
 
     def evaluate(self, parameters: Parameters, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
         return self.inner.evaluate(parameters, x, y)
+
+
+def ledger_key() -> LedgerKey:
+    """A fresh EC P-256 key pair for a privacy ledger (a site kit's ``site.key`` and
+    certificate in production)."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    return LedgerKey(private.public_key(), private)

@@ -10,7 +10,11 @@ from dp_accounting import pld, rdp
 
 from fedcare.core.errors import ConfigError
 from fedcare.privacy.dp import PrivacyBudgetError, PrivacySpec, epsilon, noise_for_budget
-from fedcare.privacy.dp.accounting import MAX_NOISE, PLD_DISCRETIZATION
+from fedcare.privacy.dp.accounting import (
+    MAX_NOISE,
+    PLD_DISCRETIZATION,
+    discrete_noise_multiplier,
+)
 from fedcare.privacy.dp.report import epsilon_history, fedavg_charges
 
 DELTA = 1e-5
@@ -124,3 +128,74 @@ def test_extending_a_report_round_by_round_equals_computing_it_at_once() -> None
     for r in range(1, len(charges) + 1):
         previous = epsilon_history(spec, charges[:r], previous)
     assert previous == epsilon_history(spec, charges)
+
+
+# -- discrete (grid) noise ---------------------------------------------------------------------
+def test_discrete_central_noise_is_accounted_exactly_as_the_continuous_one() -> None:
+    # CKS20 Thm 14: one multivariate discrete Gaussian has the continuous zCDP, no slack.
+    assert discrete_noise_multiplier(1.3, 0.01, 8) == 1.3
+    assert discrete_noise_multiplier(0.0, 1.0, 24, shares=4) == 0.0
+
+
+def test_distributed_discrete_noise_on_a_fine_grid_matches_the_continuous_figure() -> None:
+    for shares, summed in [(4, 4), (10, 7), (50, 26)]:
+        z = discrete_noise_multiplier(1.1, 1.0, 24, shares=shares, summed=summed)
+        assert z == pytest.approx(1.1 * math.sqrt(summed / shares), rel=1e-15)
+        assert z <= 1.1 * math.sqrt(summed / shares)
+
+
+@pytest.mark.parametrize("accountant", ["pld", "rdp"])
+def test_a_coarse_grid_costs_privacy_and_the_accountant_sees_it(accountant: str) -> None:
+    # 10 shares of std 0.8 * 0.01 * 2^8 / sqrt(10) ~ 0.65 grid steps: Kairouz et al.'s
+    # slack tau sqrt(d) is then large, even for a small model.
+    z_eff = discrete_noise_multiplier(0.8, 0.01, 8, shares=10, dim=1_000)
+    assert z_eff < 0.8
+    assert epsilon(z_eff, 0.5, 10, DELTA, accountant) > epsilon(0.8, 0.5, 10, DELTA,
+                                                                  accountant)
+    # ... and more dimensions mean more slack (the default assumes 2^40 of them).
+    assert discrete_noise_multiplier(0.8, 0.01, 8, shares=10) < z_eff
+
+
+def test_discrete_noise_multiplier_refuses_a_grid_too_coarse_for_the_bound() -> None:
+    with pytest.raises(ConfigError, match=r"raise secure_aggregation\.frac_bits"):
+        discrete_noise_multiplier(0.1, 0.01, 8, shares=10)
+    with pytest.raises(ConfigError, match="summed"):
+        discrete_noise_multiplier(1.0, 1.0, 24, shares=3, summed=4)
+    with pytest.raises(ConfigError, match="shares"):
+        discrete_noise_multiplier(1.0, 1.0, 24, shares=0)
+
+
+@pytest.mark.parametrize("accountant", ["pld", "rdp"])
+def test_budget_first_noise_hits_the_target_for_the_discrete_mechanism(accountant: str) -> None:
+    def effective(z: float) -> float:
+        return discrete_noise_multiplier(z, 0.002, 8, shares=10, dim=10_000)
+
+    z_cont = noise_for_budget(3.0, DELTA, 0.5, 20, accountant)
+    z = noise_for_budget(3.0, DELTA, 0.5, 20, accountant, effective=effective)
+    reached = epsilon(effective(z), 0.5, 20, DELTA, accountant)
+    assert reached <= 3.0
+    assert reached >= 3.0 * 0.98
+    assert z > z_cont  # the coarse grid needs more noise than the continuous formula says
+    # On a fine grid the discrete derivation is the continuous one.
+    fine = noise_for_budget(3.0, DELTA, 0.5, 20, accountant, effective=lambda z: (
+        discrete_noise_multiplier(z, 1.0, 24, shares=10)))
+    assert fine == z_cont
+
+
+def test_config_budget_first_distributed_noise_uses_the_discrete_bound() -> None:
+    from fedcare.config import parse_config
+    from fedcare.engine.assembly import derive_noise
+
+    def cfg(frac_bits: int) -> object:
+        return parse_config({
+            "data": {"source": "builtin", "sites": 10},
+            "study": {"rounds": 5},
+            "privacy": {"mode": "dp_fedavg_distributed", "clip": 0.002, "target_epsilon": 4.0,
+                        "accountant": "rdp"},
+            "secure_aggregation": {"protocol": "secagg", "frac_bits": frac_bits}})
+
+    coarse, fine = derive_noise(cfg(8), n_sites=10), derive_noise(cfg(24), n_sites=10)
+    assert fine == noise_for_budget(4.0, DELTA, 1.0, 5, "rdp")
+    assert coarse > fine
+    assert epsilon(discrete_noise_multiplier(coarse, 0.002, 8, shares=10), 1.0, 5, DELTA,
+                   "rdp") <= 4.0

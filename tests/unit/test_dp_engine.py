@@ -21,6 +21,7 @@ from fedcare.privacy.dp.spec import PrivacySpec
 from fedcare.sim.runner import _Run
 from fedcare.strategies import FedAvg
 from fedcare.transport.inmemory import InMemoryTransport
+from tests.unit.helpers import ledger_key
 
 BASE = {"study": {"name": "dp", "rounds": 3, "seed": 2},
         "data": {"source": "builtin", "sites": 4, "partition": "iid", "standardize": False},
@@ -102,7 +103,7 @@ def test_a_site_refuses_a_task_past_its_budget_and_its_ledger_is_unchanged(tmp_p
     site = run.sites[0]
     # one DP-FedAvg round at z=1 costs ~4.4 epsilon at delta 1e-5: allow one round only
     ledger = PrivacyLedger(tmp_path / "ledger.jsonl",
-                           SitePrivacyPolicy(6.0, 1e-5, trust_hub_noise=True))
+                           SitePrivacyPolicy(6.0, 1e-5, trust_hub_noise=True), key=ledger_key())
     spec = PrivacySpec("dp_fedavg_central", clip=1.0, noise_multiplier=1.0, delta=1e-5)
     ex = SiteExecutor(site, run.learner, site_index=0, expected=run.spec,
                       privacy=SitePrivacy(spec, ledger, len(site.y_train)))
@@ -127,7 +128,8 @@ def test_a_site_that_requires_dp_refuses_a_plain_study(tmp_path: Path) -> None:
     run = _Run(parsed, None, None, False, False)
     run.prepare()
     site = run.sites[0]
-    ledger = PrivacyLedger(tmp_path / "l.jsonl", SitePrivacyPolicy(8.0, 1e-5, require_dp=True))
+    ledger = PrivacyLedger(tmp_path / "l.jsonl", SitePrivacyPolicy(8.0, 1e-5, require_dp=True),
+                           key=ledger_key())
     ex = SiteExecutor(site, run.learner, site_index=0, expected=run.spec,
                       privacy=SitePrivacy(None, ledger, len(site.y_train)))
     eng = RoundEngine(EngineSettings(study="p", seed=0, train=run.train), FedAvg(),
@@ -162,7 +164,8 @@ def _dp_site(tmp_path: Path, mode: str, **policy: object):
     run = _Run(parse_config(BASE), None, None, False, False)
     run.prepare()
     site = run.sites[0]
-    ledger = PrivacyLedger(tmp_path / "l.jsonl", SitePrivacyPolicy(50.0, 1e-5, **policy))
+    ledger = PrivacyLedger(tmp_path / "l.jsonl", SitePrivacyPolicy(50.0, 1e-5, **policy),
+                           key=ledger_key())
     spec = PrivacySpec(mode, clip=1.0, noise_multiplier=1.0, delta=1e-5)
     ex = SiteExecutor(site, run.learner, site_index=0, expected=run.spec,
                       privacy=SitePrivacy(spec, ledger, len(site.y_train), study_sites=4,
@@ -195,7 +198,7 @@ def test_distributed_noise_is_charged_at_the_share_the_threshold_guarantees(tmp_
     from fedcare.core.messages import Task, TrainConfig
     from fedcare.core.params import Parameters
 
-    ledger = PrivacyLedger(tmp_path / "l.jsonl", SitePrivacyPolicy(50.0, 1e-5))
+    ledger = PrivacyLedger(tmp_path / "l.jsonl", SitePrivacyPolicy(50.0, 1e-5), key=ledger_key())
     spec = PrivacySpec("dp_fedavg_distributed", clip=1.0, noise_multiplier=2.0, delta=1e-5)
     sp = SitePrivacy(spec, ledger, 100, study_sites=4, secure_threshold=0.75)
     task = Task(task_id="s/r1/fit/a", study="s", round=1, site="a", kind=TaskKind.FIT,

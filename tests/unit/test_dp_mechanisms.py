@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -22,7 +23,6 @@ from fedcare.privacy.dp import (
 from fedcare.privacy.dp.mechanisms import (
     distributed_noise_std,
     effective_noise_multiplier,
-    secure_standard_normal,
 )
 
 finite = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False, width=32)
@@ -50,6 +50,25 @@ def test_clip_bounds_the_whole_flat_norm_and_keeps_direction(parts: list[np.ndar
     assert all(o.dtype == np.float32 for o in out.values())
 
 
+@settings(deadline=None)
+@given(st.lists(arrays, min_size=1, max_size=4), st.floats(1e-3, 1e3), st.integers(8, 30))
+def test_privatized_update_is_on_the_grid_with_the_l2_bound_exact(
+        parts: list[np.ndarray], clip: float, frac_bits: int) -> None:
+    """After clipping, grid rounding and the float32 cast, the update is a vector of exact
+    grid multiples whose norm is <= clip in exact integer arithmetic: the sensitivity the
+    accountant assumes (C) needs no rounding term."""
+    site = Parameters({f"p{i}": a for i, a in enumerate(parts)})
+    zero = Parameters({k: np.zeros_like(v) for k, v in site.items()})
+    spec = PrivacySpec("dp_fedavg_central", clip=clip, noise_multiplier=1.0)
+    out, _ = privatize_update(zero, site, spec, n_sites=1, frac_bits=frac_bits)
+    assert [o.shape for o in out.values()] == [a.shape for a in parts]
+    assert all(o.dtype == np.float32 for o in out.values())
+    steps = out.flatten(np.float64) * 2.0**frac_bits
+    np.testing.assert_array_equal(steps, np.rint(steps))
+    bound = Fraction(clip) * 2**frac_bits
+    assert sum(int(v) ** 2 for v in steps) <= bound * bound
+
+
 def test_clip_zero_vector_and_0d_arrays() -> None:
     out, norm = clip_update({"a": np.zeros(3), "b": np.float64(0.0)}, 1.0)
     assert norm == 0.0 and out["b"].shape == () and not out.flatten().any()
@@ -68,12 +87,14 @@ def test_clip_refuses_non_finite_updates() -> None:
         clip_update({"a": np.array([1.0, np.nan])}, 1.0)
 
 
-def test_secure_noise_is_standard_normal_and_not_repeated() -> None:
-    z = secure_standard_normal(200_001)
+def test_secure_noise_is_gaussian_on_the_grid_and_not_repeated() -> None:
+    z = gaussian_noise(200_001, 1.0, frac_bits=10)
     assert z.shape == (200_001,)
-    assert abs(z.mean()) < 0.02 and abs(z.std() - 1) < 0.02
-    assert abs(np.mean(z ** 4) - 3) < 0.1  # kurtosis of a normal
-    assert not np.array_equal(secure_standard_normal(8), secure_standard_normal(8))
+    np.testing.assert_array_equal(z * 2.0**10, np.rint(z * 2.0**10))  # exact grid multiples
+    # Fixed sample size, bounds at > 10 standard errors: a false alarm needs a ~1e-20 event.
+    assert abs(z.mean()) < 0.025 and abs(z.std() - 1) < 0.02
+    assert abs(np.mean(z ** 4) - 3) < 0.12  # kurtosis of a normal
+    assert not np.array_equal(gaussian_noise(8, 1.0), gaussian_noise(8, 1.0))
 
 
 def test_gaussian_noise_seeded_for_tests_only_and_shapes() -> None:

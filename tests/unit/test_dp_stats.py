@@ -39,7 +39,7 @@ from fedcare.engine.privacy import (
 from fedcare.learners.torch_learner import TorchLearner
 from fedcare.privacy.dp.accounting import epsilon, epsilon_of, sampled_gaussian_event
 from fedcare.privacy.dp.ledger import PrivacyLedger, SitePrivacyPolicy
-from tests.unit.helpers import make_sites
+from tests.unit.helpers import ledger_key, make_sites
 
 LOW, HIGH = np.array([-2.0, 0.0, 10.0]), np.array([2.0, 1.0, 20.0])
 DP = {"mode": "dp_fedavg_central", "clip": 1.0, "noise_multiplier": 1.0}
@@ -108,7 +108,7 @@ def _executor(tmp_path: Path, cfg: dict, *, rows: int = 40, require_dp: bool = T
               ) -> tuple[SiteExecutor, PrivacyLedger, Task]:
     site = make_sites(n_sites=1, rows=rows, features=5)[0]
     policy = SitePrivacyPolicy(max_epsilon=8.0, delta=1e-5, require_dp=require_dp)
-    ledger = PrivacyLedger(tmp_path / "ledger.jsonl", policy)
+    ledger = PrivacyLedger(tmp_path / "ledger.jsonl", policy, key=ledger_key())
     learner = TorchLearner.from_zoo("logreg", (5,), 1, TaskType.BINARY, {}, seed=0)
     parsed = parse_config({**cfg, "data": {**cfg["data"], "stats_clip": [-4, 4]}})
     ex = SiteExecutor(site, learner, site_index=0, expected=learner.initial_parameters().spec,

@@ -54,9 +54,10 @@ from fedcare.hub.store import (
     upgrade,
 )
 from fedcare.hub.store import studies as studies_module
+from fedcare.hub.store.ledger_heads import HeadRecord, LedgerHeadRepo
 from fedcare.hub.store.models import Base
 
-TABLES = {"sites", "studies", "rounds", "tasks", "replies", "events"}
+TABLES = {"sites", "studies", "rounds", "tasks", "replies", "events", "ledger_heads"}
 SHA_A = hashlib.sha256(b"model-a").hexdigest()
 SHA_B = hashlib.sha256(b"model-b").hexdigest()
 SHA_STATE = hashlib.sha256(b"strategy-state").hexdigest()
@@ -245,13 +246,30 @@ class StoreContract:
             assert set(inspector.get_table_names()) == TABLES | {"alembic_version"}
             with database.engine.connect() as conn:
                 assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).all() \
-                    == [("0003",)]  # head
+                    == [("0004",)]  # head
                 diff = compare_metadata(
                     MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata
                 )
             assert diff == [], "models and migrations disagree"
         finally:
             database.dispose()
+
+    def test_a_site_ledger_head_only_grows(self, db: Database) -> None:
+        h1, h2, h3 = (hashlib.sha256(bytes([i])).hexdigest() for i in (1, 2, 3))
+        with db.session() as s:
+            repo = LedgerHeadRepo(s)
+            assert repo.get("a") is None
+            assert repo.report("a", 2, h2) == HeadRecord(2, h2)
+            assert repo.report("a", 2, h2) == HeadRecord(2, h2)  # the same again: no-op
+        with db.session() as s:
+            repo = LedgerHeadRepo(s)
+            assert repo.report("a", 1, h1) == HeadRecord(2, h2, refused=True)  # cut
+            assert repo.report("a", 0, "0" * 64) == HeadRecord(2, h2, refused=True)  # deleted
+            assert repo.report("a", 2, h3) == HeadRecord(2, h2, refused=True)  # replaced
+            assert repo.report("a", 3, h3) == HeadRecord(3, h3)
+            assert repo.report("b", 1, h1) == HeadRecord(1, h1)  # per site
+        with db.session() as s:
+            assert LedgerHeadRepo(s).get("a") == HeadRecord(3, h3)
 
     def test_timestamps_are_timezone_aware_utc(self, db: Database) -> None:
         with db.session() as s:

@@ -20,8 +20,9 @@ STUDY = "s1"
 @pytest.fixture(scope="module")
 def kit(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("fed")
-    create_federation(root / "fed", hub_host="127.0.0.1", hub_port=1, sites=["alpha"])
-    return root / "fed" / "sites" / "alpha"
+    create_federation(root / "fed", hub_host="127.0.0.1", hub_port=1, sites=["alpha"],
+                      site_kits=root / "kits")
+    return root / "kits" / "alpha"
 
 
 @pytest.fixture

@@ -67,8 +67,20 @@ def _ext(cert: x509.Certificate, kind: type) -> x509.ExtensionType:
     return cert.extensions.get_extension_for_class(kind).value
 
 
+def _kit(fed: Federation, site: str) -> Path:
+    """A site's own kit (with its key): beside the federation folder, never inside it."""
+    return fed.root.parent / "kits" / site
+
+
 def _new_fed(root: Path) -> Federation:
-    return create_federation(root, hub_host="hub.example.org", sites=["charite", "st-marys"])
+    return create_federation(root, hub_host="hub.example.org", sites=["charite", "st-marys"],
+                             site_kits=root.parent / "kits")
+
+
+def _csr(tmp: Path, site: str) -> bytes:
+    from fedcare.pki.kit import init_site_kit
+
+    return init_site_kit(tmp / "requests" / site, site).read_bytes()
 
 
 @pytest.fixture
@@ -86,8 +98,9 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Federation:
 @pytest.fixture(scope="module")
 def other_fed(tmp_path_factory: pytest.TempPathFactory) -> Federation:
     """A second, unrelated federation (read-only)."""
-    return create_federation(tmp_path_factory.mktemp("other") / "fed", hub_host="localhost",
-                             sites=["charite"])
+    root = tmp_path_factory.mktemp("other")
+    return create_federation(root / "fed", hub_host="localhost", sites=["charite"],
+                             site_kits=root / "kits")
 
 
 def _authority(fed: Federation) -> certs.Authority:
@@ -99,33 +112,50 @@ def _authority(fed: Federation) -> certs.Authority:
 
 def test_new_writes_the_layout_with_private_keys_0600_and_key_folders_0700(tmp_path: Path) -> None:
     result = runner.invoke(app, ["new", str(tmp_path / "fed"), "--hub-host", "127.0.0.1",
-                                 "--site", "a", "--site", "b", "--valid-days", "30"])
+                                 "--valid-days", "30"])
 
     assert result.exit_code == 0, result.output
     root = tmp_path / "fed"
     for rel in ["federation.toml", "ca/ca.key", "ca/ca.crt", "hub/hub.key", "hub/hub.crt",
-                "hub/ca.crt", "hub/crl.pem", "hub/hub.toml", "sites/a/site.key",
-                "sites/a/site.crt", "sites/a/ca.crt", "sites/a/node.toml", "sites/b/site.key"]:
+                "hub/ca.crt", "hub/crl.pem", "hub/hub.toml", "hub/researcher.token",
+                "researcher/researcher.toml", "researcher/ca.crt", "researcher/researcher.token"]:
         assert (root / rel).is_file(), rel
-    for key in ["ca/ca.key", "hub/hub.key", "sites/a/site.key", "sites/b/site.key",
-                "ca/he_secret.ctx", "sites/a/he_secret.ctx", "sites/b/he_secret.ctx"]:
+    for key in ["ca/ca.key", "hub/hub.key", "hub/researcher.token", "researcher/researcher.token"]:
         assert _mode(root / key) == 0o600, key
-    # CKKS: the sites share the secret context; the hub holds only the public one.
-    from fedcare.privacy.he import HEContext
-
-    assert not HEContext.load_public((root / "hub" / "he_public.ctx").read_bytes()).is_private
-    assert not (root / "hub" / "he_secret.ctx").exists()
-    assert (root / "sites/a/he_secret.ctx").read_bytes() == (
-        root / "sites/b/he_secret.ctx").read_bytes()
-    for folder in [root, root / "ca", root / "hub", root / "sites", root / "sites" / "a"]:
+    # No CKKS context anywhere: the sites of a CKKS study make its key among themselves.
+    assert not list(root.rglob("*.ctx"))
+    assert (root / "hub/researcher.token").read_bytes() == (
+        root / "researcher/researcher.token").read_bytes()
+    for folder in [root, root / "ca", root / "hub", root / "sites", root / "researcher"]:
         assert _mode(folder) & 0o077 == 0, folder
     assert not [p for p in tmp_path.rglob("*") if ".staging" in p.name or p.suffix == ".tmp"]
+
+
+def test_sites_made_at_once_keep_their_keys_in_their_own_kits(tmp_path: Path) -> None:
+    fed = create_federation(tmp_path / "fed", hub_host="127.0.0.1", sites=["a", "b"],
+                            site_kits=tmp_path / "kits")
+
+    for name in ("a", "b"):
+        issued, kit = fed.site(name).kit_dir, tmp_path / "kits" / name
+        assert sorted(p.name for p in issued.iterdir()) == ["ca.crt", "node.toml", "site.crt"]
+        assert _mode(kit / "site.key") == 0o600 and _mode(kit) == 0o700
+        assert (kit / "site.crt").read_bytes() == (issued / "site.crt").read_bytes()
+    assert not list(fed.root.rglob("site.key"))
+
+
+def test_site_kits_inside_the_federation_folder_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ProvisioningConfigError, match="must not be inside the federation"):
+        create_federation(tmp_path / "fed", hub_host="localhost", sites=["a"],
+                          site_kits=tmp_path / "fed" / "kits")
+    with pytest.raises(ProvisioningConfigError, match="sites need site_kits"):
+        create_federation(tmp_path / "fed", hub_host="localhost", sites=["a"])
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_every_key_matches_its_certificate(shared: Federation) -> None:
     for key_path, cert_path in [(shared.ca_key_path, shared.ca_cert_path),
                                 (shared.hub.dir / "hub.key", shared.hub.dir / "hub.crt"),
-                                (shared.root / "sites/charite/site.key",
+                                (_kit(shared, "charite") / "site.key",
                                  shared.root / "sites/charite/site.crt")]:
         key = serialization.load_pem_private_key(key_path.read_bytes(), None)
         assert key.public_key() == _cert(cert_path).public_key()
@@ -171,7 +201,8 @@ def test_hub_san_handles_ip_and_loopback_hosts_without_duplicates(
 
 
 def test_ipv6_hub_url_is_bracketed(tmp_path: Path) -> None:
-    fed = create_federation(tmp_path / "f", hub_host="::1", hub_port=9000, sites=["a"])
+    fed = create_federation(tmp_path / "f", hub_host="::1", hub_port=9000, sites=["a"],
+                            site_kits=tmp_path / "kits")
     assert load_node_config(fed.site("a").kit_dir).hub_url == "https://[::1]:9000"
 
 
@@ -182,6 +213,8 @@ def test_site_certificate_names_the_site_in_cn_and_san_uri(shared: Federation) -
     assert _ext(site, x509.SubjectAlternativeName).get_values_for_type(
         x509.UniformResourceIdentifier) == ["fedcare://site/st-marys"]
     assert list(_ext(site, x509.ExtendedKeyUsage)) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    usage = _ext(site, x509.KeyUsage)  # keyAgreement: CKKS secrets are sealed to this key
+    assert usage.digital_signature and usage.key_agreement and not usage.key_cert_sign
     site.verify_directly_issued_by(_cert(shared.ca_cert_path))
 
 
@@ -201,11 +234,11 @@ def test_federation_toml_records_serials_and_fingerprints_of_the_files(shared: F
 
 
 def test_node_and_hub_configs_point_into_their_own_folders(shared: Federation) -> None:
-    node = load_node_config(shared.site("charite").kit_dir)
+    node = load_node_config(_kit(shared, "charite"))
 
     assert node.site == "charite" and node.federation_id == shared.federation_id
     assert node.hub_url == "https://hub.example.org:8443"
-    assert node.tls.key == (shared.root / "sites/charite/site.key").resolve()
+    assert node.tls.key == (_kit(shared, "charite") / "site.key").resolve()
 
 
 def test_federation_ids_are_random(shared: Federation, other_fed: Federation) -> None:
@@ -217,7 +250,7 @@ def test_federation_ids_are_random(shared: Federation, other_fed: Federation) ->
 def test_new_refuses_an_existing_federation_and_leaves_it_untouched(fed: Federation) -> None:
     before = (fed.root / "federation.toml").read_bytes()
 
-    result = runner.invoke(app, ["new", str(fed.root), "--hub-host", "x.org", "--site", "z"])
+    result = runner.invoke(app, ["new", str(fed.root), "--hub-host", "x.org"])
 
     assert result.exit_code == 2
     assert "already holds a federation" in _flat(result.stderr)
@@ -232,16 +265,14 @@ def test_new_refuses_a_non_empty_folder_but_accepts_an_empty_one(tmp_path: Path)
 
     with pytest.raises(FederationExistsError, match="not an empty folder"):
         create_federation(tmp_path / "full", hub_host="localhost")
-    fed = create_federation(tmp_path / "empty", hub_host="localhost", sites=["a"])
+    fed = create_federation(tmp_path / "empty", hub_host="localhost", sites=["a"],
+                            site_kits=tmp_path / "kits")
 
     assert (tmp_path / "full").iterdir().__next__().name == "notes.txt"
     assert fed.site("a").kit_dir.is_dir()
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--site", "Bad Name"], "invalid site name"),
-    (["--site", "../escape"], "invalid site name"),
-    (["--site", "a", "--site", "a"], "more than once: a"),
     (["--hub-host", "not a host"], "invalid hub host"),
     (["--hub-port", "70000"], "hub port must be 1-65535"),
 ])
@@ -261,17 +292,22 @@ def test_a_failure_midway_leaves_no_folder_behind(tmp_path: Path,
     def broken(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(certs, "issue_site_certificate", broken)
+    monkeypatch.setattr(certs, "issue_hub_certificate", broken)
 
     with pytest.raises(ProvisioningError, match="disk full"):
-        create_federation(tmp_path / "fed", hub_host="localhost", sites=["a"])
+        create_federation(tmp_path / "fed", hub_host="localhost")
     assert list(tmp_path.iterdir()) == []
 
 
 # --- add-site ---------------------------------------------------------------------------------
 
-def test_add_site_issues_a_kit_with_the_same_ca(fed: Federation) -> None:
-    result = runner.invoke(app, ["add-site", str(fed.root), "uppsala"])
+def test_add_site_signs_the_sites_request_with_the_same_ca(fed: Federation,
+                                                          tmp_path: Path) -> None:
+    from fedcare.pki.kit import init_site_kit, install_site_certificate
+
+    kit = tmp_path / "uppsala-kit"
+    csr = init_site_kit(kit, "uppsala")  # at the site
+    result = runner.invoke(app, ["add-site", str(fed.root), "uppsala", "--csr", str(csr)])
 
     assert result.exit_code == 0, result.output
     reloaded = load_federation(fed.root)
@@ -279,38 +315,62 @@ def test_add_site_issues_a_kit_with_the_same_ca(fed: Federation) -> None:
     cert = _cert(record.kit_dir / "site.crt")
     cert.verify_directly_issued_by(_cert(fed.ca_cert_path))
     assert record.fingerprint == certs.fingerprint(cert)
-    assert _mode(record.kit_dir / "site.key") == 0o600 and _mode(record.kit_dir) == 0o700
-    assert (record.kit_dir / "he_secret.ctx").read_bytes() == (
-        fed.root / "ca" / "he_secret.ctx").read_bytes()
+    assert sorted(p.name for p in record.kit_dir.iterdir()) == ["ca.crt", "node.toml",
+                                                                "site.crt"]
+    key = serialization.load_pem_private_key((kit / "site.key").read_bytes(), None)
+    assert cert.public_key() == key.public_key()
     assert [s.name for s in reloaded.sites] == ["charite", "st-marys", "uppsala"]
     assert verify_peer(_der(record.kit_dir / "site.crt"), _cert(fed.ca_cert_path),
                        reload_crl(fed.hub.dir)) == "uppsala"
+    assert install_site_certificate(kit, record.kit_dir).site == "uppsala"
+    client_ssl_context(kit)
 
 
-def test_add_site_refuses_a_duplicate_name(fed: Federation) -> None:
+def test_add_site_refuses_a_request_for_another_name_or_a_forged_one(fed: Federation,
+                                                                     tmp_path: Path) -> None:
+    csr = _csr(tmp_path, "lund")
+    with pytest.raises(ProvisioningConfigError, match="request is for site 'lund', not 'x'"):
+        add_site(fed.root, "x", csr)
+    # Lund's request with one bit of its signature flipped: whoever sent it does not hold
+    # the key it asks a certificate for.
+    der = x509.load_pem_x509_csr(csr).public_bytes(serialization.Encoding.DER)
+    forged = x509.load_der_x509_csr(der[:-1] + bytes([der[-1] ^ 1]))
+    with pytest.raises(ProvisioningConfigError, match="signature is invalid"):
+        add_site(fed.root, "lund", forged.public_bytes(serialization.Encoding.PEM))
+    with pytest.raises(ProvisioningConfigError, match="not a PEM certificate signing request"):
+        add_site(fed.root, "lund", b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n")
+    assert [s.name for s in load_federation(fed.root).sites] == ["charite", "st-marys"]
+
+
+def test_add_site_refuses_a_duplicate_name(fed: Federation, tmp_path: Path) -> None:
     before = (fed.root / "sites/charite/site.crt").read_bytes()
+    csr_path = tmp_path / "charite.csr"
+    csr_path.write_bytes(_csr(tmp_path, "charite"))
 
-    result = runner.invoke(app, ["add-site", str(fed.root), "charite"])
+    result = runner.invoke(app, ["add-site", str(fed.root), "charite", "--csr", str(csr_path)])
 
-    assert result.exit_code == 2 and "already has a startup kit" in _flat(result.stderr)
+    assert result.exit_code == 2 and "already has a certificate" in _flat(result.stderr)
     assert (fed.root / "sites/charite/site.crt").read_bytes() == before
     with pytest.raises(SiteExistsError):
-        add_site(fed.root, "charite")
+        add_site(fed.root, "charite", csr_path.read_bytes())
 
 
-def test_add_site_refuses_an_unrecorded_kit_folder(fed: Federation) -> None:
+def test_add_site_refuses_an_unrecorded_kit_folder(fed: Federation, tmp_path: Path) -> None:
     (fed.sites_dir / "ghost").mkdir()
     with pytest.raises(SiteExistsError, match=r"not in federation\.toml"):
-        add_site(fed.root, "ghost")
+        add_site(fed.root, "ghost", _csr(tmp_path, "ghost"))
 
 
-def test_add_site_never_outlives_the_ca(fed: Federation) -> None:
-    record = add_site(fed.root, "long", valid_days=100_000)
+def test_add_site_never_outlives_the_ca(fed: Federation, tmp_path: Path) -> None:
+    record = add_site(fed.root, "long", _csr(tmp_path, "long"), valid_days=100_000)
     assert record.not_after == _cert(fed.ca_cert_path).not_valid_after_utc
 
 
 def test_add_site_to_a_missing_federation_fails_clearly(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["add-site", str(tmp_path / "nowhere"), "a"])
+    csr_path = tmp_path / "a.csr"
+    csr_path.write_bytes(_csr(tmp_path, "a"))
+    result = runner.invoke(app, ["add-site", str(tmp_path / "nowhere"), "a", "--csr",
+                                 str(csr_path)])
     assert result.exit_code == 2 and "no federation in" in _flat(result.stderr)
 
 
@@ -486,7 +546,7 @@ def test_reload_crl_picks_up_revocations_and_fails_closed(fed: Federation,
 
 def test_ssl_contexts_require_certificates_and_modern_tls(shared: Federation) -> None:
     server = server_ssl_context(shared.hub.dir)
-    client = client_ssl_context(shared.site("charite").kit_dir)
+    client = client_ssl_context(_kit(shared, "charite"))
 
     assert server.verify_mode == ssl.CERT_REQUIRED
     assert client.verify_mode == ssl.CERT_REQUIRED and client.check_hostname
@@ -496,15 +556,15 @@ def test_ssl_contexts_require_certificates_and_modern_tls(shared: Federation) ->
 
 
 def test_a_kit_without_its_key_is_a_config_error(fed: Federation) -> None:
-    (fed.site("charite").kit_dir / "site.key").unlink()
+    (_kit(fed, "charite") / "site.key").unlink()
     with pytest.raises(ProvisioningConfigError, match="cannot load the site charite's TLS"):
-        client_ssl_context(fed.site("charite").kit_dir)
+        client_ssl_context(_kit(fed, "charite"))
 
 
 def test_a_malformed_node_toml_names_the_key(fed: Federation) -> None:
-    (fed.site("charite").kit_dir / "node.toml").write_text('site = "charite"\n')
+    (_kit(fed, "charite") / "node.toml").write_text('site = "charite"\n')
     with pytest.raises(ProvisioningConfigError, match="'federation_id' must be a str"):
-        load_node_config(fed.site("charite").kit_dir)
+        load_node_config(_kit(fed, "charite"))
 
 
 # --- the TOML writer --------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from fedcare.engine.secure import (
     SecureSettings,
     SecureSite,
     sites_in_any_sum,
+    vector_contribution,
 )
 from fedcare.learners.torch_learner import TorchLearner
 from fedcare.strategies import FedAvg
@@ -76,7 +77,7 @@ def _recording(seen: list[bytes]) -> Wrap:
 
 def _find_site_stats(replies: list[bytes], sites: list) -> list[str]:
     """Where any reply holds one site's stats vector: as floats, or as secagg fixed point."""
-    truths = [stats_vector(*site_sums(s.x_train)) for s in sites]
+    truths = [vector_contribution(stats_vector(*site_sums(s.x_train))) for s in sites]
     hits = []
     for reply in replies:
         _, params, aux = _unpack(reply)

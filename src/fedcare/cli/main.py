@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from fedcare import __version__
-from fedcare.cli import audit, data, network, provision
+from fedcare.cli import audit, data, network, nodekit, provision  # noqa: F401 (nodekit adds `node init`)
 from fedcare.cli.errors import fail
 from fedcare.core.errors import FedcareError
 
@@ -22,7 +22,7 @@ app = typer.Typer(name="fedcare", help="Federated learning and analytics for hea
 console = Console()
 app.add_typer(provision.app, name="provision")
 app.add_typer(network.hub_app, name="hub")
-app.add_typer(network.node_app, name="node")
+app.add_typer(network.node_app, name="node")  # with nodekit's init and install-cert
 app.add_typer(network.study_app, name="study")
 app.add_typer(data.app, name="data")
 app.add_typer(audit.app, name="audit")

@@ -77,19 +77,47 @@ def node_privacy(
     kit: Annotated[Path, typer.Option(help="The site's startup kit folder.")],
     data: Annotated[Path, typer.Option(help="The site's data config (with [privacy] policy).")],
     state_dir: Annotated[Path | None, typer.Option(help="Site state folder.")] = None,
+    offline: Annotated[bool, typer.Option(
+        help="Do not ask the hub for the ledger head it anchored (then a ledger cut at its "
+             "end or deleted is found only against the head this node last kept).")] = False,
+    sign_unsigned: Annotated[bool, typer.Option(
+        help="Sign the entries of a ledger written before fedcare signed them. You vouch for "
+             "them: check them against the hub's records first.")] = False,
 ) -> None:
-    """Show what the site's data has spent of its privacy budget, and check the ledger's
-    hash chain (exit 1 if an entry was edited, removed or inserted)."""
+    """Show what the site's data has spent of its privacy budget, and check the ledger: its
+    hash chain, the site's signature on every entry, and that it extends the head the hub
+    acknowledged (exit 1 if an entry was edited, removed or inserted, the ledger was cut at
+    its end, deleted or rewritten)."""
+    from fedcare.node.hub_link import LinkError
+    from fedcare.node.ledger_anchor import ANCHOR_FILE, LedgerAnchor, hub_head, ledger_key
     from fedcare.node.local_config import load_node_data
     from fedcare.privacy.dp.ledger import PrivacyLedger, SitePrivacyPolicy
 
+    hub_note = None
     try:
         node = load_node_data(data)
         if node.privacy_policy is None:
             raise FedcareError(f"{data} has no [privacy] policy: this site keeps no budget")
         policy = SitePrivacyPolicy.load(node.privacy_policy)
-        ledger = PrivacyLedger((state_dir or kit / "state") / "privacy-ledger.jsonl", policy)
+        state = state_dir or kit / "state"
+        ledger = PrivacyLedger(state / "privacy-ledger.jsonl", policy,
+                               key=ledger_key(kit, signing=sign_unsigned))
+        kept = LedgerAnchor(ledger, state / ANCHOR_FILE).ledger.anchor
+        anchored = None
+        if not offline:
+            try:
+                anchored = hub_head(kit)
+            except (LinkError, FedcareError) as exc:
+                hub_note = f"could not ask the hub for the anchored ledger head ({exc})"
+        if anchored is not None and (kept is None or anchored.count > kept.count):
+            ledger.anchor = anchored
+        if sign_unsigned:
+            signed = ledger.sign_unsigned()
+            console.print(f"signed {signed} unsigned ledger entries" if signed
+                          else "every ledger entry was signed already")
         problems = ledger.verify()
+        if kept is not None and ledger.anchor != kept:
+            problems += [p for p in ledger.verify(kept) if p not in problems]
         spent = ledger.spent() if not problems else None
     except FedcareError as exc:
         raise fail(exc, 2) from None
@@ -104,11 +132,26 @@ def node_privacy(
         for p in problems:
             console.print(f"[red]{escape(p)}[/red]")
         raise typer.Exit(1)
-    console.print("[green]ledger hash chain verified[/green]")
+    head = ledger.head()
+    console.print(f"[green]ledger verified: hash chain and site signatures of {head.count} "
+                  "entries[/green]")
+    if ledger.anchor is not None:
+        source = ("the hub" if ledger.anchor == anchored
+                  else "the hub, as this node last kept it")
+        console.print(f"[green]it extends the head {ledger.anchor.count}:"
+                      f"{ledger.anchor.hash[:12]}... anchored by {source}[/green]")
+    if offline or hub_note is not None:
+        console.print(f"[yellow]{escape(hub_note or 'offline')}: checked the hash chain, the "
+                      "site's signatures and the head this node last kept only - a ledger cut "
+                      "at its end or deleted (with that copy) is found only against the "
+                      "hub's anchor[/yellow]")
+    elif ledger.anchor is None:
+        console.print("the hub holds no ledger head for this site yet")
 
 
 Federation = Annotated[Path | None, typer.Option(
-    help="Federation folder (reads the hub URL, CA and researcher token).")]
+    help="Researcher folder (FED/researcher from `fedcare provision new`), or the "
+         "coordinator's federation folder: reads the hub URL, CA and researcher token.")]
 HubUrl = Annotated[str | None, typer.Option("--hub", help="Hub URL.")]
 CaFile = Annotated[Path | None, typer.Option(help="Federation CA certificate.")]
 Token = Annotated[str | None, typer.Option(help="Researcher token.")]

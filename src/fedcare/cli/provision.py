@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     from fedcare.hub.provisioning import Federation, SiteRecord
 
 app = typer.Typer(
-    help="Create and manage a federation's certificates: the CA, the hub's TLS folder and each "
-         "site's startup kit.",
+    help="Create and manage a federation's certificates: the CA, the hub's TLS folder, the "
+         "researcher's folder, and each site's certificate (signed from the site's request).",
     no_args_is_help=True, add_completion=False)
 console = Console()
 
@@ -42,43 +42,52 @@ def new(
     hub_host: Annotated[str, typer.Option(help="DNS name or IP address sites use to reach the "
                                                "hub.")],
     hub_port: Annotated[int, typer.Option(help="The hub's HTTPS port.")] = 8443,
-    site: Annotated[list[str] | None, typer.Option(
-        "--site", help="A site to issue a startup kit for (repeat for more).")] = None,
     valid_days: ValidDays = 365,
 ) -> None:
-    """Create a federation: CA, hub folder and one startup kit per --site."""
+    """Create a federation: CA, hub folder and researcher folder (sites join with add-site)."""
     from fedcare.hub.provisioning import create_federation
 
     try:
         federation = create_federation(directory, hub_host=hub_host, hub_port=hub_port,
-                                       sites=site or (), valid_days=valid_days)
+                                       valid_days=valid_days)
     except FedcareError as exc:
         raise fail(exc, 2) from None
     root = federation.root
     console.print(f"Created federation [bold]{federation.federation_id}[/bold] in "
                   f"[bold]{escape(str(root))}[/bold] (hub {escape(federation.hub.url)})")
     console.print(f"  [bold]{escape(str(federation.hub.dir))}[/bold]: copy to the hub machine")
-    for record in federation.sites:
-        console.print(f"  [bold]{escape(str(record.kit_dir))}[/bold]: send to site "
-                      f"{escape(record.name)} over a secure channel")
+    console.print(f"  [bold]{escape(str(root / 'researcher'))}[/bold]: give to the researcher "
+                  "(hub URL, CA certificate, token; no private key)")
     console.print(f"  [bold]{escape(str(root / 'ca'))}[/bold]: the CA key; keep it offline and "
                   "backed up")
+    console.print("Each site makes its own key: [bold]fedcare node init --site NAME --out "
+                  "KIT[/bold], then sends you KIT/site.csr for [bold]fedcare provision add-site"
+                  "[/bold].")
 
 
 @app.command("add-site")
-def add_site_command(directory: FederationDir,
-                     name: Annotated[str, typer.Argument(help="The new site's name.")],
-                     valid_days: ValidDays = 365) -> None:
-    """Issue a startup kit for a new site with the federation's existing CA."""
+def add_site_command(
+    directory: FederationDir,
+    name: Annotated[str, typer.Argument(help="The new site's name (as in its request).")],
+    csr: Annotated[Path, typer.Option(help="The site's certificate signing request (site.csr "
+                                           "from `fedcare node init`).")],
+    valid_days: ValidDays = 365,
+) -> None:
+    """Sign a site's certificate request; writes sites/NAME (no secret) to send back to it."""
     from fedcare.hub.provisioning import add_site
 
     try:
-        record = add_site(directory, name, valid_days=valid_days)
+        try:
+            request = csr.read_bytes()
+        except OSError as exc:
+            raise FedcareError(f"cannot read the request {csr}: {exc}") from exc
+        record = add_site(directory, name, request, valid_days=valid_days)
     except FedcareError as exc:
         raise fail(exc, 2) from None
     console.print(f"Issued site [bold]{escape(record.name)}[/bold] (serial "
                   f"{_short(f'{record.serial:x}')}, expires {record.not_after:%Y-%m-%d}): send "
-                  f"[bold]{escape(str(record.kit_dir))}[/bold] over a secure channel")
+                  f"[bold]{escape(str(record.kit_dir))}[/bold] to the site (it holds no secret); "
+                  "it installs it with [bold]fedcare node install-cert[/bold]")
 
 
 @app.command()

@@ -94,10 +94,26 @@ def study_config(features: list[str], label: str, contract_hash: str) -> dict[st
     }
 
 
+def provision_demo(out: Path, hospitals: list[str], port: int) -> Path:
+    """The demo's federation in ``out/federation`` and each hospital's own kit in
+    ``out/site-kits/<name>``; returns the kits' folder.
+
+    Every hospital runs the same steps as a real site (``fedcare node init``: its own key and
+    a request; the coordinator signs it; ``fedcare node install-cert``), so the coordinator's
+    folder never holds a hospital's key (and no CKKS secret: the sites of a CKKS study make
+    its key among themselves).
+    """
+    from fedcare.hub.provisioning import create_federation
+
+    kits = out / "site-kits"
+    create_federation(out / "federation", hub_host="127.0.0.1", hub_port=port, sites=hospitals,
+                      site_kits=kits)
+    return kits
+
+
 def run_demo(out: Path, console: Console) -> dict[str, Any]:
     from fedcare.client import HubClient, watch
     from fedcare.data.contract import contract_hash, feature_columns, load_contract
-    from fedcare.hub.provisioning import create_federation
 
     out.mkdir(parents=True, exist_ok=True)
     work = out / "federation"
@@ -111,15 +127,17 @@ def run_demo(out: Path, console: Console) -> dict[str, Any]:
                   f"(different codes, units and case mix) against data contract "
                   f"{contract.name!r} v{contract.version}")
     port = _free_port()
-    create_federation(work, hub_host="127.0.0.1", hub_port=port, sites=[s.name for s in sites])
-    console.print(f"Provisioned a federation in {work} (CA, hub certificate, 3 site kits, CKKS "
-                  f"contexts); hub on https://127.0.0.1:{port}")
+    kits = provision_demo(out, [s.name for s in sites], port)
+    console.print(f"Provisioned a federation in {work} (CA, hub certificate, researcher "
+                  f"folder); each hospital made its own key in {kits} and had it signed; hub "
+                  f"on https://127.0.0.1:{port}")
     with processes() as procs:
         procs.append(_start(["hub", "start", "--kit", str(work / "hub")], logs / "hub.log"))
-        client = _wait("the hub", lambda: HubClient(work, None, None, None), 60, procs, logs)
+        client = _wait("the hub", lambda: HubClient(work / "researcher", None, None, None), 60,
+                       procs, logs)
         _wait("the hub", lambda: client.call("GET", "/v1/health"), 60, procs, logs)
         for site in sites:
-            procs.append(_start(["node", "start", "--kit", str(work / "sites" / site.name),
+            procs.append(_start(["node", "start", "--kit", str(kits / site.name),
                                  "--data", str(site.node_config)], logs / f"node-{site.name}.log"))
         console.print("Started the hub and 3 site nodes as separate processes "
                       f"(logs in {logs}); each node harmonizes its own export to the "

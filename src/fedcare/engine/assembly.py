@@ -12,7 +12,7 @@ import math
 
 from fedcare.config import StudyConfig
 from fedcare.core.errors import ConfigError
-from fedcare.privacy.dp.accounting import noise_for_budget
+from fedcare.privacy.dp.accounting import discrete_noise_multiplier, noise_for_budget
 from fedcare.privacy.dp.spec import PrivacySpec
 
 
@@ -52,7 +52,17 @@ def derive_noise(cfg: StudyConfig, rows_per_site: int | None = None, *,
         q = sampled / n_sites
     else:
         q = s.fraction
-    return noise_for_budget(p.target_epsilon, p.delta, q, rounds, p.accountant)
+    effective = None
+    if p.mode == "dp_fedavg_distributed":
+        # Each sampled site adds a discrete Gaussian share: the accountant sees their sum's
+        # bound (equal to z on any practical grid), so the target holds for what is run.
+        shares = sampled if n_sites is not None else max(1, s.min_sites)
+
+        def effective(z: float) -> float:
+            return discrete_noise_multiplier(z, p.clip, cfg.secure_aggregation.frac_bits,
+                                             shares=shares)
+    return noise_for_budget(p.target_epsilon, p.delta, q, rounds, p.accountant,
+                            effective=effective)
 
 
 def privacy_spec(cfg: StudyConfig, rows_per_site: int | None = None, *,

@@ -23,7 +23,12 @@ from fedcare.core.params import ArraySpec, Parameters, ParamSpec
 from fedcare.core.seeds import site_round_seed
 from fedcare.core.wire import decode_task, encode_error, encode_update
 from fedcare.engine.privacy import SitePrivacy
-from fedcare.engine.secure import SecureSite, contribution, delta_contribution
+from fedcare.engine.secure import (
+    SecureSite,
+    contribution,
+    delta_contribution,
+    vector_contribution,
+)
 from fedcare.engine.site_state import SiteStateStore
 from fedcare.strategies import site_algorithm
 
@@ -160,7 +165,8 @@ class SiteExecutor:
             n = 0  # the reply states no exact row count
         if self.secure is not None:
             return self._protocol_reply(
-                task, self.secure.start(task, stats_vector(count, total, total_sq)), start,
+                task, self.secure.start(task, vector_contribution(
+                    stats_vector(count, total, total_sq))), start,
                 num_examples=0)
         stats = Parameters({"sum": total, "sumsq": total_sq, "count": np.array([count])})
         provenance = ("stats:sum,sumsq,count",) + (("dp:gaussian",) if in_sum is not None else ())

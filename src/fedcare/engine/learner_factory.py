@@ -38,13 +38,15 @@ class ModelShape:
 
 
 def make_learner(cfg: StudyConfig, shape: ModelShape, *, rows: int | None = None,
-                 seeded: bool = True) -> Learner:
+                 seeded: bool = False) -> Learner:
     """One learner for every site in this process; its model is initialised from the seed.
 
     A DP-SGD study's learner is per site (``rows``: the site's training rows), since a
     budget-first study derives each site's noise from its own row count; without ``rows``
-    (the hub, which only needs the layout) the learner trains without DP. ``seeded`` noise
-    makes simulations reproducible; nodes pass ``seeded=False``.
+    (the hub, which only needs the layout) the learner trains without DP. DP-SGD's row
+    sampling and noise come from secret seeds (nodes and simulations alike: a simulation's DP
+    result is a privacy claim too); ``seeded=True`` derives them from the public study seed,
+    for reproducible tests only (see :class:`~fedcare.learners.torch_learner.DpSgdOptions`).
     """
     m = cfg.model
     dp = None

@@ -53,6 +53,9 @@ class SitePrivacy:
     #: survive (distributed noise: the sum carries at least that share of the noise).
     study_sites: int = 1
     secure_threshold: float = 1.0
+    #: Fractional bits of the fixed-point grid the DP-FedAvg noise lives on (the study's
+    #: ``secure_aggregation.frac_bits``, also used without secure aggregation).
+    frac_bits: int = 24
     #: Noise multiplier of the feature statistics (None: the study releases none under DP)
     #: and their declared ranges (``data.stats_clip``).
     stats_noise: float | None = None
@@ -113,9 +116,12 @@ class SitePrivacy:
                     "aggregation, or set trust_hub_noise = true")
             return spec.noise_multiplier
         if spec.mechanism is Mechanism.DP_FEDAVG_DISTRIBUTED:
+            from fedcare.privacy.dp.accounting import discrete_noise_multiplier
+
             n = int(task.meta.get(DP_SITES, 1))
             t = max(1, math.ceil(self.secure_threshold * n))
-            return spec.noise_multiplier * math.sqrt(t / n)
+            return discrete_noise_multiplier(spec.noise_multiplier, spec.clip, self.frac_bits,
+                                             shares=n, summed=t)
         return spec.noise_multiplier
 
     def charge(self, task: Task, train: TrainConfig) -> None:
@@ -161,17 +167,22 @@ class SitePrivacy:
 
         self.check(task)
         n = int(task.meta[DP_SITES])
-        delta, _info = privatize_update(task.parameters, trained, spec, n)  # norm stays here
+        # Under masking secure aggregation the exact float64 grid values are encoded as they
+        # are, so the hub's sum is exactly the sum of the sites' noised grid values.
+        exact = task.meta.get("secure") in ("secagg", "secagg+")
+        delta, _info = privatize_update(task.parameters, trained, spec, n,  # norm stays here
+                                        frac_bits=self.frac_bits, keep_float64=exact)
         return delta
 
 
 class HubPrivacy:
     """The hub's half: weights, central noise and the epsilon history of one study."""
 
-    def __init__(self, spec: PrivacySpec, n_sites: int, stats_noise: float | None = None
-                 ) -> None:
+    def __init__(self, spec: PrivacySpec, n_sites: int, frac_bits: int = 24, *,
+                 stats_noise: float | None = None) -> None:
         self.spec = spec
         self.n_sites = n_sites
+        self.frac_bits = frac_bits
         #: The feature statistics' noise multiplier when the study releases them (composed
         #: into the reported epsilon as a "round 0" charge before the first round).
         self.stats_noise = stats_noise
@@ -186,13 +197,15 @@ class HubPrivacy:
     def meta(self, sampled: Sequence[str]) -> dict[str, Any]:
         return {DP_SITES: len(sampled)} if self.is_dp_fedavg else {}
 
-    def central_noise(self, size: int) -> np.ndarray | None:
-        """N(0, (z·C)²) for the SUM of the clipped differences (central mode only)."""
+    def noisy_sum(self, total: np.ndarray) -> np.ndarray | None:
+        """Central mode only: the SUM of the clipped differences plus discrete Gaussian
+        N_Z(0, (z·C·2^f)²) grid steps, exact in float64 (the caller divides afterwards, so
+        the release is a function of the noisy sum alone - Mironov 2012)."""
         if self.spec.mechanism is not Mechanism.DP_FEDAVG_CENTRAL:
             return None
-        from fedcare.privacy.dp.mechanisms import gaussian_noise
+        from fedcare.privacy.dp.hooks import noisy_sum
 
-        return gaussian_noise((size,), self.spec.noise_multiplier * self.spec.clip)
+        return noisy_sum(total, self.spec, frac_bits=self.frac_bits)
 
     def report(self, rounds: Sequence[Any]) -> dict[str, Any]:
         """Epsilon per round and cumulative for ``history.json`` (and the report)."""
@@ -200,13 +213,17 @@ class HubPrivacy:
 
         if not self.is_dp_fedavg:
             return self._dp_sgd_report(rounds)
+        from fedcare.privacy.dp.accounting import discrete_noise_multiplier
+
         charges: list[Any] = self._stats_charge()
         for r in rounds:
             k, got = len(r.sites_sampled), len(r.sites_completed)
             z = None
-            if self.spec.mechanism is Mechanism.DP_FEDAVG_DISTRIBUTED and got < k:
-                # Each site added 1/k of the noise variance: the sum carries got/k of it.
-                z = self.spec.noise_multiplier * math.sqrt(got / k)
+            if self.spec.mechanism is Mechanism.DP_FEDAVG_DISTRIBUTED and got > 0:
+                # Each site added a discrete Gaussian share of 1/k of the variance: the sum
+                # of got shares (Kairouz et al. 2021; ~ z sqrt(got/k) on a fine grid).
+                z = discrete_noise_multiplier(self.spec.noise_multiplier, self.spec.clip,
+                                              self.frac_bits, shares=k, summed=got)
             charges.append(RoundCharge(r.round, k / self.n_sites, 1, z))
         self._last = epsilon_history(self.spec, charges, self._last)
         return self._with_stats(self._last.to_json())
@@ -274,7 +291,8 @@ def hub_privacy(cfg: Any, n_sites: int) -> HubPrivacy | None:
                            accountant=p.accountant)
     else:
         spec = privacy_spec(cfg, n_sites=n_sites)  # type: ignore[assignment]
-    return HubPrivacy(spec, n_sites, stats_noise_multiplier(cfg))
+    return HubPrivacy(spec, n_sites, frac_bits=cfg.secure_aggregation.frac_bits,
+                      stats_noise=stats_noise_multiplier(cfg))
 
 
 def site_privacy(cfg: Any, rows: int, n_sites: int, ledger: Any | None = None
@@ -287,6 +305,7 @@ def site_privacy(cfg: Any, rows: int, n_sites: int, ledger: Any | None = None
         return None
     return SitePrivacy(spec, ledger, rows, study_sites=n_sites,
                        secure_threshold=cfg.secure_aggregation.threshold,
+                       frac_bits=cfg.secure_aggregation.frac_bits,
                        stats_noise=stats_noise_multiplier(cfg),
                        stats_clip=cfg.data.stats_clip)
 

@@ -224,9 +224,13 @@ class RoundEngine:
                                     validated=True)
             if dp_fedavg:
                 kind = UpdateKind.DELTA
-                noise = self.privacy.central_noise(self.spec.total_size)  # type: ignore[union-attr]
-                if noise is not None:
-                    self._stack.add_to_sum(noise)
+                rows = self._stack.rows
+                noisy = self.privacy.noisy_sum(  # type: ignore[union-attr]
+                    rows.sum(axis=0, dtype=np.float64))
+                if noisy is not None:
+                    # Every row becomes the noisy mean: the uniform average is then a function
+                    # of the exact noisy sum alone (no float rounding mixes in a site's bits).
+                    rows[:] = (noisy / len(rows)).astype(rows.dtype)
         if self._stack.weights.sum() <= 0:
             raise RoundFailed(f"round {round_}: the sites that completed trained on no examples")
         new = self.strategy.aggregate(round_, self.parameters, self._stack, kind,
@@ -269,9 +273,12 @@ class RoundEngine:
             raise RoundFailed(f"round {round_}: only {len(result.included)} sites are in the "
                               f"secure sum (need {need}); failures: {record.sites_failed}")
         if self.privacy is not None and self.privacy.is_dp_fedavg:
-            noise = self.privacy.central_noise(self.spec.total_size)
-            if noise is not None:  # central noise on the (uniform) sum, as in the plain path
-                result.new_model += noise / result.total_weight
+            total = result.total
+            if total is None:  # fail closed: central noise needs the exact sum
+                total = np.full(self.spec.total_size, np.nan)
+            noisy = self.privacy.noisy_sum(total)
+            if noisy is not None:  # central noise on the exact (uniform) sum, as in the plain path
+                result.new_model = self.parameters.flatten("float64") + noisy / result.total_weight
         mean = Parameters.unflatten(result.new_model.astype(self._stack.dtype), self.spec)
         self._stack.add("secure-sum", mean, result.total_weight, validated=False)
 

@@ -10,9 +10,10 @@ itself, so the sum gives the example-weighted FedAvg mean ``Σ w·(x − g) / Σ
 * ``secagg`` / ``secagg+`` — Bonawitz et al. (CCS 2017) pairwise masking with Shamir-shared
   keys for dropout recovery, on a complete or a sparse (Bell et al., CCS 2020) graph; steps:
   fit (keys) -> ``sa_share`` -> ``sa_mask`` -> ``sa_unmask``.
-* ``ckks`` — homomorphic encryption (CKKS, TenSEAL): sites encrypt with the federation's
-  secret context, the hub sums ciphertexts with the public context, and one participating site
-  decrypts the sum (``he_decrypt``) and returns it.
+* ``ckks`` — homomorphic encryption (CKKS, TenSEAL): sites encrypt with the study's secret
+  context (made and shared among the sites, :mod:`fedcare.engine.ckks_custody`) and sign their
+  ciphertexts; one participating site receives the signed ciphertexts (``he_decrypt``),
+  verifies them, adds them itself and returns the decrypted sum.
 
 The protocols themselves (:mod:`fedcare.privacy.secagg`, :mod:`fedcare.privacy.he`) are pure
 state machines; this module only routes their messages.
@@ -33,6 +34,7 @@ from fedcare.core.messages import Task, TaskKind, Update
 from fedcare.core.params import Parameters
 
 if TYPE_CHECKING:
+    from fedcare.engine.ckks_custody import LocalTrust, SiteIdentity, StudyKeys
     from fedcare.engine.round_engine import RoundEngine
 
 #: Aux name under which protocol messages travel in tasks and replies.
@@ -52,7 +54,9 @@ class SecureSettings:
     threshold: float = 0.67
     frac_bits: int = 24
     mod_bits: int = 64
-    he_context: bytes | None = field(default=None, repr=False)  # sites' secret CKKS context
+    #: One secret CKKS context for every site (simulations and tests only); a networked site
+    #: gets its study's key from the other sites instead (``SecureSite(keys=...)``).
+    he_context: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -142,10 +146,12 @@ class SecureSite:
     error: the protocol treats it as a dropout."""
 
     def __init__(self, site: str, settings: SecureSettings, known_sites: Sequence[str] | None
-                 = None) -> None:
+                 = None, *, identity: SiteIdentity | None = None,
+                 keys: StudyKeys | None = None) -> None:
         self.site = site
         self.settings = settings
         self.known_sites = set(known_sites) if known_sites is not None else None
+        self.identity, self.keys = _ckks_custody(site, settings, identity, keys)
         self._sessions: dict[int, tuple[Any, Any, np.ndarray]] = {}
         self._answers: dict[int, dict[str, Parameters]] = {}
         self._answered: set[int] = set()
@@ -193,16 +199,29 @@ class SecureSite:
             self._sessions[task.round] = (cfg, client, vector)
             self._answers[task.round] = _as_aux(client.advertise_keys().to_arrays(cfg))
             return self._answers[task.round]
-        from fedcare.privacy.he import HEContext, encrypt_vector
-
-        if self.settings.he_context is None:
-            raise ConfigError("this site holds no CKKS secret context (provisioning writes "
-                              "he_secret.ctx into each site kit)")
-        ctx = HEContext.load_secret(self.settings.he_context)
+        ctx, answer = self._ckks_contribution(task, vector)
         self._sessions[task.round] = (ctx, None, vector)
-        blob = encrypt_vector(ctx, vector)
-        self._answers[task.round] = _as_aux({"ct": np.frombuffer(blob, dtype=np.uint8)})
+        self._answers[task.round] = _as_aux(answer)
         return self._answers[task.round]
+
+    def _ckks_contribution(self, task: Task, vector: np.ndarray) -> tuple[Any, dict[str, Any]]:
+        """The site's CKKS answer to a fit: its ciphertext, signed (ECDSA with its site key
+        over the ciphertext's sha256, the study, the round and its name) with its certificate,
+        so a decrypting site can check that every ciphertext in a sum is what its site sent
+        for this round (:mod:`fedcare.engine.ckks_custody`)."""
+        from fedcare.engine.ckks_custody import contribution_message
+        from fedcare.privacy.he import encrypt_vector
+
+        if self.identity is None or self.keys is None:
+            raise ConfigError("this site has no CKKS key source and identity (a node gets them "
+                              "from its startup kit)")
+        ctx = self.keys.context(task.study)
+        blob = encrypt_vector(ctx, vector)
+        signature = self.identity.sign(contribution_message(task.study, task.round, self.site,
+                                                            blob))
+        return ctx, {"ct": np.frombuffer(blob, dtype=np.uint8),
+                     "sig": np.frombuffer(signature, dtype=np.uint8),
+                     "cert": np.frombuffer(self.identity.cert_der(), dtype=np.uint8)}
 
     def step(self, task: Task) -> dict[str, Parameters]:
         """One later protocol step of the round's session."""
@@ -216,20 +235,9 @@ class SecureSite:
             raise ProtocolError(f"a {task.kind.value} step does not belong to this study's "
                                 f"{self.settings.protocol} protocol")
         if task.kind is TaskKind.HE_DECRYPT:
-            from fedcare.privacy.he import decrypt_vector, peek
-
-            included = task.meta.get("included")
-            need = _min_sum(self.settings, len(participants))
-            if (not isinstance(included, list) or not set(included) <= set(participants)
-                    or len(set(included)) < need):
-                raise ProtocolError(f"refusing to decrypt: the sum must include at least "
-                                    f"{need} of the round's sites")
-            if "ct" not in arrays or peek(arrays["ct"].tobytes()).length != vector.size:
-                raise ProtocolError("refusing to decrypt: not a ciphertext of this round's "
-                                    "vectors")
-            total = decrypt_vector(first, arrays["ct"].tobytes())
+            total = self._ckks_decrypt(task, participants, arrays, first, vector.size)
             del self._sessions[task.round]
-            return _as_aux({"sum": total.astype(np.float64)})
+            return _as_aux({"sum": total})
         from fedcare.privacy.secagg import (
             KeysBroadcast,
             ShareDelivery,
@@ -249,6 +257,40 @@ class SecureSite:
             return _as_aux(response.to_arrays(cfg))
         raise ProtocolError(f"unexpected protocol step {task.kind.value}")
 
+    def _ckks_decrypt(self, task: Task, participants: list[str],
+                      arrays: Mapping[str, np.ndarray], ctx: Any, length: int) -> np.ndarray:
+        """Decrypt the sum of the round's signed contributions, and nothing else.
+
+        The task carries each included site's ciphertext, signature and certificate (never a
+        ready-made "sum", which a site cannot tell from one site's ciphertext). Every
+        certificate must chain to the federation CA and name its site, every signature must
+        cover that ciphertext for this study and round, the included sites must be distinct
+        participants and at least the round's threshold; then this site adds the ciphertexts
+        itself and decrypts that sum. What this can and cannot prove is in
+        :mod:`fedcare.engine.ckks_custody`.
+        """
+        from fedcare.engine.ckks_custody import verify_contributions
+        from fedcare.privacy.he import decrypt_vector, peek, sum_ciphertexts
+
+        assert self.identity is not None  # a CKKS session exists only with an identity
+        included = task.meta.get("included")
+        need = _min_sum(self.settings, len(participants))
+        if (not isinstance(included, list) or not all(isinstance(s, str) for s in included)
+                or not set(included) <= set(participants) or len(set(included)) < need
+                or len(set(included)) != len(included)):
+            raise ProtocolError(f"refusing to decrypt: the sum must include at least "
+                                f"{need} distinct sites of the round")
+        blobs = verify_contributions(self.identity, task.study, task.round, included, arrays)
+        for site, blob in blobs.items():
+            if peek(blob).length != length:
+                raise ProtocolError(f"refusing to decrypt: site {site}'s ciphertext is not "
+                                    "one of this round's vectors")
+        try:
+            total = decrypt_vector(ctx, sum_ciphertexts(ctx, blobs))
+        except FedcareError as exc:
+            raise ProtocolError(f"refusing to decrypt: {exc.message}") from exc
+        return total.astype(np.float64)
+
 
 # -- the hub half ------------------------------------------------------------------------------
 @dataclass
@@ -261,6 +303,8 @@ class SecureSum:
     failures: dict[str, str]
     bytes_down: int = 0
     bytes_up: int = 0
+    #: The decoded sum Σ w·(x − g) itself (central DP noise is added to it exactly).
+    total: np.ndarray | None = None
 
 
 class SecureAggregator:
@@ -318,6 +362,7 @@ class SecureAggregator:
                          acc)
         result = server.finish(self._parse(got, UnmaskResponse, cfg, acc))
         acc.new_model, acc.total_weight = mean_from_sum(result.sum, engine.parameters)
+        acc.total = result.sum[:-1]
         acc.included = sorted(result.included)
         return acc
 
@@ -334,41 +379,26 @@ class SecureAggregator:
 
     def _ckks(self, engine: RoundEngine, round_: int, participants: Sequence[str],
               fit: Mapping[str, Update]) -> SecureSum:
-        from fedcare.privacy.he import HEContext, sum_ciphertexts
+        """Collect the sites' signed ciphertexts and have one included site decrypt their sum.
 
-        if self.public_he_context is None:
-            raise ConfigError("the hub holds no public CKKS context (he_public.ctx)")
-        public = HEContext.load_public(self.public_he_context)
+        The hub needs no CKKS context: it checks each ciphertext's header (same key
+        fingerprint, the model's length) and forwards the signed ciphertexts; the decrypting
+        site adds them. Given the public context (a simulation), it also parses every
+        ciphertext, so a corrupt one is left out before a site is asked to decrypt."""
         acc = SecureSum(np.empty(0), 0.0, [], {})
-        blobs: dict[str, bytes] = {}
-        for s, u in sorted(fit.items()):
-            try:
-                blobs[s] = _arrays(u)["ct"].tobytes()
-            except (FedcareError, KeyError) as exc:
-                acc.failures[s] = f"ciphertext: {exc}"
-        total = None
-        while blobs:
-            try:
-                total = sum_ciphertexts(public, blobs)
-                break
-            except FedcareError as exc:  # a bad ciphertext (wrong context, truncated...)
-                bad = exc.site if exc.site in blobs else None
-                if bad is None:
-                    raise
-                acc.failures[bad] = f"ciphertext: {exc.message}"
-                del blobs[bad]  # that site is left out; the others are summed again
-        if total is None:
-            raise ProtocolError(f"round {round_}: no site sent a usable ciphertext")
-        included = sorted(blobs)
+        parts = _ckks_parts(fit, engine.spec.total_size + 1, acc)
+        if self.public_he_context is not None and parts:
+            parts = self._ckks_parse(parts, acc)
+        included = sorted(parts)
         need = _min_sum(self.settings, len(participants))
         if len(included) < need:
             # A "sum" of fewer would let a decrypting site hand the hub one site's update.
             raise ProtocolError(f"round {round_}: only {len(included)} ciphertexts; the sum "
                                 f"must include at least {need} sites")
+        payload = {f"{k}.{s}": v for s in included for k, v in parts[s].items()}
         # One participant decrypts the sum (any will do; the first that answers is used).
         for decryptor in included:
-            got = self._step(engine, round_, TaskKind.HE_DECRYPT,
-                             {decryptor: {"ct": np.frombuffer(total, dtype=np.uint8)}},
+            got = self._step(engine, round_, TaskKind.HE_DECRYPT, {decryptor: payload},
                              participants, acc, included=included)
             if decryptor in got:
                 plain = np.asarray(got[decryptor]["sum"], dtype=np.float64)
@@ -376,10 +406,88 @@ class SecureAggregator:
                     acc.failures[decryptor] = "decrypted sum has the wrong shape or NaN/Inf"
                     continue
                 acc.new_model, acc.total_weight = mean_from_sum(plain, engine.parameters)
+                acc.total = plain[:-1]
                 acc.included = included
                 return acc
         raise ProtocolError(f"round {round_}: no site could decrypt the aggregate: "
                             f"{acc.failures}")
+
+    def _ckks_parse(self, parts: dict[str, dict[str, np.ndarray]],
+                    acc: SecureSum) -> dict[str, dict[str, np.ndarray]]:
+        from fedcare.privacy.he import HEContext, sum_ciphertexts
+
+        assert self.public_he_context is not None
+        public = HEContext.load_public(self.public_he_context)
+        while parts:
+            try:
+                sum_ciphertexts(public, {s: p["ct"].tobytes() for s, p in parts.items()})
+                break
+            except FedcareError as exc:  # a bad ciphertext (wrong context, truncated...)
+                bad = exc.site if exc.site in parts else None
+                if bad is None:
+                    raise
+                acc.failures[bad] = f"ciphertext: {exc.message}"
+                del parts[bad]  # that site is left out; the others are checked again
+        return parts
+
+
+def _ckks_parts(fit: Mapping[str, Update], length: int,
+                acc: SecureSum) -> dict[str, dict[str, np.ndarray]]:
+    """Each site's ciphertext, signature and certificate, for the sites whose ciphertext
+    header is well formed, holds ``length`` values and carries the key fingerprint most
+    sites used (a site under another key is left out, not summed into garbage)."""
+    from fedcare.privacy.he import peek
+
+    parts: dict[str, dict[str, np.ndarray]] = {}
+    prints: dict[str, str] = {}
+    for s, u in sorted(fit.items()):
+        try:
+            arrays = _arrays(u)
+            got = {k: np.asarray(arrays[k], dtype=np.uint8) for k in ("ct", "sig", "cert")}
+            header = peek(got["ct"].tobytes())
+        except (FedcareError, KeyError) as exc:
+            acc.failures[s] = f"ciphertext: {exc}"
+            continue
+        if header.length != length:
+            acc.failures[s] = (f"ciphertext: holds {header.length} values, the round's "
+                               f"vectors {length}")
+            continue
+        parts[s], prints[s] = got, header.fingerprint
+    if prints:
+        counts: dict[str, int] = {}
+        for fp in prints.values():
+            counts[fp] = counts.get(fp, 0) + 1
+        common = max(sorted(counts), key=lambda fp: counts[fp])
+        for s, fp in prints.items():
+            if fp != common:
+                acc.failures[s] = ("ciphertext: made under another HE context than the "
+                                   "round's other sites")
+                del parts[s]
+    return parts
+
+
+def _ckks_custody(site: str, settings: SecureSettings, identity: SiteIdentity | None,
+                  keys: StudyKeys | None) -> tuple[SiteIdentity | None, StudyKeys | None]:
+    """A CKKS site's identity and key source: given (a node: its kit and the other sites),
+    or, for a simulation that hands every site one secret context, an identity from a
+    process-wide throwaway CA so the same signed-contribution checks run."""
+    if settings.protocol != "ckks" or settings.he_context is None:
+        return identity, keys
+    from fedcare.engine.ckks_custody import FixedKeys
+
+    return (identity or _local_trust().identity(site),
+            keys or FixedKeys(settings.he_context))
+
+
+_LOCAL_TRUST: list[LocalTrust] = []
+
+
+def _local_trust() -> LocalTrust:
+    from fedcare.engine.ckks_custody import LocalTrust
+
+    if not _LOCAL_TRUST:
+        _LOCAL_TRUST.append(LocalTrust())
+    return _LOCAL_TRUST[0]
 
 
 # -- a secure sum of one vector per site (the feature statistics) ------------------------------
@@ -396,6 +504,12 @@ def sites_in_any_sum(settings: SecureSettings, n: int) -> int:
     return min(_min_sum(settings, n), n)
 
 
+def vector_contribution(vector: np.ndarray) -> np.ndarray:
+    """``[v, 1]``: a site's vector for :class:`SecureVectorSum` (weight 1 per site, so the
+    protocol's weighted-mean bookkeeping holds whatever ``v`` is, e.g. a noised count)."""
+    return np.concatenate([np.asarray(vector, dtype=np.float64).reshape(-1), [1.0]])
+
+
 @dataclass
 class VectorSum:
     """The plain sum of the included sites' vectors: all the hub learns from the session."""
@@ -407,104 +521,41 @@ class VectorSum:
     bytes_up: int = 0
 
 
+class _VectorView:
+    """The engine as :class:`SecureAggregator` sees it, for a vector that is not the model:
+    the same exchanges, study and settings, but a flat zero "global model" of the vector's
+    length, so the protocol's ``g + Σ w·v / Σ w`` is the plain mean of the vectors."""
+
+    def __init__(self, engine: RoundEngine, length: int) -> None:
+        self._engine = engine
+        self.parameters = Parameters({"v": np.zeros(length, dtype=np.float64)})
+        self.spec = self.parameters.spec
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+
 class SecureVectorSum:
     """Runs one secure-aggregation session over an arbitrary vector per site (not a model
     update): used for the feature statistics, whose ``[count, sums, sums of squares]`` the hub
     must only learn as the federation's total.
 
-    The first message (secagg keys, or the CKKS ciphertext) comes in each site's reply to the
-    task that asked for the vector, exactly as a secure fit reply; the later steps are protocol
-    exchanges of the same session. The session's round number must differ from every training
-    round's (the engine uses round 0), since sessions, graph seeds and task ids are per round.
-    The same protocol code runs as for updates (:class:`SecureAggregator`'s steps); only the
-    vector's length and what is done with the sum differ."""
+    Each site answers the task that asked for its vector with the protocol's first message
+    for :func:`vector_contribution` (secagg keys, or a CKKS ciphertext), exactly as a secure
+    fit reply; the later steps are the very protocol steps of a training round
+    (:meth:`SecureAggregator.aggregate`, run on a :class:`_VectorView` of the engine). The
+    session's round number must differ from every training round's (the engine uses round
+    0): sessions, graph seeds and task ids are per round."""
 
     def __init__(self, aggregator: SecureAggregator) -> None:
         self.agg = aggregator
 
     def run(self, engine: RoundEngine, round_: int, participants: Sequence[str],
             first: Mapping[str, Update], length: int) -> VectorSum:
-        acc = SecureSum(np.empty(0), 0.0, [], {})
-        if self.agg.settings.is_masking:
-            total = self._secagg(engine, round_, participants, first, length, acc)
-        else:
-            total = self._ckks(engine, round_, participants, first, length, acc)
-        return VectorSum(total, acc.included, acc.failures, acc.bytes_down, acc.bytes_up)
-
-    def _secagg(self, engine: RoundEngine, round_: int, participants: Sequence[str],
-                first: Mapping[str, Update], length: int, acc: SecureSum) -> np.ndarray:
-        from fedcare.privacy.secagg import (
-            AdvertiseKeys,
-            MaskedInput,
-            SecAggServer,
-            ShareBundle,
-            UnmaskResponse,
-        )
-
-        agg = self.agg
-        cfg = secagg_config(agg.settings, participants, length, engine.settings.study, round_)
-        server = SecAggServer(cfg)
-        keys = {}
-        for s, u in first.items():
-            try:
-                keys[s] = AdvertiseKeys.from_arrays(_arrays(u), cfg=cfg)
-            except FedcareError as exc:
-                acc.failures[s] = f"keys: {exc.message}"
-        bcast = server.collect_keys(keys)
-        got = agg._step(engine, round_, TaskKind.SECAGG_SHARE,
-                        {s: m.to_arrays(cfg) for s, m in bcast.items()}, participants, acc)
-        routed = server.collect_shares(agg._parse(got, ShareBundle, cfg, acc))
-        got = agg._step(engine, round_, TaskKind.SECAGG_MASK,
-                        {s: m.to_arrays(cfg) for s, m in routed.items()}, participants, acc)
-        request = server.collect_masked(agg._parse(got, MaskedInput, cfg, acc))
-        got = agg._step(engine, round_, TaskKind.SECAGG_UNMASK,
-                        {s: request.to_arrays(cfg) for s in request.survivors}, participants,
-                        acc)
-        result = server.finish(agg._parse(got, UnmaskResponse, cfg, acc))
-        acc.included = sorted(result.included)
-        return np.asarray(result.sum, dtype=np.float64)
-
-    def _ckks(self, engine: RoundEngine, round_: int, participants: Sequence[str],
-              first: Mapping[str, Update], length: int, acc: SecureSum) -> np.ndarray:
-        from fedcare.privacy.he import HEContext, sum_ciphertexts
-
-        agg = self.agg
-        if agg.public_he_context is None:
-            raise ConfigError("the hub holds no public CKKS context (he_public.ctx)")
-        public = HEContext.load_public(agg.public_he_context)
-        blobs: dict[str, bytes] = {}
-        for s, u in sorted(first.items()):
-            try:
-                blobs[s] = _arrays(u)["ct"].tobytes()
-            except (FedcareError, KeyError) as exc:
-                acc.failures[s] = f"ciphertext: {exc}"
-        total = None
-        while blobs:
-            try:
-                total = sum_ciphertexts(public, blobs)
-                break
-            except FedcareError as exc:
-                bad = exc.site if exc.site in blobs else None
-                if bad is None:
-                    raise
-                acc.failures[bad] = f"ciphertext: {exc.message}"
-                del blobs[bad]
-        if total is None:
-            raise ProtocolError("no site sent a usable ciphertext")
-        included = sorted(blobs)
-        need = _min_sum(agg.settings, len(participants))
-        if len(included) < need:
-            raise ProtocolError(f"only {len(included)} ciphertexts; the sum must include at "
-                                f"least {need} sites")
-        for decryptor in included:
-            got = agg._step(engine, round_, TaskKind.HE_DECRYPT,
-                            {decryptor: {"ct": np.frombuffer(total, dtype=np.uint8)}},
-                            participants, acc, included=included)
-            if decryptor in got:
-                plain = np.asarray(got[decryptor]["sum"], dtype=np.float64)
-                if plain.shape != (length,) or not np.isfinite(plain).all():
-                    acc.failures[decryptor] = "decrypted sum has the wrong shape or NaN/Inf"
-                    continue
-                acc.included = included
-                return plain
-        raise ProtocolError(f"no site could decrypt the sum: {acc.failures}")
+        view = _VectorView(engine, length)
+        got = self.agg.aggregate(view, round_, participants, first)  # type: ignore[arg-type]
+        if round(got.total_weight) != len(got.included):  # each site weighs exactly 1
+            raise ProtocolError(f"the secure sum's weight {got.total_weight:g} is not its "
+                                f"{len(got.included)} sites")
+        return VectorSum(got.new_model * got.total_weight, list(got.included),
+                         dict(got.failures), got.bytes_down, got.bytes_up)

@@ -24,9 +24,12 @@ from starlette.concurrency import run_in_threadpool
 from fedcare import __version__
 from fedcare.core.errors import ConfigError, FedcareError, ProtocolError, ValidationError
 from fedcare.core.wire import DIGEST_HEADER
+from fedcare.hub.keyrelay import MAX_SEALED_BYTES, KeyRelay, KeyRelayNotFound
 from fedcare.hub.service import HubService, NotFound, Offer
 from fedcare.hub.store import DuplicateReply, LateReply, NotDelivered, UnknownTask, WrongSite
+from fedcare.hub.store.ledger_heads import LedgerHeadRepo
 from fedcare.pki.errors import PeerCertificateError
+from fedcare.privacy.dp.ledger import LedgerHead
 
 SHA_HEADER = "X-Content-SHA256"
 #: A task's model goes out in slices of this size (views of the one shared copy): handed to
@@ -146,7 +149,32 @@ class _TaskResponse(Response):
                         "more_body": end < len(view)})
 
 
-def create_app(service: HubService, trust: PeerTrust, token: str) -> FastAPI:
+def _parse_head(value: str | None) -> LedgerHead | None:
+    """The ledger head a node reported in ``X-Fedcare-Ledger-Head`` (None: it sent none)."""
+    return None if value is None else LedgerHead.parse(value)
+
+
+def anchor_ledger_head(service: HubService, site: str, reported: LedgerHead | None
+                       ) -> str | None:
+    """Record the privacy-ledger head ``site`` reported (if any) and return the head the hub
+    holds for it, which is what the node keeps as its ledger's anchor. A report that does
+    not go beyond the held head is refused, and logged: that site's ledger was cut, deleted
+    or replaced (see :mod:`fedcare.hub.store.ledger_heads`)."""
+    with service.db.session() as s:
+        repo = LedgerHeadRepo(s)
+        held = repo.get(site) if reported is None else repo.report(site, reported.count,
+                                                                   reported.hash)
+    if held is not None and held.refused:
+        service.event("ledger", f"site {site} reported privacy-ledger head {reported}, which "
+                      f"does not extend the head {held} the hub acknowledged: its ledger was "
+                      "cut, deleted or replaced; its node refuses to charge until its steward "
+                      "restores the ledger", site=site)
+    return None if held is None else str(held)
+
+
+def create_app(service: HubService, trust: PeerTrust, token: str,
+               relay: KeyRelay | None = None) -> FastAPI:
+    relay = relay or KeyRelay(service.data_dir / "keyrelay")
     app = FastAPI(title="fedcare hub", version=__version__,
                   description="Coordinates federated studies; nodes dial in over mTLS.")
 
@@ -154,6 +182,10 @@ def create_app(service: HubService, trust: PeerTrust, token: str) -> FastAPI:
     async def _fedcare_error(request: Request, exc: FedcareError) -> JSONResponse:
         return JSONResponse({"detail": exc.message, "error": type(exc).__name__},
                             status_code=status_of(exc))
+
+    @app.exception_handler(KeyRelayNotFound)
+    async def _no_key_yet(request: Request, exc: KeyRelayNotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc), "error": type(exc).__name__}, status_code=404)
 
     # Dependencies are coroutines: FastAPI runs a plain function dependency in a worker thread,
     # one thread hop per request for what is a dictionary lookup once the certificate is known.
@@ -176,12 +208,24 @@ def create_app(service: HubService, trust: PeerTrust, token: str) -> FastAPI:
 
     # -- node endpoints -------------------------------------------------------------------
     @app.post("/v1/node/hello")
-    async def hello(body: Hello, site: Site, request: Request) -> dict[str, str]:
+    async def hello(body: Hello, site: Site, request: Request,
+                    x_fedcare_ledger_head: Annotated[str | None, Header(max_length=100)] = None
+                    ) -> dict[str, str | None]:
         der = request.scope["extensions"]["tls"]["client_cert"]
         serial = f"{x509.load_der_x509_certificate(der).serial_number:x}"
+        reported = _parse_head(x_fedcare_ledger_head)
         await run_in_threadpool(service.hello, site, serial, body.version,
                                 [d.model_dump() for d in body.datasets], body.session)
-        return {"site": site, "hub_version": __version__}
+        # The study key relay seals CKKS keys to the certificate a site authenticated with.
+        await run_in_threadpool(relay.remember_certificate, site, der)
+        held = await run_in_threadpool(anchor_ledger_head, service, site, reported)
+        return {"site": site, "hub_version": __version__, "ledger_head": held}
+
+    @app.get("/v1/node/ledger-head")
+    async def ledger_head(site: Site) -> dict[str, str | None]:
+        """The privacy-ledger head the hub holds for the calling site (its anchor)."""
+        held = await run_in_threadpool(anchor_ledger_head, service, site, None)
+        return {"site": site, "ledger_head": held}
 
     @app.get("/v1/node/task", responses={204: {"description": "no task yet"}})
     async def next_task(site: Site, request: Request,
@@ -204,8 +248,9 @@ def create_app(service: HubService, trust: PeerTrust, token: str) -> FastAPI:
     @app.post("/v1/node/reply", status_code=202)
     async def reply(request: Request, site: Site,
                     task_id: Annotated[str, Query(min_length=1, max_length=400)],
-                    x_content_sha256: Annotated[str | None, Header()] = None
-                    ) -> dict[str, bool]:
+                    x_content_sha256: Annotated[str | None, Header()] = None,
+                    x_fedcare_ledger_head: Annotated[str | None, Header(max_length=100)] = None
+                    ) -> dict[str, bool | str | None]:
         async def refuse(code: int, message: str) -> NoReturn:
             # Decided here, before HubService sees the reply: log it as the service logs its
             # own refusals, so that every rejected reply shows in `fedcare study logs`.
@@ -214,6 +259,10 @@ def create_app(service: HubService, trust: PeerTrust, token: str) -> FastAPI:
 
         if request.headers.get("content-type", "") != "application/octet-stream":
             await refuse(415, "replies are application/octet-stream (fedcare wire format)")
+        try:
+            reported = _parse_head(x_fedcare_ledger_head)
+        except ValidationError as exc:
+            await refuse(422, exc.message)
         too_big = f"body larger than the hub's limit ({service.max_body} B)"
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > service.max_body:
@@ -226,7 +275,40 @@ def create_app(service: HubService, trust: PeerTrust, token: str) -> FastAPI:
             chunks.append(chunk)
         await run_in_threadpool(service.receive_reply, site, task_id, b"".join(chunks),
                                 x_content_sha256)
-        return {"accepted": True}
+        held = await run_in_threadpool(anchor_ledger_head, service, site, reported)
+        return {"accepted": True, "ledger_head": held}
+
+    # -- CKKS key relay (node endpoints; opaque sealed blobs, see fedcare.hub.keyrelay) ------
+    async def study_sites(site: str, study_id: str) -> list[str]:
+        doc = await run_in_threadpool(service.study_for_node, site, study_id)  # 404 if not in it
+        return list(doc["sites"])
+
+    @app.get("/v1/node/keys/{study_id}/certs")
+    async def key_certs(study_id: str, site: Site) -> dict[str, dict[str, object]]:
+        sites = await study_sites(site, study_id)
+        return await run_in_threadpool(relay.certificates, study_id, sites)
+
+    @app.put("/v1/node/keys/{study_id}/sealed/{recipient}", status_code=204)
+    async def key_put(study_id: str, recipient: str, site: Site, request: Request) -> Response:
+        sites = await study_sites(site, study_id)
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > MAX_SEALED_BYTES:
+            raise HTTPException(413, f"a sealed key is at most {MAX_SEALED_BYTES} bytes")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_SEALED_BYTES:
+                raise HTTPException(413, f"a sealed key is at most {MAX_SEALED_BYTES} bytes")
+            chunks.append(chunk)
+        await run_in_threadpool(relay.put_sealed, study_id, sites, site, recipient,
+                                b"".join(chunks))
+        return Response(status_code=204)
+
+    @app.get("/v1/node/keys/{study_id}/sealed")
+    async def key_get(study_id: str, site: Site) -> Response:
+        await study_sites(site, study_id)
+        blob = await run_in_threadpool(relay.get_sealed, study_id, site)
+        return Response(blob, media_type="application/octet-stream")
 
     # -- researcher endpoints -------------------------------------------------------------
     @app.post("/v1/studies", dependencies=[Researcher], status_code=201)

@@ -1,15 +1,26 @@
-"""Federation provisioning: create the CA, the hub's folder and each site's startup kit.
+"""Federation provisioning: create the CA and the hub's folder, sign each site's request.
 
 Layout of a federation folder (everything with a key in it is 0700, every key 0600)::
 
     DIR/federation.toml        who is in the federation: id, hub, sites (serial, sha256
                                fingerprint, expiry), revocations. Written by these functions only.
     DIR/ca/ca.key, ca.crt      the federation CA. Keep ``ca/`` offline and backed up.
-    DIR/hub/                   copy to the hub machine: hub.key, hub.crt, ca.crt, crl.pem, hub.toml
-    DIR/sites/<name>/          a site's startup kit; send it to that site over a secure channel:
-                               site.key, site.crt, ca.crt, node.toml
+    DIR/hub/                   copy to the hub machine: hub.key, hub.crt, ca.crt, crl.pem, hub.toml,
+                               researcher.token
+    DIR/researcher/            give to the researcher: researcher.toml (hub URL), ca.crt,
+                               researcher.token; no private key
+    DIR/sites/<name>/          what the coordinator sends a site: site.crt, ca.crt, node.toml;
+                               no private key
 
-Nothing is ever half-written: a new federation or site kit is built in a hidden staging folder
+Key custody: a site's private key is made AT the site (``fedcare node init``,
+:mod:`fedcare.pki.kit`), which sends only a certificate signing request; :func:`add_site`
+signs it. The only private keys in this folder are the CA's and the hub's, and there is no
+CKKS secret anywhere here: the sites of a CKKS study make and share its key among themselves
+(:mod:`fedcare.engine.ckks_custody`). :func:`create_federation` with ``sites`` and
+``site_kits`` runs the same init, sign and install steps for a whole federation on one machine
+(demos, tests), writing each key into that site's own folder outside ``DIR``.
+
+Nothing is ever half-written: a new federation or site folder is built in a hidden staging folder
 next to its destination and renamed into place; single files are replaced atomically; changes to
 an existing federation hold an advisory lock on ``DIR``. A revocation writes the CRL *before*
 ``federation.toml``, so a crash in between leaves the site revoked and a re-run completes it.
@@ -51,8 +62,7 @@ from fedcare.pki.errors import (
     UnknownCertificate,
 )
 from fedcare.pki.files import (
-    HE_PUBLIC_FILE,
-    HE_SECRET_FILE,
+    PRIVATE_FILE_MODE,
     atomic_write,
     dump_toml,
     exclusive_lock,
@@ -60,6 +70,7 @@ from fedcare.pki.files import (
     write_private_key,
 )
 from fedcare.pki.trust import (
+    RESEARCHER_CONFIG_FILE,
     HubConfig,
     NodeConfig,
     TlsFiles,
@@ -68,8 +79,10 @@ from fedcare.pki.trust import (
     load_ca_certificate,
     load_hub_config,
     load_node_config,
+    load_researcher_config,
     node_config_document,
     reload_crl,
+    researcher_config_document,
     server_ssl_context,
     verify_peer,
 )
@@ -80,7 +93,8 @@ __all__ = [
     "ProvisioningError", "RevocationRecord", "RevokeResult", "RevokedCertificate",
     "SiteExistsError", "SiteNotFoundError", "SiteRecord", "TlsFiles", "UnknownCertificate",
     "add_site", "client_ssl_context", "create_federation", "load_ca_certificate",
-    "load_federation", "load_hub_config", "load_node_config", "reload_crl", "revoke_site",
+    "load_federation", "load_hub_config", "load_node_config", "load_researcher_config",
+    "reload_crl", "revoke_site",
     "server_ssl_context", "verify_peer",
 ]
 
@@ -105,7 +119,8 @@ class RevocationRecord:
 
 @dataclass(frozen=True)
 class SiteRecord:
-    """A site's certificate as issued, and where its startup kit was written."""
+    """A site's certificate as issued, and the folder of what was sent back to the site
+    (``kit_dir``: site.crt, ca.crt, node.toml; the site's key is only in its own kit)."""
 
     name: str
     serial: int
@@ -175,17 +190,23 @@ class RevokeResult:
 # --- public operations ----------------------------------------------------------------------
 
 def create_federation(root: str | Path, *, hub_host: str, hub_port: int = DEFAULT_PORT,
-                      sites: Iterable[str] = (), valid_days: int = DEFAULT_VALID_DAYS,
+                      sites: Iterable[str] = (), site_kits: str | Path | None = None,
+                      valid_days: int = DEFAULT_VALID_DAYS,
                       ca_valid_days: int = DEFAULT_CA_VALID_DAYS,
                       now: datetime | None = None) -> Federation:
-    """Create a new federation in ``root`` (absent or empty): CA, hub folder, site kits.
+    """Create a new federation in ``root`` (absent or empty): CA, hub and researcher folders.
 
     Args:
         root: the federation folder; refused if it exists and is not empty.
         hub_host: DNS name or IP address sites use to reach the hub (``localhost`` and
             ``127.0.0.1`` are always added to the hub certificate too).
         hub_port: the hub's HTTPS port.
-        sites: names of the sites to issue startup kits for (more later with :func:`add_site`).
+        sites: for demos and tests on one machine: sites to set up at once, each in
+            ``site_kits/<name>`` exactly as a site would (its own key, a CSR that
+            :func:`add_site` signs, then :func:`~fedcare.pki.kit.install_site_certificate`).
+            A real site runs ``fedcare node init`` itself.
+        site_kits: where those sites' own kits go; required with ``sites``, and never inside
+            ``root`` (the coordinator's folder holds no site key).
         valid_days: validity of the hub and site certificates.
         ca_valid_days: validity of the CA (at least ``valid_days``).
         now: issue time (default: now, UTC); for tests.
@@ -193,6 +214,7 @@ def create_federation(root: str | Path, *, hub_host: str, hub_port: int = DEFAUL
     root = Path(root).absolute()
     host = certs.check_host(hub_host)
     names = [certs.check_site_name(s) for s in sites]
+    kits = Path(site_kits).absolute() if site_kits is not None else None
     problems = []
     if not 0 < hub_port < 65536:
         problems.append(f"hub port must be 1-65535, got {hub_port}")
@@ -204,6 +226,12 @@ def create_federation(root: str | Path, *, hub_host: str, hub_port: int = DEFAUL
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         problems.append(f"site names given more than once: {', '.join(duplicates)}")
+    if names and kits is None:
+        problems.append("sites need site_kits: the folder where each site's own kit (and "
+                        "private key) is made, outside the federation folder")
+    if kits is not None and (kits == root or root in kits.parents):
+        problems.append(f"site kits ({kits}) must not be inside the federation folder {root}: "
+                        "the coordinator never holds a site's private key")
     if problems:
         raise ProvisioningConfigError(problems)
     _check_free(root)
@@ -216,25 +244,28 @@ def create_federation(root: str | Path, *, hub_host: str, hub_port: int = DEFAUL
             make_private_dir(stage / "ca")
             write_private_key(stage / "ca" / "ca.key", certs.private_key_pem(ca.key))
             atomic_write(stage / "ca" / "ca.crt", certs.certificate_pem(ca.cert))
-            he_secret, he_public = _he_contexts()
-            write_private_key(stage / "ca" / HE_SECRET_FILE, he_secret)
             hub = _write_hub_folder(stage / "hub", root / "hub", ca, federation_id, host,
                                     hub_port, valid_days, now)
-            atomic_write(stage / "hub" / HE_PUBLIC_FILE, he_public)
+            _write_researcher_folder(stage / "researcher", stage / "hub", ca, federation_id,
+                                     hub.url)
             make_private_dir(stage / "sites")
-            records = tuple(
-                _write_site_kit(stage / "sites" / n, root / "sites" / n, ca, federation_id, n,
-                                hub.url, valid_days, now, he_secret) for n in names)
             federation = Federation(
                 root=root, federation_id=federation_id, created=now,
                 ca_cert_path=root / "ca" / "ca.crt", ca_key_path=root / "ca" / "ca.key",
                 ca_fingerprint=certs.fingerprint(ca.cert),
-                ca_not_after=ca.cert.not_valid_after_utc, hub=hub, sites=records,
+                ca_not_after=ca.cert.not_valid_after_utc, hub=hub, sites=(),
                 revocations=())
             _save(federation, folder=stage)
             _publish(stage, root)
     except OSError as exc:
         raise ProvisioningError(f"cannot create federation in {root}: {exc}") from exc
+    if kits is not None:
+        from fedcare.pki.kit import init_site_kit, install_site_certificate
+
+        for name in names:
+            csr = init_site_kit(kits / name, name)  # the key is written here, at the site
+            record = add_site(root, name, csr.read_bytes(), valid_days=valid_days, now=now)
+            install_site_certificate(kits / name, record.kit_dir)
     return load_federation(root)
 
 
@@ -256,13 +287,20 @@ def load_federation(root: str | Path) -> Federation:
                                       ) from exc
 
 
-def add_site(root: str | Path, name: str, *, valid_days: int = DEFAULT_VALID_DAYS,
-             now: datetime | None = None) -> SiteRecord:
-    """Issue a startup kit for a new site with the federation's existing CA.
+def add_site(root: str | Path, name: str | None, csr: bytes, *,
+             valid_days: int = DEFAULT_VALID_DAYS, now: datetime | None = None) -> SiteRecord:
+    """Sign a site's certificate signing request with the federation's CA.
 
-    The certificate never outlives the CA. A name already issued (even if revoked) is refused.
+    Writes ``root/sites/<name>/`` (site.crt, ca.crt, node.toml: nothing secret) for the
+    coordinator to send back to the site, which installs it with ``fedcare node install-cert``.
+    ``name`` (None: the CSR's) must be the name the CSR asks for. The certificate never
+    outlives the CA. A name already issued (even if revoked) is refused.
     """
-    certs.check_site_name(name)
+    asked, public_key = certs.read_site_csr(csr)
+    if name is not None and certs.check_site_name(name) != asked:
+        raise ProvisioningConfigError(f"the request is for site {asked!r}, not {name!r}; check "
+                                      "which site sent it")
+    name = asked
     if valid_days < 1:
         raise ProvisioningConfigError(f"valid days must be at least 1, got {valid_days}")
     federation = load_federation(root)
@@ -271,18 +309,16 @@ def add_site(root: str | Path, name: str, *, valid_days: int = DEFAULT_VALID_DAY
             federation = load_federation(root)
             kit_dir = federation.sites_dir / name
             if any(s.name == name for s in federation.sites):
-                raise SiteExistsError(f"site '{name}' already has a startup kit in federation "
+                raise SiteExistsError(f"site '{name}' already has a certificate in federation "
                                       f"{federation.federation_id}; names are never reused")
             if kit_dir.exists():
                 raise SiteExistsError(f"{kit_dir} exists but is not in {FEDERATION_FILE}; "
                                       "move it away first")
             ca = _load_authority(federation)
             now = now or certs.utc_now()
-            he_path = federation.root / "ca" / HE_SECRET_FILE
-            he_secret = he_path.read_bytes() if he_path.is_file() else None
             with _staging(federation.sites_dir, name) as stage:
-                record = _write_site_kit(stage, kit_dir, ca, federation.federation_id, name,
-                                         federation.hub.url, valid_days, now, he_secret)
+                record = _write_issued(stage, kit_dir, ca, federation.federation_id, name,
+                                       public_key, federation.hub.url, valid_days, now)
                 _publish(stage, kit_dir)
             _save(replace(federation, sites=(*federation.sites, record)))
     except OSError as exc:
@@ -372,27 +408,29 @@ def _write_hub_folder(folder: Path, final: Path, ca: Authority, federation_id: s
                      cert.not_valid_after_utc, final)
 
 
-def _he_contexts() -> tuple[bytes, bytes]:
-    """The federation's CKKS contexts for homomorphic aggregation: the secret one goes to the
-    sites (and stays with the CA, to issue later kits), the public one to the hub, which can
-    then add ciphertexts but never decrypt them."""
-    from fedcare.privacy.he import create_federation_context
+def _write_researcher_folder(folder: Path, hub_folder: Path, ca: Authority,
+                             federation_id: str, url: str) -> None:
+    """The researcher's folder: hub URL, CA certificate and the bearer token, no key. The
+    token is made here (the hub reads the same file) so it can be handed out before the hub
+    first starts."""
+    token = secrets.token_urlsafe(32).encode()
+    atomic_write(hub_folder / "researcher.token", token, mode=PRIVATE_FILE_MODE)
+    make_private_dir(folder)
+    atomic_write(folder / "researcher.token", token, mode=PRIVATE_FILE_MODE)
+    atomic_write(folder / "ca.crt", certs.certificate_pem(ca.cert))
+    atomic_write(folder / RESEARCHER_CONFIG_FILE,
+                 dump_toml(researcher_config_document(federation_id, url),
+                           header="fedcare researcher settings: give --federation this folder "
+                                  "(paths relative to this file)").encode())
 
-    return create_federation_context()
 
-
-def _write_site_kit(folder: Path, final: Path, ca: Authority, federation_id: str, name: str,
-                    url: str, valid_days: int, now: datetime,
-                    he_secret: bytes | None = None) -> SiteRecord:
-    key = certs.new_private_key()
+def _write_issued(folder: Path, final: Path, ca: Authority, federation_id: str, name: str,
+                  public_key: ec.EllipticCurvePublicKey, url: str, valid_days: int,
+                  now: datetime) -> SiteRecord:
+    """The site's certificate and the public parts of its kit (no private key)."""
     not_before, not_after = certs.leaf_validity(ca.cert, now, valid_days)
-    cert = certs.issue_site_certificate(ca, key.public_key(), name, federation_id,
+    cert = certs.issue_site_certificate(ca, public_key, name, federation_id,
                                         not_before=not_before, not_after=not_after)
-    if not folder.exists():
-        make_private_dir(folder)
-    write_private_key(folder / "site.key", certs.private_key_pem(key))
-    if he_secret is not None:
-        write_private_key(folder / HE_SECRET_FILE, he_secret)
     atomic_write(folder / "site.crt", certs.certificate_pem(cert))
     atomic_write(folder / "ca.crt", certs.certificate_pem(ca.cert))
     atomic_write(folder / "node.toml",

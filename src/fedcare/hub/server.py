@@ -20,7 +20,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from fedcare.hub.api import PeerTrust, create_app
 from fedcare.hub.service import HubService
-from fedcare.pki.files import HE_PUBLIC_FILE, PRIVATE_FILE_MODE, atomic_write
+from fedcare.pki.files import PRIVATE_FILE_MODE, atomic_write
 
 
 def _hand_over_client_cert(protocol: Any, transport: asyncio.Transport) -> None:
@@ -80,8 +80,6 @@ def build_server(hub_dir: Path, data_dir: Path, *, host: str | None = None,
                          **({"max_body": max_body} if max_body else {}))
     trust = PeerTrust(hub_dir)
     service.is_revoked = trust.is_revoked
-    he_public = Path(hub_dir) / HE_PUBLIC_FILE
-    service.he_public_context = he_public.read_bytes() if he_public.is_file() else None
     app = create_app(service, trust, researcher_token(hub_dir))
     context = server_ssl_context(hub_dir)
     context.verify_mode = ssl.CERT_OPTIONAL  # see the module docstring

@@ -133,8 +133,6 @@ class HubService:
         self._offers_lock = threading.Lock()
         #: Offers made per site so far: a long-poll that saw N and finds N+1 looks again.
         self._offered_count: dict[str, int] = {}
-        #: The federation's public CKKS context (set by the server from the hub folder).
-        self.he_public_context: bytes | None = None
         #: Whether a certificate serial (hex) is revoked; set by the server from the CRL.
         self.is_revoked: Callable[[str], bool] = lambda serial: False
 
@@ -590,14 +588,9 @@ class HubService:
         sa = cfg.secure_aggregation
         if sa.protocol == "none":
             return None
-        public = None
-        if sa.protocol == "ckks":
-            if self.he_public_context is None:
-                raise ConfigError("this hub has no public CKKS context (he_public.ctx in its "
-                                  "folder); re-provision the federation with this version")
-            public = self.he_public_context
+        # CKKS: the hub holds no context; the sites make the study's key (fedcare.hub.keyrelay).
         return SecureAggregator(SecureSettings(sa.protocol, threshold=sa.threshold,
-                                               frac_bits=sa.frac_bits), public)
+                                               frac_bits=sa.frac_bits))
 
     def _normalizer(self, engine: RoundEngine) -> None:
         """Federation-wide feature scaling: computed once from the sites' sums (round 0 stats

@@ -74,12 +74,18 @@ class DpSgdOptions:
     """Record-level DP-SGD at the site.
 
     ``noise_multiplier`` z and ``max_grad_norm`` C: every step adds N(0, (z C)^2) to the sum of
-    per-example gradients clipped to C. ``seeded=True`` draws the noise from a torch generator
-    seeded with the fit's seed, so a simulation is reproducible - and the noise predictable to
-    anyone who knows the study seed: simulations only. ``seeded=False`` (deployment) seeds the
-    generator from :mod:`secrets` on every fit. Opacus' own ``secure_mode`` needs
-    ``torchcsprng``, which is not installed, so neither stream is a CSPRNG stream; the seed is
-    what is secret.
+    per-example gradients clipped to C.
+
+    Both random parts of DP-SGD - which rows each step's Poisson sample takes, and the noise -
+    must be secret to the site: the accountant's amplification by subsampling (q = batch /
+    rows) assumes the adversary, here the hub, does not know which rows were sampled, and the
+    noise protects nothing if it can be recomputed. ``seeded=False`` (the default; nodes and
+    simulations) draws both from fresh :mod:`secrets` seeds on every fit. ``seeded=True``
+    derives both from the fit's seed, which the hub knows (study seed, round, site index):
+    reproducible, and so no privacy at all against whoever knows the study - an explicit
+    opt-in for tests only. Opacus' own ``secure_mode`` needs ``torchcsprng``, which is not
+    installed, so neither stream is a CSPRNG stream; their seeds (128-bit for the sampler,
+    63-bit for torch's noise generator) are what is secret.
     """
 
     noise_multiplier: float
@@ -402,6 +408,9 @@ class TorchLearner:
                               f"{', '.join(OPTIMIZERS)}")
         noise_gen = torch.Generator()
         noise_gen.manual_seed(seed if dp.seeded else secrets.randbits(63))
+        # Its own secret seed, not derived from the noise's: either stream alone reveals
+        # nothing about the other.
+        sampler = np.random.default_rng(seed if dp.seeded else secrets.randbits(128))
         opt = DPOptimizer(base, noise_multiplier=dp.noise_multiplier,
                           max_grad_norm=dp.max_grad_norm,
                           expected_batch_size=max(1, round(q * n)), generator=noise_gen)
@@ -410,15 +419,17 @@ class TorchLearner:
             torch.manual_seed(seed)  # dropout: seeded, caller's RNG untouched
             # Opacus' backward hooks fire on outputs because inputs need no gradient: expected.
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            (total, seen), steps = self._train_dp(xt, yt, config, seed, q, opt, anchor, corr)
+            (total, seen), steps = self._train_dp(xt, yt, config, sampler, q, opt, anchor,
+                                                  corr)
         return FitResult(self._export(), num_examples=n, num_steps=steps,
                          metrics={"train_loss": total / seen if seen else 0.0,
                                   "dp_sample_rate": q,
                                   "dp_noise_multiplier": float(dp.noise_multiplier),
                                   "dp_clip": float(dp.max_grad_norm)})
 
-    def _train_dp(self, xt: torch.Tensor, yt: torch.Tensor, config: TrainConfig, seed: int,
-                  q: float, opt: Any, anchor: list[torch.Tensor] | None,
+    def _train_dp(self, xt: torch.Tensor, yt: torch.Tensor, config: TrainConfig,
+                  sampler: np.random.Generator, q: float, opt: Any,
+                  anchor: list[torch.Tensor] | None,
                   corr: list[torch.Tensor] | None) -> tuple[tuple[float, int], int]:
         """The DP-SGD step loop with Poisson sampling done here, not by a DataLoader.
 
@@ -427,7 +438,8 @@ class TorchLearner:
         ``GradSampleModule``. The sampling is the one Opacus' ``DPDataLoader`` does: each row
         joins each step independently with probability ``q`` (Poisson, so the accountant's
         amplification holds; batches vary in size and may be empty - an empty step still
-        adds noise, as the accountant assumes). The row draw uses ``numpy.default_rng(seed)``.
+        adds noise, as the accountant assumes). The rows are drawn from ``sampler``, secret to
+        the site unless the options are ``seeded`` (see :class:`DpSgdOptions`).
 
         FedProx/SCAFFOLD terms do not depend on the data, so they are added after Opacus has
         clipped and noised (post-processing) and before the underlying optimizer's step.
@@ -435,12 +447,11 @@ class TorchLearner:
         gm = self._grad_module
         assert gm is not None
         n, limit = len(xt), dp_sgd_steps(len(xt), config)
-        rng = np.random.default_rng(seed)
         loss_fn, params, mu = self._loss, self._params, config.proximal_mu
         adjust = anchor is not None or corr is not None
         total, seen = 0.0, 0
         for step in range(1, limit + 1):
-            idx = torch.from_numpy(np.flatnonzero(rng.random(n) < q))
+            idx = torch.from_numpy(np.flatnonzero(sampler.random(n) < q))
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(gm(xt.index_select(0, idx)), yt.index_select(0, idx))
             if len(idx):  # the mean loss of an empty batch is NaN; its gradient is empty

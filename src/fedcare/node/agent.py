@@ -30,6 +30,7 @@ from fedcare.engine.learner_factory import ModelShape, make_learner
 from fedcare.engine.privacy import site_privacy
 from fedcare.engine.secure import SecureSettings, SecureSite
 from fedcare.node.hub_link import HubLink, HubResponse, LinkError
+from fedcare.node.ledger_anchor import ANCHOR_FILE, LedgerAnchor, ledger_key
 from fedcare.node.local_config import NodeData, load_node_data
 from fedcare.node.site_data import (
     ClinicalTable,
@@ -37,7 +38,6 @@ from fedcare.node.site_data import (
     build_site_data,
     clinical_site_data,
 )
-from fedcare.pki.files import HE_SECRET_FILE
 
 log = logging.getLogger("fedcare.node")
 SHA_HEADER = "X-Content-SHA256"
@@ -76,9 +76,14 @@ class NodeAgent:
         self._clinical: dict[str, ClinicalTable] = {}
         self.stop_event = threading.Event()
         self.ledger = self._ledger()
+        #: The ledger heads the hub acknowledged (None: the site keeps no ledger).
+        self.anchor = (LedgerAnchor(self.ledger, self.state_dir / ANCHOR_FILE)
+                       if self.ledger is not None else None)
+        self._check_ledger()
 
     def _ledger(self) -> Any:
-        """The site's privacy ledger under its own policy (None: no [privacy] policy)."""
+        """The site's privacy ledger under its own policy (None: no [privacy] policy), signed
+        with the site's key from its startup kit."""
         if self.data.privacy_policy is None:
             log.warning("site %s has no privacy policy ([privacy] policy = ...): it keeps no "
                         "privacy budget", self.site)
@@ -87,14 +92,38 @@ class NodeAgent:
 
         policy = SitePrivacyPolicy.load(self.data.privacy_policy)
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        return PrivacyLedger(self.state_dir / "privacy-ledger.jsonl", policy)
+        return PrivacyLedger(self.state_dir / "privacy-ledger.jsonl", policy,
+                             key=ledger_key(self.kit_dir))
+
+    def _check_ledger(self) -> None:
+        """Say at once (at start, and when the hub's anchor arrives) that the ledger fails
+        its checks; every task that would charge it is refused meanwhile."""
+        problems = self.anchor.problems() if self.anchor is not None else []
+        if problems:
+            log.error("privacy ledger %s fails verification; this site refuses every task "
+                      "that would charge it until its steward restores the ledger "
+                      "(`fedcare node privacy` shows the details): %s", self.ledger.path,
+                      "; ".join(problems))
+
+    def _ledger_headers(self) -> dict[str, str]:
+        return self.anchor.headers() if self.anchor is not None else {}
+
+    def _acknowledged(self, r: HubResponse) -> None:
+        """Keep the ledger head the hub acknowledged in a hello answer or reply receipt."""
+        if self.anchor is None:
+            return
+        with contextlib.suppress(ValueError, AttributeError):
+            self.anchor.acknowledged(r.json().get("ledger_head"))
 
     # -- hub calls ------------------------------------------------------------------------
     def hello(self) -> None:
         datasets = [self._describe(name, path) for name, path in sorted(self.data.datasets.items())]
         r = self.http.request("POST", "/v1/node/hello", json={
-            "version": __version__, "session": self.session, "datasets": datasets})
+            "version": __version__, "session": self.session, "datasets": datasets},
+            headers=self._ledger_headers())
         _raise_for(r)
+        self._acknowledged(r)
+        self._check_ledger()
 
     def poll(self) -> tuple[str, bytes, str] | None:
         """The next task: its study, payload and payload digest (None: nothing yet)."""
@@ -112,11 +141,13 @@ class NodeAgent:
         r = self.http.request("POST", "/v1/node/reply", params={"task_id": task_id},
                               content=reply,
                               headers={SHA_HEADER: hashlib.sha256(reply).hexdigest(),
-                                       "Content-Type": "application/octet-stream"})
+                                       "Content-Type": "application/octet-stream",
+                                       **self._ledger_headers()})
         if r.status_code in (409, 410):  # duplicate or late: the hub already settled this task
             log.info("hub declined reply for %s: %s", task_id, r.text)
             return
         _raise_for(r)
+        self._acknowledged(r)
 
     def _describe(self, name: str, path: Path) -> dict[str, Any]:
         """What the hub may know of a dataset: its name and row count and, for a clinical
@@ -198,28 +229,30 @@ class NodeAgent:
             entry.executor = SiteExecutor(data, learner, site_index=index,
                                           expected=learner.initial_parameters().spec,
                                           state_dir=self.state_dir / study_id,
-                                          secure=self._secure_site(cfg, sites),
+                                          secure=self._secure_site(study_id, cfg, sites),
                                           privacy=site_privacy(cfg, rows, len(sites),
                                                                self.ledger))
         self._studies[study_id] = entry
         return entry
 
-    def _secure_site(self, cfg: StudyConfig, sites: list[str]) -> SecureSite | None:
+    def _secure_site(self, study_id: str, cfg: StudyConfig, sites: list[str]
+                     ) -> SecureSite | None:
         """The site half of the approved study's secure aggregation (None: plain updates).
-        Its settings come from the study the site approved, never from a task."""
+        Its settings come from the study the site approved, never from a task. Under CKKS the
+        study's key is made among its sites (never at the hub or the coordinator) and every
+        ciphertext is signed with this site's key (:mod:`fedcare.engine.ckks_custody`)."""
         sa = cfg.secure_aggregation
         if sa.protocol == "none":
             return None
-        secret = None
-        if sa.protocol == "ckks":
-            path = self.kit_dir / HE_SECRET_FILE
-            if not path.is_file():
-                raise FedcareError(f"study uses CKKS but the startup kit has no {path.name}; "
-                                   "ask the federation operator for a current kit")
-            secret = path.read_bytes()
-        return SecureSite(self.site, SecureSettings(sa.protocol, threshold=sa.threshold,
-                                                    frac_bits=sa.frac_bits, he_context=secret),
-                          sites)
+        settings = SecureSettings(sa.protocol, threshold=sa.threshold, frac_bits=sa.frac_bits)
+        if sa.protocol != "ckks":
+            return SecureSite(self.site, settings, sites)
+        from fedcare.engine.ckks_custody import SiteIdentity
+        from fedcare.node.ckks_keys import RelayKeys
+
+        identity = SiteIdentity.from_kit(self.kit_dir)
+        keys = RelayKeys(self.http.request, identity, sites, self.state_dir / study_id)
+        return SecureSite(self.site, settings, sites, identity=identity, keys=keys)
 
     def answer(self, study_id: str, payload: bytes, digest: str) -> tuple[str, bytes]:
         """The reply to a task (task id, bytes): the one already computed when the hub asks

@@ -164,7 +164,7 @@ def build_authority(federation_id: str, *, now: datetime, valid_days: int) -> Au
 
 def _leaf(ca: Authority, subject: x509.Name, public_key: ec.EllipticCurvePublicKey,
           not_before: datetime, not_after: datetime, eku: x509.ObjectIdentifier,
-          san: list[x509.GeneralName]) -> x509.Certificate:
+          san: list[x509.GeneralName], *, key_agreement: bool = False) -> x509.Certificate:
     ski = ca.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     return (
         x509.CertificateBuilder()
@@ -175,8 +175,8 @@ def _leaf(ca: Authority, subject: x509.Name, public_key: ec.EllipticCurvePublicK
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.KeyUsage(
             digital_signature=True, content_commitment=False, key_encipherment=False,
-            data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
-            encipher_only=False, decipher_only=False), critical=True)
+            data_encipherment=False, key_agreement=key_agreement, key_cert_sign=False,
+            crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
         .add_extension(x509.SubjectAlternativeName(san), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
@@ -210,14 +210,59 @@ def issue_hub_certificate(ca: Authority, public_key: ec.EllipticCurvePublicKey, 
 def issue_site_certificate(ca: Authority, public_key: ec.EllipticCurvePublicKey, site: str,
                            federation_id: str, *, not_before: datetime,
                            not_after: datetime) -> x509.Certificate:
-    """A site's TLS client certificate (clientAuth; CN and SAN URI name the site)."""
+    """A site's TLS client certificate (clientAuth; CN and SAN URI name the site).
+
+    KeyUsage also allows ``keyAgreement``: the sites of a CKKS study send each other the
+    study's secret context encrypted to this key (ECDH, :mod:`fedcare.engine.ckks_custody`).
+    """
     subject = x509.Name([
         x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"fedcare federation {federation_id}"),
         x509.NameAttribute(NameOID.COMMON_NAME, check_site_name(site)),
     ])
     return _leaf(ca, subject, public_key, not_before, not_after,
                  ExtendedKeyUsageOID.CLIENT_AUTH,
-                 [x509.UniformResourceIdentifier(SITE_URI_PREFIX + site)])
+                 [x509.UniformResourceIdentifier(SITE_URI_PREFIX + site)], key_agreement=True)
+
+
+# --- certificate signing requests (a site's key never leaves the site) ----------------------
+
+def build_site_csr(key: ec.EllipticCurvePrivateKey, site: str) -> x509.CertificateSigningRequest:
+    """The request a site sends its coordinator: its public key and name, signed with its key.
+
+    The coordinator takes only the public key and the name from it (after checking the
+    signature); every extension of the certificate is the CA's choice, never the requester's.
+    """
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, check_site_name(site))])
+    return (x509.CertificateSigningRequestBuilder().subject_name(subject)
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier(SITE_URI_PREFIX + site)]), critical=False)
+            .sign(key, hashes.SHA256()))
+
+
+def read_site_csr(pem: bytes) -> tuple[str, ec.EllipticCurvePublicKey]:
+    """``(site name, public key)`` of a site's CSR, or :class:`ProvisioningConfigError`.
+
+    Refused: not a PEM CSR, a bad self-signature (the requester does not hold the key), a key
+    other than EC P-256, no common name or a common name that is not a valid site name.
+    """
+    try:
+        csr = x509.load_pem_x509_csr(pem)
+    except (TypeError, ValueError) as exc:
+        raise ProvisioningConfigError(f"not a PEM certificate signing request: {exc}; make "
+                                      "one with `fedcare node init` at the site") from exc
+    if not csr.is_signature_valid:
+        raise ProvisioningConfigError("the request's signature is invalid: it was not signed "
+                                      "by the key it asks a certificate for")
+    key = csr.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve,
+                                                                          ec.SECP256R1):
+        raise ProvisioningConfigError("the request's key must be EC P-256 (what `fedcare node "
+                                      "init` makes)")
+    names = [a.value for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    if len(names) != 1 or not isinstance(names[0], str):
+        raise ProvisioningConfigError("the request must name exactly one site as its common "
+                                      f"name, found {names}")
+    return check_site_name(names[0]), key
 
 
 def build_crl(ca: Authority, entries: Iterable[RevokedEntry], *, number: int,

@@ -34,10 +34,6 @@ __all__ = ["PRIVATE_DIR_MODE", "PRIVATE_FILE_MODE", "PUBLIC_FILE_MODE", "atomic_
            "write_private_key"]
 
 
-#: The federation's CKKS secret context (CA folder and every site kit) and public one (hub).
-HE_SECRET_FILE = "he_secret.ctx"
-HE_PUBLIC_FILE = "he_public.ctx"
-
 
 def write_private_key(path: Path, pem: bytes) -> None:
     """Write a private key (mode 0600 from the first byte); never replaces an existing key."""

@@ -41,6 +41,7 @@ from fedcare.pki.errors import (
 
 HUB_CONFIG_FILE = "hub.toml"
 NODE_CONFIG_FILE = "node.toml"
+RESEARCHER_CONFIG_FILE = "researcher.toml"
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,17 @@ class NodeConfig:
     site: str
     hub_url: str
     tls: TlsFiles
+
+
+@dataclass(frozen=True)
+class ResearcherConfig:
+    """Contents of a researcher folder's ``researcher.toml``: where the hub is, the CA that
+    vouches for it and the bearer-token file. No private key: that is the point of it."""
+
+    federation_id: str
+    hub_url: str
+    ca: Path
+    token: Path
 
 
 # --- reading hub.toml / node.toml -----------------------------------------------------------
@@ -133,6 +145,19 @@ def load_node_config(kit_dir: str | Path) -> NodeConfig:
         federation_id=r.text("federation_id"), site=r.text("site"),
         hub_url=r.text("hub.url"),
         tls=TlsFiles(r.path_("tls.cert"), r.path_("tls.key"), r.path_("tls.ca")))
+
+
+def load_researcher_config(folder: str | Path) -> ResearcherConfig:
+    """Read ``folder/researcher.toml`` (made by `fedcare provision`)."""
+    r = _Reader(Path(folder) / RESEARCHER_CONFIG_FILE)
+    return ResearcherConfig(federation_id=r.text("federation_id"), hub_url=r.text("hub.url"),
+                            ca=r.path_("tls.ca"), token=r.path_("token"))
+
+
+def researcher_config_document(federation_id: str, url: str) -> dict[str, Any]:
+    """What ``researcher.toml`` holds: the hub's URL, the CA file and the token file."""
+    return {"federation_id": federation_id, "hub": {"url": url}, "tls": {"ca": "ca.crt"},
+            "token": "researcher.token"}
 
 
 def hub_config_document(federation_id: str, host: str, port: int) -> dict[str, Any]:
@@ -263,6 +288,12 @@ def _site_identity(cert: x509.Certificate) -> str:
         raise UnknownCertificate(f"{_describe(cert)}: its common name {common} disagrees with "
                                  f"its site URI {SITE_URI_PREFIX}{names[0]}")
     return names[0]
+
+
+def certificate_site(cert: x509.Certificate) -> str:
+    """The site a certificate names (SAN URI agreeing with its CN, clientAuth, not a CA), or
+    :class:`UnknownCertificate`. Says nothing about who issued it: check that separately."""
+    return _site_identity(cert)
 
 
 def verify_peer(cert_der: bytes, ca_cert: x509.Certificate,

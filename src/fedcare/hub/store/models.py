@@ -225,3 +225,17 @@ class Event(Base):
     site: Mapped[str | None] = mapped_column(sa.String(NAME_LEN))
     kind: Mapped[str] = mapped_column(sa.String(64))
     message: Mapped[str] = mapped_column(sa.Text)
+
+
+class LedgerHead(Base):
+    """The longest privacy-ledger head a site reported (entry count and the SHA-256 of its
+    last line): the anchor that shows a site's ledger was cut or deleted afterwards. The hub
+    learns how many tasks the site charged, nothing else (see fedcare.node.ledger_anchor)."""
+
+    __tablename__ = "ledger_heads"
+    __table_args__ = (sa.CheckConstraint("count >= 0", name="count_nonneg"),)
+
+    site: Mapped[str] = mapped_column(sa.String(NAME_LEN), primary_key=True)
+    count: Mapped[int] = mapped_column(sa.BigInteger)
+    hash: Mapped[str] = mapped_column(sa.String(SHA_LEN))
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())

@@ -6,7 +6,14 @@ from __future__ import annotations
 from fedcare.privacy.dp.accounting import epsilon, epsilon_of, noise_for_budget
 from fedcare.privacy.dp.errors import LedgerError, PrivacyBudgetError
 from fedcare.privacy.dp.hooks import PrivatizeInfo, central_noise, privatize_update
-from fedcare.privacy.dp.ledger import LedgerEntry, PrivacyLedger, SitePrivacyPolicy, Spent
+from fedcare.privacy.dp.ledger import (
+    LedgerEntry,
+    LedgerHead,
+    LedgerKey,
+    PrivacyLedger,
+    SitePrivacyPolicy,
+    Spent,
+)
 from fedcare.privacy.dp.mechanisms import clip_update, gaussian_noise
 from fedcare.privacy.dp.report import (
     PrivacyReport,
@@ -17,8 +24,9 @@ from fedcare.privacy.dp.report import (
 from fedcare.privacy.dp.spec import Accountant, Mechanism, PrivacySpec
 
 __all__ = [
-    "Accountant", "LedgerEntry", "LedgerError", "Mechanism", "PrivacyBudgetError",
-    "PrivacyLedger", "PrivacyReport", "PrivacySpec", "PrivatizeInfo", "RoundCharge",
-    "SitePrivacyPolicy", "Spent", "central_noise", "clip_update", "epsilon", "epsilon_history",
-    "epsilon_of", "fedavg_charges", "gaussian_noise", "noise_for_budget", "privatize_update",
+    "Accountant", "LedgerEntry", "LedgerError", "LedgerHead", "LedgerKey", "Mechanism",
+    "PrivacyBudgetError", "PrivacyLedger", "PrivacyReport", "PrivacySpec", "PrivatizeInfo",
+    "RoundCharge", "SitePrivacyPolicy", "Spent", "central_noise", "clip_update", "epsilon",
+    "epsilon_history", "epsilon_of", "fedavg_charges", "gaussian_noise", "noise_for_budget",
+    "privatize_update",
 ]

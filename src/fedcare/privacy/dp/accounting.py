@@ -18,12 +18,33 @@ library's 1e-4): the PLD accountant's default estimate is *pessimistic*, so a co
 only ever raises epsilon (measured: +0.001 at eps ~ 8, +0.02 at eps ~ 0.7), and it is about
 10x faster - which matters because a site's ledger recomposes its whole history on every
 charge and budget-first bisection evaluates epsilon ~20 times.
+
+Discrete noise (:mod:`fedcare.privacy.dp.discrete_gaussian`). DP-FedAvg noise is a discrete
+Gaussian on the grid ``2^-f``; each site's grid-rounded contribution keeps L2 norm <= ``C``
+exactly (``round_to_grid``), so the sensitivity in grid steps is ``C 2^f`` with no rounding
+term. :func:`discrete_noise_multiplier` turns the mechanism into the noise multiplier of a
+continuous Gaussian the accountant then composes:
+
+* one discrete Gaussian (central noise): N_Z(0, s^2)^d with integer sensitivity ``D`` is
+  ``D^2 / (2 s^2)``-zCDP, exactly the continuous Gaussian's (Canonne, Kamath, Steinke 2020,
+  Thm 14), so ``z_eff = z``;
+* a sum of ``m`` shares N_Z(0, s^2) (distributed noise) is not a discrete Gaussian; Kairouz,
+  Liu, Steinke 2021 (Prop. 14, for s >= 1/2) bound its Renyi divergence by that of a Gaussian
+  with ``1 / z_eff = D / (sqrt(m) s) + tau sqrt(d)``, ``tau = 10 sum_{k<m} exp(-2 pi^2 s^2
+  k / (k+1))``. The slack ``tau sqrt(d)`` is below float64 resolution once ``s`` is a few grid
+  steps (s = 4: tau ~ 1e-67), which any practical ``frac_bits`` gives; it matters only for a
+  grid too coarse for the noise, where it correctly inflates epsilon.
+
+Giving that Gaussian to the PLD accountant, or to the RDP accountant with Poisson
+subsampling, treats the discrete mechanism's privacy curve as the continuous one at
+``z_eff`` (the "sum is close" approach; CKS20 Sec. 4 show the two curves coincide for
+s >= 1 grid step). Without subsampling under RDP it is exactly the bound above.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import dp_accounting
 from dp_accounting import pld, rdp
@@ -38,6 +59,53 @@ PLD_DISCRETIZATION = 1e-3
 MAX_NOISE = 1e3
 #: Budget-first search stops when epsilon is within this relative tolerance below the target.
 EPSILON_TOLERANCE = 0.01
+
+
+#: Dimension assumed by :func:`discrete_noise_multiplier` when the caller does not know it
+#: (2^40 values, far beyond any model): the slack only grows with the dimension.
+MAX_DIM = 2**40
+#: Kairouz et al.'s bound needs each share's std to be at least half a grid step.
+MIN_SHARE_STD = 0.5
+
+
+def discrete_noise_multiplier(noise_multiplier: float, clip: float, frac_bits: int, *,
+                              shares: int = 1, summed: int | None = None,
+                              dim: int = MAX_DIM) -> float:
+    """The continuous-Gaussian noise multiplier the accountant is given for discrete noise.
+
+    The mechanism: ``summed`` of ``shares`` discrete Gaussian shares, each
+    N_Z(0, (z C 2^f)^2 / shares) per coordinate of a ``dim``-vector, added to a sum whose
+    sensitivity is ``C 2^f`` grid steps (see the module docstring for the bound).
+    ``summed < shares`` is a distributed round where only ``summed`` sites' noise reached
+    the sum. Returns ``<= z sqrt(summed / shares)``, the continuous figure; equal to it
+    (in float64) unless the grid is too coarse for the noise.
+    """
+    summed = shares if summed is None else summed
+    problems = check_finite_number(noise_multiplier, "noise_multiplier", non_negative=True)
+    problems += check_finite_number(clip, "clip", positive=True)
+    for name, v in (("shares", shares), ("summed", summed), ("dim", dim)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            problems.append(f"{name} must be an integer >= 1, got {v!r}")
+    if not problems and summed > shares:
+        problems.append(f"summed ({summed}) cannot exceed shares ({shares})")
+    if isinstance(frac_bits, bool) or not isinstance(frac_bits, int) or frac_bits < 0:
+        problems.append(f"frac_bits must be an integer >= 0, got {frac_bits!r}")
+    if problems:
+        raise ConfigError(problems)
+    if noise_multiplier == 0:
+        return 0.0
+    share_std = noise_multiplier * clip * 2.0**frac_bits / math.sqrt(shares)
+    if summed > 1 and share_std < MIN_SHARE_STD:
+        raise ConfigError(
+            f"each site's noise share is {share_std:.3g} grid steps (2^-{frac_bits}); the "
+            f"distributed discrete Gaussian bound needs >= {MIN_SHARE_STD}: raise "
+            "secure_aggregation.frac_bits (or the noise)")
+    tau = 10.0 * math.fsum(math.exp(-2 * math.pi**2 * share_std**2 * k / (k + 1))
+                           for k in range(1, summed))
+    # Sensitivity C 2^f over the summed std sqrt(summed) * share_std is sqrt(shares/summed)/z.
+    continuous = noise_multiplier * (1.0 if summed == shares else math.sqrt(summed / shares))
+    slack = tau * math.sqrt(dim)
+    return continuous if slack == 0 else 1.0 / (1.0 / continuous + slack)
 
 
 def _check(noise_multiplier: float, sample_rate: float, steps: int) -> None:
@@ -107,12 +175,16 @@ def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: floa
 
 def noise_for_budget(target_epsilon: float, delta: float, sample_rate: float, steps: int,
                      accountant: Accountant | str = Accountant.PLD, *,
-                     tolerance: float = EPSILON_TOLERANCE) -> float:
+                     tolerance: float = EPSILON_TOLERANCE,
+                     effective: Callable[[float], float] | None = None) -> float:
     """The smallest noise multiplier (up to ``tolerance``) whose epsilon is <= the target.
 
     Doubling then bisection on the noise multiplier, as Opacus' ``get_noise_multiplier``; the
     returned value always meets the target (it is the upper end of the final bracket).
-    Raises :class:`PrivacyBudgetError` when even :data:`MAX_NOISE` does not.
+    ``effective`` maps a sampled noise multiplier to the one the accountant sees (e.g.
+    :func:`discrete_noise_multiplier`; non-decreasing), so the target is met by the
+    mechanism actually run. Raises :class:`PrivacyBudgetError` when even :data:`MAX_NOISE`
+    does not.
     """
     problems = check_finite_number(target_epsilon, "target_epsilon", positive=True)
     problems += check_finite_number(tolerance, "tolerance", positive=True)
@@ -124,7 +196,13 @@ def noise_for_budget(target_epsilon: float, delta: float, sample_rate: float, st
         return 0.0
 
     def eps(z: float) -> float:
-        return epsilon(z, sample_rate, steps, delta, accountant)
+        if effective is None:
+            return epsilon(z, sample_rate, steps, delta, accountant)
+        try:
+            z_eff = effective(z)
+        except ConfigError:  # e.g. too little noise for the grid: not private enough
+            return math.inf
+        return epsilon(z_eff, sample_rate, steps, delta, accountant)
 
     low, high = 0.0, 1.0
     eps_high = eps(high)

@@ -5,13 +5,29 @@ policy, deny by default). Each task that touches data is *charged* before it run
 :meth:`PrivacyLedger.charge` validates the entry, composes every DP event already in the
 ledger plus this one with a real accountant (``dp-accounting``), refuses with
 :class:`PrivacyBudgetError` past the site's ``max_epsilon``, and only then appends one
-JSON line (write + flush + fsync of an ``O_APPEND`` file; the file is never rewritten).
+JSON line (write + flush + fsync of an ``O_APPEND`` file; the file is never rewritten,
+except once by the steward to sign a ledger from before signatures,
+:meth:`PrivacyLedger.sign_unsigned`).
 
-Tamper evidence: every line carries ``prev``, the SHA-256 of the previous line's bytes (64
-zeros for the first), so editing or deleting a line breaks the chain at the next one
-(:meth:`PrivacyLedger.verify`). A torn last line (power cut during an append) is reported,
-never silently dropped; while the ledger has any problem, charging refuses (fail closed) and
-the site steward must look at the file.
+Tamper evidence, in three layers (:meth:`PrivacyLedger.verify`; while the ledger has any
+problem, charging refuses - fail closed - and the site steward must look at the file):
+
+1. **Hash chain.** Every line carries ``prev``, the SHA-256 of the previous line's bytes (64
+   zeros for the first), so editing or deleting a line breaks the chain at the next one. A
+   torn last line (power cut during an append) is reported, never silently dropped.
+2. **Signatures.** Every line carries ``sig``, an ECDSA P-256 / SHA-256 signature by the
+   site's own key (``site.key`` of its startup kit) over the entry and its ``prev``, checked
+   with the site certificate's public key (:class:`LedgerKey`). A chain alone can be
+   recomputed by anyone who can write the file; a rewrite now needs the site's private key.
+   Unsigned lines (ledgers written before entries were signed) are reported, not trusted:
+   a signed ledger stripped of its signatures would otherwise pass as an old one.
+3. **Anchor.** Neither detects a cut at the end, or a deleted file: what is left is a valid
+   shorter ledger. So the node tells the hub its :class:`LedgerHead` (entry count and last
+   line's hash) with every reply; the hub keeps the longest one per site and answers with it,
+   and the node keeps the acknowledged head (:mod:`fedcare.node.ledger_anchor`). A ledger
+   that is shorter than, or does not extend, its :attr:`PrivacyLedger.anchor` was truncated,
+   deleted or replaced. The hash of line k commits to lines 1..k through the chain, so one
+   (count, hash) pair pins the whole acknowledged prefix.
 
 Privacy units: DP-SGD entries are record-level; DP-FedAvg entries are site-level (the whole
 site's contribution added or removed), charged at sample rate 1 per participated round because
@@ -22,12 +38,15 @@ they void the formal guarantee, which :meth:`PrivacyLedger.spent` reports (``non
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import datetime as dt
 import hashlib
 import json
 import math
 import os
+import re
 import threading
 import tomllib
 from collections.abc import Iterator
@@ -35,13 +54,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedcare.core.errors import ConfigError
-from fedcare.core.files import PRIVATE_FILE_MODE, fsync_dir
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from fedcare.core.errors import ConfigError, ValidationError
+from fedcare.core.files import PRIVATE_FILE_MODE, atomic_write, fsync_dir
 from fedcare.privacy.dp.accounting import epsilon_of, sampled_gaussian_event
 from fedcare.privacy.dp.errors import LedgerError, PrivacyBudgetError
 from fedcare.privacy.dp.spec import Accountant, Mechanism, check_finite_number, parse_enum
 
 GENESIS = "0" * 64
+#: The HTTP header a node sends its ledger head in (``<count>:<sha256 hex>``).
+LEDGER_HEAD_HEADER = "X-Fedcare-Ledger-Head"
+_HEAD = re.compile(r"(0|[1-9][0-9]{0,17}):([0-9a-f]{64})")
+_SIGNATURE = ec.ECDSA(hashes.SHA256())
 _POLICY_KEYS = {"max_epsilon", "delta", "accountant", "require_dp", "trust_hub_noise"}
 
 
@@ -170,15 +198,142 @@ class Spent:
     non_dp_tasks: int
 
 
+@dataclass(frozen=True)
+class LedgerHead:
+    """How far a ledger goes: its number of complete lines and the SHA-256 of the last one
+    (:data:`GENESIS` for an empty ledger). Written ``<count>:<hash>`` on the wire."""
+
+    count: int
+    hash: str
+
+    def __post_init__(self) -> None:
+        if (isinstance(self.count, bool) or not isinstance(self.count, int)
+                or not isinstance(self.hash, str)
+                or not _HEAD.fullmatch(f"{self.count}:{self.hash}")
+                or (self.count == 0) != (self.hash == GENESIS)):
+            raise ValidationError(f"not a ledger head: count {self.count!r}, hash {self.hash!r}"
+                                  " (want an entry count and the 64-hex SHA-256 of its last "
+                                  "line; 0 with 64 zeros for an empty ledger)")
+
+    @classmethod
+    def parse(cls, text: object) -> LedgerHead:
+        """Read ``<count>:<hash>``; a :class:`ValidationError` names what is wrong."""
+        match = _HEAD.fullmatch(text) if isinstance(text, str) else None
+        if match is None:
+            raise ValidationError(f"{LEDGER_HEAD_HEADER} must be <entry count>:<sha256 hex of "
+                                  f"the last line>, got {str(text)[:100]!r}")
+        try:
+            return cls(int(match[1]), match[2])
+        except ValidationError as exc:
+            raise ValidationError(f"{LEDGER_HEAD_HEADER}: {exc.message}") from None
+
+    def __str__(self) -> str:
+        return f"{self.count}:{self.hash}"
+
+
+class LedgerKey:
+    """The site's key pair for its ledger: the private key signs new entries (at the node),
+    the public key of the site certificate verifies every entry (anyone holding the kit's
+    certificate can check the ledger; only the key's holder can write a valid one).
+
+    ECDSA on P-256 with SHA-256 - the curve of every fedcare key, so the kit's ``site.key``
+    serves (Johnson, Menezes & Vanstone 2001; FIPS 186-5)."""
+
+    def __init__(self, public: ec.EllipticCurvePublicKey,
+                 private: ec.EllipticCurvePrivateKey | None = None) -> None:
+        if not isinstance(public, ec.EllipticCurvePublicKey) or not isinstance(
+                public.curve, ec.SECP256R1):
+            raise ConfigError("a ledger key must be an EC P-256 public key")
+        if private is not None and (not isinstance(private, ec.EllipticCurvePrivateKey)
+                                    or private.public_key() != public):
+            raise ConfigError("the ledger's private key does not belong to the site "
+                              "certificate's public key (a mixed-up startup kit?)")
+        self.public = public
+        self.private = private
+
+    @classmethod
+    def from_files(cls, cert: Path, key: Path | None = None) -> LedgerKey:
+        """The site's key from its certificate (and, to sign, its private key file): the
+        node reads their paths from its startup kit (:func:`fedcare.node.ledger_anchor.
+        ledger_key`)."""
+        try:
+            public = x509.load_pem_x509_certificate(cert.read_bytes()).public_key()
+            private = (serialization.load_pem_private_key(key.read_bytes(), password=None)
+                       if key is not None else None)
+        except (OSError, ValueError, TypeError) as exc:
+            raise ConfigError(f"cannot load the site's ledger key ({cert.name}"
+                              f"{', ' + key.name if key is not None else ''}): {exc}") from exc
+        if not isinstance(public, ec.EllipticCurvePublicKey) or (
+                private is not None and not isinstance(private, ec.EllipticCurvePrivateKey)):
+            raise ConfigError(f"the site key ({cert.name}) is not an EC key; the ledger signs "
+                              "with the site's EC P-256 key (re-issue the startup kit)")
+        return cls(public, private)
+
+    def sign(self, data: bytes) -> str:
+        if self.private is None:
+            raise LedgerError("this ledger key can only verify (no site.key): it cannot "
+                              "sign a new entry")
+        return base64.b64encode(self.private.sign(data, _SIGNATURE)).decode("ascii")
+
+    def verifies(self, data: bytes, signature: object) -> bool:
+        if not isinstance(signature, str):
+            return False
+        try:
+            self.public.verify(base64.b64decode(signature, validate=True), data, _SIGNATURE)
+        except (InvalidSignature, binascii.Error, ValueError):
+            return False
+        return True
+
+
 @dataclass
 class _Read:
     entries: list[LedgerEntry]
-    last_hash: str
-    problems: list[str]
+    #: The hash of every complete line, in order (line k's hash commits to lines 1..k).
+    hashes: list[str]
+    #: What is wrong with the file itself, except unsigned lines (listed apart).
+    damage: list[str]
+    #: Line numbers without a signature.
+    unsigned: list[int]
+
+    @property
+    def head(self) -> LedgerHead:
+        return LedgerHead(len(self.hashes), self.hashes[-1] if self.hashes else GENESIS)
+
+    @property
+    def problems(self) -> list[str]:
+        if not self.unsigned:
+            return self.damage
+        return [f"{_lines(self.unsigned)} unsigned (a ledger written before fedcare signed "
+                "its entries, or one whose signatures were stripped): they cannot be told "
+                "from a rewrite, so the site refuses to charge. Check the entries against "
+                "the hub's records, then have them signed with `fedcare node privacy "
+                "--sign-unsigned`", *self.damage]
 
 
 def _line_hash(line: bytes) -> str:
     return hashlib.sha256(line).hexdigest()
+
+
+def _canonical(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def anchor_problems(hashes: list[str], anchor: LedgerHead | None) -> list[str]:
+    """Why a ledger whose lines hash to ``hashes`` does not extend ``anchor`` (the head the
+    hub acknowledged): empty when it does."""
+    if anchor is None or anchor.count == 0:
+        return []
+    if len(hashes) < anchor.count:
+        return [f"the ledger holds {len(hashes)} entries but the hub acknowledged "
+                f"{anchor.count} (head {str(anchor)[:20]}...): entries were removed from its "
+                "end, or the file was deleted or replaced. The site refuses to charge until "
+                "its steward restores the ledger (e.g. from a backup)"]
+    if hashes[anchor.count - 1] != anchor.hash:
+        return [f"entry {anchor.count} is not the one the hub acknowledged (hash "
+                f"{hashes[anchor.count - 1][:12]}..., acknowledged {anchor.hash[:12]}...): the "
+                "ledger was rewritten or replaced. The site refuses to charge until its "
+                "steward restores the ledger (e.g. from a backup)"]
+    return []
 
 
 def _epsilon(entries: list[LedgerEntry], policy: SitePrivacyPolicy) -> float:
@@ -193,31 +348,50 @@ def _epsilon(entries: list[LedgerEntry], policy: SitePrivacyPolicy) -> float:
 
 
 class PrivacyLedger:
-    """The append-only ledger at ``path`` under ``policy`` (see the module docstring)."""
+    """The append-only ledger at ``path`` under ``policy`` (see the module docstring).
 
-    def __init__(self, path: Path, policy: SitePrivacyPolicy) -> None:
+    ``key`` signs new entries and verifies all of them. ``anchor`` is the last head the hub
+    acknowledged (None: none known yet); the node raises it as the hub acknowledges more.
+    """
+
+    def __init__(self, path: Path, policy: SitePrivacyPolicy, *, key: LedgerKey,
+                 anchor: LedgerHead | None = None) -> None:
         if not isinstance(policy, SitePrivacyPolicy):
             raise ConfigError("a privacy ledger needs a SitePrivacyPolicy (fail closed)")
+        if not isinstance(key, LedgerKey):
+            raise ConfigError("a privacy ledger needs the site's LedgerKey to sign and "
+                              "verify its entries (fail closed)")
         self.path = Path(path)
         self.policy = policy
+        self.key = key
+        self.anchor = anchor
         self._lock = threading.Lock()
+        self._verified: set[bytes] = set()
 
     # ------------------------------------------------------------------------------ reading
     def _read(self) -> _Read:
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
-            return _Read([], GENESIS, [])
+            return _Read([], [], [], [])
         except OSError as exc:
             raise LedgerError(f"cannot read privacy ledger {self.path}: {exc}") from exc
         lines = data.split(b"\n")
         tail = lines.pop()  # b"" when the file ends with a newline, as every append does
-        entries, problems, prev = [], [], GENESIS
+        entries, problems, hashes, prev = [], [], [], GENESIS
+        unsigned = []
         for number, line in enumerate(lines, start=1):
             try:
                 doc = json.loads(line)
                 if not isinstance(doc, dict):
                     raise ValueError("not an object")
+                signature = doc.pop("sig", None)
+                if signature is None:
+                    unsigned.append(number)
+                elif not self._signed_by_site(line, doc, signature):
+                    problems.append(f"line {number}: signature does not verify with the site "
+                                    "certificate's key (entry edited, or written without the "
+                                    "site's key)")
                 if doc.pop("prev", None) != prev:
                     problems.append(f"line {number}: hash chain broken (line edited, removed "
                                     "or inserted before it)")
@@ -226,19 +400,47 @@ class PrivacyLedger:
             except (ValueError, TypeError, ConfigError) as exc:
                 problems.append(f"line {number}: not a valid ledger entry ({exc})")
             prev = _line_hash(line)
+            hashes.append(prev)
         if tail:
             problems.append(f"line {len(lines) + 1}: torn last line ({len(tail)} bytes without "
                             "a newline; an append was interrupted) - the steward must inspect "
                             "it before the site charges again")
-        return _Read(entries, prev, problems)
+        return _Read(entries, hashes, problems, unsigned)
+
+    def _signed_by_site(self, line: bytes, doc: dict[str, Any], signature: object) -> bool:
+        """Whether ``doc`` (the line without its ``sig``) carries the site's signature.
+        Lines already verified are remembered by their bytes' hash: the ledger is read again
+        before every charge and every reply, and one ECDSA check costs ~0.1 ms a line."""
+        digest = hashlib.sha256(line).digest()
+        if digest in self._verified:
+            return True
+        if not self.key.verifies(_canonical(doc), signature):
+            return False
+        self._verified.add(digest)
+        return True
 
     def entries(self) -> list[LedgerEntry]:
         """The readable entries (see :meth:`verify` for problems)."""
         return self._read().entries
 
-    def verify(self) -> list[str]:
-        """Problems with the file: broken hash chain, unreadable lines, a torn last line."""
-        return self._read().problems
+    def head(self) -> LedgerHead:
+        """The ledger's head now, whatever its state."""
+        return self._read().head
+
+    def verified_head(self) -> LedgerHead | None:
+        """The head to report to the hub: None while the file itself fails its checks (a
+        broken chain, a bad or missing signature, a torn line), so that no damaged ledger is
+        ever anchored. A ledger that is merely short (cut, deleted) reports its head: the
+        hub, which keeps the longest head it acknowledged, answers with that one."""
+        state = self._read()
+        return None if state.problems else state.head
+
+    def verify(self, anchor: LedgerHead | None = None) -> list[str]:
+        """Problems with the file: broken hash chain, a bad or missing signature, unreadable
+        lines, a torn last line, and a ledger that does not extend ``anchor`` (default: the
+        ledger's own :attr:`anchor`) - cut at its end, deleted or replaced."""
+        state = self._read()
+        return state.problems + anchor_problems(state.hashes, anchor or self.anchor)
 
     def spent(self) -> Spent:
         """Epsilon of all readable DP entries at the policy's delta."""
@@ -286,9 +488,10 @@ class PrivacyLedger:
                                      f"this site's delta {policy.delta:g}")
         with self._exclusive():
             state = self._read()
-            if state.problems:
+            problems = state.problems + anchor_problems(state.hashes, self.anchor)
+            if problems:
                 raise LedgerError(f"privacy ledger {self.path} fails verification, refusing to "
-                                  "charge: " + "; ".join(state.problems))
+                                  "charge: " + "; ".join(problems))
             before = _epsilon(state.entries, policy)
             after = _epsilon([*state.entries, entry], policy)
             if not after <= policy.max_epsilon:  # also refuses NaN
@@ -297,8 +500,9 @@ class PrivacyLedger:
                     f"{entry.task_id} would bring it to {after:.4g} (limit {policy.max_epsilon:g}"
                     f" at delta {policy.delta:g}); the site refuses this task")
             record = {**entry.to_json(), "epsilon_total": after if math.isfinite(after)
-                      else "inf", "prev": state.last_hash}
-            self._append(json.dumps(record, sort_keys=True, separators=(",", ":")).encode())
+                      else "inf", "prev": state.head.hash}
+            record["sig"] = self.key.sign(_canonical(record))
+            self._append(_canonical(record))
         return after
 
     def _append(self, line: bytes) -> None:
@@ -314,3 +518,43 @@ class PrivacyLedger:
             os.close(fd)
         if created:
             fsync_dir(self.path.parent)
+
+    def sign_unsigned(self) -> int:
+        """Sign a ledger written before fedcare signed its entries; returns how many lines
+        were unsigned (0: nothing to do, the file is left as it is).
+
+        The steward vouches for the entries by doing this (the command that calls it says
+        so): an unsigned line cannot be told from a rewrite. Refused when the file has any
+        other problem (broken chain, bad signature, torn line) or does not extend the hub's
+        acknowledged head. Every line is re-signed with its chain recomputed (signing a line
+        changes its bytes, so the next ``prev``), and the file is replaced atomically.
+        """
+        with self._exclusive():
+            state = self._read()
+            if not state.unsigned:
+                return 0
+            problems = state.damage + anchor_problems(state.hashes, self.anchor)
+            if problems:
+                raise LedgerError(f"privacy ledger {self.path} has other problems; not signing "
+                                  "it: " + "; ".join(problems))
+            out, prev = [], GENESIS
+            for line in self.path.read_bytes().split(b"\n")[:-1]:
+                doc = json.loads(line)
+                doc.pop("sig", None)
+                doc["prev"] = prev
+                doc["sig"] = self.key.sign(_canonical(doc))
+                signed = _canonical(doc)
+                out.append(signed + b"\n")
+                prev = _line_hash(signed)
+            atomic_write(self.path, b"".join(out), mode=PRIVATE_FILE_MODE)
+        return len(state.unsigned)
+
+
+def _lines(numbers: list[int]) -> str:
+    """``line 3`` / ``lines 1-4`` / ``lines 1, 3, 5`` (a sorted list)."""
+    if len(numbers) == 1:
+        return f"line {numbers[0]} is"
+    if numbers == list(range(numbers[0], numbers[-1] + 1)):
+        return f"lines {numbers[0]}-{numbers[-1]} are"
+    shown = ", ".join(map(str, numbers[:10])) + (", ..." if len(numbers) > 10 else "")
+    return f"lines {shown} are"

@@ -22,71 +22,62 @@ post-processing. Two placements of the noise:
   :func:`effective_noise_multiplier`), and if fewer than ``n`` sites answer, the sum carries
   less than the full noise.
 
-Assumptions: noise is sampled in floating point (the Mironov 2012 floating-point attack on
-textbook samplers is not mitigated; a discrete Gaussian would be), and the clip bound holds
-only if the site runs this code unmodified.
+Noise is a **discrete Gaussian on the fixed-point grid** ``2^-frac_bits`` that secure
+aggregation uses (:mod:`fedcare.privacy.dp.discrete_gaussian`; Canonne, Kamath, Steinke 2020),
+never a floating-point Gaussian, which Mironov (CCS 2012) showed leaks the input through the
+low bits of the result. The clipped update is first rounded onto the grid with its L2 norm
+still at most ``C`` (:func:`~fedcare.privacy.dp.discrete_gaussian.round_to_grid`), then the
+noise is added in exact integer grid steps; float casts happen only afterwards (post-
+processing). Distributed noise gives each site a discrete Gaussian share of variance
+``(z C)^2 / n``: the sum of discrete Gaussians is not exactly one, and the accountant is given
+the Kairouz-Liu-Steinke 2021 bound for it
+(:func:`fedcare.privacy.dp.accounting.discrete_noise_multiplier`).
+
+DP-SGD is not covered: its per-step noise is drawn inside Opacus with ``torch.normal``, in
+floating point (generator seeded from :mod:`secrets`, see ``DpSgdOptions``). Opacus'
+``secure_mode`` (a CSPRNG plus an average of Gaussian draws against the floating-point attack,
+Holohan & Braghin 2021) needs ``torchcsprng``, whose last release (0.2.1, March 2021) ships
+wheels for CPython 3.6-3.9 only and no source: ``pip download --no-deps torchcsprng`` finds no
+installable file for fedcare's Python 3.11 / torch 2.x. What mitigates it: a noised gradient
+never leaves the site; only the model after many steps does (under secure aggregation, only
+the sum of the sites' models), so Mironov's attack, which reads the low bits of one noised
+value, does not apply directly - but DP-SGD lacks the exactness argument DP-FedAvg has.
+
+Assumption: the clip bound holds only if the site runs this code unmodified.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping
 
 import numpy as np
 
 from fedcare.core.errors import ConfigError, ValidationError
 from fedcare.core.params import Parameters
+from fedcare.privacy.dp import discrete_gaussian as dg
 from fedcare.privacy.dp.spec import check_finite_number
 
-#: Bytes of ``os.urandom`` drawn per call (bounded so a large model does not make one huge
-#: allocation of random bytes).
-_URANDOM_CHUNK = 1 << 20
-
-
-def _secure_uniform(size: int) -> np.ndarray:
-    """``size`` uniforms in the open interval (0, 1) with 53 random bits each, from
-    ``os.urandom`` (the operating system's CSPRNG)."""
-    out = np.empty(size, dtype=np.float64)
-    per_chunk = _URANDOM_CHUNK // 8
-    for start in range(0, size, per_chunk):
-        k = min(per_chunk, size - start)
-        bits = np.frombuffer(os.urandom(8 * k), dtype=np.uint64) >> np.uint64(11)
-        out[start:start + k] = (bits.astype(np.float64) + 0.5) * 2.0 ** -53
-    return out
-
-
-def secure_standard_normal(size: int) -> np.ndarray:
-    """``size`` N(0, 1) samples from ``os.urandom`` via the Box-Muller transform.
-
-    numpy has no cryptographically secure bit generator, and a PCG/Philox stream is
-    predictable to anyone who learns its state; the operating system's CSPRNG is not.
-    """
-    if size == 0:
-        return np.empty(0, dtype=np.float64)
-    pairs = (size + 1) // 2
-    u = _secure_uniform(2 * pairs)
-    radius = np.sqrt(-2.0 * np.log(u[:pairs]))
-    angle = 2.0 * np.pi * u[pairs:]
-    return np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:size]
+#: Fractional bits of the noise grid when none is given: ``secure_aggregation.frac_bits``'s
+#: default, so noised updates encode for secure aggregation without rounding.
+DEFAULT_FRAC_BITS = 24
 
 
 def gaussian_noise(shape: tuple[int, ...] | int, std: float,
-                   rng: np.random.Generator | None = None) -> np.ndarray:
-    """N(0, std^2) noise of ``shape`` (float64).
+                   rng: np.random.Generator | None = None, *,
+                   frac_bits: int = DEFAULT_FRAC_BITS, shares: int = 1) -> np.ndarray:
+    """Discrete Gaussian noise of ``shape``: float64 values ``k * 2^-frac_bits`` with
+    ``k ~ N_Z(0, (std 2^f)^2 / shares)`` (one of ``shares`` equal shares of N(0, std^2)).
 
+    Exact integer sampling (CKS20), so every value is an exact multiple of the grid step.
     ``rng=None`` (the default) draws from the OS CSPRNG; pass a seeded generator only in tests
     and simulations that must be reproducible - its stream is predictable.
     """
     problems = check_finite_number(std, "std", non_negative=True)
     if problems:
         raise ConfigError(problems)
-    dims = (shape,) if isinstance(shape, int) else tuple(shape)
-    if any(d < 0 for d in dims):
-        raise ConfigError(f"noise shape must not have negative sizes, got {dims}")
-    size = math.prod(dims)
-    z = secure_standard_normal(size) if rng is None else rng.standard_normal(size)
-    return (z * std).reshape(dims)
+    variance = dg.grid_variance(1.0, std, frac_bits, shares)
+    return dg.from_grid(dg.grid_noise(shape, variance, rng), frac_bits)
 
 
 def _check_clip(clip: float) -> None:
@@ -122,14 +113,30 @@ def clip_update(delta: Mapping[str, np.ndarray], clip: float) -> tuple[Parameter
     return Parameters(out), norm
 
 
-def add_noise(arrays: Mapping[str, np.ndarray], std: float,
-              rng: np.random.Generator | None = None) -> Parameters:
-    """``arrays`` + independent N(0, std^2) per value, computed in float64, cast back."""
-    out = {}
-    for k, v in arrays.items():
-        a = np.asarray(v)
-        out[k] = (a.astype(np.float64) + gaussian_noise(a.shape, std, rng)).astype(a.dtype)
-    return Parameters(out)
+def privatize_on_grid(arrays: Mapping[str, np.ndarray], clip: float, frac_bits: int, *,
+                      noise_multiplier: float = 0.0, shares: int = 1,
+                      rng: np.random.Generator | None = None, keep_float64: bool = False
+                      ) -> Parameters:
+    """Round clipped ``arrays`` onto the grid ``2^-frac_bits`` keeping their joint L2 norm
+    <= ``clip`` exactly, then (``noise_multiplier > 0``) add one of ``shares`` discrete
+    Gaussian shares of N_Z(0, (z C 2^f)^2) - all in exact integer grid steps.
+
+    The result is float64 (``keep_float64``: exact grid values, what secure aggregation
+    should encode) or each array's own dtype, cast with magnitudes rounded toward zero so a
+    coarser float never raises the norm and stays on the grid.
+    """
+    names = list(arrays)
+    flat = (np.concatenate([np.asarray(arrays[k], dtype=np.float64).reshape(-1) for k in names])
+            if names else np.empty(0))
+    k = dg.round_to_grid(flat, clip, frac_bits)
+    if noise_multiplier > 0:
+        k = k + dg.grid_noise(k.shape, dg.grid_variance(noise_multiplier, clip, frac_bits,
+                                                        shares), rng)
+    exact = dg.grid_noised(arrays, k, frac_bits)
+    if keep_float64:
+        return Parameters(exact)
+    return Parameters({n: dg.cast_toward_zero(exact[n], np.asarray(arrays[n]).dtype)
+                       for n in names})
 
 
 def subtract(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> Parameters:

@@ -9,7 +9,10 @@ Sampling caveat: the accountants assume Poisson sampling. fedcare's site sampler
 fixed-size subset, so for ``fraction < 1`` the DP-FedAvg figure is the customary Poisson
 approximation (as in McMahan et al. 2018's experiments); with ``fraction = 1`` it is exact.
 Amplification by sampling protects against observers of the model, not against the hub that
-chose the sample - a site's own ledger charges DP-FedAvg rounds at sample rate 1.
+chose the sample - a site's own ledger charges DP-FedAvg rounds at sample rate 1. DP-SGD's
+amplification (rows sampled at ``q = batch / rows``) does hold against the hub: each site
+draws its Poisson samples from a secret seed, never from the study's public one
+(:class:`~fedcare.learners.torch_learner.DpSgdOptions`).
 """
 
 from __future__ import annotations

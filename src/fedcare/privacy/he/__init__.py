@@ -1,11 +1,13 @@
 """Homomorphic encryption (CKKS via TenSEAL): the hub sums site updates it cannot read.
 
-Sites share one secret context made at provisioning (:func:`create_federation_context`); the
-hub holds the public context. In the round engine (:mod:`fedcare.engine.secure`) a site
-encrypts ``[n_i * (x_i - g), n_i]`` (:func:`encrypt_vector`), the hub adds the blobs
-(:func:`sum_ciphertexts`), and one participating site decrypts the SUM and returns it, so the
-hub learns the aggregate (and the total example count) but no single site's update. Each
-site's own example count also reaches the hub in clear with its update's metadata.
+The sites of a study share one secret context, made by the study's first site and sealed to
+each other site's certificate key (:mod:`fedcare.engine.ckks_custody`); neither the hub nor the
+federation's coordinator ever holds it. In the round engine (:mod:`fedcare.engine.secure`) a
+site encrypts ``[n_i * (x_i - g), n_i]`` (:func:`encrypt_vector`) and signs the ciphertext;
+one participating site receives the signed ciphertexts, verifies them, adds them
+(:func:`sum_ciphertexts`) and decrypts only that SUM, so the hub learns the aggregate (and the
+total example count) but no single site's update. Each site's own example count also reaches
+the hub in clear with its update's metadata.
 The ``*_weighted`` / ``*_parameters`` helpers decrypt a weighted mean at a site instead.
 """
 

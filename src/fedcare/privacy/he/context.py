@@ -1,10 +1,12 @@
-"""CKKS contexts for a federation: one secret context shared by the sites, a public one for the hub.
+"""CKKS contexts for a study: one secret context shared by its sites, and its public twin.
 
 CKKS (Cheon, Kim, Kim & Song 2017, "Homomorphic Encryption for Arithmetic of Approximate
 Numbers") encrypts vectors of reals and adds ciphertexts without the secret key. fedcare uses it
-so the hub (honest-but-curious) sums site updates it cannot read: the sites all hold the same
-secret key, created once at provisioning; the hub holds only the public context (public and
-relinearisation keys, no secret key), which is enough to add but not to decrypt.
+so the hub (honest-but-curious) never reads a site's update: the sites of a study all hold the
+same secret key, made by the study's first site and sealed to each other site
+(:mod:`fedcare.engine.ckks_custody`); the hub holds no context at all. The public context
+(public and relinearisation keys, no secret key) is enough to add but not to decrypt; a
+simulation's hub uses it to check ciphertexts.
 
 Trust assumptions (say them out loud): every site can decrypt every other site's ciphertext, so
 HE protects updates from the hub and from the network, not from the other sites; and a site
@@ -124,7 +126,7 @@ class HEContext:
     # ------------------------------------------------------------------ construction
     @classmethod
     def create(cls, params: HEParams | None = None) -> HEContext:
-        """A fresh secret context (new keys). Only provisioning should call this."""
+        """A fresh secret context (new keys): a study's first site, or a simulation."""
         params = params or HEParams()
         try:
             ctx = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=params.poly_modulus_degree,
@@ -145,7 +147,7 @@ class HEContext:
         header, body = _unwrap(data)
         if header.get("kind") != "public":
             raise ValidationError("this is a SECRET HE context; the hub must be given the "
-                                  "public one (hub/he_public.ctx), never a site's secret")
+                                  "public one, never a site's secret")
         ctx = _tenseal_context(body)
         if ctx.is_private():
             raise ValidationError("HE context marked public holds a secret key; refusing it")
@@ -157,7 +159,7 @@ class HEContext:
         header, body = _unwrap(data)
         if header.get("kind") != "secret":
             raise ValidationError("this is a PUBLIC HE context: it cannot decrypt; a site needs "
-                                  "the secret context from its startup kit")
+                                  "its study's secret context")
         sizes = header.get("sizes")
         if (not isinstance(sizes, list) or len(sizes) != 2
                 or not all(isinstance(s, int) and s > 0 for s in sizes)
@@ -211,8 +213,8 @@ class HEContext:
 
 
 def create_federation_context(params: HEParams | None = None) -> tuple[bytes, bytes]:
-    """``(secret_bytes, public_bytes)`` for a new federation: the secret file goes into every
-    site's startup kit (mode 0600), the public file to the hub."""
+    """``(secret_bytes, public_bytes)`` of a fresh context (simulations, tests, benchmarks; a
+    networked study's first site makes its key with :meth:`HEContext.create`)."""
     ctx = HEContext.create(params)
     return ctx.secret_bytes(), ctx.public_bytes()
 
