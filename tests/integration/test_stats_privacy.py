@@ -73,18 +73,20 @@ def _stats_replies(fed: NetFederation, study_id: str) -> list[bytes]:
     return [next(blobs.rglob(sha[2:])).read_bytes() for (sha,) in rows]
 
 
-def test_a_secure_studys_feature_statistics_reach_the_hub_only_as_their_sum(net: Net) -> None:
+@pytest.mark.parametrize("protocol", ["secagg", "ckks"])
+def test_a_secure_studys_feature_statistics_reach_the_hub_only_as_their_sum(
+        net: Net, protocol: str) -> None:
     fed = net().start(keep_replies=True)
-    cfg = study_config(name="std-secagg", rounds=1, data={"dataset": RAW_DATASET,
-                                                          "standardize": True},
-                       secure_aggregation={"protocol": "secagg"})
+    cfg = study_config(name=f"std-{protocol}", rounds=1, data={"dataset": RAW_DATASET,
+                                                               "standardize": True},
+                       secure_aggregation={"protocol": protocol})
     st = fed.run_study(cfg, timeout=120)
     trains = _raw_train(fed, cfg)
-    # the normalizer is the exact federation-wide one (the secure sum is exact to 2^-24)
+    # the normalizer is the federation-wide one (secagg: exact to 2^-24; CKKS: to ~1e-6)
     norm = json.loads(fed.artifact(st["study_id"], "history.json"))["normalizer"]
     mean, std = federated_standardizer(trains)
-    np.testing.assert_allclose(norm["mean"], mean, rtol=1e-5)
-    np.testing.assert_allclose(norm["std"], std, rtol=1e-4)
+    np.testing.assert_allclose(norm["mean"], mean, rtol=1e-4)
+    np.testing.assert_allclose(norm["std"], std, rtol=1e-3)
     # every stats reply the hub kept carries protocol messages only, never a site's sums
     replies = _stats_replies(fed, st["study_id"])
     assert len(replies) == len(fed.sites)
