@@ -23,6 +23,8 @@ from fedcare.core.params import Parameters
 from fedcare.core.wire import decode_reply, encode_task
 from fedcare.data.standardize import (
     DP_STD_FLOOR,
+    STATS_FRAC_BITS,
+    bounded_grid_sums,
     bounded_sensitivity,
     bounded_sums,
     federated_standardizer,
@@ -60,6 +62,26 @@ def test_one_row_moves_count_sums_and_squares_by_at_most_the_sensitivity(
     n1, s1, q1 = bounded_sums(np.vstack([x, extra]), LOW, HIGH)
     change = np.concatenate([[n1 - n0], s1 - s0, q1 - q0])
     assert np.linalg.norm(change) <= bounded_sensitivity(3) * (1 + 1e-12)
+
+
+@given(rows, hnp.arrays(np.float64, 3, elements=st.floats(-1e6, 1e6)))
+def test_on_the_grid_one_row_moves_the_sums_by_at_most_the_sensitivity_exactly(
+        x: np.ndarray, extra: np.ndarray) -> None:
+    """The noise is added in integer grid steps: the bound holds there, with no rounding."""
+    k0 = bounded_grid_sums(x, LOW, HIGH)
+    k1 = bounded_grid_sums(np.vstack([x, extra]), LOW, HIGH)
+    change = [int(v) for v in k1 - k0]
+    assert sum(c * c for c in change) <= (2**STATS_FRAC_BITS) ** 2 * 7  # (2^f)^2 (1 + 2d)
+
+
+def test_the_charged_multiplier_is_the_discrete_accountants() -> None:
+    """Discrete Gaussian shares this wide: the accountant's figure for their sum is z."""
+    from fedcare.privacy.dp.accounting import discrete_noise_multiplier
+
+    for z, d, in_sum in ((3.75, 8, 1), (3.75, 8, 3), (0.2, 1, 1000), (9.0, 30, 7)):
+        assert discrete_noise_multiplier(z, bounded_sensitivity(d), STATS_FRAC_BITS,
+                                         shares=in_sum, summed=in_sum,
+                                         dim=1 + 2 * d) == z
 
 
 def test_the_sensitivity_is_reached_at_the_range_ends() -> None:

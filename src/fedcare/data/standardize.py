@@ -109,6 +109,29 @@ def bounded_sums(x: np.ndarray, low: np.ndarray, high: np.ndarray
     return len(u), u.sum(axis=0), np.square(u).sum(axis=0)
 
 
+#: Fixed-point grid (``2^-STATS_FRAC_BITS`` in ``u`` units) of DP statistics: the noise is an
+#: exact discrete Gaussian on it (:mod:`fedcare.privacy.dp.discrete_gaussian`), as DP-FedAvg's.
+STATS_FRAC_BITS = 16
+
+
+def bounded_grid_sums(x: np.ndarray, low: np.ndarray, high: np.ndarray,
+                      frac_bits: int = STATS_FRAC_BITS) -> np.ndarray:
+    """:func:`bounded_sums` on the grid ``2^-frac_bits``, as int64 grid steps
+    ``[n·2^f, Σk_u..., Σk_q...]``: each row's ``u`` is rounded to ``k_u`` (``|k_u| <= 2^f``)
+    and its square to ``k_q`` (``0 <= k_q <= 2^f``) BEFORE summing, so one row adds at most
+    ``2^f·sqrt(1 + 2d)`` grid steps in L2 - exactly, with no rounding term - and the sums
+    are exact integers (below 2^53 for fewer than ``2^(53-f)`` rows)."""
+    x64 = np.asarray(x, dtype=np.float64)
+    if len(x64) >= 2 ** (53 - frac_bits):
+        raise ValueError(f"too many rows ({len(x64)}) for exact sums on a 2^-{frac_bits} grid")
+    centre, half = (low + high) / 2, (high - low) / 2
+    u = np.clip((np.clip(x64, low, high) - centre) / half, -1.0, 1.0)
+    one = 2**frac_bits
+    k_u = np.rint(u * one).astype(np.int64)
+    k_q = np.clip(np.rint(np.square(k_u.astype(np.float64)) / one), 0, one).astype(np.int64)
+    return np.concatenate([[len(x64) * one], k_u.sum(axis=0), k_q.sum(axis=0)])
+
+
 def bounded_sensitivity(n_features: int) -> float:
     """L2 norm bound of one row's ``[1, u, u²]`` (``|u| <= 1``): ``sqrt(1 + 2d)``."""
     return float(np.sqrt(1 + 2 * n_features))

@@ -69,20 +69,34 @@ class SitePrivacy:
         The noise protects the released value against the hub: alone (``in_sum = 1``) it has
         std ``z·Δ``; inside a secure sum that is guaranteed to hold at least ``in_sum`` sites'
         vectors, each site adds ``z·Δ/sqrt(in_sum)`` so that sum carries ``z·Δ`` (distributed
-        noise, as DP-FedAvg's). ``Δ = sqrt(1 + 2d)`` bounds one row's ``[1, u, u²]``."""
-        from fedcare.data.standardize import bounded_sums, stats_bounds
-        from fedcare.privacy.dp.mechanisms import gaussian_noise
+        noise, as DP-FedAvg's). ``Δ = sqrt(1 + 2d)`` bounds one row's ``[1, u, u²]``. The
+        noise is a discrete Gaussian on the grid ``2^-STATS_FRAC_BITS``; its shares are
+        thousands of grid steps wide, where the accountant's figure for a sum of discrete
+        Gaussian shares (Kairouz et al. 2021) is ``z`` itself, which is what is charged."""
+        from fedcare.data.standardize import (
+            STATS_FRAC_BITS,
+            bounded_grid_sums,
+            bounded_sensitivity,
+            stats_bounds,
+        )
+        from fedcare.privacy.dp import discrete_gaussian as dg
 
         if self.stats_noise is None or self.stats_clip is None:
             raise ProtocolError("the approved study releases no DP feature statistics")
         d = len(feature_names)
         try:
             low, high = stats_bounds(self.stats_clip, feature_names)
+            k = bounded_grid_sums(x, low, high, STATS_FRAC_BITS)
         except ValueError as exc:
             raise ValidationError(str(exc)) from exc
-        n, total, total_sq = bounded_sums(x, low, high)
-        noise = gaussian_noise(1 + 2 * d, stats_noise_std(self.stats_noise, d, in_sum))
-        return n + float(noise[0]), total + noise[1:1 + d], total_sq + noise[1 + d:]
+        # Exact integers throughout (Mironov 2012; Canonne, Kamath, Steinke 2020): the
+        # sensitivity, rounded up, and one of in_sum discrete Gaussian shares of
+        # N_Z(0, (z·Δ·2^f)^2) in grid steps - what DP-FedAvg's noise is too.
+        sensitivity = math.nextafter(bounded_sensitivity(d), math.inf)
+        k = k + dg.grid_noise(k.shape, dg.grid_variance(self.stats_noise, sensitivity,
+                                                        STATS_FRAC_BITS, in_sum))
+        v = k.astype(np.float64) * 2.0**-STATS_FRAC_BITS  # exact: |k| < 2^53
+        return float(v[0]), v[1:1 + d], v[1 + d:]
 
     def check(self, task: Task) -> None:
         """Refuse a DP-FedAvg task whose round size the hub could have inflated to shrink the
