@@ -14,8 +14,9 @@ from typing import Any
 
 from fedcare.core.errors import ConfigError, FedcareError
 
-#: Study states after which nothing more happens without a researcher's action.
-FINAL_STATES = frozenset({"completed", "failed", "cancelled"})
+#: Study states after which nothing more happens without a researcher's action (a paused
+#: study waits for `fedcare study resume`).
+FINAL_STATES = frozenset({"completed", "failed", "cancelled", "paused"})
 
 
 class HubClient:

@@ -212,8 +212,11 @@ class NetFederation:
         return proc
 
     def start_hub(self, *, db: str | None = None, max_body_mb: int | None = None,
-                  keep_replies: bool = False, wait: bool = True) -> Proc:
+                  keep_replies: bool = False, wait: bool = True,
+                  data_dir: Path | None = None) -> Proc:
         args = ["hub", "start", "--kit", str(self.hub_dir), "--port", str(self.port)]
+        if data_dir is not None:
+            args += ["--data-dir", str(data_dir)]
         if keep_replies:
             args.append("--keep-replies")
         if db:
@@ -350,7 +353,8 @@ class NetFederation:
         def done() -> dict[str, Any] | None:
             st = self.status(study_id)
             if until is None:
-                return st if st["status"] in ("completed", "failed", "cancelled") else None
+                return st if st["status"] in ("completed", "failed", "cancelled",
+                                              "paused") else None
             if st["status"] in ("failed", "cancelled"):
                 self.fail(f"study {study_id} {st['status']}: {st.get('error')}")
             return st if until(st) else None

@@ -16,7 +16,9 @@ def fail(exc: Exception, code: int | None = None) -> typer.Exit:
 
     Default code: 2 when the user must fix a config or data, 1 when a run failed.
     """
-    err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}")
+    # soft_wrap: one line however long (rich would break it at the terminal's width, or at 80
+    # columns in a log), so that it can be grepped and read whole.
+    err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", soft_wrap=True)
     if code is None:
         code = 2 if isinstance(exc, (ConfigError, DataError)) else 1
     return typer.Exit(code)

@@ -73,15 +73,17 @@ def simulate(
     """Run a federated study in simulation (every site on this machine).
 
     Same engine as a real federation. Writes history.json, the final model, per-round
-    checkpoints and report.html to --out (default: ./runs/<study name>).
+    checkpoints and report.html to --out (default: ./runs/<study name>, the name made one
+    safe folder name).
     """
     from fedcare.config import load_config
+    from fedcare.sim.runner import default_output_dir
 
     try:
         name = load_config(config).study.name
     except FedcareError as exc:
         raise fail(exc) from None
-    _run(config, out or Path("runs") / name, resume, overwrite, workers)
+    _run(config, out or default_output_dir(name), resume, overwrite, workers)
 
 
 DEMO_CONFIG = {

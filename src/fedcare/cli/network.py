@@ -187,7 +187,8 @@ def submit(config: Annotated[Path, typer.Argument(help="Study file (.toml/.yaml)
 
 
 def follow(client: HubClient, study_id: str, poll: float = 0.5) -> dict[str, Any]:
-    """Progress bar until the study ends; exit 1 unless it completed."""
+    """Progress bar until the study completes, fails or is paused; exit 1 unless it
+    completed."""
     with StudyProgress(console) as bar:
         st = watch(client, study_id, on_status=bar, poll=poll)
     if st["status"] != "completed":
@@ -216,6 +217,24 @@ def status(study_id: str, federation: Federation = None, hub: HubUrl = None,
                       + (f", epsilon {eps:.3g}" if isinstance(eps, float) else
                          f", epsilon {eps}" if eps is not None else "")
                       + (f", failed {escape(str(failed))}" if failed else ""))
+
+
+@study_app.command("resume")
+def resume(study_id: str, federation: Federation = None, hub: HubUrl = None,
+           ca: CaFile = None, token: Token = None,
+           wait: Annotated[bool, typer.Option(help="Follow progress until it ends.")] = False
+           ) -> None:
+    """Continue a paused study (the hub could not write its storage: disk full, read-only)
+    from its last completed round, once the hub's storage is fixed."""
+    client = _client(federation, hub, ca, token)
+    try:
+        doc = client.call("POST", f"/v1/studies/{study_id}/resume").json()
+    except FedcareError as exc:
+        raise fail(exc, 2) from None
+    console.print(f"study [bold]{study_id}[/bold] resumed after round "
+                  f"{doc['resumed_after_round']}")
+    if wait:
+        follow(client, study_id)
 
 
 @study_app.command("logs")

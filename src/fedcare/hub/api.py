@@ -10,6 +10,7 @@ error is a 4xx with a ``detail`` that says what was wrong; fedcare errors never 
 # aliases (Site, Researcher) at definition time.
 
 import hmac
+import logging
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,18 +20,27 @@ from cryptography import x509
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
 
 from fedcare import __version__
 from fedcare.core.errors import ConfigError, FedcareError, ProtocolError, ValidationError
 from fedcare.core.wire import DIGEST_HEADER
 from fedcare.hub.keyrelay import MAX_SEALED_BYTES, KeyRelay, KeyRelayNotFound
-from fedcare.hub.service import HubService, NotFound, Offer
+from fedcare.hub.service import (
+    HubService,
+    NotFound,
+    NotResumable,
+    Offer,
+    StorageUnavailable,
+)
 from fedcare.hub.store import DuplicateReply, LateReply, NotDelivered, UnknownTask, WrongSite
+from fedcare.hub.store.faults import storage_problem
 from fedcare.hub.store.ledger_heads import LedgerHeadRepo
 from fedcare.pki.errors import PeerCertificateError
 from fedcare.privacy.dp.ledger import LedgerHead
 
+log = logging.getLogger("fedcare.hub")
 SHA_HEADER = "X-Content-SHA256"
 #: A task's model goes out in slices of this size (views of the one shared copy): handed to
 #: the TLS layer whole, each 4 MB model was encrypted into a fresh 4 MB buffer and queued
@@ -43,6 +53,7 @@ VERIFIED_CACHE_SIZE = 4096
 _STATUS: list[tuple[type[Exception], int]] = [
     (NotFound, 404), (UnknownTask, 404), (WrongSite, 403), (DuplicateReply, 409),
     (NotDelivered, 409), (LateReply, 410), (ProtocolError, 409), (PeerCertificateError, 403),
+    (NotResumable, 409), (StorageUnavailable, 503),
     (ConfigError, 422), (ValidationError, 422), (FedcareError, 400),
 ]
 
@@ -324,6 +335,28 @@ def create_app(service: HubService, trust: PeerTrust, token: str,
             ge=0, le=1_000_000, description="only the last N rounds' records (default: all)")]
             = None) -> dict[str, Any]:
         return await run_in_threadpool(service.study_status, study_id, rounds)
+
+    @app.post("/v1/studies/{study_id}/resume", dependencies=[Researcher])
+    async def resume(study_id: str) -> dict[str, Any]:
+        """Continue a paused study (stopped because the hub could not write its storage)
+        from its last completed round: 409 when it is not paused, 503 while the storage
+        still cannot be written."""
+        return await run_in_threadpool(service.resume_study, study_id)
+
+    async def _storage_error(request: Request, exc: Exception) -> JSONResponse:
+        """Any request the hub cannot store (disk full, read-only): a 503 that says so, not
+        a bare 500; a node retries it later, as it does any 5xx. Other errors: a 500."""
+        problem = storage_problem(exc)
+        if problem is None:
+            raise exc
+        log.warning("%s %s: the hub cannot write its storage: %s", request.method,
+                    request.url.path, problem)
+        return JSONResponse({"detail": f"the hub cannot write its storage: {problem}",
+                             "error": "StorageUnavailable"}, status_code=503,
+                            headers={"Retry-After": "30"})
+
+    for storage_error_type in (OSError, DBAPIError):
+        app.add_exception_handler(storage_error_type, _storage_error)
 
     @app.get("/v1/studies/{study_id}/events", dependencies=[Researcher])
     async def events(study_id: str) -> list[dict[str, Any]]:

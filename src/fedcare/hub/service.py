@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -47,15 +48,18 @@ from fedcare.hub.store import (
     Database,
     DatasetInfo,
     EventRepo,
+    InvalidTransition,
     ReplyRepo,
     Site,
     SiteRepo,
+    StudyNotFound,
     StudyRepo,
     StudyStatus,
     TaskRepo,
     UnknownTask,
     WrongSite,
 )
+from fedcare.hub.store.faults import storage_problem
 from fedcare.hub.transport import HubTransport
 from fedcare.strategies import build_strategy
 
@@ -72,6 +76,11 @@ DEFAULT_MAX_BODY = 2 * 1024**3
 #: Without this the task stayed "delivered" forever, and after a hub restart every round
 #: in progress timed out for every site that had it (and the study failed).
 REDELIVER_AFTER = timedelta(seconds=5)
+#: Recording a study's end is retried while the database cannot be written: first and
+#: longest wait (s).
+SETTLE_RETRY = (0.5, 30.0)
+#: A failed study's hub checks that its state folder takes a write of this size (bytes).
+STORAGE_PROBE_BYTES = 64 * 1024
 
 
 class NotFound(FedcareError):
@@ -80,6 +89,14 @@ class NotFound(FedcareError):
 
 class Forbidden(FedcareError):
     pass
+
+
+class NotResumable(FedcareError):
+    """A resume asked for a study that is not paused (nor failed on a storage failure)."""
+
+
+class StorageUnavailable(FedcareError):
+    """The hub cannot write its state folder or database right now (disk full, read-only)."""
 
 
 @dataclass(frozen=True)
@@ -138,9 +155,14 @@ class HubService:
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
-        """Resume every study that was running when the hub last stopped."""
+        """Resume every study that was running when the hub last stopped. A paused study
+        waits for a researcher's ``fedcare study resume`` (its storage may still be full)."""
         with self.db.session() as s:
             running = [st.id for st in StudyRepo(s).list(status=StudyStatus.RUNNING)]
+            paused = [(st.id, st.error) for st in StudyRepo(s).list(status=StudyStatus.PAUSED)]
+        for study_id, why in paused:
+            log.warning("study %s is paused (%s); continue it with `fedcare study resume %s`",
+                        study_id, why, study_id)
         for study_id in running:
             self.event("resume", f"resuming study {study_id}", study_id=study_id)
             self._launch(study_id)
@@ -517,6 +539,13 @@ class HubService:
             thread.join(timeout)
 
     def _run_study(self, study_id: str) -> None:
+        """Run a study's engine to its end, in this (the study's own) thread.
+
+        However the engine stops, the study leaves this thread completed, failed, or paused
+        when the hub could not write its storage (see :func:`storage_problem`): never still
+        ``running`` with no thread to run it, which is what a database error while recording
+        a failure used to leave (the thread died, the study waited for a hub restart).
+        """
         transport = HubTransport(self, study_id)
         try:
             engine, start = self._engine(study_id, transport)
@@ -524,23 +553,117 @@ class HubService:
             self._normalizer(engine)
             final = engine.run(rounds, start_round=start)
             self._write_outputs(study_id, engine.history, final)
-            with self.db.session() as s:
-                StudyRepo(s).set_status(study_id, StudyStatus.COMPLETED)
-            self.event("study", f"study {study_id} completed", study_id=study_id)
-        except FedcareError as exc:
-            self._fail(study_id, str(exc))
-        except Exception as exc:
-            log.exception("study %s crashed", study_id)
-            self._fail(study_id, f"internal error: {exc!r}")
+            outcome: tuple[StudyStatus, str | None] = (StudyStatus.COMPLETED, None)
+        except Exception as exc:  # noqa: BLE001 (classified below; a bug is logged with its traceback)
+            try:
+                outcome = self._outcome(study_id, exc)
+            except Exception:  # classifying must not be what leaves the study runner-less
+                log.exception("study %s: cannot classify its failure", study_id)
+                outcome = (StudyStatus.FAILED, f"internal error: {exc!r}")
         finally:
-            transport.close()
+            try:
+                transport.close()  # stop offering its tasks before anything else
+            except Exception:  # the study's end must be recorded all the same
+                log.exception("study %s: closing its transport failed", study_id)
+        self._settle(study_id, *outcome)
+
+    def _outcome(self, study_id: str, exc: Exception) -> tuple[StudyStatus, str]:
+        """How a study the engine gave up on ends: paused on a storage failure, else failed."""
+        problem = storage_problem(exc)
+        if problem is None and isinstance(exc, FedcareError):
+            # A round that failed for want of replies may have failed because the hub could
+            # not record them (the API answered the nodes 503): the engine only sees the
+            # silence. The failure of the storage is what to report then.
+            problem = self._storage_probe()
+            if problem is None:
+                return StudyStatus.FAILED, str(exc)
+            return StudyStatus.PAUSED, _paused(study_id, problem, after=str(exc))
+        if problem is None:
+            log.exception("study %s crashed", study_id, exc_info=exc)
+            return StudyStatus.FAILED, f"internal error: {exc!r}"
+        return StudyStatus.PAUSED, _paused(study_id, problem)
+
+    def _storage_probe(self) -> str | None:
+        """Whether the hub's state folder takes a small durable write right now (None) or
+        what is wrong with it. Asked only when a study fails (never on the round's path)."""
+        probe = self.data_dir / f".write-probe-{threading.get_ident()}"
+        try:
+            try:
+                with open(probe, "wb") as fh:
+                    fh.write(b"\0" * STORAGE_PROBE_BYTES)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            finally:
+                probe.unlink(missing_ok=True)
+        except OSError as exc:
+            return storage_problem(exc)
+        return None
 
     def _fail(self, study_id: str, message: str) -> None:
-        if self._stopping.is_set():
-            return  # shutting down: the study resumes on the next start
-        with self.db.session() as s:
-            StudyRepo(s).set_status(study_id, StudyStatus.FAILED, error=message)
-        self.event("study", f"study {study_id} failed: {message}", study_id=study_id)
+        self._settle(study_id, StudyStatus.FAILED, message)
+
+    def _settle(self, study_id: str, status: StudyStatus, message: str | None) -> None:
+        """Record how a study's run ended: its status, error and event in one transaction.
+
+        Retried (with backoff) until the database takes it: meanwhile this thread is still
+        the study's runner, so the study is never ``running`` without one. A failure that
+        cannot be recorded because the storage fails is recorded as a pause instead (the
+        storage is the likelier cause, and a genuine failure shows again on resuming). A hub
+        shutting down records no failure or pause: the study is still running in the
+        database and resumes when the hub starts again.
+        """
+        delay, most = SETTLE_RETRY
+        while True:
+            if self._stopping.is_set() and status is not StudyStatus.COMPLETED:
+                return
+            text = f"study {study_id} {status.value}" + (f": {message}" if message else "")
+            try:
+                with self.db.session() as s:
+                    StudyRepo(s).set_status(study_id, status, error=message)
+                    EventRepo(s).log("study", text, study_id=study_id)
+            except (InvalidTransition, StudyNotFound) as exc:  # cancelled meanwhile, say
+                log.error("study %s: cannot record it %s: %s", study_id, status.value, exc)
+                return
+            except Exception as exc:  # noqa: BLE001 (retried: the state must reach the database)
+                problem = storage_problem(exc)
+                if problem is not None and status is StudyStatus.FAILED:
+                    status, message = StudyStatus.PAUSED, _paused(study_id, problem,
+                                                                  after=message)
+                log.warning("study %s: cannot record it %s (%s); trying again in %.1f s",
+                            study_id, status.value, problem or repr(exc), delay)
+                if self._stopping.wait(delay):
+                    return
+                delay = min(most, delay * 2)
+                continue
+            (log.warning if status is StudyStatus.PAUSED else log.info)("%s", text)
+            return
+
+    def resume_study(self, study_id: str) -> dict[str, Any]:
+        """Continue a paused study, or one that failed on a storage failure, after its last
+        completed round (what a hub restart does for a running study), in a new thread."""
+        runner = self._runners.get(study_id)
+        if runner is not None and runner.is_alive():
+            raise NotResumable(f"study {study_id} is still running on this hub")
+        try:
+            with self.db.session() as s:
+                study = StudyRepo(s).resume(study_id)
+                after = study.current_round
+                EventRepo(s).log("resume", f"study {study_id} resumed by a researcher after "
+                                           f"round {after}", study_id=study_id)
+        except StudyNotFound as exc:
+            raise NotFound(exc.message) from exc
+        except InvalidTransition as exc:
+            raise NotResumable(exc.message) from exc
+        except Exception as exc:
+            problem = storage_problem(exc)
+            if problem is None:
+                raise
+            raise StorageUnavailable(f"the hub still cannot write its storage: {problem}; "
+                                     "free space (or fix the disk) and resume again") from exc
+        log.info("study %s resumed after round %d", study_id, after)
+        self._launch(study_id)
+        return {"study_id": study_id, "status": StudyStatus.RUNNING.value,
+                "resumed_after_round": after}
 
     def _engine(self, study_id: str, transport: HubTransport) -> tuple[RoundEngine, int]:
         """The study's engine and the round it starts from (after the last completed one)."""
@@ -650,6 +773,14 @@ class _HubCheckpoints:
         # The round's unanswered tasks are expired now: stop offering them.
         prefix = f"{self.study_id}/r{round_}/"
         svc.withdraw(lambda tid: tid.startswith(prefix))
+
+
+def _paused(study_id: str, problem: str, *, after: str | None = None) -> str:
+    """The reason a paused study shows (``fedcare study status``): what failed, what to do."""
+    seen = f" (the study then stopped: {after})" if after else ""
+    return (f"the hub cannot write its storage: {problem}{seen}. Free space (or fix the "
+            f"disk), then continue from the last completed round with `fedcare study resume "
+            f"{study_id}`")
 
 
 def _study_of(task_id: str) -> str | None:

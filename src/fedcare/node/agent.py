@@ -156,9 +156,14 @@ class NodeAgent:
             return {"name": name, "rows": _count_rows(path)}  # images: label-file rows
         try:
             built = self.clinical(name)
-        except FedcareError as exc:
-            # The detail (which may name a patient or a small count) stays in the site's log.
-            log.error("dataset %s cannot be built: %s", name, exc)
+        except Exception as exc:
+            # Whatever is wrong with the site's own files, the node goes on serving its other
+            # datasets. The detail (which may name a patient or a small count) stays in the
+            # site's log.
+            if isinstance(exc, FedcareError):
+                log.error("dataset %s cannot be built: %s", name, exc)
+            else:  # not a known data problem: keep the traceback for whoever investigates
+                log.exception("dataset %s cannot be built", name)
             return {"name": name, "rows": 0,
                     "quality": {"error": f"the site could not build this dataset "
                                          f"({type(exc).__name__}); details are in the node's log"}}

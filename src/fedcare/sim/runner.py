@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -41,6 +42,19 @@ from fedcare.transport.inmemory import InMemoryTransport
 PARALLEL_WORK_THRESHOLD = 2e8
 
 ProgressFn = Callable[[str, int, int, RoundRecord | None], None]
+#: Characters a study name may not bring into its output folder's name: path separators
+#: (both kinds, and the drive colon), and control characters.
+_UNSAFE_IN_FOLDER = re.compile(r"[/\\:\x00-\x1f\x7f]+")
+
+
+def default_output_dir(study_name: str, runs: Path = Path("runs")) -> Path:
+    """Where a run writes when no folder is given: ``runs/<study name>``, the name made one
+    safe path component (separators become ``-``; leading and trailing dots, dashes and
+    spaces go), so that a shared study file cannot choose where its outputs land:
+    ``../../x`` and ``/abs/x`` used to write outside ``runs/``. The study keeps its name
+    everywhere else (reports, task ids)."""
+    safe = _UNSAFE_IN_FOLDER.sub("-", study_name).strip(" .-")
+    return runs / (safe or "study")
 
 
 def _as_config(config: StudyConfig | Mapping[str, Any] | str | Path) -> StudyConfig:

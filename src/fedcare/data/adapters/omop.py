@@ -29,6 +29,7 @@ midnight, so comparing it with a ``visit_start_datetime`` would reject every sam
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -78,33 +79,76 @@ REASON_UNMAPPED_GENDER = "unmapped gender (person kept, sex unknown)"
 
 def load_omop(source: str | Path, *, source_vocabulary: Mapping[str, str] | None = None,
               threads: int | None = None) -> CanonicalRecords:
-    """Read an OMOP CDM v5.4 extract (folder of CSV/Parquet files or a DuckDB file)."""
+    """Read an OMOP CDM v5.4 extract (folder of CSV/Parquet files or a DuckDB file).
+
+    A file DuckDB cannot read (cut short, bytes appended, not CSV at all) is a
+    :class:`DataError` naming the file and what is wrong with it, never a DuckDB traceback:
+    the CLI prints one line and a node reports the dataset as unusable and serves the rest.
+    """
     import duckdb
 
     vocab = _vocab(source_vocabulary or {})
     src = Path(source)
     if src.is_file() and src.suffix.lower() in (".duckdb", ".db", ".ddb"):
-        con = duckdb.connect(str(src), read_only=True)
-        present = _db_tables(con)
+        try:
+            con = duckdb.connect(str(src), read_only=True)
+        except duckdb.Error as exc:
+            raise _unreadable(f"OMOP database file {src}", exc, src) from exc
+        origins: dict[str, str] = {}
     elif src.is_dir():
         con = duckdb.connect(":memory:")
-        present = _register_files(con, src)
+        origins = {}
     else:
         raise DataError(f"OMOP source {src} is neither a folder of CDM tables nor a DuckDB "
                         "file (.duckdb, .db); check the path in the site source file")
     try:
         if threads:
             con.execute(f"SET threads = {int(threads)}")
+        if src.is_dir():
+            origins = _register_files(con, src)
+            present = set(origins)
+        else:
+            present = _db_tables(con)
         if "person" not in present:
             raise DataError(f"OMOP source {src} has no person table (person.csv / .parquet or a "
                             "'person' table); it is required")
-        return _load(con, present, vocab)
+        return _load(con, present, vocab, origins)
     except duckdb.Error as exc:
-        raise DataError(f"cannot read OMOP source {src}: {exc}".splitlines()[0]
-                        + " (is every table a CDM v5.4 table with its standard columns?)"
-                        ) from exc
+        raise DataError(f"cannot read OMOP source {src}: {_problem(exc, src)} (is every table "
+                        "a CDM v5.4 table with its standard columns?)") from exc
     finally:
         con.close()
+
+
+def _problem(exc: Exception, path: Path) -> str:
+    """DuckDB's error as one short line: the problem, without DuckDB's list of reader options
+    to try, and without the row it quotes (a patient's record, which must not leave the
+    site in a quality report or a log line meant for the hub)."""
+    kept: list[str] = []
+    lines = iter(str(exc).splitlines())
+    for raw in lines:
+        line = raw.strip()
+        if line.startswith(("Possible fixes", "The search space", "LINE ", "file =")):
+            break
+        if line.startswith("Original Line"):
+            if not line.removeprefix("Original Line:").strip():
+                next(lines, None)  # the quoted row is on the next line
+            continue
+        if line:
+            kept.append(line)
+    text = " ".join(kept)
+    for named in {str(path), str(path.absolute())}:  # the caller names the file already
+        text = text.replace(f'"{named}"', "")
+    text = re.sub(r"^[A-Za-z ]{0,40}Error: ", "", text)
+    if "sniffing file" in text:
+        text = ("its CSV layout cannot be detected (rows with different numbers of columns, "
+                "stray quotes or binary bytes)")
+    return " ".join(text.split())[:240] or type(exc).__name__
+
+
+def _unreadable(what: str, exc: Exception, path: Path) -> DataError:
+    return DataError(f"{what} cannot be read: {_problem(exc, path)}. Is the export complete "
+                     "and well-formed (not cut short, nothing appended)? Export it again")
 
 
 def _vocab(raw: Mapping[str, str]) -> dict[str, str]:
@@ -125,8 +169,11 @@ def _find(folder: Path, table: str) -> Path | None:
     return None
 
 
-def _register_files(con: duckdb.DuckDBPyConnection, folder: Path) -> set[str]:
-    present = set()
+def _register_files(con: duckdb.DuckDBPyConnection, folder: Path) -> dict[str, str]:
+    """A view per CDM table file found in ``folder``; returns table -> file, for errors."""
+    import duckdb
+
+    present: dict[str, str] = {}
     for table in TABLES:
         p = _find(folder, table)
         if p is None:
@@ -137,8 +184,11 @@ def _register_files(con: duckdb.DuckDBPyConnection, folder: Path) -> set[str]:
         else:
             delim = "\t" if p.name.lower().endswith(".tsv") else ","
             rel = f"read_csv('{lit}', header = true, all_varchar = true, delim = '{delim}')"
-        con.execute(f"CREATE VIEW {table} AS SELECT * FROM {rel}")
-        present.add(table)
+        try:  # DuckDB reads the start of the file here, to detect its layout
+            con.execute(f"CREATE VIEW {table} AS SELECT * FROM {rel}")
+        except duckdb.Error as exc:
+            raise _unreadable(f"OMOP table {table} ({p})", exc, p) from exc
+        present[table] = str(p)
     return present
 
 
@@ -174,11 +224,18 @@ def _bounded(ts: str) -> str:
 
 
 def _load(con: duckdb.DuckDBPyConnection, present: set[str],
-          vocab: Mapping[str, str]) -> CanonicalRecords:
+          vocab: Mapping[str, str], origins: Mapping[str, str]) -> CanonicalRecords:
+    import duckdb
+
     rejects: Counter[str] = Counter()
     counts: Counter[str] = Counter()
     for table in sorted(present):
-        counts[table] = int(con.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # type: ignore[index]
+        try:  # reads every row: a file cut short or with bytes appended fails here
+            counts[table] = int(con.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # type: ignore[index]
+        except duckdb.Error as exc:
+            origin = origins.get(table)
+            raise _unreadable(f"OMOP table {table}" + (f" ({origin})" if origin else ""), exc,
+                              Path(origin or table)) from exc
     _persons_view(con, rejects)
     persons = con.execute("SELECT person_id, birth_date, sex FROM _persons").df()
     parts = [_domain_sql(con, d, vocab.get(d)) for d in DOMAINS if _DOMAIN_SQL[d][0] in present]

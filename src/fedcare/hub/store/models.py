@@ -81,6 +81,10 @@ class StudyStatus(enum.StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    #: Stopped because the hub could not write its storage (disk full, read-only, I/O error):
+    #: not terminal, its open tasks stay open; ``fedcare study resume`` continues it from its
+    #: last completed round once the storage is fixed.
+    PAUSED = "paused"
 
     @property
     def terminal(self) -> bool:

@@ -4,7 +4,12 @@ Lifecycle (fail-closed: anything not listed is refused)::
 
     pending ──► running ──► completed
        │           ├──────► failed
+       │           ├──────► paused ──► running (resume) / cancelled / failed
        └───────────┴──────► cancelled / failed
+
+``paused``: the hub could not write its storage (disk full, read-only, I/O error); the study
+is not over and keeps its open tasks. :meth:`StudyRepo.resume` sets it running again, and
+also a study an older hub marked ``failed`` for such an error (its checkpoints are intact).
 
 Resuming after a crash relies on one invariant: ``studies.current_round`` (the last completed
 round), ``studies.global_model`` / ``strategy_state`` and the ``rounds`` row of that round are
@@ -26,6 +31,7 @@ from sqlalchemy.orm import Session
 from fedcare.core.errors import ValidationError
 from fedcare.hub.store.blobs import check_blob_id
 from fedcare.hub.store.errors import InvalidTransition, RoundConflict, StudyNotFound
+from fedcare.hub.store.faults import is_storage_failure_text
 from fedcare.hub.store.models import (
     OPEN_TASK_STATUSES,
     Round,
@@ -42,7 +48,10 @@ _ALLOWED: dict[StudyStatus, frozenset[StudyStatus]] = {
         {StudyStatus.RUNNING, StudyStatus.CANCELLED, StudyStatus.FAILED}
     ),
     StudyStatus.RUNNING: frozenset(
-        {StudyStatus.COMPLETED, StudyStatus.FAILED, StudyStatus.CANCELLED}
+        {StudyStatus.COMPLETED, StudyStatus.FAILED, StudyStatus.CANCELLED, StudyStatus.PAUSED}
+    ),
+    StudyStatus.PAUSED: frozenset(
+        {StudyStatus.RUNNING, StudyStatus.FAILED, StudyStatus.CANCELLED}
     ),
     StudyStatus.COMPLETED: frozenset(),
     StudyStatus.FAILED: frozenset(),
@@ -131,6 +140,35 @@ class StudyRepo:
         study.updated_at = utcnow()
         if status.terminal:
             expire_open_tasks(self.session, study_id)
+        self.session.flush()
+        return study
+
+    def resume(self, study_id: str) -> Study:
+        """Set a paused study running again, or a failed one whose recorded failure was a
+        storage failure (an older hub failed such studies; their checkpoints are intact).
+
+        The study continues after its last completed round: the tasks of later rounds that a
+        terminal status had expired are reopened (the engine re-creates the same task ids,
+        which would otherwise never be handed out again), and the error is cleared (the
+        event log keeps it). Anything else raises :class:`InvalidTransition`.
+        """
+        study = self._locked(study_id)
+        resumable = study.status == StudyStatus.PAUSED or (
+            study.status == StudyStatus.FAILED and is_storage_failure_text(study.error))
+        if not resumable:
+            why = f" ({study.error})" if study.error else ""
+            raise InvalidTransition(
+                f"study {study_id} is {study.status.value}{why}: only a paused study, or one "
+                "that failed because the hub could not write its storage, can be resumed"
+            )
+        self.session.execute(
+            sa.update(Task)
+            .where(Task.study_id == study_id, Task.round > study.current_round,
+                   Task.status == TaskStatus.EXPIRED)
+            .values(status=TaskStatus.PENDING, delivered_at=None, completed_at=None)
+            .execution_options(synchronize_session="fetch")
+        )
+        study.status, study.error, study.updated_at = StudyStatus.RUNNING, None, utcnow()
         self.session.flush()
         return study
 
