@@ -27,6 +27,19 @@ sys.path.insert(0, str(HERE.parent / "src"))
 import fedcare  # noqa: E402
 
 
+def published_ranges() -> dict[str, list[float]]:
+    """Each breast-cancer feature's [min, max] over the whole public dataset (sklearn's DESCR
+    publishes them), widened by 10 %: ``data.stats_clip`` for the DP variants, which
+    standardize with noised feature statistics (bounded by these ranges)."""
+    from fedcare.data.builtin import load_breast_cancer
+
+    t = load_breast_cancer()
+    lo, hi = t.x.min(0).astype(float), t.x.max(0).astype(float)
+    pad = 0.1 * (hi - lo)
+    return {n: [float(a - p), float(b + p)] for n, a, b, p in zip(t.feature_names, lo, hi, pad,
+                                                                  strict=True)}
+
+
 def config(seed: int, privacy: dict | None) -> dict:
     cfg = {"study": {"name": "dp-acc", "seed": seed, "rounds": 20},
            "data": {"source": "builtin", "sites": 4, "partition": "iid"},
@@ -35,6 +48,7 @@ def config(seed: int, privacy: dict | None) -> dict:
            "run": {"evaluate_every": 0, "workers": 1}}
     if privacy:
         cfg["privacy"] = privacy
+        cfg["data"]["stats_clip"] = published_ranges()
     return cfg
 
 

@@ -48,10 +48,24 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
 }
 
 
+def published_ranges() -> dict[str, list[float]]:
+    """Each breast-cancer feature's [min, max] over the whole public dataset (sklearn's DESCR
+    publishes them), widened by 10 %: ``data.stats_clip`` for the DP variants, which
+    standardize with noised feature statistics (bounded by these ranges)."""
+    from fedcare.data.builtin import load_breast_cancer
+
+    t = load_breast_cancer()
+    lo, hi = t.x.min(0).astype(float), t.x.max(0).astype(float)
+    pad = 0.1 * (hi - lo)
+    return {n: [float(a - p), float(b + p)] for n, a, b, p in zip(t.feature_names, lo, hi, pad,
+                                                                  strict=True)}
+
+
 def study(privacy: dict[str, Any] | None) -> dict[str, Any]:
     cfg = json.loads(json.dumps(BASE))
     if privacy is not None:
         cfg["privacy"] = privacy
+        cfg["data"]["stats_clip"] = published_ranges()
     return cfg
 
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, FiniteFloat, model_validator
 
 from fedcare.core.errors import ConfigError
 from fedcare.core.limits import (
@@ -72,12 +72,28 @@ class SiteFile(_Section):
     path: Path = Field(description="CSV (.csv, .csv.gz) or Parquet file, relative to the config.")
 
 
+StatsRange = tuple[FiniteFloat, FiniteFloat]
+
+
 class _DataCommon(_Section):
     test_fraction: float = Field(0.2, ge=0, lt=1, allow_inf_nan=False,
                                  description="Share of each site's rows held out for testing.")
     standardize: bool = Field(True, description=(
         "Scale tabular features by the federation's mean/std (computed from per-site sums, "
         "no rows pooled)."))
+    stats_clip: StatsRange | dict[str, StatsRange] | None = Field(None, description=(
+        "DP studies that standardize: each feature's range [low, high] (one pair for every "
+        "feature, or a table feature = [low, high]); values are clipped to it for the feature "
+        "statistics only, which bounds what one row adds, so the sums can be noised."))
+
+    @model_validator(mode="after")
+    def _stats_clip_ranges(self) -> _DataCommon:
+        clip = self.stats_clip
+        ranges = clip.items() if isinstance(clip, dict) else [("", clip)] if clip else []
+        bad = [name or "every feature" for name, (lo, hi) in ranges if not lo < hi]
+        if bad:
+            raise ValueError(f"stats_clip: low must be below high ({', '.join(bad)})")
+        return self
 
 
 class BuiltinData(_DataCommon):
@@ -175,7 +191,10 @@ class FederatedData(_DataCommon):
     classes: int = Field(2, ge=2, le=MAX_CLASSES, description="Number of classes (multiclass).")
     standardize: bool = Field(True, description=(
         "Scale features by the federation's mean/std, computed from each site's sums, sums "
-        "of squares and row counts (no row leaves a site; sites refuse below 10 rows)."))
+        "of squares and row counts (no row leaves a site; sites refuse below 10 rows). A "
+        "secure study sends them through secure aggregation (the hub learns only the "
+        "federation's totals); a DP study clips them to data.stats_clip and noises them "
+        "(privacy.stats_epsilon)."))
     sites: list[str] | None = Field(None, description=(
         "Sites taking part (default: every site that holds the dataset)."))
     contract_hash: str | None = Field(None, min_length=64, max_length=64, description=(
@@ -294,6 +313,10 @@ class PrivacySection(_Section):
                          description="The delta of (epsilon, delta)-DP.")
     accountant: Literal["pld", "rdp"] = Field(
         "pld", description="Privacy accountant: pld (tight) or rdp (looser, faster).")
+    stats_epsilon: float = Field(1.0, gt=0, allow_inf_nan=False, description=(
+        "Epsilon (at privacy.delta) of the noised feature statistics a study that "
+        "standardizes releases once before training; spent on top of the training budget "
+        "and composed with it in the reported epsilon and in each site's ledger."))
 
     @model_validator(mode="after")
     def _one_noise_source(self) -> PrivacySection:
@@ -338,6 +361,11 @@ def content_hash(cfg: StudyConfig) -> str:
         del doc["secure_aggregation"]
     if cfg.study.primary_metric is None:  # likewise: studies that choose none hash as before
         del doc["study"]["primary_metric"]
+    # Options added later hash as before while they keep their defaults.
+    if doc.get("privacy", {}).get("stats_epsilon") == 1.0:
+        del doc["privacy"]["stats_epsilon"]
+    if doc["data"].get("stats_clip", "") is None:
+        del doc["data"]["stats_clip"]
     blob = json.dumps(doc, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -441,6 +469,17 @@ def _privacy_checks(cfg: StudyConfig) -> list[str]:
         problems.append(f"'privacy.mode': {mode} cannot be combined with strategy "
                         f"{cfg.strategy.name} (it needs more from each site than a clipped, "
                         "noised update)")
+    d = cfg.data
+    if mode != "none" and d.standardize and d.stats_clip is None:
+        problems.append("'data.stats_clip': a DP study that standardizes features releases "
+                        "noised feature statistics, which needs each feature's range: set "
+                        "data.stats_clip = [low, high] (or a table feature = [low, high]), or "
+                        "data.standardize = false")
+    if (isinstance(d, FederatedData) and isinstance(d.stats_clip, dict)
+            and set(d.stats_clip) != set(d.features)):
+        problems.append(f"'data.stats_clip': give a range for every feature in data.features "
+                        f"and no other (missing {sorted(set(d.features) - set(d.stats_clip))},"
+                        f" unknown {sorted(set(d.stats_clip) - set(d.features))})")
     if mode == "dp_fedavg_distributed" and cfg.secure_aggregation.protocol == "none":
         problems.append("'privacy.mode': dp_fedavg_distributed needs secure_aggregation "
                         "(without it the hub sees each update with 1/sqrt(n) of the noise); "

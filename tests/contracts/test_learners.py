@@ -89,7 +89,8 @@ def test_parameters_of_another_layout_are_refused(name: str) -> None:
 def test_dp_sgd_is_allowed_exactly_when_the_model_declares_it(name: str) -> None:
     from fedcare.core.errors import ConfigError
 
-    raw = {"data": {"source": "builtin"}, "model": {"name": name, **SMALL.get(name, {})},
+    raw = {"data": {"source": "builtin", "standardize": False},
+           "model": {"name": name, **SMALL.get(name, {})},
            "privacy": {"mode": "dp_sgd", "noise_multiplier": 1.0}}
     if all_models()[name].capabilities.dp_sgd:
         parse_config(raw)

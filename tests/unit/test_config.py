@@ -77,7 +77,7 @@ def test_every_key_is_documented() -> None:
 
 # ------------------------------------------------------------------------------ [privacy]
 def _dp(**privacy: object) -> dict:
-    return {"data": {"source": "builtin"}, "privacy": privacy}
+    return {"data": {"source": "builtin", "standardize": False}, "privacy": privacy}
 
 
 #: Content hashes computed by fedcare before strategies and models declared their own options
@@ -105,12 +105,15 @@ _APPROVED_HASHES = [
     ({"data": {"source": "builtin"}, "strategy": {"name": "scaffold"}},
      "432cd0367faea8a468573c1f7ced1ebecc360fb852a2b94481a0e16a865d6c6c"),
     # A study with secure aggregation hashes differently since its survivor threshold became
-    # derived from strategy.min_completed (audit F5; was 254b6c0e...): what it does changed
-    # (a 3-site round now survives a dropout), so its sites must approve it again.
-    ({"data": {"source": "federation", "dataset": "x", "label": "y", "features": ["a"]},
+    # derived from strategy.min_completed (audit F5; was 5a0c4ed5... at d53ce2e): what it does
+    # changed (a 3-site round now survives a dropout), so its sites must approve it again.
+    # (The same study with standardize = true is refused: DP feature statistics need
+    # data.stats_clip, audit F7.)
+    ({"data": {"source": "federation", "dataset": "x", "label": "y", "features": ["a"],
+               "standardize": False},
       "secure_aggregation": {"protocol": "secagg"},
       "privacy": {"mode": "dp_fedavg_distributed", "target_epsilon": 3.0}},
-     "68904b5ea789b65ed2b8781c18b74aa52b75a20565e1f0587f8cd9315add406d"),
+     "6370e319c83fd34cef02cf6fcf7742fed86eebcc8abdc094d36d5e511cb03967"),
 ]
 
 

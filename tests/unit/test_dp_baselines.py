@@ -19,7 +19,8 @@ def _study(privacy: dict[str, Any], secure: str = "none") -> dict[str, Any]:
     # The README's privacy example, at a noise the DP check accepts; [baselines] left at
     # its default (local = true) as a new user would.
     return {"study": {"name": "dp-baselines", "seed": 0, "rounds": 3},
-            "data": {"source": "builtin", "dataset": "breast_cancer", "sites": 4},
+            "data": {"source": "builtin", "dataset": "breast_cancer", "sites": 4,
+                     "stats_clip": [0, 4300]},  # DP feature statistics need the ranges
             "model": {"name": "logreg"},
             "secure_aggregation": {"protocol": secure},
             "baselines": {"centralized": True},

@@ -24,7 +24,7 @@ from fedcare.transport.inmemory import InMemoryTransport
 from tests.unit.helpers import ledger_key
 
 BASE = {"study": {"name": "dp", "rounds": 3, "seed": 2},
-        "data": {"source": "builtin", "sites": 4, "partition": "iid"},
+        "data": {"source": "builtin", "sites": 4, "partition": "iid", "standardize": False},
         "model": {"name": "logreg"}, "train": {"lr": 0.2, "batch_size": 32},
         "baselines": {"local": False, "centralized": False}}
 

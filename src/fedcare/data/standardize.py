@@ -3,16 +3,32 @@
 Each site shares only its row count, per-feature sum and per-feature sum of squares; the global
 mean and (population, ddof=0) standard deviation follow from those. Sums are taken in float64
 so that ``E[x^2] - E[x]^2`` does not lose the variance of large-valued features to rounding.
+
+Under differential privacy the released sums must have a known sensitivity, so each value is
+first clipped to its declared range ``[low, high]`` (``data.stats_clip``) and mapped onto
+``u = (x - c) / h`` in ``[-1, 1]`` (``c`` the range's centre, ``h`` its half-width): one row
+then adds ``[1, u, u^2]`` to the site's ``[count, Σu, Σu²]``, a vector of L2 norm at most
+``sqrt(1 + 2d)`` for ``d`` features (:func:`bounded_sensitivity`) - what the Gaussian noise is
+calibrated to. Centring matters: a feature in ``[1000, 1010]`` has all its spread in the
+last digits of ``x / 1010`` and the noise would swamp it, while ``u`` uses the whole of
+``[-1, 1]``. The pooled (noisy) moments are post-processed back onto the feature's scale by
+:func:`pool_bounded`, which also clamps them to what values in the range can produce and
+floors the standard deviation (:data:`DP_STD_FLOOR`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 _ROUNDING = 16 * float(np.finfo(np.float64).eps)
 _NEGLIGIBLE = 1e-12
+#: With noised statistics, the smallest standard deviation a feature is given, as a share of
+#: its declared range's half-width. DP noise can make ``E[u^2] - E[u]^2`` zero or negative
+#: (the true spread is below the noise): the floor keeps the division finite and bounds how
+#: far standardizing can stretch such a feature (at most 1/DP_STD_FLOOR half-widths).
+DP_STD_FLOOR = 0.01
 
 
 def federated_standardizer(train_arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -60,3 +76,80 @@ def apply_standardizer(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.n
     out = np.asarray(x, dtype=np.float32) - np.asarray(mean, dtype=np.float32)
     out /= np.asarray(std, dtype=np.float32)
     return out
+
+
+def stats_bounds(clip: Sequence[float] | Mapping[str, Sequence[float]],
+                 feature_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature ``(low, high)`` float64 arrays from ``data.stats_clip``: one ``[low, high]``
+    for every feature, or a table naming each feature's range (every feature listed)."""
+    if isinstance(clip, Mapping):
+        missing = [f for f in feature_names if f not in clip]
+        unknown = sorted(set(clip) - set(feature_names))
+        if missing or unknown:
+            raise ValueError(f"data.stats_clip must give a range for every feature and no "
+                             f"other: missing {missing}, unknown {unknown}")
+        pairs = [tuple(clip[f]) for f in feature_names]
+    else:
+        pairs = [tuple(clip)] * len(feature_names)
+    low = np.array([float(p[0]) for p in pairs], dtype=np.float64)
+    high = np.array([float(p[1]) for p in pairs], dtype=np.float64)
+    if not (np.isfinite(low).all() and np.isfinite(high).all() and (low < high).all()):
+        raise ValueError("data.stats_clip ranges must be finite with low < high")
+    return low, high
+
+
+def bounded_sums(x: np.ndarray, low: np.ndarray, high: np.ndarray
+                 ) -> tuple[int, np.ndarray, np.ndarray]:
+    """A site's ``(count, Σu, Σu²)`` with ``u = (clip(x, low, high) - c) / h`` in [-1, 1]
+    per feature (float64): every row's contribution is bounded, so the sums can be noised."""
+    x64 = np.asarray(x, dtype=np.float64)
+    centre, half = (low + high) / 2, (high - low) / 2
+    u = (np.clip(x64, low, high) - centre) / half
+    np.clip(u, -1.0, 1.0, out=u)  # rounding of (x - c) / h at the range's ends
+    return len(u), u.sum(axis=0), np.square(u).sum(axis=0)
+
+
+#: Fixed-point grid (``2^-STATS_FRAC_BITS`` in ``u`` units) of DP statistics: the noise is an
+#: exact discrete Gaussian on it (:mod:`fedcare.privacy.dp.discrete_gaussian`), as DP-FedAvg's.
+STATS_FRAC_BITS = 16
+
+
+def bounded_grid_sums(x: np.ndarray, low: np.ndarray, high: np.ndarray,
+                      frac_bits: int = STATS_FRAC_BITS) -> np.ndarray:
+    """:func:`bounded_sums` on the grid ``2^-frac_bits``, as int64 grid steps
+    ``[n·2^f, Σk_u..., Σk_q...]``: each row's ``u`` is rounded to ``k_u`` (``|k_u| <= 2^f``)
+    and its square to ``k_q`` (``0 <= k_q <= 2^f``) BEFORE summing, so one row adds at most
+    ``2^f·sqrt(1 + 2d)`` grid steps in L2 - exactly, with no rounding term - and the sums
+    are exact integers (below 2^53 for fewer than ``2^(53-f)`` rows)."""
+    x64 = np.asarray(x, dtype=np.float64)
+    if len(x64) >= 2 ** (53 - frac_bits):
+        raise ValueError(f"too many rows ({len(x64)}) for exact sums on a 2^-{frac_bits} grid")
+    centre, half = (low + high) / 2, (high - low) / 2
+    u = np.clip((np.clip(x64, low, high) - centre) / half, -1.0, 1.0)
+    one = 2**frac_bits
+    k_u = np.rint(u * one).astype(np.int64)
+    k_q = np.clip(np.rint(np.square(k_u.astype(np.float64)) / one), 0, one).astype(np.int64)
+    return np.concatenate([[len(x64) * one], k_u.sum(axis=0), k_q.sum(axis=0)])
+
+
+def bounded_sensitivity(n_features: int) -> float:
+    """L2 norm bound of one row's ``[1, u, u²]`` (``|u| <= 1``): ``sqrt(1 + 2d)``."""
+    return float(np.sqrt(1 + 2 * n_features))
+
+
+def pool_bounded(count: float, sum_u: np.ndarray, sumsq_u: np.ndarray, low: np.ndarray,
+                 high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Federation-wide mean and std (float32) from (possibly DP-noised) pooled bounded sums.
+
+    Post-processing only (it costs no privacy): the count is floored at 1, ``E[u]`` clamped
+    to [-1, 1] and ``E[u²]`` to [``E[u]²``, 1], so the variance is never negative; the std is
+    then floored at :data:`DP_STD_FLOOR` half-widths (a non-positive noisy variance says the
+    spread is below the noise, not that it is zero) and is at most one half-width (the
+    largest std values in the range can have).
+    """
+    n = max(float(count), 1.0)
+    mean_u = np.clip(np.asarray(sum_u, dtype=np.float64) / n, -1.0, 1.0)
+    mean_sq = np.clip(np.asarray(sumsq_u, dtype=np.float64) / n, mean_u * mean_u, 1.0)
+    std_u = np.clip(np.sqrt(mean_sq - mean_u * mean_u), DP_STD_FLOOR, 1.0)
+    centre, half = (low + high) / 2, (high - low) / 2
+    return (centre + half * mean_u).astype(np.float32), (half * std_u).astype(np.float32)

@@ -32,6 +32,7 @@ from fedcare.engine.secure import (
     contribution,
     delta_contribution,
     task_attempt,
+    vector_contribution,
 )
 from fedcare.engine.site_state import SiteStateStore
 from fedcare.strategies import site_algorithm
@@ -39,8 +40,13 @@ from fedcare.strategies import site_algorithm
 #: Task aux entry carrying the federation-wide feature ``mean`` and ``std``.
 NORMALIZER = "norm"
 #: Aux entry of a stats reply: per-feature ``sum`` and ``sumsq`` and the row ``count``.
+#: (Under DP they are sums of the clipped, rescaled values ``u`` and noised; under secure
+#: aggregation no stats reply exists: the site's ``[count, sum, sumsq]`` vector goes into the
+#: secure sum and the hub learns only the federation's total.)
 STATS = "stats"
-#: A site never reports feature statistics over fewer rows than this (small-cell rule).
+#: A site never reports feature statistics over fewer rows than this (small-cell rule). Under
+#: secure aggregation the hub learns only the total over every site (each with at least this
+#: many rows), and a secure sum never holds a single site.
 MIN_STATS_ROWS = 10
 log = logging.getLogger("fedcare.node")
 
@@ -73,6 +79,12 @@ def _fit_fingerprint(task: Task) -> str:
     return h.hexdigest()
 
 
+def stats_vector(count: float, total: np.ndarray, total_sq: np.ndarray) -> np.ndarray:
+    """``[count, sum..., sumsq...]``: a site's statistics as one vector for a secure sum."""
+    return np.concatenate([[float(count)], np.asarray(total, np.float64),
+                           np.asarray(total_sq, np.float64)])
+
+
 def stats_spec(n_features: int) -> ParamSpec:
     """Layout of a stats reply's aux arrays."""
     return ParamSpec({"sum": ArraySpec((n_features,), "float64"),
@@ -80,13 +92,31 @@ def stats_spec(n_features: int) -> ParamSpec:
                       "count": ArraySpec((1,), "float64")})
 
 
-def pool_stats(replies: list[Parameters]) -> Parameters:
-    """Federation-wide mean and std from the sites' stats replies (same rule as simulation)."""
-    from fedcare.data.standardize import pool_sums
+def pool_stats(replies: list[Parameters],
+               bounds: tuple[np.ndarray, np.ndarray] | None = None) -> Parameters:
+    """Federation-wide mean and std from the sites' stats replies (same rule as simulation).
 
-    mean, std = pool_sums([float(r["count"][0]) for r in replies], [r["sum"] for r in replies],
-                          [r["sumsq"] for r in replies])
+    ``bounds`` (each feature's declared ``(low, high)``): the replies hold DP-noised sums of
+    the clipped, rescaled values, pooled by :func:`~fedcare.data.standardize.pool_bounded`."""
+    from fedcare.data.standardize import pool_bounded, pool_sums
+
+    counts = [float(r["count"][0]) for r in replies]
+    sums, sumsqs = [r["sum"] for r in replies], [r["sumsq"] for r in replies]
+    if bounds is not None:
+        mean, std = pool_bounded(sum(counts), np.sum(sums, axis=0), np.sum(sumsqs, axis=0),
+                                 *bounds)
+    else:
+        mean, std = pool_sums(counts, sums, sumsqs)
     return Parameters({"mean": mean, "std": std})
+
+
+def split_stats_vector(total: np.ndarray, n_features: int) -> Parameters:
+    """A (summed) :func:`stats_vector` back as a stats reply's arrays."""
+    if total.shape != (1 + 2 * n_features,):
+        raise ValidationError(f"a stats vector for {n_features} features has "
+                              f"{1 + 2 * n_features} values, got {total.shape}")
+    return Parameters({"sum": total[1:1 + n_features], "sumsq": total[1 + n_features:],
+                       "count": total[:1].copy()})
 
 
 class SiteExecutor:
@@ -143,17 +173,53 @@ class SiteExecutor:
             self._norm_key = key
         return self._norm_data
 
-    def _stats(self, task: Task, start: float) -> Update:
-        from fedcare.data.standardize import site_sums
+    def _check_stats(self, task: Task) -> int | None:
+        """Refuse a stats task the approved study does not allow, before anything is charged
+        or computed; returns, for DP statistics, how many sites' noise shares any sum the hub
+        can learn is guaranteed to hold (1 without secure aggregation), else None."""
+        from fedcare.engine.secure import sites_in_any_sum
 
-        n, total, total_sq = site_sums(self.data.x_train)
+        n = len(self.data.x_train)
         if n < MIN_STATS_ROWS:
             raise FedcareError(f"refusing to report feature statistics over {n} rows "
                                f"(fewer than {MIN_STATS_ROWS})")
-        stats = Parameters({"sum": total, "sumsq": total_sq, "count": np.array([float(n)])})
+        if (self.secure is not None) != bool(task.meta.get("secure")):
+            raise ProtocolError(
+                "the approved study protects its statistics with secure aggregation but the "
+                "task asks for plain ones" if self.secure is not None else
+                "the task asks for secure aggregation but the approved study does not use it")
+        in_sum = 1
+        if self.secure is not None:
+            self.secure.check(task)
+            in_sum = sites_in_any_sum(self.secure.settings, len(task.meta["participants"]))
+        p = self.privacy
+        if p is None or p.spec is None:
+            return None
+        if p.stats_noise is None:  # a DP study that does not standardize
+            raise ProtocolError("the approved DP study releases no feature statistics")
+        return in_sum
+
+    def _stats(self, task: Task, start: float, in_sum: int | None) -> Update:
+        from fedcare.data.standardize import site_sums
+
+        if in_sum is None:
+            n, total, total_sq = site_sums(self.data.x_train)
+            count = float(n)
+        else:  # DP: clipped to the declared ranges, rescaled, noised
+            assert self.privacy is not None
+            count, total, total_sq = self.privacy.noised_stats(
+                self.data.x_train, self.data.feature_names, in_sum)
+            n = 0  # the reply states no exact row count
+        if self.secure is not None:
+            return self._protocol_reply(
+                task, self.secure.start(task, vector_contribution(
+                    stats_vector(count, total, total_sq))), start,
+                num_examples=0)
+        stats = Parameters({"sum": total, "sumsq": total_sq, "count": np.array([count])})
+        provenance = ("stats:sum,sumsq,count",) + (("dp:gaussian",) if in_sum is not None else ())
         return Update(task_id=task.task_id, site=self.name, round=task.round,
                       kind=UpdateKind.FULL, parameters=Parameters({}), num_examples=n,
-                      aux={STATS: stats}, provenance=("stats:sum,sumsq,count",),
+                      aux={STATS: stats}, provenance=provenance,
                       seconds=time.perf_counter() - start)
 
     def handle(self, payload: bytes) -> bytes:
@@ -199,9 +265,10 @@ class SiteExecutor:
             raise ProtocolError(f"the task asks for strategy {task.strategy!r} but the study "
                                 f"this site approved uses {self.strategy!r}; refusing it")
         if task.kind is TaskKind.STATS:
-            if self.privacy is not None:
+            in_sum = self._check_stats(task)
+            if self.privacy is not None:  # before the data is touched, as for training
                 self.privacy.charge(task, task.train)
-            return self._stats(task, start)
+            return self._stats(task, start, in_sum)
         if task.kind.is_protocol_step:
             if self.secure is None:
                 raise ProtocolError("this site's study does not use secure aggregation")

@@ -8,10 +8,22 @@ clipped (and, in distributed mode, noised) as a difference to the global model. 
 DP-FedAvg averages the clipped differences uniformly (weighting by rows would break the
 sensitivity bound), adds the central noise once to the sum, and records epsilon after every
 round in the history.
+
+Feature statistics (a study that standardizes asks every site once, before training, for its
+row count and per-feature sums and sums of squares) are a release of their own: under DP each
+site clips every value to the study's declared range (``data.stats_clip``), which bounds one
+row's contribution (:func:`fedcare.data.standardize.bounded_sensitivity`), and adds Gaussian
+noise calibrated with ``dp-accounting`` to ``privacy.stats_epsilon`` (one Gaussian mechanism,
+sample rate 1). The site charges its ledger for it BEFORE touching its data, like any task; the
+hub composes the same charge into the study's epsilon (a "round 0" row). The unit is the
+record (one patient row added or removed): in a DP-FedAvg study the rounds are site-level,
+and the composed figure is then a record-level bound (a site-level guarantee implies a
+record-level one, not the reverse).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -19,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from fedcare.core.errors import FedcareError, ProtocolError
+from fedcare.core.errors import FedcareError, ProtocolError, ValidationError
 from fedcare.core.messages import Task, TaskKind, TrainConfig, first_attempt_id
 from fedcare.core.params import Parameters
 from fedcare.privacy.dp.spec import Mechanism, PrivacySpec
@@ -47,6 +59,47 @@ class SitePrivacy:
     #: The study's ``strategy.min_completed`` (it raises the survivor threshold, see
     #: :func:`fedcare.privacy.secagg.config.survivor_threshold`).
     min_completed: int = 1
+    #: Noise multiplier of the feature statistics (None: the study releases none under DP)
+    #: and their declared ranges (``data.stats_clip``).
+    stats_noise: float | None = None
+    stats_clip: Any = None
+
+    def noised_stats(self, x: np.ndarray, feature_names: Sequence[str], in_sum: int
+                     ) -> tuple[float, np.ndarray, np.ndarray]:
+        """The site's DP feature statistics ``(count, Σu, Σu²)`` (bounded units, see
+        :func:`fedcare.data.standardize.bounded_sums`) plus Gaussian noise.
+
+        The noise protects the released value against the hub: alone (``in_sum = 1``) it has
+        std ``z·Δ``; inside a secure sum that is guaranteed to hold at least ``in_sum`` sites'
+        vectors, each site adds ``z·Δ/sqrt(in_sum)`` so that sum carries ``z·Δ`` (distributed
+        noise, as DP-FedAvg's). ``Δ = sqrt(1 + 2d)`` bounds one row's ``[1, u, u²]``. The
+        noise is a discrete Gaussian on the grid ``2^-STATS_FRAC_BITS``; its shares are
+        thousands of grid steps wide, where the accountant's figure for a sum of discrete
+        Gaussian shares (Kairouz et al. 2021) is ``z`` itself, which is what is charged."""
+        from fedcare.data.standardize import (
+            STATS_FRAC_BITS,
+            bounded_grid_sums,
+            bounded_sensitivity,
+            stats_bounds,
+        )
+        from fedcare.privacy.dp import discrete_gaussian as dg
+
+        if self.stats_noise is None or self.stats_clip is None:
+            raise ProtocolError("the approved study releases no DP feature statistics")
+        d = len(feature_names)
+        try:
+            low, high = stats_bounds(self.stats_clip, feature_names)
+            k = bounded_grid_sums(x, low, high, STATS_FRAC_BITS)
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from exc
+        # Exact integers throughout (Mironov 2012; Canonne, Kamath, Steinke 2020): the
+        # sensitivity, rounded up, and one of in_sum discrete Gaussian shares of
+        # N_Z(0, (z·Δ·2^f)^2) in grid steps - what DP-FedAvg's noise is too.
+        sensitivity = math.nextafter(bounded_sensitivity(d), math.inf)
+        k = k + dg.grid_noise(k.shape, dg.grid_variance(self.stats_noise, sensitivity,
+                                                        STATS_FRAC_BITS, in_sum))
+        v = k.astype(np.float64) * 2.0**-STATS_FRAC_BITS  # exact: |k| < 2^53
+        return float(v[0]), v[1:1 + d], v[1 + d:]
 
     def check(self, task: Task) -> None:
         """Refuse a DP-FedAvg task whose round size the hub could have inflated to shrink the
@@ -100,7 +153,12 @@ class SitePrivacy:
 
         task = replace(task, task_id=first_attempt_id(task.task_id))
         spec = self.spec
-        if task.kind is TaskKind.STATS or spec is None:
+        if task.kind is TaskKind.STATS and spec is not None and self.stats_noise is not None:
+            # Record level, one Gaussian release at sample rate 1 (see the module docstring).
+            entry = LedgerEntry(study=task.study, round=task.round, task_id=task.task_id,
+                                mechanism=spec.mechanism, noise_multiplier=self.stats_noise,
+                                sample_rate=1.0, steps=1, delta=spec.delta)
+        elif task.kind is TaskKind.STATS or spec is None:
             entry = LedgerEntry(study=task.study, round=task.round, task_id=task.task_id,
                                 mechanism=Mechanism.NONE, noise_multiplier=0.0, sample_rate=1.0,
                                 steps=0, delta=spec.delta if spec else 1e-5)
@@ -142,10 +200,14 @@ class SitePrivacy:
 class HubPrivacy:
     """The hub's half: weights, central noise and the epsilon history of one study."""
 
-    def __init__(self, spec: PrivacySpec, n_sites: int, frac_bits: int = 24) -> None:
+    def __init__(self, spec: PrivacySpec, n_sites: int, frac_bits: int = 24, *,
+                 stats_noise: float | None = None) -> None:
         self.spec = spec
         self.n_sites = n_sites
         self.frac_bits = frac_bits
+        #: The feature statistics' noise multiplier when the study releases them (composed
+        #: into the reported epsilon as a "round 0" charge before the first round).
+        self.stats_noise = stats_noise
         #: Last reports, extended by one round each time instead of recomputed.
         self._last: Any = None
         self._last_sites: dict[str, Any] = {}
@@ -175,7 +237,7 @@ class HubPrivacy:
             return self._dp_sgd_report(rounds)
         from fedcare.privacy.dp.accounting import discrete_noise_multiplier
 
-        charges: list[Any] = []
+        charges: list[Any] = self._stats_charge()
         for r in rounds:
             k, got = len(r.sites_sampled), len(r.sites_completed)
             z = None
@@ -186,7 +248,24 @@ class HubPrivacy:
                                               self.frac_bits, shares=k, summed=got)
             charges.append(RoundCharge(r.round, k / self.n_sites, 1, z))
         self._last = epsilon_history(self.spec, charges, self._last)
-        return self._last.to_json()
+        return self._with_stats(self._last.to_json())
+
+    def _stats_charge(self) -> list[Any]:
+        from fedcare.privacy.dp.report import RoundCharge
+
+        if self.stats_noise is None:
+            return []
+        return [RoundCharge(STATS_ROUND, 1.0, 1, self.stats_noise)]
+
+    def _with_stats(self, report: dict[str, Any]) -> dict[str, Any]:
+        if self.stats_noise is not None:
+            from fedcare.privacy.dp.accounting import epsilon
+
+            report["stats"] = {"round": STATS_ROUND, "noise_multiplier": self.stats_noise,
+                               "epsilon": epsilon(self.stats_noise, 1.0, 1, self.spec.delta,
+                                                  self.spec.accountant),
+                               "unit": "record"}
+        return report
 
     def _dp_sgd_report(self, rounds: Sequence[Any]) -> dict[str, Any]:
         """DP-SGD is per site (each knows its rows): one history per site from the sample
@@ -198,7 +277,7 @@ class HubPrivacy:
         for r in rounds:
             for site, m in r.train_metrics.items():
                 if "dp_sample_rate" in m:
-                    per_site.setdefault(site, []).append(
+                    per_site.setdefault(site, self._stats_charge()).append(
                         RoundCharge(r.round, float(m["dp_sample_rate"]), int(m["steps"])))
                     zs[site] = float(m["dp_noise_multiplier"])
         sites: dict[str, Any] = {}
@@ -214,9 +293,10 @@ class HubPrivacy:
                 sites[site] = {"epsilon": "inf", "error": exc.message}
         worst = max((s["epsilon"] for s in sites.values()),
                     key=lambda e: math.inf if e == "inf" else e, default=0.0)
-        return {"mechanism": self.spec.mechanism.value, "unit": self.spec.mechanism.unit,
-                "delta": self.spec.delta, "accountant": self.spec.accountant.value,
-                "clip": self.spec.clip, "epsilon": worst, "sites": sites}
+        return self._with_stats({
+            "mechanism": self.spec.mechanism.value, "unit": self.spec.mechanism.unit,
+            "delta": self.spec.delta, "accountant": self.spec.accountant.value,
+            "clip": self.spec.clip, "epsilon": worst, "sites": sites})
 
 
 def hub_privacy(cfg: Any, n_sites: int) -> HubPrivacy | None:
@@ -233,7 +313,8 @@ def hub_privacy(cfg: Any, n_sites: int) -> HubPrivacy | None:
                            accountant=p.accountant)
     else:
         spec = privacy_spec(cfg, n_sites=n_sites)  # type: ignore[assignment]
-    return HubPrivacy(spec, n_sites, frac_bits=cfg.secure_aggregation.frac_bits)
+    return HubPrivacy(spec, n_sites, frac_bits=cfg.secure_aggregation.frac_bits,
+                      stats_noise=stats_noise_multiplier(cfg))
 
 
 def site_privacy(cfg: Any, rows: int, n_sites: int, ledger: Any | None = None
@@ -247,4 +328,45 @@ def site_privacy(cfg: Any, rows: int, n_sites: int, ledger: Any | None = None
     return SitePrivacy(spec, ledger, rows, study_sites=n_sites,
                        secure_threshold=cfg.secure_aggregation.threshold,
                        frac_bits=cfg.secure_aggregation.frac_bits,
-                       min_completed=cfg.strategy.min_completed)
+                       min_completed=cfg.strategy.min_completed,
+                       stats_noise=stats_noise_multiplier(cfg),
+                       stats_clip=cfg.data.stats_clip)
+
+
+#: The round number of the feature-statistics exchange (before round 1's training), in task
+#: ids (``<study>/r0/stats/<site>``), secure-aggregation sessions and the epsilon history.
+STATS_ROUND = 0
+
+
+def releases_stats(cfg: Any) -> bool:
+    """Whether the study computes the federation's feature statistics (it standardizes
+    tabular features)."""
+    d = cfg.data
+    return bool(d.standardize) and getattr(d, "image_size", None) is None
+
+
+@functools.lru_cache(maxsize=64)
+def _stats_noise(epsilon: float, delta: float, accountant: str) -> float:
+    from fedcare.privacy.dp.accounting import noise_for_budget
+
+    return noise_for_budget(epsilon, delta, 1.0, 1, accountant)
+
+
+def stats_noise_multiplier(cfg: Any) -> float | None:
+    """The feature statistics' Gaussian noise multiplier: the smallest (``dp-accounting``,
+    the study's accountant) whose single release at sample rate 1 meets
+    ``privacy.stats_epsilon`` at ``privacy.delta``; None without DP or without statistics."""
+    p = cfg.privacy
+    if p.mode == "none" or not releases_stats(cfg):
+        return None
+    return _stats_noise(float(p.stats_epsilon), float(p.delta), str(p.accountant))
+
+
+def stats_noise_std(noise_multiplier: float, n_features: int, in_sum: int) -> float:
+    """Each site's noise std on its ``[count, Σu, Σu²]``: ``z·sqrt(1 + 2d)/sqrt(in_sum)``, so
+    a sum of at least ``in_sum`` sites' vectors carries ``z`` times the sensitivity."""
+    from fedcare.data.standardize import bounded_sensitivity
+
+    if isinstance(in_sum, bool) or not isinstance(in_sum, int) or in_sum < 1:
+        raise ProtocolError(f"a secure sum must hold at least 1 site, got {in_sum!r}")
+    return noise_multiplier * bounded_sensitivity(n_features) / math.sqrt(in_sum)

@@ -403,21 +403,47 @@ class RoundEngine:
             out["sites_flagged"] = ex.flagged
         return out
 
-    def feature_statistics(self, n_features: int) -> Parameters:
+    def feature_statistics(self, n_features: int,
+                           bounds: tuple[np.ndarray, np.ndarray] | None = None) -> Parameters:
         """Federation-wide feature mean/std from every site's sums (no row leaves a site).
 
-        Sent as round 1 ``stats`` tasks before training; every site must answer, since a
-        normalizer computed without a site would not describe its data.
+        Sent as ``stats`` tasks of round 0 (before round 1's training); every site must
+        answer, since a normalizer computed without a site would not describe its data. In a
+        secure study each site's ``[count, sums, sums of squares]`` goes through the study's
+        secure aggregation (:class:`~fedcare.engine.secure.SecureVectorSum`) and the hub
+        learns only the federation's total. ``bounds`` (a DP study's declared feature
+        ranges): the sites sent DP-noised sums of clipped values, pooled accordingly.
         """
-        from fedcare.engine.executor import STATS, pool_stats, stats_spec
+        from fedcare.engine.executor import STATS, pool_stats, split_stats_vector, stats_spec
+        from fedcare.engine.privacy import STATS_ROUND
 
-        ex = self.exchange(1, self.sites, TaskKind.STATS, evaluate=False,
+        if self.secure is None:
+            ex = self.exchange(STATS_ROUND, self.sites, TaskKind.STATS, evaluate=False,
+                               train=self.settings.train, aux={},
+                               expected_aux={STATS: stats_spec(n_features)})
+            if ex.failures:
+                raise RoundFailed(f"feature statistics failed at {sorted(ex.failures)}: "
+                                  f"{ex.failures}")
+            return pool_stats([ex.updates[s].aux[STATS] for s in self.sites], bounds)
+        from fedcare.engine.secure import PROTOCOL_AUX, SecureVectorSum
+
+        ex = self.exchange(STATS_ROUND, self.sites, TaskKind.STATS, evaluate=False,
                            train=self.settings.train, aux={},
-                           expected_aux={STATS: stats_spec(n_features)})
-        if ex.failures:
-            raise RoundFailed(f"feature statistics failed at {sorted(ex.failures)}: "
-                              f"{ex.failures}")
-        return pool_stats([ex.updates[s].aux[STATS] for s in self.sites])
+                           expected_aux={PROTOCOL_AUX: None},
+                           meta=self.secure.settings.meta(self.sites))
+        failures = dict(ex.failures)
+        if not failures:
+            try:
+                got = SecureVectorSum(self.secure).run(self, STATS_ROUND, self.sites,
+                                                       ex.updates, 1 + 2 * n_features)
+            except FedcareError as exc:
+                raise RoundFailed(f"feature statistics: secure aggregation aborted: "
+                                  f"{exc.message}") from exc
+            failures = {s: got.failures.get(s, "left out of the secure sum")
+                        for s in self.sites if s not in got.included}
+        if failures:
+            raise RoundFailed(f"feature statistics failed at {sorted(failures)}: {failures}")
+        return pool_stats([split_stats_vector(got.total, n_features)], bounds)
 
     def run(self, rounds: int, start_round: int = 1) -> Parameters:
         """Rounds ``start_round..rounds`` then a final evaluation at every site.

@@ -208,7 +208,7 @@ class SecureSite:
         self.settings = settings
         self.known_sites = set(known_sites) if known_sites is not None else None
         self.identity, self.keys = _ckks_custody(site, settings, identity, keys)
-        self._round = 0  # the newest round this site entered (0: none yet)
+        self._round = -1  # the newest round this site entered (-1: none yet; 0 is the stats)
         self._attempt = 0  # the newest attempt at it
         self._vector: np.ndarray | None = None  # the round's one input
         self._answer: dict[str, Parameters] | None = None  # the newest attempt's fit answer
@@ -600,3 +600,71 @@ def _local_trust() -> LocalTrust:
     if not _LOCAL_TRUST:
         _LOCAL_TRUST.append(LocalTrust())
     return _LOCAL_TRUST[0]
+
+
+# -- a secure sum of one vector per site (the feature statistics) ------------------------------
+def sites_in_any_sum(settings: SecureSettings, n: int) -> int:
+    """The fewest sites' vectors any sum the hub can obtain from a session of ``n``
+    participants holds: secagg's unmasking threshold (the server cannot unmask fewer
+    survivors), or the number of sites a CKKS decryptor requires in a sum. A site that adds
+    distributed DP noise relies on this many shares being in whatever the hub learns."""
+    if settings.is_masking:
+        return min(settings.survivors_needed(n), n)
+    return min(_min_sum(settings, n), n)
+
+
+def vector_contribution(vector: np.ndarray) -> np.ndarray:
+    """``[v, 1]``: a site's vector for :class:`SecureVectorSum` (weight 1 per site, so the
+    protocol's weighted-mean bookkeeping holds whatever ``v`` is, e.g. a noised count)."""
+    return np.concatenate([np.asarray(vector, dtype=np.float64).reshape(-1), [1.0]])
+
+
+@dataclass
+class VectorSum:
+    """The plain sum of the included sites' vectors: all the hub learns from the session."""
+
+    total: np.ndarray
+    included: list[str]
+    failures: dict[str, str]
+    bytes_down: int = 0
+    bytes_up: int = 0
+
+
+class _VectorView:
+    """The engine as :class:`SecureAggregator` sees it, for a vector that is not the model:
+    the same exchanges, study and settings, but a flat zero "global model" of the vector's
+    length, so the protocol's ``g + Σ w·v / Σ w`` is the plain mean of the vectors."""
+
+    def __init__(self, engine: RoundEngine, length: int) -> None:
+        self._engine = engine
+        self.parameters = Parameters({"v": np.zeros(length, dtype=np.float64)})
+        self.spec = self.parameters.spec
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+
+class SecureVectorSum:
+    """Runs one secure-aggregation session over an arbitrary vector per site (not a model
+    update): used for the feature statistics, whose ``[count, sums, sums of squares]`` the hub
+    must only learn as the federation's total.
+
+    Each site answers the task that asked for its vector with the protocol's first message
+    for :func:`vector_contribution` (secagg keys, or a CKKS ciphertext), exactly as a secure
+    fit reply; the later steps are the very protocol steps of a training round
+    (:meth:`SecureAggregator.aggregate`, run on a :class:`_VectorView` of the engine). The
+    session's round number must differ from every training round's (the engine uses round
+    0): sessions, graph seeds and task ids are per round."""
+
+    def __init__(self, aggregator: SecureAggregator) -> None:
+        self.agg = aggregator
+
+    def run(self, engine: RoundEngine, round_: int, participants: Sequence[str],
+            first: Mapping[str, Update], length: int) -> VectorSum:
+        view = _VectorView(engine, length)
+        got = self.agg.aggregate(view, round_, participants, first)  # type: ignore[arg-type]
+        if round(got.total_weight) != len(got.included):  # each site weighs exactly 1
+            raise ProtocolError(f"the secure sum's weight {got.total_weight:g} is not its "
+                                f"{len(got.included)} sites")
+        return VectorSum(got.new_model * got.total_weight, list(got.included),
+                         dict(got.failures), got.bytes_down, got.bytes_up)

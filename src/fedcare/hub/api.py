@@ -267,15 +267,19 @@ def anchor_ledger_head(service: HubService, site: str, reported: LedgerHead | No
 
 class _BodyLimit:
     """ASGI middleware: refuse (413) a request body larger than ``limit`` bytes, before it is
-    read whole: by its Content-Length, else while it streams in. ``exempt`` paths (the reply
-    upload, which has its own, larger limit) pass untouched. FastAPI reads a JSON body into
-    memory before validating it, so a model's ``max_length`` alone bounds nothing."""
+    read whole: by its Content-Length, else while it streams in. ``exempt`` paths and
+    ``exempt_prefixes`` (the reply upload and the CKKS key relay, which have their own, larger
+    limits) pass untouched. FastAPI reads a JSON body into memory before validating it, so a
+    model's ``max_length`` alone bounds nothing."""
 
-    def __init__(self, app: Any, limit: int, exempt: frozenset[str]) -> None:
+    def __init__(self, app: Any, limit: int, exempt: frozenset[str],
+                 exempt_prefixes: tuple[str, ...] = ()) -> None:
         self.app, self.limit, self.exempt = app, limit, exempt
+        self.exempt_prefixes = exempt_prefixes
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] in self.exempt:
+        if (scope["type"] != "http" or scope["path"] in self.exempt
+                or scope["path"].startswith(self.exempt_prefixes)):
             await self.app(scope, receive, send)
             return
         too_big = (f"request body larger than the hub's limit ({self.limit} B; replies have "
@@ -336,7 +340,9 @@ def create_app(service: HubService, trust: PeerTrust, token: str, *,
                   description="Coordinates federated studies; nodes dial in over mTLS.",
                   docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(_BodyLimit, limit=max_request,  # type: ignore[arg-type]
-                       exempt=frozenset({"/v1/node/reply"}))
+                       exempt=frozenset({"/v1/node/reply"}),
+                       # a sealed CKKS study key is several MB; its route has its own limit
+                       exempt_prefixes=("/v1/node/keys/",))
 
     @app.exception_handler(FedcareError)
     async def _fedcare_error(request: Request, exc: FedcareError) -> JSONResponse:

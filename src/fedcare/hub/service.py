@@ -626,9 +626,11 @@ class HubService:
         if kind.is_protocol_step:
             return ParamSpec({}), {PROTOCOL_AUX: None}
         if kind is TaskKind.STATS:
-            data = self._config(study_id).data
-            assert isinstance(data, FederatedData)
-            return ParamSpec({}), {STATS: stats_spec(len(data.features))}
+            cfg = self._config(study_id)
+            assert isinstance(cfg.data, FederatedData)
+            if cfg.secure_aggregation.protocol != "none":  # statistics go into a secure sum
+                return ParamSpec({}), {PROTOCOL_AUX: None}
+            return ParamSpec({}), {STATS: stats_spec(len(cfg.data.features))}
         if study_id not in self._specs:
             cfg = self._config(study_id)
             if cfg.secure_aggregation.protocol != "none":
@@ -856,14 +858,23 @@ class HubService:
         return SecureAggregator(settings, attempts=transport.protocol_attempt)
 
     def _normalizer(self, engine: RoundEngine) -> None:
-        """Federation-wide feature scaling: computed once from the sites' sums (round 1 stats
-        tasks), kept in the history so a resumed study reuses exactly the same values."""
+        """Federation-wide feature scaling: computed once from the sites' sums (round 0 stats
+        tasks; through secure aggregation and DP-noised when the study uses them), kept in
+        the history so a resumed study reuses exactly the same values."""
+        from fedcare.engine.privacy import stats_noise_multiplier
+
         cfg = parse_config(engine.history.meta["config"])
         if not (isinstance(cfg.data, FederatedData) and cfg.data.standardize):
             return
         saved = engine.history.meta.get("normalizer")
         if saved is None:
-            norm = engine.feature_statistics(len(cfg.data.features))
+            bounds = None
+            if stats_noise_multiplier(cfg) is not None:
+                from fedcare.data.standardize import stats_bounds
+
+                assert cfg.data.stats_clip is not None  # required by the config's checks
+                bounds = stats_bounds(cfg.data.stats_clip, cfg.data.features)
+            norm = engine.feature_statistics(len(cfg.data.features), bounds)
             engine.history.meta["normalizer"] = {k: v.tolist() for k, v in norm.items()}
         else:
             norm = Parameters({k: np.asarray(v, dtype=np.float32) for k, v in saved.items()})

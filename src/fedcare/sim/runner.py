@@ -107,7 +107,16 @@ class _Run:
         if isinstance(cfg.data, FederatedData):
             raise ConfigError("data.source = 'federation' runs on a hub and its nodes: use "
                               "`fedcare study submit`; simulate needs local data")
-        self.sites = build_sites(cfg.data, cfg.study.seed)
+        data = cfg.data
+        if self._stats_by_engine():  # the normalizer comes from the sites' stats tasks
+            data = data.model_copy(update={"standardize": False})
+        self.sites = build_sites(data, cfg.study.seed)
+        if self._stats_by_engine() and self.sites[0].x_train.ndim != 2:
+            raise ConfigError("data.standardize: a study with DP or secure aggregation "
+                              "standardizes tabular features only; set standardize = false")
+        #: The task aux carrying the federation's normalizer (empty: none, or the sites'
+        #: data is already scaled in-process).
+        self.norm_aux: dict[str, Parameters] = {}
         self.learner: Learner = make_learner(cfg, ModelShape.of_site(self.sites[0]))
         self.initial = self.learner.initial_parameters()
         self.spec = self.initial.spec
@@ -121,6 +130,54 @@ class _Run:
         if self.dp_check is not None and self.on_dp_check is not None:
             self.on_dp_check(self.dp_check)
         refuse_unless_learnable(self.dp_check, force=self.force)
+
+    def _stats_by_engine(self) -> bool:
+        """Whether the feature statistics run as the hub runs them - stats tasks through the
+        round engine, so through secure aggregation and with the sites' DP noise and ledger
+        charge. A plain simulation pools the same sums in-process (nothing to protect)."""
+        from fedcare.engine.privacy import releases_stats
+
+        cfg = self.cfg
+        return releases_stats(cfg) and (cfg.privacy.mode != "none"
+                                         or cfg.secure_aggregation.protocol != "none")
+
+    def _normalizer(self, engine: RoundEngine, history: History) -> None:
+        """As the hub's: computed once by round-0 stats tasks, kept in the history so a
+        resumed run reuses the same values; every later task carries it."""
+        from fedcare.engine.executor import NORMALIZER
+        from fedcare.engine.privacy import stats_noise_multiplier
+
+        if not self._stats_by_engine():
+            return
+        saved = history.meta.get("normalizer")
+        if saved is None:
+            bounds = None
+            if stats_noise_multiplier(self.cfg) is not None:
+                from fedcare.data.standardize import stats_bounds
+
+                assert self.cfg.data.stats_clip is not None  # required by the config checks
+                try:
+                    bounds = stats_bounds(self.cfg.data.stats_clip, self.sites[0].feature_names)
+                except ValueError as exc:
+                    raise ConfigError(str(exc)) from exc
+            norm = engine.feature_statistics(self.sites[0].x_train.shape[1], bounds)
+            history.meta["normalizer"] = {k: v.tolist() for k, v in norm.items()}
+        else:
+            import numpy as np
+
+            norm = Parameters({k: np.asarray(v, dtype=np.float32) for k, v in saved.items()})
+        self.norm_aux = {NORMALIZER: norm}
+        engine.extra_aux = dict(self.norm_aux)
+
+    def _test_x(self, site: SiteData) -> Any:
+        """A site's test features as the models see them (scaled by the normalizer)."""
+        if not self.norm_aux:
+            return site.x_test
+        from fedcare.data.standardize import apply_standardizer
+        from fedcare.engine.executor import NORMALIZER
+
+        norm = self.norm_aux[NORMALIZER]
+        return apply_standardizer(site.x_test, norm["mean"], norm["std"])
 
     def _secure(self) -> tuple[SecureSettings | None, bytes | None]:
         """The study's secure-aggregation settings (sites' half) and the hub's public HE
@@ -217,6 +274,7 @@ class _Run:
                                  privacy=hub_privacy(cfg, len(self.sites)),
                                  example_bounds={s.name: len(s.y_train) + len(s.y_test)
                                                  for s in self.sites})
+            self._normalizer(engine, engine.history)
             final = engine.run(cfg.study.rounds, start_round=start_round)
             if cfg.baselines.local:
                 # A site training alone shares nothing: its baseline runs on plain executors,
@@ -299,6 +357,7 @@ class _Run:
         strategy.initialize(self.initial)
         engine = RoundEngine(settings, strategy, transport, [site], self.initial,
                              History(study=name))
+        engine.extra_aux = dict(self.norm_aux)
         for r in range(1, cfg.study.rounds + 1):
             try:
                 engine.run_round(r)
@@ -320,7 +379,7 @@ class _Run:
             params = self._single_site_study(f"local-{s.name}", transport, s.name,
                                              self.cfg.study.rounds)
             if len(s.y_test):
-                per_site[s.name] = self.learner.evaluate(params, s.x_test, s.y_test)
+                per_site[s.name] = self.learner.evaluate(params, self._test_x(s), s.y_test)
         weights = {s.name: len(s.y_test) for s in self.sites}
         return {"site_metrics": per_site,
                 "global_metrics": weighted_mean_metrics(per_site, weights)}
@@ -333,7 +392,7 @@ class _Run:
                           expected=self.spec, strategy="fedavg")
         params = self._single_site_study("centralized", InMemoryTransport({"pooled": ex.handle}),
                                          "pooled", self.cfg.study.rounds)
-        per_site = {s.name: self.learner.evaluate(params, s.x_test, s.y_test)
+        per_site = {s.name: self.learner.evaluate(params, self._test_x(s), s.y_test)
                     for s in self.sites if len(s.y_test)}
         weights = {s.name: len(s.y_test) for s in self.sites}
         return {"site_metrics": per_site,

@@ -119,7 +119,8 @@ class ReplyRepo:
         )
 
     def _round_closed(self, study: Study, round: int) -> bool:
-        if round <= study.current_round:
+        # Round 0 (the feature statistics) closes when round 1 completes.
+        if round <= study.current_round and (round > 0 or study.current_round > 0):
             return True
         row = self.session.get(Round, (study.id, round), populate_existing=True)
         return row is not None and row.status != RoundStatus.RUNNING

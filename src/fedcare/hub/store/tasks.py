@@ -49,9 +49,9 @@ class NewTask:
 
     def __post_init__(self) -> None:
         check_blob_id(self.payload_sha)
-        if self.round < 1:
-            raise ValidationError(f"task round must be >= 1 (rounds count from 1), "
-                                  f"got {self.round}")
+        if self.round < 0:  # round 0: the feature statistics, before round 1's training
+            raise ValidationError(f"task round must be >= 0 (rounds count from 1; round 0 "
+                                  f"is the feature statistics), got {self.round}")
         if not self.site or "/" in self.site:
             raise ValidationError(f"invalid site name {self.site!r}")
 
