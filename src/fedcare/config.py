@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from fedcare.core.errors import ConfigError
 from fedcare.core.settings import Section, literal_values, validate_section
@@ -114,6 +114,26 @@ class ImageFolderData(_DataCommon):
     standardize: bool = Field(False, description="Images are scaled to [0, 1] already.")
 
 
+class ClinicalSite(_Section):
+    name: str = Field(min_length=1, max_length=100, description="Site name.")
+    source: Path = Field(description=(
+        "The site's source file (source.toml: format csv|omop|fhir, its files and mappings; "
+        "`fedcare config-reference --file source`), relative to the study file."))
+
+
+class ClinicalData(_DataCommon):
+    """Each site's own clinical export, harmonized to one data contract by the code a node
+    runs (fedcare.data.clinical), so a study simulated here runs unchanged on a federation."""
+
+    source: Literal["clinical"] = Field(description=(
+        "Clinical exports (FHIR, OMOP, CSV) harmonized to a data contract, one per site."))
+    contract: Path = Field(description=(
+        "The data contract (.toml), relative to the study file; the features and the label "
+        "are the contract's."))
+    site: list[ClinicalSite] = Field(min_length=1, description=(
+        "Sites: [[data.site]] name, source."))
+
+
 class FederatedData(_DataCommon):
     """A networked study: each node maps ``dataset`` to its own local table."""
 
@@ -134,19 +154,41 @@ class FederatedData(_DataCommon):
         "of squares and row counts (no row leaves a site; sites refuse below 10 rows)."))
     sites: list[str] | None = Field(None, description=(
         "Sites taking part (default: every site that holds the dataset)."))
-    contract_hash: str | None = Field(None, min_length=64, max_length=64, description=(
+    contract_hash: str | None = Field(None, pattern=r"^[0-9a-fA-F]{8,64}$", description=(
         "Content hash of the data contract every site must have built its dataset with "
-        "(`fedcare data check` prints it); sites with another contract refuse."))
+        "(`fedcare data check` prints all 64 hex digits), or a prefix of it of at least 8: "
+        "a site whose contract's hash does not start with it refuses, and the hub refuses a "
+        "prefix that matches two different contracts among the sites. The full hash is the "
+        "safe choice: a prefix selects, it does not pin the contract down."))
+
+    @field_validator("contract_hash")
+    @classmethod
+    def _lower(cls, v: str | None) -> str | None:
+        return v.lower() if v is not None else None
+
+
+def contract_matches(wanted: str, actual: str) -> bool:
+    """Whether a study's ``data.contract_hash`` (the full hash or a prefix of at least 8 hex
+    digits) names the contract whose full hash is ``actual``.
+
+    What a prefix means: the study, and so the content hash every site approves, says "the
+    contract whose hash starts with these digits". Each site still trains only on the table
+    its *own* contract file built, so a prefix cannot make a site use another definition; what
+    it weakens is the guarantee that all sites used the same one (8 hex digits are 32 bits,
+    within reach of someone who crafts a contract to collide). The hub refuses a prefix that
+    matches two contracts among the study's sites; give the full 64 digits to rule it out.
+    """
+    return actual.lower().startswith(wanted.lower())
 
 
 #: Every data source, in the order the reference lists them.
 DATA_SOURCES: tuple[type[_DataCommon], ...] = (
     BuiltinData, SyntheticData, FilesData, PooledFileData, ImageData, ImageFolderData,
-    FederatedData)
+    ClinicalData, FederatedData)
 
 DataSection = Annotated[
     BuiltinData | SyntheticData | FilesData | PooledFileData | ImageData | ImageFolderData
-    | FederatedData,
+    | ClinicalData | FederatedData,
     Field(discriminator="source"),
 ]
 
@@ -351,6 +393,9 @@ def _resolve_paths(cfg: StudyConfig, base: Path) -> StudyConfig:
         folders = [x.model_copy(update={"folder": base / x.folder, "labels": base / x.labels})
                    for x in d.site]
         d = d.model_copy(update={"site": folders})
+    elif isinstance(d, ClinicalData):
+        clinical = [x.model_copy(update={"source": base / x.source}) for x in d.site]
+        d = d.model_copy(update={"contract": base / d.contract, "site": clinical})
     return cfg.model_copy(update={"data": d})
 
 
