@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from fedcare.core.errors import ConfigError
-from fedcare.core.settings import Section, literal_values, validate_section
+from fedcare.core.settings import (
+    Section,
+    allowed,
+    literal_values,
+    reference_rows,
+    validate_section,
+)
 from fedcare.learners.options import LogregOptions, ModelOptions, all_models
 from fedcare.strategies.base import StrategyOptions
 from fedcare.strategies.fedavg import FedAvgOptions
@@ -422,14 +428,6 @@ def load_config(path: Path) -> StudyConfig:
     return parse_config(data or {}, base_dir=path.parent.resolve(), source=str(path))
 
 
-def _allowed(annotation: Any, description: str) -> str:
-    """A choice's description with every allowed value, unless it lists them already."""
-    values = [str(v) for v in literal_values(annotation)]
-    if len(values) < 2 or all(v in description for v in values):
-        return description
-    return f"{description} One of: {', '.join(values)}."
-
-
 def _plugin_key_rows(section: str, uses: dict[str, list[tuple[str, str, str]]]
                      ) -> list[tuple[str, str, str]]:
     """One row per key several plugins may declare: ``uses[key]`` lists (plugin, default,
@@ -476,7 +474,7 @@ def _strategy_rows() -> list[tuple[str, str, str]]:
             if key in common or key == "name":
                 continue
             own.setdefault(key, []).append((name, repr(field.default),
-                                            _allowed(field.annotation, field.description or "")))
+                                            allowed(field.annotation, field.description or "")))
     return rows + _plugin_key_rows("strategy", own)
 
 
@@ -486,10 +484,7 @@ def describe_keys() -> list[tuple[str, str, str]]:
     rows: list[tuple[str, str, str]] = []
 
     def walk(prefix: str, model: type[BaseModel]) -> None:
-        for name, field in model.model_fields.items():
-            default = "" if field.is_required() or field.default_factory else repr(field.default)
-            rows.append((f"{prefix}.{name}", default,
-                         _allowed(field.annotation, field.description or "")))
+        rows.extend(reference_rows(model, prefix, recurse=False))
 
     for section, model in (("study", StudySection), ("train", TrainSection),
                            ("secure_aggregation", SecureAggregationSection),
