@@ -100,6 +100,23 @@ def test_an_entry_may_refer_to_a_later_one_and_urls_resolve_through_full_urls(
     assert sum(rec.rejects.values()) == 0
 
 
+def test_references_resolve_across_bundle_files(tmp_path: Path) -> None:
+    """A bulk export split into several Bundles: the referenced entry may come later."""
+    by_reference = _drug("urn:uuid:pat", "")
+    del by_reference["medicationCodeableConcept"]
+    by_reference["medicationReference"] = {"reference": "urn:uuid:med"}
+    first = _bundle(tmp_path, [_entry("urn:uuid:o", _obs("urn:uuid:pat")),
+                               _entry(None, by_reference)], "1.json")
+    second = _bundle(tmp_path, [
+        _entry("urn:uuid:pat", {**_patient(), "id": "p-1"}),
+        _entry("urn:uuid:med", {"resourceType": "Medication", "code": {"coding": [
+            {"system": RXNORM, "code": "259255"}]}})], "2.json")
+    rec = load_fhir([first, second], validate="none")
+    assert list(rec.persons["person_id"]) == ["p-1"]
+    assert sorted(rec.events["domain"]) == ["drug", "measurement"]
+    assert set(rec.events["person_id"]) == {"p-1"} and sum(rec.rejects.values()) == 0
+
+
 def test_an_unresolvable_reference_is_named_as_such(tmp_path: Path) -> None:
     entries = [_entry("urn:uuid:p", _patient()), _entry("urn:uuid:o", _obs("urn:uuid:nowhere")),
                _entry(None, _obs("Patient/unknown"))]

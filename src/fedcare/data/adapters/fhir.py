@@ -479,12 +479,19 @@ class _Reader:
         import pandas as pd
 
         for serial, pid, med_id, start, end in self.pending_meds:
+            if med_id in self.urn_ids:  # a fullUrl of a file read after the reference
+                med_id = self.urn_ids[med_id][1]
             if med_id in self.medications:
                 system, code = self.medications[med_id]
                 self.events.append((pid, "drug", system, code, math.nan, "", start, end))
                 self.event_resource.append(serial)
             else:
                 self.rejects[UNRESOLVED_MEDICATION] += 1
+        for i, serial in enumerate(self.event_resource):
+            if serial in self.urn_fallback:  # its subject's fullUrl came in a later file
+                hit = self.urn_ids.get("urn:uuid:" + self.events[i][0])
+                if hit is not None and hit[0] == "Patient":
+                    self.events[i] = (hit[1], *self.events[i][1:])
         persons = pd.DataFrame({
             "person_id": pd.Series(list(self.persons), dtype=object),
             "birth_date": pd.Series([b for b, _ in self.persons.values()],
