@@ -142,7 +142,7 @@ def config_reference(
     """Print every key of a settings file with its default and meaning.
 
     The study file by default; --file names a clinical one: the data contract (and its
-    [index] rules), the site source file (source.toml), a CSV column mapping, an OMOP
+    index rules), the site source file (source.toml), a CSV column mapping, an OMOP
     source's source_vocabulary, or the site code mapping.
     """
     from fedcare.config import describe_keys
