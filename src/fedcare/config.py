@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, FiniteFloat, model_validator
+from pydantic import BaseModel, Field, FiniteFloat, field_validator, model_validator
 
 from fedcare.core.errors import ConfigError
 from fedcare.core.limits import (
@@ -23,7 +23,13 @@ from fedcare.core.limits import (
     MAX_SEED,
     MAX_WEIGHT_DECAY,
 )
-from fedcare.core.settings import Section, literal_values, validate_section
+from fedcare.core.settings import (
+    Section,
+    allowed,
+    literal_values,
+    reference_rows,
+    validate_section,
+)
 from fedcare.learners.options import LogregOptions, ModelOptions, all_models
 from fedcare.strategies.base import StrategyOptions
 from fedcare.strategies.fedavg import FedAvgOptions
@@ -174,6 +180,26 @@ class ImageFolderData(_DataCommon):
     standardize: bool = Field(False, description="Images are scaled to [0, 1] already.")
 
 
+class ClinicalSite(_Section):
+    name: str = Field(min_length=1, max_length=100, description="Site name.")
+    source: Path = Field(description=(
+        "The site's source file (source.toml: format csv|omop|fhir, its files and mappings; "
+        "`fedcare config-reference --file source`), relative to the study file."))
+
+
+class ClinicalData(_DataCommon):
+    """Each site's own clinical export, harmonized to one data contract by the code a node
+    runs (fedcare.data.clinical), so a study simulated here runs unchanged on a federation."""
+
+    source: Literal["clinical"] = Field(description=(
+        "Clinical exports (FHIR, OMOP, CSV) harmonized to a data contract, one per site."))
+    contract: Path = Field(description=(
+        "The data contract (.toml), relative to the study file; the features and the label "
+        "are the contract's."))
+    site: list[ClinicalSite] = Field(min_length=1, description=(
+        "Sites: [[data.site]] name, source."))
+
+
 class FederatedData(_DataCommon):
     """A networked study: each node maps ``dataset`` to its own local table."""
 
@@ -197,19 +223,41 @@ class FederatedData(_DataCommon):
         "(privacy.stats_epsilon)."))
     sites: list[str] | None = Field(None, description=(
         "Sites taking part (default: every site that holds the dataset)."))
-    contract_hash: str | None = Field(None, min_length=64, max_length=64, description=(
+    contract_hash: str | None = Field(None, pattern=r"^[0-9a-fA-F]{8,64}$", description=(
         "Content hash of the data contract every site must have built its dataset with "
-        "(`fedcare data check` prints it); sites with another contract refuse."))
+        "(`fedcare data check` prints all 64 hex digits), or a prefix of it of at least 8: "
+        "a site whose contract's hash does not start with it refuses, and the hub refuses a "
+        "prefix that matches two different contracts among the sites. The full hash is the "
+        "safe choice: a prefix selects, it does not pin the contract down."))
+
+    @field_validator("contract_hash")
+    @classmethod
+    def _lower(cls, v: str | None) -> str | None:
+        return v.lower() if v is not None else None
+
+
+def contract_matches(wanted: str, actual: str) -> bool:
+    """Whether a study's ``data.contract_hash`` (the full hash or a prefix of at least 8 hex
+    digits) names the contract whose full hash is ``actual``.
+
+    What a prefix means: the study, and so the content hash every site approves, says "the
+    contract whose hash starts with these digits". Each site still trains only on the table
+    its *own* contract file built, so a prefix cannot make a site use another definition; what
+    it weakens is the guarantee that all sites used the same one (8 hex digits are 32 bits,
+    within reach of someone who crafts a contract to collide). The hub refuses a prefix that
+    matches two contracts among the study's sites; give the full 64 digits to rule it out.
+    """
+    return actual.lower().startswith(wanted.lower())
 
 
 #: Every data source, in the order the reference lists them.
 DATA_SOURCES: tuple[type[_DataCommon], ...] = (
     BuiltinData, SyntheticData, FilesData, PooledFileData, ImageData, ImageFolderData,
-    FederatedData)
+    ClinicalData, FederatedData)
 
 DataSection = Annotated[
     BuiltinData | SyntheticData | FilesData | PooledFileData | ImageData | ImageFolderData
-    | FederatedData,
+    | ClinicalData | FederatedData,
     Field(discriminator="source"),
 ]
 
@@ -313,7 +361,7 @@ class PrivacySection(_Section):
                          description="The delta of (epsilon, delta)-DP.")
     accountant: Literal["pld", "rdp"] = Field(
         "pld", description="Privacy accountant: pld (tight) or rdp (looser, faster).")
-    stats_epsilon: float = Field(1.0, gt=0, allow_inf_nan=False, description=(
+    stats_epsilon: float = Field(1.0, gt=0, le=100, description=(
         "Epsilon (at privacy.delta) of the noised feature statistics a study that "
         "standardizes releases once before training; spent on top of the training budget "
         "and composed with it in the reported epsilon and in each site's ledger."))
@@ -418,7 +466,7 @@ def _cross_checks(cfg: StudyConfig) -> list[str]:
 def _declared_sites(cfg: StudyConfig) -> int | None:
     """How many sites the config itself names (None: known only once the study runs)."""
     d = cfg.data
-    if isinstance(d, (FilesData, ImageFolderData)):
+    if isinstance(d, (FilesData, ImageFolderData, ClinicalData)):
         return len(d.site)
     if isinstance(d, FederatedData):
         return len(d.sites) if d.sites is not None else None
@@ -498,6 +546,9 @@ def _resolve_paths(cfg: StudyConfig, base: Path) -> StudyConfig:
         folders = [x.model_copy(update={"folder": base / x.folder, "labels": base / x.labels})
                    for x in d.site]
         d = d.model_copy(update={"site": folders})
+    elif isinstance(d, ClinicalData):
+        clinical = [x.model_copy(update={"source": base / x.source}) for x in d.site]
+        d = d.model_copy(update={"contract": base / d.contract, "site": clinical})
     return cfg.model_copy(update={"data": d})
 
 
@@ -522,14 +573,6 @@ def load_config(path: Path) -> StudyConfig:
     except ImportError as exc:  # pragma: no cover - pyyaml is a dependency
         raise ConfigError("YAML support needs pyyaml") from exc
     return parse_config(data or {}, base_dir=path.parent.resolve(), source=str(path))
-
-
-def _allowed(annotation: Any, description: str) -> str:
-    """A choice's description with every allowed value, unless it lists them already."""
-    values = [str(v) for v in literal_values(annotation)]
-    if len(values) < 2 or all(v in description for v in values):
-        return description
-    return f"{description} One of: {', '.join(values)}."
 
 
 def _plugin_key_rows(section: str, uses: dict[str, list[tuple[str, str, str]]]
@@ -578,7 +621,7 @@ def _strategy_rows() -> list[tuple[str, str, str]]:
             if key in common or key == "name":
                 continue
             own.setdefault(key, []).append((name, repr(field.default),
-                                            _allowed(field.annotation, field.description or "")))
+                                            allowed(field.annotation, field.description or "")))
     return rows + _plugin_key_rows("strategy", own)
 
 
@@ -588,10 +631,7 @@ def describe_keys() -> list[tuple[str, str, str]]:
     rows: list[tuple[str, str, str]] = []
 
     def walk(prefix: str, model: type[BaseModel]) -> None:
-        for name, field in model.model_fields.items():
-            default = "" if field.is_required() or field.default_factory else repr(field.default)
-            rows.append((f"{prefix}.{name}", default,
-                         _allowed(field.annotation, field.description or "")))
+        rows.extend(reference_rows(model, prefix, recurse=False))
 
     for section, model in (("study", StudySection), ("train", TrainSection),
                            ("secure_aggregation", SecureAggregationSection),

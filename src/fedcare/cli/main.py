@@ -151,18 +151,35 @@ def demo(
 @app.command("config-reference")
 def config_reference(
     fmt: Annotated[str, typer.Option("--format", help="markdown or json")] = "markdown",
+    file: Annotated[str, typer.Option("--file", help=(
+        "Which file: study (default), contract, index, source, csv-mapping, omop or "
+        "code-mapping."))] = "study",
 ) -> None:
-    """Print every study config key with its default and meaning."""
+    """Print every key of a settings file with its default and meaning.
+
+    The study file by default; --file names a clinical one: the data contract (and its
+    index rules), the site source file (source.toml), a CSV column mapping, an OMOP
+    source's source_vocabulary, or the site code mapping.
+    """
     from fedcare.config import describe_keys
 
-    rows = describe_keys()
+    if file == "study":
+        rows = describe_keys()
+    else:
+        from fedcare.data.reference import CLINICAL_FILES, clinical_reference
+
+        if file not in CLINICAL_FILES:
+            console.print(f"[red]--file {escape(file)!r} is not one of study, "
+                          f"{', '.join(CLINICAL_FILES)}[/red]")
+            raise typer.Exit(2)
+        rows = clinical_reference(file)
     if fmt == "json":
         entries = [{"key": k, "default": d, "description": s} for k, d, s in rows]
         console.print_json(json.dumps(entries))
         return
     print("| key | default | meaning |\n|---|---|---|")
     for k, d, s in rows:
-        print(f"| `{k}` | {d.replace('|', '/')} | {s} |")
+        print(f"| `{k}` | {d.replace('|', '/')} | {s.replace('|', '/')} |")
 
 
 @app.command()

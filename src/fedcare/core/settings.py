@@ -38,6 +38,90 @@ def literal_values(annotation: Any) -> tuple[Any, ...]:
     return values
 
 
+def allowed(annotation: Any, description: str) -> str:
+    """A choice's description with every allowed value, unless it lists them already."""
+    values = [str(v) for v in literal_values(annotation)]
+    if len(values) < 2 or all(v in description for v in values):
+        return description
+    return f"{description} One of: {', '.join(values)}."
+
+
+#: One row of a settings file's reference: (key as the user writes it, default, meaning).
+ReferenceRow = tuple[str, str, str]
+
+
+def reference_rows(model: type[BaseModel], prefix: str = "", *,
+                   recurse: bool = True) -> list[ReferenceRow]:
+    """Every key of ``model`` (a settings file or section), with its default and its
+    description (choices list their allowed values): the generated reference of a file.
+
+    With ``recurse``, the keys of nested tables follow their parent's row, spelled as the
+    user writes them: ``index.start``, ``columns[].unit`` (an array of tables),
+    ``windows.<name>.days_before`` (a table of tables), ``features[source=age].range`` (one
+    member of a union chosen by its tag). A field validated from a plain value (a string
+    parsed into a model) is one key, not a table. Fields marked ``exclude`` are not keys
+    the user writes, so they are left out."""
+    rows: list[ReferenceRow] = []
+    for name, field in model.model_fields.items():
+        if field.exclude:
+            continue
+        key = f"{prefix}.{name}" if prefix else name
+        required = field.is_required() or field.default_factory is not None
+        rows.append((key, "" if required else _default(field.default),
+                     allowed(field.annotation, field.description or "")))
+        if recurse and not _parsed_from_value(field.metadata):
+            for sub, suffix in _tables(field.annotation):
+                rows += reference_rows(sub, key + suffix)
+    return rows
+
+
+def _default(value: Any) -> str:
+    import enum
+
+    return repr(value.value if isinstance(value, enum.Enum) else value)
+
+
+def _parsed_from_value(metadata: list[Any]) -> bool:
+    from pydantic.functional_validators import BeforeValidator, PlainValidator
+
+    return any(isinstance(m, (BeforeValidator, PlainValidator)) for m in metadata)
+
+
+def _tables(annotation: Any) -> list[tuple[type[BaseModel], str]]:
+    """The models a field's value holds, each with how its keys continue the parent key."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [(annotation, "")]
+    if origin is typing.Annotated:
+        if _parsed_from_value(list(args[1:])):
+            return []
+        return _tables(args[0])
+    if origin in (list, tuple, set, frozenset):
+        # ``features[source=age]``: the tag says it is one of an array's tables already
+        return [(m, s if s.startswith("[") else "[]" + s)
+                for a in args if a is not Ellipsis for m, s in _tables(a)]
+    if origin is dict:
+        return [(m, ".<name>" + s) for m, s in _tables(args[1])]
+    members = [m for a in args for m, s in _tables(a) if not s]
+    if len(members) < 2:
+        return [(m, s) for a in args for m, s in _tables(a)]
+    tag = _tag(members)
+    if tag is None:
+        return [(m, "") for m in members]
+    return [(m, f"[{tag}={'|'.join(map(str, literal_values(m.model_fields[tag].annotation)))}]")
+            for m in members]
+
+
+def _tag(members: list[type[BaseModel]]) -> str | None:
+    """The field whose single literal value tells the union's members apart."""
+    for name in members[0].model_fields:
+        values = [literal_values(m.model_fields[name].annotation) if name in m.model_fields
+                  else () for m in members]
+        if all(len(v) >= 1 for v in values) and len({v[0] for v in values}) == len(members):
+            return name
+    return None
+
+
 _TYPE_NAMES = frozenset({"int", "float", "str", "bool", "none", "list", "dict"})
 
 

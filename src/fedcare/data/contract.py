@@ -49,15 +49,26 @@ class Aggregation(StrEnum):
 _CODE = re.compile(r"^[A-Za-z0-9.\-_]+\*?$")
 
 
-class CodeSet(_Model):
-    """Codes per canonical system; a trailing ``*`` is a prefix match (``I2*``)."""
+_PREFIX = " A trailing * matches a prefix (I2*)."
 
-    LOINC: tuple[str, ...] = ()
-    SNOMED: tuple[str, ...] = ()
-    ICD10CM: tuple[str, ...] = ()
-    RXNORM: tuple[str, ...] = ()
-    OMOP: tuple[str, ...] = ()
-    LOCAL: tuple[str, ...] = ()
+
+class CodeSet(_Model):
+    """Codes per canonical system; a trailing ``*`` is a prefix match (``I2*``). An RxNorm
+    ingredient also matches the clinical drugs that contain it
+    (:mod:`fedcare.data.harmonize.codes`, drug roll-up)."""
+
+    LOINC: tuple[str, ...] = Field((), description="LOINC codes (8480-6)." + _PREFIX)
+    SNOMED: tuple[str, ...] = Field((), description="SNOMED CT concept ids." + _PREFIX)
+    ICD10CM: tuple[str, ...] = Field((), description=(
+        "ICD-10-CM codes, with or without the dot (I21.4 = I214)." + _PREFIX))
+    RXNORM: tuple[str, ...] = Field((), description=(
+        "RxNorm codes; an ingredient (IN) also matches the clinical drugs (SCD) containing it: "
+        "a built-in table for common statins plus the site's RXNORM->RXNORM code_mapping "
+        "rows." + _PREFIX))
+    OMOP: tuple[str, ...] = Field((), description=(
+        "OMOP standard concept ids (*_concept_id columns)." + _PREFIX))
+    LOCAL: tuple[str, ...] = Field((), description=(
+        "A site's own codes (better mapped to a standard system at the site)." + _PREFIX))
 
     @field_validator("*")
     @classmethod
@@ -93,6 +104,9 @@ class MissingPolicy(_Model):
 
     kind: Literal["drop_row", "impute_mean", "impute_value", "flag"]
     value: float | None = Field(default=None, allow_inf_nan=False)
+
+    def __repr__(self) -> str:  # as the contract writes it (the generated reference shows it)
+        return repr(self.kind if self.value is None else f"{self.kind}:{self.value:g}")
 
     @model_validator(mode="after")
     def _value(self) -> MissingPolicy:
@@ -134,21 +148,29 @@ class AgeFeature(_Feature):
     """Age at index in completed years (floor of days / 365.25 is *not* used: birthdays count,
     as clinicians compute age)."""
 
-    source: Literal["age"]
-    kind: Literal["numeric"] = "numeric"
-    unit: Literal["year"] = "year"
-    range: tuple[float, float] = (0.0, 130.0)
-    missing: MissingField = MissingPolicy(kind="drop_row")
+    source: Literal["age"] = Field(description="age: completed years at the index date.")
+    kind: Literal["numeric"] = Field("numeric", description="Always numeric.")
+    unit: Literal["year"] = Field("year", description="Always years.")
+    range: tuple[float, float] = Field((0.0, 130.0), description=(
+        "[min, max] plausible ages; outside it the value is discarded (counted)."))
+    missing: MissingField = Field(MissingPolicy(kind="drop_row"), description=(
+        "When a person has no usable value: drop_row (leave the cohort, counted), "
+        "impute_mean (the federation's mean), impute_value:<number>, or flag (impute the mean "
+        "and add a 0/1 column <name>_missing)."))
 
 
 class SexFeature(_Feature):
     """``binary``: 1 when sex equals ``value`` (unknown -> 0). ``categorical``: one 0/1 column
     ``<name>_<category>`` per category, in the order given."""
 
-    source: Literal["sex"]
-    kind: Literal["binary", "categorical"] = "binary"
-    value: Literal["female", "male", "other"] = "female"
-    categories: tuple[Literal["female", "male", "other", "unknown"], ...] = ()
+    source: Literal["sex"] = Field(description="sex: the person's recorded sex.")
+    kind: Literal["binary", "categorical"] = Field("binary", description=(
+        "binary: one 0/1 column (1 when sex is `value`); categorical: one 0/1 column "
+        "<name>_<category> per category."))
+    value: Literal["female", "male", "other"] = Field("female", description=(
+        "binary: the sex coded 1 (unknown sex is 0)."))
+    categories: tuple[Literal["female", "male", "other", "unknown"], ...] = Field((), description=(
+        "categorical: the categories, in column order (at least two)."))
 
     @model_validator(mode="after")
     def _cats(self) -> SexFeature:
@@ -158,16 +180,23 @@ class SexFeature(_Feature):
 
 
 class MeasurementFeature(_Feature):
-    source: Literal["measurement"]
-    kind: Literal["numeric"] = "numeric"
-    codes: CodeSet
+    source: Literal["measurement"] = Field(description=(
+        "measurement: a numeric value (lab, vital sign) aggregated over a window."))
+    kind: Literal["numeric"] = Field("numeric", description="Always numeric.")
+    codes: CodeSet = Field(description="The measurement's codes, per code system.")
     unit: str = Field(description="Canonical unit (pint-parsable, UCUM-ish: mm[Hg], mmol/L).")
     analyte: str | None = Field(None, description="Analyte for mass<->molar conversions "
                                 "(see fedcare.data.harmonize.units.MOLAR_MASS).")
-    range: tuple[float, float]
-    aggregation: Aggregation = Aggregation.LAST
+    range: tuple[float, float] = Field(description=(
+        "[min, max] plausible values in the canonical unit; outside it a value is discarded "
+        "(counted)."))
+    aggregation: Aggregation = Field(Aggregation.LAST, description=(
+        "How the window's values become one: last, mean, min, max or count."))
     window: str = Field(description="Name of a window in [windows].")
-    missing: MissingField = MissingPolicy(kind="drop_row")
+    missing: MissingField = Field(MissingPolicy(kind="drop_row"), description=(
+        "When a person has no usable value: drop_row (leave the cohort, counted), "
+        "impute_mean (the federation's mean), impute_value:<number>, or flag (impute the mean "
+        "and add a 0/1 column <name>_missing)."))
 
     @field_validator("codes")
     @classmethod
@@ -178,10 +207,11 @@ class MeasurementFeature(_Feature):
 class PresenceFeature(_Feature):
     """1 when any event of the domain with a code in ``codes`` starts inside the window."""
 
-    source: Literal["condition", "drug"]
-    kind: Literal["binary"] = "binary"
-    codes: CodeSet
-    window: str
+    source: Literal["condition", "drug"] = Field(description=(
+        "condition or drug: 1 when such an event with one of the codes starts in the window."))
+    kind: Literal["binary"] = Field("binary", description="Always binary (0/1).")
+    codes: CodeSet = Field(description="The condition's or drug's codes, per code system.")
+    window: str = Field(description="Name of a window in [windows].")
 
     @field_validator("codes")
     @classmethod
@@ -197,7 +227,9 @@ class Window(_Model):
     """Days before the index date (inclusive of the index day); ``days_before`` omitted means
     any time before (and on) the index date."""
 
-    days_before: int | None = Field(None, ge=0, le=100 * 366)
+    days_before: int | None = Field(None, ge=0, le=100 * 366, description=(
+        "The window is [index - days_before, index day]; omitted: any time up to the index "
+        "day."))
 
 
 class IndexRule(_Model):
@@ -205,10 +237,13 @@ class IndexRule(_Model):
     leave the cohort, counted). ``fixed_date``: ``date``, or the site's own date when the site
     source file sets ``index_date`` (e.g. a registry's enrolment day)."""
 
-    rule: Literal["first_encounter", "fixed_date"]
-    start: dt.date | None = None
-    end: dt.date | None = None
-    date: dt.date | None = None
+    rule: Literal["first_encounter", "fixed_date"] = Field(description=(
+        "first_encounter: each person's first encounter in [start, end] (needs start, end); "
+        "fixed_date: the same date for everyone (date, or the site's index_date)."))
+    start: dt.date | None = Field(None, description="first_encounter: first day searched.")
+    end: dt.date | None = Field(None, description="first_encounter: last day searched.")
+    date: dt.date | None = Field(None, description=(
+        "fixed_date: the index date; omitted, each site sets index_date in its source file."))
 
     @model_validator(mode="after")
     def _fields(self) -> IndexRule:
@@ -226,10 +261,13 @@ class Label(_Model):
     """1 when an event of ``source`` with a code in ``codes`` starts within ``days_after`` days
     after the index date (index day excluded), else 0."""
 
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
-    source: Literal["condition", "drug", "measurement"] = "condition"
-    codes: CodeSet
-    days_after: int = Field(ge=1, le=100 * 366)
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description=(
+        "Label column name (lower case, digits, _)."))
+    source: Literal["condition", "drug", "measurement"] = Field("condition", description=(
+        "The kind of event that makes the label 1."))
+    codes: CodeSet = Field(description="The outcome's codes, per code system.")
+    days_after: int = Field(ge=1, le=100 * 366, description=(
+        "Outcome window: (index day, index + days_after]."))
 
     @field_validator("codes")
     @classmethod
@@ -238,9 +276,12 @@ class Label(_Model):
 
 
 class PriorExclusion(_Model):
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
-    source: Literal["condition", "drug"] = "condition"
-    codes: CodeSet
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description=(
+        "Name of the exclusion (shown in the attrition counts)."))
+    source: Literal["condition", "drug"] = Field("condition", description=(
+        "The kind of event that excludes."))
+    codes: CodeSet = Field(description=(
+        "A person with such an event on or before the index day leaves the cohort."))
 
     @field_validator("codes")
     @classmethod
@@ -252,7 +293,8 @@ class Cohort(_Model):
     age: tuple[float, float] | None = Field(None, description="Inclusive age range at index.")
     require: tuple[str, ...] = Field((), description="Measurement features a person must have "
                                      "(before the missing policy applies).")
-    exclude_prior: tuple[PriorExclusion, ...] = ()
+    exclude_prior: tuple[PriorExclusion, ...] = Field((), description=(
+        "[[cohort.exclude_prior]] tables: history that excludes a person."))
 
     @field_validator("age")
     @classmethod
@@ -279,16 +321,23 @@ class QualityRules(_Model):
 
 
 class Contract(_Model):
-    schema_version: Literal[1] = CONTRACT_SCHEMA
-    name: str = Field(min_length=1, max_length=100)
-    version: str = Field(pattern=r"^\d+\.\d+(\.\d+)?$")
-    description: str = ""
-    index: IndexRule
-    windows: dict[str, Window]
-    features: tuple[Feature, ...] = Field(min_length=1)
-    label: Label
-    cohort: Cohort = Field(default_factory=Cohort)  # type: ignore[arg-type]
-    quality: QualityRules = Field(default_factory=QualityRules)  # type: ignore[arg-type]
+    schema_version: Literal[1] = Field(CONTRACT_SCHEMA, description=(
+        "Version of this file format."))
+    name: str = Field(min_length=1, max_length=100, description="The contract's name.")
+    version: str = Field(pattern=r"^\d+\.\d+(\.\d+)?$", description=(
+        "Its version (1.0 or 1.0.0); any change also changes the content hash sites approve."))
+    description: str = Field("", description="What the study predicts, for people.")
+    index: IndexRule = Field(description="[index]: each person's index date.")
+    windows: dict[str, Window] = Field(description=(
+        "[windows.<name>]: look-back windows features refer to by name."))
+    features: tuple[Feature, ...] = Field(min_length=1, description=(
+        "[[features]]: the model's inputs, in column order; `source` chooses the kind."))
+    label: Label = Field(description="[label]: the outcome.")
+    cohort: Cohort = Field(default_factory=Cohort,  # type: ignore[arg-type]
+                           description="[cohort]: who is in the study.")
+    quality: QualityRules = Field(default_factory=QualityRules,  # type: ignore[arg-type]
+                                  description="[quality]: the minimum a site's table must meet "
+                                              "before it may train.")
 
     @model_validator(mode="after")
     def _references(self) -> Contract:

@@ -35,7 +35,13 @@ from fedcare.data.contract import (
     contract_hash,
     feature_columns,
 )
-from fedcare.data.harmonize.codes import SiteMapping, match_codes, normalise_codes
+from fedcare.data.harmonize.codes import (
+    BUILTIN_ROLLUP,
+    DrugRollup,
+    SiteMapping,
+    match_codes,
+    normalise_codes,
+)
 from fedcare.data.harmonize.units import REASON_NO_VALUE, convert_column, require_unit
 
 if TYPE_CHECKING:
@@ -128,7 +134,8 @@ def build_features(
 
     site_systems = {d: Counter(g.value_counts().to_dict())
                     for d, g in events.groupby("domain", sort=True)["system"]}
-    ctx = _Ctx(events, day, index, rejects, {}, {}, {}, {})
+    rollup = site_mapping.rollup() if site_mapping is not None else BUILTIN_ROLLUP
+    ctx = _Ctx(events, day, index, rejects, {}, {}, {}, {}, rollup)
     coverage = ctx.coverage
 
     # -- cohort rules (before features: an excluded person's values never count) ------------
@@ -262,6 +269,7 @@ class _Ctx:
     units: dict[str, Counter[str]]
     unit_failures: dict[str, dict[str, Counter[str]]]
     unit_persons: dict[str, Counter[str]]
+    rollup: DrugRollup = BUILTIN_ROLLUP
     out_of_range: dict[str, int] = field(default_factory=dict)
     _domain: dict[str, pd.DataFrame] = field(default_factory=dict)
     _event_index: pd.Series | None = None
@@ -278,7 +286,7 @@ class _Ctx:
         import pandas as pd
 
         sub = self._in_domain(domain)
-        hit = match_codes(sub["system"], sub["code"], codes)
+        hit = match_codes(sub["system"], sub["code"], codes, rollup=self.rollup)
         self.coverage[name] = Counter(sub.loc[hit, "system"].value_counts().to_dict())
         mask = pd.Series(False, index=self.events.index)
         mask[hit.index[hit.to_numpy()]] = True

@@ -30,6 +30,7 @@ from fedcare.config import (
     FederatedData,
     StudyConfig,
     content_hash,
+    contract_matches,
     parse_config,
     secure_round_problems,
 )
@@ -294,12 +295,19 @@ class HubService:
         another contract than the study names): they would not be training on the same
         problem. Sites without a contract (plain tables) are not affected."""
         assert isinstance(cfg.data, FederatedData)
-        hashes = {site.name: d.get("contract_hash") for site in listed
-                  if site.name in sites for d in site.datasets or []
-                  if d.get("name") == cfg.data.dataset and d.get("contract_hash")}
+        hashes: dict[str, str] = {
+            site.name: str(d["contract_hash"]) for site in listed
+            if site.name in sites for d in site.datasets or []
+            if d.get("name") == cfg.data.dataset and d.get("contract_hash")}
         wanted = cfg.data.contract_hash
         if wanted is not None:
-            wrong = sorted(n for n, h in hashes.items() if h != wanted)
+            wrong = sorted(n for n, h in hashes.items() if not contract_matches(wanted, h))
+            named = sorted({h for h in hashes.values() if contract_matches(wanted, h)})
+            if len(named) > 1:
+                raise ConfigError(f"data.contract_hash {wanted!r} is a prefix of {len(named)} "
+                                  f"different data contracts among the sites ("
+                                  f"{', '.join(h[:16] + '...' for h in named)}); give the "
+                                  "full 64-digit hash `fedcare data check` prints")
             if wrong:
                 raise ConfigError(f"sites {wrong} built dataset {cfg.data.dataset!r} with "
                                   "another data contract than data.contract_hash; they must "

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from fedcare.config import FederatedData
+from fedcare.config import FederatedData, contract_matches
 from fedcare.core.dataset import SiteData, TaskType
 from fedcare.core.errors import DataError
 from fedcare.core.seeds import site_round_seed
-from fedcare.data.quality import to_json
+from fedcare.data.clinical import ClinicalTable, build_clinical_table
+
+__all__ = ["ClinicalTable", "build_clinical_table", "build_site_data", "clinical_site_data"]
 
 
 def build_site_data(data: FederatedData, site: str, site_index: int, seed: int,
@@ -54,42 +53,6 @@ def _split_site(data: FederatedData, site: str, site_index: int, seed: int, x: n
                     classes)
 
 
-@dataclass
-class ClinicalTable:
-    """A clinical dataset as the site built it: the feature table, its shareable quality
-    report and the contract's minimum-quality violations (non-empty: the site refuses to
-    train on it)."""
-
-    table: Any  # fedcare.data.features.FeatureTable
-    contract_hash: str
-    features: list[str]
-    report: dict[str, Any]
-    violations: list[str]
-
-    @property
-    def rows(self) -> int:
-        return len(self.table.frame)
-
-
-def build_clinical_table(source: Path, contract_path: Path, site: str) -> ClinicalTable:
-    """Run the site's adapter (FHIR / OMOP / CSV), harmonize to the contract's feature table and
-    check it against the contract's quality rules. Only the suppressed quality report may
-    leave the site."""
-    from fedcare.data.adapters.source import load_source
-    from fedcare.data.contract import contract_hash, feature_columns, load_contract
-    from fedcare.data.features import build_features
-    from fedcare.data.quality import passes_minimum_quality, quality_report
-
-    contract = load_contract(contract_path)
-    src = load_source(source)
-    records = src.load()
-    table = build_features(contract, records, site_mapping=src.site_mapping(),
-                           index_date=src.index_date)
-    report = quality_report(contract, table, site=site)
-    return ClinicalTable(table, contract_hash(contract), feature_columns(contract),
-                         json.loads(to_json(report)), passes_minimum_quality(contract, table))
-
-
 def clinical_site_data(data: FederatedData, site: str, site_index: int, seed: int,
                        built: ClinicalTable) -> SiteData:
     """The study's view of a clinical table; refused when the table fails the contract's
@@ -104,14 +67,12 @@ def clinical_site_data(data: FederatedData, site: str, site_index: int, seed: in
         raise DataError("the study names no data contract (data.contract_hash): a site "
                         "trains a clinical dataset only for the contract it was built with",
                         site=site)
-    if data.contract_hash != built.contract_hash:
+    if not contract_matches(data.contract_hash, built.contract_hash):
         raise DataError(f"the study names data contract {data.contract_hash[:12]}... but this "
                         f"site's dataset follows {built.contract_hash[:12]}...; the site must "
                         "check its data against the study's contract", site=site)
     if list(data.features) != built.features or data.label != built.table.label:
         raise DataError(f"study features/label {list(data.features)}/{data.label!r} are not "
                         f"the contract's {built.features}/{built.table.label!r}", site=site)
-    frame = built.table.frame
-    x = frame[built.features].to_numpy(np.float32)
-    y = frame[built.table.label].to_numpy().astype(np.int64)
+    x, y = built.arrays()
     return _split_site(data, site, site_index, seed, x, y)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fedcare.config import (
     BuiltinData,
+    ClinicalData,
     DataSection,
     FilesData,
     ImageData,
@@ -25,6 +27,9 @@ from fedcare.core.dataset import SiteData, TaskType
 from fedcare.core.errors import DataError
 from fedcare.core.seeds import site_round_seed
 from fedcare.data.table import Table
+
+if TYPE_CHECKING:
+    from fedcare.data.clinical import ClinicalTable
 
 
 def build_sites(data: DataSection, seed: int) -> list[SiteData]:
@@ -49,6 +54,8 @@ def build_sites(data: DataSection, seed: int) -> list[SiteData]:
         return _images(data, seed)
     if isinstance(data, ImageFolderData):
         return _image_folders(data, seed)
+    if isinstance(data, ClinicalData):
+        return _clinical(data, seed)
     raise DataError(f"unsupported data source {type(data).__name__}")  # pragma: no cover
 
 
@@ -205,6 +212,37 @@ def _image_folders(data: ImageFolderData, seed: int) -> list[SiteData]:
     return [image_site_data(s.folder, s.labels, site=s.name, size=data.size, window=window,
                             test_fraction=data.test_fraction, seed=seed, site_index=i,
                             num_classes=classes)[0] for i, s in enumerate(data.site)]
+
+
+def clinical_tables(data: ClinicalData) -> dict[str, ClinicalTable]:
+    """Each site's table, built from its source file exactly as its node (and ``fedcare data
+    build``) builds it; a site whose table fails the contract's quality rules stops the run,
+    as its node would refuse to train."""
+    from fedcare.data.clinical import build_clinical_table
+
+    names = [s.name for s in data.site]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise DataError(f"site names must be unique; repeated: {dupes}")
+    tables = {s.name: build_clinical_table(s.source, data.contract, s.name) for s in data.site}
+    for name, built in tables.items():
+        if built.violations:
+            raise DataError("its data fails the contract's minimum quality rules (a node would "
+                            "refuse to train): " + "; ".join(built.violations), site=name)
+    return tables
+
+
+def _clinical(data: ClinicalData, seed: int) -> list[SiteData]:
+    """The node's split (:func:`fedcare.node.site_data.clinical_site_data`): the same rows go
+    to training and testing in simulation and deployment."""
+    tables = clinical_tables(data)
+    arrays = []
+    for i, (name, built) in enumerate(tables.items()):
+        x, y = built.arrays()
+        tr, te = _split(np.arange(len(y)), data.test_fraction, seed, i)
+        arrays.append((name, x[tr], y[tr], x[te], y[te]))
+    features = next(iter(tables.values())).features
+    return _finish(arrays, features, TaskType.BINARY, 2, data.standardize)
 
 
 def _max_label(path: Path, site: str) -> int:

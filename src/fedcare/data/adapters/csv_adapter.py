@@ -120,8 +120,10 @@ class _M(BaseModel):
 class _Dated(_M):
     """How the file writes dates: ISO 8601 unless ``date_format`` or ``dayfirst`` is set."""
 
-    date_format: str | None = None
-    dayfirst: bool = False
+    date_format: str | None = Field(None, description=(
+        "strftime format of every date cell (\"%d/%m/%Y\"), applied exactly; default: ISO 8601."))
+    dayfirst: bool = Field(False, description=(
+        "Dates are day/month/year (with /, . or -, optional time); not with date_format."))
 
     @field_validator("date_format")
     @classmethod
@@ -139,53 +141,72 @@ class _Dated(_M):
 
 
 class WideColumn(_M):
-    column: str
-    domain: Literal["measurement", "condition", "drug", "encounter"]
-    system: str = "LOCAL"
-    code: str = ""
-    unit: str = ""
-    unit_column: str | None = None
-    date: str | None = None
+    column: str = Field(description="The table's column this entry reads.")
+    domain: Literal["measurement", "condition", "drug", "encounter"] = Field(description=(
+        "measurement: a number per row; condition/drug: a yes/no flag (an event when "
+        "truthy); encounter: a date column (an encounter on that date)."))
+    system: str = Field("LOCAL", description=(
+        "Code system of `code` (LOINC, SNOMED, ICD10CM, RXNORM, OMOP, LOCAL or an alias)."))
+    code: str = Field("", description="The code every event of this column gets.")
+    unit: str = Field("", description="measurement: the unit of every value.")
+    unit_column: str | None = Field(None, description=(
+        "measurement: a column holding each row's unit instead."))
+    date: str | None = Field(None, description=(
+        "Date column of this column's events (default: the mapping's `date`)."))
+
+
+_SEX_VALUES = ("Source value -> female|male|other|unknown ({ F = \"female\" }); other values "
+               "are unknown.")
 
 
 class WideMapping(_Dated):
-    layout: Literal["wide"]
-    person_id: str
-    birth_date: str | None = None
-    birth_year: str | None = None
-    sex: str | None = None
-    sex_values: dict[str, str] = Field(default_factory=dict)
-    date: str | None = None
-    columns: tuple[WideColumn, ...] = Field(min_length=1)
+    layout: Literal["wide"] = Field(description="wide: one row per person.")
+    person_id: str = Field(description="Column of the person identifier.")
+    birth_date: str | None = Field(None, description="Column of the birth date.")
+    birth_year: str | None = Field(None, description=(
+        "Column of the birth year, when there is no birth date (1 July is assumed)."))
+    sex: str | None = Field(None, description="Column of the sex.")
+    sex_values: dict[str, str] = Field(default_factory=dict, description=_SEX_VALUES)
+    date: str | None = Field(None, description=(
+        "Default date column of the events (columns may name their own)."))
+    columns: tuple[WideColumn, ...] = Field(min_length=1, description=(
+        "[[columns]]: one per column that becomes events."))
 
 
 class PersonColumns(_M):
-    person_id: str
-    birth_date: str | None = None
-    birth_year: str | None = None
-    sex: str | None = None
+    person_id: str = Field(description="Column of the person identifier.")
+    birth_date: str | None = Field(None, description="Column of the birth date.")
+    birth_year: str | None = Field(None, description=(
+        "Column of the birth year, when there is no birth date (1 July is assumed)."))
+    sex: str | None = Field(None, description="Column of the sex.")
 
 
 class EventColumns(_M):
-    person_id: str
-    start: str
-    code: str
-    domain: str | None = None
-    domain_value: Literal["measurement", "condition", "drug", "encounter"] | None = None
-    system: str | None = None
-    system_value: str | None = None
-    value: str | None = None
-    unit: str | None = None
-    end: str | None = None
+    person_id: str = Field(description="Column of the person identifier.")
+    start: str = Field(description="Column of the event's (start) date.")
+    code: str = Field(description="Column of the code.")
+    domain: str | None = Field(None, description=(
+        "Column of the domain (values through domain_values); or give domain_value."))
+    domain_value: Literal["measurement", "condition", "drug", "encounter"] | None = Field(
+        None, description="One domain for every row.")
+    system: str | None = Field(None, description=(
+        "Column of the code system (values through system_values); or give system_value."))
+    system_value: str | None = Field(None, description="One code system for every row.")
+    value: str | None = Field(None, description="Column of the numeric value (measurements).")
+    unit: str | None = Field(None, description="Column of the unit (measurements).")
+    end: str | None = Field(None, description="Column of the end date (optional).")
 
 
 class LongMapping(_Dated):
-    layout: Literal["long"]
-    persons: PersonColumns
-    events: EventColumns
-    sex_values: dict[str, str] = Field(default_factory=dict)
-    domain_values: dict[str, str] = Field(default_factory=dict)
-    system_values: dict[str, str] = Field(default_factory=dict)
+    layout: Literal["long"] = Field(description=(
+        "long: a persons table and event tables (persons, events in the source file)."))
+    persons: PersonColumns = Field(description="[persons]: the persons table's columns.")
+    events: EventColumns = Field(description="[events]: the event tables' columns.")
+    sex_values: dict[str, str] = Field(default_factory=dict, description=_SEX_VALUES)
+    domain_values: dict[str, str] = Field(default_factory=dict, description=(
+        "Source value -> measurement|condition|drug|encounter ({ lab = \"measurement\" })."))
+    system_values: dict[str, str] = Field(default_factory=dict, description=(
+        "Source value -> code system ({ L = \"LOINC\" })."))
 
 
 CsvMapping = WideMapping | LongMapping

@@ -52,7 +52,18 @@ read, or holds nothing that looks like FHIR raises :class:`DataError`.
 - an Observation component that has a ``valueQuantity`` but no usable code or value is counted
   (:data:`BAD_COMPONENT`) while the resource's other values are kept;
 - events whose subject is not among the Patients read are rejected
-  (:data:`UNKNOWN_SUBJECT`), counted once per resource.
+  (:data:`UNKNOWN_SUBJECT`), counted once per resource; when the subject was a ``urn:``
+  reference that no Bundle entry's ``fullUrl`` named, the reason says so
+  (:data:`UNRESOLVED_REFERENCE`): the export, not the site's code mapping, is incomplete;
+- references resolve as in a Bundle (FHIR R4 §2.36.4, "Resolving references in Bundles"):
+  first through the ``fullUrl`` of every Bundle entry read (a ``urn:uuid:`` reference, an
+  absolute URL, or a relative ``Patient/123`` completed with the referring entry's base URL),
+  then as ``Type/id``. A resource without ``id`` -- the usual shape of a *transaction*
+  Bundle, whose server assigns ids -- is known by its ``fullUrl`` (the uuid of a
+  ``urn:uuid:``, the last path segment of a URL);
+- an optional field that cannot be read (an end date ``2020-13-45``) is dropped and counted
+  (:data:`BAD_END_DATE`); the event keeps its start. A required one (the start) still rejects
+  the resource (:data:`BAD_DATE`), since an event without a date cannot be placed in a window.
 
 Counts of things kept despite a defect (a dropped end, birth date or component) are added only
 when the resource is accepted, so a resource rejected later leaves no trace.
@@ -114,6 +125,9 @@ END_BEFORE_START: Final = "end before start"
 NO_VALUE: Final = "observation without value"
 RETRACTED: Final = "retracted (entered-in-error, refuted, cancelled or not-taken)"
 UNRESOLVED_MEDICATION: Final = "unresolved medication reference"
+UNRESOLVED_REFERENCE: Final = ("unresolved subject reference (not a fullUrl of the Bundle, no "
+                               "Patient with that id)")
+BAD_END_DATE: Final = "unparseable end date (end dropped, event kept)"
 DATE_OUT_OF_RANGE: Final = REASON_DATE_OUT_OF_RANGE
 END_OUT_OF_RANGE: Final = REASON_END_OUT_OF_RANGE
 BIRTH_OUT_OF_RANGE: Final = REASON_BIRTH_OUT_OF_RANGE
@@ -202,7 +216,9 @@ class _Reader:
         self.accepted: Counter[str] = Counter()
         self.serial = 0
         self.notes: Counter[str] = Counter()  # counts the current resource adds if accepted
-        self.validate_as: dict[str, Any] | None = None  # what to validate instead of it
+        self.full_url: str | None = None  # the current resource's Bundle entry fullUrl
+        self.dropped: list[tuple[str, ...]] = []  # fields of it dropped as unreadable
+        self.urn_fallback: set[int] = set()  # resources whose urn: subject no fullUrl named
         self.handlers = {
             "Patient": self._patient, "Observation": self._observation,
             "Condition": self._condition, "MedicationRequest": self._medication_use,
@@ -241,25 +257,30 @@ class _Reader:
         if not isinstance(entries, list):
             self.rejects[NOT_A_RESOURCE] += 1
             return
-        resources: list[Any] = []
+        resources: list[tuple[dict[str, Any], str | None]] = []
         for entry in entries:
             res = entry.get("resource") if isinstance(entry, dict) else None
             if not isinstance(res, dict) or not isinstance(res.get("resourceType"), str):
                 self.rejects[NOT_A_RESOURCE] += 1
                 continue
-            resources.append(res)
             full_url = entry.get("fullUrl")
-            if isinstance(full_url, str) and isinstance(res.get("id"), str):
-                self.urn_ids[full_url] = (res["resourceType"], res["id"])
-        for res in resources:
+            full_url = full_url.strip() if isinstance(full_url, str) and full_url.strip() \
+                else None
+            resources.append((res, full_url))
+            if full_url is not None:
+                rid = _own_id(res, full_url)
+                if rid is not None:
+                    self.urn_ids[full_url] = (res["resourceType"], rid)
+        # Every fullUrl first, then the resources: an entry may refer to a later one.
+        for res, full_url in resources:
             if res["resourceType"] == "Bundle":
                 self._bundle(res)
             else:
-                self.resource(res)
+                self.resource(res, full_url)
 
     # -- one resource ----------------------------------------------------------------------
 
-    def resource(self, res: dict[str, Any]) -> None:
+    def resource(self, res: dict[str, Any], full_url: str | None = None) -> None:
         rtype = res["resourceType"]
         self.counts[rtype] += 1
         handler = self.handlers.get(rtype)
@@ -268,11 +289,12 @@ class _Reader:
             return
         self.serial += 1
         self.notes = Counter()
-        self.validate_as = None
+        self.full_url = full_url
+        self.dropped = []
         try:
             commit = handler(res)
             if self._should_validate(rtype):
-                _validate(rtype, res if self.validate_as is None else self.validate_as)
+                _validate(rtype, _without(res, self.dropped))
         except _Reject as rej:
             self.rejects[rej.reason] += 1
             return
@@ -292,10 +314,9 @@ class _Reader:
     # so a resource that later fails validation leaves no trace.
 
     def _patient(self, res: dict[str, Any]) -> _Commit:
-        pid = res.get("id")
-        if not isinstance(pid, str) or not pid.strip():
+        pid = _own_id(res, self.full_url)
+        if pid is None:
             raise _Reject(MISSING_ID)
-        pid = pid.strip()
         if pid in self.persons:
             raise _Reject(DUPLICATE_PATIENT)
         try:
@@ -304,7 +325,7 @@ class _Reader:
             birth = None
             self.notes[BIRTH_OUT_OF_RANGE if rej.reason == DATE_OUT_OF_RANGE
                        else BAD_BIRTH_DATE] += 1
-            self.validate_as = {k: v for k, v in res.items() if k != "birthDate"}
+            self.dropped.append(("birthDate",))
         gender = res.get("gender")
         sex = _SEXES.get(gender, "unknown") if isinstance(gender, str) else "unknown"
 
@@ -319,7 +340,7 @@ class _Reader:
     def _observation(self, res: dict[str, Any]) -> _Commit:
         _not_retracted(res)
         pid = self._subject(res)
-        start, end = _effective(res, self.notes)
+        start, end = _effective(res, self.notes, self.dropped)
         events: list[_Event] = []
         if "valueQuantity" in res:
             system, code = _coding(res.get("code"))
@@ -348,7 +369,8 @@ class _Reader:
         pid = self._subject(res)
         system, code = _coding(res.get("code"))
         start = _first_date(res, ("onsetDateTime", ("onsetPeriod", "start"), "recordedDate"))
-        end = _end_date(res, ("abatementDateTime", ("abatementPeriod", "start")), self.notes)
+        end = _end_date(res, ("abatementDateTime", ("abatementPeriod", "start")), self.notes,
+                        self.dropped)
         _check_order(start, end)
         return self._committer([(pid, "condition", system, code, math.nan, "", start, end)])
 
@@ -359,7 +381,7 @@ class _Reader:
             start = _first_date(res, ("authoredOn",))
             end = None
         else:
-            start, end = _effective(res, self.notes)
+            start, end = _effective(res, self.notes, self.dropped)
         if "medicationCodeableConcept" in res:
             system, code = _coding(res["medicationCodeableConcept"])
             return self._committer([(pid, "drug", system, code, math.nan, "", start, end)])
@@ -370,8 +392,9 @@ class _Reader:
         if ref.startswith("#"):
             system, code = _contained_medication(res, ref[1:])
             return self._committer([(pid, "drug", system, code, math.nan, "", start, end)])
-        if ref in self.urn_ids:
-            med_id = self.urn_ids[ref][1]
+        hit = self._resolve(ref)
+        if hit is not None:
+            med_id = hit[1]
         else:
             med_id = ref.rsplit("Medication/", 1)[-1] if "Medication/" in ref else ref
         serial = self.serial
@@ -381,8 +404,8 @@ class _Reader:
         return commit
 
     def _medication(self, res: dict[str, Any]) -> _Commit:
-        mid = res.get("id")
-        if not isinstance(mid, str) or not mid:
+        mid = _own_id(res, self.full_url)
+        if mid is None:
             raise _Reject(MISSING_ID)
         coding = _coding(res.get("code"))
 
@@ -394,7 +417,7 @@ class _Reader:
         _not_retracted(res)
         pid = self._subject(res)
         start = _first_date(res, (("period", "start"),))
-        end = _end_date(res, (("period", "end"),), self.notes)
+        end = _end_date(res, (("period", "end"),), self.notes, self.dropped)
         _check_order(start, end)
         system, code = "LOCAL", ""
         types = res.get("type")
@@ -421,12 +444,16 @@ class _Reader:
         if not isinstance(ref, str) or not ref.strip():
             raise _Reject(MISSING_SUBJECT)
         ref = ref.strip()
-        if ref in self.urn_ids:
-            rtype, rid = self.urn_ids[ref]
+        hit = self._resolve(ref)
+        if hit is not None:
+            rtype, rid = hit
             if rtype != "Patient":
                 raise _Reject(NOT_A_PATIENT)
             return rid
         if ref.startswith("urn:uuid:"):
+            # Not a fullUrl read so far: perhaps a Patient whose id is the uuid (Synthea's
+            # NDJSON). If none turns up, the resource is rejected as an unresolved reference.
+            self.urn_fallback.add(self.serial)
             return ref[len("urn:uuid:"):]
         parts = ref.split("/")
         for i in range(len(parts) - 2, -1, -1):
@@ -434,18 +461,37 @@ class _Reader:
                 return parts[i + 1]
         raise _Reject(NOT_A_PATIENT)
 
+    def _resolve(self, ref: str) -> tuple[str, str] | None:
+        """(type, id) of the Bundle entry a reference names through its fullUrl, if any: the
+        reference itself, or a relative ``Type/id`` completed with the base URL of the
+        referring entry's fullUrl (FHIR R4 §2.36.4)."""
+        if ref in self.urn_ids:
+            return self.urn_ids[ref]
+        if self.full_url and not ref.startswith(("urn:", "http://", "https://", "#")):
+            base = _base_url(self.full_url)
+            if base is not None:
+                return self.urn_ids.get(base + ref)
+        return None
+
     # -- result ----------------------------------------------------------------------------
 
     def finish(self) -> CanonicalRecords:
         import pandas as pd
 
         for serial, pid, med_id, start, end in self.pending_meds:
+            if med_id in self.urn_ids:  # a fullUrl of a file read after the reference
+                med_id = self.urn_ids[med_id][1]
             if med_id in self.medications:
                 system, code = self.medications[med_id]
                 self.events.append((pid, "drug", system, code, math.nan, "", start, end))
                 self.event_resource.append(serial)
             else:
                 self.rejects[UNRESOLVED_MEDICATION] += 1
+        for i, serial in enumerate(self.event_resource):
+            if serial in self.urn_fallback:  # its subject's fullUrl came in a later file
+                hit = self.urn_ids.get("urn:uuid:" + self.events[i][0])
+                if hit is not None and hit[0] == "Patient":
+                    self.events[i] = (hit[1], *self.events[i][1:])
         persons = pd.DataFrame({
             "person_id": pd.Series(list(self.persons), dtype=object),
             "birth_date": pd.Series([b for b, _ in self.persons.values()],
@@ -461,7 +507,11 @@ class _Reader:
         if len(keep) < len(self.events):
             orphans = {self.event_resource[i] for i, ev in enumerate(self.events)
                        if ev[0] not in known}
-            self.rejects[UNKNOWN_SUBJECT] += len(orphans)
+            unresolved = len(orphans & self.urn_fallback)
+            if unresolved:
+                self.rejects[UNRESOLVED_REFERENCE] += unresolved
+            if len(orphans) > unresolved:
+                self.rejects[UNKNOWN_SUBJECT] += len(orphans) - unresolved
         rows = [self.events[i] for i in keep]
         cols: list[tuple[Any, ...]] = (list(zip(*rows, strict=True)) if rows
                                        else [() for _ in EVENT_COLUMNS])
@@ -526,6 +576,52 @@ def _first_line(path: Path) -> bytes | None:
             if line.strip():
                 return bytes(line)
     return None
+
+
+def _own_id(res: dict[str, Any], full_url: str | None) -> str | None:
+    """A resource's id, or the one its Bundle entry's fullUrl gives it: the uuid of
+    ``urn:uuid:<uuid>`` (also ``urn:oid:``), the id of ``<base>/<Type>/<id>``."""
+    rid = res.get("id")
+    if isinstance(rid, str) and rid.strip():
+        return rid.strip()
+    if not full_url:
+        return None
+    for prefix in ("urn:uuid:", "urn:oid:"):
+        if full_url.startswith(prefix):
+            return full_url[len(prefix):] or None
+    if full_url.startswith(("http://", "https://")):
+        path = full_url.split("/_history/", 1)[0].rstrip("/")
+        last = path.rsplit("/", 1)[-1]
+        return last or None
+    return None
+
+
+def _base_url(full_url: str) -> str | None:
+    """``http://x/fhir/`` of ``http://x/fhir/Observation/5``; None for a ``urn:``."""
+    if not full_url.startswith(("http://", "https://")):
+        return None
+    parts = full_url.split("/_history/", 1)[0].rstrip("/").split("/")
+    if len(parts) < 5:  # scheme, '', host, Type, id
+        return None
+    return "/".join(parts[:-2]) + "/"
+
+
+def _without(res: dict[str, Any], paths: Sequence[tuple[str, ...]]) -> dict[str, Any]:
+    """``res`` without the (one- or two-level) fields in ``paths``, copied only as deep as
+    needed; what validation judges once unreadable optional fields were dropped."""
+    if not paths:
+        return res
+    out = dict(res)
+    for path in paths:
+        if len(path) == 1:
+            out.pop(path[0], None)
+        elif isinstance(out.get(path[0]), dict):
+            inner = {k: v for k, v in out[path[0]].items() if k != path[1]}
+            if inner:
+                out[path[0]] = inner
+            else:
+                out.pop(path[0])
+    return out
 
 
 def _validate(rtype: str, res: dict[str, Any]) -> None:
@@ -602,27 +698,37 @@ def _not_retracted(res: dict[str, Any]) -> None:
                 raise _Reject(RETRACTED)
 
 
-def _effective(res: dict[str, Any], notes: Counter[str]) -> tuple[datetime, datetime | None]:
+def _effective(res: dict[str, Any], notes: Counter[str], dropped: list[tuple[str, ...]]
+               ) -> tuple[datetime, datetime | None]:
     if "effectivePeriod" in res:
         start = _first_date(res, (("effectivePeriod", "start"),))
-        end = _end_date(res, (("effectivePeriod", "end"),), notes)
+        end = _end_date(res, (("effectivePeriod", "end"),), notes, dropped)
         _check_order(start, end)
         return start, end
     return _first_date(res, ("effectiveDateTime", "effectiveInstant")), None
 
 
 def _end_date(res: dict[str, Any], fields: Sequence[str | tuple[str, str]],
-              notes: Counter[str]) -> datetime | None:
-    """An optional end; one outside years 1678-2261 (``9999-12-31``: ongoing) is an open
-    end, noted, rather than a reason to drop the event."""
-    try:
-        end: datetime | None = _first_date(res, fields, required=False)
-    except _Reject as rej:
-        if rej.reason != DATE_OUT_OF_RANGE:
-            raise
-        notes[END_OUT_OF_RANGE] += 1
-        return None
-    return end
+              notes: Counter[str], dropped: list[tuple[str, ...]]) -> datetime | None:
+    """An optional end: the first of ``fields`` present. One outside years 1678-2261
+    (``9999-12-31``: ongoing) is an open end, and one that cannot be read at all is dropped
+    (``dropped`` names it, so validation judges the resource without it); both are noted, and
+    neither is a reason to drop the event."""
+    for f in fields:
+        path = f if isinstance(f, tuple) else (f,)
+        outer = res.get(path[0])
+        raw = outer.get(path[1]) if len(path) > 1 and isinstance(outer, dict) else (
+            outer if len(path) == 1 else None)
+        if raw is None:
+            continue
+        try:
+            return _date(raw, required=True)
+        except _Reject as rej:
+            notes[END_OUT_OF_RANGE if rej.reason == DATE_OUT_OF_RANGE else BAD_END_DATE] += 1
+            if rej.reason != DATE_OUT_OF_RANGE:
+                dropped.append(path)
+            return None
+    return None
 
 
 def _check_order(start: datetime, end: datetime | None) -> None:

@@ -73,6 +73,10 @@ _DOMAIN_SQL: dict[str, tuple[str, str, str, str | None, str | None, str | None, 
              "drug_exposure_end_datetime", None, None, "drug_source_value"),
 }
 
+#: domain -> (table, column) whose code system ``source_vocabulary`` names for that domain.
+SOURCE_VALUE_COLUMNS: dict[str, tuple[str, str]] = {
+    domain: (spec[0], spec[8]) for domain, spec in _DOMAIN_SQL.items()}
+
 GENDER_CONCEPTS = {"8532": "female", "8507": "male", "8521": "other", "8551": "unknown"}
 REASON_UNMAPPED_GENDER = "unmapped gender (person kept, sex unknown)"
 

@@ -87,7 +87,10 @@ class OmopSource(SourceBase):
     format: Literal["omop"] = Field(description="omop: an OMOP CDM export.")
     omop: Path = Field(description="omop: folder of CDM tables or a .duckdb file.")
     source_vocabulary: dict[str, str] = Field(default_factory=dict, description=(
-        "omop: vocabulary of source codes per domain, e.g. { condition = \"ICD10CM\" }."))
+        "omop: the code system of each domain's *_source_value column, e.g. { condition = "
+        "\"ICD10CM\", drug = \"RXNORM\" }: each row then also counts as a code in that "
+        "system, so a contract listing ICD-10-CM or RxNorm codes matches a site whose concept "
+        "ids it does not list (`fedcare config-reference --file omop`)."))
 
     def load(self) -> CanonicalRecords:
         from fedcare.data.adapters.omop import load_omop

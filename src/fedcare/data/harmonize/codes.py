@@ -9,6 +9,21 @@ per system -- never a Python loop over rows.
 Local codes (a hospital's own lab catalogue) are translated by a *site mapping* file that stays
 at the site (``source_system,source_code,target_system,target_code``): the federation learns
 which contract features a site covers, never its internal catalogue.
+
+**Drug roll-up (RxNorm clinical drug -> ingredient).** Prescriptions are coded as clinical
+drugs (RxNorm term type SCD: "atorvastatin 80 MG Oral Tablet", 259255) while a contract lists
+ingredients (IN: atorvastatin, 83367). Where a code set lists an RxNorm ingredient, a drug event
+coded with a clinical drug *containing* that ingredient matches too (the event keeps its own
+code, so a code set listing the clinical drug itself matches it as well). fedcare ships no
+RxNorm database: it knows the small table :data:`RXNORM_INGREDIENTS` (the statins of the demo
+contract, ``examples/contracts/cardio.toml``, in the tablets most often prescribed; the
+synthetic generator codes ingredients directly), and a site adds its own pairs in its site
+mapping: a row from ``RXNORM`` to ``RXNORM`` (``RXNORM,617310,RXNORM,83367``) reads "clinical
+drug 617310 contains ingredient 83367" -- one row per ingredient of a combination product.
+Not covered: branded drugs (SBD) and packs unless the site lists them, RxNorm's other
+relations (dose form groups, ATC classes), and OMOP drug concepts (their roll-up is the CDM's
+``concept_ancestor`` table; give a drug_source_value vocabulary, or map OMOP concepts to RxNorm
+ingredients in the site mapping).
 """
 
 from __future__ import annotations
@@ -16,9 +31,10 @@ from __future__ import annotations
 import csv
 import tomllib
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from fedcare.core.errors import ConfigError
 from fedcare.data.adapters.canonical import SYSTEMS
@@ -41,6 +57,44 @@ SYSTEM_ALIASES: dict[str, str] = {
     "rxnorm": "RXNORM", "http://www.nlm.nih.gov/research/umls/rxnorm": "RXNORM",
     "omop": "OMOP", "local": "LOCAL",
 }
+
+
+#: RxNorm clinical drug (SCD) -> its ingredient(s) (IN), the built-in roll-up table. RxCUIs as
+#: NLM's RxNorm publishes them (ingredient: atorvastatin 83367, simvastatin 36567,
+#: rosuvastatin 301542); a site adds its own in its site mapping (see the module docstring).
+RXNORM_INGREDIENTS: Final[Mapping[str, tuple[str, ...]]] = {
+    # atorvastatin oral tablets: 10, 20, 40 and 80 mg
+    "617312": ("83367",), "617310": ("83367",), "617311": ("83367",), "259255": ("83367",),
+    # simvastatin oral tablets: 10, 20 and 40 mg
+    "314231": ("36567",), "312961": ("36567",), "198211": ("36567",),
+    # rosuvastatin calcium oral tablets
+    "859419": ("301542",), "859424": ("301542",), "859747": ("301542",),
+    "859751": ("301542",),
+}
+
+
+@dataclass(frozen=True)
+class DrugRollup:
+    """Clinical drug -> ingredients, applied to code sets: a set listing an ingredient also
+    matches every clinical drug known to contain it."""
+
+    ingredients: Mapping[str, frozenset[str]]
+
+    @classmethod
+    def of(cls, pairs: Iterable[tuple[str, str]]) -> DrugRollup:
+        """From (clinical drug, ingredient) pairs, added to the built-in table."""
+        table: dict[str, set[str]] = {d: set(i) for d, i in RXNORM_INGREDIENTS.items()}
+        for drug, ingredient in pairs:
+            table.setdefault(drug, set()).add(ingredient)
+        return cls({d: frozenset(i) for d, i in table.items()})
+
+    def clinical_drugs(self, ingredients: Iterable[str]) -> list[str]:
+        """Every known clinical drug that contains one of ``ingredients``."""
+        wanted = set(ingredients)
+        return sorted(d for d, ins in self.ingredients.items() if ins & wanted)
+
+
+BUILTIN_ROLLUP: Final = DrugRollup.of(())
 
 
 def canonical_system(name: str) -> str:
@@ -88,8 +142,10 @@ def _pattern(system: str, code: str) -> tuple[str, bool]:
     return normalise_code(system, code.rstrip("*")), prefix
 
 
-def match_codes(systems: pd.Series, codes_norm: pd.Series, codeset: CodeSet) -> pd.Series:
-    """Boolean mask of rows whose (system, normalised code) is in ``codeset``."""
+def match_codes(systems: pd.Series, codes_norm: pd.Series, codeset: CodeSet, *,
+                rollup: DrugRollup = BUILTIN_ROLLUP) -> pd.Series:
+    """Boolean mask of rows whose (system, normalised code) is in ``codeset``; an RxNorm
+    ingredient listed there also matches the clinical drugs ``rollup`` knows contain it."""
     import pandas as pd
 
     mask = pd.Series(False, index=codes_norm.index)
@@ -102,6 +158,8 @@ def match_codes(systems: pd.Series, codes_norm: pd.Series, codeset: CodeSet) -> 
             continue
         parsed = [_pattern(system, p) for p in patterns]
         exact = [c for c, pre in parsed if not pre]
+        if system == "RXNORM":
+            exact += rollup.clinical_drugs(exact)
         prefixes = tuple(c for c, pre in parsed if pre)
         sub = codes_norm[in_sys]
         hit = sub.isin(exact)
@@ -113,7 +171,10 @@ def match_codes(systems: pd.Series, codes_norm: pd.Series, codeset: CodeSet) -> 
 
 @dataclass(frozen=True)
 class SiteMapping:
-    """Local code -> standard code pairs, kept at the site. Applied before code matching."""
+    """Local code -> standard code pairs, kept at the site. Applied before code matching.
+
+    A pair from RxNorm to RxNorm is a roll-up (clinical drug -> ingredient, see the module
+    docstring): it does not replace the event's code, it extends :meth:`rollup`."""
 
     pairs: tuple[tuple[str, str, str, str], ...]
     source: str = ""
@@ -162,9 +223,10 @@ class SiteMapping:
         import pandas as pd
 
         counts: Counter[str] = Counter()
-        if not self.pairs or events.empty:
+        pairs = [p for p in self.pairs if not _is_rollup(p)]
+        if not pairs or events.empty:
             return events, counts
-        table = pd.DataFrame(list(self.pairs),
+        table = pd.DataFrame(pairs,
                              columns=["system", "code", "_tsys", "_tcode"]).astype(object)
         merged = events.merge(table, on=["system", "code"], how="left", sort=False)
         hit = merged["_tsys"].notna()
@@ -172,6 +234,14 @@ class SiteMapping:
         merged.loc[hit, "system"] = merged.loc[hit, "_tsys"]
         merged.loc[hit, "code"] = merged.loc[hit, "_tcode"]
         return merged.drop(columns=["_tsys", "_tcode"]), counts
+
+    def rollup(self) -> DrugRollup:
+        """The built-in drug roll-up plus this site's RxNorm -> RxNorm pairs."""
+        return DrugRollup.of((p[1], p[3]) for p in self.pairs if _is_rollup(p))
+
+
+def _is_rollup(pair: tuple[str, str, str, str]) -> bool:
+    return pair[0] == "RXNORM" and pair[2] == "RXNORM"
 
 
 @dataclass
