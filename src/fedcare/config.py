@@ -34,6 +34,10 @@ class StudySection(_Section):
 class SiteFile(_Section):
     name: str = Field(min_length=1, max_length=100, description="Site name.")
     path: Path = Field(description="CSV (.csv, .csv.gz) or Parquet file, relative to the config.")
+    test_path: Path | None = Field(None, description=(
+        "Optional fixed test file (same columns), for temporal or external validation: the "
+        "site is tested on it and trains on all of path (data.test_fraction is ignored for "
+        "this site)."))
 
 
 class _DataCommon(_Section):
@@ -283,6 +287,10 @@ def content_hash(cfg: StudyConfig) -> str:
         del doc["privacy"]
     if cfg.secure_aggregation == SecureAggregationSection():  # type: ignore[call-arg]
         del doc["secure_aggregation"]
+    if isinstance(cfg.data, FilesData):  # no test file: hash as before test_path existed
+        for site in doc["data"]["site"]:
+            if site.get("test_path") is None:
+                site.pop("test_path", None)
     blob = json.dumps(doc, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -343,7 +351,8 @@ def _privacy_checks(cfg: StudyConfig) -> list[str]:
 def _resolve_paths(cfg: StudyConfig, base: Path) -> StudyConfig:
     d = cfg.data
     if isinstance(d, FilesData):
-        sites = [s.model_copy(update={"path": base / s.path}) for s in d.site]
+        sites = [s.model_copy(update={"path": base / s.path, "test_path": (
+            base / s.test_path if s.test_path is not None else None)}) for s in d.site]
         d = d.model_copy(update={"site": sites})
     elif isinstance(d, (PooledFileData, ImageData)):
         d = d.model_copy(update={"path": base / d.path})
