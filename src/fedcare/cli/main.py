@@ -14,6 +14,7 @@ from rich.markup import escape
 
 from fedcare import __version__
 from fedcare.cli import audit, data, network, nodekit, provision  # noqa: F401 (nodekit adds `node init`)
+from fedcare.cli import model as model_cli
 from fedcare.cli.errors import fail
 from fedcare.core.errors import FedcareError
 
@@ -26,6 +27,8 @@ app.add_typer(network.node_app, name="node")  # with nodekit's init and install-
 app.add_typer(network.study_app, name="study")
 app.add_typer(data.app, name="data")
 app.add_typer(audit.app, name="audit")
+app.add_typer(model_cli.app, name="model")
+app.command("predict")(model_cli.predict)
 
 
 def _config_reference() -> str:

@@ -218,8 +218,6 @@ def study_bundle(cfg: Any, *, parameters: Parameters, content_hash: str, task: T
     """The bundle of a finished study (simulation and hub alike): ``cfg`` is its
     :class:`~fedcare.config.StudyConfig`; ``normalizer`` the ``mean``/``std`` every site's
     features were scaled by (None: not standardized)."""
-    from fedcare import __version__
-
     mean = std = None
     if normalizer is not None:
         mean = np.asarray(normalizer["mean"], dtype=np.float32).reshape(tuple(input_shape))
@@ -233,7 +231,7 @@ def study_bundle(cfg: Any, *, parameters: Parameters, content_hash: str, task: T
                        TaskType.REGRESSION else (),
                        label_column=label_column, mean=mean, std=std, study=cfg.study.name,
                        content_hash=content_hash, study_id=study_id, rounds=rounds,
-                       fedcare_version=__version__)
+                       fedcare_version=_version())
 
 
 def networked_bundle(study_id: str, history: Any, final: Parameters) -> ModelBundle:
@@ -256,6 +254,17 @@ def networked_bundle(study_id: str, history: Any, final: Parameters) -> ModelBun
                         classes=tuple(range(shape.num_classes)), label_column=data.label,
                         normalizer=meta.get("normalizer"), rounds=len(history.rounds),
                         study_id=study_id)
+
+
+def _version() -> str:
+    """fedcare's version (from the installed package: the engine does not import the
+    ``fedcare`` package itself, which sits above every layer)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fedcare")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return ""
 
 
 def _plain(value: Any) -> Any:

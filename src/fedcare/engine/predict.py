@@ -18,7 +18,7 @@ system then needs onnxruntime only.
 
 from __future__ import annotations
 
-import io
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -175,6 +175,29 @@ def probabilities(task: TaskType, logits: np.ndarray) -> np.ndarray:
     return np.asarray(e / e.sum(axis=1, keepdims=True))
 
 
+def read_table(path: str | Path) -> pd.DataFrame:
+    """New patients' table (CSV, optionally gzipped, or Parquet); DataError if unreadable."""
+    import zlib
+
+    import pandas as pd
+    import pyarrow as pa
+
+    p = Path(path)
+    name = p.name.lower()
+    if not p.is_file():
+        raise DataError(f"table {p} does not exist (or is not a file)")
+    if not name.endswith((".csv", ".csv.gz", ".parquet", ".pq")):
+        raise DataError(f"cannot tell the format of {p} from its name; use .csv, .csv.gz or "
+                        ".parquet")
+    try:
+        return pd.read_parquet(p) if name.endswith((".parquet", ".pq")) else pd.read_csv(p)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{p} is empty (no header)") from None
+    except (OSError, ValueError, EOFError, zlib.error, pa.ArrowException) as exc:
+        raise DataError(f"cannot read {p} ({type(exc).__name__}): corrupt, or not in the "
+                        "format its name says") from exc
+
+
 def load_model(path: str | Path) -> SavedModel:
     """The model bundle at ``path`` (a ``model.safetensors``, or a run folder holding one)."""
     return SavedModel(read_bundle(path))
@@ -203,13 +226,14 @@ def export_onnx(model: SavedModel, path: str | Path) -> None:
     module = _graph(model)
     dummy = torch.zeros((1, *b.input_shape), dtype=torch.float32)
     output = "prediction" if b.task is TaskType.REGRESSION else "probabilities"
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes
-        torch.onnx.export(module, (dummy,), buf, dynamo=False, opset_version=ONNX_OPSET,
-                          input_names=["features"], output_names=[output],
+        traced = Path(tmp) / "model.onnx"
+        torch.onnx.export(module, (dummy,), str(traced), dynamo=False,
+                          opset_version=ONNX_OPSET, input_names=["features"],
+                          output_names=[output],
                           dynamic_axes={"features": {0: "rows"}, output: {0: "rows"}})
-    proto = onnx.load_from_string(buf.getvalue())
+        proto = onnx.load(str(traced))
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(b.header(), separators=(",", ":"))
     onnx.checker.check_model(proto)
