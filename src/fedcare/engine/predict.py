@@ -87,14 +87,16 @@ class SavedModel:
             missing = [f for f in b.features if f not in columns]
             if missing:
                 raise DataError(f"{source} lacks feature column(s) {missing} that the model "
-                                f"needs; it must have every column of {list(b.features)}")
+                                f"needs (`fedcare model show` lists all {len(b.features)})")
             frame = data.set_axis(columns, axis=1)[list(b.features)]
-            bad = [f for f in b.features if not pd.api.types.is_numeric_dtype(frame[f])
-                   or pd.api.types.is_complex_dtype(frame[f])]
+            numbers = {f: _numeric(frame[f]) for f in b.features}
+            bad = [f for f, col in numbers.items() if col is None]
             if bad:
                 raise DataError(f"feature column(s) {bad} of {source} are not numeric (a cell "
                                 "holds text); the model takes numbers, coded as in training")
-            x = frame.to_numpy(dtype=np.float64, na_value=np.nan).astype(np.float32)
+            x = np.stack([np.asarray(numbers[f], dtype=np.float64) for f in b.features],
+                         axis=1).astype(np.float32) if len(frame) else np.zeros(
+                (0, len(b.features)), np.float32)
             names: Sequence[str] = b.features
         else:
             x = np.asarray(data, dtype=np.float32)
@@ -162,6 +164,21 @@ class SavedModel:
             out[f"probability_{c}"] = proba[:, j]
         out["prediction"] = np.asarray(self.classes, dtype=object)[np.argmax(proba, axis=1)]
         return out
+
+
+def _numeric(col: pd.Series) -> np.ndarray | None:
+    """A column's values as float64 (missing as NaN); None if a cell is not a number. Text
+    columns whose cells all read as numbers (a frame built from strings) are accepted."""
+    import pandas as pd
+
+    if pd.api.types.is_complex_dtype(col):
+        return None
+    if pd.api.types.is_numeric_dtype(col):
+        return col.to_numpy(dtype=np.float64, na_value=np.nan)
+    values = pd.to_numeric(col, errors="coerce")
+    if (values.isna() & col.notna()).any():
+        return None
+    return values.to_numpy(dtype=np.float64, na_value=np.nan)
 
 
 def probabilities(task: TaskType, logits: np.ndarray) -> np.ndarray:
