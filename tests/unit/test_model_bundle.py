@@ -30,8 +30,8 @@ from fedcare.engine.bundle import (
     read_bundle,
 )
 from fedcare.engine.history import History
-from fedcare.engine.predict import SavedModel
 from fedcare.engine.learner_factory import ModelShape, make_learner
+from fedcare.engine.predict import SavedModel
 from fedcare.sim.sites import build_sites
 
 
@@ -233,7 +233,7 @@ def _with_header(raw: bytes, change: dict) -> bytes:
 def test_a_bundle_of_a_newer_format_is_refused(breast_run: Path, tmp_path: Path) -> None:
     raw = (breast_run / "model.safetensors").read_bytes()
     (tmp_path / "new.safetensors").write_bytes(_with_header(raw, {"format_version": 99}))
-    with pytest.raises(BundleError, match="format version 99, newer .* upgrade fedcare"):
+    with pytest.raises(BundleError, match=r"format version 99, newer .* upgrade fedcare"):
         fedcare.load_model(tmp_path / "new.safetensors")
 
 

@@ -107,7 +107,8 @@ class SavedModel:
         finite = np.isfinite(x)
         if not finite.all():
             rows = int((~finite).reshape(len(x), -1).any(axis=1).sum())
-            where = ([n for n, ok in zip(names, finite.all(axis=0), strict=True) if not ok]
+            ok_columns = [bool(v) for v in np.all(finite.reshape(len(x), -1), axis=0)]
+            where = ([n for n, ok in zip(names, ok_columns, strict=True) if not ok]
                      if names else "some positions")
             raise DataError(f"{rows} row(s) of {source} have missing or non-finite values in "
                             f"{where}; impute or drop them first")
