@@ -215,3 +215,42 @@ def test_a_networked_history_learns_each_sites_split_from_its_evaluation(
 
     assert {s["name"]: s["test_split"] for s in history.sites} == {
         "h1": "fixed file test.csv", "h2": "random 20 % split"}
+
+
+def test_a_node_tests_its_dataset_on_the_test_path_of_its_site_file(tmp_path: Path) -> None:
+    """The node agent hands the dataset's test_path to the study's site data."""
+    import json
+
+    from fedcare.hub.provisioning import create_federation
+    from fedcare.node.agent import NodeAgent
+    from fedcare.node.hub_link import HubResponse
+
+    create_federation(tmp_path / "fed", hub_host="127.0.0.1", hub_port=1, sites=["h1"],
+                      site_kits=tmp_path / "kits")
+    _table(tmp_path / "train.csv", 50, 1)
+    _table(tmp_path / "test.csv", 20, 2)
+    (tmp_path / "site.toml").write_text('[datasets.t]\npath = "train.csv"\n'
+                                        'test_path = "test.csv"\n[approval]\nstudies = "any"\n')
+    study = parse_config({"study": {"name": "net"}, "data": _federated().model_dump(),
+                          "model": {"name": "logreg"}})
+    body = json.dumps({"config": study.model_dump(mode="json"), "sites": ["h1"]}).encode()
+
+    class Hub:
+        def request(self, method: str, path: str, **kw: object) -> HubResponse:
+            assert (method, path) == ("GET", "/v1/node/studies/s1")
+            return HubResponse(200, {}, body)
+
+        def close(self) -> None:
+            pass
+
+    agent = NodeAgent(tmp_path / "kits" / "h1", tmp_path / "site.toml",
+                      state_dir=tmp_path / "state")
+    try:
+        agent.http = Hub()  # type: ignore[assignment]
+        executor = agent.study("s1").executor
+    finally:
+        agent.close()
+
+    assert executor is not None
+    assert (len(executor.data.y_train), len(executor.data.y_test)) == (50, 20)
+    assert executor.data.test_split == "fixed file test.csv"

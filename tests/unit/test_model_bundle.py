@@ -284,3 +284,22 @@ def test_a_networked_studys_bundle_carries_the_federations_standardization() -> 
     at_mean = SavedModel(bundle).scores(np.array([[1.0, 2.0, 3.0]], np.float32))
     learner = make_learner(cfg, ModelShape.of_federated(cfg.data))
     np.testing.assert_allclose(at_mean, learner.scores(final, np.zeros((1, 3), np.float32)))
+
+
+def test_one_table_split_into_sites_keeps_its_label_coding(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(90, 2))
+    pd.DataFrame({"a": x[:, 0], "b": x[:, 1],
+                  "dx": np.where(x[:, 0] > 0, "sick", "well")}).to_csv(tmp_path / "t.csv",
+                                                                       index=False)
+    study = {"study": {"name": "t", "rounds": 1},
+             "data": {"source": "table", "path": str(tmp_path / "t.csv"), "label": "dx",
+                      "sites": 2},
+             "model": {"name": "logreg"}, "baselines": {"local": False, "centralized": False}}
+    fedcare.simulate(study, output_dir=tmp_path / "r")
+
+    model = fedcare.load_model(tmp_path / "r")
+
+    assert model.classes == ("sick", "well") and model.bundle.label_column == "dx"
+    assert set(model.predict(pd.DataFrame({"a": [2.0, -2.0], "b": [0.0, 0.0]}))) <= {
+        "sick", "well"}

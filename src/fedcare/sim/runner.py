@@ -357,8 +357,9 @@ def simulate(config: StudyConfig | Mapping[str, Any] | str | Path, *,
 
     ``config`` is a study file path, a mapping with the same keys as the file, or a parsed
     :class:`StudyConfig`. With ``output_dir`` the run writes ``history.json``, the final model
-    (safetensors), per-round checkpoints and ``report.html`` there, and ``resume=True`` continues
-    from the newest checkpoint. ``progress=True`` shows rich progress bars.
+    (``model.safetensors``: a bundle that :func:`fedcare.load_model` reads), per-round
+    checkpoints and ``report.html`` there, and ``resume=True`` continues from the newest
+    checkpoint. ``progress=True`` shows rich progress bars.
     """
     cfg = _as_config(config)
     fn: ProgressFn | None
