@@ -303,3 +303,40 @@ def test_one_table_split_into_sites_keeps_its_label_coding(tmp_path: Path) -> No
     assert model.classes == ("sick", "well") and model.bundle.label_column == "dx"
     assert set(model.predict(pd.DataFrame({"a": [2.0, -2.0], "b": [0.0, 0.0]}))) <= {
         "sick", "well"}
+
+
+@pytest.mark.parametrize("change", [{"model": {"name": "mlp"}}, {"task": "ranking"},
+                                    {"label": {"classes": ["a"]}}, {"format": "other"}])
+def test_a_malformed_header_is_a_bundle_error(breast_run: Path, tmp_path: Path,
+                                              change: dict) -> None:
+    raw = (breast_run / "model.safetensors").read_bytes()
+    (tmp_path / "m.safetensors").write_bytes(_with_header(raw, change))
+    with pytest.raises(BundleError):
+        fedcare.load_model(tmp_path / "m.safetensors")
+
+
+def test_a_regression_model_predicts_values(tmp_path: Path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    from fedcare.engine.predict import export_onnx
+
+    rng = np.random.default_rng(2)
+    paths = []
+    for i in range(2):
+        x = rng.normal(size=(50, 2))
+        paths.append(tmp_path / f"s{i}.csv")
+        pd.DataFrame({"age": 60 + 10 * x[:, 0], "sbp": 130 + 20 * x[:, 1],
+                      "outcome": 3 * x[:, 0] - x[:, 1]}).to_csv(paths[-1], index=False)
+    fedcare.simulate(_files_study(paths), output_dir=tmp_path / "r")
+    model = fedcare.load_model(tmp_path / "r")
+    new = pd.DataFrame({"age": [50.0, 70.0], "sbp": [130.0, 130.0]})
+    export_onnx(model, tmp_path / "m.onnx")
+
+    table = model.predictions(new)
+    got = ort.InferenceSession(str(tmp_path / "m.onnx")).run(
+        None, {"features": new.to_numpy(np.float32)})[0]
+
+    assert model.task is TaskType.REGRESSION and model.classes == ()
+    assert list(table.columns) == ["prediction"]
+    np.testing.assert_allclose(got[:, 0], table["prediction"], atol=1e-5)
+    with pytest.raises(DataError, match="regression"):
+        model.predict_proba(new)

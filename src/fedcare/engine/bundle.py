@@ -10,7 +10,7 @@ weights), with one more metadata entry, ``fedcare_model``, holding a JSON header
  "task": "binary",
  "features": ["age", "sbp", ...],
  "label": {"column": "outcome", "classes": [0, 1], "positive": 1},
- "preprocessing": [{"step": "standardize", "mean": [...], "std": [...]}],
+ "preprocessing": [{"step": "standardize", "shape": [30], "mean": [...], "std": [...]}],
  "model": {"name": "mlp", "backend": "torch", "options": {"hidden": [64], "dropout": 0.0},
            "input_shape": [30], "num_outputs": 1}}
 ```
@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +79,6 @@ class ModelBundle:
     study_id: str | None = None
     rounds: int = 0
     fedcare_version: str = ""
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.task is not TaskType.REGRESSION:
@@ -125,8 +124,7 @@ class ModelBundle:
                 "model": {"name": self.model_name, "backend": self.backend,
                           "options": dict(self.model_options),
                           "input_shape": list(self.input_shape),
-                          "num_outputs": self.num_outputs},
-                **({"extra": dict(self.extra)} if self.extra else {})}
+                          "num_outputs": self.num_outputs}}
 
     def to_bytes(self) -> bytes:
         """The bundle as safetensors bytes (weights as tensors, the header in the metadata).
@@ -198,8 +196,7 @@ class ModelBundle:
                        mean=mean, std=std, study=str(study.get("name", "")),
                        content_hash=str(study.get("content_hash", "")),
                        study_id=study.get("study_id"), rounds=int(study.get("rounds", 0)),
-                       fedcare_version=str(doc.get("fedcare_version", "")),
-                       extra=dict(doc.get("extra") or {}))
+                       fedcare_version=str(doc.get("fedcare_version", "")))
         except ValidationError as exc:
             raise BundleError(f"{source}: {exc.message}") from exc
 
