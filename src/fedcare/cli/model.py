@@ -21,8 +21,8 @@ app = typer.Typer(name="model", help="Inspect and export a study's saved model."
                   no_args_is_help=True, add_completion=False, rich_markup_mode="rich")
 console = Console()
 
-_MODEL_HELP = ("The model: a run folder, or its model.safetensors (`fedcare simulate --out`; "
-               "a hub writes it under studies/<id>/).")
+_MODEL_HELP = ("The model: a run folder or its model.safetensors (from `fedcare simulate "
+               "--out`, or `fedcare study download` for a networked study).")
 
 
 class ExportFormat(StrEnum):

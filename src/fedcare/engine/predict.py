@@ -81,8 +81,9 @@ class SavedModel:
         b = self.bundle
         if isinstance(data, pd.DataFrame):
             if not b.tabular:
-                raise DataError(f"this {b.model_name} model takes arrays shaped "
-                                f"{b.input_shape}, not a table; pass a numpy array")
+                raise DataError(f"this {b.model_name} model takes inputs shaped "
+                                f"{b.input_shape}, not a table's columns; give it a numpy "
+                                "array (fedcare.load_model(...).predict(array))")
             columns = [str(c) for c in data.columns]
             missing = [f for f in b.features if f not in columns]
             if missing:
