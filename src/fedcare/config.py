@@ -15,20 +15,50 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, Field, model_validator
 
 from fedcare.core.errors import ConfigError
+from fedcare.core.limits import (
+    MAX_BATCH_SIZE,
+    MAX_LOCAL_EPOCHS,
+    MAX_LOCAL_STEPS,
+    MAX_LR,
+    MAX_SEED,
+    MAX_WEIGHT_DECAY,
+)
 from fedcare.core.settings import Section, literal_values, validate_section
 from fedcare.learners.options import LogregOptions, ModelOptions, all_models
 from fedcare.strategies.base import StrategyOptions
 from fedcare.strategies.fedavg import FedAvgOptions
 from fedcare.strategies.registry import all_strategies, describe, options_types
 
+# Every number has an upper bound and non-finite floats are refused (audit F21: lr = inf
+# failed late on the wire, local_epochs = 10**9 trained for ever): core.settings.Section
+# refuses inf/nan everywhere, and a test walks the schema so that a new option cannot forget
+# its bounds.
 _Section = Section
+
+#: Sites a study may have (simulated or in a federation).
+MAX_SITES = 10_000
+#: Rounds a study may run.
+MAX_ROUNDS = 100_000
+#: Classes of a classification task.
+MAX_CLASSES = 10_000
+#: Features of a synthetic dataset, width of a model layer, rows generated per synthetic site.
+MAX_FEATURES = 100_000
+MAX_WIDTH = 100_000
+MAX_ROWS_PER_SITE = 10_000_000
+#: Dirichlet concentration (large = iid), and a few other unit-free positive settings.
+MAX_ALPHA = 1e6
+#: Seconds a round may wait for its sites (a week).
+MAX_ROUND_TIMEOUT = 7 * 24 * 3600.0
+#: Layers of a sequence/transformer model, and entries of a hidden/channels list.
+MAX_LAYERS = 1_000
 
 
 class StudySection(_Section):
     name: str = Field("study", min_length=1, max_length=100,
                       description="Study name, used in task ids and reports.")
-    seed: int = Field(0, description="Seed for every random choice (init, batches, sampling).")
-    rounds: int = Field(10, ge=1, le=100_000, description="Number of federated rounds.")
+    seed: int = Field(0, ge=0, le=MAX_SEED,
+                      description="Seed for every random choice (init, batches, sampling).")
+    rounds: int = Field(10, ge=1, le=MAX_ROUNDS, description="Number of federated rounds.")
 
 
 class SiteFile(_Section):
@@ -41,7 +71,7 @@ class SiteFile(_Section):
 
 
 class _DataCommon(_Section):
-    test_fraction: float = Field(0.2, ge=0, lt=1,
+    test_fraction: float = Field(0.2, ge=0, lt=1, allow_inf_nan=False,
                                  description="Share of each site's rows held out for testing.")
     standardize: bool = Field(True, description=(
         "Scale tabular features by the federation's mean/std (computed from per-site sums, "
@@ -52,20 +82,23 @@ class BuiltinData(_DataCommon):
     source: Literal["builtin"] = Field(description="Data shipped with a dependency.")
     dataset: Literal["breast_cancer"] = Field(
         "breast_cancer", description="Built-in dataset: breast_cancer (scikit-learn, 569 rows).")
-    sites: int = Field(4, ge=1, le=10_000, description="Number of simulated sites.")
+    sites: int = Field(4, ge=1, le=MAX_SITES, description="Number of simulated sites.")
     partition: Literal["iid", "dirichlet"] = Field(
         "dirichlet", description="How rows are split: iid or dirichlet (label skew).")
-    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (smaller = more skew).")
+    alpha: float = Field(0.5, gt=0, le=MAX_ALPHA, allow_inf_nan=False,
+                         description="Dirichlet concentration (smaller = more skew).")
 
 
 class SyntheticData(_DataCommon):
     source: Literal["synthetic"] = Field(description="Generated classification data.")
-    sites: int = Field(4, ge=1, le=10_000, description="Number of simulated sites.")
-    rows_per_site: int = Field(1000, ge=2, description="Rows generated per site.")
-    n_features: int = Field(20, ge=1, description="Number of features.")
-    classes: int = Field(2, ge=2, description="Number of classes.")
+    sites: int = Field(4, ge=1, le=MAX_SITES, description="Number of simulated sites.")
+    rows_per_site: int = Field(1000, ge=2, le=MAX_ROWS_PER_SITE,
+                               description="Rows generated per site.")
+    n_features: int = Field(20, ge=1, le=MAX_FEATURES, description="Number of features.")
+    classes: int = Field(2, ge=2, le=MAX_CLASSES, description="Number of classes.")
     partition: Literal["iid", "dirichlet"] = Field("iid", description="iid or dirichlet.")
-    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration.")
+    alpha: float = Field(0.5, gt=0, le=MAX_ALPHA, allow_inf_nan=False,
+                         description="Dirichlet concentration.")
 
 
 class FilesData(_DataCommon):
@@ -73,7 +106,8 @@ class FilesData(_DataCommon):
     label: str = Field(min_length=1, description="Label column (present at every site).")
     features: list[str] | None = Field(
         None, description="Feature columns; default: every column except the label.")
-    site: list[SiteFile] = Field(min_length=1, description="Sites: [[data.site]] name, path.")
+    site: list[SiteFile] = Field(min_length=1, max_length=MAX_SITES,
+                                 description="Sites: [[data.site]] name, path.")
 
 
 class PooledFileData(_DataCommon):
@@ -81,19 +115,22 @@ class PooledFileData(_DataCommon):
     path: Path = Field(description="CSV or Parquet file, relative to the config.")
     label: str = Field(min_length=1, description="Label column.")
     features: list[str] | None = Field(None, description="Feature columns (default: all).")
-    sites: int = Field(4, ge=1, description="Number of sites (iid/dirichlet).")
+    sites: int = Field(4, ge=1, le=MAX_SITES, description="Number of sites (iid/dirichlet).")
     partition: Literal["iid", "dirichlet", "attribute"] = Field(
         "iid", description="iid, dirichlet, or attribute (one site per value of a column).")
-    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration.")
+    alpha: float = Field(0.5, gt=0, le=MAX_ALPHA, allow_inf_nan=False,
+                         description="Dirichlet concentration.")
     attribute: str | None = Field(None, description="Column naming each row's site.")
 
 
 class ImageData(_DataCommon):
     source: Literal["npz"] = Field(description="MedMNIST-style .npz images split over sites.")
     path: Path = Field(description=".npz with train/val/test _images and _labels arrays.")
-    sites: int = Field(3, ge=1, description="Number of sites the training images are split into.")
+    sites: int = Field(3, ge=1, le=MAX_SITES,
+                       description="Number of sites the training images are split into.")
     partition: Literal["iid", "dirichlet"] = Field("iid", description="iid or dirichlet.")
-    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration.")
+    alpha: float = Field(0.5, gt=0, le=MAX_ALPHA, allow_inf_nan=False,
+                         description="Dirichlet concentration.")
     standardize: bool = Field(False, description="Images are scaled to [0, 1] already.")
 
 
@@ -106,15 +143,16 @@ class ImageFolderSite(_Section):
 class ImageFolderData(_DataCommon):
     source: Literal["image_folder"] = Field(description=(
         "One folder of DICOM or NIfTI images with a label file per site."))
-    site: list[ImageFolderSite] = Field(min_length=1, description=(
+    site: list[ImageFolderSite] = Field(min_length=1, max_length=MAX_SITES, description=(
         "Sites: [[data.site]] name, folder, labels."))
     size: int = Field(64, ge=8, le=1024, description=(
         "Images are resized (shorter side) and centre-cropped to size x size."))
-    window: list[float] | None = Field(None, min_length=2, max_length=2, description=(
+    window: list[Annotated[float, Field(ge=-1e9, le=1e9, allow_inf_nan=False)]] | None = Field(
+        None, min_length=2, max_length=2, description=(
         "Intensity window [low, high] for every image (default: DICOM window tags, else each "
         "image's min..max)."))
-    classes: int | None = Field(None, ge=2, description="Number of classes (default: from "
-                                                        "the labels).")
+    classes: int | None = Field(None, ge=2, le=MAX_CLASSES, description=(
+        "Number of classes (default: from the labels)."))
     standardize: bool = Field(False, description="Images are scaled to [0, 1] already.")
 
 
@@ -132,7 +170,7 @@ class FederatedData(_DataCommon):
         "label file, resized and centre-cropped to image_size x image_size."))
     task: Literal["binary", "multiclass", "regression"] = Field(
         "binary", description="binary, multiclass or regression.")
-    classes: int = Field(2, ge=2, description="Number of classes (multiclass).")
+    classes: int = Field(2, ge=2, le=MAX_CLASSES, description="Number of classes (multiclass).")
     standardize: bool = Field(True, description=(
         "Scale features by the federation's mean/std, computed from each site's sums, sums "
         "of squares and row counts (no row leaves a site; sites refuse below 10 rows)."))
@@ -175,14 +213,18 @@ _LEGACY_MODEL_KEYS = ("name", "hidden", "dropout", "channels", "layers", "d_mode
 
 
 class TrainSection(_Section):
-    local_epochs: int = Field(1, ge=0, description="Local epochs per round.")
-    local_steps: int = Field(0, ge=0, description="Local mini-batch steps per round (overrides "
-                                                  "local_epochs when > 0).")
-    batch_size: int = Field(32, ge=1, description="Mini-batch size.")
-    lr: float = Field(0.1, gt=0, description="Local learning rate.")
+    # Bounds shared with the wire's TrainConfig (fedcare.core.limits): a study the hub
+    # accepts is one every site's decoder accepts.
+    local_epochs: int = Field(1, ge=0, le=MAX_LOCAL_EPOCHS, description="Local epochs per round.")
+    local_steps: int = Field(0, ge=0, le=MAX_LOCAL_STEPS, description=(
+        "Local mini-batch steps per round (overrides local_epochs when > 0)."))
+    batch_size: int = Field(32, ge=1, le=MAX_BATCH_SIZE, description="Mini-batch size.")
+    lr: float = Field(0.1, gt=0, le=MAX_LR, allow_inf_nan=False,
+                      description="Local learning rate.")
     optimizer: Literal["sgd", "adam"] = Field("sgd", description="Local optimizer: sgd or adam.")
-    momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum.")
-    weight_decay: float = Field(0.0, ge=0, description="L2 weight decay.")
+    momentum: float = Field(0.0, ge=0, lt=1, allow_inf_nan=False, description="SGD momentum.")
+    weight_decay: float = Field(0.0, ge=0, le=MAX_WEIGHT_DECAY, allow_inf_nan=False,
+                                description="L2 weight decay.")
 
 
 def _strategy_union() -> Any:
@@ -203,7 +245,7 @@ class SecureAggregationSection(_Section):
         "Protect updates so the hub learns only their sum: secagg (pairwise masking with "
         "dropout recovery, Bonawitz 2017), secagg+ (sparse masking graph for many sites, "
         "Bell 2020), ckks (homomorphic encryption, TenSEAL), or none."))
-    threshold: float = Field(0.67, gt=0.5, le=1, description=(
+    threshold: float = Field(0.67, gt=0.5, le=1, allow_inf_nan=False, description=(
         "secagg: share of a round's sites that must survive every step (a strict majority)."))
     frac_bits: int = Field(24, ge=8, le=40, description=(
         "secagg: fixed-point fractional bits (precision 2^-frac_bits per value)."))
@@ -219,11 +261,13 @@ class RunSection(_Section):
         "Worker processes for sites: 0 = auto (parallel when the model is big enough to gain), "
         "1 = one process."))
     threads_per_site: int = Field(1, ge=1, le=256, description="Torch threads per site process.")
-    evaluate_every: int = Field(1, ge=0, description=(
+    evaluate_every: int = Field(1, ge=0, le=MAX_ROUNDS, description=(
         "Evaluate the global model at every site every N rounds (0 = only at the end)."))
-    checkpoint_every: int = Field(1, ge=0, description="Checkpoint every N rounds (0 = never).")
-    round_timeout: float | None = Field(None, gt=0, description="Seconds before a round gives "
-                                                                 "up on sites that did not answer.")
+    checkpoint_every: int = Field(1, ge=0, le=MAX_ROUNDS,
+                                  description="Checkpoint every N rounds (0 = never).")
+    round_timeout: float | None = Field(None, gt=0, le=MAX_ROUND_TIMEOUT, allow_inf_nan=False,
+                                        description="Seconds before a round gives up on sites "
+                                                    "that did not answer (at most a week).")
 
 
 class PrivacySection(_Section):
@@ -234,11 +278,11 @@ class PrivacySection(_Section):
             "none; dp_sgd (record-level DP-SGD at each site, Opacus); dp_fedavg_central "
             "(site-level DP-FedAvg, the hub adds the noise); dp_fedavg_distributed (each site "
             "adds its share of the noise; meant for secure aggregation)."))
-    clip: float = Field(1.0, gt=0, allow_inf_nan=False, description=(
+    clip: float = Field(1.0, gt=0, le=1e6, allow_inf_nan=False, description=(
         "DP-SGD: per-example gradient norm bound; DP-FedAvg: per-site update norm bound."))
-    noise_multiplier: float | None = Field(None, ge=0, allow_inf_nan=False, description=(
+    noise_multiplier: float | None = Field(None, ge=0, le=1e6, allow_inf_nan=False, description=(
         "Noise std / clip. Give this or target_epsilon, not both."))
-    target_epsilon: float | None = Field(None, gt=0, allow_inf_nan=False, description=(
+    target_epsilon: float | None = Field(None, gt=0, le=1e6, allow_inf_nan=False, description=(
         "Budget-first: derive the noise multiplier that reaches this epsilon over the study "
         "(DP-SGD: per site, from its row count)."))
     delta: float = Field(1e-5, gt=0, lt=1, allow_inf_nan=False,

@@ -55,8 +55,9 @@ def _hub(root: Path, db_url: str | None = None) -> Iterator[tuple[Any, HubServic
     """The hub's ASGI app (wrapped to present site alpha's certificate) and its service."""
     fed = create_federation(root / "fed", hub_host="127.0.0.1", sites=["alpha", "beta"],
                             site_kits=root / "kits")
-    service = HubService(root / "data", db_url=db_url)
-    app = create_app(service, PeerTrust(fed.hub.dir), TOKEN)
+    trust = PeerTrust(fed.hub.dir)
+    service = HubService(root / "data", revocation=trust, db_url=db_url)
+    app = create_app(service, trust, TOKEN, api_docs=True)
     # Some state for the fuzzer to run into: both sites known, holding a dataset.
     for site in ("alpha", "beta"):
         service.hello(site, "1", "0.1.0", [{"name": "breast", "rows": 10}], "s" * 8)
@@ -91,7 +92,9 @@ def any_hub(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 
 @pytest.fixture(scope="module")
 def hub_schema(hub: tuple[Any, HubService]) -> Any:
-    return schemathesis.openapi.from_asgi("/openapi.json", hub[0])
+    # The description is served only with api_docs and behind the token (off by default).
+    return schemathesis.openapi.from_asgi("/openapi.json", hub[0],
+                                          headers={"Authorization": f"Bearer {TOKEN}"})
 
 
 schema = schemathesis.pytest.from_fixture("hub_schema")

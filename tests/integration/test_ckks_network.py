@@ -69,7 +69,7 @@ def test_the_key_relay_answers_only_the_studys_sites_and_takes_keys_only_from_it
 
     from fedcare.hub.api import PeerTrust, create_app
     from fedcare.hub.provisioning import create_federation
-    from fedcare.hub.service import HubService
+    from fedcare.hub.service import HubService, NeverRevoked
     from tests.integration.network import study_config
     from tests.integration.test_api_fuzz import _site_der, _WithClientCert
 
@@ -77,7 +77,7 @@ def test_the_key_relay_answers_only_the_studys_sites_and_takes_keys_only_from_it
     names = ["alpha", "beta", "gamma", "delta"]
     fed = create_federation(root / "fed", hub_host="127.0.0.1", sites=names,
                             site_kits=root / "kits")
-    service = HubService(root / "data")
+    service = HubService(root / "data", revocation=NeverRevoked())
     app = create_app(service, PeerTrust(fed.hub.dir), "t")
     for s in names[:3]:  # delta holds no dataset: it is in no study
         service.hello(s, "1", "0.1.0", [{"name": "breast", "rows": 100}], "s" * 8)

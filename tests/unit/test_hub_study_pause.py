@@ -12,6 +12,7 @@ last test here (skipped without the right to mount).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import hashlib
@@ -30,7 +31,7 @@ import sqlalchemy as sa
 from fedcare.core.errors import FedcareError
 from fedcare.hub import service as service_module
 from fedcare.hub.provisioning import create_federation
-from fedcare.hub.service import HubService, NotFound, NotResumable, StorageUnavailable
+from fedcare.hub.service import HubService, NeverRevoked, NotFound, NotResumable, StorageUnavailable
 from fedcare.hub.store import BlobStore, StudyRepo, StudyStatus
 from fedcare.node.agent import NodeAgent
 from fedcare.node.hub_link import HubResponse
@@ -81,7 +82,7 @@ class Federation:
         create_federation(root / "fed", hub_host="127.0.0.1", hub_port=1, sites=list(SITES),
                           site_kits=root / "kits")
         tables = write_site_tables(root / "data", SITES)
-        self.svc = HubService(root / "hub")
+        self.svc = HubService(root / "hub", revocation=NeverRevoked())
         self.stop = threading.Event()
         self.agents: dict[str, NodeAgent] = {}
         self.threads: list[threading.Thread] = []
@@ -106,7 +107,7 @@ class Federation:
         agent = self.agents[site]
         while not self.stop.is_set():
             try:
-                got = self.svc.next_task(site, 0.2)
+                got = asyncio.run(self.svc.next_task(site, 0.2))  # the hub awaits it on its loop
                 if got is None:
                     continue
                 task_id, offer = got
@@ -336,7 +337,8 @@ def test_a_round_that_fails_while_the_state_folder_is_full_pauses(
         create_federation(tmp_path / "fed", hub_host="127.0.0.1", hub_port=1,
                           sites=list(SITES), site_kits=tmp_path / "kits")
         # The database elsewhere (it holds the outcome), the state folder on the tmpfs.
-        svc = HubService(small / "hub", db_url=f"sqlite:///{tmp_path / 'hub.db'}")
+        svc = HubService(small / "hub", revocation=NeverRevoked(),
+                         db_url=f"sqlite:///{tmp_path / 'hub.db'}")
         try:
             for site in SITES:
                 svc.hello(site, "1a", "test", [{"name": DATASET, "rows": 100}], "s")

@@ -11,7 +11,7 @@ import pytest
 
 from fedcare.core.errors import FedcareError
 from fedcare.hub.api import anchor_ledger_head
-from fedcare.hub.service import HubService
+from fedcare.hub.service import HubService, NeverRevoked
 from fedcare.node.ledger_anchor import ANCHOR_FILE, LedgerAnchor
 from fedcare.privacy.dp.errors import LedgerError
 from fedcare.privacy.dp.ledger import (
@@ -111,7 +111,7 @@ def test_a_hub_answering_garbage_is_an_error(tmp_path: Path) -> None:
 
 
 def test_the_hub_keeps_the_longest_head_and_logs_a_cut(tmp_path: Path) -> None:
-    service = HubService(tmp_path / "hub")
+    service = HubService(tmp_path / "hub", revocation=NeverRevoked())
     try:
         three, one = LedgerHead(3, "c" * 64), LedgerHead(1, "a" * 64)
         assert anchor_ledger_head(service, "alpha", None) is None

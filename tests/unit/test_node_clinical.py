@@ -78,9 +78,9 @@ def test_a_clinical_study_must_name_its_contract(demo) -> None:
 
 def test_the_hub_refuses_a_study_whose_sites_used_different_contracts(tmp_path: Path) -> None:
     from fedcare.core.errors import ConfigError
-    from fedcare.hub.service import HubService
+    from fedcare.hub.service import HubService, NeverRevoked
 
-    svc = HubService(tmp_path / "hub")
+    svc = HubService(tmp_path / "hub", revocation=NeverRevoked())
     try:
         for site, h in (("a", "1" * 64), ("b", "2" * 64)):
             svc.hello(site, "01", "x", [{"name": "cardio", "rows": 100, "contract_hash": h}],

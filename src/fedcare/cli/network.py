@@ -32,12 +32,19 @@ def hub_start(
                                               "folder), e.g. postgresql://user@host/db")] = None,
     port: Annotated[int | None, typer.Option(help="Override the port in hub.toml.")] = None,
     host: Annotated[str | None, typer.Option(help="Override the address to bind.")] = None,
-    max_body_mb: Annotated[int, typer.Option(help="Largest accepted upload (MB).")] = 2048,
+    max_body_mb: Annotated[int, typer.Option(
+        min=1, help="Largest accepted reply upload (MB).")] = 2048,
+    max_request_kb: Annotated[int, typer.Option(
+        min=1, help="Largest accepted body of any other request (KB): a node's hello with "
+                    "its datasets' quality reports, a study's config.")] = 1024,
     keep_replies: Annotated[bool, typer.Option(
         help="Store every site's update in the hub's blob store and keep it (default: held "
              "in memory until its round is aggregated, never written: studies resume from "
              "checkpoints, and an individual update is the most sensitive thing the hub "
              "handles).")] = False,
+    api_docs: Annotated[bool, typer.Option(
+        help="Serve the API's description (/docs, /redoc, /openapi.json), to researchers "
+             "only (bearer token). Off by default.")] = False,
 ) -> None:
     """Start the hub over HTTPS with mutual TLS (nodes authenticate by certificate)."""
     from fedcare.hub.server import serve
@@ -45,7 +52,8 @@ def hub_start(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s hub %(message)s")
     try:
         serve(kit, data_dir or kit / "data", host=host, port=port, db_url=db,
-              max_body=max_body_mb * 1024 * 1024, keep_replies=keep_replies)
+              max_body=max_body_mb * 1024 * 1024, max_request=max_request_kb * 1024,
+              keep_replies=keep_replies, api_docs=api_docs)
     except FedcareError as exc:
         raise fail(exc, 2) from None
 

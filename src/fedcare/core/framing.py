@@ -41,6 +41,8 @@ def unframe(data: bytes | bytearray | memoryview, magic: bytes, *, what: str, ma
         header = json.loads(bytes(view[start:start + hlen]))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValidationError(f"{what} header is not valid JSON: {exc}") from exc
+    except RecursionError:  # e.g. "[[[[..." nested deeper than the parser's stack
+        raise ValidationError(f"{what} header is nested too deeply") from None
     if not isinstance(header, dict):
         raise ValidationError(f"{what} header must be a JSON object")
     return header, view[start + hlen:]

@@ -12,6 +12,17 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from fedcare.core.errors import ValidationError
+from fedcare.core.limits import (
+    MAX_BATCH_SIZE,
+    MAX_LOCAL_EPOCHS,
+    MAX_LOCAL_STEPS,
+    MAX_LR,
+    MAX_PROXIMAL_MU,
+    MAX_WEIGHT_DECAY,
+    OPTIMIZERS,
+    check_float,
+    check_int,
+)
 from fedcare.core.params import Parameters
 
 
@@ -63,17 +74,32 @@ class TrainConfig:
     proximal_mu: float = 0.0
 
     def __post_init__(self) -> None:
+        """Type and range of every field (bounds in :mod:`fedcare.core.limits`): a task's
+        ``train`` header comes from the hub, and ``lr = inf`` or ``local_epochs = 10**9``
+        must be refused here, not trained on (audit F21)."""
         problems = []
-        if self.local_epochs < 0 or self.local_steps < 0:
-            problems.append("local_epochs and local_steps must be >= 0")
-        if self.local_epochs == 0 and self.local_steps == 0:
+        ints = {"local_epochs": MAX_LOCAL_EPOCHS, "local_steps": MAX_LOCAL_STEPS,
+                "batch_size": MAX_BATCH_SIZE}
+        for name, top in ints.items():
+            try:
+                check_int(getattr(self, name), name, 1 if name == "batch_size" else 0, top)
+            except ValueError as exc:
+                problems.append(str(exc))
+        floats = {"lr": (0.0, MAX_LR, True, False), "momentum": (0.0, 1.0, False, True),
+                  "weight_decay": (0.0, MAX_WEIGHT_DECAY, False, False),
+                  "proximal_mu": (0.0, MAX_PROXIMAL_MU, False, False)}
+        for name, (low, high, low_open, high_open) in floats.items():
+            try:
+                object.__setattr__(self, name, check_float(
+                    getattr(self, name), name, low, high, low_open=low_open,
+                    high_open=high_open))
+            except ValueError as exc:
+                problems.append(str(exc))
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}, "
+                            f"got {self.optimizer!r}")
+        if not problems and self.local_epochs == 0 and self.local_steps == 0:
             problems.append("one of local_epochs or local_steps must be > 0")
-        if self.batch_size < 1:
-            problems.append("batch_size must be >= 1")
-        if not self.lr > 0:
-            problems.append("lr must be > 0")
-        if self.proximal_mu < 0:
-            problems.append("proximal_mu must be >= 0")
         if problems:
             raise ValidationError("invalid training config: " + "; ".join(problems))
 
@@ -86,7 +112,7 @@ class TrainConfig:
         unknown = set(data) - known
         if unknown:
             raise ValidationError(f"unknown training config keys {sorted(unknown)}")
-        return cls(**dict(data))
+        return cls(**{str(k): v for k, v in data.items()})
 
 
 @dataclass(frozen=True)

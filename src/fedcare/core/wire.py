@@ -3,14 +3,14 @@
 A message is ``MAGIC | u32 header length | JSON header | safetensors blob``. Array keys in the
 blob are ``p/<name>`` for model parameters and ``a/<aux>/<name>`` for auxiliary arrays.
 Decoding validates everything against what the receiver expects: a task is checked against the
-model layout the site holds, an update against the layout that was sent in its task.
+model layout the site holds, an update against the layout that was sent in its task, and
+every number in a header is type-checked and bounded (:mod:`fedcare.core.limits`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -23,6 +23,15 @@ from safetensors.numpy import save as st_save
 
 from fedcare.core.errors import ValidationError
 from fedcare.core.framing import frame, unframe
+from fedcare.core.limits import (
+    MAX_COUNT,
+    MAX_METRIC,
+    MAX_ROUND,
+    MAX_SECONDS,
+    MAX_SEED,
+    check_float,
+    check_int,
+)
 from fedcare.core.messages import ErrorReply, Task, TaskKind, TrainConfig, Update, UpdateKind
 from fedcare.core.params import Parameters, ParamSpec, check_finite
 
@@ -139,7 +148,10 @@ def _unpack(data: bytes) -> tuple[dict[str, Any], Parameters | None, dict[str, P
         raise ValidationError(f"array payload is corrupt: {exc}") from exc
     order = header.get("order", [])
     aux_order = header.get("aux_order", {})
-    if not isinstance(order, list) or not isinstance(aux_order, dict):
+    if (not isinstance(order, list) or not isinstance(aux_order, dict)
+            or not all(isinstance(k, str) for k in order)
+            or not all(isinstance(names, list) and all(isinstance(k, str) for k in names)
+                       for names in aux_order.values())):
         raise ValidationError("message header has a malformed array order")
     expected = {f"p/{k}" for k in order} | {
         f"a/{a}/{k}" for a, names in aux_order.items() for k in names}
@@ -165,15 +177,57 @@ def _require(header: Mapping[str, Any], key: str, typ: type | tuple[type, ...]) 
     return value
 
 
+def _bounded_int(header: Mapping[str, Any], key: str, low: int, high: int) -> int:
+    """A header integer in ``low..high`` (bounds: :mod:`fedcare.core.limits`). Every numeric
+    field of every message goes through this or :func:`_bounded_float`: a site's
+    ``num_examples = 10**400`` once made the hub's ``float()`` overflow and fail the study."""
+    try:
+        return check_int(header.get(key), f"message header field {key!r}", low, high)
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
+
+
+def _bounded_float(header: Mapping[str, Any], key: str, low: float, high: float) -> float:
+    try:
+        return check_float(header.get(key), f"message header field {key!r}", low, high)
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
+
+
 def _finite_metrics(raw: Any, what: str) -> dict[str, float]:
     if not isinstance(raw, dict):
         raise ValidationError(f"{what} must be an object")
     out: dict[str, float] = {}
     for k, v in raw.items():
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-            raise ValidationError(f"{what} {k!r} must be a finite number")
-        out[str(k)] = float(v)
+        try:
+            out[str(k)] = check_float(v, f"{what} {str(k)[:100]!r}", -MAX_METRIC, MAX_METRIC)
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None
     return out
+
+
+def _check_meta_numbers(meta: Mapping[str, Any]) -> None:
+    """Every number in a task's ``meta`` (protocol facts such as a DP round's site count) is
+    a count in ``0..MAX_COUNT`` or a finite float within ``MAX_METRIC``; the protocols that
+    read them check their exact meaning."""
+    stack: list[Any] = [meta]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, bool) or value is None or isinstance(value, str):
+            continue
+        else:
+            try:
+                if isinstance(value, int):
+                    check_int(value, "a number in task header field 'meta'", 0, MAX_COUNT)
+                else:
+                    check_float(value, "a number in task header field 'meta'",
+                                -MAX_METRIC, MAX_METRIC)
+            except ValueError as exc:
+                raise ValidationError(str(exc)) from None
 
 
 def encode_task(task: Task, *, arrays: ArrayBlob | None = None) -> bytes:
@@ -201,6 +255,8 @@ def decode_task(data: bytes, expected: ParamSpec | None = None) -> Task:
     try:
         kind = TaskKind(_require(header, "kind", str))
         train = TrainConfig.from_json(_require(header, "train", dict))
+    except ValidationError as exc:
+        raise ValidationError(f"task header is invalid: {exc.message}") from exc
     except (ValueError, TypeError) as exc:
         raise ValidationError(f"task header is invalid: {exc}") from exc
     if kind.is_protocol_step:
@@ -219,10 +275,12 @@ def decode_task(data: bytes, expected: ParamSpec | None = None) -> Task:
     meta = header.get("meta", {})
     if not isinstance(meta, dict):
         raise ValidationError("task header field 'meta' must be an object")
+    _check_meta_numbers(meta)
     return Task(
         task_id=_require(header, "task_id", str), study=_require(header, "study", str),
-        round=_require(header, "round", int), site=_require(header, "site", str), kind=kind,
-        parameters=params, train=train, aux=aux, seed=_require(header, "seed", int),
+        round=_bounded_int(header, "round", 0, MAX_ROUND), site=_require(header, "site", str),
+        kind=kind, parameters=params, train=train, aux=aux,
+        seed=_bounded_int(header, "seed", 0, MAX_SEED),
         evaluate=_require(header, "evaluate", bool), strategy=_require(header, "strategy", str),
         meta=meta,
     )
@@ -262,9 +320,7 @@ def decode_update(data: bytes, expected: ParamSpec,
         extra_aux = set(aux) - set(expected_aux or {})
         if extra_aux:
             raise ValidationError(f"update carries unexpected auxiliary arrays {sorted(extra_aux)}")
-        num = _require(header, "num_examples", int)
-        if num < 0:
-            raise ValidationError("num_examples must be >= 0")
+        num = _bounded_int(header, "num_examples", 0, MAX_COUNT)
         try:
             kind = UpdateKind(_require(header, "kind", str))
         except ValueError as exc:
@@ -272,16 +328,15 @@ def decode_update(data: bytes, expected: ParamSpec,
         provenance = header.get("provenance", [])
         if not isinstance(provenance, list) or not all(isinstance(p, str) for p in provenance):
             raise ValidationError("provenance must be a list of strings")
-        seconds = header.get("seconds", 0.0)
-        if not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
-            raise ValidationError("seconds must be a finite number")
+        seconds = _bounded_float({"seconds": header.get("seconds", 0.0)}, "seconds", 0.0,
+                                 MAX_SECONDS)
         return Update(
             task_id=_require(header, "task_id", str), site=_require(header, "site", str),
-            round=_require(header, "round", int), kind=kind, parameters=params,
+            round=_bounded_int(header, "round", 0, MAX_ROUND), kind=kind, parameters=params,
             num_examples=num, metrics=_finite_metrics(header.get("metrics", {}), "metric"),
             eval_metrics=_finite_metrics(header.get("eval_metrics", {}), "evaluation metric"),
-            num_eval_examples=_require(header, "num_eval_examples", int), aux=aux,
-            provenance=tuple(provenance), seconds=float(seconds),
+            num_eval_examples=_bounded_int(header, "num_eval_examples", 0, MAX_COUNT),
+            aux=aux, provenance=tuple(provenance), seconds=seconds,
         )
     except ValidationError as exc:
         if site is not None and exc.site is None:
@@ -325,11 +380,15 @@ def decode_reply(data: bytes, expected: ParamSpec,
     if header.get("type") == "error":
         if len(body):
             raise ValidationError("an error reply must not carry arrays", site=site)
-        return ErrorReply(
-            task_id=_require(header, "task_id", str), site=_require(header, "site", str),
-            round=_require(header, "round", int),
-            error_type=_require(header, "error_type", str),
-            message=_require(header, "message", str))
+        try:
+            # Round -1: a site that could not even decode the task answers without one.
+            return ErrorReply(
+                task_id=_require(header, "task_id", str), site=_require(header, "site", str),
+                round=_bounded_int(header, "round", -1, MAX_ROUND),
+                error_type=_require(header, "error_type", str),
+                message=_require(header, "message", str))
+        except ValidationError as exc:
+            raise ValidationError(exc.message, site=site) from exc
     return decode_update(data, expected, expected_aux, site=site)
 
 

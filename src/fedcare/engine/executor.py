@@ -55,12 +55,22 @@ def pool_stats(replies: list[Parameters]) -> Parameters:
 
 
 class SiteExecutor:
-    """Executes tasks for one site."""
+    """Executes tasks for one site.
+
+    ``strategy`` is the approved study's strategy: the site runs its site half (e.g.
+    SCAFFOLD's control variates) and refuses any task that names another. It used to run
+    whichever half the task named, so a hub could switch an approved DP-FedAvg study to
+    SCAFFOLD and receive each site's unclipped update as its control-variate change
+    (architecture review P5). The default, plain FedAvg, has no site half.
+    """
 
     def __init__(self, data: SiteData, learner: Learner, *, site_index: int,
                  expected: ParamSpec, state_dir: Path | None = None,
                  secure: SecureSite | None = None,
-                 privacy: SitePrivacy | None = None) -> None:
+                 privacy: SitePrivacy | None = None, strategy: str = "fedavg") -> None:
+        #: The approved study's strategy, and its site half (from the study, never a task).
+        self.strategy = strategy
+        self.algorithm = site_algorithm(strategy)
         self.data = data
         self.learner = learner
         self.site_index = site_index
@@ -131,6 +141,9 @@ class SiteExecutor:
 
     def run(self, task: Task) -> Update:
         start = time.perf_counter()
+        if task.strategy != self.strategy:  # checked first: nothing is charged or computed
+            raise ProtocolError(f"the task asks for strategy {task.strategy!r} but the study "
+                                f"this site approved uses {self.strategy!r}; refusing it")
         if task.kind is TaskKind.STATS:
             if self.privacy is not None:
                 self.privacy.charge(task, task.train)
@@ -161,7 +174,7 @@ class SiteExecutor:
                           provenance=(f"evaluate:{self.learner.name}",) + (
                               (TEST_SPLIT_NOTE + d.test_split,) if d.test_split else ()),
                           seconds=time.perf_counter() - start)
-        algo = site_algorithm(task.strategy)
+        algo = self.algorithm
         state = self.state.load_before(task.round)
         task_aux = {k: v for k, v in task.aux.items() if k != NORMALIZER}
         result = self.learner.fit(
@@ -172,7 +185,7 @@ class SiteExecutor:
         if new_state:
             self.state.save(task.round, new_state)
         dp_delta = self.privacy.privatize(task, result.parameters) if self.privacy else None
-        provenance: tuple[str, ...] = (f"fit:{self.learner.name}", f"strategy:{task.strategy}")
+        provenance: tuple[str, ...] = (f"fit:{self.learner.name}", f"strategy:{self.strategy}")
         if self.privacy is not None and self.privacy.spec is not None:
             # The training loss is computed on the protected rows without noise: under DP
             # only the accounting facts (steps, sample rate, noise) leave the site.

@@ -28,6 +28,9 @@ class RoundRecord:
     sites_sampled: list[str] = field(default_factory=list)
     sites_completed: list[str] = field(default_factory=list)
     sites_failed: dict[str, str] = field(default_factory=dict)
+    #: Sites whose update counted but looked wrong, and why: a claimed example count above
+    #: what the site declared (capped), an update far from the round's others (audit F3).
+    sites_flagged: dict[str, str] = field(default_factory=dict)
     train_metrics: dict[str, Metrics] = field(default_factory=dict)
     site_metrics: dict[str, Metrics] = field(default_factory=dict)
     global_metrics: Metrics = field(default_factory=dict)

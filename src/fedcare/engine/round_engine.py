@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -30,6 +30,11 @@ from fedcare.core.wire import (
     pack_arrays,
 )
 from fedcare.engine.history import History, RoundRecord, weighted_mean_metrics
+from fedcare.engine.integrity import (
+    MIN_UPDATES_FOR_OUTLIERS,
+    cap_examples,
+    robust_outliers,
+)
 from fedcare.strategies.aggregate import UpdateStack
 from fedcare.strategies.base import Strategy
 from fedcare.transport.base import Transport
@@ -66,6 +71,8 @@ class Exchange:
     bytes_down: int
     bytes_up: int
     seconds: float
+    #: Sites whose reply was accepted but looked wrong, and why (e.g. a capped weight).
+    flagged: dict[str, str] = field(default_factory=dict)
 
 
 class RoundEngine:
@@ -74,7 +81,12 @@ class RoundEngine:
                  checkpoints: CheckpointSink | None = None,
                  on_round: Callable[[RoundRecord], None] | None = None,
                  secure: SecureAggregator | None = None,
-                 privacy: HubPrivacy | None = None) -> None:
+                 privacy: HubPrivacy | None = None,
+                 example_bounds: Mapping[str, int] | None = None) -> None:
+        """``example_bounds``: the most examples each site may claim (hub: the rows it
+        declared for the study's dataset, +9; simulation: its real rows). A reply
+        claiming more is capped to the bound and flagged; a site missing from the mapping
+        may claim none. None: no bound (a study whose sites are the caller's own)."""
         if not sites:
             raise FedcareError("a study needs at least one site")
         if secure is not None and not strategy.capabilities.aggregates_a_sum:
@@ -95,6 +107,7 @@ class RoundEngine:
         self.secure = secure
         #: Differential privacy's hub half (DP-FedAvg weights and noise; epsilon per round).
         self.privacy = privacy
+        self.example_bounds = None if example_bounds is None else dict(example_bounds)
         self._stack = UpdateStack(self.spec, capacity=len(self.sites))
         #: Arrays sent with every task besides the strategy's (e.g. the feature normalizer).
         self.extra_aux: dict[str, Parameters] = {}
@@ -155,6 +168,7 @@ class RoundEngine:
         deadline = None if s.round_timeout is None else start + s.round_timeout
         updates: dict[str, Update] = {}
         failures: dict[str, str] = {}
+        flagged: dict[str, str] = {}
         bytes_up = 0
         for site, fut in futures.items():
             remaining = None if deadline is None else max(0.0, deadline - time.perf_counter())
@@ -179,7 +193,12 @@ class RoundEngine:
                 failures[site] = "reply does not answer the task sent to this site"
             else:
                 updates[site] = decoded
-        return Exchange(updates, failures, bytes_down, bytes_up, time.perf_counter() - start)
+                if self.example_bounds is not None:
+                    updates[site], why = cap_examples(decoded, self.example_bounds.get(site, 0))
+                    if why is not None:
+                        flagged[site] = why
+        return Exchange(updates, failures, bytes_down, bytes_up, time.perf_counter() - start,
+                        flagged)
 
     # -- rounds ---------------------------------------------------------------------------
     def _evaluates_incoming(self, round_: int) -> bool:
@@ -199,7 +218,8 @@ class RoundEngine:
                            aux=self.strategy.task_aux(), meta=meta)
         record = RoundRecord(round=round_, train_seconds=ex.seconds, bytes_down=ex.bytes_down,
                              bytes_up=ex.bytes_up, sites_sampled=list(sampled),
-                             sites_completed=sorted(ex.updates), sites_failed=ex.failures)
+                             sites_completed=sorted(ex.updates), sites_failed=ex.failures,
+                             sites_flagged=dict(ex.flagged))
         if evaluate:
             self._record_evaluation(round_ - 1, ex.updates)
         need = self.strategy.sampling.min_completed
@@ -222,6 +242,7 @@ class RoundEngine:
                                           "DP-FedAvg study (clipped differences expected)")
                     self._stack.add(site, u.parameters, 1.0 if dp_fedavg else u.num_examples,
                                     validated=True)
+            self._flag_outliers(record, delta=dp_fedavg)
             if dp_fedavg:
                 kind = UpdateKind.DELTA
                 rows = self._stack.rows
@@ -264,6 +285,7 @@ class RoundEngine:
         except FedcareError as exc:
             raise RoundFailed(f"round {round_}: secure aggregation aborted: {exc.message}; "
                               f"failures: {ex.failures}") from exc
+        self._check_secure_weight(round_, result.included, result.total_weight, record)
         record.sites_failed = {**ex.failures, **result.failures}
         record.sites_completed = list(result.included)
         record.bytes_down += result.bytes_down
@@ -281,6 +303,46 @@ class RoundEngine:
                 result.new_model = self.parameters.flatten("float64") + noisy / result.total_weight
         mean = Parameters.unflatten(result.new_model.astype(self._stack.dtype), self.spec)
         self._stack.add("secure-sum", mean, result.total_weight, validated=False)
+
+    def _flag_outliers(self, record: RoundRecord, *, delta: bool) -> None:
+        """Flag (never drop) the stacked updates that lie far from the round's others: the
+        distance of each to the global model (``delta``: the rows are differences already)
+        against the round's median, as a robust z-score (:func:`robust_outliers`)."""
+        rows, sites = self._stack.rows, self._stack.sites
+        if len(sites) < MIN_UPDATES_FOR_OUTLIERS:
+            return
+        g = None if delta else self.parameters.flatten(self._stack.dtype)
+        buf = np.empty(rows.shape[1], dtype=rows.dtype)  # one buffer, not one per site
+        distances = {}
+        for i, site in enumerate(sites):
+            diff = rows[i] if g is None else np.subtract(rows[i], g, out=buf)
+            distances[site] = float(np.sqrt(np.dot(diff, diff)))
+        for site, z in robust_outliers(distances).items():
+            why = (f"update lies {distances[site]:.4g} from the global model, "
+                   f"{z:.1f} robust z-scores above the round's median distance (flagged, "
+                   "still aggregated)")
+            old = record.sites_flagged.get(site)
+            record.sites_flagged[site] = why if old is None else f"{old}; {why}"
+
+    def _check_secure_weight(self, round_: int, included: Sequence[str], total_weight: float,
+                             record: RoundRecord) -> None:
+        """Under secure aggregation the hub sees only the round's total weight, not who
+        claimed what: it must not exceed the sum of the included sites' bounds (under
+        DP-FedAvg every site weighs 1). If it does, some site lied about its examples and
+        the round's aggregate cannot be trusted: the round is refused (RoundFailed, which
+        ends the study with the reason) rather than folded into the model - there is no
+        per-site weight to cap, and leaving out "the" site would need knowing which one."""
+        if self.example_bounds is None:
+            return
+        dp = self.privacy is not None and self.privacy.is_dp_fedavg
+        limit = float(len(included)) if dp else float(
+            sum(self.example_bounds.get(s, 0) for s in included))
+        if total_weight > limit * (1 + 1e-6) + 1e-3:  # fixed-point / CKKS rounding
+            why = (f"the secure sum's total weight {total_weight:.6g} exceeds the "
+                   f"{limit:.6g} examples its sites {sorted(included)} declared")
+            record.sites_flagged["(secure sum)"] = why
+            raise RoundFailed(f"round {round_}: aggregate refused: {why}; a site claimed "
+                              "more examples than it holds")
 
     def _note_rows(self, updates: Mapping[str, Update]) -> None:
         """Row counts the sites reported (a networked hub learns them only from updates)."""
@@ -322,9 +384,12 @@ class RoundEngine:
         per_site = {s: dict(u.eval_metrics) for s, u in sorted(ex.updates.items())
                     if u.eval_metrics}
         weights = {s: u.num_eval_examples for s, u in ex.updates.items()}
-        return {"site_metrics": per_site,
-                "global_metrics": weighted_mean_metrics(per_site, weights),
-                "sites_failed": ex.failures}
+        out = {"site_metrics": per_site,
+               "global_metrics": weighted_mean_metrics(per_site, weights),
+               "sites_failed": ex.failures}
+        if ex.flagged:
+            out["sites_flagged"] = ex.flagged
+        return out
 
     def feature_statistics(self, n_features: int) -> Parameters:
         """Federation-wide feature mean/std from every site's sums (no row leaves a site).

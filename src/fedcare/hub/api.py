@@ -4,22 +4,29 @@ Node endpoints (``/v1/node/...``) identify the site by its TLS client certificat
 never by anything in the request, and refuse a request without a valid, unrevoked site
 certificate. Researcher endpoints (``/v1/studies...``) need the hub's bearer token. Every
 error is a 4xx with a ``detail`` that says what was wrong; fedcare errors never become a 5xx.
+The API's own description (``/docs``, ``/redoc``, ``/openapi.json``) is off unless the hub
+is started with ``--api-docs``, and then needs the researcher token too.
 """
 
 # No `from __future__ import annotations`: FastAPI must resolve the local dependency
 # aliases (Site, Researcher) at definition time.
 
+import asyncio
 import hmac
+import json
 import logging
+import re
 import time
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar
 
 from cryptography import x509
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
-from fastapi.responses import FileResponse, JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
 
@@ -33,12 +40,16 @@ from fedcare.hub.service import (
     NotResumable,
     Offer,
     StorageUnavailable,
+    TooManyPolls,
 )
 from fedcare.hub.store import DuplicateReply, LateReply, NotDelivered, UnknownTask, WrongSite
 from fedcare.hub.store.faults import storage_problem
 from fedcare.hub.store.ledger_heads import LedgerHeadRepo
-from fedcare.pki.errors import PeerCertificateError
+from fedcare.pki.errors import CrlError, PeerCertificateError
 from fedcare.privacy.dp.ledger import LedgerHead
+
+log = logging.getLogger("fedcare.hub")
+_T = TypeVar("_T")
 
 log = logging.getLogger("fedcare.hub")
 SHA_HEADER = "X-Content-SHA256"
@@ -49,11 +60,32 @@ SHA_HEADER = "X-Content-SHA256"
 SEND_SLICE = 256 * 1024
 #: Verified site certificates the hub remembers (a federation has far fewer sites).
 VERIFIED_CACHE_SIZE = 4096
+#: Largest request body the hub reads for anything but a reply (hello, a study's config);
+#: configurable (``fedcare hub start --max-request-kb``). Replies have their own limit
+#: (``--max-body-mb``). A hello once stored a 30 MB quality report as sent.
+DEFAULT_MAX_REQUEST = 1024 * 1024
+#: What one hello may tell: datasets, and per dataset the quality report's JSON size and
+#: nesting (a real report is ~5 KB, 6 levels deep) and the row count.
+MAX_DATASETS = 64
+MAX_QUALITY_BYTES = 256 * 1024
+MAX_QUALITY_DEPTH = 16
+MAX_ROWS = 10**12
+#: Dataset names as node data configs write them (``[datasets.NAME]``): a letter or digit,
+#: then letters, digits, ``_``, ``.`` or ``-``.
+DATASET_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$"
+#: ``Authorization: Bearer <token68>`` (RFC 6750 2.1; the scheme is case-insensitive, RFC 7235).
+_BEARER = re.compile(r"([A-Za-z]+) ([A-Za-z0-9\-._~+/]+=*)")
+
+
+class RevocationListUnavailable(PeerCertificateError):
+    """The hub cannot read or trust its CRL: it cannot tell who is revoked, so it refuses
+    every site (fail closed) until the file is back."""
+
 
 _STATUS: list[tuple[type[Exception], int]] = [
-    (NotFound, 404), (UnknownTask, 404), (WrongSite, 403), (DuplicateReply, 409),
-    (NotDelivered, 409), (LateReply, 410), (ProtocolError, 409), (PeerCertificateError, 403),
-    (NotResumable, 409), (StorageUnavailable, 503),
+    (TooManyPolls, 429), (NotFound, 404), (UnknownTask, 404), (WrongSite, 403),
+    (DuplicateReply, 409), (NotDelivered, 409), (LateReply, 410), (ProtocolError, 409),
+    (PeerCertificateError, 403), (NotResumable, 409), (StorageUnavailable, 503),
     (ConfigError, 422), (ValidationError, 422), (FedcareError, 400),
 ]
 
@@ -68,19 +100,45 @@ class HelloDataset(BaseModel):
     (KeyError/ValueError in HubService.hello); now it is a 422. Unknown keys are ignored so a
     newer node may tell more."""
 
-    name: str = Field(min_length=1, max_length=100)
-    rows: int = Field(ge=0)
+    name: str = Field(min_length=1, max_length=100, pattern=DATASET_NAME)
+    rows: int = Field(ge=0, le=MAX_ROWS)
     #: Clinical datasets: the data contract's hash and the site's small-cell-suppressed
     #: quality report (what `fedcare data check` writes), compared across sites by the hub.
+    #: Stored and served back as sent, so bounded (:data:`MAX_QUALITY_BYTES`, depth).
     contract_hash: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     quality: dict[str, Any] | None = None
+
+    @field_validator("quality")
+    @classmethod
+    def _bounded(cls, quality: dict[str, Any] | None) -> dict[str, Any] | None:
+        if quality is None:
+            return None
+        if _depth(quality) > MAX_QUALITY_DEPTH:
+            raise ValueError(f"quality report nested deeper than {MAX_QUALITY_DEPTH} levels")
+        size = len(json.dumps(quality, separators=(",", ":")))
+        if size > MAX_QUALITY_BYTES:
+            raise ValueError(f"quality report of {size} B is larger than the hub's limit "
+                             f"({MAX_QUALITY_BYTES} B per dataset)")
+        return quality
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a JSON value, without recursion (the value is a site's input)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            stack.extend((v, level + 1) for v in (item.values() if isinstance(item, dict)
+                                                  else item))
+    return deepest
 
 
 class Hello(BaseModel):
     model_config = ConfigDict(extra="forbid")
     version: str = Field(max_length=64)
     session: str = Field(max_length=64)
-    datasets: list[HelloDataset] = Field(default_factory=list, max_length=1000)
+    datasets: list[HelloDataset] = Field(default_factory=list, max_length=MAX_DATASETS)
 
 
 class PeerTrust:
@@ -97,6 +155,8 @@ class PeerTrust:
         self._mtime = 0.0
         self.crl: x509.CertificateRevocationList = reload_crl(hub_dir)
         self._checked = 0.0
+        #: Why the CRL cannot be used right now (None: it can); see :meth:`_fresh_crl`.
+        self._broken: str | None = None
         #: Certificates that passed :func:`verify_peer` under the current CRL, with their
         #: validity window: every request of a node carries the same certificate, and the
         #: full check (two signature verifications) took ~7 % of the hub's CPU in the
@@ -120,13 +180,35 @@ class PeerTrust:
         return site
 
     def _fresh_crl(self) -> x509.CertificateRevocationList:
+        """The current CRL, re-read when its file changed (looked at once a second).
+
+        Fails closed: while the file is missing, unreadable or not signed by the CA, every
+        call raises :class:`RevocationListUnavailable` (403, logged once per outage; it was
+        a 500 for a missing file) and the CRL read before is not used: a revocation made
+        meanwhile could not be seen."""
         now = time.monotonic()
-        if now - self._checked > 1.0:
-            self._checked = now
+        if self._broken is None and now - self._checked <= 1.0:
+            return self.crl
+        self._checked = now
+        try:
             mtime = self.crl_path.stat().st_mtime
-            if mtime != self._mtime:
+            if mtime != self._mtime or self._broken is not None:
                 self.crl, self._mtime = self._reload(self.hub_dir), mtime
                 self._verified = {}
+        except (OSError, CrlError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else str(exc)
+            if self._broken is None:
+                log.error("refusing every site: the hub cannot read its revocation list "
+                          "%s (%s)", self.crl_path, why)
+            self._broken = why
+            self._verified = {}
+            raise RevocationListUnavailable(
+                f"the hub cannot read its revocation list ({self.crl_path.name}: {why}), so "
+                "it refuses every site until the file is back; the hub's operator must "
+                "restore it (a copy of the federation's hub/crl.pem)") from None
+        if self._broken is not None:
+            log.warning("revocation list %s readable again", self.crl_path)
+            self._broken = None
         return self.crl
 
     def is_revoked(self, serial_hex: str) -> bool:
@@ -183,11 +265,78 @@ def anchor_ledger_head(service: HubService, site: str, reported: LedgerHead | No
     return None if held is None else str(held)
 
 
-def create_app(service: HubService, trust: PeerTrust, token: str,
+class _BodyLimit:
+    """ASGI middleware: refuse (413) a request body larger than ``limit`` bytes, before it is
+    read whole: by its Content-Length, else while it streams in. ``exempt`` paths (the reply
+    upload, which has its own, larger limit) pass untouched. FastAPI reads a JSON body into
+    memory before validating it, so a model's ``max_length`` alone bounds nothing."""
+
+    def __init__(self, app: Any, limit: int, exempt: frozenset[str]) -> None:
+        self.app, self.limit, self.exempt = app, limit, exempt
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] in self.exempt:
+            await self.app(scope, receive, send)
+            return
+        too_big = (f"request body larger than the hub's limit ({self.limit} B; replies have "
+                   "their own)")
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            await JSONResponse({"detail": too_big}, status_code=413)(scope, receive, send)
+            return
+        received = 0
+
+        async def limited() -> Any:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise HTTPException(413, too_big)  # answered by the app's handlers
+            return message
+
+        await self.app(scope, limited, send)
+
+
+async def _unless_disconnected(request: Request, poll: Coroutine[Any, Any, _T]) -> _T | None:
+    """Run a long-poll (it waits on the event loop, holding no thread) until it ends or its
+    client goes away (None). A poll whose node died or restarted would otherwise keep one of
+    its site's MAX_POLLS_PER_SITE slots for up to its ``wait``. A task the poll had just
+    taken when its client went away is handed out again after REDELIVER_AFTER, like any
+    answer lost on the way."""
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass  # the (empty) request body
+
+    polling, watching = asyncio.ensure_future(poll), asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({polling, watching}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watching.cancel()
+        if not polling.done():  # the client went away (or this request was cancelled)
+            polling.cancel()  # its finally gives the site's poll slot back
+    return polling.result() if polling.done() else None
+
+
+def create_app(service: HubService, trust: PeerTrust, token: str, *,
+               max_request: int = DEFAULT_MAX_REQUEST, api_docs: bool = False,
                relay: KeyRelay | None = None) -> FastAPI:
+    """The hub's API over ``service``.
+
+    Args:
+        trust: the federation CA and CRL that identify sites by their certificates.
+        token: the researcher bearer token.
+        max_request: largest body of any request but a reply (bytes).
+        api_docs: serve ``/docs``, ``/redoc`` and ``/openapi.json`` (behind the token).
+        relay: where CKKS study keys sealed by one site for another wait (default: the
+            hub's state folder).
+    """
     relay = relay or KeyRelay(service.data_dir / "keyrelay")
     app = FastAPI(title="fedcare hub", version=__version__,
-                  description="Coordinates federated studies; nodes dial in over mTLS.")
+                  description="Coordinates federated studies; nodes dial in over mTLS.",
+                  docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(_BodyLimit, limit=max_request,  # type: ignore[arg-type]
+                       exempt=frozenset({"/v1/node/reply"}))
 
     @app.exception_handler(FedcareError)
     async def _fedcare_error(request: Request, exc: FedcareError) -> JSONResponse:
@@ -209,13 +358,29 @@ def create_app(service: HubService, trust: PeerTrust, token: str,
         return trust.site_of(der)
 
     async def researcher(authorization: Annotated[str | None, Header()] = None) -> None:
-        given = (authorization or "").removeprefix("Bearer ").strip()
-        if not given or not hmac.compare_digest(given.encode(), token.encode()):
-            raise HTTPException(401, "missing or wrong bearer token; it is in the hub folder "
+        # Strictly "Bearer <token>" (a bare token was accepted: removeprefix("Bearer ")).
+        parsed = _BEARER.fullmatch(authorization or "")
+        if parsed is None or parsed.group(1).lower() != "bearer" \
+                or not hmac.compare_digest(parsed.group(2).encode(), token.encode()):
+            raise HTTPException(401, "missing or wrong bearer token: send 'Authorization: "
+                                     "Bearer <token>'; the token is in the hub folder "
                                      "(researcher.token)", headers={"WWW-Authenticate": "Bearer"})
 
     Site = Annotated[str, Depends(site)]
     Researcher = Depends(researcher)
+
+    if api_docs:
+        @app.get("/openapi.json", dependencies=[Researcher], include_in_schema=False)
+        async def openapi() -> JSONResponse:
+            return JSONResponse(app.openapi())
+
+        @app.get("/docs", dependencies=[Researcher], include_in_schema=False)
+        async def docs() -> HTMLResponse:
+            return get_swagger_ui_html(openapi_url="/openapi.json", title="fedcare hub")
+
+        @app.get("/redoc", dependencies=[Researcher], include_in_schema=False)
+        async def redoc() -> HTMLResponse:
+            return get_redoc_html(openapi_url="/openapi.json", title="fedcare hub")
 
     # -- node endpoints -------------------------------------------------------------------
     @app.post("/v1/node/hello")
@@ -241,7 +406,7 @@ def create_app(service: HubService, trust: PeerTrust, token: str,
     @app.get("/v1/node/task", responses={204: {"description": "no task yet"}})
     async def next_task(site: Site, request: Request,
                         wait: Annotated[float, Query(ge=0, le=60)] = 20.0) -> Response:
-        found = await run_in_threadpool(service.next_task, site, wait)
+        found = await _unless_disconnected(request, service.next_task(site, wait))
         if found is None:
             return Response(status_code=204)
         # The certificate was checked when the long-poll began, up to `wait` s ago: check it

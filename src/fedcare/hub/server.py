@@ -18,8 +18,8 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from fedcare.hub.api import PeerTrust, create_app
-from fedcare.hub.service import HubService
+from fedcare.hub.api import DEFAULT_MAX_REQUEST, PeerTrust, create_app
+from fedcare.hub.service import DEFAULT_MAX_BODY, HubService
 from fedcare.pki.files import PRIVATE_FILE_MODE, atomic_write
 
 
@@ -71,16 +71,19 @@ def researcher_token(hub_dir: Path) -> str:
 
 def build_server(hub_dir: Path, data_dir: Path, *, host: str | None = None,
                  port: int | None = None, db_url: str | None = None,
-                 max_body: int | None = None, keep_replies: bool = False
+                 max_body: int = DEFAULT_MAX_BODY, max_request: int = DEFAULT_MAX_REQUEST,
+                 keep_replies: bool = False, api_docs: bool = False
                  ) -> tuple[uvicorn.Server, HubService]:
+    """The hub's server and service, wired: the service checks revocation against the
+    federation's CRL from construction on."""
     from fedcare.pki.trust import load_hub_config, server_ssl_context
 
     cfg = load_hub_config(hub_dir)
-    service = HubService(data_dir, db_url=db_url, keep_replies=keep_replies,
-                         **({"max_body": max_body} if max_body else {}))
     trust = PeerTrust(hub_dir)
-    service.is_revoked = trust.is_revoked
-    app = create_app(service, trust, researcher_token(hub_dir))
+    service = HubService(data_dir, revocation=trust, db_url=db_url, keep_replies=keep_replies,
+                         max_body=max_body)
+    app = create_app(service, trust, researcher_token(hub_dir), max_request=max_request,
+                     api_docs=api_docs)
     context = server_ssl_context(hub_dir)
     context.verify_mode = ssl.CERT_OPTIONAL  # see the module docstring
     config = uvicorn.Config(app, host=host or cfg.host, port=port if port is not None else

@@ -8,18 +8,20 @@ last completed round.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -39,6 +41,7 @@ from fedcare.core.wire import (
 )
 from fedcare.engine.executor import NORMALIZER, STATS, stats_spec
 from fedcare.engine.history import History, RoundRecord, save_history
+from fedcare.engine.integrity import example_bound
 from fedcare.engine.learner_factory import ModelShape, make_learner
 from fedcare.engine.privacy import hub_privacy
 from fedcare.engine.round_engine import EngineSettings, RoundEngine
@@ -59,6 +62,7 @@ from fedcare.hub.store import (
     UnknownTask,
     WrongSite,
 )
+from fedcare.hub.store.database import prepare_data_dir, writable_database
 from fedcare.hub.store.faults import storage_problem
 from fedcare.hub.transport import HubTransport
 from fedcare.strategies import build_strategy
@@ -81,6 +85,15 @@ REDELIVER_AFTER = timedelta(seconds=5)
 SETTLE_RETRY = (0.5, 30.0)
 #: A failed study's hub checks that its state folder takes a write of this size (bytes).
 STORAGE_PROBE_BYTES = 64 * 1024
+#: Long-polls one site may hold open at once. A node keeps one; a second covers a node that
+#: restarted while the hub still holds its previous, abandoned poll. More are refused (429):
+#: they can only come from a misbehaving or hostile client, and each open poll costs the hub
+#: a coroutine and a socket (before the long-poll waited asynchronously, each held one of the
+#: worker threads every other request needs, and one site could stall the whole hub).
+MAX_POLLS_PER_SITE = 2
+#: A long-poll waiting for a task looks at the site's offered tasks again at least this often
+#: (a delivered task whose lease ran out is handed out again, see REDELIVER_AFTER).
+RECHECK_EVERY = 1.0
 
 
 class NotFound(FedcareError):
@@ -97,6 +110,46 @@ class NotResumable(FedcareError):
 
 class StorageUnavailable(FedcareError):
     """The hub cannot write its state folder or database right now (disk full, read-only)."""
+
+
+class TooManyPolls(FedcareError):
+    """A site already holds :data:`MAX_POLLS_PER_SITE` long-polls (answered 429)."""
+
+
+class RevocationCheck(Protocol):
+    """Tells whether a site certificate (by serial, hex as the site table stores it) has been
+    revoked. A required argument of :class:`HubService`, so no embedding can end up with a
+    hub that never checks revocation; the server passes the federation's CRL
+    (:class:`fedcare.hub.api.PeerTrust`)."""
+
+    def is_revoked(self, serial_hex: str) -> bool: ...
+
+
+class NeverRevoked:
+    """A :class:`RevocationCheck` for tests and tools without a federation CRL: nothing is
+    revoked. Only ever passed explicitly."""
+
+    def is_revoked(self, serial_hex: str) -> bool:
+        return False
+
+
+class _SiteWaiters:
+    """The long-polls of one site waiting on the event loop, woken from any thread.
+
+    An engine thread that offers a task calls :meth:`wake`, which schedules ``Event.set`` on
+    each waiter's own loop with ``call_soon_threadsafe``: a waiting long-poll holds no thread.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.events: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+
+    def wake(self) -> None:
+        with self.lock:
+            waiting = list(self.events)
+        for loop, event in waiting:
+            with contextlib.suppress(RuntimeError):  # its loop is closed: nobody is waiting
+                loop.call_soon_threadsafe(event.set)
 
 
 @dataclass(frozen=True)
@@ -117,12 +170,22 @@ class Offer:
 
 
 class HubService:
-    def __init__(self, data_dir: Path, *, db_url: str | None = None,
+    """The hub's state and protocol.
+
+    Args:
+        data_dir: the state folder (database unless ``db_url``, blobs, study outputs); made
+            owner-only, and refused with a :class:`HubStateError` when it cannot be written.
+        revocation: whether a site certificate is revoked (required: see
+            :class:`RevocationCheck`).
+    """
+
+    def __init__(self, data_dir: Path, *, revocation: RevocationCheck,
+                 db_url: str | None = None,
                  max_body: int = DEFAULT_MAX_BODY, keep_replies: bool = False) -> None:
-        self.data_dir = Path(data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = prepare_data_dir(data_dir)
         self.db = Database(db_url) if db_url else Database.for_data_dir(self.data_dir)
-        self.db.migrate()
+        with writable_database(self.db):
+            self.db.migrate()
         self.blobs = BlobStore(self.data_dir / "blobs")
         self.max_body = max_body
         #: Write every site's reply to the blob store and keep it. Off by default: a reply
@@ -138,8 +201,11 @@ class HubService:
         self.keep_replies = keep_replies
         self.waiters: dict[str, Future[Reply]] = {}
         self.waiters_lock = threading.Lock()
-        self._wake: dict[str, threading.Condition] = {}
+        #: Each site's waiting long-polls (see :meth:`next_task`).
+        self._wake: dict[str, _SiteWaiters] = {}
         self._wake_lock = threading.Lock()
+        #: Long-polls open per site, at most MAX_POLLS_PER_SITE (under _wake_lock).
+        self._polls: dict[str, int] = {}
         self._runners: dict[str, threading.Thread] = {}
         self._specs: dict[str, tuple[ParamSpec, dict[str, ParamSpec | None]]] = {}
         self._stopping = threading.Event()
@@ -148,29 +214,37 @@ class HubService:
         #: Tasks this process's engines offer, by site then task id (see :meth:`offer`).
         self._offers: dict[str, dict[str, Offer]] = {}
         self._offers_lock = threading.Lock()
-        #: Offers made per site so far: a long-poll that saw N and finds N+1 looks again.
-        self._offered_count: dict[str, int] = {}
-        #: Whether a certificate serial (hex) is revoked; set by the server from the CRL.
-        self.is_revoked: Callable[[str], bool] = lambda serial: False
+        self._revocation = revocation
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
         """Resume every study that was running when the hub last stopped. A paused study
         waits for a researcher's ``fedcare study resume`` (its storage may still be full)."""
-        with self.db.session() as s:
-            running = [st.id for st in StudyRepo(s).list(status=StudyStatus.RUNNING)]
-            paused = [(st.id, st.error) for st in StudyRepo(s).list(status=StudyStatus.PAUSED)]
+        with writable_database(self.db):
+            with self.db.session() as s:
+                running = [st.id for st in StudyRepo(s).list(status=StudyStatus.RUNNING)]
+                paused = [(st.id, st.error)
+                          for st in StudyRepo(s).list(status=StudyStatus.PAUSED)]
+            for study_id in running:
+                self.event("resume", f"resuming study {study_id}", study_id=study_id)
         for study_id, why in paused:
             log.warning("study %s is paused (%s); continue it with `fedcare study resume %s`",
                         study_id, why, study_id)
         for study_id in running:
-            self.event("resume", f"resuming study {study_id}", study_id=study_id)
             self._launch(study_id)
 
     def stop(self) -> None:
+        """Stop: wake every waiting long-poll (it answers "no task"), let studies resume on
+        the next start."""
         self._stopping.set()
-        for site in list(self._wake):
-            self.notify_site(site)
+        with self._wake_lock:
+            sites = list(self._wake.values())
+        for waiters in sites:
+            waiters.wake()
+
+    def is_revoked(self, serial_hex: str) -> bool:
+        """Whether the certificate with this serial is revoked (see :class:`RevocationCheck`)."""
+        return self._revocation.is_revoked(serial_hex)
 
     def event(self, kind: str, message: str, *, study_id: str | None = None,
               site: str | None = None) -> None:
@@ -332,27 +406,67 @@ class HubService:
         self.event("node", f"site {site} connected (version {version}, session {session[:8]})",
                    site=site)
 
-    def next_task(self, site: str, wait: float) -> tuple[str, Offer] | None:
+    async def next_task(self, site: str, wait: float) -> tuple[str, Offer] | None:
         """Long-poll: the site's oldest pending task (id and offer), or None after ``wait``
         seconds. Only tasks a running engine of this process offers are handed out, so a
-        site that has nothing offered costs no database query while it waits."""
+        site that has nothing offered costs no database query while it waits.
+
+        Waits on the event loop, holding no thread: an engine thread's :meth:`offer` wakes
+        it (thread-safely). A site may hold :data:`MAX_POLLS_PER_SITE` of these at once;
+        one more raises :class:`TooManyPolls`. Run it on the server's event loop.
+        """
         deadline = time.monotonic() + max(0.0, min(wait, 60.0))
-        wake = self._condition(site)
-        while not self._stopping.is_set():
-            with wake:
-                seen = self._offered_count.get(site, 0)
-            found = self._deliver(site)
-            if found is not None:
-                return found
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+        with self._poll_slot(site):
+            loop = asyncio.get_running_loop()
+            waiters = self._waiters(site)
+            woken = asyncio.Event()
+            with waiters.lock:
+                waiters.events.add((loop, woken))
+            try:
+                while not self._stopping.is_set():
+                    # Cleared before looking: an offer made from now on sets it again, and
+                    # the wait below returns at once (no offer slips between look and wait).
+                    woken.clear()
+                    found = await self._deliver_async(site)
+                    if found is not None:
+                        return found
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or self._stopping.is_set():
+                        return None
+                    # Woken by a new offer; else every RECHECK_EVERY s, for a delivered task
+                    # whose lease ran out (handed out again, see REDELIVER_AFTER).
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(woken.wait(), min(remaining, RECHECK_EVERY))
                 return None
-            with wake:
-                if self._offered_count.get(site, 0) == seen and not self._stopping.is_set():
-                    # Woken by a new offer; else every second, for a delivered task whose
-                    # lease ran out (handed out again, see REDELIVER_AFTER).
-                    wake.wait(timeout=min(remaining, 1.0))
-        return None
+            finally:
+                with waiters.lock:
+                    waiters.events.discard((loop, woken))
+
+    @contextlib.contextmanager
+    def _poll_slot(self, site: str) -> Iterator[None]:
+        """One of the site's :data:`MAX_POLLS_PER_SITE` long-poll slots, or
+        :class:`TooManyPolls`. Only the event loop's thread counts, so no lock."""
+        with self._wake_lock:
+            if self._polls.get(site, 0) >= MAX_POLLS_PER_SITE:
+                raise TooManyPolls(f"site {site} already holds {MAX_POLLS_PER_SITE} "
+                                   "long-polls (GET /v1/node/task); a node needs one: wait "
+                                   "for an answer before polling again")
+            self._polls[site] = self._polls.get(site, 0) + 1
+        try:
+            yield
+        finally:
+            with self._wake_lock:
+                self._polls[site] -= 1
+                if not self._polls[site]:
+                    del self._polls[site]
+
+    async def _deliver_async(self, site: str) -> tuple[str, Offer] | None:
+        """:meth:`_deliver` off the event loop (it queries the database), and not at all
+        when nothing is offered to the site."""
+        with self._offers_lock:
+            if not self._offers.get(site):
+                return None
+        return await asyncio.to_thread(self._deliver, site)
 
     def _deliver(self, site: str) -> tuple[str, Offer] | None:
         with self._offers_lock:
@@ -379,12 +493,9 @@ class HubService:
         tasks again (same ids, rebuilt from the same model). Until then a task row left by
         the previous process is not handed out. Storing them cost a write, a sha256 and two
         fsyncs of each site's copy of the model per round, on the round's critical path."""
-        wake = self._condition(offer.site)
         with self._offers_lock:
             self._offers.setdefault(offer.site, {})[task_id] = offer
-        with wake:
-            self._offered_count[offer.site] = self._offered_count.get(offer.site, 0) + 1
-            wake.notify_all()
+        self.notify_site(offer.site)
 
     def withdraw(self, task_ids: Callable[[str], bool]) -> None:
         """Stop offering the tasks whose id ``task_ids`` accepts (answered, or their round
@@ -426,15 +537,14 @@ class HubService:
                 self._serials[site] = serial
         return serial
 
-    def _condition(self, site: str) -> threading.Condition:
+    def _waiters(self, site: str) -> _SiteWaiters:
         with self._wake_lock:
-            return self._wake.setdefault(site, threading.Condition())
+            return self._wake.setdefault(site, _SiteWaiters())
 
     def notify_site(self, site: str) -> None:
-        """Wake only the long-polls of ``site`` (a new task for one site wakes no other)."""
-        wake = self._condition(site)
-        with wake:
-            wake.notify_all()
+        """Wake only the long-polls of ``site`` (a new task for one site wakes no other);
+        safe from any thread."""
+        self._waiters(site).wake()
 
     def study_for_node(self, site: str, study_id: str) -> dict[str, Any]:
         with self.db.session() as s:
@@ -698,12 +808,29 @@ class HubService:
         settings = EngineSettings(study=study_id, seed=cfg.study.seed, train=train,
                                   evaluate_every=cfg.run.evaluate_every,
                                   round_timeout=cfg.run.round_timeout or DEFAULT_ROUND_TIMEOUT)
+        # Fixed when the study starts (and kept in its history for a resume): a site cannot
+        # raise its weight's bound by saying hello again with more rows mid-study.
+        bounds = history.meta.setdefault("example_bounds",
+                                         self._example_bounds(cfg.data.dataset, sites))
         engine = RoundEngine(settings, strategy, transport, sites, params, history,
                              checkpoints=_HubCheckpoints(self, study_id),
                              on_round=lambda r: self._on_round(study_id, r),
                              secure=self._secure_aggregator(cfg),
-                             privacy=hub_privacy(cfg, len(sites)))
+                             privacy=hub_privacy(cfg, len(sites)), example_bounds=bounds)
         return engine, start
+
+    def _example_bounds(self, dataset: str, sites: list[str]) -> dict[str, int]:
+        """The most examples each site may claim in a study of ``dataset``: the rows it
+        declared in its hello (audit F3: a FedAvg weight was whatever a reply claimed)."""
+        with self.db.session() as s:
+            listed = {x.name: x.datasets or [] for x in SiteRepo(s).list()}
+        out = {}
+        for site in sites:
+            rows = [d.get("rows") for d in listed.get(site, []) if d.get("name") == dataset]
+            declared = max((r for r in rows if isinstance(r, int) and not isinstance(r, bool)),
+                           default=0)
+            out[site] = example_bound(declared)
+        return out
 
     def _secure_aggregator(self, cfg: StudyConfig) -> SecureAggregator | None:
         sa = cfg.secure_aggregation
@@ -731,6 +858,9 @@ class HubService:
         failed = f"; failed: {record.sites_failed}" if record.sites_failed else ""
         self.event("round", f"round {record.round} done with {record.sites_completed}{failed}",
                    study_id=study_id)
+        for site, why in record.sites_flagged.items():
+            self.event("flagged", f"round {record.round}: site {site}: {why}",
+                       study_id=study_id, site=site if site in record.sites_sampled else None)
 
     def _write_outputs(self, study_id: str, history: History, final: Parameters) -> None:
         from fedcare.engine.bundle import networked_bundle

@@ -12,9 +12,9 @@ reading a study must not cost a torch import.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from fedcare.core.errors import ConfigError
 from fedcare.core.settings import Section, literal_values
@@ -23,6 +23,8 @@ from fedcare.core.settings import Section, literal_values
 #: config time, not discovered as an out-of-memory at every site).
 MAX_WIDTH = 65_536
 MAX_LAYERS = 64
+#: A layer's width (hidden units, channels).
+Width = Annotated[int, Field(ge=1, le=MAX_WIDTH)]
 
 
 @dataclass(frozen=True)
@@ -106,16 +108,9 @@ class MlpOptions(ModelOptions):
     summary: ClassVar[str] = ("multi-layer perceptron with ReLU on flat (n, F) input (higher "
                               "ranks are flattened)")
     capabilities: ClassVar[ModelCapabilities] = ModelCapabilities(dp_sgd=True)
-    hidden: list[int] | int = Field([64], description="mlp: hidden layer sizes.")
+    hidden: Annotated[list[Width], Field(min_length=1, max_length=MAX_LAYERS)] | Width = Field(
+        [64], description="mlp: hidden layer sizes.")
     dropout: float = Field(0.0, ge=0, lt=1, description="mlp: dropout after each hidden layer.")
-
-    @field_validator("hidden")
-    @classmethod
-    def _check_hidden(cls, value: list[int] | int) -> list[int] | int:
-        sizes = _sizes(value)
-        if not sizes or any(not 1 <= h <= MAX_WIDTH for h in sizes) or len(sizes) > MAX_LAYERS:
-            raise ValueError(f"must be 1 to {MAX_LAYERS} layer sizes, each in 1..{MAX_WIDTH}")
-        return value
 
     def options(self) -> dict[str, Any]:
         return {"hidden": _sizes(self.hidden), "dropout": self.dropout}
@@ -128,32 +123,18 @@ class CnnOptions(ModelOptions):
                               "max-pool blocks")
     capabilities: ClassVar[ModelCapabilities] = ModelCapabilities(
         dp_sgd=True, input="image (n, channels, height, width)")
-    channels: list[int] = Field([16, 32], min_length=1, max_length=MAX_LAYERS,
-                                description="cnn: output channels per conv block.")
-
-    @field_validator("channels")
-    @classmethod
-    def _check_channels(cls, value: list[int]) -> list[int]:
-        if any(not 1 <= c <= MAX_WIDTH for c in value):
-            raise ValueError(f"each must be in 1..{MAX_WIDTH}")
-        return value
+    channels: list[Width] = Field([16, 32], min_length=1, max_length=MAX_LAYERS,
+                                  description="cnn: output channels per conv block.")
 
 
 class _RecurrentOptions(ModelOptions):
     capabilities: ClassVar[ModelCapabilities] = ModelCapabilities(
         input="sequence (n, time, features)")
-    hidden: int | list[int] = Field(64, description="lstm/gru: hidden size.")
+    hidden: Width | Annotated[list[Width], Field(min_length=1, max_length=1)] = Field(
+        64, description="lstm/gru: hidden size (a list of one is accepted).")
     layers: int = Field(1, ge=1, le=MAX_LAYERS, description="lstm/gru: stacked layers.")
     dropout: float = Field(0.0, ge=0, lt=1,
                            description="lstm/gru: dropout between stacked layers.")
-
-    @field_validator("hidden")
-    @classmethod
-    def _check_hidden(cls, value: int | list[int]) -> int | list[int]:
-        size = value[0] if isinstance(value, list) and len(value) == 1 else value
-        if isinstance(size, list) or not 1 <= size <= MAX_WIDTH:
-            raise ValueError(f"must be one size in 1..{MAX_WIDTH}")
-        return value
 
     def options(self) -> dict[str, Any]:
         hidden = self.hidden[0] if isinstance(self.hidden, list) else self.hidden

@@ -237,7 +237,8 @@ class NodeAgent:
                                           state_dir=self.state_dir / study_id,
                                           secure=self._secure_site(study_id, cfg, sites),
                                           privacy=site_privacy(cfg, rows, len(sites),
-                                                               self.ledger))
+                                                               self.ledger),
+                                          strategy=cfg.strategy.name)
         self._studies[study_id] = entry
         return entry
 

@@ -126,8 +126,10 @@ class _Run:
         return SecureSettings(sa.protocol, threshold=sa.threshold, frac_bits=sa.frac_bits,
                               he_context=secret), public
 
-    def _executors(self, sites: Sequence[SiteData], secure: SecureSettings | None = None
-                   ) -> dict[str, SiteExecutor]:
+    def _executors(self, sites: Sequence[SiteData], secure: SecureSettings | None = None,
+                   strategy: str | None = None) -> dict[str, SiteExecutor]:
+        """The sites' executors, bound to the study's strategy (``strategy``: another, for
+        the baselines, which train with plain FedAvg)."""
         state_root = self.out / "sites" if self.out is not None else None
         names = [s.name for s in sites]
         n = len(self.sites)
@@ -135,7 +137,8 @@ class _Run:
                                      state_dir=(state_root / s.name) if state_root else None,
                                      secure=SecureSite(s.name, secure, names) if secure
                                      else None,
-                                     privacy=site_privacy(self.cfg, len(s.y_train), n))
+                                     privacy=site_privacy(self.cfg, len(s.y_train), n),
+                                     strategy=strategy or self.cfg.strategy.name)
                 for i, s in enumerate(sites)}
 
     def _learner_for(self, site: SiteData) -> Learner:
@@ -199,14 +202,20 @@ class _Run:
                                  checkpoints=_EveryN(store, cfg.run.checkpoint_every),
                                  on_round=self._on_round,
                                  secure=SecureAggregator(secure, he_public) if secure else None,
-                                 privacy=hub_privacy(cfg, len(self.sites)))
+                                 privacy=hub_privacy(cfg, len(self.sites)),
+                                 example_bounds={s.name: len(s.y_train) + len(s.y_test)
+                                                 for s in self.sites})
             final = engine.run(cfg.study.rounds, start_round=start_round)
             if cfg.baselines.local:
                 # A site training alone shares nothing: its baseline runs on plain executors.
-                local = (transport if secure is None
-                         else InMemoryTransport({n: e.handle for n, e in
-                                                 self._executors(self.sites).items()}))
-                history.baselines["local"] = self._local_baselines(local)
+                # Its tasks are plain FedAvg's: executors bound to another strategy refuse them.
+                local = (transport if secure is None and cfg.strategy.name == "fedavg"
+                         else self._transport(self._executors(self.sites, strategy="fedavg")))
+                try:
+                    history.baselines["local"] = self._local_baselines(local)
+                finally:
+                    if local is not transport:
+                        local.close()
             if cfg.baselines.centralized:
                 history.baselines["centralized"] = self._centralized(engine)
         finally:
@@ -273,7 +282,7 @@ class _Run:
 
         everything = pooled(self.sites)
         ex = SiteExecutor(everything, self.learner, site_index=len(self.sites),
-                          expected=self.spec)
+                          expected=self.spec, strategy="fedavg")
         params = self._single_site_study("centralized", InMemoryTransport({"pooled": ex.handle}),
                                          "pooled", self.cfg.study.rounds)
         per_site = {s.name: self.learner.evaluate(params, s.x_test, s.y_test)

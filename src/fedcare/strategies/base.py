@@ -53,9 +53,9 @@ class StrategyOptions(Section):
 
     name: str
     fraction: float = Field(1.0, gt=0, le=1, description="Share of sites sampled per round.")
-    min_sites: int = Field(1, ge=1, le=100_000,
+    min_sites: int = Field(1, ge=1, le=10_000,
                            description="Minimum sites sampled per round.")
-    min_completed: int = Field(1, ge=1, le=100_000, description=(
+    min_completed: int = Field(1, ge=1, le=10_000, description=(
         "Minimum sites that must answer for a round to count."))
 
     def sampling(self) -> SamplingOptions:

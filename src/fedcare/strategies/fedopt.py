@@ -22,6 +22,7 @@ import numpy as np
 from pydantic import Field
 
 from fedcare.core.errors import ConfigError
+from fedcare.core.limits import MAX_LR
 from fedcare.core.messages import UpdateKind
 from fedcare.core.params import Parameters
 from fedcare.strategies.aggregate import UpdateStack
@@ -41,11 +42,11 @@ class FedOptOptions(StrategyOptions):
 
     name: Literal["fedadam", "fedyogi", "fedadagrad"] = Field(
         "fedadam", description="Adaptive server optimizers (Reddi et al. 2021).")
-    server_lr: float = Field(0.01, gt=0, le=1e3, allow_inf_nan=False,
+    server_lr: float = Field(0.01, gt=0, le=MAX_LR,
                              description="Server learning rate.")
     beta1: float = Field(0.9, ge=0, lt=1, description="First-moment decay beta1.")
     beta2: float = Field(0.99, ge=0, lt=1, description="Second-moment decay beta2.")
-    tau: float = Field(1e-3, gt=0, le=1e3, allow_inf_nan=False,
+    tau: float = Field(1e-3, gt=0, le=1e6,
                        description="Adaptivity tau (also the initial sqrt(v)).")
 
 

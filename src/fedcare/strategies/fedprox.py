@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from fedcare.core.limits import MAX_PROXIMAL_MU
 from fedcare.core.messages import TrainConfig
 from fedcare.strategies.base import (
     SamplingOptions,
@@ -24,7 +25,7 @@ from fedcare.strategies.registry import register
 
 class FedProxOptions(StrategyOptions):
     name: Literal["fedprox"] = Field("fedprox", description="FedProx (Li et al. 2020).")
-    mu: float = Field(0.01, gt=0, le=1e4, allow_inf_nan=False, description=(
+    mu: float = Field(0.01, gt=0, le=MAX_PROXIMAL_MU, description=(
         "Proximal coefficient mu (> 0; mu = 0 is FedAvg)."))
 
 

@@ -21,6 +21,7 @@ from pydantic import Field
 
 from fedcare.core.errors import ConfigError, ValidationError
 from fedcare.core.learning import FitResult
+from fedcare.core.limits import MAX_LR
 from fedcare.core.messages import TrainConfig, UpdateKind
 from fedcare.core.params import Parameters, ParamSpec
 from fedcare.strategies.aggregate import UpdateStack
@@ -42,7 +43,7 @@ DELTA_CONTROL = "dc"  # a site's change of its own control variate, returned wit
 class ScaffoldOptions(StrategyOptions):
     name: Literal["scaffold"] = Field("scaffold",
                                       description="SCAFFOLD (Karimireddy et al. 2020).")
-    server_lr: float = Field(1.0, gt=0, le=1e3, allow_inf_nan=False,
+    server_lr: float = Field(1.0, gt=0, le=MAX_LR,
                              description="Server learning rate.")
 
 

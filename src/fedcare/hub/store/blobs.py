@@ -11,6 +11,9 @@ either no blob or the whole blob — at worst an orphan temporary file or an unr
 never a truncated one under a valid name. Blobs are written *before* the transaction that
 references them commits, so a committed row always finds its blob.
 
+Blobs hold checkpoints and, with ``--keep-replies``, every site's update: the store's
+folders are 0700 and its files 0400, whatever the umask (they were 0755 and 0444).
+
 ``durable=False`` skips both fsyncs (sites' replies: see ``HubService.receive_reply``). A
 ``kill -9`` still leaves the whole blob (the kernel has it); only a power cut can lose or tear
 it, and every read re-hashes, so such a blob is found out, never used.
@@ -31,6 +34,18 @@ from fedcare.hub.store.errors import BlobCorrupted, BlobNotFound, InvalidBlobId
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _CHUNK = 1 << 20
+#: Owner-only: a blob may be a site's individual update (see the module docstring).
+BLOB_DIR_MODE = 0o700
+BLOB_FILE_MODE = 0o400
+
+
+def _private_dir(path: Path) -> None:
+    """``mkdir`` then ``chmod``: the mode given to mkdir is cut by the umask."""
+    try:
+        path.mkdir(mode=BLOB_DIR_MODE)
+    except FileExistsError:
+        return
+    os.chmod(path, BLOB_DIR_MODE)
 
 
 def check_blob_id(sha: str) -> str:
@@ -82,7 +97,11 @@ class BlobStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self._tmp = self.root / "tmp"
-        self._tmp.mkdir(parents=True, exist_ok=True)
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        _private_dir(self.root)
+        if self.root.stat().st_mode & 0o777 != BLOB_DIR_MODE:  # made by an older version
+            os.chmod(self.root, BLOB_DIR_MODE)
+        _private_dir(self._tmp)
 
     def path(self, sha: str) -> Path:
         """Where the blob ``sha`` lives (whether or not it exists)."""
@@ -158,8 +177,8 @@ class BlobStore:
 
     def _commit(self, tmp: Path, target: Path, *, durable: bool = True) -> None:
         try:
-            target.parent.mkdir(exist_ok=True)
-            os.chmod(tmp, 0o444)
+            _private_dir(target.parent)
+            os.chmod(tmp, BLOB_FILE_MODE)
             os.replace(tmp, target)
         except BaseException:
             tmp.unlink(missing_ok=True)

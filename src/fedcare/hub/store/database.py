@@ -18,6 +18,8 @@ where a read decides a write.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,11 +33,87 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from fedcare.core.errors import ConfigError
+from fedcare.core.errors import ConfigError, FedcareError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_S = 30.0
 DB_FILENAME = "hub.db"
+#: The hub's state (database, checkpoints, with --keep-replies every site's update) is for
+#: the hub's own user only, whatever the umask: directories 0700, files 0600 (blobs 0400).
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+
+
+class HubStateError(FedcareError):
+    """The hub's state folder or database cannot be used (missing rights, read-only file
+    system, a file where a folder should be): said in one line at start-up."""
+
+
+def _unusable(path: Path, why: str) -> HubStateError:
+    return HubStateError(f"the hub's state folder {path} cannot be written ({why}); give "
+                         "--data-dir a folder this user can write, or make it writable "
+                         "(e.g. remount it read-write)")
+
+
+def make_private_dir(path: Path) -> None:
+    """Create ``path`` (and parents) if missing and make it 0700 when it is ours."""
+    path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    st = path.stat()
+    if st.st_uid == os.geteuid() and st.st_mode & 0o777 != PRIVATE_DIR_MODE:
+        os.chmod(path, PRIVATE_DIR_MODE)
+
+
+def prepare_data_dir(data_dir: Path) -> Path:
+    """Make the hub's state folder owner-only and check, before anything is written, that
+    the hub can write it and its database: a read-only mount, a folder of another user or
+    a file in its place is one :class:`HubStateError` naming the folder, not a failure deep
+    inside the first write (which used to end the hub with a 300-line traceback)."""
+    path = Path(data_dir)
+    try:
+        make_private_dir(path)
+    except OSError as exc:
+        raise _unusable(path, exc.strerror or type(exc).__name__) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise _unusable(path, "no write access")
+    db = path / DB_FILENAME
+    if db.exists() and not os.access(db, os.R_OK | os.W_OK):
+        raise _unusable(path, f"{DB_FILENAME} is not writable")
+    return path
+
+
+@contextlib.contextmanager
+def writable_database(db: Database) -> Iterator[None]:
+    """Turn SQLite's "attempt to write a readonly database" / "unable to open database file"
+    (a state folder that became read-only, or was removed) into a :class:`HubStateError`."""
+    try:
+        yield
+    except sa.exc.OperationalError as exc:
+        text = str(exc.orig)
+        if db.dialect != "sqlite" or not any(
+                t in text for t in ("readonly", "unable to open", "read-only")):
+            raise
+        where = Path(db.url.database or DB_FILENAME).parent
+        raise _unusable(where, f"database: {text}") from None
+
+
+def _private_sqlite_file(path: Path) -> None:
+    """Create the database file owner-only before SQLite does (SQLite would make it 0644
+    under the usual umask, and its -wal and -shm files take the database file's mode), and
+    tighten an existing one and its companions."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                                 PRIVATE_FILE_MODE))
+        for file in (path, path.with_name(f"{path.name}-wal"),
+                     path.with_name(f"{path.name}-shm")):
+            with contextlib.suppress(FileNotFoundError):
+                st = file.stat()
+                if st.st_uid == os.geteuid() and st.st_mode & 0o777 != PRIVATE_FILE_MODE:
+                    os.chmod(file, PRIVATE_FILE_MODE)
+    except OSError as exc:
+        raise _unusable(path.parent, exc.strerror or type(exc).__name__) from None
 
 
 def normalize_url(url: str | URL) -> URL:
@@ -81,7 +159,7 @@ def create_hub_engine(url: str | URL) -> Engine:
     """An engine for the hub's database with the settings this module documents."""
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
-        Path(parsed.database or "").parent.mkdir(parents=True, exist_ok=True)
+        _private_sqlite_file(Path(parsed.database or ""))
         engine = sa.create_engine(
             parsed,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
