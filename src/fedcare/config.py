@@ -106,8 +106,9 @@ class FilesData(_DataCommon):
     label: str = Field(min_length=1, description="Label column (present at every site).")
     features: list[str] | None = Field(
         None, description="Feature columns; default: every column except the label.")
-    site: list[SiteFile] = Field(min_length=1, max_length=MAX_SITES,
-                                 description="Sites: [[data.site]] name, path.")
+    site: list[SiteFile] = Field(min_length=1, max_length=MAX_SITES, description=(
+        "Sites: [[data.site]] name, path, and optionally test_path (a fixed test file: the "
+        "site trains on all of path and is tested on it; test_fraction is ignored there)."))
 
 
 class PooledFileData(_DataCommon):
