@@ -59,6 +59,12 @@ class StudySection(_Section):
     seed: int = Field(0, ge=0, le=MAX_SEED,
                       description="Seed for every random choice (init, batches, sampling).")
     rounds: int = Field(10, ge=1, le=MAX_ROUNDS, description="Number of federated rounds.")
+    primary_metric: Literal["accuracy", "auc", "balanced_accuracy", "f1", "brier", "rmse",
+                            "mse", "mae"] | None = Field(None, description=(
+        "Metric the report leads with and compares, shown beside the trivial (constant) "
+        "prediction's score: accuracy, auc, balanced_accuracy, f1 or brier for "
+        "classification (auc: binary only), rmse, mse or mae for regression. Default: "
+        "accuracy, or mse for regression."))
 
 
 class SiteFile(_Section):
@@ -246,8 +252,11 @@ class SecureAggregationSection(_Section):
         "Protect updates so the hub learns only their sum: secagg (pairwise masking with "
         "dropout recovery, Bonawitz 2017), secagg+ (sparse masking graph for many sites, "
         "Bell 2020), ckks (homomorphic encryption, TenSEAL), or none."))
-    threshold: float = Field(0.67, gt=0.5, le=1, allow_inf_nan=False, description=(
-        "secagg: share of a round's sites that must survive every step (a strict majority)."))
+    threshold: float | None = Field(None, gt=0.5, le=1, description=(
+        "Share of a round's sites that must survive every step (above 0.5). Default: "
+        "derived, t = max(strategy.min_completed, a strict majority of the round's sites), so "
+        "a round can finish with min_completed sites; a study whose threshold would never "
+        "let it is refused."))
     frac_bits: int = Field(24, ge=8, le=40, description=(
         "secagg: fixed-point fractional bits (precision 2^-frac_bits per value)."))
 
@@ -336,6 +345,8 @@ def content_hash(cfg: StudyConfig) -> str:
         for site in doc["data"]["site"]:
             if site.get("test_path") is None:
                 site.pop("test_path", None)
+    if cfg.study.primary_metric is None:  # likewise: studies that choose none hash as before
+        del doc["study"]["primary_metric"]
     blob = json.dumps(doc, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -371,7 +382,60 @@ def _cross_checks(cfg: StudyConfig) -> list[str]:
                         "each site's individual update, which secure aggregation hides; "
                         f"use one of {usable}")
     problems += _privacy_checks(cfg)
+    n_sites = _declared_sites(cfg)
+    if n_sites is not None:
+        problems += secure_round_problems(cfg, n_sites)
+    task = _declared_task(cfg)
+    if task is not None and cfg.study.primary_metric is not None:
+        from fedcare.learners.metrics import primary_metric
+
+        try:
+            primary_metric(task, cfg.study.primary_metric)
+        except ConfigError as exc:
+            problems.append(exc.message)
     return problems
+
+
+def _declared_sites(cfg: StudyConfig) -> int | None:
+    """How many sites the config itself names (None: known only once the study runs)."""
+    d = cfg.data
+    if isinstance(d, (FilesData, ImageFolderData)):
+        return len(d.site)
+    if isinstance(d, FederatedData):
+        return len(d.sites) if d.sites is not None else None
+    if isinstance(d, PooledFileData) and d.partition == "attribute":
+        return None
+    return int(d.sites)
+
+
+def secure_round_problems(cfg: StudyConfig, n_sites: int) -> list[str]:
+    """A secure study over ``n_sites`` sites whose survivor threshold and
+    ``strategy.min_completed`` contradict each other (see
+    :func:`fedcare.privacy.secagg.config.threshold_problems`); checked when the config names
+    its sites and again when the hub resolves them at submission."""
+    if cfg.secure_aggregation.protocol == "none":
+        return []
+    import math
+
+    from fedcare.privacy.secagg.config import threshold_problems
+
+    s = cfg.strategy
+    n = n_sites if s.fraction >= 1 else min(
+        n_sites, max(s.min_sites, math.ceil(s.fraction * n_sites), 1))
+    return threshold_problems(n, cfg.secure_aggregation.threshold, s.min_completed)
+
+
+def _declared_task(cfg: StudyConfig) -> str | None:
+    """The task when the configuration alone fixes it (other sources infer it from the
+    labels, and the runner checks the primary metric once the data is loaded)."""
+    d = cfg.data
+    if isinstance(d, FederatedData):
+        return d.task
+    if isinstance(d, BuiltinData):
+        return "binary"
+    if isinstance(d, SyntheticData):
+        return "binary" if d.classes == 2 else "multiclass"
+    return None
 
 
 def _privacy_checks(cfg: StudyConfig) -> list[str]:

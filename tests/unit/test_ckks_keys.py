@@ -110,7 +110,7 @@ def test_a_site_refuses_one_sites_ciphertext_presented_as_the_sum(
     with pytest.raises(ProtocolError, match="site hospital-2's contribution comes without"):
         b.step(_decrypt("hospital-2", _flat(answers, ["hospital-1"]), SITES))
     # ... or honestly labelled, but a "sum" of one site
-    with pytest.raises(ProtocolError, match="at least 3 distinct sites"):
+    with pytest.raises(ProtocolError, match=r"at least \d+ distinct sites"):
         b.step(_decrypt("hospital-2", _flat(answers, ["hospital-1"]), ["hospital-1"]))
     # ... or hospital-1's ciphertext relabelled as each other site's, with their certificates
     relabelled = _flat(answers, SITES)

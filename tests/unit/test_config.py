@@ -104,10 +104,13 @@ _APPROVED_HASHES = [
      "b461e9ca9b1c8ab8a04162276e8addb8602747ef57be94cdc81b1e3d091d7941"),
     ({"data": {"source": "builtin"}, "strategy": {"name": "scaffold"}},
      "432cd0367faea8a468573c1f7ced1ebecc360fb852a2b94481a0e16a865d6c6c"),
+    # A study with secure aggregation hashes differently since its survivor threshold became
+    # derived from strategy.min_completed (audit F5; was 254b6c0e...): what it does changed
+    # (a 3-site round now survives a dropout), so its sites must approve it again.
     ({"data": {"source": "federation", "dataset": "x", "label": "y", "features": ["a"]},
       "secure_aggregation": {"protocol": "secagg"},
       "privacy": {"mode": "dp_fedavg_distributed", "target_epsilon": 3.0}},
-     "254b6c0eeb67b91a2ba2b70f65082b68069ec93da808499e1b86b91bda8f6fab"),
+     "68904b5ea789b65ed2b8781c18b74aa52b75a20565e1f0587f8cd9315add406d"),
 ]
 
 

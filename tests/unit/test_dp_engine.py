@@ -65,7 +65,7 @@ def test_central_noise_moves_the_model_by_the_stated_amount() -> None:
     cfg = {**BASE, "study": {**BASE["study"], "rounds": 1},
            "privacy": {"mode": "dp_fedavg_central", "clip": clip, "noise_multiplier": z}}
     quiet = {**cfg, "privacy": {**cfg["privacy"], "noise_multiplier": 0.0}}
-    a = fedcare.simulate(cfg).final_parameters
+    a = fedcare.simulate(cfg, force=True).final_parameters
     b = fedcare.simulate(quiet).final_parameters
     diff = np.concatenate([(np.asarray(a[k], np.float64) - b[k]).ravel() for k in b])
     # noise on the sum is N(0, (z*C)^2) per coordinate, divided by the 4 sites
@@ -77,7 +77,7 @@ def test_history_epsilon_matches_the_accountant() -> None:
     z = 1.3
     cfg = {**BASE, "privacy": {"mode": "dp_fedavg_central", "clip": 1.0,
                                "noise_multiplier": z, "delta": 1e-5}}
-    h = fedcare.simulate(cfg).to_dict()
+    h = fedcare.simulate(cfg, force=True).to_dict()
     assert h["privacy"]["epsilon"] == pytest.approx(epsilon(z, 1.0, 3, 1e-5), rel=1e-9)
     eps = [r["epsilon_cumulative"] for r in h["privacy"]["rounds"]]
     assert eps == sorted(eps) and len(eps) == 3

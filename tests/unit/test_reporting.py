@@ -137,7 +137,7 @@ def test_full_report_has_every_section_and_embedded_pngs(tmp_path: Path) -> None
                     "Configuration"):
         assert f"<h2>{heading}</h2>" in document
     assert "breast-cancer-demo" in document and "fedavg" in document and "logreg" in document
-    assert "Federation vs local-only: +" in document and "gap to pooled" in document
+    assert "better than local-only" in document and "than pooled" in document
     assert "<details>" in document and "&quot;local_epochs&quot;: 1" in document
     pngs = _pngs(document)
     assert len(pngs) >= 4
@@ -155,7 +155,7 @@ def test_sparse_history_without_baselines_still_renders(tmp_path: Path) -> None:
     document = _write(sparse_history(), tmp_path)
 
     assert "No baselines were run" in document
-    assert "Federation vs local-only" not in document
+    assert "better than" not in document and "worse than" not in document
     assert len(_pngs(document)) >= 3
 
 
@@ -166,8 +166,8 @@ def test_regression_lower_is_better_reports_improvement_as_positive(tmp_path: Pa
 
     sentence = s.headline_sentence(history)
     assert sentence is not None
-    assert sentence.startswith("Federation vs local-only: +") and "units on mse" in sentence
-    assert "lower mse is better" in sentence
+    assert sentence.startswith("On mse (lower is better): federated is ")
+    assert "units better than local-only" in sentence
     assert "<th>mse ↓</th>" in document
     assert len(_pngs(document)) >= 3
 
@@ -213,8 +213,9 @@ def test_headline_sentence_for_higher_is_better_uses_points() -> None:
     sentence = s.headline_sentence(history)
 
     assert sentence is not None
-    assert sentence.startswith("Federation vs local-only: +10.00 points on accuracy")
-    assert "gap to pooled: 4.00 points" in sentence
+    assert sentence.startswith("On accuracy (higher is better): federated is 10.00 points "
+                               "better than local-only")
+    assert "federated is 4.00 points worse than pooled" in sentence
 
 
 def test_human_bytes() -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+import warnings
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -42,7 +43,7 @@ def _config_reference() -> str:
 
 
 def _run(config: Path | dict, out: Path | None, resume: bool, overwrite: bool,
-         workers: int | None) -> None:
+         workers: int | None, force: bool = False) -> None:
     from fedcare.cli.render import print_results
     from fedcare.config import load_config, parse_config
     from fedcare.sim.progress import RichProgress
@@ -52,15 +53,27 @@ def _run(config: Path | dict, out: Path | None, resume: bool, overwrite: bool,
         cfg = load_config(config) if isinstance(config, Path) else parse_config(config)
         if workers is not None:
             cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"workers": workers})})
-        with RichProgress() as bar:
+        with RichProgress() as bar, warnings.catch_warnings():
+            # the DP check's warning is printed by _print_dp_check, not as a Python warning
+            warnings.filterwarnings("ignore", message="DP check", category=UserWarning)
             history = simulate(cfg, output_dir=out, progress=bar, resume=resume,
-                               overwrite=overwrite)
+                               overwrite=overwrite, force=force,
+                               on_dp_check=lambda a: _print_dp_check(a, force))
     except FedcareError as exc:
         raise fail(exc) from None
     print_results(history.to_dict(), console)
     if out is not None:
         console.print(f"Wrote [bold]{out}[/bold]: history.json, model.safetensors, "
                       f"checkpoints/, report.html")
+
+
+def _print_dp_check(assessment: Any, force: bool) -> None:
+    """The DP check before training; a refused study's error already carries it."""
+    if assessment.learnable:
+        console.print(assessment.summary(), markup=False, highlight=False)
+    elif force:
+        console.print("[yellow]warning (--force):[/yellow] " + escape(assessment.summary()),
+                      highlight=False)
 
 
 @app.command(epilog=_config_reference())
@@ -72,6 +85,9 @@ def simulate(
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier run in --out.")] = False,
     workers: Annotated[int | None, typer.Option(
         help="Override run.workers (0 = auto, 1 = one process).")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Run a DP-FedAvg study even though its noise drowns the updates "
+        "(the DP check printed before training refuses it otherwise).")] = False,
 ) -> None:
     """Run a federated study in simulation (every site on this machine).
 
@@ -86,7 +102,7 @@ def simulate(
         name = load_config(config).study.name
     except FedcareError as exc:
         raise fail(exc) from None
-    _run(config, out or default_output_dir(name), resume, overwrite, workers)
+    _run(config, out or default_output_dir(name), resume, overwrite, workers, force)
 
 
 DEMO_CONFIG = {

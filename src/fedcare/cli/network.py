@@ -177,7 +177,10 @@ def _client(federation: Path | None, hub: str | None, ca: Path | None,
 def submit(config: Annotated[Path, typer.Argument(help="Study file (.toml/.yaml).")],
            federation: Federation = None, hub: HubUrl = None, ca: CaFile = None,
            token: Token = None,
-           wait: Annotated[bool, typer.Option(help="Follow progress until it ends.")] = False
+           wait: Annotated[bool, typer.Option(help="Follow progress until it ends.")] = False,
+           force: Annotated[bool, typer.Option(
+               "--force", help="Submit a DP-FedAvg study the hub's DP check refuses (its "
+               "noise drowns the updates).")] = False,
            ) -> None:
     """Submit a study (data.source = "federation"); prints its id and content hash."""
     from fedcare.config import load_config
@@ -185,7 +188,8 @@ def submit(config: Annotated[Path, typer.Argument(help="Study file (.toml/.yaml)
     client = _client(federation, hub, ca, token)
     try:
         cfg = load_config(config)
-        doc = client.call("POST", "/v1/studies", json=cfg.model_dump(mode="json")).json()
+        doc = client.call("POST", "/v1/studies", json=cfg.model_dump(mode="json"),
+                          params={"force": "true"} if force else None).json()
     except FedcareError as exc:
         raise fail(exc, 2) from None
     console.print(f"study [bold]{doc['study_id']}[/bold] submitted to sites {doc['sites']} "

@@ -8,6 +8,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from fedcare.reporting import summary
+
 
 def _fmt(value: float | None) -> str:
     return "—" if value is None else f"{value:.3f}"
@@ -26,35 +28,56 @@ def results_table(history: Mapping[str, Any]) -> Table:
     """Per-site final metrics of the federated model next to local-only and pooled training.
 
     Kept to the primary metric and AUC so it fits an 80-column terminal; report.html has all.
+    The primary metric is followed by the trivial (constant) prediction's score, and each site
+    by its prevalence, so a high accuracy on a rare outcome cannot look good.
     """
-    primary = history.get("primary_metric", "accuracy")
+    primary = summary.primary_metric(history)
     final = history.get("final", {})
     base = history.get("baselines", {})
     blocks = [("fed", final), ("local", base.get("local")), ("pooled", base.get("centralized"))]
     blocks = [(label, b) for label, b in blocks if b]
     metrics = [m for m in dict.fromkeys([primary, "auc"]) if m in final.get("global_metrics", {})]
+    trivial = summary.TRIVIAL + primary
+    has_trivial = trivial in final.get("global_metrics", {})
+    no_dp = any((b or {}).get("note") for _, b in blocks[1:])
     table = Table(title=f"{history.get('study', 'study')}: test metrics after "
                         f"{len(history.get('rounds', []))} rounds of {history.get('strategy', '')}"
-                        " (fed = federated, local = site alone, pooled = all data together)")
+                        " (fed = federated, local = site alone, pooled = all data together"
+                        + ("; local and pooled: no DP — reference only" if no_dp else "")
+                        + (f"; trivial = best constant prediction's {primary}" if has_trivial
+                           else "") + ")")
     names = [str(s["name"]) for s in history.get("sites", [])]
     table.add_column("site", no_wrap=True, min_width=max([4, *(len(n) for n in names)]))
     table.add_column("train/test", justify="right")
+    has_prevalence = "prevalence" in final.get("global_metrics", {})
+    if has_prevalence:
+        table.add_column("prev.", justify="right")
     for m in metrics:
         for label, _ in blocks:
             table.add_column(f"{m}\n{label}", justify="right",
                              style="bold" if label == "fed" else None)
+        if m == primary and has_trivial:
+            table.add_column(f"{m}\ntrivial", justify="right", style="dim")
     sites = [(s["name"], f"{s.get('train_rows') or '?'}/{s.get('test_rows') or '?'}")
              for s in history.get("sites", [])]
     for i, (name, rows) in enumerate([*sites, (ALL, "")]):
         cells = [name, rows]
+        if has_prevalence:
+            p = _metric(final, name, "prevalence")
+            cells.append("—" if p is None else f"{p * 100:.1f}%")
         for m in metrics:
             cells.extend(_fmt(_metric(b, name, m)) for _, b in blocks)
+            if m == primary and has_trivial:
+                cells.append(_fmt(_metric(final, name, trivial)))
         table.add_row(*cells, end_section=i == len(sites) - 1)
     return table
 
 
 def print_results(history: Mapping[str, Any], console: Console) -> None:
     console.print(results_table(history))
+    sentence = summary.headline_sentence(history)
+    if sentence:
+        console.print(sentence, markup=False, highlight=False)
     failed = {r["round"]: r["sites_failed"] for r in history.get("rounds", [])
               if r.get("sites_failed")}
     if failed:

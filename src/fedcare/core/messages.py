@@ -7,6 +7,7 @@ site, whichever transport carries them (in-memory for simulation, HTTPS for depl
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -54,6 +55,34 @@ class TaskKind(enum.StrEnum):
 
 _PROTOCOL_STEPS = frozenset({TaskKind.SECAGG_SHARE, TaskKind.SECAGG_MASK,
                              TaskKind.SECAGG_UNMASK, TaskKind.HE_DECRYPT})
+_ATTEMPT = re.compile(r"^(?P<head>.*/r\d+)/a(?P<attempt>\d+)(?P<tail>/[^/]+/[^/]+)$")
+
+
+def task_id(study: str, round_: int, kind: TaskKind | str, site: str, attempt: int = 1) -> str:
+    """The deterministic id of a task: ``study/r{round}/{kind}/{site}``.
+
+    A secure round whose protocol a restarted hub runs again gets ``/a{attempt}`` after the
+    round (``study/r{round}/a{attempt}/{kind}/{site}``, attempt >= 2): its tasks are new ones,
+    so a reply to the earlier attempt can never be taken for one to the new attempt."""
+    kind = TaskKind(kind).value
+    if attempt == 1:
+        return f"{study}/r{round_}/{kind}/{site}"
+    if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
+        raise ValidationError(f"a protocol attempt is an integer >= 1, got {attempt!r}")
+    return f"{study}/r{round_}/a{attempt}/{kind}/{site}"
+
+
+def task_attempt(task_id_: str) -> int:
+    """The protocol attempt a task id names (1 when it names none)."""
+    m = _ATTEMPT.match(task_id_)
+    return int(m["attempt"]) if m else 1
+
+
+def first_attempt_id(task_id_: str) -> str:
+    """The id the same task has in attempt 1: what a site's privacy ledger records, so that
+    every attempt at a round's protocol is one task to the ledger (charged once)."""
+    m = _ATTEMPT.match(task_id_)
+    return f"{m['head']}{m['tail']}" if m else task_id_
 
 
 @dataclass(frozen=True)

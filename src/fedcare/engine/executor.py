@@ -8,8 +8,11 @@ cross the boundary as data - so one broken site never takes the round down with 
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,13 @@ from fedcare.core.params import ArraySpec, Parameters, ParamSpec
 from fedcare.core.seeds import site_round_seed
 from fedcare.core.wire import decode_task, encode_error, encode_update
 from fedcare.engine.privacy import SitePrivacy
-from fedcare.engine.secure import SecureSite, contribution, delta_contribution
+from fedcare.engine.secure import (
+    ATTEMPT,
+    SecureSite,
+    contribution,
+    delta_contribution,
+    task_attempt,
+)
 from fedcare.engine.site_state import SiteStateStore
 from fedcare.strategies import site_algorithm
 
@@ -36,6 +45,35 @@ TEST_SPLIT_NOTE = "test:"
 STATS = "stats"
 #: A site never reports feature statistics over fewer rows than this (small-cell rule).
 MIN_STATS_ROWS = 10
+log = logging.getLogger("fedcare.node")
+
+
+@dataclass(frozen=True)
+class _SecureFit:
+    """What a secure round's fit produced: the vector entered into the protocol and the
+    reply's other fields, and the fingerprint of the task it answered."""
+
+    fingerprint: str
+    vector: np.ndarray
+    fields: dict[str, Any]
+
+
+def _fit_fingerprint(task: Task) -> str:
+    """SHA-256 of everything a fit task asks except its protocol attempt: the global model,
+    the arrays sent with it, training config, seed, strategy and meta (participants, DP
+    round size). A later attempt must ask exactly this again."""
+    h = hashlib.sha256()
+    doc = {"round": task.round, "train": task.train.to_json(), "seed": task.seed,
+           "strategy": task.strategy, "evaluate": task.evaluate,
+           "meta": {k: v for k, v in task.meta.items() if k != ATTEMPT}}
+    h.update(json.dumps(doc, sort_keys=True, default=str).encode())
+    for group, params in [("model", task.parameters),
+                          *sorted((f"aux:{k}", v) for k, v in task.aux.items())]:
+        for name, arr in sorted(params.items()):
+            a = np.ascontiguousarray(arr)
+            h.update(f"|{group}|{name}|{a.dtype.str}|{a.shape}|".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def stats_spec(n_features: int) -> ParamSpec:
@@ -84,6 +122,9 @@ class SiteExecutor:
 
         self._norm_key: bytes | None = None
         self._norm_data: SiteData = data
+        #: The newest secure round's contribution (trained; under DP already clipped, noised
+        #: and charged), kept for a restarted hub's next attempt at the round's protocol.
+        self._secure_fits: dict[int, _SecureFit] = {}
 
     @property
     def name(self) -> str:
@@ -139,6 +180,22 @@ class SiteExecutor:
                       provenance=(f"secure:{task.kind.value}",),
                       seconds=time.perf_counter() - start, **fields)
 
+    def _reenter(self, task: Task, fit: _SecureFit, start: float) -> Update:
+        """A later attempt at a secure round's protocol (a restarted hub asks for the round's
+        fit again): the stored contribution enters it under fresh keys. Training again would
+        spend the site's privacy budget a second time and, under DP, put a second, differently
+        noised copy of the update into the protocol."""
+        if _fit_fingerprint(task) != fit.fingerprint:
+            raise ProtocolError(f"round {task.round} asked again with another model, training "
+                                "config or participant list than this site trained on; "
+                                "refusing to enter its update into another round")
+        log.info("task %s: round %d's fit asked again (protocol attempt %d; the hub "
+                 "restarted?): entering the update trained for it before, without training "
+                 "again", task.task_id, task.round, task_attempt(task))
+        assert self.secure is not None
+        return self._protocol_reply(task, self.secure.start(task, fit.vector), start,
+                                    **fit.fields)
+
     def run(self, task: Task) -> Update:
         start = time.perf_counter()
         if task.strategy != self.strategy:  # checked first: nothing is charged or computed
@@ -160,6 +217,9 @@ class SiteExecutor:
                 "the task asks for secure aggregation but the approved study does not use it")
         if self.secure is not None and task.kind is TaskKind.FIT:
             self.secure.check(task)
+            again = self._secure_fits.get(task.round)
+            if again is not None:  # the round's protocol restarted: no training, no charge
+                return self._reenter(task, again, start)
         if self.privacy is not None:  # a valid task only: the ledger is charged, then data used
             self.privacy.check(task)
             self.privacy.charge(task, task.train)
@@ -196,11 +256,14 @@ class SiteExecutor:
         if self.secure is not None:
             vector = (contribution(result.parameters, task.parameters, result.num_examples)
                       if dp_delta is None else delta_contribution(dp_delta))
-            return self._protocol_reply(
-                task, self.secure.start(task, vector), start, num_examples=result.num_examples,
-                metrics={**result.metrics, "steps": float(result.num_steps)},
-                eval_metrics=eval_metrics,
-                num_eval_examples=len(d.x_test) if eval_metrics else 0)
+            fit = _SecureFit(_fit_fingerprint(task), vector, {
+                "num_examples": result.num_examples,
+                "metrics": {**result.metrics, "steps": float(result.num_steps)},
+                "eval_metrics": eval_metrics,
+                "num_eval_examples": len(d.x_test) if eval_metrics else 0})
+            self._secure_fits = {task.round: fit}  # the newest round only
+            return self._protocol_reply(task, self.secure.start(task, vector), start,
+                                        **fit.fields)
         return Update(
             task_id=task.task_id, site=self.name, round=task.round,
             kind=UpdateKind.FULL if dp_delta is None else UpdateKind.DELTA,

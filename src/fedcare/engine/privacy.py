@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from fedcare.core.errors import FedcareError, ProtocolError
-from fedcare.core.messages import Task, TaskKind, TrainConfig
+from fedcare.core.messages import Task, TaskKind, TrainConfig, first_attempt_id
 from fedcare.core.params import Parameters
 from fedcare.privacy.dp.spec import Mechanism, PrivacySpec
 
@@ -40,10 +40,13 @@ class SitePrivacy:
     #: Sites in the approved study, and the share of a secure round's participants that must
     #: survive (distributed noise: the sum carries at least that share of the noise).
     study_sites: int = 1
-    secure_threshold: float = 1.0
+    secure_threshold: float | None = 1.0
     #: Fractional bits of the fixed-point grid the DP-FedAvg noise lives on (the study's
     #: ``secure_aggregation.frac_bits``, also used without secure aggregation).
     frac_bits: int = 24
+    #: The study's ``strategy.min_completed`` (it raises the survivor threshold, see
+    #: :func:`fedcare.privacy.secagg.config.survivor_threshold`).
+    min_completed: int = 1
 
     def check(self, task: Task) -> None:
         """Refuse a DP-FedAvg task whose round size the hub could have inflated to shrink the
@@ -78,19 +81,24 @@ class SitePrivacy:
             return spec.noise_multiplier
         if spec.mechanism is Mechanism.DP_FEDAVG_DISTRIBUTED:
             from fedcare.privacy.dp.accounting import discrete_noise_multiplier
+            from fedcare.privacy.secagg.config import survivor_threshold
 
             n = int(task.meta.get(DP_SITES, 1))
-            t = max(1, math.ceil(self.secure_threshold * n))
+            t = survivor_threshold(n, self.secure_threshold, self.min_completed) if n > 1 else 1
             return discrete_noise_multiplier(spec.noise_multiplier, spec.clip, self.frac_bits,
                                              shares=n, summed=t)
         return spec.noise_multiplier
 
     def charge(self, task: Task, train: TrainConfig) -> None:
-        """Record (and so first check) what this task will spend of the site's budget."""
+        """Record (and so first check) what this task will spend of the site's budget.
+
+        Every attempt at a secure round's protocol is one task to the ledger (the id it has in
+        attempt 1), and the ledger never charges one task twice."""
         if self.ledger is None or task.kind is TaskKind.EVALUATE or task.kind.is_protocol_step:
             return
         from fedcare.privacy.dp.ledger import LedgerEntry
 
+        task = replace(task, task_id=first_attempt_id(task.task_id))
         spec = self.spec
         if task.kind is TaskKind.STATS or spec is None:
             entry = LedgerEntry(study=task.study, round=task.round, task_id=task.task_id,
@@ -238,4 +246,5 @@ def site_privacy(cfg: Any, rows: int, n_sites: int, ledger: Any | None = None
         return None
     return SitePrivacy(spec, ledger, rows, study_sites=n_sites,
                        secure_threshold=cfg.secure_aggregation.threshold,
-                       frac_bits=cfg.secure_aggregation.frac_bits)
+                       frac_bits=cfg.secure_aggregation.frac_bits,
+                       min_completed=cfg.strategy.min_completed)

@@ -17,7 +17,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from fedcare.core.errors import FedcareError, ValidationError
-from fedcare.core.messages import ErrorReply, Task, TaskKind, TrainConfig, Update, UpdateKind
+from fedcare.core.messages import (
+    ErrorReply,
+    Task,
+    TaskKind,
+    TrainConfig,
+    Update,
+    UpdateKind,
+    task_id,
+)
 from fedcare.core.params import Parameters, ParamSpec, check_finite
 from fedcare.core.seeds import round_seed
 from fedcare.core.wire import (
@@ -116,8 +124,9 @@ class RoundEngine:
     def exchange(self, round_: int, sites: Sequence[str], kind: TaskKind, *,
                  evaluate: bool, train: TrainConfig, aux: Mapping[str, Parameters],
                  expected_aux: Mapping[str, ParamSpec | None] | None = None,
-                 meta: Mapping[str, Any] | None = None) -> Exchange:
-        """Send the global model (with ``aux``) to ``sites`` and collect their replies."""
+                 meta: Mapping[str, Any] | None = None, attempt: int = 1) -> Exchange:
+        """Send the global model (with ``aux``) to ``sites`` and collect their replies
+        (``attempt``: a secure round's protocol attempt, see :meth:`task_id`)."""
         start = time.perf_counter()
         s = self.settings
         aux = {**aux, **self.extra_aux}
@@ -131,37 +140,40 @@ class RoundEngine:
             expected, expected_aux = ParamSpec({}), {PROTOCOL_AUX: None}
         payloads: dict[str, bytes | TaskPayload] = {}
         for site in sites:
-            task = Task(task_id=self.task_id(round_, kind, site), study=s.study,
+            task = Task(task_id=self.task_id(round_, kind, site, attempt), study=s.study,
                         round=round_, site=site, kind=kind, parameters=self.parameters,
                         train=train, aux=aux, seed=s.seed, evaluate=evaluate,
                         strategy=self.strategy.name, meta=dict(meta or {}))
             payloads[site] = encode_task_payload(task, arrays=arrays)
-        return self._collect(round_, kind, payloads, expected, expected_aux, start)
+        return self._collect(round_, kind, payloads, expected, expected_aux, start, attempt)
 
     def protocol_exchange(self, round_: int, kind: TaskKind,
                           aux: Mapping[str, Mapping[str, Parameters]],
                           meta: Mapping[str, Any]) -> Exchange:
         """One protocol step: a different small message per site (``aux[site]``), no model;
         replies carry protocol messages the protocol itself validates."""
-        from fedcare.engine.secure import PROTOCOL_AUX
+        from fedcare.engine.secure import ATTEMPT, PROTOCOL_AUX
 
         start = time.perf_counter()
         s = self.settings
+        attempt = int(meta.get(ATTEMPT, 1))
         payloads = {site: encode_task(Task(
-            task_id=self.task_id(round_, kind, site), study=s.study, round=round_, site=site,
-            kind=kind, parameters=Parameters({}), train=s.train, aux=site_aux, seed=s.seed,
-            evaluate=False, strategy=self.strategy.name, meta=dict(meta)))
+            task_id=self.task_id(round_, kind, site, attempt), study=s.study, round=round_,
+            site=site, kind=kind, parameters=Parameters({}), train=s.train, aux=site_aux,
+            seed=s.seed, evaluate=False, strategy=self.strategy.name, meta=dict(meta)))
             for site, site_aux in aux.items()}
         return self._collect(round_, kind, payloads, ParamSpec({}), {PROTOCOL_AUX: None},
-                             start)
+                             start, attempt)
 
-    def task_id(self, round_: int, kind: TaskKind, site: str) -> str:
-        return f"{self.settings.study}/r{round_}/{kind.value}/{site}"
+    def task_id(self, round_: int, kind: TaskKind, site: str, attempt: int = 1) -> str:
+        """Deterministic, so a restarted hub re-creates a round's tasks instead of new ones;
+        a secure round's later protocol attempt has its own (see :func:`task_id`)."""
+        return task_id(self.settings.study, round_, kind, site, attempt)
 
     def _collect(self, round_: int, kind: TaskKind,
                  payloads: Mapping[str, bytes | TaskPayload],
                  expected: ParamSpec, expected_aux: Mapping[str, ParamSpec | None],
-                 start: float) -> Exchange:
+                 start: float, attempt: int = 1) -> Exchange:
         s = self.settings
         bytes_down = sum(len(p) for p in payloads.values())
         futures: dict[str, Future[Reply]] = self.transport.send(payloads)
@@ -189,7 +201,8 @@ class RoundEngine:
                 continue
             if isinstance(decoded, ErrorReply):
                 failures[site] = f"{decoded.error_type}: {decoded.message}"
-            elif decoded.site != site or decoded.task_id != self.task_id(round_, kind, site):
+            elif decoded.site != site or decoded.task_id != self.task_id(round_, kind, site,
+                                                                         attempt):
                 failures[site] = "reply does not answer the task sent to this site"
             else:
                 updates[site] = decoded
@@ -212,10 +225,14 @@ class RoundEngine:
         sampled = self.strategy.sample(self.sites, rng)
         train = self.strategy.train_config(self.settings.train)
         evaluate = self._evaluates_incoming(round_)
-        meta = {**(self.secure.settings.meta(sampled) if self.secure is not None else {}),
+        # A secure round runs its protocol from the fit step; a hub restarted mid-round runs it
+        # again as a new attempt (new task ids, fresh keys; the sites re-enter the update they
+        # already trained, see SecureSite).
+        attempt = self.secure.attempt(round_) if self.secure is not None else 1
+        meta = {**(self.secure.meta(round_, sampled) if self.secure is not None else {}),
                 **(self.privacy.meta(sampled) if self.privacy is not None else {})}
         ex = self.exchange(round_, sampled, TaskKind.FIT, evaluate=evaluate, train=train,
-                           aux=self.strategy.task_aux(), meta=meta)
+                           aux=self.strategy.task_aux(), meta=meta, attempt=attempt)
         record = RoundRecord(round=round_, train_seconds=ex.seconds, bytes_down=ex.bytes_down,
                              bytes_up=ex.bytes_up, sites_sampled=list(sampled),
                              sites_completed=sorted(ex.updates), sites_failed=ex.failures,

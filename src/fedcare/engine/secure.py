@@ -17,13 +17,23 @@ itself, so the sum gives the example-weighted FedAvg mean ``Σ w·(x − g) / Σ
 
 The protocols themselves (:mod:`fedcare.privacy.secagg`, :mod:`fedcare.privacy.he`) are pure
 state machines; this module only routes their messages.
+
+A hub killed mid-round loses the protocol's state (its half of the keys' routing, the masked
+sum). The round cannot continue, so a restarted hub runs its protocol again from the fit step
+as a new *attempt*: new task ids (``study/r{round}/a{attempt}/...``, so a late reply to the old
+attempt is never taken for one to the new), fresh keys at every site. Each site enters the
+contribution it stored for the round (trained once; under DP clipped, noised and charged once)
+and reveals the round's sum over one set of sites only (see :class:`SecureSite`).
+
+Survivor threshold: ``t = max(min_completed, ⌊n/2⌋ + 1, ⌈threshold·n⌉)`` of a round's ``n``
+sites (:func:`fedcare.privacy.secagg.config.survivor_threshold`), so a study with
+``min_completed = 2`` of 3 sites survives one dropout, and never below a strict majority.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +49,9 @@ if TYPE_CHECKING:
 
 #: Aux name under which protocol messages travel in tasks and replies.
 PROTOCOL_AUX = "sp"
+#: Task meta key: which run of a round's protocol a task belongs to (1, then 2, 3... when a
+#: restarted hub runs the round's protocol again from its fit step, with fresh keys).
+ATTEMPT = "attempt"
 PROTOCOLS = ("secagg", "secagg+", "ckks")
 
 
@@ -46,32 +59,50 @@ PROTOCOLS = ("secagg", "secagg+", "ckks")
 class SecureSettings:
     """A study's secure-aggregation choice (the ``[secure_aggregation]`` config section).
 
-    ``threshold`` is the share of a round's participants that must survive every step
-    (at least a strict majority, which the protocol requires).
+    ``threshold`` is the share of a round's participants that must survive every step (None:
+    derived from ``min_completed``, the study's ``strategy.min_completed``); either way at
+    least a strict majority, which the protocol requires (see :func:`survivor_threshold`).
     """
 
     protocol: str
-    threshold: float = 0.67
+    threshold: float | None = None
     frac_bits: int = 24
     mod_bits: int = 64
     #: One secret CKKS context for every site (simulations and tests only); a networked site
     #: gets its study's key from the other sites instead (``SecureSite(keys=...)``).
     he_context: bytes | None = field(default=None, repr=False)
+    min_completed: int = 1
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
             raise ConfigError(f"secure_aggregation.protocol must be one of {PROTOCOLS}, "
                               f"got {self.protocol!r}")
-        if not 0.5 < self.threshold <= 1:
+        if self.threshold is not None and not 0.5 < self.threshold <= 1:
             raise ConfigError("secure_aggregation.threshold must be in (0.5, 1] (a strict "
                               "majority of the round's sites must survive)")
+
+    @classmethod
+    def of(cls, cfg: Any, he_context: bytes | None = None) -> SecureSettings | None:
+        """The settings of a study config (None: the study does not use secure aggregation)."""
+        sa = cfg.secure_aggregation
+        if sa.protocol == "none":
+            return None
+        return cls(sa.protocol, threshold=sa.threshold, frac_bits=sa.frac_bits,
+                   he_context=he_context, min_completed=cfg.strategy.min_completed)
 
     @property
     def is_masking(self) -> bool:
         return self.protocol in ("secagg", "secagg+")
 
-    def meta(self, participants: Sequence[str]) -> dict[str, Any]:
-        return {"secure": self.protocol, "participants": list(participants)}
+    def survivors_needed(self, n: int) -> int:
+        """``t`` for a round of ``n`` participants (the same at the hub and every site)."""
+        from fedcare.privacy.secagg.config import survivor_threshold
+
+        return survivor_threshold(n, self.threshold, self.min_completed)
+
+    def meta(self, participants: Sequence[str], attempt: int = 1) -> dict[str, Any]:
+        return {"secure": self.protocol, "participants": list(participants),
+                ATTEMPT: attempt}
 
 
 def contribution(trained: Parameters, global_: Parameters, weight: float) -> np.ndarray:
@@ -110,13 +141,11 @@ def secagg_config(settings: SecureSettings, participants: Sequence[str], vector_
     from fedcare.privacy.secagg import GraphKind, SecAggConfig
 
     n = len(participants)
-    t = max(2, math.ceil(settings.threshold * n))
-    if 2 * t <= n:
-        t = n // 2 + 1
+    t = settings.survivors_needed(n)
     clip = float(2 ** (settings.mod_bits - 1 - settings.frac_bits) // n - 1)
     seed = hashlib.sha256(f"fedcare-secagg-graph|{study}|{round_}".encode()).digest()
     graph = GraphKind.SECAGG_PLUS if settings.protocol == "secagg+" else GraphKind.COMPLETE
-    return SecAggConfig(sites=tuple(participants), threshold=min(t, n),
+    return SecAggConfig(sites=tuple(participants), threshold=t,
                         vector_length=vector_length, clip=clip, frac_bits=settings.frac_bits,
                         mod_bits=settings.mod_bits, round_id=round_, graph=graph,
                         graph_seed=seed)
@@ -135,15 +164,42 @@ def _arrays(update_or_task: Update | Task) -> dict[str, np.ndarray]:
 
 
 def _min_sum(settings: SecureSettings, n: int) -> int:
-    """Fewest sites a decrypted CKKS sum may hold: the threshold share, and never one."""
-    return max(2, math.ceil(settings.threshold * n)) if n >= 2 else 2
+    """Fewest sites a decrypted CKKS sum may hold: the survivor threshold, and never one."""
+    return settings.survivors_needed(n) if n >= 2 else 2
 
 
 # -- the site half -----------------------------------------------------------------------------
+def task_attempt(task: Task) -> int:
+    """The protocol attempt a secure task belongs to (1 when the hub names none)."""
+    got = task.meta.get(ATTEMPT, 1)
+    if isinstance(got, bool) or not isinstance(got, int) or got < 1:
+        raise ProtocolError(f"secure task names an invalid protocol attempt {got!r}")
+    return got
+
+
+@dataclass
+class _Session:
+    """One attempt at a round's protocol: its public parameters (or CKKS context) and the
+    protocol client holding this attempt's fresh secrets."""
+
+    attempt: int
+    first: Any  # SecAggConfig, or the secret HEContext
+    client: Any  # SecAggClient (None for CKKS)
+
+
 class SecureSite:
-    """A site's secure-aggregation sessions, one per round, held in memory between the round's
-    steps. A site restarted mid-round has lost its session and answers the next step with an
-    error: the protocol treats it as a dropout."""
+    """A site's secure-aggregation state for one study, held in memory between the steps.
+
+    A site enters ONE vector per round into the protocol. A hub restarted mid-round has lost
+    its protocol state and runs the round's protocol again from its fit step as a new attempt
+    (``meta["attempt"]``): the site then re-enters the same vector with fresh keys (a new
+    session; the old attempt's steps are refused from then on). That is safe because the hub
+    can learn at most one sum per round: a site that has revealed its unmask shares (or
+    decrypted a CKKS sum) for a set of sites refuses to reveal the round's sum over any other
+    set, and a later attempt over another set would need a strict majority of those sites
+    (:func:`fedcare.privacy.secagg.config.survivor_threshold`). Older rounds and older
+    attempts are refused for good. A site restarted mid-round has lost its session and
+    answers the next step with an error: the protocol treats it as a dropout."""
 
     def __init__(self, site: str, settings: SecureSettings, known_sites: Sequence[str] | None
                  = None, *, identity: SiteIdentity | None = None,
@@ -152,9 +208,12 @@ class SecureSite:
         self.settings = settings
         self.known_sites = set(known_sites) if known_sites is not None else None
         self.identity, self.keys = _ckks_custody(site, settings, identity, keys)
-        self._sessions: dict[int, tuple[Any, Any, np.ndarray]] = {}
-        self._answers: dict[int, dict[str, Parameters]] = {}
-        self._answered: set[int] = set()
+        self._round = 0  # the newest round this site entered (0: none yet)
+        self._attempt = 0  # the newest attempt at it
+        self._vector: np.ndarray | None = None  # the round's one input
+        self._answer: dict[str, Parameters] | None = None  # the newest attempt's fit answer
+        self._session: _Session | None = None  # open until the attempt's last step
+        self._revealed: frozenset[str] | None = None  # the set the round's sum was opened for
 
     def _participants(self, task: Task) -> list[str]:
         got = task.meta.get("participants")
@@ -170,39 +229,61 @@ class SecureSite:
         return got
 
     def check(self, task: Task) -> None:
-        """Validate a secure fit task before the site touches its data."""
+        """Validate a secure fit task before the site touches its data (an older round or an
+        older attempt is refused here, before any training or privacy charge)."""
         self._participants(task)
-
-    def start(self, task: Task, vector: np.ndarray) -> dict[str, Parameters]:
-        """After local training: open the round's session; the reply's protocol payload.
-
-        A fit for a round whose session is open (a re-delivered task) gets the SAME answer:
-        a fresh session would mask the same update again under new keys, and two sums over
-        different survivors would then reveal it by subtraction."""
-        participants = self._participants(task)
-        if task.round in self._answers:
-            return self._answers[task.round]
-        if task.round <= max(self._answers, default=-1) or task.round in self._answered:
+        attempt = task_attempt(task)
+        if task.round < self._round:
             raise ProtocolError(f"round {task.round} was already answered; a site never "
                                 "masks or encrypts a round's update twice")
-        # Only the newest round's answer is kept (a CKKS answer is ~14x the model); older
-        # rounds are remembered by number, and refused.
-        self._answered.update(self._answers)
-        self._answers.clear()
-        self._sessions = {r: s for r, s in self._sessions.items() if r >= task.round}
+        if task.round == self._round and attempt < self._attempt:
+            raise ProtocolError(f"round {task.round}'s protocol already runs as attempt "
+                                f"{self._attempt}; attempt {attempt} is stale")
+
+    def entered(self, round_: int) -> np.ndarray | None:
+        """The vector this site entered into round ``round_`` (None: it has not)."""
+        return self._vector if round_ == self._round else None
+
+    def start(self, task: Task, vector: np.ndarray) -> dict[str, Parameters]:
+        """After local training (or, for a later attempt, with the round's stored vector):
+        open the attempt's session; the fit reply's protocol payload.
+
+        The same attempt asked again (a re-delivered task) gets the SAME answer; a later
+        attempt gets a fresh session (fresh keys, a fresh encryption) of the same vector."""
+        participants = self._participants(task)
+        self.check(task)
+        attempt = task_attempt(task)
+        if task.round == self._round:
+            if attempt == self._attempt and self._answer is not None:
+                return self._answer
+            if self._vector is None or not np.array_equal(vector, self._vector):
+                raise ProtocolError(f"round {task.round}: a site enters one update per round "
+                                    "into secure aggregation, never a second one")
+        else:  # a new round: everything about the previous one is dropped
+            self._round, self._vector, self._revealed = task.round, vector, None
+        self._attempt, self._answer, self._session = attempt, None, None
         if self.settings.is_masking:
             from fedcare.privacy.secagg import SecAggClient
 
             cfg = secagg_config(self.settings, participants, vector.size, task.study,
                                 task.round)
             client = SecAggClient(cfg, self.site)
-            self._sessions[task.round] = (cfg, client, vector)
-            self._answers[task.round] = _as_aux(client.advertise_keys().to_arrays(cfg))
-            return self._answers[task.round]
+            self._session = _Session(attempt, cfg, client)
+            self._answer = _as_aux(client.advertise_keys().to_arrays(cfg))
+            return self._answer
         ctx, answer = self._ckks_contribution(task, vector)
-        self._sessions[task.round] = (ctx, None, vector)
-        self._answers[task.round] = _as_aux(answer)
-        return self._answers[task.round]
+        self._session = _Session(attempt, ctx, None)
+        self._answer = _as_aux(answer)
+        return self._answer
+
+    def _reveal(self, round_: int, sites: Sequence[str]) -> None:
+        """Allow opening round ``round_``'s sum over ``sites`` only if no other set was."""
+        wanted = frozenset(sites)
+        if self._revealed is not None and wanted != self._revealed:
+            raise ProtocolError(f"refusing to reveal round {round_}'s sum over "
+                                f"{sorted(wanted)}: this site already helped reveal it over "
+                                f"{sorted(self._revealed)}, and two sums over different sets "
+                                "would expose the difference")
 
     def _ckks_contribution(self, task: Task, vector: np.ndarray) -> tuple[Any, dict[str, Any]]:
         """The site's CKKS answer to a fit: its ciphertext, signed (ECDSA with its site key
@@ -224,19 +305,25 @@ class SecureSite:
                      "cert": np.frombuffer(self.identity.cert_der(), dtype=np.uint8)}
 
     def step(self, task: Task) -> dict[str, Parameters]:
-        """One later protocol step of the round's session."""
-        if task.round not in self._sessions:
-            raise ProtocolError(f"no secure-aggregation session for round {task.round} "
-                                "(was this site restarted mid-round?)")
-        first, client, vector = self._sessions[task.round]
+        """One later protocol step of the round's current attempt."""
+        session = self._session
+        attempt = task_attempt(task)
+        if task.round != self._round or session is None or attempt != self._attempt:
+            raise ProtocolError(f"no secure-aggregation session for round {task.round} attempt "
+                                f"{attempt} (was this site restarted mid-round, or has the "
+                                "round's protocol been restarted since?)")
         participants = self._participants(task)
         arrays = _arrays(task)
         if (task.kind is TaskKind.HE_DECRYPT) == self.settings.is_masking:
             raise ProtocolError(f"a {task.kind.value} step does not belong to this study's "
                                 f"{self.settings.protocol} protocol")
+        assert self._vector is not None
         if task.kind is TaskKind.HE_DECRYPT:
-            total = self._ckks_decrypt(task, participants, arrays, first, vector.size)
-            del self._sessions[task.round]
+            included = task.meta.get("included")
+            self._reveal(task.round, included if isinstance(included, list) else [])
+            total = self._ckks_decrypt(task, participants, arrays, session.first,
+                                       self._vector.size)
+            self._revealed, self._session = frozenset(included or ()), None
             return _as_aux({"sum": total})
         from fedcare.privacy.secagg import (
             KeysBroadcast,
@@ -244,16 +331,19 @@ class SecureSite:
             UnmaskRequest,
         )
 
-        cfg = first
+        cfg, client = session.first, session.client
         if task.kind is TaskKind.SECAGG_SHARE:
             bundle = client.share_keys(KeysBroadcast.from_arrays(arrays, cfg=cfg))
             return _as_aux(bundle.to_arrays(cfg))
         if task.kind is TaskKind.SECAGG_MASK:
-            masked = client.masked_input(vector, ShareDelivery.from_arrays(arrays, cfg=cfg))
+            masked = client.masked_input(self._vector, ShareDelivery.from_arrays(arrays,
+                                                                                 cfg=cfg))
             return _as_aux(masked.to_arrays(cfg))
         if task.kind is TaskKind.SECAGG_UNMASK:
-            response = client.unmask(UnmaskRequest.from_arrays(arrays, cfg=cfg))
-            del self._sessions[task.round]
+            request = UnmaskRequest.from_arrays(arrays, cfg=cfg)
+            self._reveal(task.round, request.survivors)
+            response = client.unmask(request)
+            self._revealed, self._session = frozenset(request.survivors), None
             return _as_aux(response.to_arrays(cfg))
         raise ProtocolError(f"unexpected protocol step {task.kind.value}")
 
@@ -308,30 +398,54 @@ class SecureSum:
 
 
 class SecureAggregator:
-    """Drives a round's protocol steps through the engine's exchanges."""
+    """Drives a round's protocol steps through the engine's exchanges.
 
-    def __init__(self, settings: SecureSettings, public_he_context: bytes | None = None) -> None:
+    ``attempts(round)`` says which attempt at the round's protocol to run: 1 in a simulation;
+    a hub restarted mid-round asks its store (one more than the attempts its earlier processes
+    started), so the new attempt's tasks are new ones and the sites use fresh keys."""
+
+    def __init__(self, settings: SecureSettings, public_he_context: bytes | None = None,
+                 attempts: Callable[[int], int] | None = None) -> None:
         self.settings = settings
         self.public_he_context = public_he_context
+        self._attempts = attempts
+        self._attempt: dict[int, int] = {}
+
+    def attempt(self, round_: int) -> int:
+        """The attempt at round ``round_``'s protocol this process runs (asked once)."""
+        if round_ not in self._attempt:
+            self._attempt[round_] = self._attempts(round_) if self._attempts else 1
+        return self._attempt[round_]
+
+    def meta(self, round_: int, participants: Sequence[str]) -> dict[str, Any]:
+        return self.settings.meta(participants, self.attempt(round_))
 
     def aggregate(self, engine: RoundEngine, round_: int, participants: Sequence[str],
                   fit: Mapping[str, Update]) -> SecureSum:
-        if self.settings.is_masking:
-            return self._secagg(engine, round_, participants, fit)
-        return self._ckks(engine, round_, participants, fit)
+        acc = SecureSum(np.empty(0), 0.0, [], {})
+        try:
+            if self.settings.is_masking:
+                return self._secagg(engine, round_, participants, fit, acc)
+            return self._ckks(engine, round_, participants, fit, acc)
+        except FedcareError as exc:
+            if not acc.failures:
+                raise
+            # Say why sites were missing (e.g. a site refusing to unmask), not only how many.
+            raise ProtocolError(f"{exc.message}; the sites' failures: {acc.failures}",
+                                site=exc.site) from exc
 
     def _step(self, engine: RoundEngine, round_: int, kind: TaskKind,
               payloads: Mapping[str, Mapping[str, np.ndarray]], participants: Sequence[str],
               acc: SecureSum, **meta: Any) -> dict[str, dict[str, np.ndarray]]:
         ex = engine.protocol_exchange(round_, kind, {s: _as_aux(p) for s, p in payloads.items()},
-                                      {**self.settings.meta(participants), **meta})
+                                      {**self.meta(round_, participants), **meta})
         acc.failures.update({s: f"{kind.value}: {m}" for s, m in ex.failures.items()})
         acc.bytes_down += ex.bytes_down
         acc.bytes_up += ex.bytes_up
         return {s: _arrays(u) for s, u in ex.updates.items()}
 
     def _secagg(self, engine: RoundEngine, round_: int, participants: Sequence[str],
-                fit: Mapping[str, Update]) -> SecureSum:
+                fit: Mapping[str, Update], acc: SecureSum) -> SecureSum:
         from fedcare.privacy.secagg import (
             AdvertiseKeys,
             MaskedInput,
@@ -343,7 +457,6 @@ class SecureAggregator:
         cfg = secagg_config(self.settings, participants, engine.spec.total_size + 1,
                             engine.settings.study, round_)
         server = SecAggServer(cfg)
-        acc = SecureSum(np.empty(0), 0.0, [], {})
         keys = {}
         for s, u in fit.items():
             try:
@@ -378,14 +491,13 @@ class SecureAggregator:
         return out
 
     def _ckks(self, engine: RoundEngine, round_: int, participants: Sequence[str],
-              fit: Mapping[str, Update]) -> SecureSum:
+              fit: Mapping[str, Update], acc: SecureSum) -> SecureSum:
         """Collect the sites' signed ciphertexts and have one included site decrypt their sum.
 
         The hub needs no CKKS context: it checks each ciphertext's header (same key
         fingerprint, the model's length) and forwards the signed ciphertexts; the decrypting
         site adds them. Given the public context (a simulation), it also parses every
         ciphertext, so a corrupt one is left out before a site is asked to decrypt."""
-        acc = SecureSum(np.empty(0), 0.0, [], {})
         parts = _ckks_parts(fit, engine.spec.total_size + 1, acc)
         if self.public_he_context is not None and parts:
             parts = self._ckks_parse(parts, acc)

@@ -488,8 +488,10 @@ def create_app(service: HubService, trust: PeerTrust, token: str, *,
 
     # -- researcher endpoints -------------------------------------------------------------
     @app.post("/v1/studies", dependencies=[Researcher], status_code=201)
-    async def submit(config: dict[str, Any]) -> dict[str, Any]:
-        return await run_in_threadpool(service.submit_study, config)
+    async def submit(config: dict[str, Any], force: Annotated[bool, Query(
+            description="run a DP-FedAvg study the DP check refuses (noise drowns the "
+                        "updates)")] = False) -> dict[str, Any]:
+        return await run_in_threadpool(service.submit_study, config, force)
 
     @app.get("/v1/studies", dependencies=[Researcher])
     async def studies() -> list[dict[str, Any]]:

@@ -26,7 +26,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from fedcare import __version__
-from fedcare.config import FederatedData, StudyConfig, content_hash, parse_config
+from fedcare.config import (
+    FederatedData,
+    StudyConfig,
+    content_hash,
+    parse_config,
+    secure_round_problems,
+)
 from fedcare.core.errors import ConfigError, FedcareError, ProtocolError, ValidationError
 from fedcare.core.files import atomic_write
 from fedcare.core.messages import TaskKind, TrainConfig
@@ -39,6 +45,7 @@ from fedcare.core.wire import (
     peek_header,
     save_parameters,
 )
+from fedcare.engine.dp_check import check_dp_study
 from fedcare.engine.executor import NORMALIZER, STATS, stats_spec
 from fedcare.engine.history import History, RoundRecord, save_history
 from fedcare.engine.integrity import example_bound
@@ -65,6 +72,7 @@ from fedcare.hub.store import (
 from fedcare.hub.store.database import prepare_data_dir, writable_database
 from fedcare.hub.store.faults import storage_problem
 from fedcare.hub.transport import HubTransport
+from fedcare.learners.metrics import primary_metric_meta
 from fedcare.strategies import build_strategy
 
 log = logging.getLogger("fedcare.hub")
@@ -253,7 +261,7 @@ class HubService:
             EventRepo(s).log(kind, message, study_id=study_id, site=site)
 
     # -- researcher side ------------------------------------------------------------------
-    def submit_study(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+    def submit_study(self, raw: Mapping[str, Any], force: bool = False) -> dict[str, Any]:
         cfg = parse_config(raw)
         if not isinstance(cfg.data, FederatedData):
             raise ConfigError("a networked study needs data.source = 'federation' (the nodes "
@@ -261,10 +269,14 @@ class HubService:
         with self.db.session() as s:
             listed = SiteRepo(s).list()  # read once for the three checks below
         sites = self._participants(cfg, listed)
+        check_dp_study(cfg, len(sites), force=force)  # a DP study that cannot learn: 422
         self._check_contracts(cfg, sites, listed)
         if len(sites) < cfg.strategy.min_sites:
             raise ConfigError(f"only {len(sites)} site(s) hold dataset {cfg.data.dataset!r} "
                               f"({sites}); the strategy needs {cfg.strategy.min_sites}")
+        problems = secure_round_problems(cfg, len(sites))
+        if problems:
+            raise ConfigError(problems)
         with self.db.session() as s:
             study = StudyRepo(s).create(cfg.study.name, cfg.model_dump(mode="json"),
                                         content_hash(cfg), sites, cfg.study.rounds)
@@ -578,7 +590,10 @@ class HubService:
                 raise WrongSite(f"task {task_id} was not sent to this site", site=site)
             spec, aux = self._expected(study_id, kind)
             decoded = decode_reply(body, spec, aux, site=site)  # full validation
-            if self.keep_replies:
+            if self.keep_replies and not kind.is_protocol_step:
+                # (A protocol step's reply is never reused: a restarted hub runs the round's
+                # protocol again with fresh keys. So masked inputs, share ciphertexts and
+                # decrypted sums are never written, whatever the hub keeps.)
                 # Not fsynced (about 15 ms of disk wait per 4 MB reply, on the round's
                 # critical path): a hub killed with kill -9 keeps it all the same, and a power
                 # cut that loses it is found out on reading it back, when the site is asked
@@ -788,8 +803,8 @@ class HubService:
         history = History(study=cfg.study.name, meta={
             "fedcare_version": __version__, "study_id": study_id,
             "config_hash": content_hash(cfg), "task": cfg.data.task,
-            "primary_metric": "mse" if cfg.data.task == "regression" else "accuracy",
-            "higher_is_better": cfg.data.task != "regression", "strategy": cfg.strategy.name,
+            **primary_metric_meta(cfg.data.task, cfg.study.primary_metric),
+            "strategy": cfg.strategy.name,
             "model": cfg.model.name, "rounds_planned": cfg.study.rounds, "mode": "network",
             "config": cfg.model_dump(mode="json")},
             sites=[{"name": x, "train_rows": None, "test_rows": None} for x in sites])
@@ -815,7 +830,7 @@ class HubService:
         engine = RoundEngine(settings, strategy, transport, sites, params, history,
                              checkpoints=_HubCheckpoints(self, study_id),
                              on_round=lambda r: self._on_round(study_id, r),
-                             secure=self._secure_aggregator(cfg),
+                             secure=self._secure_aggregator(cfg, transport),
                              privacy=hub_privacy(cfg, len(sites)), example_bounds=bounds)
         return engine, start
 
@@ -832,13 +847,13 @@ class HubService:
             out[site] = example_bound(declared)
         return out
 
-    def _secure_aggregator(self, cfg: StudyConfig) -> SecureAggregator | None:
-        sa = cfg.secure_aggregation
-        if sa.protocol == "none":
+    def _secure_aggregator(self, cfg: StudyConfig, transport: HubTransport
+                           ) -> SecureAggregator | None:
+        settings = SecureSettings.of(cfg)
+        if settings is None:
             return None
         # CKKS: the hub holds no context; the sites make the study's key (fedcare.hub.keyrelay).
-        return SecureAggregator(SecureSettings(sa.protocol, threshold=sa.threshold,
-                                               frac_bits=sa.frac_bits))
+        return SecureAggregator(settings, attempts=transport.protocol_attempt)
 
     def _normalizer(self, engine: RoundEngine) -> None:
         """Federation-wide feature scaling: computed once from the sites' sums (round 1 stats

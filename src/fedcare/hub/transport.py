@@ -6,6 +6,8 @@ in the database) and offers their payloads again. A reply the previous process h
 is handed straight back to the engine when the hub keeps replies on disk; by default replies
 are held in memory only, so its site is asked again, and the node sends the very reply it
 computed before (it keeps its last one). Nothing is lost and nothing is counted twice.
+A secure round is the exception: its protocol's state died with the process, so the round's
+protocol runs again from its fit step as a new attempt (:meth:`HubTransport.protocol_attempt`).
 Payloads themselves are held in memory while offered (see :meth:`HubService.offer`).
 """
 
@@ -16,7 +18,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
 from fedcare.core.errors import TransportError
-from fedcare.core.messages import TaskKind
+from fedcare.core.messages import TaskKind, task_attempt
 from fedcare.core.wire import Reply, TaskPayload, payload_digest, peek_header
 from fedcare.hub.store import NewTask, ReplyRepo, StudyRepo, TaskRepo
 from fedcare.hub.store.errors import BlobCorrupted, BlobNotFound
@@ -55,7 +57,11 @@ class HubTransport:
             round_, kind = int(header["round"]), TaskKind(header["kind"])
             offers[site] = Offer(site, self.study_id, head, body, digest)
             # The task row records the sha256 of the arrays it carries (the model it sent).
-            tasks[site] = NewTask(self.study_id, round_, site, kind, digest.rsplit(":", 1)[-1])
+            tasks[site] = NewTask(self.study_id, round_, site, kind, digest.rsplit(":", 1)[-1],
+                                  attempt=task_attempt(str(header["task_id"])))
+            if tasks[site].id != header["task_id"]:
+                raise TransportError(f"task {header['task_id']!r} does not have the id the "
+                                     f"hub's store gives it ({tasks[site].id!r})")
         if not tasks:
             return futures
         with svc.waiters_lock:
@@ -76,6 +82,24 @@ class HubTransport:
                                                           answered[task.id]):
                 svc.offer(task.id, offers[site])
         return futures
+
+    def protocol_attempt(self, round_: int) -> int:
+        """The attempt at round ``round_``'s secure protocol to run now: one more than the
+        attempts whose fit tasks earlier hub processes created (1 when none did). A hub killed
+        mid-round lost the protocol's state (keys, routed shares, the masked sum), which
+        cannot be resumed: the round's protocol runs again, from its fit step, as new tasks;
+        each node re-enters the update it trained for the round (no second training, no
+        second privacy charge), with fresh keys."""
+        with self.service.db.session() as s:
+            started = [task_attempt(t.id) for t in TaskRepo(s).for_round(self.study_id, round_)
+                       if t.kind is TaskKind.FIT]
+        attempt = max(started, default=0) + 1
+        if attempt > 1:
+            self.service.event("recovery", f"round {round_}'s secure aggregation was under way "
+                               f"when the hub stopped; running it again (attempt {attempt}) "
+                               "with fresh keys, on the updates the sites already trained",
+                               study_id=self.study_id)
+        return attempt
 
     def _reuse(self, task_id: str, fut: Future[Reply], reply_sha: str) -> bool:
         """Resolve ``fut`` with the stored reply; False when the hub has not got its bytes

@@ -251,7 +251,9 @@ class NodeAgent:
         sa = cfg.secure_aggregation
         if sa.protocol == "none":
             return None
-        settings = SecureSettings(sa.protocol, threshold=sa.threshold, frac_bits=sa.frac_bits)
+        settings = SecureSettings.of(cfg)
+        if settings is None:
+            return None
         if sa.protocol != "ckks":
             return SecureSite(self.site, settings, sites)
         from fedcare.engine.ckks_custody import SiteIdentity

@@ -37,7 +37,7 @@ thead th{background:#f4f6f8;position:sticky;top:0}
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
 td.best{font-weight:700}
 th{white-space:nowrap}th.group{text-align:center;border-left:2px solid #d0d7de}
-table.sites td:nth-child(3n+4),table.sites thead tr+tr th:nth-child(3n+1){
+table.sites td:nth-child(3n+6),table.sites thead tr+tr th:nth-child(3n+1){
  border-left:2px solid #d0d7de}
 table.ops{width:100%}
 tbody tr:nth-child(even){background:#fafbfc}
@@ -117,19 +117,36 @@ def _headline(history: Mapping[str, Any]) -> str:
         values = [row.federated, s.mean_over_sites(final, row.metric), row.local, row.centralized]
         arrow = "↑" if row.higher_is_better else "↓"
         body.append(f"<tr><th>{esc(row.metric)} {arrow}</th>"
-                    f"{_num_cells(values, row.higher_is_better)}</tr>")
+                    f"{_num_cells(values, row.higher_is_better)}"
+                    f"{_num_cells([s.trivial_value(final, row.metric)])}</tr>")
+    no_dp = _baseline_label(history)
     head = ["<th>metric</th>", "<th class='num'>federated (global)</th>",
             "<th class='num'>federated (mean over sites)</th>",
-            "<th class='num'>local-only (mean over sites)</th>",
-            "<th class='num'>centralized (global)</th>"]
+            f"<th class='num'>local-only (mean over sites){no_dp}</th>",
+            f"<th class='num'>centralized (global){no_dp}</th>",
+            "<th class='num'>trivial (constant prediction)</th>"]
     sentence = s.headline_sentence(history)
     lead = f"<p class='lead'>{esc(sentence)}</p>" if sentence else (
         "<p class='empty'>No baselines were run, so there is nothing to compare against.</p>")
     note = ("<p class='note'>“Global” is the example-weighted mean over the sites' test sets; "
             "“mean over sites” weights every site equally. ↑/↓: higher/lower is better; the best "
             "value per row is bold. Local-only: each site trains alone. Centralized: all "
-            "training data pooled (not possible in practice; an upper reference).</p>")
-    return f"<h2>Headline</h2>{lead}{_table(head, body)}{note}"
+            "training data pooled (not possible in practice; an upper reference). Trivial: the "
+            "best constant prediction on each site's own test rows (its majority class, AUC "
+            "0.5, its prevalence as the probability, its mean), weighted like “global”: a model "
+            "is only useful where it beats this.")
+    if no_dp:
+        note += (" The baselines were trained without differential privacy: they are "
+                 "reference points, never released, and site-level DP means nothing for one "
+                 "site alone; the gap to them is the cost of federation and privacy together.")
+    return f"<h2>Headline</h2>{lead}{_table(head, body)}{note}</p>"
+
+
+def _baseline_label(history: Mapping[str, Any]) -> str:
+    """' — no DP, reference only' when the run's baselines say they trained without DP."""
+    notes = {str(s.baseline(history, b).get("note") or "") for b in s.BASELINES}
+    notes.discard("")
+    return "".join(f"<br><span class='fail'>{esc(n)}</span>" for n in sorted(notes))
 
 
 def _convergence(history: Mapping[str, Any]) -> str:
@@ -147,18 +164,25 @@ def _site_table(history: Mapping[str, Any]) -> str:
     blocks = [s.site_metrics(s.final_block(history)),
               s.site_metrics(s.baseline(history, "local")),
               s.site_metrics(s.baseline(history, "centralized"))]
+    primary = s.primary_metric(history)
     top = ("<th rowspan='2'>site</th><th rowspan='2' class='num'>train rows</th>"
            "<th rowspan='2' class='num'>test rows</th>"
+           "<th rowspan='2' class='num'>prevalence</th>"
+           f"<th rowspan='2' class='num'>trivial {esc(primary)}</th>"
            + "".join(f"<th colspan='3' class='group'>{esc(m)}</th>" for m in metrics))
     sub = "<th class='num'>fed.</th><th class='num'>local</th><th class='num'>central.</th>"
     rows = []
+    final = s.final_block(history)
+    own = s.site_metrics(final)
     for site in s.site_names(history):
         declared = info.get(site, {})
         cells = "".join(_num_cells([s.as_float(b.get(site, {}).get(m)) for b in blocks],
                                    s.higher_is_better(history, m)) for m in metrics)
         rows.append(f"<tr><td>{esc(site)}</td>"
                     f"<td class='num'>{esc(declared.get('train_rows', '—'))}</td>"
-                    f"<td class='num'>{esc(declared.get('test_rows', '—'))}</td>{cells}</tr>")
+                    f"<td class='num'>{esc(declared.get('test_rows', '—'))}</td>"
+                    f"<td class='num'>{esc(s.prevalence_text(own.get(site, {})))}</td>"
+                    f"{_num_cells([s.trivial_value(final, primary, site)])}{cells}</tr>")
     if not rows:
         return "<p class='empty'>No sites recorded.</p>"
     splits = [f"{esc(site)}: {esc(info[site]['test_split'])}" for site in s.site_names(history)
@@ -176,7 +200,10 @@ def _sites(history: Mapping[str, Any]) -> str:
     curves = _figure(figures.site_curves_png(history), "per-site metric per round",
                      f"Each site's {primary} of the global model after each round, "
                      "on its own test set.")
-    return f"<h2>Per site</h2>{bars}{curves}{_site_table(history)}"
+    note = ("<p class='note'>Prevalence: the share of the positive class (class shares for "
+            "several classes) in each site's test rows, computed at the site. Trivial: the best "
+            f"constant prediction's {primary} on the same rows.</p>")
+    return f"<h2>Per site</h2>{bars}{curves}{_site_table(history)}{note}"
 
 
 def _training(history: Mapping[str, Any]) -> str:

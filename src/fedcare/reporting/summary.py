@@ -23,6 +23,16 @@ _UNIT_INTERVAL = frozenset({"accuracy", "balanced_accuracy", "auc", "roc_auc", "
                             "f1", "precision", "recall", "sensitivity", "specificity",
                             "brier", "r2"})
 BASELINES = ("centralized", "local")
+#: Evaluation keys that describe the test rows rather than score the model: the trivial
+#: (best constant) prediction's scores, the prevalence and class shares. The report shows them
+#: beside the model's scores, never as metrics of their own.
+TRIVIAL = "trivial_"
+_CONTEXT_PREFIXES = (TRIVIAL, "prevalence", "class_share_")
+
+
+def is_context_metric(name: str) -> bool:
+    """True for trivial-prediction scores, prevalence and class shares."""
+    return name.startswith(_CONTEXT_PREFIXES)
 
 
 def mapping(value: Any) -> Mapping[str, Any]:
@@ -93,6 +103,7 @@ def metric_names(history: Mapping[str, Any], primary: str | None = None) -> list
         found.update(str(k) for k in mapping(block.get("global_metrics")))
         for metrics in site_metrics(block).values():
             found.update(str(k) for k in metrics)
+    found = {name for name in found if not is_context_metric(name)}
     head = primary_metric(history) if primary is None else primary
     rest = sorted(found - {head, "loss"}, key=str.lower)
     order = [head] if head and head in found else []
@@ -169,31 +180,92 @@ def point_scale(metric: str) -> tuple[float, str]:
     return (100.0, "points") if metric.lower() in _UNIT_INTERVAL else (1.0, "units")
 
 
-def headline_sentence(history: Mapping[str, Any]) -> str | None:
-    """'Federation vs local-only: +X points on <metric>; gap to pooled: Y points', or None.
+@dataclass(frozen=True)
+class Comparison:
+    """The federated model against one reference, with ONE sign convention everywhere (report,
+    console, history): ``federated_better_by`` is positive when the federated model is better,
+    whichever direction the metric runs, and :attr:`text` says it in words."""
+
+    reference: str
+    metric: str
+    higher_is_better: bool
+    federated: float
+    other: float
+    federated_better_by: float
+
+    @property
+    def text(self) -> str:
+        """'federated is 2.27 points better than pooled' (or worse than, or the same as)."""
+        scale, unit = point_scale(self.metric)
+        amount = abs(self.federated_better_by) * scale
+        if f"{amount:.2f}" == "0.00":
+            return f"federated is the same as {self.reference}"
+        word = "better" if self.federated_better_by > 0 else "worse"
+        return f"federated is {amount:.2f} {unit} {word} than {self.reference}"
+
+
+def comparisons(history: Mapping[str, Any]) -> list[Comparison]:
+    """The federated model against local-only and pooled training on the primary metric.
 
     Local-only is compared on the mean over sites (each hospital's own test set, equally
-    weighted) because that is what a hospital deciding whether to join would experience; the gap
-    to pooled compares like with like, both example-weighted over the same test sets.
+    weighted) because that is what a hospital deciding whether to join would experience; the
+    comparison with pooled compares like with like, both example-weighted over the same test
+    sets.
     """
     metric = primary_metric(history)
     better = higher_is_better(history, metric)
-    scale, unit = point_scale(metric)
     final = final_block(history)
-    parts: list[str] = []
-    gain = improvement(mean_over_sites(final, metric),
-                       mean_over_sites(baseline(history, "local"), metric), better)
-    if gain is not None:
-        parts.append(f"Federation vs local-only: {gain * scale:+.2f} {unit} on {metric} "
-                     "(mean over sites)")
-    gap = improvement(global_value(baseline(history, "centralized"), metric),
-                      global_value(final, metric), better)
-    if gap is not None:
-        parts.append(f"gap to pooled: {gap * scale:.2f} {unit}")
-    if not parts:
+    pairs = [("local-only (mean over sites)", mean_over_sites(final, metric),
+              mean_over_sites(baseline(history, "local"), metric)),
+             ("pooled", global_value(final, metric),
+              global_value(baseline(history, "centralized"), metric))]
+    out = []
+    for reference, ours, theirs in pairs:
+        by = improvement(ours, theirs, better)
+        if by is not None and ours is not None and theirs is not None:
+            out.append(Comparison(reference, metric, better, ours, theirs, by))
+    return out
+
+
+def comparisons_json(history: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """:func:`comparisons` as ``history.json`` records them."""
+    return [{"reference": c.reference, "metric": c.metric,
+             "higher_is_better": c.higher_is_better, "federated": c.federated,
+             "other": c.other, "federated_better_by": c.federated_better_by, "text": c.text}
+            for c in comparisons(history)]
+
+
+def headline_sentence(history: Mapping[str, Any]) -> str | None:
+    """'On accuracy (higher is better): federated is X points better than local-only (mean
+    over sites); federated is Y points worse than pooled.', or None without baselines."""
+    found = comparisons(history)
+    if not found:
         return None
-    direction = "higher" if better else "lower"
-    return "; ".join(parts) + f" (positive = better; {direction} {metric} is better)."
+    metric = found[0].metric
+    direction = "higher" if found[0].higher_is_better else "lower"
+    return f"On {metric} ({direction} is better): " + "; ".join(c.text for c in found) + "."
+
+
+def trivial_value(block: Mapping[str, Any], metric: str, site: str | None = None
+                  ) -> float | None:
+    """The trivial (best constant) prediction's ``metric`` on a site's test rows, or the
+    example-weighted global one."""
+    key = TRIVIAL + metric
+    if site is None:
+        return global_value(block, key)
+    return as_float(site_metrics(block).get(site, {}).get(key))
+
+
+def prevalence_text(metrics: Mapping[str, Any]) -> str:
+    """'12.5 %' (binary: share of the positive class) or '0: 40 %, 1: 35 %, 2: 25 %'
+    (class shares), '—' when the site reported none."""
+    p = as_float(metrics.get("prevalence"))
+    if p is not None:
+        return f"{p * 100:.1f} %"
+    shares = sorted(((k.removeprefix("class_share_"), as_float(v)) for k, v in metrics.items()
+                     if str(k).startswith("class_share_")), key=lambda kv: (len(kv[0]), kv[0]))
+    parts = [f"{k}: {v * 100:.0f} %" for k, v in shares if v is not None]
+    return ", ".join(parts) if parts else "—"
 
 
 def evaluated_curve(history: Mapping[str, Any], metric: str,

@@ -18,7 +18,7 @@ from typing import Any
 
 from fedcare import __version__
 from fedcare.config import FederatedData, StudyConfig, content_hash, load_config, parse_config
-from fedcare.core.dataset import SiteData, TaskType
+from fedcare.core.dataset import SiteData
 from fedcare.core.errors import ConfigError, FedcareError
 from fedcare.core.files import atomic_write
 from fedcare.core.learning import Learner
@@ -26,12 +26,14 @@ from fedcare.core.messages import TrainConfig
 from fedcare.core.params import Parameters
 from fedcare.engine.bundle import ModelBundle, study_bundle
 from fedcare.engine.checkpoints import CheckpointStore
+from fedcare.engine.dp_check import DpAssessment, assess_dp, refuse_unless_learnable
 from fedcare.engine.executor import SiteExecutor
 from fedcare.engine.history import History, RoundRecord, save_history
 from fedcare.engine.learner_factory import ModelShape, make_learner
 from fedcare.engine.privacy import hub_privacy, site_privacy
 from fedcare.engine.round_engine import EngineSettings, RoundEngine
 from fedcare.engine.secure import SecureAggregator, SecureSettings, SecureSite
+from fedcare.learners.metrics import primary_metric
 from fedcare.sim.sites import build_sites, input_standardization, pooled
 from fedcare.strategies import build_strategy
 from fedcare.strategies.fedavg import FedAvg
@@ -75,16 +77,19 @@ def choose_workers(cfg: StudyConfig, sites: Sequence[SiteData], n_params: int) -
     return min(cores // cfg.run.threads_per_site or 1, len(sites))
 
 
-def _metric_meta(task: TaskType) -> tuple[str, bool]:
-    return ("mse", False) if task is TaskType.REGRESSION else ("accuracy", True)
+#: How the baselines of a DP study are labelled in the history and the report.
+BASELINE_NO_DP = "no DP — reference only"
 
 
 class _Run:
     """State of one simulation run; ``simulate`` is the public entry point."""
 
     def __init__(self, cfg: StudyConfig, output_dir: Path | None, progress: ProgressFn | None,
-                 resume: bool, overwrite: bool) -> None:
+                 resume: bool, overwrite: bool, force: bool = False,
+                 on_dp_check: Callable[[DpAssessment], None] | None = None) -> None:
         self.cfg = cfg
+        self.force = force
+        self.on_dp_check = on_dp_check
         self.out = output_dir
         self.progress = progress
         self.resume = resume
@@ -110,6 +115,12 @@ class _Run:
         self.strategy = build_strategy(cfg.strategy, num_sites=len(self.sites))
         self.strategy.train_config(self.train)  # validates strategy/train compatibility now
         self.workers = choose_workers(cfg, self.sites, self.spec.total_size)
+        self.primary = primary_metric(self.sites[0].task, cfg.study.primary_metric)
+        self.dp_check: DpAssessment | None = assess_dp(cfg, len(self.sites),
+                                                       self.spec.total_size)
+        if self.dp_check is not None and self.on_dp_check is not None:
+            self.on_dp_check(self.dp_check)
+        refuse_unless_learnable(self.dp_check, force=self.force)
 
     def _secure(self) -> tuple[SecureSettings | None, bytes | None]:
         """The study's secure-aggregation settings (sites' half) and the hub's public HE
@@ -123,8 +134,7 @@ class _Run:
             from fedcare.privacy.he import create_federation_context
 
             secret, public = create_federation_context()
-        return SecureSettings(sa.protocol, threshold=sa.threshold, frac_bits=sa.frac_bits,
-                              he_context=secret), public
+        return SecureSettings.of(self.cfg, he_context=secret), public
 
     def _executors(self, sites: Sequence[SiteData], secure: SecureSettings | None = None,
                    strategy: str | None = None) -> dict[str, SiteExecutor]:
@@ -160,7 +170,7 @@ class _Run:
         return ProcessTransport(handlers, self.workers, init=init_worker)
 
     def _history(self) -> History:
-        primary, higher = _metric_meta(self.sites[0].task)
+        primary, higher = self.primary
         cfg = self.cfg
         meta = {"fedcare_version": __version__,
                 "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -170,6 +180,8 @@ class _Run:
                 "rounds_planned": cfg.study.rounds, "workers": self.workers,
                 "parameters": self.spec.total_size,
                 "config": cfg.model_dump(mode="json")}
+        if self.dp_check is not None:
+            meta["dp_check"] = self.dp_check.to_json()
         sites = [{"name": s.name, "train_rows": len(s.y_train), "test_rows": len(s.y_test),
                   "test_split": s.test_split or _split_words(cfg.data)} for s in self.sites]
         return History(study=cfg.study.name, meta=meta, sites=sites)
@@ -207,10 +219,12 @@ class _Run:
                                                  for s in self.sites})
             final = engine.run(cfg.study.rounds, start_round=start_round)
             if cfg.baselines.local:
-                # A site training alone shares nothing: its baseline runs on plain executors.
-                # Its tasks are plain FedAvg's: executors bound to another strategy refuse them.
-                local = (transport if secure is None and cfg.strategy.name == "fedavg"
-                         else self._transport(self._executors(self.sites, strategy="fedavg")))
+                # A site training alone shares nothing: its baseline runs on plain executors,
+                # without secure aggregation or DP (see _baseline_note). Its tasks are plain
+                # FedAvg's: executors bound to another strategy refuse them.
+                plain = (secure is None and cfg.privacy.mode == "none"
+                         and cfg.strategy.name == "fedavg")
+                local = transport if plain else self._transport(self._plain_executors())
                 try:
                     history.baselines["local"] = self._local_baselines(local)
                 finally:
@@ -218,6 +232,8 @@ class _Run:
                         local.close()
             if cfg.baselines.centralized:
                 history.baselines["centralized"] = self._centralized(engine)
+            for block in history.baselines.values():
+                block.update(self._baseline_note())
         finally:
             transport.close()
             _set_threads(old_threads)
@@ -225,6 +241,9 @@ class _Run:
         secs = [r.seconds for r in history.rounds]
         history.timing = {"total_seconds": time.perf_counter() - t_start,
                           "mean_round_seconds": sum(secs) / len(secs) if secs else 0.0}
+        from fedcare.reporting.summary import comparisons_json
+
+        history.meta["comparison"] = comparisons_json(history.to_dict())
         if self.out is not None:
             self._write_outputs(history, final)
         return history
@@ -250,6 +269,28 @@ class _Run:
         return ckpt.parameters, ckpt.round + 1, saved
 
     # -- baselines ------------------------------------------------------------------------
+    def _baseline_note(self) -> dict[str, str]:
+        """How privacy applies to the baselines, recorded in each baseline block.
+
+        The baselines are reference points, never released: local-only is what a site gets
+        without joining, pooled what the data would give without federation. Site-level
+        DP-FedAvg protects a site's contribution among several and means nothing for one site
+        alone (nor for pooled data), and record-level DP-SGD on a baseline would mix the
+        privacy cost into the federation comparison. So every baseline trains without DP and is
+        labelled so: the gap between the DP federated model and the baselines is the price of
+        federation *and* privacy together.
+        """
+        if self.cfg.privacy.mode == "none":
+            return {}
+        return {"privacy": "none", "note": BASELINE_NO_DP}
+
+    def _plain_executors(self) -> dict[str, SiteExecutor]:
+        """Executors for the baselines: the non-DP learner, no privacy, no secure aggregation,
+        no state on disk."""
+        return {s.name: SiteExecutor(s, self.learner, site_index=i, expected=self.spec,
+                                     strategy="fedavg")
+                for i, s in enumerate(self.sites)}
+
     def _single_site_study(self, name: str, transport: Any, site: str, total: int) -> Parameters:
         cfg = self.cfg
         settings = EngineSettings(study=name, seed=cfg.study.seed, train=self.train,
@@ -259,7 +300,14 @@ class _Run:
         engine = RoundEngine(settings, strategy, transport, [site], self.initial,
                              History(study=name))
         for r in range(1, cfg.study.rounds + 1):
-            engine.run_round(r)
+            try:
+                engine.run_round(r)
+            except FedcareError as exc:
+                what = ("the pooled baseline" if name == "centralized"
+                        else f"the local-only baseline of site {site}")
+                raise FedcareError(f"{what} failed (baselines train one site alone, without "
+                                   f"federation; set [baselines] local/centralized = false to "
+                                   f"skip them): {exc.message}") from exc
             if self.progress is not None:
                 self.progress(name, r, total, None)
         return engine.parameters
@@ -301,7 +349,6 @@ class _Run:
         from fedcare.reporting import write_report
 
         write_report(history.to_dict(), self.out / "report.html")
-
 
     def _bundle(self, history: History, final: Parameters) -> ModelBundle:
         """The final model with its features, standardization and label coding: the one
@@ -361,14 +408,18 @@ def _set_threads(n: int) -> int:
 
 def simulate(config: StudyConfig | Mapping[str, Any] | str | Path, *,
              output_dir: str | Path | None = None, progress: bool | ProgressFn = False,
-             resume: bool = False, overwrite: bool = False) -> History:
+             resume: bool = False, overwrite: bool = False, force: bool = False,
+             on_dp_check: Callable[[DpAssessment], None] | None = None) -> History:
     """Run a study in simulation and return its :class:`History`.
 
     ``config`` is a study file path, a mapping with the same keys as the file, or a parsed
     :class:`StudyConfig`. With ``output_dir`` the run writes ``history.json``, the final model
     (``model.safetensors``: a bundle that :func:`fedcare.load_model` reads), per-round
     checkpoints and ``report.html`` there, and ``resume=True`` continues from the newest
-    checkpoint. ``progress=True`` shows rich progress bars.
+    checkpoint. ``progress=True`` shows rich progress bars. A DP study whose noise drowns
+    its updates (:mod:`fedcare.engine.dp_check`) is refused before training unless
+    ``force=True``; ``on_dp_check`` receives that assessment before training (the CLI prints
+    it).
     """
     cfg = _as_config(config)
     fn: ProgressFn | None
@@ -377,8 +428,9 @@ def simulate(config: StudyConfig | Mapping[str, Any] | str | Path, *,
 
         with RichProgress() as bar:
             return simulate(cfg, output_dir=output_dir, progress=bar, resume=resume,
-                            overwrite=overwrite)
+                            overwrite=overwrite, force=force, on_dp_check=on_dp_check)
     fn = progress if callable(progress) else None
-    run = _Run(cfg, Path(output_dir) if output_dir is not None else None, fn, resume, overwrite)
+    run = _Run(cfg, Path(output_dir) if output_dir is not None else None, fn, resume, overwrite,
+               force, on_dp_check)
     run.prepare()
     return run.run()

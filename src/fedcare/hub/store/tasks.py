@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from fedcare.core.errors import ValidationError
 from fedcare.core.messages import TaskKind
+from fedcare.core.messages import task_id as _task_id
 from fedcare.hub.store._sql import insert_for
 from fedcare.hub.store.blobs import check_blob_id
 from fedcare.hub.store.errors import StoreError
@@ -28,9 +29,10 @@ from fedcare.hub.store.models import OPEN_TASK_STATUSES, Task, TaskStatus, utcno
 from fedcare.hub.store.studies import expire_open_tasks
 
 
-def task_id(study_id: str, round: int, kind: TaskKind, site: str) -> str:
-    """The deterministic id of a task: ``study/r{round}/{kind}/{site}``."""
-    return f"{study_id}/r{round}/{TaskKind(kind).value}/{site}"
+def task_id(study_id: str, round: int, kind: TaskKind, site: str, attempt: int = 1) -> str:
+    """The deterministic id of a task: ``study/r{round}/{kind}/{site}`` (a secure round's
+    later protocol attempt: ``study/r{round}/a{attempt}/{kind}/{site}``)."""
+    return _task_id(study_id, round, kind, site, attempt)
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ class NewTask:
     site: str
     kind: TaskKind
     payload_sha: str
+    #: A secure round's protocol attempt (a restarted hub runs the round's protocol again).
+    attempt: int = 1
 
     def __post_init__(self) -> None:
         check_blob_id(self.payload_sha)
@@ -53,7 +57,7 @@ class NewTask:
 
     @property
     def id(self) -> str:
-        return task_id(self.study_id, self.round, self.kind, self.site)
+        return task_id(self.study_id, self.round, self.kind, self.site, self.attempt)
 
 
 class TaskRepo:

@@ -471,7 +471,9 @@ class PrivacyLedger:
         """Validate, check the budget, then append ``entry``; returns the cumulative epsilon.
 
         Refuses (nothing written) with :class:`PrivacyBudgetError` past ``max_epsilon``, for a
-        non-DP task under ``require_dp``, or for a study delta above the site's; with
+        non-DP task under ``require_dp``, for a study delta above the site's, or for a DP task
+        the ledger already holds (the same study and task id; a non-DP one is recorded once
+        and not again); with
         :class:`LedgerError` if the ledger fails :meth:`verify`.
         """
         if not isinstance(entry, LedgerEntry):
@@ -493,6 +495,19 @@ class PrivacyLedger:
                 raise LedgerError(f"privacy ledger {self.path} fails verification, refusing to "
                                   "charge: " + "; ".join(problems))
             before = _epsilon(state.entries, policy)
+            same = [e for e in state.entries
+                    if e.study == entry.study and e.task_id == entry.task_id]
+            if same:
+                # A task touches the data once. Asked again (a hub restarted mid-round), the
+                # site answers with what it computed; if it lost that (it restarted too),
+                # training again would spend the budget twice on one task: refused.
+                if entry.mechanism is Mechanism.NONE and all(
+                        e.mechanism is Mechanism.NONE for e in same):
+                    return before  # recorded already; nothing to add
+                raise PrivacyBudgetError(
+                    f"task {entry.task_id} was already charged ({same[0].time}); this site "
+                    "spends privacy budget on a task once and no longer holds its result "
+                    "(was the node restarted?), so it sits this round out")
             after = _epsilon([*state.entries, entry], policy)
             if not after <= policy.max_epsilon:  # also refuses NaN
                 raise PrivacyBudgetError(

@@ -281,3 +281,47 @@ def find_degree(n: int, dropout: float, corrupt: float, security_bits: int,
                 return k, t_k
             break  # a larger t_k only makes correctness worse
     return None
+
+
+# ----------------------------------------------------------------- a study's survivor threshold
+def survivor_threshold(n: int, fraction: float | None = None, min_completed: int = 1) -> int:
+    """How many of a round's ``n`` sites must survive every step: ``t``.
+
+    ``t`` is never below the smallest strict majority ``⌊n/2⌋ + 1`` (and 2): with 2t > n two
+    disjoint groups of survivors can never both complete the round, so a hub that splits the
+    federation (or reruns a round over another group) never learns one site's input by
+    subtracting two sums (Bonawitz et al. 2017, §4). Above that floor it is the larger of the
+    study's ``min_completed`` (a round with fewer does not count anyway, and each extra
+    required survivor adds to the noise a distributed-DP sum is guaranteed to hold) and, when
+    the study sets one, ``⌈fraction·n⌉``. Without a fraction a 3-site study with
+    ``min_completed = 2`` gets t = 2: one site may drop out of any step.
+    """
+    majority = n // 2 + 1
+    wanted = math.ceil(fraction * n - 1e-9) if fraction is not None else 0
+    return min(n, max(2, majority, min_completed, wanted))
+
+
+def threshold_problems(n: int, fraction: float | None, min_completed: int) -> list[str]:
+    """Why a secure study over rounds of ``n`` sites cannot keep its own promises (empty: it
+    can). Refused: ``min_completed`` above ``n``; ``min_completed`` >= 2 that the survivor
+    threshold (an explicit ``threshold`` or the strict majority) would never let a round
+    finish with."""
+    if n < 2:
+        return [f"'secure_aggregation.protocol': secure aggregation needs at least 2 sites per "
+                f"round, the study has {n}"]
+    if min_completed > n:
+        return [f"'strategy.min_completed': {min_completed} is more than the {n} sites a "
+                "round has"]
+    t = survivor_threshold(n, fraction, min_completed)
+    if min_completed < 2 or t <= min_completed:
+        return []
+    if fraction is not None and t > n // 2 + 1:
+        return [f"'secure_aggregation.threshold' = {fraction:g} needs {t} of the {n} sites to "
+                f"survive every step, so a round can never finish with "
+                f"'strategy.min_completed' = {min_completed}; lower the threshold (or remove "
+                f"it: the threshold is then derived from min_completed) or raise "
+                f"min_completed to {t}"]
+    return [f"'strategy.min_completed' = {min_completed} cannot be met: secure aggregation "
+            f"over {n} sites needs a strict majority ({t}) to survive every step (fewer would "
+            f"let the hub learn a site's update by subtracting sums); set min_completed to "
+            f"{t} or more (or 1: the threshold decides)"]
