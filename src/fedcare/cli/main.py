@@ -64,7 +64,8 @@ def _run(config: Path | dict, out: Path | None, resume: bool, overwrite: bool,
     print_results(history.to_dict(), console)
     if out is not None:
         console.print(f"Wrote [bold]{out}[/bold]: history.json, model.safetensors, "
-                      f"checkpoints/, report.html")
+                      f"checkpoints/, report.html (apply the model to new patients with "
+                      f"`fedcare predict {out} patients.csv --out predictions.csv`)")
 
 
 def _print_dp_check(assessment: Any, force: bool) -> None:
