@@ -306,7 +306,8 @@ def test_one_table_split_into_sites_keeps_its_label_coding(tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize("change", [{"model": {"name": "mlp"}}, {"task": "ranking"},
-                                    {"label": {"classes": ["a"]}}, {"format": "other"}])
+                                    {"label": {"classes": ["a"]}}, {"format": "other"},
+                                    {"features": ["only one"]}])
 def test_a_malformed_header_is_a_bundle_error(breast_run: Path, tmp_path: Path,
                                               change: dict) -> None:
     raw = (breast_run / "model.safetensors").read_bytes()
@@ -340,3 +341,15 @@ def test_a_regression_model_predicts_values(tmp_path: Path) -> None:
     np.testing.assert_allclose(got[:, 0], table["prediction"], atol=1e-5)
     with pytest.raises(DataError, match="regression"):
         model.predict_proba(new)
+
+
+def test_a_header_cannot_make_loading_allocate_a_huge_model(breast_run: Path,
+                                                            tmp_path: Path) -> None:
+    """10**7 inputs x 65536 units would be 2.6 TB of float32: refused from the shapes alone."""
+    raw = (breast_run / "model.safetensors").read_bytes()
+    model = {"name": "mlp", "backend": "torch", "options": {"hidden": [65536], "dropout": 0.0},
+             "input_shape": [10_000_000], "num_outputs": 1}
+    (tmp_path / "m.safetensors").write_bytes(_with_header(raw, {
+        "model": model, "preprocessing": [], "features": []}))
+    with pytest.raises(BundleError, match="do not fit model 'mlp'"):
+        fedcare.load_model(tmp_path / "m.safetensors")

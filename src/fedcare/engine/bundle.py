@@ -86,6 +86,10 @@ class ModelBundle:
             if len(self.classes) != need:
                 raise ValidationError(f"a {self.task.value} model needs {need} class values, "
                                       f"got {len(self.classes)}")
+        if (self.features and len(self.input_shape) == 1
+                and len(self.features) != self.input_shape[0]):
+            raise ValidationError(f"{len(self.features)} feature names for inputs shaped "
+                                  f"{self.input_shape}")
         if (self.mean is None) != (self.std is None):
             raise ValidationError("standardization needs both mean and std")
         if self.mean is not None and self.std is not None:

@@ -55,6 +55,7 @@ class SavedModel:
             raise BundleError(f"the bundle's model has {bundle.num_outputs} outputs but a "
                               f"{bundle.task.value} task with {classes} classes needs "
                               f"{shape.num_outputs}")
+        _check_layout(bundle, options)  # before building: a header must not size the model
         self._learner: Learner = learner_for(options, shape)
         spec = self._learner.initial_parameters().spec
         if bundle.parameters.spec != spec:
@@ -166,6 +167,32 @@ class SavedModel:
             out[f"probability_{c}"] = proba[:, j]
         out["prediction"] = np.asarray(self.classes, dtype=object)[np.argmax(proba, axis=1)]
         return out
+
+
+def _check_layout(bundle: ModelBundle, options: Any) -> None:
+    """Refuse a header whose model would not have the bundle's weights, *before* allocating
+    it: a tampered header (``input_shape = [10**9]``) would otherwise make loading a model
+    allocate whatever it names. The torch model is built on PyTorch's ``meta`` device (shapes
+    only, no memory); the linear model's one matrix is checked directly."""
+    shapes = {k: tuple(v.shape) for k, v in bundle.parameters.items()}
+    if bundle.backend == "sklearn":
+        coef = shapes.get("coef", ())
+        fits = (len(bundle.input_shape) == 1
+                and int(np.prod(coef)) == bundle.input_shape[0] * bundle.num_outputs)
+    else:
+        import torch
+
+        from fedcare.learners.models import build_model
+
+        with torch.device("meta"):
+            model = build_model(bundle.model_name, bundle.input_shape, bundle.num_outputs,
+                                options, 0)
+        wanted = {k: tuple(v.shape) for k, v in model.state_dict().items()
+                  if v.is_floating_point()}
+        fits = wanted == shapes
+    if not fits:
+        raise BundleError(f"the bundle's weights do not fit model {bundle.model_name!r} with "
+                          f"its options and input shape {bundle.input_shape}")
 
 
 def _numeric(col: pd.Series) -> np.ndarray | None:
