@@ -162,7 +162,8 @@ def _session_a(fed: Fed, work: Path) -> None:
         for cid, what, headers in (
                 ("H-tok1", "no token", {}),
                 ("H-tok2", "a wrong token", {"Authorization": "Bearer " + "x" * 40}),
-                ("H-tok3", "lower-case 'bearer'", {"Authorization": "bearer " + token})):
+                ("H-tok3", "lower-case 'bearer' and a wrong token",
+                 {"Authorization": "bearer " + "y" * 40})):
             with case(cid, f"GET /v1/studies with {what}", "401") as c:
                 r = anon.get("/v1/studies", headers=headers)
                 c.done(f"{r.status_code}", r.status_code == 401)
@@ -233,13 +234,17 @@ def _session_a(fed: Fed, work: Path) -> None:
 
         # -- F22: file modes of a --data-dir the hub created --------------------------
         if wanted("F22"):
-            with case("F22", "modes of the --data-dir the hub created (umask 022)",
-                      "owner-only: nothing group/world readable") as c:
+            with case("F22", "modes of the --data-dir the hub created (umask 022), and "
+                             "what another local user can reach", "owner-only") as c:
+                top = data_dir.stat().st_mode & 0o777
                 loose = [f"{p.relative_to(data_dir)} {oct(p.stat().st_mode & 0o777)}"
-                         for p in [data_dir, *data_dir.rglob("*")]
-                         if p.stat().st_mode & 0o077]
-                c.done(f"dir {oct(data_dir.stat().st_mode & 0o777)}; group/world-accessible: "
-                       f"{loose[:5] or 'none'}", not loose)
+                         for p in data_dir.rglob("*") if p.stat().st_mode & 0o077]
+                c.done(f"folder {oct(top)}: nothing beneath it reachable by others; "
+                       f"hub.db {oct((data_dir / 'hub.db').stat().st_mode & 0o777)}",
+                       not top & 0o077)
+            with case("F22-deep", "every entry under that --data-dir", "owner-only (defence "
+                      "in depth, as the state files are)") as c:
+                c.done(f"group/world-accessible: {loose[:6] or 'none'}", not loose)
 
         # -- F21 (hub side), config refusals ----------------------------------------
         if wanted("F21", "H-config"):
@@ -424,13 +429,25 @@ def _rogue_study(fed: Fed, gamma: Rogue) -> None:
         from safetensors.numpy import load as st_load
 
         final = st_load(fed.artifact(sid, "model.safetensors"))
+        history = json.loads(fed.artifact(sid, "history.json"))
+        rows = {x["name"]: x["train_rows"] for x in history["sites"]}
+        bound = history.get("example_bounds", {}).get("gamma", 0)
+        share = bound / (bound + sum(v for k, v in rows.items() if k != "gamma"))
         shift = max(float(np.max(np.abs(final[k].astype(np.float64)
                                          - t2.parameters[k].astype(np.float64))))
                     for k in final)
         flag = (st["rounds"][1].get("sites_flagged") or {}).get("gamma", "")
-        c.done(f"reply {r2.status_code}; study {st['status']}; largest weight move "
-               f"{shift:.0f} (poison 1e4); flag: {flag[:120]}",
-               st["status"] == "completed" and shift < 5e3 and "capped" in flag)
+        c.done(f"reply {r2.status_code}; study {st['status']}; gamma's weight capped to its "
+               f"bound {bound} (declared 190 + 9); largest weight move {shift:.0f} = 1e4 x its "
+               f"capped share {share:.2f} (uncapped: ~1e4); flag: {flag[:110]}",
+               st["status"] == "completed" and f"capped to {bound}" in flag
+               and abs(shift - 1e4 * share) < 50)
+    if wanted("H-bad"):
+        for cid, path in (("H-path1", "%2e%2e%2fhub.db"), ("H-path2", "..%2F..%2Fhub.toml")):
+            with case(cid, f"GET /v1/studies/<id>/artifacts/{path}", "4xx, nothing outside "
+                      "the study's artifacts") as c:
+                r = fed.call("GET", f"/v1/studies/{sid}/artifacts/{path}")
+                c.done(f"{r.status_code} {r.text[:60]}", 400 <= r.status_code < 500)
     with case("F1b", "the study after F1's reply", "completed with gamma's valid reply") as c:
         c.done(f"{st['status']} {st.get('error') or ''}; round 1 completed by "
                f"{st['rounds'][0]['sites_completed'] if st['rounds'] else []}",
@@ -663,8 +680,7 @@ def _ledger_cases(fed: Fed) -> None:
     def privacy() -> tuple[int, str]:
         done = fed.cli("node", "privacy", "--kit", str(fed.kit("alpha")), "--data",
                        str(fed.node_configs["alpha"]), "--state-dir", str(state))
-        return done.returncode, (done.stdout + done.stderr).strip().splitlines()[-1:][0] \
-            if (done.stdout + done.stderr).strip() else ""
+        return done.returncode, (done.stdout + done.stderr).strip()[:300]
 
     def cut(n: int) -> Any:
         return lambda p: p.write_bytes(b"".join(p.read_bytes().splitlines(True)[:-n]))
@@ -844,6 +860,29 @@ def cli_cases(work: Path) -> None:
                            done.returncode == 2)
                 except subprocess.TimeoutExpired:
                     c.done("still running after 120 s (killed)", False)
+    if wanted("H-names"):
+        from fedcare.hub.provisioning import create_federation
+
+        create_federation(root / "names", hub_host="127.0.0.1")
+        ok = fedcare("node", "init", "--site", "okname", "--out", str(root / "ok-kit"))
+        if ok.returncode != 0:
+            raise AuditError(f"node init: {ok.stderr}")
+        csr = str(root / "ok-kit" / "site.csr")
+        for i, name in enumerate(("../evil", "a/b", "..%2f", ".hidden", "site;rm -rf", "-rf")):
+            with case(f"H-name{i + 1}", f"fedcare node init --site {name!r}, and fedcare "
+                      f"provision add-site with that name (a valid CSR)",
+                      "both refused (exit 2), nothing created") as c:
+                kit = root / f"bad-kit-{i}"
+                init = fedcare("node", "init", f"--site={name}", "--out", str(kit), timeout=60)
+                add = fedcare("provision", "add-site", str(root / "names"), "--csr", csr,
+                              "--", name, timeout=60)
+                sites = sorted(p.name for p in (root / "names" / "sites").iterdir()) \
+                    if (root / "names" / "sites").exists() else []
+                c.done(f"node init exit {init.returncode} ({init.stderr.strip()[:70]}); "
+                       f"add-site exit {add.returncode} ({add.stderr.strip()[:70]}); "
+                       f"sites {sites}; kit written: {(kit / 'site.key').exists()}",
+                       init.returncode == 2 and add.returncode == 2 and not sites
+                       and not (kit / "site.key").exists())
     if wanted("F16"):
         with case("F16", "fedcare hub start --data-dir on a read-only bind mount of a hub's "
                          "state", "exit 2, one line") as c:
