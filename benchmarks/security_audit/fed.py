@@ -307,14 +307,14 @@ class Fed:
 
     @property
     def token(self) -> str:
-        from fedcare.client import HubClient  # noqa: F401  (the researcher folder's reader)
-
-        return (self.hub_dir / "researcher.token").read_text().strip()
+        return (self.researcher_dir / "researcher.token").read_text().strip()
 
     def client(self) -> httpx.Client:
+        """The researcher's client, made from the researcher folder alone (URL, CA, token)."""
         if self._client is None:
-            self._client = httpx.Client(base_url=self.url, verify=self.ca(), timeout=30.0,
-                                        headers={"Authorization": f"Bearer {self.token}"})
+            from fedcare.client import HubClient
+
+            self._client = HubClient(self.researcher_dir, None, None, None).http
         return self._client
 
     def call(self, method: str, path: str, **kw: Any) -> httpx.Response:
