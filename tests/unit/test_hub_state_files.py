@@ -94,3 +94,16 @@ def test_a_database_that_refuses_writes_is_one_clear_error(tmp_path: Path) -> No
             EventRepo(s).log("test", "refused")
     finally:
         db.dispose()
+
+
+def test_the_ckks_key_relay_is_owner_only_under_umask_022(tmp_path: Path,
+                                                          umask_022: None) -> None:
+    """The relay came after the state folder was made owner-only (audit re-run, F22): its
+    folders and the site certificates it keeps are owner-only too, like the sealed keys."""
+    from fedcare.hub.keyrelay import KeyRelay
+
+    relay = KeyRelay(tmp_path / "keyrelay")
+    relay.remember_certificate("alpha", b"certificate bytes")
+    relay.put_sealed("s1", ["alpha", "beta"], "alpha", "beta", b"sealed key")
+    for path in [p for p in (tmp_path / "keyrelay").rglob("*")] + [tmp_path / "keyrelay"]:
+        assert _mode(path) == (0o700 if path.is_dir() else 0o600), path

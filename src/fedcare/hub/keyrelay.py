@@ -37,7 +37,11 @@ class KeyRelayNotFound(LookupError):
 class KeyRelay:
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
-        (self.folder / "certs").mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Owner-only like the rest of the hub's state (audit F22): mkdir's mode applies to the
+        # last folder only, so each level is made (and tightened) on its own.
+        for level in (self.folder, self.folder / "certs"):
+            level.mkdir(exist_ok=True, mode=0o700)
+            level.chmod(0o700)
 
     @staticmethod
     def _check(*names: str) -> None:
@@ -50,7 +54,7 @@ class KeyRelay:
         self._check(site)
         path = self.folder / "certs" / f"{site}.der"
         if not path.is_file() or path.read_bytes() != cert_der:
-            atomic_write(path, cert_der)
+            atomic_write(path, cert_der, mode=PRIVATE_FILE_MODE)
 
     def certificates(self, study_id: str, sites: list[str]) -> dict[str, dict[str, object]]:
         """For the study's sites the hub has seen: certificate (base64 DER) and whether a
@@ -86,7 +90,9 @@ class KeyRelay:
                 return
             raise ProtocolError(f"site {recipient} already has study {study_id}'s sealed key; "
                                 "it is sent once and never replaced")
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for level in (path.parent.parent, path.parent):
+            level.mkdir(exist_ok=True, mode=0o700)
+            level.chmod(0o700)
         atomic_write(path, blob, mode=PRIVATE_FILE_MODE)
 
     def get_sealed(self, study_id: str, site: str) -> bytes:
