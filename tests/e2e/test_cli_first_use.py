@@ -19,6 +19,7 @@ primary_metric = "balanced_accuracy"
 [data]
 source = "builtin"
 sites = 4
+stats_clip = [0, 4300]
 [model]
 name = "logreg"
 [run]

@@ -188,7 +188,7 @@ def test_config_budget_first_distributed_noise_uses_the_discrete_bound() -> None
 
     def cfg(frac_bits: int) -> object:
         return parse_config({
-            "data": {"source": "builtin", "sites": 10},
+            "data": {"source": "builtin", "sites": 10, "standardize": False},
             "study": {"rounds": 5},
             "privacy": {"mode": "dp_fedavg_distributed", "clip": 0.002, "target_epsilon": 4.0,
                         "accountant": "rdp"},

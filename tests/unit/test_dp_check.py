@@ -20,7 +20,8 @@ LOGREG_PARAMS = 31  # breast cancer: 30 features + bias
 def _cfg(eps: float = 1.0, sites: int = 4, rounds: int = 20, mode: str = "dp_fedavg_central",
          **privacy: Any) -> dict[str, Any]:
     return {"study": {"name": "dp-check", "rounds": rounds},
-            "data": {"source": "builtin", "sites": sites, "partition": "iid"},
+            "data": {"source": "builtin", "sites": sites, "partition": "iid",
+                     "stats_clip": [0, 4300]},  # DP feature statistics need the ranges
             "model": {"name": "logreg"}, "run": {"workers": 1},
             "baselines": {"local": False, "centralized": False},
             "privacy": {"mode": mode, "clip": 0.5, "delta": 1e-5,

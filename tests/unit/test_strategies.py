@@ -97,7 +97,10 @@ def test_server_optimizers_match_reddi_et_al(cls: type, rule: str, x: np.ndarray
     strategy.initialize(params)
     m, v = np.zeros(5), np.full(5, opts.tau ** 2)
     ref_x = x.copy()
-    for delta in deltas:
+    for sent in deltas:
+        # The change the server sees is (x + delta) - x, which rounds when x is large; Yogi's
+        # sign(v - delta^2) jumps where v = delta^2, so the reference takes that same change.
+        delta = (params["x"] + sent) - params["x"]
         # Reference: Algorithm 2 of Reddi et al. (2021), written out independently.
         m = opts.beta1 * m + (1 - opts.beta1) * delta
         if rule == "adagrad":
@@ -107,7 +110,7 @@ def test_server_optimizers_match_reddi_et_al(cls: type, rule: str, x: np.ndarray
         else:
             v = v - (1 - opts.beta2) * delta ** 2 * np.sign(v - delta ** 2)
         ref_x = ref_x + opts.server_lr * m / (np.sqrt(v) + opts.tau)
-        site = Parameters({"x": params["x"] + delta})
+        site = Parameters({"x": params["x"] + sent})
         params = strategy.aggregate(1, params, _stack([site], [1]), UpdateKind.FULL, {})
         np.testing.assert_allclose(params["x"], ref_x, rtol=1e-6, atol=1e-6)
 
