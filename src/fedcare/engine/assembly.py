@@ -14,6 +14,7 @@ from fedcare.config import StudyConfig
 from fedcare.core.errors import ConfigError
 from fedcare.privacy.dp.accounting import discrete_noise_multiplier, noise_for_budget
 from fedcare.privacy.dp.spec import PrivacySpec
+from fedcare.privacy.secagg.config import survivor_threshold
 
 
 def derive_noise(cfg: StudyConfig, rows_per_site: int | None = None, *,
@@ -54,13 +55,17 @@ def derive_noise(cfg: StudyConfig, rows_per_site: int | None = None, *,
         q = s.fraction
     effective = None
     if p.mode == "dp_fedavg_distributed":
-        # Each sampled site adds a discrete Gaussian share: the accountant sees their sum's
-        # bound (equal to z on any practical grid), so the target holds for what is run.
+        # Each sampled site adds a discrete Gaussian share, and a round may end with only the
+        # survivor threshold t of them in the sum (a dropout): each site charges its ledger
+        # for t shares (SitePrivacy), so the noise is derived for t too - the target then
+        # holds for what every site is charged, not only for a round without dropouts.
         shares = sampled if n_sites is not None else max(1, s.min_sites)
+        summed = (survivor_threshold(shares, cfg.secure_aggregation.threshold,
+                                     s.min_completed) if shares > 1 else 1)
 
         def effective(z: float) -> float:
             return discrete_noise_multiplier(z, p.clip, cfg.secure_aggregation.frac_bits,
-                                             shares=shares)
+                                             shares=shares, summed=summed)
     return noise_for_budget(p.target_epsilon, p.delta, q, rounds, p.accountant,
                             effective=effective)
 
