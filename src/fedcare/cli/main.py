@@ -29,6 +29,19 @@ app.add_typer(data.app, name="data")
 app.add_typer(audit.app, name="audit")
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        console.print(f"fedcare {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option(
+        "--version", callback=_show_version, is_eager=True,
+        help="Print the fedcare version and exit.")] = False) -> None:
+    """Federated learning and analytics for healthcare."""
+
+
 def _config_reference() -> str:
     from fedcare.config import describe_keys
 
@@ -186,6 +199,28 @@ def config_reference(
 def version() -> None:
     """Print the fedcare version."""
     console.print(__version__)
+
+
+@app.command("config-schema")
+def config_schema(
+    out: Annotated[Path | None, typer.Option("--out", "-o", help=(
+        "File to write (default: print it).")
+    )] = None,
+) -> None:
+    """Write a JSON Schema of the study file, for editors: completion and checking of study
+    files as you type (VS Code's Even Better TOML: a `#:schema ./study.schema.json` first
+    line; YAML: a `# yaml-language-server: $schema=...` comment)."""
+    from fedcare.config import StudyConfig
+    from fedcare.core.files import atomic_write
+
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema",
+              "title": "fedcare study", **StudyConfig.model_json_schema()}
+    text = json.dumps(schema, indent=2)
+    if out is None:
+        print(text)
+        return
+    atomic_write(out, text.encode() + b"\n")
+    console.print(f"wrote {out}")
 
 
 if __name__ == "__main__":  # pragma: no cover

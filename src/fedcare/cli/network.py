@@ -83,7 +83,7 @@ def node_start(
 @node_app.command("privacy")
 def node_privacy(
     kit: Annotated[Path, typer.Option(help="The site's startup kit folder.")],
-    data: Annotated[Path, typer.Option(help="The site's data config (with [privacy] policy).")],
+    data: Annotated[Path, typer.Option(help="The site's data config (with a \\[privacy] policy).")],
     state_dir: Annotated[Path | None, typer.Option(help="Site state folder.")] = None,
     offline: Annotated[bool, typer.Option(
         help="Do not ask the hub for the ledger head it anchored (then a ledger cut at its "
