@@ -25,6 +25,7 @@ app.add_typer(provision.app, name="provision")
 app.add_typer(network.hub_app, name="hub")
 app.add_typer(network.node_app, name="node")  # with nodekit's init and install-cert
 app.add_typer(network.study_app, name="study")
+app.command("sites")(network.sites)
 app.add_typer(data.app, name="data")
 app.add_typer(audit.app, name="audit")
 
@@ -207,9 +208,11 @@ def config_schema(
         "File to write (default: print it).")
     )] = None,
 ) -> None:
-    """Write a JSON Schema of the study file, for editors: completion and checking of study
-    files as you type (VS Code's Even Better TOML: a `#:schema ./study.schema.json` first
-    line; YAML: a `# yaml-language-server: $schema=...` comment)."""
+    """Write a JSON Schema of the study file, for editors.
+
+    Editors use it to complete and check study files as you type: in TOML (Even Better
+    TOML, Taplo) a first line `#:schema ./study.schema.json`; in YAML a comment
+    `# yaml-language-server: $schema=./study.schema.json`."""
     from fedcare.config import StudyConfig
     from fedcare.core.files import atomic_write
 

@@ -7,7 +7,6 @@ local-only and pooled baselines on request, and writes the output folder with at
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import re
@@ -28,7 +27,7 @@ from fedcare.core.wire import save_parameters
 from fedcare.engine.checkpoints import CheckpointStore
 from fedcare.engine.dp_check import DpAssessment, assess_dp, refuse_unless_learnable
 from fedcare.engine.executor import SiteExecutor
-from fedcare.engine.history import History, RoundRecord, save_history
+from fedcare.engine.history import History, RoundRecord, save_history, set_timing, timestamp
 from fedcare.engine.learner_factory import ModelShape, make_learner
 from fedcare.engine.privacy import hub_privacy, site_privacy
 from fedcare.engine.round_engine import EngineSettings, RoundEngine
@@ -230,7 +229,7 @@ class _Run:
         primary, higher = self.primary
         cfg = self.cfg
         meta = {"fedcare_version": __version__,
-                "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "created": timestamp(),
                 "config_hash": self.hash, "task": self.sites[0].task.value,
                 "primary_metric": primary, "higher_is_better": higher,
                 "strategy": cfg.strategy.name, "model": cfg.model.name,
@@ -296,9 +295,7 @@ class _Run:
             transport.close()
             _set_threads(old_threads)
         history.final_parameters = final
-        secs = [r.seconds for r in history.rounds]
-        history.timing = {"total_seconds": time.perf_counter() - t_start,
-                          "mean_round_seconds": sum(secs) / len(secs) if secs else 0.0}
+        set_timing(history, time.perf_counter() - t_start)
         from fedcare.reporting.summary import comparisons_json
 
         history.meta["comparison"] = comparisons_json(history.to_dict())
