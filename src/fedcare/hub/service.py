@@ -709,6 +709,7 @@ class HubService:
             rounds = engine.history.meta["rounds_planned"]
             self._normalizer(engine)
             final = engine.run(rounds, start_round=start)
+            self._record_final_metrics(study_id, engine.history)
             self._write_outputs(study_id, engine.history, final)
             outcome: tuple[StudyStatus, str | None] = (StudyStatus.COMPLETED, None)
         except Exception as exc:  # noqa: BLE001 (classified below; a bug is logged with its traceback)
@@ -922,6 +923,14 @@ class HubService:
             self.event("flagged", f"round {record.round}: site {site}: {why}",
                        study_id=study_id, site=site if site in record.sites_sampled else None)
 
+    def _record_final_metrics(self, study_id: str, history: History) -> None:
+        """The last round's record with the final evaluation of its model, as `fedcare study
+        status` shows it (each round's row is written before its model is evaluated)."""
+        if history.rounds:
+            last = history.rounds[-1]
+            with self.db.session() as s:
+                StudyRepo(s).update_record(study_id, last.round, asdict(last))
+
     def _write_outputs(self, study_id: str, history: History, final: Parameters) -> None:
         out = self.data_dir / "studies" / study_id
         created = dt.datetime.fromisoformat(history.meta["created"])
@@ -949,8 +958,12 @@ class _HubCheckpoints:
         state_sha = svc.blobs.put(save_parameters(Parameters({}), extra=state, metadata={
             "history": json.dumps(history.to_dict())}))
         with svc.db.session() as s:
-            StudyRepo(s).complete_round(self.study_id, round_, asdict(history.rounds[-1]),
-                                        model_sha, state_sha)
+            repo = StudyRepo(s)
+            repo.complete_round(self.study_id, round_, asdict(history.rounds[-1]),
+                                model_sha, state_sha)
+            if len(history.rounds) > 1:  # the previous round's model, evaluated this round
+                previous = history.rounds[-2]
+                repo.update_record(self.study_id, previous.round, asdict(previous))
         # The round's unanswered tasks are expired now: stop offering them.
         prefix = f"{self.study_id}/r{round_}/"
         svc.withdraw(lambda tid: tid.startswith(prefix))
