@@ -74,11 +74,38 @@ def results_table(history: Mapping[str, Any]) -> Table:
     return table
 
 
+#: How each privacy mode is named in the console summary.
+_DP_MODES = {"dp_sgd": "record-level DP-SGD",
+             "dp_fedavg_central": "site-level DP-FedAvg, noise added by the hub",
+             "dp_fedavg_distributed": "site-level DP-FedAvg, noise added by the sites"}
+
+
+def privacy_line(history: Mapping[str, Any]) -> str:
+    """What protected the run, in one line: the differential privacy spent (epsilon at delta,
+    after the last round) and the secure aggregation used, or that there was none."""
+    config = history.get("config") or {}
+    privacy = config.get("privacy") or {}
+    mode = privacy.get("mode", "none")
+    protocol = (config.get("secure_aggregation") or {}).get("protocol", "none")
+    if mode == "none":
+        dp = "no differential privacy"
+    else:
+        eps = next((r.get("epsilon") for r in reversed(history.get("rounds", []))
+                    if r.get("epsilon") is not None), None)
+        shown = f"{eps:.3g}" if isinstance(eps, (int, float)) else str(eps)
+        dp = (f"{_DP_MODES.get(mode, mode)}: epsilon = {shown} at delta = "
+              f"{privacy.get('delta')} ({privacy.get('accountant', 'pld')} accountant)")
+    secure = ("no secure aggregation (the hub sees each site's update)" if protocol == "none"
+              else f"secure aggregation: {protocol} (the hub sees only the sum)")
+    return f"Privacy: {dp}; {secure}."
+
+
 def print_results(history: Mapping[str, Any], console: Console) -> None:
     console.print(results_table(history))
     sentence = summary.headline_sentence(history)
     if sentence:
         console.print(sentence, markup=False, highlight=False)
+    console.print(privacy_line(history), markup=False, highlight=False)
     failed = {r["round"]: r["sites_failed"] for r in history.get("rounds", [])
               if r.get("sites_failed")}
     if failed:

@@ -11,13 +11,14 @@ import json
 import os
 import re
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from fedcare import __version__
 from fedcare.config import FederatedData, StudyConfig, content_hash, load_config, parse_config
-from fedcare.core.dataset import SiteData
+from fedcare.core.dataset import SiteData, few_rows_warning
 from fedcare.core.errors import ConfigError, FedcareError
 from fedcare.core.files import atomic_write
 from fedcare.core.learning import Learner
@@ -110,6 +111,10 @@ class _Run:
         if self._stats_by_engine():  # the normalizer comes from the sites' stats tasks
             data = data.model_copy(update={"standardize": False})
         self.sites = build_sites(data, cfg.study.seed)
+        for site in self.sites:
+            warning = few_rows_warning(site.name, len(site.y_train) + len(site.y_test))
+            if warning is not None:
+                warnings.warn(warning, UserWarning, stacklevel=3)
         if self._stats_by_engine() and self.sites[0].x_train.ndim != 2:
             raise ConfigError("data.standardize: a study with DP or secure aggregation "
                               "standardizes tabular features only; set standardize = false")
