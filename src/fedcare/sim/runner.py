@@ -134,6 +134,10 @@ class _Run:
         if self.dp_check is not None and self.on_dp_check is not None:
             self.on_dp_check(self.dp_check)
         refuse_unless_learnable(self.dp_check, force=self.force)
+        if cfg.tracking.mlflow_uri is not None:
+            from fedcare.tracking import require_mlflow
+
+            require_mlflow()
 
     def _stats_by_engine(self) -> bool:
         """Whether the feature statistics run as the hub runs them - stats tasks through the
@@ -306,6 +310,13 @@ class _Run:
         history.meta["comparison"] = comparisons_json(history.to_dict())
         if self.out is not None:
             self._write_outputs(history, final)
+        if cfg.tracking.mlflow_uri is not None:
+            from fedcare.tracking import log_run
+
+            model = None if self.out is not None else save_parameters(final)
+            history.meta["mlflow_run_id"] = log_run(
+                cfg.tracking.mlflow_uri, cfg.tracking.experiment, history.to_dict(), self.out,
+                model)
         return history
 
     def _on_round(self, record: RoundRecord) -> None:
