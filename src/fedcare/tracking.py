@@ -122,7 +122,8 @@ def log_run(uri: str, experiment: str | None, history: Mapping[str, Any],
             client.log_batch(run_id, metrics=metrics[i:i + 1000])
         _log_artifacts(client, run_id, history, output_dir, final_model)
         client.set_terminated(run_id)
-    except Exception as exc:  # noqa: BLE001 (MLflow raises many types; the run's results are safe on disk)
+    # MLflow raises many types; the run's results are safe on disk whatever it raised.
+    except Exception as exc:
         raise FedcareError(f"MLflow tracking at {uri} failed: {exc}") from exc
     return str(run_id)
 

@@ -70,7 +70,8 @@ def test_a_researcher_follows_a_study_from_the_command_line(net: Net, tmp_path: 
     rounds = [line for line in status.stdout.splitlines()
               if re.match(r"\W*[12]\W", line)]
     assert len(rounds) == 2, status.stdout
-    assert all(len(re.findall(r"\b[01]\.\d{3}\b", line)) >= 1 + len(SITES) for line in rounds), status.stdout
+    for line in rounds:  # the federation's and each site's accuracy, every round
+        assert len(re.findall(r"\b[01]\.\d{3}\b", line)) >= 1 + len(SITES), status.stdout
 
     sites = _fedcare(fed, "sites", "--json", env=env)
     assert sites.returncode == 0, sites.stdout + sites.stderr

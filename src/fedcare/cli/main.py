@@ -67,6 +67,7 @@ def _run(config: Path | dict, out: Path | None, resume: bool, overwrite: bool,
         with RichProgress() as bar, warnings.catch_warnings():
             # the DP check's warning is printed by _print_dp_check, not as a Python warning
             warnings.filterwarnings("ignore", message="DP check", category=UserWarning)
+            warnings.showwarning = _show_warning  # a site with very few rows, say
             history = simulate(cfg, output_dir=out, progress=bar, resume=resume,
                                overwrite=overwrite, force=force,
                                on_dp_check=lambda a: _print_dp_check(a, force))
@@ -76,6 +77,10 @@ def _run(config: Path | dict, out: Path | None, resume: bool, overwrite: bool,
     if out is not None:
         console.print(f"Wrote [bold]{out}[/bold]: history.json, model.safetensors, "
                       f"checkpoints/, report.html")
+
+
+def _show_warning(message: Warning | str, *_: Any, **__: Any) -> None:
+    console.print(f"[yellow]warning:[/yellow] {escape(str(message))}", highlight=False)
 
 
 def _print_dp_check(assessment: Any, force: bool) -> None:

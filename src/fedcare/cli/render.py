@@ -168,7 +168,8 @@ def sites_table(sites: list[Mapping[str, Any]]) -> Table:
     for s in sites:
         datasets = ", ".join(escape(f"{d.get('name')} ({d.get('rows', '?')})")
                              for d in s.get("datasets") or [])
-        table.add_row(escape(str(s["name"])), "[green]yes[/green]" if s.get("online") else "[red]no[/red]",
+        online = "[green]yes[/green]" if s.get("online") else "[red]no[/red]"
+        table.add_row(escape(str(s["name"])), online,
                       str(s.get("last_seen", "—")), escape(str(s.get("version") or "—")),
                       datasets or "—")
     return table
