@@ -19,7 +19,6 @@ from rich.text import Text
 from typer.testing import CliRunner
 
 from fedcare.cli.main import app
-from fedcare.cli.render import privacy_line
 from fedcare.config import FederatedData, content_hash, parse_config
 from fedcare.core.errors import ConfigError
 
@@ -117,6 +116,8 @@ def test_rich_markup_eats_no_bracketed_text_in_help() -> None:
 
 
 def test_console_summary_states_dp_and_secure_aggregation() -> None:
+    from fedcare.cli.render import privacy_line
+
     history = {"config": {"privacy": {"mode": "dp_fedavg_distributed", "delta": 1e-5,
                                       "accountant": "pld"},
                           "secure_aggregation": {"protocol": "secagg"}},
