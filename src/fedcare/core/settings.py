@@ -287,6 +287,16 @@ def fold_choice(value: Any, choices: Collection[Any]) -> Any:
     return matches[0] if len(matches) == 1 else value
 
 
+def _dict_values(annotation: Any) -> Any:
+    """The value type of a ``dict[str, X]`` annotation (also inside Optional/Annotated)."""
+    if typing.get_origin(annotation) is dict:
+        return typing.get_args(annotation)[1]
+    for arg in typing.get_args(annotation):
+        if typing.get_origin(arg) is dict:
+            return typing.get_args(arg)[1]
+    return None
+
+
 def fold_choices(annotation: Any, value: Any) -> Any:
     """``value`` (raw settings for ``annotation``) with every choice - a union's tag such as
     ``strategy.name``, a ``Literal`` key such as ``train.optimizer`` - spelt as declared when
@@ -294,6 +304,9 @@ def fold_choices(annotation: Any, value: Any) -> Any:
     validation: the validated settings, and so content hashes, are the same either way."""
     if isinstance(value, list):
         return [fold_choices(annotation, v) for v in value]
+    mapped = _dict_values(annotation)
+    if mapped is not None and isinstance(value, Mapping):  # a table of tables
+        return {k: fold_choices(mapped, v) for k, v in value.items()}
     models = _models_in(annotation)
     if not isinstance(value, Mapping) or not models:
         return value
