@@ -19,15 +19,27 @@ from fedcare.core.errors import ConfigError, FedcareError
 FINAL_STATES = frozenset({"completed", "failed", "cancelled", "paused"})
 
 
+#: Environment variable holding the researcher's bearer token (the secret itself), for
+#: scripts and CI; a command line never carries it (it would show in `ps` and shell history).
+TOKEN_ENV = "FEDCARE_TOKEN"
+
+
 class HubClient:
-    """The researcher's HTTPS client (server verified against the federation CA)."""
+    """The researcher's HTTPS client (server verified against the federation CA).
+
+    The researcher's credential is the bearer token in the researcher folder
+    (``researcher.token``, written by provisioning). It is taken from, first to last:
+    ``token``, the file ``token_file``, the environment variable ``FEDCARE_TOKEN``, the
+    token file of ``federation``."""
 
     def __init__(self, federation: Path | None, url: str | None, ca: Path | None,
-                 token: str | None) -> None:
+                 token: str | None, token_file: Path | None = None) -> None:
+        import os
         import ssl
 
         import httpx
 
+        own_file: Path | None = None
         if federation is not None:
             from fedcare.pki.trust import (
                 RESEARCHER_CONFIG_FILE,
@@ -37,15 +49,25 @@ class HubClient:
 
             if (federation / RESEARCHER_CONFIG_FILE).is_file():  # a researcher folder
                 mine = load_researcher_config(federation)
-                url, ca, token_file = url or mine.hub_url, ca or mine.ca, mine.token
+                url, ca, own_file = url or mine.hub_url, ca or mine.ca, mine.token
             else:  # the coordinator's own federation folder
                 hub = load_hub_config(federation / "hub")
                 url, ca = url or hub.url, ca or hub.tls.ca
-                token_file = federation / "hub" / "researcher.token"
-            if token is None and token_file.exists():
+                own_file = federation / "hub" / "researcher.token"
+        if token is None and token_file is not None:
+            try:
                 token = token_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"cannot read the token file {token_file}: "
+                                  f"{exc.strerror or exc}") from exc
+        if token is None:
+            token = os.environ.get(TOKEN_ENV, "").strip() or None
+        if token is None and own_file is not None and own_file.exists():
+            token = own_file.read_text().strip()
         if not url or not ca or not token:
-            raise ConfigError("give --federation DIR, or --hub URL, --ca FILE and --token")
+            raise ConfigError("give --federation DIR (or set FEDCARE_FEDERATION), or --hub URL "
+                              "and --ca FILE with the researcher's token in --token-file FILE "
+                              f"or the environment variable {TOKEN_ENV}")
         context = ssl.create_default_context(cafile=str(ca))
         self.http = httpx.Client(base_url=url, verify=context, timeout=60.0,
                                  headers={"Authorization": f"Bearer {token}"})

@@ -333,6 +333,16 @@ class BaselinesSection(_Section):
     centralized: bool = Field(True, description="Also train on all data pooled (upper bound).")
 
 
+class TrackingSection(_Section):
+    mlflow_uri: str | None = Field(None, min_length=1, max_length=2000, description=(
+        "Log the finished run to MLflow (pip install 'fedcare[tracking]'): the tracking URI, "
+        "e.g. file:./mlruns, sqlite:///mlflow.db or https://mlflow.example.org. Per-round "
+        "and per-site metrics, the configuration, the final model and report as artifacts. "
+        "A simulation logs it; a hub does not."))
+    experiment: str | None = Field(None, min_length=1, max_length=200, description=(
+        "MLflow experiment name (default: the study's name)."))
+
+
 class RunSection(_Section):
     workers: int = Field(0, ge=0, le=256, description=(
         "Worker processes for sites: 0 = auto (parallel when the model is big enough to gain), "
@@ -391,6 +401,7 @@ class StudyConfig(_Section):
     baselines: BaselinesSection = Field(default_factory=BaselinesSection)  # type: ignore[arg-type]
     run: RunSection = Field(default_factory=RunSection)  # type: ignore[arg-type]
     privacy: PrivacySection = Field(default_factory=PrivacySection)  # type: ignore[arg-type]
+    tracking: TrackingSection = Field(default_factory=TrackingSection)  # type: ignore[arg-type]
 
 
 def _tags() -> set[str]:
@@ -423,6 +434,8 @@ def content_hash(cfg: StudyConfig) -> str:
         del doc["privacy"]["stats_epsilon"]
     if doc["data"].get("stats_clip", "") is None:
         del doc["data"]["stats_clip"]
+    if cfg.tracking == TrackingSection():  # type: ignore[call-arg]
+        del doc["tracking"]
     blob = json.dumps(doc, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 

@@ -26,10 +26,24 @@ app.add_typer(provision.app, name="provision")
 app.add_typer(network.hub_app, name="hub")
 app.add_typer(network.node_app, name="node")  # with nodekit's init and install-cert
 app.add_typer(network.study_app, name="study")
+app.command("sites")(network.sites)
 app.add_typer(data.app, name="data")
 app.add_typer(audit.app, name="audit")
 app.add_typer(model_cli.app, name="model")
 app.command("predict")(model_cli.predict)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        console.print(f"fedcare {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option(
+        "--version", callback=_show_version, is_eager=True,
+        help="Print the fedcare version and exit.")] = False) -> None:
+    """Federated learning and analytics for healthcare."""
 
 
 def _config_reference() -> str:
@@ -56,6 +70,7 @@ def _run(config: Path | dict, out: Path | None, resume: bool, overwrite: bool,
         with RichProgress() as bar, warnings.catch_warnings():
             # the DP check's warning is printed by _print_dp_check, not as a Python warning
             warnings.filterwarnings("ignore", message="DP check", category=UserWarning)
+            warnings.showwarning = _show_warning  # a site with very few rows, say
             history = simulate(cfg, output_dir=out, progress=bar, resume=resume,
                                overwrite=overwrite, force=force,
                                on_dp_check=lambda a: _print_dp_check(a, force))
@@ -66,6 +81,10 @@ def _run(config: Path | dict, out: Path | None, resume: bool, overwrite: bool,
         console.print(f"Wrote [bold]{out}[/bold]: history.json, model.safetensors, "
                       f"checkpoints/, report.html (apply the model to new patients with "
                       f"`fedcare predict {out} patients.csv --out predictions.csv`)")
+
+
+def _show_warning(message: Warning | str, *_: Any, **__: Any) -> None:
+    console.print(f"[yellow]warning:[/yellow] {escape(str(message))}", highlight=False)
 
 
 def _print_dp_check(assessment: Any, force: bool) -> None:
@@ -190,6 +209,30 @@ def config_reference(
 def version() -> None:
     """Print the fedcare version."""
     console.print(__version__)
+
+
+@app.command("config-schema")
+def config_schema(
+    out: Annotated[Path | None, typer.Option("--out", "-o", help=(
+        "File to write (default: print it).")
+    )] = None,
+) -> None:
+    """Write a JSON Schema of the study file, for editors.
+
+    Editors use it to complete and check study files as you type: in TOML (Even Better
+    TOML, Taplo) a first line `#:schema ./study.schema.json`; in YAML a comment
+    `# yaml-language-server: $schema=./study.schema.json`."""
+    from fedcare.config import StudyConfig
+    from fedcare.core.files import atomic_write
+
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema",
+              "title": "fedcare study", **StudyConfig.model_json_schema()}
+    text = json.dumps(schema, indent=2)
+    if out is None:
+        print(text)
+        return
+    atomic_write(out, text.encode() + b"\n")
+    console.print(f"wrote {out}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -83,7 +83,7 @@ def node_start(
 @node_app.command("privacy")
 def node_privacy(
     kit: Annotated[Path, typer.Option(help="The site's startup kit folder.")],
-    data: Annotated[Path, typer.Option(help="The site's data config (with [privacy] policy).")],
+    data: Annotated[Path, typer.Option(help="The site's data config (with a \\[privacy] policy).")],
     state_dir: Annotated[Path | None, typer.Option(help="Site state folder.")] = None,
     offline: Annotated[bool, typer.Option(
         help="Do not ask the hub for the ledger head it anchored (then a ledger cut at its "
@@ -158,17 +158,22 @@ def node_privacy(
 
 
 Federation = Annotated[Path | None, typer.Option(
+    envvar="FEDCARE_FEDERATION", show_envvar=True,
     help="Researcher folder (FED/researcher from `fedcare provision new`), or the "
-         "coordinator's federation folder: reads the hub URL, CA and researcher token.")]
-HubUrl = Annotated[str | None, typer.Option("--hub", help="Hub URL.")]
+         "coordinator's federation folder: reads the hub URL, the CA and the researcher's "
+         "token file (researcher.token). Set FEDCARE_FEDERATION once instead.")]
+HubUrl = Annotated[str | None, typer.Option("--hub", help="Hub URL (without --federation).")]
 CaFile = Annotated[Path | None, typer.Option(help="Federation CA certificate.")]
-Token = Annotated[str | None, typer.Option(help="Researcher token.")]
+TokenFile = Annotated[Path | None, typer.Option(
+    "--token-file", help="File holding the researcher's token (default: the environment "
+    "variable FEDCARE_TOKEN, else researcher.token in the --federation folder). The token "
+    "itself is never a command-line argument: it would show in `ps` and shell history.")]
 
 
 def _client(federation: Path | None, hub: str | None, ca: Path | None,
-            token: str | None) -> HubClient:
+            token_file: Path | None) -> HubClient:
     try:
-        return HubClient(federation, hub, ca, token)
+        return HubClient(federation, hub, ca, None, token_file)
     except FedcareError as exc:
         raise fail(exc, 2) from None
 
@@ -176,7 +181,7 @@ def _client(federation: Path | None, hub: str | None, ca: Path | None,
 @study_app.command("submit")
 def submit(config: Annotated[Path, typer.Argument(help="Study file (.toml/.yaml).")],
            federation: Federation = None, hub: HubUrl = None, ca: CaFile = None,
-           token: Token = None,
+           token_file: TokenFile = None,
            wait: Annotated[bool, typer.Option(help="Follow progress until it ends.")] = False,
            force: Annotated[bool, typer.Option(
                "--force", help="Submit a DP-FedAvg study the hub's DP check refuses (its "
@@ -185,7 +190,7 @@ def submit(config: Annotated[Path, typer.Argument(help="Study file (.toml/.yaml)
     """Submit a study (data.source = "federation"); prints its id and content hash."""
     from fedcare.config import load_config
 
-    client = _client(federation, hub, ca, token)
+    client = _client(federation, hub, ca, token_file)
     try:
         cfg = load_config(config)
         doc = client.call("POST", "/v1/studies", json=cfg.model_dump(mode="json"),
@@ -200,45 +205,103 @@ def submit(config: Annotated[Path, typer.Argument(help="Study file (.toml/.yaml)
 
 def follow(client: HubClient, study_id: str, poll: float = 0.5) -> dict[str, Any]:
     """Progress bar until the study completes, fails or is paused; exit 1 unless it
-    completed."""
+    completed. A completed study's results follow: per site and for the whole federation,
+    the final primary metric (with the baselines the study trained)."""
+    from fedcare.cli.render import print_results
+
     with StudyProgress(console) as bar:
         st = watch(client, study_id, on_status=bar, poll=poll)
     if st["status"] != "completed":
         raise fail(FedcareError(f"study {study_id} {st['status']}: {st.get('error')}"), 1)
+    try:
+        history = client.call("GET", f"/v1/studies/{study_id}/artifacts/history.json").json()
+    except FedcareError as exc:
+        console.print(f"[yellow]study {study_id} completed, but its results could not be "
+                      f"read: {escape(str(exc))}[/yellow]")
+        return st
+    print_results(history, console)
     return st
 
 
 @study_app.command("status")
 def status(study_id: str, federation: Federation = None, hub: HubUrl = None,
-           ca: CaFile = None, token: Token = None) -> None:
-    """Show a study's status and its rounds."""
-    client = _client(federation, hub, ca, token)
+           ca: CaFile = None, token_file: TokenFile = None) -> None:
+    """Show a study's status and its rounds, with metrics.
+
+    Per round: the primary metric of the federation and of each site, the sites that
+    answered, the time, and the cumulative epsilon of a DP study."""
+    from fedcare.cli.render import rounds_table
+
+    client = _client(federation, hub, ca, token_file)
     try:
         st = client.call("GET", f"/v1/studies/{study_id}").json()
     except FedcareError as exc:
         raise fail(exc, 2) from None
-    console.print(f"{st['name']} ({study_id}): [bold]{st['status']}[/bold], round "
-                  f"{st['current_round']}/{st['rounds_planned']}, sites {st['sites']}")
+    console.print(f"{escape(st['name'])} ({study_id}): [bold]{st['status']}[/bold], round "
+                  f"{st['current_round']}/{st['rounds_planned']}, sites "
+                  f"{escape(', '.join(st['sites']))}, created {st.get('created', '?')}")
     if st.get("error"):
         console.print(f"[red]{escape(st['error'])}[/red]")
+    if st["rounds"]:
+        console.print(rounds_table(st))
     for r in st["rounds"]:
-        failed = r.get("sites_failed") or {}
-        eps = r.get("epsilon")
-        console.print(f"  round {r['round']}: {len(r['sites_completed'])} sites, "
-                      f"{r['seconds']:.2f} s"
-                      + (f", epsilon {eps:.3g}" if isinstance(eps, float) else
-                         f", epsilon {eps}" if eps is not None else "")
-                      + (f", failed {escape(str(failed))}" if failed else ""))
+        for site, why in (r.get("sites_failed") or {}).items():
+            console.print(f"  round {r['round']}: [yellow]{escape(site)} failed:[/yellow] "
+                          f"{escape(str(why))}")
+
+
+@study_app.command("list")
+def study_list(federation: Federation = None, hub: HubUrl = None, ca: CaFile = None,
+               token_file: TokenFile = None,
+               as_json: Annotated[bool, typer.Option("--json", help="Print raw JSON.")] = False
+               ) -> None:
+    """List the hub's studies: id, name, status, round reached, when submitted."""
+    from fedcare.cli.render import studies_table
+
+    client = _client(federation, hub, ca, token_file)
+    try:
+        studies = client.call("GET", "/v1/studies").json()
+    except FedcareError as exc:
+        raise fail(exc, 2) from None
+    if as_json:
+        console.print_json(json.dumps(studies))
+    elif not studies:
+        console.print("no studies yet: `fedcare study submit STUDY.toml`")
+    else:
+        console.print(studies_table(studies))
+
+
+def sites(federation: Federation = None, hub: HubUrl = None, ca: CaFile = None,
+          token_file: TokenFile = None,
+          as_json: Annotated[bool, typer.Option("--json", help="Print raw JSON.")] = False
+          ) -> None:
+    """List the federation's sites: online, last seen, version, datasets.
+
+    A site is online when its node polled the hub within the last minute; each dataset is
+    shown with the rows the site declared."""
+    from fedcare.cli.render import sites_table
+
+    client = _client(federation, hub, ca, token_file)
+    try:
+        listed = client.call("GET", "/v1/sites").json()
+    except FedcareError as exc:
+        raise fail(exc, 2) from None
+    if as_json:
+        console.print_json(json.dumps(listed))
+    elif not listed:
+        console.print("no site has connected yet: start a node with `fedcare node start`")
+    else:
+        console.print(sites_table(listed))
 
 
 @study_app.command("resume")
 def resume(study_id: str, federation: Federation = None, hub: HubUrl = None,
-           ca: CaFile = None, token: Token = None,
+           ca: CaFile = None, token_file: TokenFile = None,
            wait: Annotated[bool, typer.Option(help="Follow progress until it ends.")] = False
            ) -> None:
     """Continue a paused study (the hub could not write its storage: disk full, read-only)
     from its last completed round, once the hub's storage is fixed."""
-    client = _client(federation, hub, ca, token)
+    client = _client(federation, hub, ca, token_file)
     try:
         doc = client.call("POST", f"/v1/studies/{study_id}/resume").json()
     except FedcareError as exc:
@@ -251,9 +314,9 @@ def resume(study_id: str, federation: Federation = None, hub: HubUrl = None,
 
 @study_app.command("logs")
 def logs(study_id: str, federation: Federation = None, hub: HubUrl = None,
-         ca: CaFile = None, token: Token = None) -> None:
+         ca: CaFile = None, token_file: TokenFile = None) -> None:
     """Print the hub's event log for a study (rounds, rejected replies, failures)."""
-    client = _client(federation, hub, ca, token)
+    client = _client(federation, hub, ca, token_file)
     try:
         events = client.call("GET", f"/v1/studies/{study_id}/events").json()
     except FedcareError as exc:
@@ -265,12 +328,12 @@ def logs(study_id: str, federation: Federation = None, hub: HubUrl = None,
 @study_app.command("download")
 def download(study_id: str, out: Annotated[Path, typer.Option(help="Folder to write into.")],
              federation: Federation = None, hub: HubUrl = None, ca: CaFile = None,
-             token: Token = None) -> None:
+             token_file: TokenFile = None) -> None:
     """Fetch history.json, model.safetensors and report.html of a finished study."""
 
     from fedcare.core.files import atomic_write
 
-    client = _client(federation, hub, ca, token)
+    client = _client(federation, hub, ca, token_file)
     try:
         for name in ("history.json", "model.safetensors", "report.html"):
             body = client.call("GET", f"/v1/studies/{study_id}/artifacts/{name}").content
@@ -283,13 +346,13 @@ def download(study_id: str, out: Annotated[Path, typer.Option(help="Folder to wr
 
 @study_app.command("data")
 def data_quality(dataset: str, federation: Federation = None, hub: HubUrl = None,
-                 ca: CaFile = None, token: Token = None,
+                 ca: CaFile = None, token_file: TokenFile = None,
                  as_json: Annotated[bool, typer.Option("--json", help="Print raw JSON.")] = False
                  ) -> None:
     """Compare the sites' quality reports for a clinical dataset before training on it:
     distribution shift, label-rate outliers (a likely label-definition mismatch), code
     coverage gaps, unit problems, and sites that will refuse."""
-    client = _client(federation, hub, ca, token)
+    client = _client(federation, hub, ca, token_file)
     try:
         q = client.call("GET", f"/v1/datasets/{dataset}/quality").json()
     except FedcareError as exc:

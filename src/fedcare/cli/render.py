@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fedcare.reporting import summary
@@ -73,11 +74,38 @@ def results_table(history: Mapping[str, Any]) -> Table:
     return table
 
 
+#: How each privacy mode is named in the console summary.
+_DP_MODES = {"dp_sgd": "record-level DP-SGD",
+             "dp_fedavg_central": "site-level DP-FedAvg, noise added by the hub",
+             "dp_fedavg_distributed": "site-level DP-FedAvg, noise added by the sites"}
+
+
+def privacy_line(history: Mapping[str, Any]) -> str:
+    """What protected the run, in one line: the differential privacy spent (epsilon at delta,
+    after the last round) and the secure aggregation used, or that there was none."""
+    config = history.get("config") or {}
+    privacy = config.get("privacy") or {}
+    mode = privacy.get("mode", "none")
+    protocol = (config.get("secure_aggregation") or {}).get("protocol", "none")
+    if mode == "none":
+        dp = "no differential privacy"
+    else:
+        eps = next((r.get("epsilon") for r in reversed(history.get("rounds", []))
+                    if r.get("epsilon") is not None), None)
+        shown = f"{eps:.3g}" if isinstance(eps, (int, float)) else str(eps)
+        dp = (f"{_DP_MODES.get(mode, mode)}: epsilon = {shown} at delta = "
+              f"{privacy.get('delta')} ({privacy.get('accountant', 'pld')} accountant)")
+    secure = ("no secure aggregation (the hub sees each site's update)" if protocol == "none"
+              else f"secure aggregation: {protocol} (the hub sees only the sum)")
+    return f"Privacy: {dp}; {secure}."
+
+
 def print_results(history: Mapping[str, Any], console: Console) -> None:
     console.print(results_table(history))
     sentence = summary.headline_sentence(history)
     if sentence:
         console.print(sentence, markup=False, highlight=False)
+    console.print(privacy_line(history), markup=False, highlight=False)
     failed = {r["round"]: r["sites_failed"] for r in history.get("rounds", [])
               if r.get("sites_failed")}
     if failed:
@@ -87,3 +115,61 @@ def print_results(history: Mapping[str, Any], console: Console) -> None:
         console.print(f"Total {timing.get('total_seconds', 0):.1f} s, "
                       f"{timing.get('mean_round_seconds', 0) * 1000:.1f} ms per round "
                       f"({history.get('workers', 1)} worker process(es)).")
+
+
+def rounds_table(status: Mapping[str, Any]) -> Table:
+    """A networked study's rounds (``fedcare study status``): per round, the global and each
+    site's primary metric, the sites that answered, the time and the cumulative epsilon."""
+    primary = str(status.get("primary_metric") or "accuracy")
+    sites = [str(s) for s in status.get("sites", [])]
+    rounds = status.get("rounds", [])
+    has_eps = any(r.get("epsilon") is not None for r in rounds)
+    table = Table(title=f"{primary} per round (all = the federation's test rows; "
+                        "— = not evaluated that round)")
+    for name in ("round", "sites", "seconds"):
+        table.add_column(name, justify="right")
+    if has_eps:
+        table.add_column("epsilon", justify="right")
+    table.add_column(f"{primary}\nall", justify="right", style="bold")
+    for site in sites:
+        table.add_column(escape(site), justify="right")
+    for r in rounds:
+        failed = r.get("sites_failed") or {}
+        cells = [str(r["round"]), f"{len(r.get('sites_completed', []))}"
+                 + (f" ({len(failed)} failed)" if failed else ""),
+                 f"{r.get('seconds', 0.0):.2f}"]
+        if has_eps:
+            eps = r.get("epsilon")
+            cells.append("—" if eps is None else f"{eps:.3g}")
+        cells.append(_fmt(_metric(r, ALL, primary)))
+        cells.extend(_fmt(_metric(r, site, primary)) for site in sites)
+        table.add_row(*cells)
+    return table
+
+
+def studies_table(studies: list[Mapping[str, Any]]) -> Table:
+    """``fedcare study list``: every study the hub holds, oldest first."""
+    table = Table(title="studies")
+    for name in ("id", "name", "status", "round", "created"):
+        table.add_column(name, no_wrap=name == "id")
+    for st in studies:
+        table.add_row(escape(str(st["study_id"])), escape(str(st["name"])), str(st["status"]),
+                      f"{st.get('current_round', 0)}/{st.get('rounds_planned', '?')}",
+                      str(st.get("created", "—")))
+    return table
+
+
+def sites_table(sites: list[Mapping[str, Any]]) -> Table:
+    """``fedcare sites``: the sites the hub knows, whether their node is online now, and the
+    datasets each declared (rows)."""
+    table = Table(title="sites (online = its node polled the hub within the last minute)")
+    for name in ("site", "online", "last seen", "version", "datasets (rows)"):
+        table.add_column(name)
+    for s in sites:
+        datasets = ", ".join(escape(f"{d.get('name')} ({d.get('rows', '?')})")
+                             for d in s.get("datasets") or [])
+        online = "[green]yes[/green]" if s.get("online") else "[red]no[/red]"
+        table.add_row(escape(str(s["name"])), online,
+                      str(s.get("last_seen", "—")), escape(str(s.get("version") or "—")),
+                      datasets or "—")
+    return table

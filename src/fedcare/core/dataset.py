@@ -17,6 +17,20 @@ class TaskType(enum.StrEnum):
     REGRESSION = "regression"
 
 
+#: Below this many rows (train and test together) a site's model and its test metrics are
+#: mostly noise: a site with fewer is warned about (at its node, and in simulation).
+MIN_SITE_ROWS = 50
+
+
+def few_rows_warning(name: str, rows: int, minimum: int = MIN_SITE_ROWS) -> str | None:
+    """The warning for a site holding fewer than ``minimum`` rows, or None."""
+    if rows >= minimum:
+        return None
+    return (f"site {name} has only {rows} rows (fewer than {minimum}): its local model and "
+            "its test metrics will be very noisy, and a federated weight this small adds "
+            "little; check the site's data or its filters")
+
+
 @dataclass(frozen=True)
 class SiteData:
     """One site's data: features as float32, labels as int64 (classification) or float32.

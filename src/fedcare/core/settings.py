@@ -203,16 +203,26 @@ def format_error(err: Mapping[str, Any], tags: Collection[str] = (),
     loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in parts)
     loc = loc.replace(".[", "[")
     kind = err["type"]
+    if kind == "extra_forbidden" and root is not None:
+        owners = declared_by(root, err["loc"])
+        if owners:
+            where = " or ".join([", ".join(owners[:-1]), owners[-1]] if len(owners) > 1
+                                else owners)
+            return f"unknown key '{loc}': {parts[-1]} only applies to {where}"
     if kind == "extra_forbidden":
         return f"unknown key '{loc}'"
     if kind == "missing":
         return f"missing key '{loc}'"
     if kind == "union_tag_invalid":
         ctx = err.get("ctx") or {}
+        tag = ctx.get("tag")
         return (f"'{loc}.{ctx.get('discriminator', '').strip(chr(39))}': "
-                f"{ctx.get('tag')!r} is not one of {ctx.get('expected_tags')}")
+                f"{tag!r} is not one of {ctx.get('expected_tags')}"
+                + did_you_mean(tag, _quoted(str(ctx.get("expected_tags", "")))))
     if kind == "literal_error":
-        return f"'{loc}': {err['msg']}"
+        return (f"'{loc}': {err['msg']}"
+                + did_you_mean(err.get("input"), _quoted(str((err.get("ctx") or {})
+                                                             .get("expected", "")))))
     msg = str(err["msg"]).removeprefix("Value error, ")
     got = err.get("input")
     shown = f" (got {got!r})" if isinstance(got, (str, int, float, bool)) else ""
@@ -225,16 +235,113 @@ def format_error(err: Mapping[str, Any], tags: Collection[str] = (),
     return f"'{loc}': {msg}{shown}"
 
 
+def _quoted(text: str) -> list[str]:
+    """The quoted values of pydantic's "'a', 'b' or 'c'" listing."""
+    import re
+
+    return re.findall(r"'([^']*)'", text)
+
+
+def did_you_mean(given: Any, choices: Sequence[str]) -> str:
+    """``"; did you mean 'fedprox'?"`` for a misspelt choice, or "" when none is close."""
+    import difflib
+
+    if not isinstance(given, str) or not choices:
+        return ""
+    lowered = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(given.lower(), list(lowered), n=1, cutoff=0.6)
+    return f"; did you mean {lowered[close[0]]!r}?" if close else ""
+
+
+def declared_by(root: Any, loc: Sequence[Any]) -> list[str]:
+    """For an unknown key at ``loc`` inside a member of a tagged union (``strategy.mu`` under
+    ``name = "fedavg"``): the tags of the union's other members that declare that key
+    (``["fedprox"]``), so the error can say where the key belongs."""
+    *path, key = list(loc)
+    candidates: list[type[BaseModel]] = _models_in(root)
+    union: list[type[BaseModel]] = []
+    for part in path:
+        if isinstance(part, int):
+            continue
+        owner = next((m for m in candidates if part in m.model_fields), None)
+        if owner is not None:
+            candidates = _models_in(owner.model_fields[part].annotation)
+            continue
+        tagged = [m for m in candidates if any(part in literal_values(f.annotation)
+                                               for f in m.model_fields.values())]
+        if not tagged:
+            return []
+        union, candidates = candidates, tagged
+    if len(union) < 2 or (tag := _tag(union)) is None:
+        return []
+    return [str(literal_values(m.model_fields[tag].annotation)[0]) for m in union
+            if key in m.model_fields and m not in candidates]
+
+
+def fold_choice(value: Any, choices: Collection[Any]) -> Any:
+    """``value`` spelt as the one choice it equals ignoring case ("FedProx" -> "fedprox"),
+    else unchanged (validation then names the choices)."""
+    if not isinstance(value, str) or value in choices:
+        return value
+    matches = [c for c in choices if isinstance(c, str) and c.lower() == value.lower()]
+    return matches[0] if len(matches) == 1 else value
+
+
+def _dict_values(annotation: Any) -> Any:
+    """The value type of a ``dict[str, X]`` annotation (also inside Optional/Annotated)."""
+    if typing.get_origin(annotation) is dict:
+        return typing.get_args(annotation)[1]
+    for arg in typing.get_args(annotation):
+        if typing.get_origin(arg) is dict:
+            return typing.get_args(arg)[1]
+    return None
+
+
+def fold_choices(annotation: Any, value: Any) -> Any:
+    """``value`` (raw settings for ``annotation``) with every choice - a union's tag such as
+    ``strategy.name``, a ``Literal`` key such as ``train.optimizer`` - spelt as declared when
+    it differs only in case, so ``name = "FedProx"`` means ``"fedprox"``. Done before
+    validation: the validated settings, and so content hashes, are the same either way."""
+    if isinstance(value, list):
+        return [fold_choices(annotation, v) for v in value]
+    mapped = _dict_values(annotation)
+    if mapped is not None and isinstance(value, Mapping):  # a table of tables
+        return {k: fold_choices(mapped, v) for k, v in value.items()}
+    models = _models_in(annotation)
+    if not isinstance(value, Mapping) or not models:
+        return value
+    out = dict(value)
+    if len(models) > 1:
+        tag = _tag(models)
+        if tag is None or tag not in out:
+            return out
+        by_tag = {literal_values(m.model_fields[tag].annotation)[0]: m for m in models}
+        out[tag] = fold_choice(out[tag], list(by_tag))
+        if out[tag] not in by_tag:
+            return out
+        models = [by_tag[out[tag]]]
+    for name, field in models[0].model_fields.items():
+        if name not in out:
+            continue
+        choices = literal_values(field.annotation)
+        if choices:
+            out[name] = fold_choice(out[name], choices)
+        elif not _parsed_from_value(field.metadata):
+            out[name] = fold_choices(field.annotation, out[name])
+    return out
+
+
 def validate_section(model: Any, data: Any, *, source: str | None = None,
                      tags: Collection[str] = ()) -> Any:
     """``model`` (a :class:`Section` or a pydantic ``TypeAdapter``) validating ``data``; every
-    problem becomes one line of a :class:`~fedcare.core.errors.ConfigError`."""
+    problem becomes one line of a :class:`~fedcare.core.errors.ConfigError`. Choices are
+    matched ignoring case (:func:`fold_choices`) and a misspelt one gets a suggestion."""
     import pydantic
 
     try:
         if isinstance(model, pydantic.TypeAdapter):
             return model.validate_python(data)
-        return model.model_validate(data)
+        return model.model_validate(fold_choices(model, data))
     except pydantic.ValidationError as exc:
         root = None if isinstance(model, pydantic.TypeAdapter) else model
         problems = list(dict.fromkeys(format_error(e, tags, root) for e in exc.errors()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -88,6 +89,20 @@ class History:
         """(round, global metric) for every evaluated round - handy in notebooks."""
         return [(r.round, r.global_metrics[metric]) for r in self.rounds
                 if metric in r.global_metrics]
+
+
+def timestamp(at: dt.datetime | None = None) -> str:
+    """When a run was created, as ``history.json`` and the report's "Created" show it (UTC,
+    ISO 8601, seconds): the simulation's run and the hub's study write the same field."""
+    return (at or dt.datetime.now(dt.UTC)).astimezone(dt.UTC).isoformat(timespec="seconds")
+
+
+def set_timing(history: History, total_seconds: float) -> None:
+    """The run's timing block (the report's "Total time"), the same for a simulation (its
+    wall time) and a networked study (from its submission to its end)."""
+    secs = [r.seconds for r in history.rounds]
+    history.timing = {"total_seconds": float(total_seconds),
+                      "mean_round_seconds": sum(secs) / len(secs) if secs else 0.0}
 
 
 def save_history(history: History, path: Path) -> None:

@@ -10,6 +10,7 @@ federation CA; node endpoints then refuse requests without one.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import ssl
 from pathlib import Path
@@ -21,6 +22,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from fedcare.hub.api import DEFAULT_MAX_REQUEST, PeerTrust, create_app
 from fedcare.hub.service import DEFAULT_MAX_BODY, HubService
 from fedcare.pki.files import PRIVATE_FILE_MODE, atomic_write
+
+log = logging.getLogger("fedcare.hub")
 
 
 def _hand_over_client_cert(protocol: Any, transport: asyncio.Transport) -> None:
@@ -91,7 +94,7 @@ def build_server(hub_dir: Path, data_dir: Path, *, host: str | None = None,
                             timeout_keep_alive=75, lifespan="off")
     config.load()
     config.ssl = context
-    server = _HubServer(config, service)
+    server = _HubServer(config, service, public_url=cfg.url)
     return server, service
 
 
@@ -100,9 +103,22 @@ class _HubServer(uvicorn.Server):
     for open requests before it exits, and a node's long-poll would otherwise hold SIGTERM
     for up to its ``wait`` (20-60 s)."""
 
-    def __init__(self, config: uvicorn.Config, service: HubService) -> None:
+    def __init__(self, config: uvicorn.Config, service: HubService,
+                 public_url: str | None = None) -> None:
         super().__init__(config)
         self.service = service
+        self.public_url = public_url
+
+    async def startup(self, sockets: list[Any] | None = None) -> None:
+        await super().startup(sockets)
+        bound = [sock.getsockname() for server in getattr(self, "servers", [])
+                 for sock in server.sockets or []]
+        if not bound:  # startup failed (uvicorn logged why)
+            return
+        where = ", ".join(f"https://{a[0] if ':' not in a[0] else f'[{a[0]}]'}:{a[1]}"
+                          for a in bound)
+        log.info("hub listening on %s (mutual TLS); nodes and researchers reach it as %s",
+                 where, self.public_url or where)
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         self.service.stop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import hashlib
 import json
 import logging
@@ -48,7 +49,7 @@ from fedcare.core.wire import (
 )
 from fedcare.engine.dp_check import check_dp_study
 from fedcare.engine.executor import NORMALIZER, STATS, stats_spec
-from fedcare.engine.history import History, RoundRecord, save_history
+from fedcare.engine.history import History, RoundRecord, save_history, set_timing, timestamp
 from fedcare.engine.integrity import example_bound
 from fedcare.engine.learner_factory import ModelShape, make_learner
 from fedcare.engine.privacy import hub_privacy
@@ -100,6 +101,9 @@ STORAGE_PROBE_BYTES = 64 * 1024
 #: a coroutine and a socket (before the long-poll waited asynchronously, each held one of the
 #: worker threads every other request needs, and one site could stall the whole hub).
 MAX_POLLS_PER_SITE = 2
+#: A site is online (``fedcare sites``) while its node long-polls, or polled this recently
+#: (seconds): a running node polls again as soon as a poll ends.
+ONLINE_WITHIN = 60.0
 #: A long-poll waiting for a task looks at the site's offered tasks again at least this often
 #: (a delivered task whose lease ran out is handed out again, see REDELIVER_AFTER).
 RECHECK_EVERY = 1.0
@@ -215,6 +219,8 @@ class HubService:
         self._wake_lock = threading.Lock()
         #: Long-polls open per site, at most MAX_POLLS_PER_SITE (under _wake_lock).
         self._polls: dict[str, int] = {}
+        #: When each site's last long-poll ended (under _wake_lock): `fedcare sites`.
+        self._last_poll: dict[str, dt.datetime] = {}
         self._runners: dict[str, threading.Thread] = {}
         self._specs: dict[str, tuple[ParamSpec, dict[str, ParamSpec | None]]] = {}
         self._stopping = threading.Event()
@@ -356,7 +362,11 @@ class HubService:
             if study is None:
                 raise NotFound(f"no study {study_id!r}")
             rounds = [r.record for r in StudyRepo(s).rounds(study_id, last_rounds) if r.record]
+            raw = study.config or {}
+            primary = primary_metric_meta(str(raw.get("data", {}).get("task", "binary")),
+                                          raw.get("study", {}).get("primary_metric"))
             return {"study_id": study.id, "name": study.name, "status": study.status.value,
+                    "created": timestamp(study.created_at), **primary,
                     "rounds_planned": study.rounds_planned, "current_round": study.current_round,
                     "sites": study.sites, "config_hash": study.config_hash,
                     "error": study.error, "rounds": rounds}
@@ -364,7 +374,8 @@ class HubService:
     def list_studies(self) -> list[dict[str, Any]]:
         with self.db.session() as s:
             return [{"study_id": st.id, "name": st.name, "status": st.status.value,
-                     "current_round": st.current_round, "rounds_planned": st.rounds_planned}
+                     "current_round": st.current_round, "rounds_planned": st.rounds_planned,
+                     "created": timestamp(st.created_at)}
                     for st in StudyRepo(s).list()]
 
     def study_events(self, study_id: str, limit: int = 200) -> list[dict[str, Any]]:
@@ -411,9 +422,21 @@ class HubService:
                              if v.get("violations") or v.get("error")}}
 
     def sites(self) -> list[dict[str, Any]]:
+        """The sites the hub knows, each ``online`` when its node polled within
+        :data:`ONLINE_WITHIN` seconds (a node long-polls continuously while it runs)."""
+        now = dt.datetime.now(dt.UTC)
+        with self._wake_lock:
+            polling = {site for site, n in self._polls.items() if n}
+            polled = dict(self._last_poll)
+        out = []
         with self.db.session() as s:
-            return [{"name": x.name, "last_seen": x.last_seen.isoformat(), "version": x.version,
-                     "datasets": x.datasets} for x in SiteRepo(s).list()]
+            for x in SiteRepo(s).list():
+                seen = now if x.name in polling else max(x.last_seen,
+                                                         polled.get(x.name, x.last_seen))
+                out.append({"name": x.name, "last_seen": timestamp(seen),
+                            "online": (now - seen).total_seconds() <= ONLINE_WITHIN,
+                            "version": x.version, "datasets": x.datasets})
+        return out
 
     # -- node side ------------------------------------------------------------------------
     def hello(self, site: str, serial: str, version: str, datasets: list[dict[str, Any]],
@@ -476,6 +499,7 @@ class HubService:
             yield
         finally:
             with self._wake_lock:
+                self._last_poll[site] = dt.datetime.now(dt.UTC)
                 self._polls[site] -= 1
                 if not self._polls[site]:
                     del self._polls[site]
@@ -685,6 +709,7 @@ class HubService:
             rounds = engine.history.meta["rounds_planned"]
             self._normalizer(engine)
             final = engine.run(rounds, start_round=start)
+            self._record_final_metrics(study_id, engine.history)
             self._write_outputs(study_id, engine.history, final)
             outcome: tuple[StudyStatus, str | None] = (StudyStatus.COMPLETED, None)
         except Exception as exc:  # noqa: BLE001 (classified below; a bug is logged with its traceback)
@@ -804,6 +829,7 @@ class HubService:
             study = StudyRepo(s).get(study_id)
             assert study is not None
             sites, current = list(study.sites), study.current_round
+            created = study.created_at
             model_sha, state_sha = study.global_model, study.strategy_state
             cfg = parse_config(study.config)
         assert isinstance(cfg.data, FederatedData)
@@ -830,6 +856,7 @@ class HubService:
             history = History.from_dict(saved)
             history.meta["resumed_from_round"] = current
             start = current + 1
+        history.meta.setdefault("created", timestamp(created))  # when it was submitted
         settings = EngineSettings(study=study_id, seed=cfg.study.seed, train=train,
                                   evaluate_every=cfg.run.evaluate_every,
                                   round_timeout=cfg.run.round_timeout or DEFAULT_ROUND_TIMEOUT)
@@ -896,10 +923,20 @@ class HubService:
             self.event("flagged", f"round {record.round}: site {site}: {why}",
                        study_id=study_id, site=site if site in record.sites_sampled else None)
 
+    def _record_final_metrics(self, study_id: str, history: History) -> None:
+        """The last round's record with the final evaluation of its model, as `fedcare study
+        status` shows it (each round's row is written before its model is evaluated)."""
+        if history.rounds:
+            last = history.rounds[-1]
+            with self.db.session() as s:
+                StudyRepo(s).update_record(study_id, last.round, asdict(last))
+
     def _write_outputs(self, study_id: str, history: History, final: Parameters) -> None:
         from fedcare.engine.bundle import networked_bundle
 
         out = self.data_dir / "studies" / study_id
+        created = dt.datetime.fromisoformat(history.meta["created"])
+        set_timing(history, (dt.datetime.now(dt.UTC) - created).total_seconds())
         atomic_write(out / "model.safetensors",
                      networked_bundle(study_id, history, final).to_bytes())
         save_history(history, out / "history.json")
@@ -923,8 +960,12 @@ class _HubCheckpoints:
         state_sha = svc.blobs.put(save_parameters(Parameters({}), extra=state, metadata={
             "history": json.dumps(history.to_dict())}))
         with svc.db.session() as s:
-            StudyRepo(s).complete_round(self.study_id, round_, asdict(history.rounds[-1]),
-                                        model_sha, state_sha)
+            repo = StudyRepo(s)
+            repo.complete_round(self.study_id, round_, asdict(history.rounds[-1]),
+                                model_sha, state_sha)
+            if len(history.rounds) > 1:  # the previous round's model, evaluated this round
+                previous = history.rounds[-2]
+                repo.update_record(self.study_id, previous.round, asdict(previous))
         # The round's unanswered tasks are expired now: stop offering them.
         prefix = f"{self.study_id}/r{round_}/"
         svc.withdraw(lambda tid: tid.startswith(prefix))

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from fedcare.config import FederatedData, contract_matches
-from fedcare.core.dataset import SiteData, TaskType
+from fedcare.core.dataset import SiteData, TaskType, few_rows_warning
 from fedcare.core.errors import DataError
 from fedcare.core.seeds import site_round_seed
 from fedcare.data.clinical import ClinicalTable, build_clinical_table
 
 __all__ = ["ClinicalTable", "build_clinical_table", "build_site_data", "clinical_site_data"]
+
+log = logging.getLogger("fedcare.node")
 
 
 def build_site_data(data: FederatedData, site: str, site_index: int, seed: int,
@@ -59,6 +62,9 @@ def _split_site(data: FederatedData, site: str, site_index: int, seed: int, x: n
 
     task = TaskType(data.task)
     classes = data.classes if task is TaskType.MULTICLASS else 2
+    warning = few_rows_warning(site, len(y))
+    if warning is not None:
+        log.warning("%s", warning)
     tr, te = split_train_test(np.arange(len(y)), data.test_fraction,
                               site_round_seed(seed, 0, site_index))
     x_tr, x_te = x[tr], x[te]

@@ -7,18 +7,18 @@ local-only and pooled baselines on request, and writes the output folder with at
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import re
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from fedcare import __version__
 from fedcare.config import FederatedData, StudyConfig, content_hash, load_config, parse_config
-from fedcare.core.dataset import SiteData
+from fedcare.core.dataset import SiteData, few_rows_warning
 from fedcare.core.errors import ConfigError, FedcareError
 from fedcare.core.files import atomic_write
 from fedcare.core.learning import Learner
@@ -28,7 +28,7 @@ from fedcare.engine.bundle import ModelBundle, study_bundle
 from fedcare.engine.checkpoints import CheckpointStore
 from fedcare.engine.dp_check import DpAssessment, assess_dp, refuse_unless_learnable
 from fedcare.engine.executor import SiteExecutor
-from fedcare.engine.history import History, RoundRecord, save_history
+from fedcare.engine.history import History, RoundRecord, save_history, set_timing, timestamp
 from fedcare.engine.learner_factory import ModelShape, make_learner
 from fedcare.engine.privacy import hub_privacy, site_privacy
 from fedcare.engine.round_engine import EngineSettings, RoundEngine
@@ -111,6 +111,10 @@ class _Run:
         if self._stats_by_engine():  # the normalizer comes from the sites' stats tasks
             data = data.model_copy(update={"standardize": False})
         self.sites = build_sites(data, cfg.study.seed)
+        for site in self.sites:
+            warning = few_rows_warning(site.name, len(site.y_train) + len(site.y_test))
+            if warning is not None:
+                warnings.warn(warning, UserWarning, stacklevel=3)
         if self._stats_by_engine() and self.sites[0].x_train.ndim != 2:
             raise ConfigError("data.standardize: a study with DP or secure aggregation "
                               "standardizes tabular features only; set standardize = false")
@@ -130,6 +134,10 @@ class _Run:
         if self.dp_check is not None and self.on_dp_check is not None:
             self.on_dp_check(self.dp_check)
         refuse_unless_learnable(self.dp_check, force=self.force)
+        if cfg.tracking.mlflow_uri is not None:
+            from fedcare.tracking import require_mlflow
+
+            require_mlflow()
 
     def _stats_by_engine(self) -> bool:
         """Whether the feature statistics run as the hub runs them - stats tasks through the
@@ -230,7 +238,7 @@ class _Run:
         primary, higher = self.primary
         cfg = self.cfg
         meta = {"fedcare_version": __version__,
-                "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "created": timestamp(),
                 "config_hash": self.hash, "task": self.sites[0].task.value,
                 "primary_metric": primary, "higher_is_better": higher,
                 "strategy": cfg.strategy.name, "model": cfg.model.name,
@@ -296,14 +304,19 @@ class _Run:
             transport.close()
             _set_threads(old_threads)
         history.final_parameters = final
-        secs = [r.seconds for r in history.rounds]
-        history.timing = {"total_seconds": time.perf_counter() - t_start,
-                          "mean_round_seconds": sum(secs) / len(secs) if secs else 0.0}
+        set_timing(history, time.perf_counter() - t_start)
         from fedcare.reporting.summary import comparisons_json
 
         history.meta["comparison"] = comparisons_json(history.to_dict())
         if self.out is not None:
             self._write_outputs(history, final)
+        if cfg.tracking.mlflow_uri is not None:
+            from fedcare.tracking import log_run
+
+            model = None if self.out is not None else save_parameters(final)
+            history.meta["mlflow_run_id"] = log_run(
+                cfg.tracking.mlflow_uri, cfg.tracking.experiment, history.to_dict(), self.out,
+                model)
         return history
 
     def _on_round(self, record: RoundRecord) -> None:

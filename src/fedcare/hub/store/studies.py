@@ -250,6 +250,15 @@ class StudyRepo:
         return list(reversed(self.session.scalars(
             query.order_by(Round.round.desc()).limit(last)).all()))
 
+    def update_record(self, study_id: str, round: int, record: Mapping[str, Any]) -> None:
+        """A completed round's record, completed later: the model a round produced is
+        evaluated with the next round's tasks (or the final evaluation), after the round's
+        row was written. Nothing else of the row changes; an unknown round is ignored."""
+        row = self.session.get(Round, (study_id, round), populate_existing=True)
+        if row is not None and row.status == RoundStatus.COMPLETED:
+            row.record = dict(record)
+            self.session.flush()
+
     def _write_round(
         self, study_id: str, round: int, record: dict[str, Any], model_sha: str, now: Any
     ) -> None:
