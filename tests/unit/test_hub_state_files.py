@@ -105,5 +105,5 @@ def test_the_ckks_key_relay_is_owner_only_under_umask_022(tmp_path: Path,
     relay = KeyRelay(tmp_path / "keyrelay")
     relay.remember_certificate("alpha", b"certificate bytes")
     relay.put_sealed("s1", ["alpha", "beta"], "alpha", "beta", b"sealed key")
-    for path in [p for p in (tmp_path / "keyrelay").rglob("*")] + [tmp_path / "keyrelay"]:
+    for path in [*(tmp_path / "keyrelay").rglob("*"), tmp_path / "keyrelay"]:
         assert _mode(path) == (0o700 if path.is_dir() else 0o600), path

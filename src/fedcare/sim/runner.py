@@ -313,7 +313,7 @@ class _Run:
         if cfg.tracking.mlflow_uri is not None:
             from fedcare.tracking import log_run
 
-            model = None if self.out is not None else save_parameters(final)
+            model = None if self.out is not None else self._bundle(history, final).to_bytes()
             history.meta["mlflow_run_id"] = log_run(
                 cfg.tracking.mlflow_uri, cfg.tracking.experiment, history.to_dict(), self.out,
                 model)
