@@ -264,3 +264,16 @@ def test_migration_0006_allows_the_kind_and_keeps_every_task_and_reply(tmp_path:
             assert conn.exec_driver_sql("SELECT count(*) FROM replies").scalar() == 1
     finally:
         engine.dispose()
+
+
+def test_under_dp_sgd_the_site_trains_its_local_baseline_without_dp() -> None:
+    study = _study(local_at_sites=True)
+    study["data"]["standardize"] = False
+    cfg = parse_config({**study, "model": {"name": "logreg"},
+                        "privacy": {"mode": "dp_sgd", "clip": 1.0, "noise_multiplier": 1.0,
+                                    "delta": 1e-5}})
+
+    lb = _agent(True, False)._local_baseline(cfg)
+
+    assert lb is not None and lb.refusal is None
+    assert isinstance(lb.learner, TorchLearner) and lb.learner.dp is None
