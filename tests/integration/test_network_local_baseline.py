@@ -70,3 +70,31 @@ def test_a_study_without_the_opt_in_sends_no_local_baseline_task(
     history = json.loads(fed.artifact(st["study_id"], "history.json"))
     assert "local" not in history.get("baselines", {})
     assert not any("local-only" in e["message"] for e in fed.events(st["study_id"]))
+
+
+def test_under_dp_the_baselines_train_without_dp_charge_nothing_and_require_dp_refuses(
+        net: Callable[..., NetFederation]) -> None:
+    fed = net()
+    for site, conf in fed.node_configs.items():  # every site keeps a ledger; gamma needs DP
+        policy = fed.root / "data" / f"{site}-privacy.toml"
+        policy.write_text("max_epsilon = 50.0\ndelta = 1e-5\n"
+                          + ("require_dp = true\n" if site == "gamma" else ""))
+        conf.write_text(conf.read_text() + f'\n[privacy]\npolicy = "{policy.name}"\n')
+    fed.start()
+    cfg = study_config(name="net-local-dp", rounds=2,
+                       privacy={"mode": "dp_sgd", "clip": 1.0, "noise_multiplier": 1.0,
+                                "delta": 1e-5},
+                       baselines={"local": False, "centralized": False,
+                                  "local_at_sites": True},
+                       run={"round_timeout": 120})
+
+    st = fed.run_study(cfg, timeout=180)
+
+    history = json.loads(fed.artifact(st["study_id"], "history.json"))
+    local = history["baselines"]["local"]
+    assert set(local["site_metrics"]) == {"alpha", "beta"}
+    assert local["privacy"] == "none" and local["note"] == "no DP — reference only"
+    assert "require_dp" in local["sites_failed"]["gamma"]
+    for site in fed.sites:  # the local baseline charged nothing to any ledger
+        ledger = (fed.root / "state" / site / "privacy-ledger.jsonl").read_text()
+        assert "local_baseline" not in ledger and "/r1/fit/" in ledger
