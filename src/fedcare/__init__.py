@@ -7,7 +7,10 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from fedcare.engine.history import History
+    from fedcare.engine.predict import SavedModel
 
 
 def simulate(config: Any, **kwargs: Any) -> History:
@@ -17,4 +20,13 @@ def simulate(config: Any, **kwargs: Any) -> History:
     return _simulate(config, **kwargs)
 
 
-__all__ = ["__version__", "simulate"]
+def load_model(path: str | Path) -> SavedModel:
+    """A study's saved model (a run folder or its ``model.safetensors``), ready to apply to
+    new patients: ``load_model("runs/x").predict_proba(df)``; see
+    :class:`fedcare.engine.predict.SavedModel`."""
+    from fedcare.engine.predict import load_model as _load_model
+
+    return _load_model(path)
+
+
+__all__ = ["__version__", "load_model", "simulate"]

@@ -76,6 +76,10 @@ class StudySection(_Section):
 class SiteFile(_Section):
     name: str = Field(min_length=1, max_length=100, description="Site name.")
     path: Path = Field(description="CSV (.csv, .csv.gz) or Parquet file, relative to the config.")
+    test_path: Path | None = Field(None, description=(
+        "Optional fixed test file (same columns), for temporal or external validation: the "
+        "site is tested on it and trains on all of path (data.test_fraction is ignored for "
+        "this site)."))
 
 
 StatsRange = tuple[FiniteFloat, FiniteFloat]
@@ -130,8 +134,9 @@ class FilesData(_DataCommon):
     label: str = Field(min_length=1, description="Label column (present at every site).")
     features: list[str] | None = Field(
         None, description="Feature columns; default: every column except the label.")
-    site: list[SiteFile] = Field(min_length=1, max_length=MAX_SITES,
-                                 description="Sites: [[data.site]] name, path.")
+    site: list[SiteFile] = Field(min_length=1, max_length=MAX_SITES, description=(
+        "Sites: [[data.site]] name, path, and optionally test_path (a fixed test file: the "
+        "site trains on all of path and is tested on it; test_fraction is ignored there)."))
 
 
 class PooledFileData(_DataCommon):
@@ -412,6 +417,10 @@ def content_hash(cfg: StudyConfig) -> str:
         del doc["privacy"]
     if cfg.secure_aggregation == SecureAggregationSection():  # type: ignore[call-arg]
         del doc["secure_aggregation"]
+    if isinstance(cfg.data, FilesData):  # no test file: hash as before test_path existed
+        for site in doc["data"]["site"]:
+            if site.get("test_path") is None:
+                site.pop("test_path", None)
     if cfg.study.primary_metric is None:  # likewise: studies that choose none hash as before
         del doc["study"]["primary_metric"]
     # Options added later hash as before while they keep their defaults.
@@ -549,7 +558,8 @@ def _privacy_checks(cfg: StudyConfig) -> list[str]:
 def _resolve_paths(cfg: StudyConfig, base: Path) -> StudyConfig:
     d = cfg.data
     if isinstance(d, FilesData):
-        sites = [s.model_copy(update={"path": base / s.path}) for s in d.site]
+        sites = [s.model_copy(update={"path": base / s.path, "test_path": (
+            base / s.test_path if s.test_path is not None else None)}) for s in d.site]
         d = d.model_copy(update={"site": sites})
     elif isinstance(d, (PooledFileData, ImageData)):
         d = d.model_copy(update={"path": base / d.path})

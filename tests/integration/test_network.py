@@ -114,6 +114,9 @@ def test_full_study_over_https_equals_its_simulation(net: Net, tmp_path: Path,
     history = json.loads((out / "history.json").read_text())
     assert history["mode"] == "network" and history["study_id"] == st["study_id"]
     assert set(history["final"]["site_metrics"]) == set(SITES)
+    # Each site said how it chose its test rows, in its evaluation replies (issue 14, item 7).
+    assert {s["name"]: s.get("test_split") for s in history["sites"]} == dict.fromkeys(
+        SITES, "random 20 % split")
     assert "<html" in (out / "report.html").read_text().lower()
     model = st_load((out / "model.safetensors").read_bytes())
 
@@ -135,6 +138,30 @@ def test_full_study_over_https_equals_its_simulation(net: Net, tmp_path: Path,
                                                       "standardize": True})
     st = fed.run_study(cfg)
     _assert_same_model(_model(fed, st["study_id"]), _simulated(fed, cfg))
+    _assert_hub_bundle(fed, st["study_id"], cfg)
+
+
+def _assert_hub_bundle(fed: NetFederation, study_id: str, cfg: dict[str, Any]) -> None:
+    """The hub's model file is a bundle (issue 14, item 6) carrying the federation's
+    standardization from the stats step: the one simulation scales the same rows by."""
+    import pandas as pd
+
+    from fedcare.config import content_hash
+    from fedcare.engine.bundle import ModelBundle
+    from fedcare.engine.predict import SavedModel
+    from fedcare.sim.sites import input_standardization
+
+    bundle = ModelBundle.from_bytes(fed.artifact(study_id, "model.safetensors"))
+    sim_cfg = parse_config(simulation_of(cfg, fed.tables, list(fed.sites)))
+    expected = input_standardization(sim_cfg.data, sim_cfg.study.seed)
+
+    assert bundle.study_id == study_id and bundle.features == tuple(cfg["data"]["features"])
+    assert bundle.content_hash == content_hash(parse_config(cfg))
+    assert expected is not None and bundle.mean is not None and bundle.std is not None
+    np.testing.assert_allclose(bundle.mean, expected["mean"], rtol=1e-5)
+    np.testing.assert_allclose(bundle.std, expected["std"], rtol=1e-5)
+    rows = pd.read_csv(next(iter(fed.tables[cfg["data"]["dataset"]].values())))
+    assert SavedModel(bundle).predict_proba(rows).shape == (len(rows), 2)
 
 
 # -- 2: the hub dies mid-study ----------------------------------------------------------------

@@ -113,6 +113,9 @@ source_vocabulary = { condition = "ICD10CM", drug = "RXNORM", measurement = "LOI
 def test_the_readme_omop_example_works_as_written(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    assert README_OMOP_SOURCE in readme, "the README's OMOP example changed: update this test"
+
     from fedcare.cli.main import app
     from fedcare.data.synth import generate_hospitals
 

@@ -25,7 +25,7 @@ SEED = site_round_seed(7, 1, 0)  # what SiteExecutor passes: (study.seed = 7, ro
 CFG = parse_config({
     "study": {"name": "dpsgd", "seed": 7, "rounds": 3},
     "data": {"source": "federation", "dataset": "breast", "label": "target",
-             "features": [f"f{i}" for i in range(8)]},
+             "features": [f"f{i}" for i in range(8)], "standardize": False},
     "model": {"name": "logreg"}, "train": {"batch_size": BATCH, "lr": 0.1},
     "privacy": {"mode": "dp_sgd", "clip": 1.0, "noise_multiplier": 1.1, "delta": 1e-5}})
 

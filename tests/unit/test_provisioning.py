@@ -563,7 +563,7 @@ def test_a_kit_without_its_key_is_a_config_error(fed: Federation) -> None:
 
 def test_a_malformed_node_toml_names_the_key(fed: Federation) -> None:
     (_kit(fed, "charite") / "node.toml").write_text('site = "charite"\n')
-    with pytest.raises(ProvisioningConfigError, match="'federation_id' must be a str"):
+    with pytest.raises(ProvisioningConfigError, match="missing key 'federation_id'"):
         load_node_config(_kit(fed, "charite"))
 
 

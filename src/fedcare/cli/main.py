@@ -15,6 +15,7 @@ from rich.markup import escape
 
 from fedcare import __version__
 from fedcare.cli import audit, data, network, nodekit, provision  # noqa: F401 (nodekit adds `node init`)
+from fedcare.cli import model as model_cli
 from fedcare.cli.errors import fail
 from fedcare.core.errors import FedcareError
 
@@ -27,6 +28,8 @@ app.add_typer(network.node_app, name="node")  # with nodekit's init and install-
 app.add_typer(network.study_app, name="study")
 app.add_typer(data.app, name="data")
 app.add_typer(audit.app, name="audit")
+app.add_typer(model_cli.app, name="model")
+app.command("predict")(model_cli.predict)
 
 
 def _config_reference() -> str:
@@ -61,7 +64,8 @@ def _run(config: Path | dict, out: Path | None, resume: bool, overwrite: bool,
     print_results(history.to_dict(), console)
     if out is not None:
         console.print(f"Wrote [bold]{out}[/bold]: history.json, model.safetensors, "
-                      f"checkpoints/, report.html")
+                      f"checkpoints/, report.html (apply the model to new patients with "
+                      f"`fedcare predict {out} patients.csv --out predictions.csv`)")
 
 
 def _print_dp_check(assessment: Any, force: bool) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -32,6 +33,11 @@ class SiteData:
     feature_names: tuple[str, ...]
     task: TaskType
     num_classes: int
+    #: The label value of each class id (class ``i`` is ``label_values[i]``), shared by every
+    #: site; empty when the ids are the values (built-in data, networked studies).
+    label_values: tuple[Any, ...] = ()
+    #: How the test rows were chosen, in words ("random 20 % split", "fixed file test.csv").
+    test_split: str = ""
 
     def __post_init__(self) -> None:
         if len(self.x_train) != len(self.y_train) or len(self.x_test) != len(self.y_test):

@@ -50,3 +50,9 @@ class Learner(Protocol):
     def evaluate(self, parameters: Parameters, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
         """Loss and task metrics (accuracy, auc for binary; mse, mae for regression)."""
         ...
+
+    def scores(self, parameters: Parameters, x: np.ndarray) -> np.ndarray:
+        """The model's outputs for rows ``x``, float64 (n, outputs): logits (one column, the
+        positive class's log-odds, for binary) or values (regression). A saved model's
+        predictions are made from these."""
+        ...

@@ -39,6 +39,9 @@ from fedcare.strategies import site_algorithm
 
 #: Task aux entry carrying the federation-wide feature ``mean`` and ``std``.
 NORMALIZER = "norm"
+#: Provenance prefix of an evaluation reply saying how the site chose its test rows
+#: (``test:random 20 % split``, ``test:fixed file test.csv``), for the history and report.
+TEST_SPLIT_NOTE = "test:"
 #: Aux entry of a stats reply: per-feature ``sum`` and ``sumsq`` and the row ``count``.
 #: (Under DP they are sums of the clipped, rescaled values ``u`` and noised; under secure
 #: aggregation no stats reply exists: the site's ``[count, sum, sumsq]`` vector goes into the
@@ -382,7 +385,8 @@ class SiteExecutor:
             return Update(task_id=task.task_id, site=self.name, round=task.round,
                           kind=UpdateKind.FULL, parameters=Parameters({}), num_examples=0,
                           eval_metrics=eval_metrics, num_eval_examples=len(d.x_test),
-                          provenance=(f"evaluate:{self.learner.name}",),
+                          provenance=(f"evaluate:{self.learner.name}",) + (
+                              (TEST_SPLIT_NOTE + d.test_split,) if d.test_split else ()),
                           seconds=time.perf_counter() - start)
         algo = self.algorithm
         state = self.state.load_before(task.round)

@@ -7,10 +7,15 @@ node (which trains it), so all three build exactly the same model from the same 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fedcare.config import FederatedData, StudyConfig
 from fedcare.core.dataset import SiteData, TaskType
 from fedcare.core.learning import Learner
+from fedcare.learners.options import ModelOptions
+
+if TYPE_CHECKING:
+    from fedcare.learners.torch_learner import DpSgdOptions
 
 
 @dataclass(frozen=True)
@@ -55,12 +60,19 @@ def make_learner(cfg: StudyConfig, shape: ModelShape, *, rows: int | None = None
         from fedcare.learners.torch_learner import DpSgdOptions
 
         dp = DpSgdOptions(derive_noise(cfg, rows), cfg.privacy.clip, seeded=seeded)
-    if m.capabilities.backend == "sklearn":
+    return learner_for(m, shape, cfg.study.seed, dp=dp)
+
+
+def learner_for(model: ModelOptions, shape: ModelShape, seed: int = 0, *,
+                dp: DpSgdOptions | None = None) -> Learner:
+    """The learner of ``model`` (validated options) for ``shape``: what a study trains and what
+    a saved model bundle (:mod:`fedcare.engine.bundle`) is rebuilt with."""
+    if model.capabilities.backend == "sklearn":
         from fedcare.learners.sklearn_learner import SklearnLinearLearner
 
         return SklearnLinearLearner(shape.input_shape[0], shape.task,
-                                    classes=list(range(shape.num_classes)), seed=cfg.study.seed)
+                                    classes=list(range(shape.num_classes)), seed=seed)
     from fedcare.learners.torch_learner import TorchLearner
 
-    return TorchLearner.from_zoo(m.name, shape.input_shape, shape.num_outputs, shape.task,
-                                 m, cfg.study.seed, dp=dp)
+    return TorchLearner.from_zoo(model.name, shape.input_shape, shape.num_outputs, shape.task,
+                                 model, seed, dp=dp)

@@ -370,6 +370,8 @@ class RoundEngine:
 
     def _note_rows(self, updates: Mapping[str, Update]) -> None:
         """Row counts the sites reported (a networked hub learns them only from updates)."""
+        from fedcare.engine.executor import TEST_SPLIT_NOTE
+
         known = {row["name"]: row for row in self.history.sites}
         for site, u in updates.items():
             row = known.get(site)
@@ -381,6 +383,9 @@ class RoundEngine:
                 row["train_rows"] = u.num_examples
             if u.eval_metrics:
                 row["test_rows"] = u.num_eval_examples
+            for note in u.provenance:  # how the site chose its test rows (evaluate replies)
+                if note.startswith(TEST_SPLIT_NOTE) and len(note) <= 200:
+                    row["test_split"] = note[len(TEST_SPLIT_NOTE):]
 
     def _record_evaluation(self, model_round: int, updates: Mapping[str, Update]) -> None:
         per_site = {s: dict(u.eval_metrics) for s, u in sorted(updates.items()) if u.eval_metrics}

@@ -917,9 +917,11 @@ class HubService:
                        study_id=study_id, site=site if site in record.sites_sampled else None)
 
     def _write_outputs(self, study_id: str, history: History, final: Parameters) -> None:
+        from fedcare.engine.bundle import networked_bundle
+
         out = self.data_dir / "studies" / study_id
         atomic_write(out / "model.safetensors",
-                     save_parameters(final, metadata={"study_id": study_id}))
+                     networked_bundle(study_id, history, final).to_bytes())
         save_history(history, out / "history.json")
         from fedcare.reporting import write_report
 

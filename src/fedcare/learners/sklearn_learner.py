@@ -124,11 +124,16 @@ class SklearnLinearLearner:
     def evaluate(self, parameters: Parameters, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
         if len(x) == 0:
             return {}
+        return task_metrics(self.task, self.scores(parameters, x), self._targets(y))
+
+    def scores(self, parameters: Parameters, x: np.ndarray) -> np.ndarray:
+        """Logits for rows ``x`` (see :meth:`_logits`; values for regression), as the torch
+        learner's :meth:`~fedcare.learners.torch_learner.TorchLearner.scores`."""
         self._check(parameters)
         x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
         if x.shape[1] != self.n_features:
             raise ValidationError(f"x has {x.shape[1]} features, model expects {self.n_features}")
-        return task_metrics(self.task, self._logits(parameters, x), self._targets(y))
+        return self._logits(parameters, x)
 
     def _targets(self, y: np.ndarray) -> np.ndarray:
         """Labels as :func:`task_metrics` wants them: 0/1, or column positions."""

@@ -487,6 +487,11 @@ class TorchLearner:
         """Loss plus accuracy/auc (binary), accuracy (multiclass) or mse/mae (regression)."""
         if len(x) == 0:
             return {}
+        return task_metrics(self.task, self.scores(parameters, x), np.asarray(y))
+
+    def scores(self, parameters: Parameters, x: np.ndarray) -> np.ndarray:
+        """The model's outputs for rows ``x`` (logits; values for regression), float64
+        (n, outputs): what evaluation scores and what a saved model predicts with."""
         self._load(parameters)
         xt = self._x(x)
         self._set_mode(False)
@@ -494,4 +499,4 @@ class TorchLearner:
             step = eval_batch_rows(sum(p.numel() for p in self.model.parameters()),
                                    int(np.prod(xt.shape[1:])))
             out = torch.cat([self.model(xt[i:i + step]) for i in range(0, len(xt), step)])
-        return task_metrics(self.task, out.double().numpy(), np.asarray(y))
+        return out.double().numpy()

@@ -227,7 +227,8 @@ class NodeAgent:
                                           self.clinical(cfg.data.dataset))
             else:
                 data = build_site_data(cfg.data, self.site, index, cfg.study.seed,
-                                       self.data.datasets[cfg.data.dataset])
+                                       self.data.datasets[cfg.data.dataset],
+                                       self.data.test_paths.get(cfg.data.dataset))
             rows = len(data.y_train)
             learner = make_learner(cfg, ModelShape.of_federated(cfg.data), rows=rows,
                                    seeded=False)

@@ -4,6 +4,8 @@ the site approves. It never leaves the site; the hub only learns names and row c
 ```toml
 [datasets.breast]
 path = "data/breast.csv"      # relative to this file; .csv, .csv.gz or .parquet
+test_path = "data/breast-2024.csv"  # optional fixed test set (temporal / external
+                               # validation): trains on all of path, tests on this file
 
 [datasets.cardio]               # a clinical source turned into a contract's feature table
 source = "hospital.toml"       # site source: format (csv | omop | fhir), paths, mappings
@@ -66,6 +68,8 @@ class NodeData:
     clinical: dict[str, ClinicalSource] = field(default_factory=dict)
     images: dict[str, ImageFolder] = field(default_factory=dict)
     privacy_policy: Path | None = None
+    #: Table datasets with a fixed test file (``test_path``), by dataset name.
+    test_paths: dict[str, Path] = field(default_factory=dict)
     #: Whether the site trains a study's model alone when an approved study asks for it.
     local_baselines: bool = True
 
@@ -77,6 +81,9 @@ class NodeData:
 # --- the file's schema: one declaration per kind of dataset ----------------------------------
 class _TableDataset(Section):
     path: str = Field(min_length=1, description="A .csv, .csv.gz or .parquet table.")
+    test_path: str | None = Field(None, min_length=1, description=(
+        "Optional fixed test table (same columns): the site tests on it and trains on all "
+        "of path, whatever the study's test_fraction (temporal or external validation)."))
 
 
 class _ClinicalDataset(Section):
@@ -153,6 +160,7 @@ def load_node_data(path: Path) -> NodeData:
     datasets: dict[str, Path] = {}
     clinical: dict[str, ClinicalSource] = {}
     images: dict[str, ImageFolder] = {}
+    test_paths: dict[str, Path] = {}
     for name, entry in doc.datasets.items():
         if isinstance(entry, _ImageDataset):
             images[name] = ImageFolder(local(entry.images), local(entry.labels))
@@ -162,9 +170,11 @@ def load_node_data(path: Path) -> NodeData:
             datasets[name] = clinical[name].source
         else:
             datasets[name] = local(entry.path)
+            if entry.test_path is not None:
+                test_paths[name] = local(entry.test_path)
     studies = doc.approval.studies
     return NodeData(datasets, studies == "any",
                     frozenset(studies if isinstance(studies, list) else []),
-                    clinical=clinical, images=images,
+                    clinical=clinical, images=images, test_paths=test_paths,
                     privacy_policy=local(doc.privacy.policy) if doc.privacy else None,
                     local_baselines=doc.baselines.local)

@@ -16,25 +16,41 @@ __all__ = ["ClinicalTable", "build_clinical_table", "build_site_data", "clinical
 
 
 def build_site_data(data: FederatedData, site: str, site_index: int, seed: int,
-                    path: Path) -> SiteData:
+                    path: Path, test_path: Path | None = None) -> SiteData:
+    """The site's table; with ``test_path`` (the dataset's fixed test file in site.toml) the
+    site trains on every row of ``path`` and tests on that file instead of a random split."""
     from fedcare.data.tabular import load_table
 
     table = load_table(path, label=data.label, features=data.features, site=site)
-    task = TaskType(data.task)
-    classes = data.classes if task is TaskType.MULTICLASS else 2
-    y = table.y
+    y = _labels(data, table.y, site, path)
+    if test_path is None:
+        return _split_site(data, site, site_index, seed, table.x, y)
+    test = load_table(test_path, label=data.label, features=data.features, site=site)
+    return SiteData(site, np.ascontiguousarray(table.x, np.float32), y,
+                    np.ascontiguousarray(test.x, np.float32),
+                    _labels(data, test.y, site, test_path), tuple(data.features),
+                    TaskType(data.task), _classes(data),
+                    test_split=f"fixed file {Path(test_path).name}")
+
+
+def _classes(data: FederatedData) -> int:
+    return data.classes if data.task == TaskType.MULTICLASS.value else 2
+
+
+def _labels(data: FederatedData, y: np.ndarray, site: str, path: Path) -> np.ndarray:
+    """A networked study's labels: class ids 0..classes-1, or floats for regression."""
+    task, classes = TaskType(data.task), _classes(data)
     if task is TaskType.REGRESSION:
-        y = y.astype(np.float32)
-    else:
-        if y.dtype.kind not in "iub" and not (y.dtype.kind == "f" and np.all(y == np.round(y))):
-            raise DataError(f"label {data.label!r} must hold class ids 0..{classes - 1} "
-                            "(integers) in a networked study", site=site)
-        y = y.astype(np.int64)
-        bad = (y < 0) | (y >= classes)
-        if bad.any():
-            raise DataError(f"{int(bad.sum())} rows have a label outside 0..{classes - 1}",
-                            site=site)
-    return _split_site(data, site, site_index, seed, table.x, y)
+        return y.astype(np.float32)
+    if y.dtype.kind not in "iub" and not (y.dtype.kind == "f" and np.all(y == np.round(y))):
+        raise DataError(f"label {data.label!r} of {Path(path).name} must hold class ids "
+                        f"0..{classes - 1} (integers) in a networked study", site=site)
+    y = y.astype(np.int64)
+    bad = (y < 0) | (y >= classes)
+    if bad.any():
+        raise DataError(f"{int(bad.sum())} rows of {Path(path).name} have a label outside "
+                        f"0..{classes - 1}", site=site)
+    return y
 
 
 def _split_site(data: FederatedData, site: str, site_index: int, seed: int, x: np.ndarray,
@@ -50,7 +66,7 @@ def _split_site(data: FederatedData, site: str, site_index: int, seed: int, x: n
     # mean/std (computed from all sites' sums), so each site scales its rows identically.
     return SiteData(site, np.ascontiguousarray(x_tr, np.float32), y[tr],
                     np.ascontiguousarray(x_te, np.float32), y[te], tuple(data.features), task,
-                    classes)
+                    classes, test_split=f"random {data.test_fraction * 100:g} % split")
 
 
 def clinical_site_data(data: FederatedData, site: str, site_index: int, seed: int,

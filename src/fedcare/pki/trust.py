@@ -19,7 +19,6 @@ both folders can be moved or copied to another machine as they are.
 from __future__ import annotations
 
 import ssl
-import tomllib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +28,10 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from pydantic import Field
 
+from fedcare.core.errors import ConfigError
+from fedcare.core.settings import Section, load_toml
 from fedcare.pki.certs import SITE_URI_PREFIX, hub_url, is_site_name
 from fedcare.pki.errors import (
     CrlError,
@@ -91,67 +93,88 @@ class ResearcherConfig:
 
 # --- reading hub.toml / node.toml -----------------------------------------------------------
 
-class _Reader:
-    """Typed access to a parsed TOML table that names the file and key in every error."""
+class _Tls(Section):
+    cert: str = Field("", description="The certificate file.")
+    key: str = Field("", description="The private key file.")
+    ca: str = Field(min_length=1, description="The federation CA certificate.")
+    crl: str = Field("", description="The revocation list (hub only).")
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        try:
-            self.doc = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise ProvisioningConfigError(f"{path} is missing") from exc
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise ProvisioningConfigError(f"cannot read {path}: {exc}") from exc
 
-    def _fail(self, where: str, expected: str, value: Any) -> ProvisioningConfigError:
-        got = "nothing" if value is None else repr(value)
-        return ProvisioningConfigError(f"'{where}' must be {expected}, found {got}",
-                                       source=str(self.path))
+class _HubSection(Section):
+    host: str = Field(min_length=1, max_length=253)
+    port: int = Field(ge=1, le=65535)
+    url: str = ""
 
-    def get(self, dotted: str, kind: type) -> Any:
-        value: Any = self.doc
-        for part in dotted.split("."):
-            value = value.get(part) if isinstance(value, dict) else None
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise self._fail(dotted, f"a {kind.__name__}", value)
-        return value
 
-    def text(self, dotted: str) -> str:
-        value: str = self.get(dotted, str)
-        if not value:
-            raise self._fail(dotted, "a non-empty string", value)
-        return value
+class _UrlSection(Section):
+    url: str = Field(min_length=1, max_length=2048)
 
-    def path_(self, dotted: str) -> Path:
-        return (self.path.parent / self.text(dotted)).resolve()
+
+class _HubFile(Section):
+    federation_id: str = Field(min_length=1)
+    hub: _HubSection
+    tls: _Tls
+
+
+class _NodeFile(Section):
+    federation_id: str = Field(min_length=1)
+    site: str = Field(min_length=1)
+    hub: _UrlSection
+    tls: _Tls
+
+
+class _ResearcherFile(Section):
+    federation_id: str = Field(min_length=1)
+    hub: _UrlSection
+    tls: _Tls
+    token: str = Field(min_length=1)
+
+
+def _read(path: Path, schema: type[Section], what: str) -> Any:
+    """``path`` through the one settings loader; every problem is a provisioning error that
+    names the file and the key."""
+    if not path.is_file():
+        raise ProvisioningConfigError(f"{path} is missing")
+    try:
+        return load_toml(path, schema, what=what)
+    except ConfigError as exc:
+        raise ProvisioningConfigError(exc.problems, source=str(path)) from None
+
+
+def _tls_files(path: Path, tls: _Tls, *names: str) -> TlsFiles:
+    """The TLS files a kit names, absolute; each of ``names`` must be given."""
+    missing = [n for n in names if not getattr(tls, n)]
+    if missing:
+        raise ProvisioningConfigError([f"missing key 'tls.{n}'" for n in missing],
+                                      source=str(path))
+    here = path.parent
+    return TlsFiles(*((here / getattr(tls, n)).resolve() for n in ("cert", "key", "ca")))
 
 
 def load_hub_config(hub_dir: str | Path) -> HubConfig:
     """Read ``hub_dir/hub.toml``."""
-    r = _Reader(Path(hub_dir) / HUB_CONFIG_FILE)
-    port = r.get("hub.port", int)
-    if not 0 < port < 65536:
-        raise r._fail("hub.port", "a port number (1-65535)", port)
-    return HubConfig(
-        federation_id=r.text("federation_id"), host=r.text("hub.host"), port=port,
-        tls=TlsFiles(r.path_("tls.cert"), r.path_("tls.key"), r.path_("tls.ca")),
-        crl=r.path_("tls.crl"))
+    path = Path(hub_dir) / HUB_CONFIG_FILE
+    doc: _HubFile = _read(path, _HubFile, "hub config")
+    tls = _tls_files(path, doc.tls, "cert", "key", "crl")
+    return HubConfig(federation_id=doc.federation_id, host=doc.hub.host, port=doc.hub.port,
+                     tls=tls, crl=(path.parent / doc.tls.crl).resolve())
 
 
 def load_node_config(kit_dir: str | Path) -> NodeConfig:
     """Read a site startup kit's ``node.toml``."""
-    r = _Reader(Path(kit_dir) / NODE_CONFIG_FILE)
-    return NodeConfig(
-        federation_id=r.text("federation_id"), site=r.text("site"),
-        hub_url=r.text("hub.url"),
-        tls=TlsFiles(r.path_("tls.cert"), r.path_("tls.key"), r.path_("tls.ca")))
+    path = Path(kit_dir) / NODE_CONFIG_FILE
+    doc: _NodeFile = _read(path, _NodeFile, "site kit config")
+    return NodeConfig(federation_id=doc.federation_id, site=doc.site, hub_url=doc.hub.url,
+                      tls=_tls_files(path, doc.tls, "cert", "key"))
 
 
 def load_researcher_config(folder: str | Path) -> ResearcherConfig:
     """Read ``folder/researcher.toml`` (made by `fedcare provision`)."""
-    r = _Reader(Path(folder) / RESEARCHER_CONFIG_FILE)
-    return ResearcherConfig(federation_id=r.text("federation_id"), hub_url=r.text("hub.url"),
-                            ca=r.path_("tls.ca"), token=r.path_("token"))
+    path = Path(folder) / RESEARCHER_CONFIG_FILE
+    doc: _ResearcherFile = _read(path, _ResearcherFile, "researcher config")
+    return ResearcherConfig(federation_id=doc.federation_id, hub_url=doc.hub.url,
+                            ca=(path.parent / doc.tls.ca).resolve(),
+                            token=(path.parent / doc.token).resolve())
 
 
 def researcher_config_document(federation_id: str, url: str) -> dict[str, Any]:

@@ -185,9 +185,12 @@ def _site_table(history: Mapping[str, Any]) -> str:
                     f"{_num_cells([s.trivial_value(final, primary, site)])}{cells}</tr>")
     if not rows:
         return "<p class='empty'>No sites recorded.</p>"
+    splits = [f"{esc(site)}: {esc(info[site]['test_split'])}" for site in s.site_names(history)
+              if info.get(site, {}).get("test_split")]
+    note = f"<p class='note'>Test rows: {'; '.join(splits)}.</p>" if splits else ""
     return (f"<div class='wide'><table class='sites'><thead><tr>{top}</tr>"
             f"<tr>{sub * len(metrics)}</tr>"
-            f"</thead><tbody>{''.join(rows)}</tbody></table></div>")
+            f"</thead><tbody>{''.join(rows)}</tbody></table></div>{note}")
 
 
 def _sites(history: Mapping[str, Any]) -> str:

@@ -24,7 +24,7 @@ from fedcare.core.files import atomic_write
 from fedcare.core.learning import Learner
 from fedcare.core.messages import TrainConfig
 from fedcare.core.params import Parameters
-from fedcare.core.wire import save_parameters
+from fedcare.engine.bundle import ModelBundle, study_bundle
 from fedcare.engine.checkpoints import CheckpointStore
 from fedcare.engine.dp_check import DpAssessment, assess_dp, refuse_unless_learnable
 from fedcare.engine.executor import BASELINE_NO_DP as BASELINE_NO_DP
@@ -35,7 +35,7 @@ from fedcare.engine.privacy import hub_privacy, site_privacy
 from fedcare.engine.round_engine import EngineSettings, RoundEngine
 from fedcare.engine.secure import SecureAggregator, SecureSettings, SecureSite
 from fedcare.learners.metrics import primary_metric
-from fedcare.sim.sites import build_sites, pooled
+from fedcare.sim.sites import build_sites, input_standardization, pooled
 from fedcare.strategies import build_strategy
 from fedcare.strategies.fedavg import FedAvg
 from fedcare.transport.inmemory import InMemoryTransport
@@ -238,8 +238,8 @@ class _Run:
                 "config": cfg.model_dump(mode="json")}
         if self.dp_check is not None:
             meta["dp_check"] = self.dp_check.to_json()
-        sites = [{"name": s.name, "train_rows": len(s.y_train),
-                  "test_rows": len(s.y_test)} for s in self.sites]
+        sites = [{"name": s.name, "train_rows": len(s.y_train), "test_rows": len(s.y_test),
+                  "test_split": s.test_split or _split_words(cfg.data)} for s in self.sites]
         return History(study=cfg.study.name, meta=meta, sites=sites)
 
     # -- the federated run ----------------------------------------------------------------
@@ -372,15 +372,29 @@ class _Run:
     # -- outputs --------------------------------------------------------------------------
     def _write_outputs(self, history: History, final: Parameters) -> None:
         assert self.out is not None
-        meta = {"study": self.cfg.study.name, "config_hash": self.hash,
-                "rounds": str(len(history.rounds))}
-        atomic_write(self.out / "model.safetensors", save_parameters(final, metadata=meta))
+        atomic_write(self.out / "model.safetensors", self._bundle(history, final).to_bytes())
         atomic_write(self.out / "config.json",
                            json.dumps(self.cfg.model_dump(mode="json"), indent=2).encode())
         save_history(history, self.out / "history.json")
         from fedcare.reporting import write_report
 
         write_report(history.to_dict(), self.out / "report.html")
+
+    def _bundle(self, history: History, final: Parameters) -> ModelBundle:
+        """The final model with its features, standardization and label coding: the one
+        the engine computed (``history.meta["normalizer"]``), else the one the sites'
+        data was scaled by in-process."""
+        s0 = self.sites[0]
+        norm = history.meta.get("normalizer")
+        if norm is None:
+            norm = input_standardization(self.cfg.data, self.cfg.study.seed)
+        return study_bundle(
+            self.cfg, parameters=final, content_hash=self.hash, task=s0.task,
+            input_shape=s0.input_shape, num_outputs=s0.num_outputs,
+            features=s0.feature_names,
+            classes=s0.label_values or tuple(range(s0.num_classes)),
+            label_column=getattr(self.cfg.data, "label", None), normalizer=norm,
+            rounds=len(history.rounds))
 
 
 class _EveryN:
@@ -393,6 +407,15 @@ class _EveryN:
              history: History) -> None:
         if self.store is not None and self.every and round_ % self.every == 0:
             self.store.save(round_, parameters, state, history)
+
+
+def _split_words(data: Any) -> str:
+    """How a source without per-site test files chooses test rows, in words."""
+    from fedcare.config import ImageData
+
+    if isinstance(data, ImageData):
+        return "the .npz file's test images"
+    return f"random {data.test_fraction * 100:g} % split"
 
 
 def _clear_run(out: Path) -> None:
@@ -421,11 +444,12 @@ def simulate(config: StudyConfig | Mapping[str, Any] | str | Path, *,
 
     ``config`` is a study file path, a mapping with the same keys as the file, or a parsed
     :class:`StudyConfig`. With ``output_dir`` the run writes ``history.json``, the final model
-    (safetensors), per-round checkpoints and ``report.html`` there, and ``resume=True`` continues
-    from the newest checkpoint. ``progress=True`` shows rich progress bars. A DP study whose
-    noise drowns its updates (:mod:`fedcare.engine.dp_check`) is refused before training
-    unless ``force=True``; ``on_dp_check`` receives that assessment before training (the CLI
-    prints it).
+    (``model.safetensors``: a bundle that :func:`fedcare.load_model` reads), per-round
+    checkpoints and ``report.html`` there, and ``resume=True`` continues from the newest
+    checkpoint. ``progress=True`` shows rich progress bars. A DP study whose noise drowns
+    its updates (:mod:`fedcare.engine.dp_check`) is refused before training unless
+    ``force=True``; ``on_dp_check`` receives that assessment before training (the CLI prints
+    it).
     """
     cfg = _as_config(config)
     fn: ProgressFn | None

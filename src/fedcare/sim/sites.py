@@ -8,6 +8,7 @@ names the site.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -59,6 +60,20 @@ def build_sites(data: DataSection, seed: int) -> list[SiteData]:
     raise DataError(f"unsupported data source {type(data).__name__}")  # pragma: no cover
 
 
+def input_standardization(data: DataSection, seed: int) -> dict[str, np.ndarray] | None:
+    """The ``mean``/``std`` :func:`build_sites` scaled every site's features by (None: the
+    study does not standardize), for the saved model bundle: the sites are built again
+    unscaled and pooled by the same rule. (Building twice keeps the loaders' return values
+    unchanged; it costs one more read of the files, once per run.)"""
+    if not data.standardize:
+        return None
+    from fedcare.data.standardize import federated_standardizer
+
+    raw = build_sites(data.model_copy(update={"standardize": False}), seed)
+    mean, std = federated_standardizer([s.x_train for s in raw])
+    return {"mean": mean, "std": std}
+
+
 def _pooled_file(data: PooledFileData, seed: int) -> list[SiteData]:
     """One table split into sites; ``attribute`` names a column holding each row's site."""
     import pandas as pd
@@ -83,10 +98,11 @@ def _pooled_file(data: PooledFileData, seed: int) -> list[SiteData]:
         feats = feats or [c for c in frame.columns if c not in (data.label, data.attribute)]
         feats = [f for f in feats if f != data.attribute]
     table = load_table(data.path, label=data.label, features=feats, site="(all)")
-    labels, _ = encode_labels({"all": table.y})
+    labels, vocab = encode_labels({"all": table.y})
     table = Table(table.x, labels["all"], table.feature_names)
-    return _split_table(table, data.sites, data.partition, data.alpha, attr,
-                        data.test_fraction, data.standardize, seed)
+    sites = _split_table(table, data.sites, data.partition, data.alpha, attr,
+                         data.test_fraction, data.standardize, seed)
+    return [replace(s, label_values=vocab) for s in sites]
 
 
 def _task_of(y: np.ndarray) -> tuple[TaskType, int]:
@@ -157,6 +173,8 @@ def _labels(y: np.ndarray, task: TaskType) -> np.ndarray:
 
 
 def _files(data: FilesData, seed: int) -> list[SiteData]:
+    """One table per site; a site with ``test_path`` is tested on that file (temporal or
+    external validation) instead of a random ``test_fraction`` of its rows."""
     from fedcare.data.tabular import check_same_features, encode_labels, load_table
 
     names = [s.name for s in data.site]
@@ -165,22 +183,36 @@ def _files(data: FilesData, seed: int) -> list[SiteData]:
         raise DataError(f"site names must be unique; repeated: {dupes}")
     tables = {s.name: load_table(s.path, label=data.label, features=data.features, site=s.name)
               for s in data.site}
-    check_same_features(tables)
-    y_all = np.concatenate([t.y for t in tables.values()])
+    tests = {s.name: load_table(s.test_path, label=data.label, features=data.features,
+                                site=s.name) for s in data.site if s.test_path is not None}
+    check_same_features({**tables, **{f"{n} (test file)": t for n, t in tests.items()}})
+    raw = {**tables, **{_TEST + n: t for n, t in tests.items()}}  # one label vocabulary
+    y_all = np.concatenate([t.y for t in raw.values()])
     regression = y_all.dtype.kind == "f" and len(np.unique(y_all)) > 20
+    vocab: tuple[object, ...] = ()
     if regression:
-        labels = {n: t.y.astype(np.float32) for n, t in tables.items()}
+        labels = {n: t.y.astype(np.float32) for n, t in raw.items()}
     else:
-        labels, _ = encode_labels({n: t.y for n, t in tables.items()})
+        labels, vocab = encode_labels({n: t.y for n, t in raw.items()})
     task, n_classes = _task_of(np.concatenate(list(labels.values())))
-    arrays = []
+    arrays, splits = [], {}
     for i, (name, t) in enumerate(tables.items()):
-        idx = np.arange(len(t.y))
-        tr, te = _split(idx, data.test_fraction, seed, i)
         y = labels[name]
+        if name in tests:
+            arrays.append((name, t.x, y, tests[name].x, labels[_TEST + name]))
+            test_path = next(s.test_path for s in data.site if s.name == name)
+            splits[name] = f"fixed file {Path(str(test_path)).name}"
+            continue
+        tr, te = _split(np.arange(len(t.y)), data.test_fraction, seed, i)
         arrays.append((name, t.x[tr], y[tr], t.x[te], y[te]))
+        splits[name] = f"random {data.test_fraction * 100:g} % split"
     first = next(iter(tables.values()))
-    return _finish(arrays, first.feature_names, task, n_classes, data.standardize)
+    sites = _finish(arrays, first.feature_names, task, n_classes, data.standardize)
+    return [replace(s, label_values=vocab, test_split=splits[s.name]) for s in sites]
+
+
+#: Key prefix of a site's test-file labels in the shared label vocabulary.
+_TEST = "\0test:"
 
 
 def _images(data: ImageData, seed: int) -> list[SiteData]:

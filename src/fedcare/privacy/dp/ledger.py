@@ -48,19 +48,20 @@ import math
 import os
 import re
 import threading
-import tomllib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from pydantic import Field
 
 from fedcare.core.errors import ConfigError, ValidationError
 from fedcare.core.files import PRIVATE_FILE_MODE, atomic_write, fsync_dir
+from fedcare.core.settings import Section, load_toml
 from fedcare.privacy.dp.accounting import epsilon_of, sampled_gaussian_event
 from fedcare.privacy.dp.errors import LedgerError, PrivacyBudgetError
 from fedcare.privacy.dp.spec import Accountant, Mechanism, check_finite_number, parse_enum
@@ -70,7 +71,6 @@ GENESIS = "0" * 64
 LEDGER_HEAD_HEADER = "X-Fedcare-Ledger-Head"
 _HEAD = re.compile(r"(0|[1-9][0-9]{0,17}):([0-9a-f]{64})")
 _SIGNATURE = ec.ECDSA(hashes.SHA256())
-_POLICY_KEYS = {"max_epsilon", "delta", "accountant", "require_dp", "trust_hub_noise"}
 
 
 @dataclass(frozen=True)
@@ -112,22 +112,25 @@ class SitePrivacyPolicy:
             raise ConfigError(f"site privacy policy {path} does not exist; create it (e.g. "
                               "max_epsilon = 8.0, delta = 1e-5) - without it the site must "
                               "refuse every task that touches data", source=str(path))
+        doc: _PolicyFile = load_toml(path, _PolicyFile, what="site privacy policy")
         try:
-            doc = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot parse {path.name}: {exc}", source=str(path)) from exc
-        problems = [f"unknown key '{k}' (valid: {', '.join(sorted(_POLICY_KEYS))})"
-                    for k in sorted(set(doc) - _POLICY_KEYS)]
-        problems += [f"missing key '{k}'" for k in ("max_epsilon", "delta") if k not in doc]
-        if problems:
-            raise ConfigError(problems, source=str(path))
-        try:
-            return cls(max_epsilon=doc["max_epsilon"], delta=doc["delta"],
-                       accountant=doc.get("accountant", "pld"),
-                       require_dp=doc.get("require_dp", False),
-                       trust_hub_noise=doc.get("trust_hub_noise", False))
+            return cls(**doc.model_dump())
         except ConfigError as exc:
             raise ConfigError(exc.problems, source=str(path)) from None
+
+
+class _PolicyFile(Section):
+    """The policy file's schema (read through the one settings loader: errors name the key)."""
+
+    max_epsilon: float = Field(ge=0, le=1e6, description=(
+        "Cumulative epsilon this site's data may spend."))
+    delta: float = Field(gt=0, lt=1, description=(
+        "At this delta; studies asking a larger delta are refused."))
+    accountant: Literal["pld", "rdp"] = Field("pld", description="pld (tight) or rdp.")
+    require_dp: bool = Field(False, description="Refuse tasks without DP.")
+    trust_hub_noise: bool = Field(False, description=(
+        "Central DP-FedAvg: the hub adds the noise, so against the hub the site's update is "
+        "un-noised; refused unless true."))
 
 
 @dataclass(frozen=True)
