@@ -7,6 +7,7 @@ refuses, the study log says why, and the study completes all the same."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 
 import numpy as np
@@ -48,7 +49,13 @@ def test_sites_report_local_baselines_and_a_forbidding_site_refuses(
                for m in log), log
     report = fed.artifact(st["study_id"], "report.html").decode()
     assert "local-only" in report
-    assert "than local-only" in report  # the comparison, in words
+    # the comparison in words, for the federation and for each site
+    assert re.search(r"federated is (the same as|[\d.]+ points (better|worse) than) "
+                     r"local-only \(mean over sites\)", report)
+    for site in ("alpha", "beta"):
+        assert re.search(rf"<b>{site}</b>: federated is (the same as|[\d.]+ points "
+                         r"(better|worse) than) its local-only model", report)
+    assert "<b>gamma</b>: no local-only model: Refused: site gamma" in report
 
     # The same study simulated over the same files: the same per-site local-only metrics.
     sim_cfg = simulation_of(cfg, fed.tables, list(fed.sites))
