@@ -331,6 +331,11 @@ class SecureAggregationSection(_Section):
 class BaselinesSection(_Section):
     local: bool = Field(True, description="Also train each site alone (local-only baseline).")
     centralized: bool = Field(True, description="Also train on all data pooled (upper bound).")
+    local_at_sites: bool = Field(False, description=(
+        "Networked studies (data.source = \"federation\"): after the rounds, each site also "
+        "trains the same initial model alone on its own training rows and reports only its "
+        "held-out metrics (local-only baseline; a site's node config may refuse). "
+        "Simulations use local."))
 
 
 class TrackingSection(_Section):
@@ -436,6 +441,8 @@ def content_hash(cfg: StudyConfig) -> str:
         del doc["data"]["stats_clip"]
     if cfg.tracking == TrackingSection():  # type: ignore[call-arg]
         del doc["tracking"]
+    if doc["baselines"].get("local_at_sites") is False:
+        del doc["baselines"]["local_at_sites"]
     blob = json.dumps(doc, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -463,6 +470,10 @@ def _cross_checks(cfg: StudyConfig) -> list[str]:
         if d.image_size is not None and (d.features or d.standardize):
             problems.append("'data.image_size': an image dataset takes no features and "
                             "standardize = false (images are scaled to [0, 1])")
+    elif cfg.baselines.local_at_sites:
+        problems.append("'baselines.local_at_sites' asks the sites of a networked study "
+                        "(data.source = \"federation\"); a simulation trains its local-only "
+                        "baseline with baselines.local")
     strategy = all_strategies()[cfg.strategy.name]
     if cfg.secure_aggregation.protocol != "none" and not strategy.capabilities.aggregates_a_sum:
         usable = ", ".join(n for n, c in all_strategies().items()

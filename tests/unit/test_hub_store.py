@@ -246,7 +246,7 @@ class StoreContract:
             assert set(inspector.get_table_names()) == TABLES | {"alembic_version"}
             with database.engine.connect() as conn:
                 assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).all() \
-                    == [("0005",)]  # head
+                    == [("0006",)]  # head
                 diff = compare_metadata(
                     MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata
                 )

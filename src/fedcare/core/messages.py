@@ -37,7 +37,9 @@ class UpdateKind(enum.StrEnum):
 class TaskKind(enum.StrEnum):
     """What a task asks: train (and maybe evaluate), evaluate only, feature statistics, or one
     later step of a secure-aggregation protocol for the round's fit (exchange keys, send
-    masked input, unmask; decrypt a homomorphically summed aggregate)."""
+    masked input, unmask; decrypt a homomorphically summed aggregate); or, after the rounds,
+    train the task's model alone on the site's own rows and report only its held-out
+    metrics (the local-only baseline; the model it trains never leaves the site)."""
 
     FIT = "fit"
     EVALUATE = "evaluate"
@@ -46,6 +48,7 @@ class TaskKind(enum.StrEnum):
     SECAGG_MASK = "sa_mask"
     SECAGG_UNMASK = "sa_unmask"
     HE_DECRYPT = "he_decrypt"
+    LOCAL_BASELINE = "local_baseline"
 
     @property
     def is_protocol_step(self) -> bool:

@@ -54,6 +54,58 @@ MIN_STATS_ROWS = 10
 log = logging.getLogger("fedcare.node")
 
 
+#: How the baselines of a DP study are labelled in the history and the report.
+BASELINE_NO_DP = "no DP — reference only"
+
+
+def baseline_note(privacy_mode: str) -> dict[str, str]:
+    """How privacy applies to a study's baselines, recorded in each baseline block.
+
+    The baselines are reference points: local-only is what a site gets without joining,
+    pooled what the data would give without federation. Site-level DP-FedAvg protects a
+    site's contribution among several and means nothing for one site alone (nor for pooled
+    data), and record-level DP-SGD on a baseline would mix the privacy cost into the
+    federation comparison. So every baseline trains without DP and is labelled so: the gap
+    between the DP federated model and the baselines is the price of federation *and*
+    privacy together. (A networked site's local-only model never leaves it; only its
+    held-out metrics do, as an evaluation's.)
+    """
+    if privacy_mode == "none":
+        return {}
+    return {"privacy": "none", "note": BASELINE_NO_DP}
+
+
+class Refused(FedcareError):
+    """The site's own settings refuse what a valid task asks (its reply's error type, as
+    the node's refusals of unapproved studies)."""
+
+
+@dataclass(frozen=True)
+class LocalBaseline:
+    """Whether and how a site trains a study's model alone (the local-only baseline).
+
+    Everything here comes from the study the site approved and from the site's own settings,
+    never from a task: ``rounds`` is the approved study's rounds (the site alone does the
+    study's local work, rounds x the task's local epochs or steps), ``learner`` trains without
+    DP (the baselines are references trained without DP, as in simulation; None: the site's
+    learner), and ``refusal`` says why this site will not do it (None: it will).
+    """
+
+    rounds: int
+    learner: Learner | None = None
+    refusal: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.rounds, int) or isinstance(self.rounds, bool) or self.rounds < 1:
+            raise ValidationError(f"a local-only baseline trains >= 1 rounds, got {self.rounds!r}")
+
+
+#: Why a site refuses a local-baseline task when its executor was given no
+#: :class:`LocalBaseline` (the approved study asks for none).
+NO_LOCAL_BASELINE = ("the study this site approved does not ask for a local-only baseline "
+                     "([baselines] local_at_sites = false)")
+
+
 @dataclass(frozen=True)
 class _SecureFit:
     """What a secure round's fit produced: the vector entered into the protocol and the
@@ -135,7 +187,8 @@ class SiteExecutor:
     def __init__(self, data: SiteData, learner: Learner, *, site_index: int,
                  expected: ParamSpec, state_dir: Path | None = None,
                  secure: SecureSite | None = None,
-                 privacy: SitePrivacy | None = None, strategy: str = "fedavg") -> None:
+                 privacy: SitePrivacy | None = None, strategy: str = "fedavg",
+                 local_baseline: LocalBaseline | None = None) -> None:
         #: The approved study's strategy, and its site half (from the study, never a task).
         self.strategy = strategy
         self.algorithm = site_algorithm(strategy)
@@ -149,6 +202,8 @@ class SiteExecutor:
         self.secure = secure
         #: The study's DP and the site's privacy ledger (charged before data is touched).
         self.privacy = privacy
+        #: Whether (and how) the site trains the study's model alone when the hub asks.
+        self.local_baseline = local_baseline
 
         self._norm_key: bytes | None = None
         self._norm_data: SiteData = data
@@ -225,6 +280,36 @@ class SiteExecutor:
                       aux={STATS: stats}, provenance=provenance,
                       seconds=time.perf_counter() - start)
 
+    def _local_baseline(self, task: Task, start: float) -> Update:
+        """Train the task's model (the study's initial weights) on this site's training rows
+        alone, as many rounds of local training as the approved study has, each round seeded
+        as this site's fit of that round is; evaluate it on the site's test rows and reply
+        with those metrics only. The trained model never leaves the site.
+
+        Nothing is charged to the site's privacy ledger: like an evaluation, the reply holds
+        metrics of held-out rows, and the model is trained without DP (a reference point,
+        labelled so in the history). A site that will not release them refuses (its
+        node config's ``[baselines] local = false``, or a ``require_dp`` privacy policy)."""
+        lb = self.local_baseline
+        if lb is None:
+            raise Refused(NO_LOCAL_BASELINE)
+        if lb.refusal is not None:
+            raise Refused(lb.refusal)
+        if task.aux.keys() - {NORMALIZER}:
+            raise ProtocolError("a local-baseline task carries no strategy arrays")
+        learner = lb.learner or self.learner
+        d = self._normalized(task.aux.get(NORMALIZER))
+        params = task.parameters
+        for r in range(1, lb.rounds + 1):
+            params = learner.fit(params, d.x_train, d.y_train, task.train,
+                                 seed=site_round_seed(task.seed, r, self.site_index)).parameters
+        metrics = learner.evaluate(params, d.x_test, d.y_test) if len(d.x_test) else {}
+        return Update(task_id=task.task_id, site=self.name, round=task.round,
+                      kind=UpdateKind.FULL, parameters=Parameters({}), num_examples=0,
+                      eval_metrics=metrics, num_eval_examples=len(d.x_test),
+                      provenance=(f"local_baseline:{learner.name}", f"rounds:{lb.rounds}"),
+                      seconds=time.perf_counter() - start)
+
     def handle(self, payload: bytes) -> bytes:
         """Bytes in, bytes out: the transport-facing entry point."""
         task_id, round_ = "", -1
@@ -272,6 +357,8 @@ class SiteExecutor:
             if self.privacy is not None:  # before the data is touched, as for training
                 self.privacy.charge(task, task.train)
             return self._stats(task, start, in_sum)
+        if task.kind is TaskKind.LOCAL_BASELINE:
+            return self._local_baseline(task, start)
         if task.kind.is_protocol_step:
             if self.secure is None:
                 raise ProtocolError("this site's study does not use secure aggregation")

@@ -124,13 +124,17 @@ class RoundEngine:
     def exchange(self, round_: int, sites: Sequence[str], kind: TaskKind, *,
                  evaluate: bool, train: TrainConfig, aux: Mapping[str, Parameters],
                  expected_aux: Mapping[str, ParamSpec | None] | None = None,
-                 meta: Mapping[str, Any] | None = None, attempt: int = 1) -> Exchange:
-        """Send the global model (with ``aux``) to ``sites`` and collect their replies
-        (``attempt``: a secure round's protocol attempt, see :meth:`task_id`)."""
+                 meta: Mapping[str, Any] | None = None, attempt: int = 1,
+                 parameters: Parameters | None = None,
+                 timeout: float | None = None) -> Exchange:
+        """Send the global model (or ``parameters``, with ``aux``) to ``sites`` and collect
+        their replies (``attempt``: a secure round's protocol attempt, see :meth:`task_id`;
+        ``timeout``: seconds to wait instead of the round timeout)."""
         start = time.perf_counter()
         s = self.settings
+        model = self.parameters if parameters is None else parameters
         aux = {**aux, **self.extra_aux}
-        arrays = pack_arrays(self.parameters, aux)
+        arrays = pack_arrays(model, aux)
         expected = self.spec if kind is TaskKind.FIT else ParamSpec({})
         if expected_aux is None:
             expected_aux = self.strategy.expected_aux(self.spec) if kind is TaskKind.FIT else {}
@@ -141,11 +145,12 @@ class RoundEngine:
         payloads: dict[str, bytes | TaskPayload] = {}
         for site in sites:
             task = Task(task_id=self.task_id(round_, kind, site, attempt), study=s.study,
-                        round=round_, site=site, kind=kind, parameters=self.parameters,
+                        round=round_, site=site, kind=kind, parameters=model,
                         train=train, aux=aux, seed=s.seed, evaluate=evaluate,
                         strategy=self.strategy.name, meta=dict(meta or {}))
             payloads[site] = encode_task_payload(task, arrays=arrays)
-        return self._collect(round_, kind, payloads, expected, expected_aux, start, attempt)
+        return self._collect(round_, kind, payloads, expected, expected_aux, start, attempt,
+                             timeout=timeout)
 
     def protocol_exchange(self, round_: int, kind: TaskKind,
                           aux: Mapping[str, Mapping[str, Parameters]],
@@ -173,11 +178,13 @@ class RoundEngine:
     def _collect(self, round_: int, kind: TaskKind,
                  payloads: Mapping[str, bytes | TaskPayload],
                  expected: ParamSpec, expected_aux: Mapping[str, ParamSpec | None],
-                 start: float, attempt: int = 1) -> Exchange:
+                 start: float, attempt: int = 1,
+                 timeout: float | None = None) -> Exchange:
         s = self.settings
+        wait = s.round_timeout if timeout is None else timeout
         bytes_down = sum(len(p) for p in payloads.values())
         futures: dict[str, Future[Reply]] = self.transport.send(payloads)
-        deadline = None if s.round_timeout is None else start + s.round_timeout
+        deadline = None if wait is None else start + wait
         updates: dict[str, Update] = {}
         failures: dict[str, str] = {}
         flagged: dict[str, str] = {}
@@ -407,6 +414,29 @@ class RoundEngine:
         if ex.flagged:
             out["sites_flagged"] = ex.flagged
         return out
+
+    def local_baselines(self, initial: Parameters, train: TrainConfig,
+                        rounds: int) -> dict[str, Any]:
+        """Ask every site to train ``initial`` (the study's initial model) alone on its own
+        training rows and report the held-out metrics of what it trained (``local_baseline``
+        tasks of round ``rounds + 1``, beside the final evaluation; each site trains as many
+        rounds as the study it approved, with ``train``, and never sends the model; the
+        deadline is ``rounds`` round timeouts). The same block as simulation's local-only baseline
+        (``site_metrics``, example-weighted ``global_metrics``) plus the sites that refused
+        or failed and why; a site's refusal never fails the study."""
+        if initial.spec != self.spec:
+            raise ValidationError("the local-only baseline's initial model has another layout "
+                                  "than the study's")
+        timeout = self.settings.round_timeout
+        ex = self.exchange(rounds + 1, self.sites, TaskKind.LOCAL_BASELINE, evaluate=False,
+                           train=train, aux={}, expected_aux={}, parameters=initial,
+                           timeout=None if timeout is None else timeout * max(rounds, 1))
+        per_site = {s: dict(u.eval_metrics) for s, u in sorted(ex.updates.items())
+                    if u.eval_metrics}
+        weights = {s: u.num_eval_examples for s, u in ex.updates.items()}
+        return {"site_metrics": per_site,
+                "global_metrics": weighted_mean_metrics(per_site, weights),
+                "sites_failed": dict(sorted(ex.failures.items()))}
 
     def feature_statistics(self, n_features: int,
                            bounds: tuple[np.ndarray, np.ndarray] | None = None) -> Parameters:

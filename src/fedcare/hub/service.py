@@ -48,7 +48,7 @@ from fedcare.core.wire import (
     save_parameters,
 )
 from fedcare.engine.dp_check import check_dp_study
-from fedcare.engine.executor import NORMALIZER, STATS, stats_spec
+from fedcare.engine.executor import NORMALIZER, STATS, baseline_note, stats_spec
 from fedcare.engine.history import History, RoundRecord, save_history, set_timing, timestamp
 from fedcare.engine.integrity import example_bound
 from fedcare.engine.learner_factory import ModelShape, make_learner
@@ -653,7 +653,7 @@ class HubService:
 
     def _expected(self, study_id: str, kind: TaskKind
                   ) -> tuple[ParamSpec, dict[str, ParamSpec | None]]:
-        if kind is TaskKind.EVALUATE:
+        if kind in (TaskKind.EVALUATE, TaskKind.LOCAL_BASELINE):  # metrics only, no model
             return ParamSpec({}), {}
         if kind.is_protocol_step:
             return ParamSpec({}), {PROTOCOL_AUX: None}
@@ -710,6 +710,7 @@ class HubService:
             self._normalizer(engine)
             final = engine.run(rounds, start_round=start)
             self._record_final_metrics(study_id, engine.history)
+            self._local_baselines(study_id, engine)
             self._write_outputs(study_id, engine.history, final)
             outcome: tuple[StudyStatus, str | None] = (StudyStatus.COMPLETED, None)
         except Exception as exc:  # noqa: BLE001 (classified below; a bug is logged with its traceback)
@@ -914,6 +915,25 @@ class HubService:
         else:
             norm = Parameters({k: np.asarray(v, dtype=np.float32) for k, v in saved.items()})
         engine.extra_aux = {NORMALIZER: norm}
+
+    def _local_baselines(self, study_id: str, engine: RoundEngine) -> None:
+        """A study with ``[baselines] local_at_sites = true``: after the final evaluation each
+        site trains the study's initial model alone and reports its held-out metrics (see
+        :meth:`RoundEngine.local_baselines`); the history's ``baselines.local`` then holds
+        what simulation's local-only baseline holds. A site that refuses or fails is named in
+        the study log and the study completes without its baseline."""
+        cfg = parse_config(engine.history.meta["config"])
+        if not (cfg.baselines.local_at_sites and isinstance(cfg.data, FederatedData)):
+            return
+        initial = make_learner(cfg, ModelShape.of_federated(cfg.data)).initial_parameters()
+        block = engine.local_baselines(initial, TrainConfig(**cfg.train.model_dump()),
+                                       cfg.study.rounds)
+        for site, why in block["sites_failed"].items():
+            self.event("baseline", f"site {site} trained no local-only baseline: {why}",
+                       study_id=study_id, site=site)
+        done = sorted(block["site_metrics"])
+        self.event("baseline", f"local-only baselines reported by {done}", study_id=study_id)
+        engine.history.baselines["local"] = {**block, **baseline_note(cfg.privacy.mode)}
 
     def _on_round(self, study_id: str, record: RoundRecord) -> None:
         failed = f"; failed: {record.sites_failed}" if record.sites_failed else ""

@@ -25,7 +25,7 @@ from fedcare.core.errors import FedcareError, TransportError
 from fedcare.core.messages import ErrorReply
 from fedcare.core.wire import DIGEST_HEADER, encode_error, payload_digest, peek_header
 from fedcare.data.imaging import image_site_data
-from fedcare.engine.executor import SiteExecutor
+from fedcare.engine.executor import LocalBaseline, SiteExecutor
 from fedcare.engine.learner_factory import ModelShape, make_learner
 from fedcare.engine.privacy import site_privacy
 from fedcare.engine.secure import SecureSettings, SecureSite
@@ -238,9 +238,33 @@ class NodeAgent:
                                           secure=self._secure_site(study_id, cfg, sites),
                                           privacy=site_privacy(cfg, rows, len(sites),
                                                                self.ledger),
-                                          strategy=cfg.strategy.name)
+                                          strategy=cfg.strategy.name,
+                                          local_baseline=self._local_baseline(cfg))
         self._studies[study_id] = entry
         return entry
+
+    def _local_baseline(self, cfg: StudyConfig) -> LocalBaseline | None:
+        """Whether this site trains the approved study's model alone when the hub asks (None:
+        the study asks for no local-only baseline, so the hub may not either). Refused when
+        the site's node config says ``[baselines] local = false``, or when its privacy policy
+        says ``require_dp = true``: the local-only model trains without DP (a reference, as
+        in simulation) and its held-out metrics are not covered by the study's epsilon.
+        Under DP-SGD the baseline trains with the study's model without DP; nothing is
+        charged to the ledger."""
+        if not cfg.baselines.local_at_sites:
+            return None
+        refusal = None
+        if not self.data.local_baselines:
+            refusal = (f"site {self.site} does not train local-only baselines (its node "
+                       "config says [baselines] local = false)")
+        elif self.ledger is not None and self.ledger.policy.require_dp:
+            refusal = (f"site {self.site}'s privacy policy requires DP (require_dp = true) "
+                       "and a local-only baseline trains without DP")
+        plain = None
+        if cfg.privacy.mode == "dp_sgd" and refusal is None:
+            assert isinstance(cfg.data, FederatedData)
+            plain = make_learner(cfg, ModelShape.of_federated(cfg.data))  # rows=None: no DP
+        return LocalBaseline(cfg.study.rounds, learner=plain, refusal=refusal)
 
     def _secure_site(self, study_id: str, cfg: StudyConfig, sites: list[str]
                      ) -> SecureSite | None:

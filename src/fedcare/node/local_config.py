@@ -21,9 +21,16 @@ studies = ["3f1c...e9"]        # content hashes of approved studies, or "any" (d
 [privacy]
 policy = "privacy.toml"        # the site's privacy budget (max_epsilon, delta, require_dp);
                                # the ledger of what was spent is kept in the state folder
+
+[baselines]
+local = true                   # when an approved study asks ([baselines] local_at_sites),
+                               # train its model alone on this site's rows and report the
+                               # held-out metrics; false refuses (the study goes on without)
 ```
 
-Without ``[privacy]`` the site keeps no budget (and says so when the node starts).
+Without ``[privacy]`` the site keeps no budget (and says so when the node starts). Without
+``[baselines]`` the site trains the local-only baseline a study it approved asks for: the
+request is part of the study's content hash, so approving the study approved it.
 """
 
 from __future__ import annotations
@@ -63,6 +70,8 @@ class NodeData:
     privacy_policy: Path | None = None
     #: Table datasets with a fixed test file (``test_path``), by dataset name.
     test_paths: dict[str, Path] = field(default_factory=dict)
+    #: Whether the site trains a study's model alone when an approved study asks for it.
+    local_baselines: bool = True
 
     def approves(self, config_hash: str) -> bool:
         """Fail closed: a study runs only if its exact content hash is listed (or 'any')."""
@@ -121,11 +130,18 @@ class _Privacy(Section):
     policy: str = Field(min_length=1, description="The site's privacy budget file.")
 
 
+class _Baselines(Section):
+    local: bool = Field(True, description=(
+        "Train the model of an approved study that asks for it ([baselines] local_at_sites) "
+        "alone on this site's rows and report its held-out metrics; false refuses."))
+
+
 class _NodeFile(Section):
     datasets: dict[str, _Dataset] = Field(min_length=1, description=(
         "[datasets.NAME]: path = TABLE, or source + contract, or images + labels."))
     approval: _Approval = Field(default_factory=_Approval)
     privacy: _Privacy | None = None
+    baselines: _Baselines = Field(default_factory=_Baselines)
 
 
 _FILE = TypeAdapter(_NodeFile)
@@ -160,4 +176,5 @@ def load_node_data(path: Path) -> NodeData:
     return NodeData(datasets, studies == "any",
                     frozenset(studies if isinstance(studies, list) else []),
                     clinical=clinical, images=images, test_paths=test_paths,
-                    privacy_policy=local(doc.privacy.policy) if doc.privacy else None)
+                    privacy_policy=local(doc.privacy.policy) if doc.privacy else None,
+                    local_baselines=doc.baselines.local)

@@ -203,7 +203,18 @@ def _sites(history: Mapping[str, Any]) -> str:
     note = ("<p class='note'>Prevalence: the share of the positive class (class shares for "
             "several classes) in each site's test rows, computed at the site. Trivial: the best "
             f"constant prediction's {primary} on the same rows.</p>")
-    return f"<h2>Per site</h2>{bars}{curves}{_site_table(history)}{note}"
+    return f"<h2>Per site</h2>{bars}{curves}{_site_table(history)}{_joined(history)}{note}"
+
+
+def _joined(history: Mapping[str, Any]) -> str:
+    """'Did joining help?': each site's federated model against its own local-only model."""
+    found = s.site_comparisons(history)
+    if not found:
+        return ""
+    metric = esc(s.primary_metric(history))
+    items = "".join(f"<li><b>{esc(c.site)}</b>: {esc(c.text)}</li>" for c in found)
+    return (f"<h3>Did joining help? (each site's {metric} on its own test rows)</h3>"
+            f"<ul class='joined'>{items}</ul>")
 
 
 def _training(history: Mapping[str, Any]) -> str:

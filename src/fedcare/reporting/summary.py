@@ -215,8 +215,12 @@ def comparisons(history: Mapping[str, Any]) -> list[Comparison]:
     metric = primary_metric(history)
     better = higher_is_better(history, metric)
     final = final_block(history)
-    pairs = [("local-only (mean over sites)", mean_over_sites(final, metric),
-              mean_over_sites(baseline(history, "local"), metric)),
+    local = baseline(history, "local")
+    # Over the sites that have a local-only model (a networked site may refuse to train one).
+    with_local = {"site_metrics": {k: v for k, v in site_metrics(final).items()
+                                   if k in site_metrics(local)}} if site_metrics(local) else final
+    pairs = [("local-only (mean over sites)", mean_over_sites(with_local, metric),
+              mean_over_sites(local, metric)),
              ("pooled", global_value(final, metric),
               global_value(baseline(history, "centralized"), metric))]
     out = []
@@ -224,6 +228,45 @@ def comparisons(history: Mapping[str, Any]) -> list[Comparison]:
         by = improvement(ours, theirs, better)
         if by is not None and ours is not None and theirs is not None:
             out.append(Comparison(reference, metric, better, ours, theirs, by))
+    return out
+
+
+@dataclass(frozen=True)
+class SiteComparison:
+    """One site's federated model against the model it trained alone, on the primary metric,
+    or why it has no local-only model (``missing``: a networked site refused or failed)."""
+
+    site: str
+    comparison: Comparison | None
+    missing: str | None = None
+
+    @property
+    def text(self) -> str:
+        if self.comparison is not None:
+            return self.comparison.text
+        return f"no local-only model: {self.missing or 'not reported'}"
+
+
+def site_comparisons(history: Mapping[str, Any]) -> list[SiteComparison]:
+    """Per site: did joining help? The federated model on the site's own test rows against
+    the site's local-only model on the same rows (empty without a local-only baseline)."""
+    local = baseline(history, "local")
+    if not local:
+        return []
+    metric = primary_metric(history)
+    better = higher_is_better(history, metric)
+    ours_by_site, theirs_by_site = site_metrics(final_block(history)), site_metrics(local)
+    failed = mapping(local.get("sites_failed"))
+    out = []
+    for site in site_names(history):
+        ours = as_float(ours_by_site.get(site, {}).get(metric))
+        theirs = as_float(theirs_by_site.get(site, {}).get(metric))
+        by = improvement(ours, theirs, better)
+        if by is not None and ours is not None and theirs is not None:
+            out.append(SiteComparison(site, Comparison("its local-only model", metric, better,
+                                                       ours, theirs, by)))
+        elif site in failed:
+            out.append(SiteComparison(site, None, str(failed[site])))
     return out
 
 

@@ -27,7 +27,8 @@ from fedcare.core.params import Parameters
 from fedcare.engine.bundle import ModelBundle, study_bundle
 from fedcare.engine.checkpoints import CheckpointStore
 from fedcare.engine.dp_check import DpAssessment, assess_dp, refuse_unless_learnable
-from fedcare.engine.executor import SiteExecutor
+from fedcare.engine.executor import BASELINE_NO_DP as BASELINE_NO_DP
+from fedcare.engine.executor import LocalBaseline, SiteExecutor, baseline_note
 from fedcare.engine.history import History, RoundRecord, save_history, set_timing, timestamp
 from fedcare.engine.learner_factory import ModelShape, make_learner
 from fedcare.engine.privacy import hub_privacy, site_privacy
@@ -75,10 +76,6 @@ def choose_workers(cfg: StudyConfig, sites: Sequence[SiteData], n_params: int) -
     if cores < 2 or len(sites) < 2 or work < PARALLEL_WORK_THRESHOLD:
         return 1
     return min(cores // cfg.run.threads_per_site or 1, len(sites))
-
-
-#: How the baselines of a DP study are labelled in the history and the report.
-BASELINE_NO_DP = "no DP — reference only"
 
 
 class _Run:
@@ -213,7 +210,9 @@ class _Run:
                                      secure=SecureSite(s.name, secure, names) if secure
                                      else None,
                                      privacy=site_privacy(self.cfg, len(s.y_train), n),
-                                     strategy=strategy or self.cfg.strategy.name)
+                                     strategy=strategy or self.cfg.strategy.name,
+                                     local_baseline=LocalBaseline(self.cfg.study.rounds,
+                                                                  learner=self.learner))
                 for i, s in enumerate(sites)}
 
     def _learner_for(self, site: SiteData) -> Learner:
@@ -285,17 +284,7 @@ class _Run:
             self._normalizer(engine, engine.history)
             final = engine.run(cfg.study.rounds, start_round=start_round)
             if cfg.baselines.local:
-                # A site training alone shares nothing: its baseline runs on plain executors,
-                # without secure aggregation or DP (see _baseline_note). Its tasks are plain
-                # FedAvg's: executors bound to another strategy refuse them.
-                plain = (secure is None and cfg.privacy.mode == "none"
-                         and cfg.strategy.name == "fedavg")
-                local = transport if plain else self._transport(self._plain_executors())
-                try:
-                    history.baselines["local"] = self._local_baselines(local)
-                finally:
-                    if local is not transport:
-                        local.close()
+                history.baselines["local"] = self._local_baselines(engine)
             if cfg.baselines.centralized:
                 history.baselines["centralized"] = self._centralized(engine)
             for block in history.baselines.values():
@@ -341,26 +330,8 @@ class _Run:
 
     # -- baselines ------------------------------------------------------------------------
     def _baseline_note(self) -> dict[str, str]:
-        """How privacy applies to the baselines, recorded in each baseline block.
-
-        The baselines are reference points, never released: local-only is what a site gets
-        without joining, pooled what the data would give without federation. Site-level
-        DP-FedAvg protects a site's contribution among several and means nothing for one site
-        alone (nor for pooled data), and record-level DP-SGD on a baseline would mix the
-        privacy cost into the federation comparison. So every baseline trains without DP and is
-        labelled so: the gap between the DP federated model and the baselines is the price of
-        federation *and* privacy together.
-        """
-        if self.cfg.privacy.mode == "none":
-            return {}
-        return {"privacy": "none", "note": BASELINE_NO_DP}
-
-    def _plain_executors(self) -> dict[str, SiteExecutor]:
-        """Executors for the baselines: the non-DP learner, no privacy, no secure aggregation,
-        no state on disk."""
-        return {s.name: SiteExecutor(s, self.learner, site_index=i, expected=self.spec,
-                                     strategy="fedavg")
-                for i, s in enumerate(self.sites)}
+        """How privacy applies to the baselines (see :func:`baseline_note`)."""
+        return baseline_note(self.cfg.privacy.mode)
 
     def _single_site_study(self, name: str, transport: Any, site: str, total: int) -> Parameters:
         cfg = self.cfg
@@ -384,18 +355,18 @@ class _Run:
                 self.progress(name, r, total, None)
         return engine.parameters
 
-    def _local_baselines(self, transport: Any) -> dict[str, Any]:
-        from fedcare.engine.history import weighted_mean_metrics
-
-        per_site: dict[str, dict[str, float]] = {}
-        for s in self.sites:
-            params = self._single_site_study(f"local-{s.name}", transport, s.name,
-                                             self.cfg.study.rounds)
-            if len(s.y_test):
-                per_site[s.name] = self.learner.evaluate(params, self._test_x(s), s.y_test)
-        weights = {s.name: len(s.y_test) for s in self.sites}
-        return {"site_metrics": per_site,
-                "global_metrics": weighted_mean_metrics(per_site, weights)}
+    def _local_baselines(self, engine: RoundEngine) -> dict[str, Any]:
+        """Each site trains the initial model alone, through the same ``local_baseline``
+        task a networked site answers (:meth:`RoundEngine.local_baselines`): the executors
+        train it with the non-DP learner and reply with held-out metrics only."""
+        block = engine.local_baselines(self.initial, self.train, self.cfg.study.rounds)
+        if block["sites_failed"]:
+            raise FedcareError(f"the local-only baseline failed at {sorted(block['sites_failed'])} "
+                               "(baselines train each site alone, without federation; set "
+                               f"[baselines] local = false to skip them): {block['sites_failed']}")
+        if self.progress is not None:
+            self.progress("local", 1, 1, None)
+        return block
 
     def _centralized(self, fed_engine: RoundEngine) -> dict[str, Any]:
         from fedcare.engine.history import weighted_mean_metrics
