@@ -94,3 +94,27 @@ def test_the_hub_refuses_a_study_whose_sites_used_different_contracts(tmp_path: 
     finally:
         svc.stop()
         svc.db.dispose()
+
+
+def test_study_data_shows_each_sites_cohort_rows_and_label_rate(demo) -> None:
+    """`fedcare study data` read a key the reports do not have and printed "cohort rows ?"
+    for every site, and no label rates (first-use issue, item 4)."""
+    from rich.console import Console
+
+    from fedcare.cli.render import quality_table
+
+    _, sites = demo
+    reports = {}
+    for site in sites:
+        node = load_node_data(site.node_config)
+        built = build_clinical_table(node.clinical["cardio"].source,
+                                     node.clinical["cardio"].contract, site.name)
+        reports[site.name] = {**built.report, "violations": built.violations}
+    console = Console(record=True, width=200)
+    console.print(quality_table({"dataset": "cardio", "reports": reports}))
+    text = console.export_text()
+    for name, report in reports.items():
+        line = next(row for row in text.splitlines() if name in row)
+        assert str(report["cohort_rows"]) in line and "?" not in line
+        pos, neg = report["label"]["positive"], report["label"]["negative"]
+        assert f"{pos / (pos + neg):.1%}" in line

@@ -360,9 +360,9 @@ def data_quality(dataset: str, federation: Federation = None, hub: HubUrl = None
     if as_json:
         console.print_json(json.dumps(q))
         return
-    for site, report in sorted(q["reports"].items()):
-        rows = (report.get("cohort") or {}).get("rows", report.get("rows", "?"))
-        console.print(f"{site}: cohort rows {rows}")
+    from fedcare.cli.render import quality_table
+
+    console.print(quality_table(q))
     for site, why in q["refusing"].items():
         console.print(f"[red]{site} refuses to train: {escape(str(why))}[/red]")
     findings = (q.get("comparison") or {}).get("findings", [])

@@ -173,3 +173,30 @@ def sites_table(sites: list[Mapping[str, Any]]) -> Table:
                       str(s.get("last_seen", "—")), escape(str(s.get("version") or "—")),
                       datasets or "—")
     return table
+
+
+def _share(positive: Any, negative: Any) -> str:
+    """The label rate from a report's published counts ('—' when a count is suppressed)."""
+    ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (positive, negative))
+    return f"{positive / (positive + negative):.1%}" if ints and positive + negative else "—"
+
+
+def quality_table(quality: Mapping[str, Any]) -> Table:
+    """The sites' quality reports for one dataset, side by side: cohort rows, label counts
+    and rate (a label-definition mismatch shows here first), and whether the site passes
+    the contract's minimum quality. Suppressed cells stay suppressed ("<10")."""
+    table = Table(title=f"dataset {quality.get('dataset', '?')}: the sites' quality reports")
+    for col in ("site", "cohort rows", "label: positive", "negative", "label rate", "quality"):
+        table.add_column(col, justify="left" if col in ("site", "quality") else "right")
+    for site, report in sorted((quality.get("reports") or {}).items()):
+        if "error" in report:
+            table.add_row(escape(site), "—", "—", "—", "—", f"[red]{escape(report['error'])}")
+            continue
+        label = report.get("label") or {}
+        pos, neg = label.get("positive"), label.get("negative")
+        ok = report.get("passes")
+        table.add_row(escape(site), escape(str(report.get("cohort_rows", "—"))),
+                      escape(str(pos if pos is not None else "—")),
+                      escape(str(neg if neg is not None else "—")), _share(pos, neg),
+                      "[green]passes" if ok else "[red]fails" if ok is False else "—")
+    return table
