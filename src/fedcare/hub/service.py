@@ -47,7 +47,8 @@ from fedcare.core.wire import (
     save_parameters,
 )
 from fedcare.engine.dp_check import check_dp_study
-from fedcare.engine.executor import NORMALIZER, STATS, stats_spec
+from fedcare.data.prepare import Columns
+from fedcare.engine.executor import NORMALIZER, STATS, stats_expected_aux, stats_spec
 from fedcare.engine.history import History, RoundRecord, save_history
 from fedcare.engine.integrity import example_bound
 from fedcare.engine.learner_factory import ModelShape, make_learner
@@ -636,7 +637,11 @@ class HubService:
         if kind is TaskKind.STATS:
             cfg = self._config(study_id)
             assert isinstance(cfg.data, FederatedData)
-            if cfg.secure_aggregation.protocol != "none":  # statistics go into a secure sum
+            columns = Columns.of(cfg.data, cfg.data.features)
+            secure = cfg.secure_aggregation.protocol != "none"
+            if columns.active:
+                return ParamSpec({}), stats_expected_aux(columns, secure=secure)
+            if secure:  # statistics go into a secure sum
                 return ParamSpec({}), {PROTOCOL_AUX: None}
             return ParamSpec({}), {STATS: stats_spec(len(cfg.data.features))}
         if study_id not in self._specs:
@@ -871,18 +876,22 @@ class HubService:
         the history so a resumed study reuses exactly the same values."""
         from fedcare.engine.privacy import stats_noise_multiplier
 
+        from fedcare.engine.privacy import releases_stats
+
         cfg = parse_config(engine.history.meta["config"])
-        if not (isinstance(cfg.data, FederatedData) and cfg.data.standardize):
+        if not (isinstance(cfg.data, FederatedData) and releases_stats(cfg)):
             return
         saved = engine.history.meta.get("normalizer")
         if saved is None:
+            columns = Columns.of(cfg.data, cfg.data.features)
+            numeric = [cfg.data.features[i] for i in columns.numeric]
             bounds = None
             if stats_noise_multiplier(cfg) is not None:
                 from fedcare.data.standardize import stats_bounds
 
                 assert cfg.data.stats_clip is not None  # required by the config's checks
-                bounds = stats_bounds(cfg.data.stats_clip, cfg.data.features)
-            norm = engine.feature_statistics(len(cfg.data.features), bounds)
+                bounds = stats_bounds(cfg.data.stats_clip, numeric)
+            norm = engine.feature_statistics(len(numeric), bounds, columns)
             engine.history.meta["normalizer"] = {k: v.tolist() for k, v in norm.items()}
         else:
             norm = Parameters({k: np.asarray(v, dtype=np.float32) for k, v in saved.items()})

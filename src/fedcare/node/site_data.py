@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -13,16 +14,38 @@ from fedcare.core.seeds import site_round_seed
 from fedcare.data.clinical import ClinicalTable, build_clinical_table
 
 __all__ = ["ClinicalTable", "build_clinical_table", "build_site_data", "clinical_site_data"]
+log = logging.getLogger("fedcare.node")
 
 
 def build_site_data(data: FederatedData, site: str, site_index: int, seed: int,
                     path: Path) -> SiteData:
+    from fedcare.data.prepare import Columns, load_raw_table
     from fedcare.data.tabular import load_table
 
-    table = load_table(path, label=data.label, features=data.features, site=site)
+    columns = None
+    if Columns.of(data, data.features).active:
+        # Raw rows (missing values, category codes): encoded with the federation's fill
+        # values and level list once they arrive with the normalizer.
+        raw = load_raw_table(path, label=data.label, features=data.features, site=site,
+                             data=data)
+        x, y, columns = raw.x, raw.y, raw.site
+        for reason, n in columns.dropped.items():
+            log.warning("site %s: %d row(s) of %s dropped (%s)", site, n, path, reason)
+    else:
+        table = load_table(path, label=data.label, features=data.features, site=site)
+        x, y = table.x, table.y
+    y = _labels(data, y, site)
+    site_data = _split_site(data, site, site_index, seed, x, y)
+    if columns is None:
+        return site_data
+    from fedcare.data.prepare import with_columns
+
+    return with_columns(site_data, columns)
+
+
+def _labels(data: FederatedData, y: np.ndarray, site: str) -> np.ndarray:
     task = TaskType(data.task)
     classes = data.classes if task is TaskType.MULTICLASS else 2
-    y = table.y
     if task is TaskType.REGRESSION:
         y = y.astype(np.float32)
     else:
@@ -34,7 +57,7 @@ def build_site_data(data: FederatedData, site: str, site_index: int, seed: int,
         if bad.any():
             raise DataError(f"{int(bad.sum())} rows have a label outside 0..{classes - 1}",
                             site=site)
-    return _split_site(data, site, site_index, seed, table.x, y)
+    return y
 
 
 def _split_site(data: FederatedData, site: str, site_index: int, seed: int, x: np.ndarray,

@@ -26,6 +26,7 @@ from fedcare.config import (
 from fedcare.core.dataset import SiteData, TaskType
 from fedcare.core.errors import DataError
 from fedcare.core.seeds import site_round_seed
+from fedcare.data.prepare import Columns, SiteColumns, load_raw_table, with_columns
 from fedcare.data.table import Table
 
 if TYPE_CHECKING:
@@ -82,11 +83,24 @@ def _pooled_file(data: PooledFileData, seed: int) -> list[SiteData]:
         attr = frame[data.attribute].astype(str).to_numpy()
         feats = feats or [c for c in frame.columns if c not in (data.label, data.attribute)]
         feats = [f for f in feats if f != data.attribute]
-    table = load_table(data.path, label=data.label, features=feats, site="(all)")
+    columns = None
+    if Columns.of(data, feats or ()).active:
+        raw = load_raw_table(data.path, label=data.label, features=feats, site="(all)",
+                             data=data)
+        table = Table(raw.x, raw.y, raw.feature_names)
+        # Rows are dropped before the table is split: each site shows the table's count.
+        columns = SiteColumns(raw.site.columns, raw.site.local_levels,
+                              {f"{k} (whole table)": v for k, v in raw.site.dropped.items()})
+        if attr is not None and raw.site.dropped:
+            raise DataError("data.partition = 'attribute' with rows dropped for a missing "
+                            "label: drop those rows from the table first")
+    else:
+        table = load_table(data.path, label=data.label, features=feats, site="(all)")
     labels, _ = encode_labels({"all": table.y})
     table = Table(table.x, labels["all"], table.feature_names)
-    return _split_table(table, data.sites, data.partition, data.alpha, attr,
-                        data.test_fraction, data.standardize, seed)
+    sites = _split_table(table, data.sites, data.partition, data.alpha, attr,
+                         data.test_fraction, data.standardize and columns is None, seed)
+    return sites if columns is None else [with_columns(s, columns) for s in sites]
 
 
 def _task_of(y: np.ndarray) -> tuple[TaskType, int]:
@@ -163,8 +177,16 @@ def _files(data: FilesData, seed: int) -> list[SiteData]:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise DataError(f"site names must be unique; repeated: {dupes}")
-    tables = {s.name: load_table(s.path, label=data.label, features=data.features, site=s.name)
-              for s in data.site}
+    columns: dict[str, SiteColumns] = {}
+    if Columns.of(data, data.features or ()).active:
+        tables = {}
+        for s in data.site:
+            raw = load_raw_table(s.path, label=data.label, features=data.features,
+                                 site=s.name, data=data)
+            tables[s.name], columns[s.name] = Table(raw.x, raw.y, raw.feature_names), raw.site
+    else:
+        tables = {s.name: load_table(s.path, label=data.label, features=data.features,
+                                     site=s.name) for s in data.site}
     check_same_features(tables)
     y_all = np.concatenate([t.y for t in tables.values()])
     regression = y_all.dtype.kind == "f" and len(np.unique(y_all)) > 20
@@ -180,7 +202,10 @@ def _files(data: FilesData, seed: int) -> list[SiteData]:
         y = labels[name]
         arrays.append((name, t.x[tr], y[tr], t.x[te], y[te]))
     first = next(iter(tables.values()))
-    return _finish(arrays, first.feature_names, task, n_classes, data.standardize)
+    # Raw rows (missing values, level codes) are scaled after encoding, by the executors.
+    sites = _finish(arrays, first.feature_names, task, n_classes,
+                    data.standardize and not columns)
+    return [with_columns(s, columns[s.name]) if columns else s for s in sites]
 
 
 def _images(data: ImageData, seed: int) -> list[SiteData]:
