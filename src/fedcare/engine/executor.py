@@ -88,7 +88,8 @@ def stats_vector(count: float, total: np.ndarray, total_sq: np.ndarray,
                  observed: np.ndarray | None = None) -> np.ndarray:
     """``[count, sum..., sumsq...]`` (a study that imputes: ``[..., observed...]``, each
     feature's count of observed values): a site's statistics as one vector for a secure sum."""
-    parts = [[float(count)], np.asarray(total, np.float64), np.asarray(total_sq, np.float64)]
+    parts: list[np.ndarray] = [np.array([float(count)]), np.asarray(total, np.float64),
+                               np.asarray(total_sq, np.float64)]
     if observed is not None:
         parts.append(np.asarray(observed, np.float64))
     return np.concatenate(parts)

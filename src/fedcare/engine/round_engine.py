@@ -423,7 +423,6 @@ class RoundEngine:
         from fedcare.engine.executor import (
             LEVELS,
             STATS,
-            pool_stats,
             split_stats_vector,
             stats_expected_aux,
             stats_spec,

@@ -46,8 +46,8 @@ from fedcare.core.wire import (
     peek_header,
     save_parameters,
 )
-from fedcare.engine.dp_check import check_dp_study
 from fedcare.data.prepare import Columns
+from fedcare.engine.dp_check import check_dp_study
 from fedcare.engine.executor import NORMALIZER, STATS, stats_expected_aux, stats_spec
 from fedcare.engine.history import History, RoundRecord, save_history
 from fedcare.engine.integrity import example_bound
@@ -874,9 +874,7 @@ class HubService:
         """Federation-wide feature scaling: computed once from the sites' sums (round 0 stats
         tasks; through secure aggregation and DP-noised when the study uses them), kept in
         the history so a resumed study reuses exactly the same values."""
-        from fedcare.engine.privacy import stats_noise_multiplier
-
-        from fedcare.engine.privacy import releases_stats
+        from fedcare.engine.privacy import releases_stats, stats_noise_multiplier
 
         cfg = parse_config(engine.history.meta["config"])
         if not (isinstance(cfg.data, FederatedData) and releases_stats(cfg)):
