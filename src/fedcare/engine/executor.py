@@ -312,7 +312,7 @@ class SiteExecutor:
             count = float(n)
         else:  # DP: clipped to the declared ranges, rescaled, noised
             assert self.privacy is not None
-            count, total, total_sq, observed = self.privacy.noised_stats(
+            count, total, total_sq, observed = self.privacy.noised_stats_observed(
                 x, names, in_sum, observed=imputes)
             n = 0  # the reply states no exact row count
         aux: dict[str, Parameters] = {}

@@ -64,9 +64,17 @@ class SitePrivacy:
     stats_noise: float | None = None
     stats_clip: Any = None
 
-    def noised_stats(self, x: np.ndarray, feature_names: Sequence[str], in_sum: int, *,
-                     observed: bool = False
-                     ) -> tuple[float, np.ndarray, np.ndarray, np.ndarray | None]:
+    def noised_stats(self, x: np.ndarray, feature_names: Sequence[str], in_sum: int
+                     ) -> tuple[float, np.ndarray, np.ndarray]:
+        """The site's DP feature statistics ``(count, Σu, Σu²)`` plus Gaussian noise (see
+        :meth:`noised_stats_observed`)."""
+        count, total, total_sq, _ = self.noised_stats_observed(x, feature_names, in_sum,
+                                                               observed=False)
+        return count, total, total_sq
+
+    def noised_stats_observed(self, x: np.ndarray, feature_names: Sequence[str], in_sum: int,
+                              *, observed: bool = True
+                              ) -> tuple[float, np.ndarray, np.ndarray, np.ndarray | None]:
         """The site's DP feature statistics ``(count, Σu, Σu²)`` (bounded units, see
         :func:`fedcare.data.standardize.bounded_sums`) plus Gaussian noise.
 
