@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -37,7 +36,7 @@ def _frame(seed: int, n: int = 150, *, ids: bool = False) -> pd.DataFrame:
                        "y": (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(float)})
     df.loc[rng.random(n) < 0.1, "age"] = np.nan
     df.loc[rng.random(n) < 0.05, "smoking"] = None
-    df.loc[:3, "y"] = np.nan
+    df.loc[:11, "y"] = np.nan  # 12 rows without a label
     df.loc[4:6, "smoking"] = "pipe"  # 3 rows: suppressed
     if ids:
         df["smoking"] = [f"P{i:05d}" for i in range(n)]
@@ -62,7 +61,7 @@ def _study(name: str, **over: object) -> dict:
         train={"local_epochs": 3, "batch_size": 16, "lr": 0.1}, **over)
 
 
-def _simulated(fed: NetFederation, cfg: dict, tmp: Path) -> dict:  # noqa: ARG001
+def _simulated(fed: NetFederation, cfg: dict) -> dict:
     sim = simulation_of(cfg, fed.tables, sorted(fed.sites))
     for key in ("impute", "categorical", "max_levels"):
         sim["data"][key] = cfg["data"][key]
@@ -71,7 +70,7 @@ def _simulated(fed: NetFederation, cfg: dict, tmp: Path) -> dict:  # noqa: ARG00
 
 @pytest.mark.parametrize("protocol", ["none", "secagg"])
 def test_a_networked_study_imputes_and_encodes_as_its_simulation_does(
-        net: Net, tmp_path: Path, protocol: str) -> None:
+        net: Net, protocol: str) -> None:
     fed = net()
     _add_mixed(fed)
     fed.start()
@@ -80,13 +79,16 @@ def test_a_networked_study_imputes_and_encodes_as_its_simulation_does(
     assert st["status"] == "completed", st
     history = json.loads(fed.artifact(st["study_id"], "history.json"))
     norm = history["normalizer"]
-    expected = _simulated(fed, cfg, tmp_path)
+    expected = _simulated(fed, cfg)
     # Same fill values (secagg: fixed point, exact to ~2^-24 relative), same level list.
     np.testing.assert_allclose(norm["fill"], expected["fill"], rtol=1e-6)
     np.testing.assert_allclose(norm["mean"], expected["mean"], rtol=1e-5)
     np.testing.assert_allclose(norm["std"], expected["std"], rtol=1e-4)
     assert array_text(np.asarray(norm["levels"])) == {"smoking": ["current", "former", "never"]}
     assert array_text(np.asarray(norm["levels"])) == array_text(np.asarray(expected["levels"]))
+    # Rows dropped for a missing label, by reason, rounded down to 10 at the hub.
+    dropped = {row["name"]: row.get("rows_dropped") for row in history["sites"]}
+    assert dropped == {site: {"missing label": 10} for site in fed.sites}, dropped
     final = history["final"]["global_metrics"]
     assert final["auc"] > 0.7, final
 

@@ -53,6 +53,8 @@ MIN_STATS_ROWS = 10
 #: in at least 10 training rows, per column (JSON as bytes, see
 #: :func:`fedcare.data.prepare.text_array`). Level names, never counts.
 LEVELS = "levels"
+#: Metric prefix of a stats reply: rows the site dropped (e.g. without a label), by reason.
+DROPPED = "rows_dropped/"
 log = logging.getLogger("fedcare.node")
 
 
@@ -322,11 +324,12 @@ class SiteExecutor:
             assert self.columns is not None
             aux[LEVELS] = Parameters({"text": text_array(
                 reported_levels(self.data.x_train, self.columns))})
+        metrics = self._dropped_metrics(dp=in_sum is not None)
         if self.secure is not None:
             return self._protocol_reply(
                 task, {**self.secure.start(task, vector_contribution(
                     stats_vector(count, total, total_sq, observed))), **aux}, start,
-                num_examples=0)
+                num_examples=0, metrics=metrics)
         stats = {"sum": total, "sumsq": total_sq, "count": np.array([count])}
         if observed is not None:
             stats["nobs"] = observed
@@ -335,7 +338,16 @@ class SiteExecutor:
         return Update(task_id=task.task_id, site=self.name, round=task.round,
                       kind=UpdateKind.FULL, parameters=Parameters({}), num_examples=n,
                       aux={STATS: Parameters(stats), **aux}, provenance=provenance,
-                      seconds=time.perf_counter() - start)
+                      metrics=metrics, seconds=time.perf_counter() - start)
+
+    def _dropped_metrics(self, *, dp: bool) -> dict[str, float]:
+        """The rows the site dropped, by reason (``rows_dropped/<reason>``), rounded down to a
+        multiple of 10 like the row count a node shows the hub (the exact figure is in the
+        site's log); none under DP, where only noised statistics leave the site."""
+        if self.columns is None or dp:
+            return {}
+        return {f"{DROPPED}{reason}": float(n // 10 * 10)
+                for reason, n in self.columns.dropped.items()}
 
     def handle(self, payload: bytes) -> bytes:
         """Bytes in, bytes out: the transport-facing entry point."""

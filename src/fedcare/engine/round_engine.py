@@ -468,17 +468,35 @@ class RoundEngine:
         return self._pool_stats([split_stats_vector(got.total, n_features, observed=observed)],
                                 bounds, columns, ex)
 
-    @staticmethod
-    def _pool_stats(replies: list[Parameters], bounds: tuple[np.ndarray, np.ndarray] | None,
-                    columns: Columns | None, ex: Exchange) -> Parameters:
+    def _pool_stats(self, replies: list[Parameters],
+                    bounds: tuple[np.ndarray, np.ndarray] | None, columns: Columns | None,
+                    ex: Exchange) -> Parameters:
         from fedcare.engine.executor import LEVELS, pool_stats
 
+        self._note_dropped(ex.updates)
         levels = ([u.aux[LEVELS] for _, u in sorted(ex.updates.items())]
                   if columns is not None and columns.categorical else None)
         try:
             return pool_stats(replies, bounds, columns, levels)
         except ValidationError as exc:
             raise RoundFailed(f"feature statistics: {exc.message}") from exc
+
+    def _note_dropped(self, updates: Mapping[str, Update]) -> None:
+        """The rows each site said (in its stats reply) it dropped, by reason, in the
+        history's site rows (``rows_dropped``); a simulation's exact counts are kept."""
+        from fedcare.engine.executor import DROPPED
+
+        known = {row["name"]: row for row in self.history.sites}
+        for site, u in sorted(updates.items()):
+            dropped = {k[len(DROPPED):]: int(v) for k, v in u.metrics.items()
+                       if k.startswith(DROPPED)}
+            if not dropped:
+                continue
+            row = known.get(site)
+            if row is None:
+                row = {"name": site, "train_rows": None, "test_rows": None}
+                self.history.sites.append(row)
+            row.setdefault("rows_dropped", dropped)
 
     def run(self, rounds: int, start_round: int = 1) -> Parameters:
         """Rounds ``start_round..rounds`` then a final evaluation at every site.
