@@ -223,3 +223,39 @@ def test_a_networked_studys_model_width_counts_the_one_hot_columns() -> None:
                                  "features": ["age", "smoking", "sex"],
                                  "categorical": ["smoking", "sex"], "max_levels": 5}})
     assert cfg.data.input_width() == 1 + 5 + 5  # type: ignore[union-attr]
+
+
+def test_a_secure_study_gets_the_same_fill_values_and_levels(tmp_path: Path) -> None:
+    frames = [_site_frame(0), _site_frame(1), _site_frame(2)]
+    plain = simulate(_study(_files(tmp_path, frames)), output_dir=None)
+    cfg = _study(_files(tmp_path, frames))
+    cfg["secure_aggregation"] = {"protocol": "secagg"}
+    secure = simulate(cfg, output_dir=None)
+    a, b = plain.meta["normalizer"], secure.meta["normalizer"]
+    np.testing.assert_allclose(a["fill"], b["fill"], rtol=1e-9)
+    np.testing.assert_allclose(a["std"], b["std"], rtol=1e-6)
+    assert a["levels"] == b["levels"]
+
+
+def test_a_dp_study_imputes_from_noised_clipped_sums_and_charges_them(tmp_path: Path) -> None:
+    frames = [_site_frame(0), _site_frame(1), _site_frame(2)]
+    cfg = _study(_files(tmp_path, frames), categorical=[], features=["age", "sbp"],
+                 stats_clip={"age": [20, 100], "sbp": [80, 200]})
+    cfg["privacy"] = {"mode": "dp_fedavg_central", "noise_multiplier": 1.0}
+    cfg["baselines"] = {"local": False, "centralized": False}
+    history = simulate(cfg, output_dir=None, force=True)
+    fill = history.meta["normalizer"]["fill"]
+    assert 20 <= fill[0] <= 100 and 80 <= fill[1] <= 200  # post-processed into the ranges
+    assert history.meta["privacy"]["stats"]["round"] == 0  # the release is charged
+
+
+def test_one_table_split_into_sites_imputes_and_encodes_too(tmp_path: Path) -> None:
+    path = tmp_path / "all.csv"
+    pd.concat([_site_frame(0), _site_frame(1), _site_frame(2)]).to_csv(path, index=False)
+    cfg = _study([])
+    cfg["data"] = {"source": "table", "path": str(path), "label": "y", "sites": 3,
+                   "impute": "mean", "categorical": ["smoking"], "max_levels": 4}
+    history = simulate(cfg, output_dir=None)
+    assert array_text(np.asarray(history.meta["normalizer"]["levels"])) == {
+        "smoking": list(LEVELS)}
+    assert history.sites[0]["rows_dropped"] == {"missing label (whole table)": 9}
