@@ -892,7 +892,9 @@ class HubService:
             norm = engine.feature_statistics(len(numeric), bounds, columns)
             engine.history.meta["normalizer"] = {k: v.tolist() for k, v in norm.items()}
         else:
-            norm = Parameters({k: np.asarray(v, dtype=np.float32) for k, v in saved.items()})
+            # mean/std are float32; fill values and the level bytes stay float64 on resume
+            norm = Parameters({k: np.asarray(v, dtype=np.float32 if k in ("mean", "std")
+                                             else np.float64) for k, v in saved.items()})
         engine.extra_aux = {NORMALIZER: norm}
 
     def _on_round(self, study_id: str, record: RoundRecord) -> None:

@@ -181,7 +181,9 @@ class _Run:
         else:
             import numpy as np
 
-            norm = Parameters({k: np.asarray(v, dtype=np.float32) for k, v in saved.items()})
+            # mean/std are float32; fill values and the level bytes stay float64 on resume
+            norm = Parameters({k: np.asarray(v, dtype=np.float32 if k in ("mean", "std")
+                                             else np.float64) for k, v in saved.items()})
         self.norm_aux = {NORMALIZER: norm}
         engine.extra_aux = dict(self.norm_aux)
         if self.columns is not None:
