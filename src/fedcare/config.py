@@ -96,6 +96,23 @@ class _DataCommon(_Section):
         "feature, or a table feature = [low, high]); values are clipped to it for the feature "
         "statistics only, which bounds what one row adds, so the sums can be noised."))
 
+    impute: Literal["none", "mean"] = Field("none", description=(
+        "Missing numeric feature values: none (a missing value is an error) or mean (filled "
+        "with the federation-wide mean of the observed values, computed with the "
+        "standardization statistics from each site's sums and counts of observed values, no "
+        "rows pooled; under DP clipped to data.stats_clip and noised). With mean, rows "
+        "without a label are dropped and counted by reason."))
+    categorical: list[str] = Field(default_factory=list, max_length=1_000, description=(
+        "Feature columns holding categories, one-hot encoded with one federation-wide level "
+        "list: each site reports the levels it holds in at least 10 training rows (rarer "
+        "ones are suppressed), the list is their sorted union; a missing or unlisted value "
+        "encodes as all zeros. Not in DP studies (the level names are released without "
+        "noise)."))
+    max_levels: int = Field(20, ge=2, le=1_000, description=(
+        "Most levels a categorical column may have (the one-hot width per column, so the "
+        "model's shape is known before any site is asked); a site refuses a column with more "
+        "distinct values."))
+
     @model_validator(mode="after")
     def _stats_clip_ranges(self) -> _DataCommon:
         clip = self.stats_clip
@@ -234,6 +251,12 @@ class FederatedData(_DataCommon):
         "a site whose contract's hash does not start with it refuses, and the hub refuses a "
         "prefix that matches two different contracts among the sites. The full hash is the "
         "safe choice: a prefix selects, it does not pin the contract down."))
+
+    def input_width(self) -> int:
+        """Width of a table's model input: one column per numeric feature and
+        ``max_levels`` one-hot columns per categorical one (known before any site answers)."""
+        cat = set(self.categorical)
+        return sum(self.max_levels if f in cat else 1 for f in self.features)
 
     @field_validator("contract_hash")
     @classmethod
@@ -443,6 +466,9 @@ def content_hash(cfg: StudyConfig) -> str:
         del doc["tracking"]
     if doc["baselines"].get("local_at_sites") is False:
         del doc["baselines"]["local_at_sites"]
+    for key, default in (("impute", "none"), ("categorical", []), ("max_levels", 20)):
+        if doc["data"].get(key, None) == default:
+            del doc["data"][key]
     blob = json.dumps(doc, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -467,6 +493,9 @@ def _cross_checks(cfg: StudyConfig) -> list[str]:
         if d.image_size is None and not d.features:
             problems.append("'data.features': list the feature columns (or set "
                             "data.image_size for an image dataset)")
+        unknown = [c for c in d.categorical if c not in d.features]
+        if unknown:
+            problems.append(f"'data.categorical': {unknown} are not in data.features")
         if d.image_size is not None and (d.features or d.standardize):
             problems.append("'data.image_size': an image dataset takes no features and "
                             "standardize = false (images are scaled to [0, 1])")
@@ -474,6 +503,14 @@ def _cross_checks(cfg: StudyConfig) -> list[str]:
         problems.append("'baselines.local_at_sites' asks the sites of a networked study "
                         "(data.source = \"federation\"); a simulation trains its local-only "
                         "baseline with baselines.local")
+    if (d.impute != "none" or d.categorical) and not isinstance(
+            d, (FilesData, PooledFileData, FederatedData)):
+        problems.append("'data.impute' / 'data.categorical' apply to tables read from files "
+                        "(data.source = files, table or federation)")
+    if isinstance(d, (FilesData, PooledFileData)) and d.categorical and d.features is not None:
+        unknown = [c for c in d.categorical if c not in d.features]
+        if unknown:
+            problems.append(f"'data.categorical': {unknown} are not in data.features")
     strategy = all_strategies()[cfg.strategy.name]
     if cfg.secure_aggregation.protocol != "none" and not strategy.capabilities.aggregates_a_sum:
         usable = ", ".join(n for n, c in all_strategies().items()
@@ -551,16 +588,27 @@ def _privacy_checks(cfg: StudyConfig) -> list[str]:
                         f"{cfg.strategy.name} (it needs more from each site than a clipped, "
                         "noised update)")
     d = cfg.data
+    if mode != "none" and d.categorical:
+        problems.append("'data.categorical': a DP study cannot discover its categories (the "
+                        "level names each site holds would be released without noise); "
+                        "encode them as numeric columns at the sites, or drop them")
+    if mode != "none" and d.impute != "none" and d.stats_clip is None:
+        problems.append("'data.stats_clip': a DP study that imputes releases noised sums "
+                        "of the observed values, which needs each feature's range: set "
+                        "data.stats_clip = [low, high] (or a table feature = [low, high])")
     if mode != "none" and d.standardize and d.stats_clip is None:
         problems.append("'data.stats_clip': a DP study that standardizes features releases "
                         "noised feature statistics, which needs each feature's range: set "
                         "data.stats_clip = [low, high] (or a table feature = [low, high]), or "
                         "data.standardize = false")
+    numeric = [f for f in d.features if f not in d.categorical] if isinstance(
+        d, FederatedData) else []
     if (isinstance(d, FederatedData) and isinstance(d.stats_clip, dict)
-            and set(d.stats_clip) != set(d.features)):
-        problems.append(f"'data.stats_clip': give a range for every feature in data.features "
-                        f"and no other (missing {sorted(set(d.features) - set(d.stats_clip))},"
-                        f" unknown {sorted(set(d.stats_clip) - set(d.features))})")
+            and set(d.stats_clip) != set(numeric)):
+        problems.append(f"'data.stats_clip': give a range for every numeric feature in "
+                        f"data.features and no other (missing "
+                        f"{sorted(set(numeric) - set(d.stats_clip))},"
+                        f" unknown {sorted(set(d.stats_clip) - set(numeric))})")
     if mode == "dp_fedavg_distributed" and cfg.secure_aggregation.protocol == "none":
         problems.append("'privacy.mode': dp_fedavg_distributed needs secure_aggregation "
                         "(without it the hub sees each update with 1/sqrt(n) of the noise); "

@@ -115,26 +115,75 @@ STATS_FRAC_BITS = 16
 
 
 def bounded_grid_sums(x: np.ndarray, low: np.ndarray, high: np.ndarray,
-                      frac_bits: int = STATS_FRAC_BITS) -> np.ndarray:
+                      frac_bits: int = STATS_FRAC_BITS, *, observed: bool = False
+                      ) -> np.ndarray:
     """:func:`bounded_sums` on the grid ``2^-frac_bits``, as int64 grid steps
     ``[n·2^f, Σk_u..., Σk_q...]``: each row's ``u`` is rounded to ``k_u`` (``|k_u| <= 2^f``)
     and its square to ``k_q`` (``0 <= k_q <= 2^f``) BEFORE summing, so one row adds at most
     ``2^f·sqrt(1 + 2d)`` grid steps in L2 - exactly, with no rounding term - and the sums
-    are exact integers (below 2^53 for fewer than ``2^(53-f)`` rows)."""
+    are exact integers (below 2^53 for fewer than ``2^(53-f)`` rows).
+
+    ``observed`` (a study that imputes): missing values (NaN) add nothing to ``Σk_u`` and
+    ``Σk_q`` and the vector ends with each feature's count of observed values (``2^f`` grid
+    steps per value), one more bounded entry per feature (:func:`bounded_sensitivity`)."""
     x64 = np.asarray(x, dtype=np.float64)
     if len(x64) >= 2 ** (53 - frac_bits):
         raise ValueError(f"too many rows ({len(x64)}) for exact sums on a 2^-{frac_bits} grid")
+    seen = ~np.isnan(x64)
+    if not observed and not seen.all():
+        raise ValueError("feature values are missing and the study does not impute")
     centre, half = (low + high) / 2, (high - low) / 2
-    u = np.clip((np.clip(x64, low, high) - centre) / half, -1.0, 1.0)
+    u = np.clip((np.clip(np.where(seen, x64, centre), low, high) - centre) / half, -1.0, 1.0)
     one = 2**frac_bits
     k_u = np.rint(u * one).astype(np.int64)
     k_q = np.clip(np.rint(np.square(k_u.astype(np.float64)) / one), 0, one).astype(np.int64)
-    return np.concatenate([[len(x64) * one], k_u.sum(axis=0), k_q.sum(axis=0)])
+    k_q[~seen] = 0
+    parts = [[len(x64) * one], k_u.sum(axis=0), k_q.sum(axis=0)]
+    if observed:
+        parts.append(seen.sum(axis=0).astype(np.int64) * one)
+    return np.concatenate(parts)
 
 
-def bounded_sensitivity(n_features: int) -> float:
-    """L2 norm bound of one row's ``[1, u, u²]`` (``|u| <= 1``): ``sqrt(1 + 2d)``."""
-    return float(np.sqrt(1 + 2 * n_features))
+def bounded_sensitivity(n_features: int, *, observed: bool = False) -> float:
+    """L2 norm bound of one row's ``[1, u, u²]`` (``|u| <= 1``): ``sqrt(1 + 2d)``; with the
+    observed-value counts of a study that imputes, ``[1, u, u², m]`` (``m`` in {0, 1}):
+    ``sqrt(1 + 3d)``."""
+    return float(np.sqrt(1 + (3 if observed else 2) * n_features))
+
+
+def site_sums_observed(x: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`site_sums` over the observed values (NaN = missing), plus each feature's count
+    of observed values: what a site of a study that imputes sends."""
+    x64 = np.asarray(x, dtype=np.float64)
+    seen = ~np.isnan(x64)
+    v = np.where(seen, x64, 0.0)
+    return len(x64), v.sum(axis=0), np.square(v).sum(axis=0), seen.sum(axis=0).astype(
+        np.float64)
+
+
+def impute_sums(count: float, total: np.ndarray, total_sq: np.ndarray, observed: np.ndarray,
+                *, bounded: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean imputation from pooled sums: the fill value (the mean of the observed values) and
+    the sums the federation's rows have once every missing value holds it, from which
+    :func:`pool_sums` (or, ``bounded``, :func:`pool_bounded`) gives the standardization.
+
+    ``bounded``: the sums are DP-noised ``u`` units; post-processing only, so the observed
+    counts are clamped to [1, count] and the fill to [-1, 1]. Unbounded, a feature with no
+    observed value at any site is an error (there is nothing to fill it with)."""
+    n = float(count)
+    obs = np.asarray(observed, dtype=np.float64)
+    total = np.asarray(total, dtype=np.float64)
+    if bounded:
+        obs = np.clip(obs, 1.0, max(n, 1.0))
+        fill = np.clip(total / obs, -1.0, 1.0)
+    else:
+        if (obs <= 0).any():
+            raise ValueError("feature(s) at positions "
+                             f"{np.nonzero(obs <= 0)[0].tolist()} have no observed value at "
+                             "any site; drop them from data.features")
+        fill = total / obs
+    missing = np.maximum(n - obs, 0.0)
+    return fill, total + missing * fill, np.asarray(total_sq, np.float64) + missing * fill**2
 
 
 def pool_bounded(count: float, sum_u: np.ndarray, sumsq_u: np.ndarray, low: np.ndarray,

@@ -19,12 +19,13 @@ from typing import Any
 import numpy as np
 
 from fedcare.core.dataset import SiteData
-from fedcare.core.errors import FedcareError, ProtocolError, ValidationError
+from fedcare.core.errors import DataError, FedcareError, ProtocolError, ValidationError
 from fedcare.core.learning import Learner
 from fedcare.core.messages import ErrorReply, Task, TaskKind, Update, UpdateKind
 from fedcare.core.params import ArraySpec, Parameters, ParamSpec
 from fedcare.core.seeds import site_round_seed
 from fedcare.core.wire import decode_task, encode_error, encode_update
+from fedcare.data.prepare import Columns, SiteColumns
 from fedcare.engine.privacy import SitePrivacy
 from fedcare.engine.secure import (
     ATTEMPT,
@@ -51,6 +52,12 @@ STATS = "stats"
 #: secure aggregation the hub learns only the total over every site (each with at least this
 #: many rows), and a secure sum never holds a single site.
 MIN_STATS_ROWS = 10
+#: Aux entry of a stats reply in a study with categorical features: the levels the site holds
+#: in at least 10 training rows, per column (JSON as bytes, see
+#: :func:`fedcare.data.prepare.text_array`). Level names, never counts.
+LEVELS = "levels"
+#: Metric prefix of a stats reply: rows the site dropped (e.g. without a label), by reason.
+DROPPED = "rows_dropped/"
 log = logging.getLogger("fedcare.node")
 
 
@@ -134,44 +141,119 @@ def _fit_fingerprint(task: Task) -> str:
     return h.hexdigest()
 
 
-def stats_vector(count: float, total: np.ndarray, total_sq: np.ndarray) -> np.ndarray:
-    """``[count, sum..., sumsq...]``: a site's statistics as one vector for a secure sum."""
-    return np.concatenate([[float(count)], np.asarray(total, np.float64),
-                           np.asarray(total_sq, np.float64)])
+def stats_vector(count: float, total: np.ndarray, total_sq: np.ndarray,
+                 observed: np.ndarray | None = None) -> np.ndarray:
+    """``[count, sum..., sumsq...]`` (a study that imputes: ``[..., observed...]``, each
+    feature's count of observed values): a site's statistics as one vector for a secure sum."""
+    parts: list[np.ndarray] = [np.array([float(count)]), np.asarray(total, np.float64),
+                               np.asarray(total_sq, np.float64)]
+    if observed is not None:
+        parts.append(np.asarray(observed, np.float64))
+    return np.concatenate(parts)
 
 
-def stats_spec(n_features: int) -> ParamSpec:
-    """Layout of a stats reply's aux arrays."""
-    return ParamSpec({"sum": ArraySpec((n_features,), "float64"),
-                      "sumsq": ArraySpec((n_features,), "float64"),
-                      "count": ArraySpec((1,), "float64")})
+def stats_spec(n_features: int, *, observed: bool = False) -> ParamSpec:
+    """Layout of a stats reply's aux arrays (``observed``: with the observed-value counts)."""
+    arrays = {"sum": ArraySpec((n_features,), "float64"),
+              "sumsq": ArraySpec((n_features,), "float64"),
+              "count": ArraySpec((1,), "float64")}
+    if observed:
+        arrays["nobs"] = ArraySpec((n_features,), "float64")
+    return ParamSpec(arrays)
+
+
+def stats_expected_aux(columns: Columns, *, secure: bool) -> dict[str, ParamSpec | None]:
+    """What a stats reply of a study with these columns carries: the sums (or, in a secure
+    study, the protocol's first message) and, with categorical features, the level report."""
+    from fedcare.engine.secure import PROTOCOL_AUX
+
+    out: dict[str, ParamSpec | None] = (
+        {PROTOCOL_AUX: None} if secure else
+        {STATS: stats_spec(len(columns.numeric), observed=columns.impute != "none")})
+    if columns.categorical:
+        out[LEVELS] = None  # bytes of JSON, parsed strictly by federation_levels
+    return out
 
 
 def pool_stats(replies: list[Parameters],
-               bounds: tuple[np.ndarray, np.ndarray] | None = None) -> Parameters:
+               bounds: tuple[np.ndarray, np.ndarray] | None = None,
+               columns: Columns | None = None,
+               levels: list[Parameters] | None = None) -> Parameters:
     """Federation-wide mean and std from the sites' stats replies (same rule as simulation).
 
     ``bounds`` (each feature's declared ``(low, high)``): the replies hold DP-noised sums of
-    the clipped, rescaled values, pooled by :func:`~fedcare.data.standardize.pool_bounded`."""
-    from fedcare.data.standardize import pool_bounded, pool_sums
+    the clipped, rescaled values, pooled by :func:`~fedcare.data.standardize.pool_bounded`.
+    ``columns`` (a study that imputes or encodes categories, see :mod:`fedcare.data.prepare`):
+    the replies cover the numeric features; the normalizer then also holds the fill values
+    (``fill``) and the federation's level list (``levels``, from the sites' ``levels``
+    reports), and its ``mean``/``std`` span the encoded columns (one-hot ones unscaled)."""
+    from fedcare.data.standardize import impute_sums, pool_bounded, pool_sums
 
     counts = [float(r["count"][0]) for r in replies]
     sums, sumsqs = [r["sum"] for r in replies], [r["sumsq"] for r in replies]
+    count, total, total_sq = sum(counts), np.sum(sums, axis=0), np.sum(sumsqs, axis=0)
+    fill = None
+    if columns is not None and columns.impute != "none":
+        try:
+            fill, total, total_sq = impute_sums(count, total, total_sq,
+                                                np.sum([r["nobs"] for r in replies], axis=0),
+                                                bounded=bounds is not None)
+        except ValueError as exc:
+            names = [columns.features[i] for i in columns.numeric]
+            raise ValidationError(f"{exc} (numeric features: {names})") from exc
     if bounds is not None:
-        mean, std = pool_bounded(sum(counts), np.sum(sums, axis=0), np.sum(sumsqs, axis=0),
-                                 *bounds)
+        mean, std = pool_bounded(count, total, total_sq, *bounds)
+        if fill is not None:
+            low, high = bounds
+            fill = (low + high) / 2 + (high - low) / 2 * fill
     else:
-        mean, std = pool_sums(counts, sums, sumsqs)
-    return Parameters({"mean": mean, "std": std})
+        mean, std = pool_sums([count], [total], [total_sq])
+    if columns is None or not columns.active:
+        return Parameters({"mean": mean, "std": std})
+    return _encoded_normalizer(columns, mean, std, fill, levels or [])
 
 
-def split_stats_vector(total: np.ndarray, n_features: int) -> Parameters:
+def _encoded_normalizer(columns: Columns, mean: np.ndarray, std: np.ndarray,
+                        fill: np.ndarray | None, levels: list[Parameters]) -> Parameters:
+    from fedcare.data.prepare import array_text, federation_levels, text_array
+
+    if not columns.standardize:
+        mean, std = np.zeros_like(mean), np.ones_like(std)
+    full_mean = np.zeros(columns.width, np.float32)
+    full_std = np.ones(columns.width, np.float32)
+    c = k = 0
+    for f in columns.features:
+        if f in columns.categorical:
+            c += columns.max_levels
+        else:
+            full_mean[c], full_std[c] = mean[k], std[k]
+            c, k = c + 1, k + 1
+    out = {"mean": full_mean, "std": full_std}
+    if fill is not None:
+        out["fill"] = np.asarray(fill, np.float64)
+    if columns.categorical:
+        reports = [array_text(p["text"]) for p in levels]
+        if not all(isinstance(r, dict) for r in reports):
+            raise ValidationError("a site's level report is not a table of columns")
+        try:
+            out["levels"] = text_array(federation_levels(reports, columns))  # type: ignore[arg-type]
+        except DataError as exc:
+            raise ValidationError(exc.message) from exc
+    return Parameters(out)
+
+
+def split_stats_vector(total: np.ndarray, n_features: int, *,
+                       observed: bool = False) -> Parameters:
     """A (summed) :func:`stats_vector` back as a stats reply's arrays."""
-    if total.shape != (1 + 2 * n_features,):
+    size = (3 if observed else 2) * n_features + 1
+    if total.shape != (size,):
         raise ValidationError(f"a stats vector for {n_features} features has "
-                              f"{1 + 2 * n_features} values, got {total.shape}")
-    return Parameters({"sum": total[1:1 + n_features], "sumsq": total[1 + n_features:],
-                       "count": total[:1].copy()})
+                              f"{size} values, got {total.shape}")
+    out = {"sum": total[1:1 + n_features], "sumsq": total[1 + n_features:1 + 2 * n_features],
+           "count": total[:1].copy()}
+    if observed:
+        out["nobs"] = total[1 + 2 * n_features:]
+    return Parameters(out)
 
 
 class SiteExecutor:
@@ -205,6 +287,9 @@ class SiteExecutor:
         #: Whether (and how) the site trains the study's model alone when the hub asks.
         self.local_baseline = local_baseline
 
+        #: A table read raw (missing values, category codes): encoded once the federation's
+        #: fill values and level list arrive with the normalizer.
+        self.columns: SiteColumns | None = getattr(data, "columns", None)
         self._norm_key: bytes | None = None
         self._norm_data: SiteData = data
         #: The newest secure round's contribution (trained; under DP already clipped, noised
@@ -219,8 +304,21 @@ class SiteExecutor:
         """The site's data scaled by the federation's mean/std when the task carries them
         (cached: the same normalizer arrives with every task of a study)."""
         if norm is None:
+            if self.columns is not None:
+                raise ProtocolError("the approved study imputes or encodes categories but the "
+                                    "task carries no federation statistics")
             return self.data
-        key = norm["mean"].tobytes() + norm["std"].tobytes()
+        key = b"|".join(norm[k].tobytes() for k in sorted(norm))
+        if key != self._norm_key and self.columns is not None:
+            from fedcare.data.prepare import prepared
+
+            d = self.data
+            try:
+                self._norm_data = replace(d, x_train=prepared(d.x_train, self.columns, norm),
+                                          x_test=prepared(d.x_test, self.columns, norm))
+            except DataError as exc:
+                raise ValidationError(exc.message) from exc
+            self._norm_key = key
         if key != self._norm_key:
             d = self.data
             if d.x_train.shape[1:] != norm["mean"].shape:
@@ -258,27 +356,56 @@ class SiteExecutor:
         return in_sum
 
     def _stats(self, task: Task, start: float, in_sum: int | None) -> Update:
-        from fedcare.data.standardize import site_sums
+        from fedcare.data.standardize import site_sums, site_sums_observed
 
+        x, names = self.data.x_train, self.data.feature_names
+        observed = None
+        cols = self.columns.columns if self.columns is not None else None
+        imputes = cols is not None and cols.impute != "none"
+        if cols is not None:  # the numeric features only (NaN: missing)
+            x, names = x[:, cols.numeric], tuple(names[i] for i in cols.numeric)
         if in_sum is None:
-            n, total, total_sq = site_sums(self.data.x_train)
+            if imputes:
+                n, total, total_sq, observed = site_sums_observed(x)
+            else:
+                n, total, total_sq = site_sums(x)
             count = float(n)
         else:  # DP: clipped to the declared ranges, rescaled, noised
             assert self.privacy is not None
-            count, total, total_sq = self.privacy.noised_stats(
-                self.data.x_train, self.data.feature_names, in_sum)
+            count, total, total_sq, observed = self.privacy.noised_stats_observed(
+                x, names, in_sum, observed=imputes)
             n = 0  # the reply states no exact row count
+        aux: dict[str, Parameters] = {}
+        if cols is not None and cols.categorical:
+            from fedcare.data.prepare import reported_levels, text_array
+
+            assert self.columns is not None
+            aux[LEVELS] = Parameters({"text": text_array(
+                reported_levels(self.data.x_train, self.columns))})
+        metrics = self._dropped_metrics(dp=in_sum is not None)
         if self.secure is not None:
             return self._protocol_reply(
-                task, self.secure.start(task, vector_contribution(
-                    stats_vector(count, total, total_sq))), start,
-                num_examples=0)
-        stats = Parameters({"sum": total, "sumsq": total_sq, "count": np.array([count])})
-        provenance = ("stats:sum,sumsq,count",) + (("dp:gaussian",) if in_sum is not None else ())
+                task, {**self.secure.start(task, vector_contribution(
+                    stats_vector(count, total, total_sq, observed))), **aux}, start,
+                num_examples=0, metrics=metrics)
+        stats = {"sum": total, "sumsq": total_sq, "count": np.array([count])}
+        if observed is not None:
+            stats["nobs"] = observed
+        provenance = (("stats:" + ",".join(stats),)
+                      + (("dp:gaussian",) if in_sum is not None else ()))
         return Update(task_id=task.task_id, site=self.name, round=task.round,
                       kind=UpdateKind.FULL, parameters=Parameters({}), num_examples=n,
-                      aux={STATS: stats}, provenance=provenance,
-                      seconds=time.perf_counter() - start)
+                      aux={STATS: Parameters(stats), **aux}, provenance=provenance,
+                      metrics=metrics, seconds=time.perf_counter() - start)
+
+    def _dropped_metrics(self, *, dp: bool) -> dict[str, float]:
+        """The rows the site dropped, by reason (``rows_dropped/<reason>``), rounded down to a
+        multiple of 10 like the row count a node shows the hub (the exact figure is in the
+        site's log); none under DP, where only noised statistics leave the site."""
+        if self.columns is None or dp:
+            return {}
+        return {f"{DROPPED}{reason}": float(n // 10 * 10)
+                for reason, n in self.columns.dropped.items()}
 
     def _local_baseline(self, task: Task, start: float) -> Update:
         """Train the task's model (the study's initial weights) on this site's training rows

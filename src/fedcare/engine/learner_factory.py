@@ -38,7 +38,7 @@ class ModelShape:
     def of_federated(cls, data: FederatedData) -> ModelShape:
         task = TaskType(data.task)
         shape = ((1, data.image_size, data.image_size) if data.image_size is not None
-                 else (len(data.features),))
+                 else (data.input_width(),))
         return cls(shape, task, data.classes if task is TaskType.MULTICLASS else 2)
 
 

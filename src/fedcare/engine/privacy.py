@@ -66,6 +66,15 @@ class SitePrivacy:
 
     def noised_stats(self, x: np.ndarray, feature_names: Sequence[str], in_sum: int
                      ) -> tuple[float, np.ndarray, np.ndarray]:
+        """The site's DP feature statistics ``(count, Σu, Σu²)`` plus Gaussian noise (see
+        :meth:`noised_stats_observed`)."""
+        count, total, total_sq, _ = self.noised_stats_observed(x, feature_names, in_sum,
+                                                               observed=False)
+        return count, total, total_sq
+
+    def noised_stats_observed(self, x: np.ndarray, feature_names: Sequence[str], in_sum: int,
+                              *, observed: bool = True
+                              ) -> tuple[float, np.ndarray, np.ndarray, np.ndarray | None]:
         """The site's DP feature statistics ``(count, Σu, Σu²)`` (bounded units, see
         :func:`fedcare.data.standardize.bounded_sums`) plus Gaussian noise.
 
@@ -75,7 +84,11 @@ class SitePrivacy:
         noise, as DP-FedAvg's). ``Δ = sqrt(1 + 2d)`` bounds one row's ``[1, u, u²]``. The
         noise is a discrete Gaussian on the grid ``2^-STATS_FRAC_BITS``; its shares are
         thousands of grid steps wide, where the accountant's figure for a sum of discrete
-        Gaussian shares (Kairouz et al. 2021) is ``z`` itself, which is what is charged."""
+        Gaussian shares (Kairouz et al. 2021) is ``z`` itself, which is what is charged.
+
+        ``observed`` (a study that imputes): missing values add nothing to the sums and the
+        counts of observed values are released with them (``Δ = sqrt(1 + 3d)``), returned
+        last (None otherwise)."""
         from fedcare.data.standardize import (
             STATS_FRAC_BITS,
             bounded_grid_sums,
@@ -89,17 +102,18 @@ class SitePrivacy:
         d = len(feature_names)
         try:
             low, high = stats_bounds(self.stats_clip, feature_names)
-            k = bounded_grid_sums(x, low, high, STATS_FRAC_BITS)
+            k = bounded_grid_sums(x, low, high, STATS_FRAC_BITS, observed=observed)
         except ValueError as exc:
             raise ValidationError(str(exc)) from exc
         # Exact integers throughout (Mironov 2012; Canonne, Kamath, Steinke 2020): the
         # sensitivity, rounded up, and one of in_sum discrete Gaussian shares of
         # N_Z(0, (z·Δ·2^f)^2) in grid steps - what DP-FedAvg's noise is too.
-        sensitivity = math.nextafter(bounded_sensitivity(d), math.inf)
+        sensitivity = math.nextafter(bounded_sensitivity(d, observed=observed), math.inf)
         k = k + dg.grid_noise(k.shape, dg.grid_variance(self.stats_noise, sensitivity,
                                                         STATS_FRAC_BITS, in_sum))
         v = k.astype(np.float64) * 2.0**-STATS_FRAC_BITS  # exact: |k| < 2^53
-        return float(v[0]), v[1:1 + d], v[1 + d:]
+        return (float(v[0]), v[1:1 + d], v[1 + d:1 + 2 * d],
+                v[1 + 2 * d:] if observed else None)
 
     def check(self, task: Task) -> None:
         """Refuse a DP-FedAvg task whose round size the hub could have inflated to shrink the
@@ -340,9 +354,10 @@ STATS_ROUND = 0
 
 def releases_stats(cfg: Any) -> bool:
     """Whether the study computes the federation's feature statistics (it standardizes
-    tabular features)."""
+    tabular features, imputes missing values or encodes categories)."""
     d = cfg.data
-    return bool(d.standardize) and getattr(d, "image_size", None) is None
+    return (bool(d.standardize or d.impute != "none" or d.categorical)
+            and getattr(d, "image_size", None) is None)
 
 
 @functools.lru_cache(maxsize=64)

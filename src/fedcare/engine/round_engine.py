@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -48,6 +48,7 @@ from fedcare.strategies.base import Strategy
 from fedcare.transport.base import Transport
 
 if TYPE_CHECKING:
+    from fedcare.data.prepare import Columns
     from fedcare.engine.privacy import HubPrivacy
     from fedcare.engine.secure import SecureAggregator
 
@@ -439,7 +440,8 @@ class RoundEngine:
                 "sites_failed": dict(sorted(ex.failures.items()))}
 
     def feature_statistics(self, n_features: int,
-                           bounds: tuple[np.ndarray, np.ndarray] | None = None) -> Parameters:
+                           bounds: tuple[np.ndarray, np.ndarray] | None = None,
+                           columns: Columns | None = None) -> Parameters:
         """Federation-wide feature mean/std from every site's sums (no row leaves a site).
 
         Sent as ``stats`` tasks of round 0 (before round 1's training); every site must
@@ -448,29 +450,49 @@ class RoundEngine:
         secure aggregation (:class:`~fedcare.engine.secure.SecureVectorSum`) and the hub
         learns only the federation's total. ``bounds`` (a DP study's declared feature
         ranges): the sites sent DP-noised sums of clipped values, pooled accordingly.
+        ``columns`` (a study that imputes or encodes categories, :mod:`fedcare.data.prepare`):
+        the sums cover the numeric features (``n_features`` of them) with their counts of
+        observed values, each site also reports its category levels (names only, plain, small
+        cells suppressed), and the normalizer carries the fill values and the level list.
         """
-        from fedcare.engine.executor import STATS, pool_stats, split_stats_vector, stats_spec
+        from fedcare.engine.executor import (
+            LEVELS,
+            STATS,
+            split_stats_vector,
+            stats_expected_aux,
+            stats_spec,
+        )
         from fedcare.engine.privacy import STATS_ROUND
 
+        if columns is not None and not columns.active:
+            columns = None
+        observed = columns is not None and columns.impute != "none"
+        secure = self.secure is not None
+        expected = (stats_expected_aux(columns, secure=secure) if columns is not None
+                    else {STATS: stats_spec(n_features)})
         if self.secure is None:
             ex = self.exchange(STATS_ROUND, self.sites, TaskKind.STATS, evaluate=False,
-                               train=self.settings.train, aux={},
-                               expected_aux={STATS: stats_spec(n_features)})
+                               train=self.settings.train, aux={}, expected_aux=expected)
             if ex.failures:
                 raise RoundFailed(f"feature statistics failed at {sorted(ex.failures)}: "
                                   f"{ex.failures}")
-            return pool_stats([ex.updates[s].aux[STATS] for s in self.sites], bounds)
+            return self._pool_stats([ex.updates[s].aux[STATS] for s in self.sites], bounds,
+                                    columns, ex)
         from fedcare.engine.secure import PROTOCOL_AUX, SecureVectorSum
 
         ex = self.exchange(STATS_ROUND, self.sites, TaskKind.STATS, evaluate=False,
                            train=self.settings.train, aux={},
-                           expected_aux={PROTOCOL_AUX: None},
+                           expected_aux=expected if columns is not None
+                           else {PROTOCOL_AUX: None},
                            meta=self.secure.settings.meta(self.sites))
         failures = dict(ex.failures)
         if not failures:
+            size = 1 + (3 if observed else 2) * n_features
             try:
-                got = SecureVectorSum(self.secure).run(self, STATS_ROUND, self.sites,
-                                                       ex.updates, 1 + 2 * n_features)
+                got = SecureVectorSum(self.secure).run(
+                    self, STATS_ROUND, self.sites,
+                    {s: replace(u, aux={k: v for k, v in u.aux.items() if k != LEVELS})
+                     for s, u in ex.updates.items()}, size)
             except FedcareError as exc:
                 raise RoundFailed(f"feature statistics: secure aggregation aborted: "
                                   f"{exc.message}") from exc
@@ -478,7 +500,38 @@ class RoundEngine:
                         for s in self.sites if s not in got.included}
         if failures:
             raise RoundFailed(f"feature statistics failed at {sorted(failures)}: {failures}")
-        return pool_stats([split_stats_vector(got.total, n_features)], bounds)
+        return self._pool_stats([split_stats_vector(got.total, n_features, observed=observed)],
+                                bounds, columns, ex)
+
+    def _pool_stats(self, replies: list[Parameters],
+                    bounds: tuple[np.ndarray, np.ndarray] | None, columns: Columns | None,
+                    ex: Exchange) -> Parameters:
+        from fedcare.engine.executor import LEVELS, pool_stats
+
+        self._note_dropped(ex.updates)
+        levels = ([u.aux[LEVELS] for _, u in sorted(ex.updates.items())]
+                  if columns is not None and columns.categorical else None)
+        try:
+            return pool_stats(replies, bounds, columns, levels)
+        except ValidationError as exc:
+            raise RoundFailed(f"feature statistics: {exc.message}") from exc
+
+    def _note_dropped(self, updates: Mapping[str, Update]) -> None:
+        """The rows each site said (in its stats reply) it dropped, by reason, in the
+        history's site rows (``rows_dropped``); a simulation's exact counts are kept."""
+        from fedcare.engine.executor import DROPPED
+
+        known = {row["name"]: row for row in self.history.sites}
+        for site, u in sorted(updates.items()):
+            dropped = {k[len(DROPPED):]: int(v) for k, v in u.metrics.items()
+                       if k.startswith(DROPPED)}
+            if not dropped:
+                continue
+            row = known.get(site)
+            if row is None:
+                row = {"name": site, "train_rows": None, "test_rows": None}
+                self.history.sites.append(row)
+            row.setdefault("rows_dropped", dropped)
 
     def run(self, rounds: int, start_round: int = 1) -> Parameters:
         """Rounds ``start_round..rounds`` then a final evaluation at every site.

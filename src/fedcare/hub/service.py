@@ -47,8 +47,15 @@ from fedcare.core.wire import (
     peek_header,
     save_parameters,
 )
+from fedcare.data.prepare import Columns
 from fedcare.engine.dp_check import check_dp_study
-from fedcare.engine.executor import NORMALIZER, STATS, baseline_note, stats_spec
+from fedcare.engine.executor import (
+    NORMALIZER,
+    STATS,
+    baseline_note,
+    stats_expected_aux,
+    stats_spec,
+)
 from fedcare.engine.history import History, RoundRecord, save_history, set_timing, timestamp
 from fedcare.engine.integrity import example_bound
 from fedcare.engine.learner_factory import ModelShape, make_learner
@@ -660,7 +667,11 @@ class HubService:
         if kind is TaskKind.STATS:
             cfg = self._config(study_id)
             assert isinstance(cfg.data, FederatedData)
-            if cfg.secure_aggregation.protocol != "none":  # statistics go into a secure sum
+            columns = Columns.of(cfg.data, cfg.data.features)
+            secure = cfg.secure_aggregation.protocol != "none"
+            if columns.active:
+                return ParamSpec({}), stats_expected_aux(columns, secure=secure)
+            if secure:  # statistics go into a secure sum
                 return ParamSpec({}), {PROTOCOL_AUX: None}
             return ParamSpec({}), {STATS: stats_spec(len(cfg.data.features))}
         if study_id not in self._specs:
@@ -897,23 +908,27 @@ class HubService:
         """Federation-wide feature scaling: computed once from the sites' sums (round 0 stats
         tasks; through secure aggregation and DP-noised when the study uses them), kept in
         the history so a resumed study reuses exactly the same values."""
-        from fedcare.engine.privacy import stats_noise_multiplier
+        from fedcare.engine.privacy import releases_stats, stats_noise_multiplier
 
         cfg = parse_config(engine.history.meta["config"])
-        if not (isinstance(cfg.data, FederatedData) and cfg.data.standardize):
+        if not (isinstance(cfg.data, FederatedData) and releases_stats(cfg)):
             return
         saved = engine.history.meta.get("normalizer")
         if saved is None:
+            columns = Columns.of(cfg.data, cfg.data.features)
+            numeric = [cfg.data.features[i] for i in columns.numeric]
             bounds = None
             if stats_noise_multiplier(cfg) is not None:
                 from fedcare.data.standardize import stats_bounds
 
                 assert cfg.data.stats_clip is not None  # required by the config's checks
-                bounds = stats_bounds(cfg.data.stats_clip, cfg.data.features)
-            norm = engine.feature_statistics(len(cfg.data.features), bounds)
+                bounds = stats_bounds(cfg.data.stats_clip, numeric)
+            norm = engine.feature_statistics(len(numeric), bounds, columns)
             engine.history.meta["normalizer"] = {k: v.tolist() for k, v in norm.items()}
         else:
-            norm = Parameters({k: np.asarray(v, dtype=np.float32) for k, v in saved.items()})
+            # mean/std are float32; fill values and the level bytes stay float64 on resume
+            norm = Parameters({k: np.asarray(v, dtype=np.float32 if k in ("mean", "std")
+                                             else np.float64) for k, v in saved.items()})
         engine.extra_aux = {NORMALIZER: norm}
 
     def _local_baselines(self, study_id: str, engine: RoundEngine) -> None:

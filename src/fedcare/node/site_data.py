@@ -14,16 +14,30 @@ from fedcare.core.seeds import site_round_seed
 from fedcare.data.clinical import ClinicalTable, build_clinical_table
 
 __all__ = ["ClinicalTable", "build_clinical_table", "build_site_data", "clinical_site_data"]
-
 log = logging.getLogger("fedcare.node")
 
 
 def build_site_data(data: FederatedData, site: str, site_index: int, seed: int,
                     path: Path, test_path: Path | None = None) -> SiteData:
     """The site's table; with ``test_path`` (the dataset's fixed test file in site.toml) the
-    site trains on every row of ``path`` and tests on that file instead of a random split."""
+    site trains on every row of ``path`` and tests on that file instead of a random split.
+    A study that imputes or encodes categories keeps the rows raw (missing values, level
+    codes): they are encoded with the federation's fill values and level list once those
+    arrive with the normalizer."""
+    from fedcare.data.prepare import Columns, load_raw_table, with_columns
     from fedcare.data.tabular import load_table
 
+    if Columns.of(data, data.features).active:
+        if test_path is not None:
+            raise DataError("a fixed test file (test_path) cannot be combined with a study "
+                            "that imputes or encodes categories yet", site=site)
+        raw = load_raw_table(path, label=data.label, features=data.features, site=site,
+                             data=data)
+        for reason, n in raw.site.dropped.items():
+            log.warning("site %s: %d row(s) of %s dropped (%s)", site, n, path, reason)
+        site_data = _split_site(data, site, site_index, seed, raw.x,
+                                _labels(data, raw.y, site, path))
+        return with_columns(site_data, raw.site)
     table = load_table(path, label=data.label, features=data.features, site=site)
     y = _labels(data, table.y, site, path)
     if test_path is None:

@@ -24,6 +24,7 @@ from fedcare.core.files import atomic_write
 from fedcare.core.learning import Learner
 from fedcare.core.messages import TrainConfig
 from fedcare.core.params import Parameters
+from fedcare.data.prepare import Columns
 from fedcare.engine.bundle import ModelBundle, study_bundle
 from fedcare.engine.checkpoints import CheckpointStore
 from fedcare.engine.dp_check import DpAssessment, assess_dp, refuse_unless_learnable
@@ -118,7 +119,15 @@ class _Run:
         #: The task aux carrying the federation's normalizer (empty: none, or the sites'
         #: data is already scaled in-process).
         self.norm_aux: dict[str, Parameters] = {}
-        self.learner: Learner = make_learner(cfg, ModelShape.of_site(self.sites[0]))
+        #: A study that imputes or encodes categories: the sites' rows are raw, the model
+        #: sees the encoded columns; set with the normalizer, the sites' encoded rows (the
+        #: baselines train on them, pooled rows included).
+        self.columns = _columns_of(self.sites, cfg.data.standardize)
+        self.encoded: list[SiteData] | None = None
+        shape = ModelShape.of_site(self.sites[0])
+        if self.columns is not None:
+            shape = ModelShape((self.columns.width,), shape.task, shape.num_classes)
+        self.learner: Learner = make_learner(cfg, shape)
         self.initial = self.learner.initial_parameters()
         self.spec = self.initial.spec
         self.train = TrainConfig(**cfg.train.model_dump())
@@ -143,8 +152,12 @@ class _Run:
         from fedcare.engine.privacy import releases_stats
 
         cfg = self.cfg
+        # Imputing or encoding categories always does: the sites' rows stay raw and each
+        # executor encodes them with the federation's fill values and level list.
         return releases_stats(cfg) and (cfg.privacy.mode != "none"
-                                         or cfg.secure_aggregation.protocol != "none")
+                                         or cfg.secure_aggregation.protocol != "none"
+                                         or cfg.data.impute != "none"
+                                         or bool(cfg.data.categorical))
 
     def _normalizer(self, engine: RoundEngine, history: History) -> None:
         """As the hub's: computed once by round-0 stats tasks, kept in the history so a
@@ -157,25 +170,34 @@ class _Run:
         saved = history.meta.get("normalizer")
         if saved is None:
             bounds = None
+            names = self.sites[0].feature_names
+            if self.columns is not None:
+                names = tuple(names[i] for i in self.columns.numeric)
             if stats_noise_multiplier(self.cfg) is not None:
                 from fedcare.data.standardize import stats_bounds
 
                 assert self.cfg.data.stats_clip is not None  # required by the config checks
                 try:
-                    bounds = stats_bounds(self.cfg.data.stats_clip, self.sites[0].feature_names)
+                    bounds = stats_bounds(self.cfg.data.stats_clip, names)
                 except ValueError as exc:
                     raise ConfigError(str(exc)) from exc
-            norm = engine.feature_statistics(self.sites[0].x_train.shape[1], bounds)
+            norm = engine.feature_statistics(len(names), bounds, self.columns)
             history.meta["normalizer"] = {k: v.tolist() for k, v in norm.items()}
         else:
             import numpy as np
 
-            norm = Parameters({k: np.asarray(v, dtype=np.float32) for k, v in saved.items()})
+            # mean/std are float32; fill values and the level bytes stay float64 on resume
+            norm = Parameters({k: np.asarray(v, dtype=np.float32 if k in ("mean", "std")
+                                             else np.float64) for k, v in saved.items()})
         self.norm_aux = {NORMALIZER: norm}
         engine.extra_aux = dict(self.norm_aux)
+        if self.columns is not None:
+            self.encoded = [_encoded(s, norm) for s in self.sites]
 
     def _test_x(self, site: SiteData) -> Any:
         """A site's test features as the models see them (scaled by the normalizer)."""
+        if self.encoded is not None:
+            return next(e.x_test for e in self.encoded if e.name == site.name)
         if not self.norm_aux:
             return site.x_test
         from fedcare.data.standardize import apply_standardizer
@@ -219,7 +241,10 @@ class _Run:
         """DP-SGD derives each site's noise from its rows: one learner per site then."""
         if self.cfg.privacy.mode != "dp_sgd":
             return self.learner
-        return make_learner(self.cfg, ModelShape.of_site(site), rows=len(site.y_train))
+        shape = ModelShape.of_site(site)
+        if self.columns is not None:
+            shape = ModelShape((self.columns.width,), shape.task, shape.num_classes)
+        return make_learner(self.cfg, shape, rows=len(site.y_train))
 
     def _transport(self, executors: Mapping[str, SiteExecutor]) -> Any:
         handlers = {n: e.handle for n, e in executors.items()}
@@ -248,6 +273,10 @@ class _Run:
             meta["dp_check"] = self.dp_check.to_json()
         sites = [{"name": s.name, "train_rows": len(s.y_train), "test_rows": len(s.y_test),
                   "test_split": s.test_split or _split_words(cfg.data)} for s in self.sites]
+        for row, s in zip(sites, self.sites, strict=True):
+            cols = getattr(s, "columns", None)
+            if cols is not None:  # rows dropped (e.g. a missing label), by reason
+                row["rows_dropped"] = dict(cols.dropped)
         return History(study=cfg.study.name, meta=meta, sites=sites)
 
     # -- the federated run ----------------------------------------------------------------
@@ -341,7 +370,8 @@ class _Run:
         strategy.initialize(self.initial)
         engine = RoundEngine(settings, strategy, transport, [site], self.initial,
                              History(study=name))
-        engine.extra_aux = dict(self.norm_aux)
+        # Encoded rows (a study that imputes or encodes categories) are scaled already.
+        engine.extra_aux = {} if self.encoded is not None else dict(self.norm_aux)
         for r in range(1, cfg.study.rounds + 1):
             try:
                 engine.run_round(r)
@@ -371,7 +401,7 @@ class _Run:
     def _centralized(self, fed_engine: RoundEngine) -> dict[str, Any]:
         from fedcare.engine.history import weighted_mean_metrics
 
-        everything = pooled(self.sites)
+        everything = pooled(self.encoded or self.sites)
         ex = SiteExecutor(everything, self.learner, site_index=len(self.sites),
                           expected=self.spec, strategy="fedavg")
         params = self._single_site_study("centralized", InMemoryTransport({"pooled": ex.handle}),
@@ -429,6 +459,24 @@ def _split_words(data: Any) -> str:
     if isinstance(data, ImageData):
         return "the .npz file's test images"
     return f"random {data.test_fraction * 100:g} % split"
+
+
+def _columns_of(sites: Sequence[SiteData], standardize: bool) -> Columns | None:
+    """The study's columns when its sites' rows are raw (it imputes or encodes categories)."""
+    from dataclasses import replace
+
+    cols = getattr(sites[0], "columns", None)
+    return replace(cols.columns, standardize=standardize) if cols is not None else None
+
+
+def _encoded(site: SiteData, norm: Parameters) -> SiteData:
+    """A site's rows as its executor feeds them to the model, as plain :class:`SiteData`."""
+    from fedcare.data.prepare import prepared
+
+    cols = site.columns  # type: ignore[attr-defined]
+    return SiteData(site.name, prepared(site.x_train, cols, norm), site.y_train,
+                    prepared(site.x_test, cols, norm), site.y_test,
+                    cols.columns.encoded_names({}), site.task, site.num_classes)
 
 
 def _clear_run(out: Path) -> None:

@@ -27,6 +27,7 @@ from fedcare.config import (
 from fedcare.core.dataset import SiteData, TaskType
 from fedcare.core.errors import DataError
 from fedcare.core.seeds import site_round_seed
+from fedcare.data.prepare import Columns, SiteColumns, load_raw_table, with_columns
 from fedcare.data.table import Table
 
 if TYPE_CHECKING:
@@ -97,12 +98,25 @@ def _pooled_file(data: PooledFileData, seed: int) -> list[SiteData]:
         attr = frame[data.attribute].astype(str).to_numpy()
         feats = feats or [c for c in frame.columns if c not in (data.label, data.attribute)]
         feats = [f for f in feats if f != data.attribute]
-    table = load_table(data.path, label=data.label, features=feats, site="(all)")
+    columns = None
+    if Columns.of(data, feats or ()).active:
+        raw = load_raw_table(data.path, label=data.label, features=feats, site="(all)",
+                             data=data)
+        table = Table(raw.x, raw.y, raw.feature_names)
+        # Rows are dropped before the table is split: each site shows the table's count.
+        columns = SiteColumns(raw.site.columns, raw.site.local_levels,
+                              {f"{k} (whole table)": v for k, v in raw.site.dropped.items()})
+        if attr is not None and raw.site.dropped:
+            raise DataError("data.partition = 'attribute' with rows dropped for a missing "
+                            "label: drop those rows from the table first")
+    else:
+        table = load_table(data.path, label=data.label, features=feats, site="(all)")
     labels, vocab = encode_labels({"all": table.y})
     table = Table(table.x, labels["all"], table.feature_names)
     sites = _split_table(table, data.sites, data.partition, data.alpha, attr,
-                         data.test_fraction, data.standardize, seed)
-    return [replace(s, label_values=vocab) for s in sites]
+                         data.test_fraction, data.standardize and columns is None, seed)
+    sites = [replace(s, label_values=vocab) for s in sites]
+    return sites if columns is None else [with_columns(s, columns) for s in sites]
 
 
 def _task_of(y: np.ndarray) -> tuple[TaskType, int]:
@@ -181,8 +195,21 @@ def _files(data: FilesData, seed: int) -> list[SiteData]:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise DataError(f"site names must be unique; repeated: {dupes}")
-    tables = {s.name: load_table(s.path, label=data.label, features=data.features, site=s.name)
-              for s in data.site}
+    columns: dict[str, SiteColumns] = {}
+    if Columns.of(data, data.features or ()).active:
+        if any(s.test_path is not None for s in data.site):
+            raise DataError("a fixed test file (data.site.test_path) cannot be combined with "
+                            "data.impute or data.categorical yet: give the test rows a random "
+                            "split (data.test_fraction) or prepare the files without gaps")
+        tables = {}
+        for s in data.site:
+            loaded = load_raw_table(s.path, label=data.label, features=data.features,
+                                    site=s.name, data=data)
+            tables[s.name] = Table(loaded.x, loaded.y, loaded.feature_names)
+            columns[s.name] = loaded.site
+    else:
+        tables = {s.name: load_table(s.path, label=data.label, features=data.features,
+                                     site=s.name) for s in data.site}
     tests = {s.name: load_table(s.test_path, label=data.label, features=data.features,
                                 site=s.name) for s in data.site if s.test_path is not None}
     check_same_features({**tables, **{f"{n} (test file)": t for n, t in tests.items()}})
@@ -207,8 +234,11 @@ def _files(data: FilesData, seed: int) -> list[SiteData]:
         arrays.append((name, t.x[tr], y[tr], t.x[te], y[te]))
         splits[name] = f"random {data.test_fraction * 100:g} % split"
     first = next(iter(tables.values()))
-    sites = _finish(arrays, first.feature_names, task, n_classes, data.standardize)
-    return [replace(s, label_values=vocab, test_split=splits[s.name]) for s in sites]
+    # Raw rows (missing values, level codes) are scaled after encoding, by the executors.
+    sites = _finish(arrays, first.feature_names, task, n_classes,
+                    data.standardize and not columns)
+    sites = [replace(s, label_values=vocab, test_split=splits[s.name]) for s in sites]
+    return [with_columns(s, columns[s.name]) if columns else s for s in sites]
 
 
 #: Key prefix of a site's test-file labels in the shared label vocabulary.
