@@ -235,6 +235,23 @@ def study_bundle(cfg: Any, *, parameters: Parameters, content_hash: str, task: T
                        fedcare_version=_version())
 
 
+def model_columns(data: Any, normalizer: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """The columns the model takes: the study's features, or - when it imputes missing
+    values or one-hot encodes categories - the encoded columns (``sex=F``, ...), which the
+    sites built with the federation's fill values and level list. Applying such a model to
+    raw rows needs that encoding first; the bundle names the encoded columns, so a raw table
+    is refused by column name rather than mis-read."""
+    from fedcare.data.prepare import Columns, array_text
+
+    features = tuple(getattr(data, "features", ()) or ())
+    cols = Columns.of(data, features)
+    if not cols.active:
+        return features
+    raw = (normalizer or {}).get("levels")
+    levels = array_text(np.asarray(raw)) if raw is not None else {}
+    return cols.encoded_names(levels if isinstance(levels, dict) else {})
+
+
 def networked_bundle(study_id: str, history: Any, final: Parameters) -> ModelBundle:
     """The bundle of a networked study, from what the hub knows: the approved configuration
     (features, label, task, classes: class ids are the label values in a networked study)
@@ -251,7 +268,8 @@ def networked_bundle(study_id: str, history: Any, final: Parameters) -> ModelBun
     shape = ModelShape.of_federated(data)
     return study_bundle(cfg, parameters=final, content_hash=str(meta.get("config_hash", "")),
                         task=shape.task, input_shape=shape.input_shape,
-                        num_outputs=shape.num_outputs, features=data.features,
+                        num_outputs=shape.num_outputs,
+                        features=model_columns(data, meta.get("normalizer")),
                         classes=tuple(range(shape.num_classes)), label_column=data.label,
                         normalizer=meta.get("normalizer"), rounds=len(history.rounds),
                         study_id=study_id)

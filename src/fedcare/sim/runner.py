@@ -427,7 +427,9 @@ class _Run:
         """The final model with its features, standardization and label coding: the one
         the engine computed (``history.meta["normalizer"]``), else the one the sites'
         data was scaled by in-process."""
-        s0 = self.sites[0]
+        # A study that imputes or one-hot encodes feeds the model encoded columns: the bundle
+        # describes those (the encoded sites), with the federation's scaling of them.
+        s0 = (self.encoded or self.sites)[0]
         norm = history.meta.get("normalizer")
         if norm is None:
             norm = input_standardization(self.cfg.data, self.cfg.study.seed)
