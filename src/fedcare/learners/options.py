@@ -19,9 +19,10 @@ from pydantic import Field, model_validator
 from fedcare.core.errors import ConfigError
 from fedcare.core.settings import Section, literal_values
 
-#: Largest layer width / count any zoo option accepts (a typo of 10**9 units is refused at
-#: config time, not discovered as an out-of-memory at every site).
-MAX_WIDTH = 65_536
+#: Largest layer width / count any zoo option accepts: a typo of 10**9 units is refused at
+#: config time, not discovered as an out-of-memory at every site. 2**24 units still allows the
+#: ~500 MB single-layer models the large-model benchmark and test send over slow links.
+MAX_WIDTH = 2**24
 MAX_LAYERS = 64
 #: A layer's width (hidden units, channels).
 Width = Annotated[int, Field(ge=1, le=MAX_WIDTH)]
