@@ -20,6 +20,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+from fedcare.hub.store.migrations.check_constraints import in_clause, swap_check
+
 revision: str = "0004"
 down_revision: str | Sequence[str] | None = "0003"
 branch_labels: str | Sequence[str] | None = None
@@ -30,42 +32,12 @@ _BEFORE = ("pending", "running", "completed", "failed", "cancelled")
 _AFTER = (*_BEFORE, "paused")
 
 
-def _check(values: tuple[str, ...]) -> str:
-    return "status IN ({})".format(", ".join(f"'{v}'" for v in values))
-
-
-def _sqlite_swap_check(old: str, new: str) -> None:
-    conn = op.get_bind()
-    sql = conn.exec_driver_sql(
-        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'studies'").scalar()
-    clause = f"CONSTRAINT {_NAME} CHECK ({old})"
-    if not isinstance(sql, str) or sql.count(clause) != 1:
-        raise RuntimeError(f"unexpected definition of table studies (no {clause!r}): {sql!r}")
-    version = int(conn.exec_driver_sql("PRAGMA schema_version").scalar())  # type: ignore[arg-type]
-    conn.exec_driver_sql("PRAGMA writable_schema = ON")
-    try:
-        conn.exec_driver_sql(
-            "UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND name = 'studies'",
-            (sql.replace(clause, f"CONSTRAINT {_NAME} CHECK ({new})"),))
-        conn.exec_driver_sql(f"PRAGMA schema_version = {version + 1}")
-    finally:
-        conn.exec_driver_sql("PRAGMA writable_schema = OFF")
-
-
 def upgrade() -> None:
-    if op.get_bind().dialect.name == "sqlite":
-        _sqlite_swap_check(_check(_BEFORE), _check(_AFTER))
-        return
-    op.drop_constraint(op.f(_NAME), "studies", type_="check")
-    op.create_check_constraint(op.f(_NAME), "studies", _check(_AFTER))
+    swap_check("studies", _NAME, in_clause("status", _BEFORE), in_clause("status", _AFTER))
 
 
 def downgrade() -> None:
     # A paused study cannot be represented before this revision: it becomes failed (its
     # reason stays in ``error``; a newer hub can still resume it).
     op.execute(sa.text("UPDATE studies SET status = 'failed' WHERE status = 'paused'"))
-    if op.get_bind().dialect.name == "sqlite":
-        _sqlite_swap_check(_check(_AFTER), _check(_BEFORE))
-        return
-    op.drop_constraint(op.f(_NAME), "studies", type_="check")
-    op.create_check_constraint(op.f(_NAME), "studies", _check(_BEFORE))
+    swap_check("studies", _NAME, in_clause("status", _AFTER), in_clause("status", _BEFORE))

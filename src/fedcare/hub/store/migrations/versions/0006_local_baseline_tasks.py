@@ -18,6 +18,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+from fedcare.hub.store.migrations.check_constraints import in_clause, swap_check
+
 revision: str = "0006"
 down_revision: str | Sequence[str] | None = "0005"
 branch_labels: str | Sequence[str] | None = None
@@ -28,34 +30,8 @@ _BEFORE = ("fit", "evaluate", "stats", "sa_share", "sa_mask", "sa_unmask", "he_d
 _AFTER = (*_BEFORE, "local_baseline")
 
 
-def _check(values: tuple[str, ...]) -> str:
-    return "kind IN ({})".format(", ".join(f"'{v}'" for v in values))
-
-
-def _sqlite_swap_check(old: str, new: str) -> None:
-    conn = op.get_bind()
-    sql = conn.exec_driver_sql(
-        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'tasks'").scalar()
-    clause = f"CONSTRAINT {_NAME} CHECK ({old})"
-    if not isinstance(sql, str) or sql.count(clause) != 1:
-        raise RuntimeError(f"unexpected definition of table tasks (no {clause!r}): {sql!r}")
-    version = int(conn.exec_driver_sql("PRAGMA schema_version").scalar())  # type: ignore[arg-type]
-    conn.exec_driver_sql("PRAGMA writable_schema = ON")
-    try:
-        conn.exec_driver_sql(
-            "UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND name = 'tasks'",
-            (sql.replace(clause, f"CONSTRAINT {_NAME} CHECK ({new})"),))
-        conn.exec_driver_sql(f"PRAGMA schema_version = {version + 1}")
-    finally:
-        conn.exec_driver_sql("PRAGMA writable_schema = OFF")
-
-
 def upgrade() -> None:
-    if op.get_bind().dialect.name == "sqlite":
-        _sqlite_swap_check(_check(_BEFORE), _check(_AFTER))
-        return
-    op.drop_constraint(op.f(_NAME), "tasks", type_="check")
-    op.create_check_constraint(op.f(_NAME), "tasks", _check(_AFTER))
+    swap_check("tasks", _NAME, in_clause("kind", _BEFORE), in_clause("kind", _AFTER))
 
 
 def downgrade() -> None:
@@ -64,8 +40,4 @@ def downgrade() -> None:
     op.execute(sa.text("DELETE FROM replies WHERE task_id IN "
                        "(SELECT id FROM tasks WHERE kind = 'local_baseline')"))
     op.execute(sa.text("DELETE FROM tasks WHERE kind = 'local_baseline'"))
-    if op.get_bind().dialect.name == "sqlite":
-        _sqlite_swap_check(_check(_AFTER), _check(_BEFORE))
-        return
-    op.drop_constraint(op.f(_NAME), "tasks", type_="check")
-    op.create_check_constraint(op.f(_NAME), "tasks", _check(_BEFORE))
+    swap_check("tasks", _NAME, in_clause("kind", _AFTER), in_clause("kind", _BEFORE))
