@@ -258,17 +258,22 @@ def study_list(federation: Federation = None, hub: HubUrl = None, ca: CaFile = N
     """List the hub's studies: id, name, status, round reached, when submitted."""
     from fedcare.cli.render import studies_table
 
-    client = _client(federation, hub, ca, token_file)
+    _show_list(_client(federation, hub, ca, token_file), "/v1/studies", studies_table,
+               "no studies yet: `fedcare study submit STUDY.toml`", as_json)
+
+
+def _show_list(client: HubClient, path: str, table: Any, empty: str, as_json: bool) -> None:
+    """GET a list from the hub and print it as JSON, as a table, or say it is empty."""
     try:
-        studies = client.call("GET", "/v1/studies").json()
+        listed = client.call("GET", path).json()
     except FedcareError as exc:
         raise fail(exc, 2) from None
     if as_json:
-        console.print_json(json.dumps(studies))
-    elif not studies:
-        console.print("no studies yet: `fedcare study submit STUDY.toml`")
+        console.print_json(json.dumps(listed))
+    elif not listed:
+        console.print(empty)
     else:
-        console.print(studies_table(studies))
+        console.print(table(listed))
 
 
 def sites(federation: Federation = None, hub: HubUrl = None, ca: CaFile = None,
@@ -281,17 +286,8 @@ def sites(federation: Federation = None, hub: HubUrl = None, ca: CaFile = None,
     shown with the rows the site declared."""
     from fedcare.cli.render import sites_table
 
-    client = _client(federation, hub, ca, token_file)
-    try:
-        listed = client.call("GET", "/v1/sites").json()
-    except FedcareError as exc:
-        raise fail(exc, 2) from None
-    if as_json:
-        console.print_json(json.dumps(listed))
-    elif not listed:
-        console.print("no site has connected yet: start a node with `fedcare node start`")
-    else:
-        console.print(sites_table(listed))
+    _show_list(_client(federation, hub, ca, token_file), "/v1/sites", sites_table,
+               "no site has connected yet: start a node with `fedcare node start`", as_json)
 
 
 @study_app.command("resume")

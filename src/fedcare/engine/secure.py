@@ -605,11 +605,9 @@ def _local_trust() -> LocalTrust:
 # -- a secure sum of one vector per site (the feature statistics) ------------------------------
 def sites_in_any_sum(settings: SecureSettings, n: int) -> int:
     """The fewest sites' vectors any sum the hub can obtain from a session of ``n``
-    participants holds: secagg's unmasking threshold (the server cannot unmask fewer
-    survivors), or the number of sites a CKKS decryptor requires in a sum. A site that adds
+    participants holds: the survivor threshold (secagg's server cannot unmask fewer
+    survivors, and a CKKS decryptor requires as many sites in a sum). A site that adds
     distributed DP noise relies on this many shares being in whatever the hub learns."""
-    if settings.is_masking:
-        return min(settings.survivors_needed(n), n)
     return min(_min_sum(settings, n), n)
 
 

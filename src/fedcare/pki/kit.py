@@ -18,7 +18,6 @@ coordinator's folder only ever holds its own CA key and the hub's key.
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 
 from cryptography import x509
@@ -91,9 +90,11 @@ def install_site_certificate(kit: str | Path, issued: str | Path) -> NodeConfig:
     try:
         cert = x509.load_pem_x509_certificate(blobs[CERT_FILE])
         ca = x509.load_pem_x509_certificate(blobs[CA_FILE])
-        doc = tomllib.loads(blobs[NODE_CONFIG_FILE].decode())
-    except (ValueError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+    except ValueError as exc:
         raise ProvisioningConfigError(f"cannot read the issued files in {issued}: {exc}") from exc
+    # The issued node.toml through the kit-file schema, before anything is written: a
+    # malformed one is refused here, not found by the node after the kit was changed.
+    issued_config = load_node_config(issued)
     if cert.public_key() != key.public_key():
         raise ProvisioningConfigError(f"{issued / CERT_FILE} was issued for another key than "
                                       f"{kit / KEY_FILE}; ask the coordinator to sign this "
@@ -105,9 +106,9 @@ def install_site_certificate(kit: str | Path, issued: str | Path) -> NodeConfig:
                                       f"{CA_FILE} it came with") from exc
     site = certificate_site(cert)
     wanted = _csr_site(kit)
-    if site != wanted or doc.get("site") != site:
+    if site != wanted or issued_config.site != site:
         raise ProvisioningConfigError(f"the issued files name site {site!r} (node.toml: "
-                                      f"{doc.get('site')!r}) but this kit was made for "
+                                      f"{issued_config.site!r}) but this kit was made for "
                                       f"{wanted!r}")
     try:
         for name in ISSUED_FILES:
