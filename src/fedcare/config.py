@@ -39,7 +39,6 @@ from fedcare.strategies.registry import all_strategies, describe, options_types
 # failed late on the wire, local_epochs = 10**9 trained for ever): core.settings.Section
 # refuses inf/nan everywhere, and a test walks the schema so that a new option cannot forget
 # its bounds.
-_Section = Section
 
 #: Sites a study may have (simulated or in a federation).
 MAX_SITES = 10_000
@@ -59,7 +58,7 @@ MAX_ROUND_TIMEOUT = 7 * 24 * 3600.0
 MAX_LAYERS = 1_000
 
 
-class StudySection(_Section):
+class StudySection(Section):
     name: str = Field("study", min_length=1, max_length=100,
                       description="Study name, used in task ids and reports.")
     seed: int = Field(0, ge=0, le=MAX_SEED,
@@ -73,7 +72,7 @@ class StudySection(_Section):
         "accuracy, or mse for regression."))
 
 
-class SiteFile(_Section):
+class SiteFile(Section):
     name: str = Field(min_length=1, max_length=100, description="Site name.")
     path: Path = Field(description="CSV (.csv, .csv.gz) or Parquet file, relative to the config.")
     test_path: Path | None = Field(None, description=(
@@ -85,7 +84,7 @@ class SiteFile(_Section):
 StatsRange = tuple[FiniteFloat, FiniteFloat]
 
 
-class _DataCommon(_Section):
+class _DataCommon(Section):
     test_fraction: float = Field(0.2, ge=0, lt=1, allow_inf_nan=False,
                                  description="Share of each site's rows held out for testing.")
     standardize: bool = Field(True, description=(
@@ -180,7 +179,7 @@ class ImageData(_DataCommon):
     standardize: bool = Field(False, description="Images are scaled to [0, 1] already.")
 
 
-class ImageFolderSite(_Section):
+class ImageFolderSite(Section):
     name: str = Field(min_length=1, max_length=100, description="Site name.")
     folder: Path = Field(description="Folder of DICOM (.dcm) or NIfTI (.nii, .nii.gz) images.")
     labels: Path = Field(description="CSV with columns file,label (class ids 0..k-1).")
@@ -202,7 +201,7 @@ class ImageFolderData(_DataCommon):
     standardize: bool = Field(False, description="Images are scaled to [0, 1] already.")
 
 
-class ClinicalSite(_Section):
+class ClinicalSite(Section):
     name: str = Field(min_length=1, max_length=100, description="Site name.")
     source: Path = Field(description=(
         "The site's source file (source.toml: format csv|omop|fhir, its files and mappings; "
@@ -309,7 +308,7 @@ else:
 _LEGACY_MODEL_KEYS = ("name", "hidden", "dropout", "channels", "layers", "d_model", "heads")
 
 
-class TrainSection(_Section):
+class TrainSection(Section):
     # Bounds shared with the wire's TrainConfig (fedcare.core.limits): a study the hub
     # accepts is one every site's decoder accepts.
     local_epochs: int = Field(1, ge=0, le=MAX_LOCAL_EPOCHS, description="Local epochs per round.")
@@ -337,7 +336,7 @@ else:
     StrategySection = _strategy_union()
 
 
-class SecureAggregationSection(_Section):
+class SecureAggregationSection(Section):
     protocol: Literal["none", "secagg", "secagg+", "ckks"] = Field("none", description=(
         "Protect updates so the hub learns only their sum: secagg (pairwise masking with "
         "dropout recovery, Bonawitz 2017), secagg+ (sparse masking graph for many sites, "
@@ -351,7 +350,7 @@ class SecureAggregationSection(_Section):
         "secagg: fixed-point fractional bits (precision 2^-frac_bits per value)."))
 
 
-class BaselinesSection(_Section):
+class BaselinesSection(Section):
     local: bool = Field(True, description="Also train each site alone (local-only baseline).")
     centralized: bool = Field(True, description="Also train on all data pooled (upper bound).")
     local_at_sites: bool = Field(False, description=(
@@ -361,7 +360,7 @@ class BaselinesSection(_Section):
         "Simulations use local."))
 
 
-class TrackingSection(_Section):
+class TrackingSection(Section):
     mlflow_uri: str | None = Field(None, min_length=1, max_length=2000, description=(
         "Log the finished run to MLflow (pip install 'fedcare[tracking]'): the tracking URI, "
         "e.g. file:./mlruns, sqlite:///mlflow.db or https://mlflow.example.org. Per-round "
@@ -371,7 +370,7 @@ class TrackingSection(_Section):
         "MLflow experiment name (default: the study's name)."))
 
 
-class RunSection(_Section):
+class RunSection(Section):
     workers: int = Field(0, ge=0, le=256, description=(
         "Worker processes for sites: 0 = auto (parallel when the model is big enough to gain), "
         "1 = one process."))
@@ -385,7 +384,7 @@ class RunSection(_Section):
                                                     "that did not answer (at most a week).")
 
 
-class PrivacySection(_Section):
+class PrivacySection(Section):
     """Differential privacy of a study (absent or ``mode = "none"``: no DP)."""
 
     mode: Literal["none", "dp_sgd", "dp_fedavg_central", "dp_fedavg_distributed"] = Field(
@@ -418,7 +417,7 @@ class PrivacySection(_Section):
         return self
 
 
-class StudyConfig(_Section):
+class StudyConfig(Section):
     study: StudySection = Field(default_factory=StudySection)  # type: ignore[arg-type]
     data: DataSection
     model: ModelSection = Field(default_factory=LogregOptions)

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from fedcare.core.errors import FedcareError
-from fedcare.sim.runner import BASELINE_NO_DP, _Run, simulate
+from fedcare.engine.executor import BASELINE_NO_DP
+from fedcare.sim.runner import _Run, simulate
 from fedcare.transport.inmemory import InMemoryTransport
 
 

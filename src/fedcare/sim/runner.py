@@ -28,7 +28,6 @@ from fedcare.data.prepare import Columns
 from fedcare.engine.bundle import ModelBundle, study_bundle
 from fedcare.engine.checkpoints import CheckpointStore
 from fedcare.engine.dp_check import DpAssessment, assess_dp, refuse_unless_learnable
-from fedcare.engine.executor import BASELINE_NO_DP as BASELINE_NO_DP
 from fedcare.engine.executor import LocalBaseline, SiteExecutor, baseline_note
 from fedcare.engine.history import History, RoundRecord, save_history, set_timing, timestamp
 from fedcare.engine.learner_factory import ModelShape, make_learner
