@@ -71,7 +71,9 @@ def _unshare(flags: int) -> None:
 
 def _mount(source: str | None, target: str, fstype: str | None, flags: int,
            data: str | None = None) -> None:
-    enc = (lambda s: None if s is None else s.encode())
+    def enc(text: str | None) -> bytes | None:
+        return None if text is None else text.encode()
+
     _errno_call(_libc.mount, enc(source), target.encode(), enc(fstype),
                 ctypes.c_ulong(flags), enc(data))
 
@@ -205,6 +207,11 @@ def _confine(cfg: dict[str, object], report: dict[str, str]) -> list[str]:
 
 def _run(cfg: dict[str, object]) -> int:
     import importlib.util
+    import signal
+
+    # Python ignores SIGXFSZ (a write past RLIMIT_FSIZE fails with EFBIG instead): restore
+    # the kernel's default, so that a job that writes too much dies of it.
+    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
 
     import numpy as np
 
@@ -229,7 +236,7 @@ def _run(cfg: dict[str, object]) -> int:
         print(f"sandbox: the study's code exited ({exc.code!r}) instead of returning",
               file=sys.stderr)
         return EXIT_BAD_RESULT
-    except BaseException:  # the study's own error: reported, never raised further
+    except BaseException:  # noqa: BLE001 - the study's own error: reported, not raised
         traceback.print_exc(limit=20)
         return EXIT_ERROR
     if not isinstance(result, dict) or not all(isinstance(k, str) for k in result):
@@ -255,7 +262,7 @@ def main() -> int:
     report: dict[str, str] = {}
     try:
         missing = _confine(cfg, report)
-    except Exception as exc:  # the sandbox's own failure: report it and run nothing
+    except Exception as exc:  # noqa: BLE001 - the sandbox's own failure: run nothing
         report["error"] = f"{type(exc).__name__}: {exc}"
         missing = ["setup"]
     report["missing"] = ",".join(missing)

@@ -248,11 +248,16 @@ def _kill_all(pid: int, uid: int | None) -> None:
 
 
 def _processes_of(uid: int) -> list[int]:
+    """The live processes of ``uid`` (zombies, already dead, are left to their parent)."""
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
-            with contextlib.suppress(OSError):
-                if os.stat(f"/proc/{entry}").st_uid == uid:
+            with contextlib.suppress(OSError, IndexError):
+                if os.stat(f"/proc/{entry}").st_uid != uid:
+                    continue
+                with open(f"/proc/{entry}/stat", "rb") as fh:
+                    state = fh.read().rsplit(b")", 1)[1].split()[0]
+                if state not in (b"Z", b"X"):
                     found.append(int(entry))
     return found
 
@@ -384,6 +389,10 @@ def _run_job(job: Path, source: bytes, arrays: Mapping[str, np.ndarray], limits:
             isolation = {}
     cpu = rusage.ru_utime + rusage.ru_stime if rusage is not None else 0.0
     result = _classify(proc.returncode, killed_for, status, limits, cpu)
+    logs = [(job / "logs" / name).stat().st_size for name in ("stdout", "stderr")]
+    if result[0] is not Status.OUTPUT_LIMIT and max(logs) >= limits.output_bytes:
+        result = (Status.OUTPUT_LIMIT, f"wrote {limits.output_bytes} bytes or more to "
+                  "stdout or stderr: stopped")
     outputs: dict[str, np.ndarray] = {}
     if result[0] is Status.OK:
         outputs, problem = _read_outputs(work / "out", limits.output_bytes)
@@ -407,6 +416,7 @@ def _wait(proc: subprocess.Popen[bytes], job: Path, work: Path, limits: Limits,
     wait status, rusage)."""
     deadline = time.monotonic() + limits.wall_seconds
     killed_for: Status | None = None
+    baseline = _folder_size(work, 1 << 62)  # the inputs and the code
     next_size_check = 0.0
     waited: tuple[int, int, Any] = (0, 0, None)
     try:
@@ -419,7 +429,8 @@ def _wait(proc: subprocess.Popen[bytes], job: Path, work: Path, limits: Limits,
                 killed_for = Status.TIMEOUT
             elif now >= next_size_check:
                 next_size_check = now + 0.1
-                if _folder_size(work, limits.output_bytes) > limits.output_bytes:
+                if _folder_size(work, baseline + limits.output_bytes) - baseline > \
+                        limits.output_bytes:
                     killed_for = Status.OUTPUT_LIMIT
             if killed_for is not None:
                 _kill_all(proc.pid, uid)
