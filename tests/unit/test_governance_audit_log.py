@@ -46,10 +46,11 @@ DIGEST = "ab" * 32
 
 def _write(path: Path, n: int = 5) -> list[bytes]:
     """A hub log of ``n`` entries by three actors (Ed25519 and P-256 keys)."""
-    kinds = [(ALICE, EventKind.STUDY_SUBMITTED, {}), (HUB, EventKind.STUDY_APPROVED, {}),
-             (HUB, EventKind.TASK_SENT, {"round": 1}),
-             (SITE, EventKind.UPDATE_RECEIVED, {"digest": DIGEST, "round": 1}),
-             (HUB, EventKind.AGGREGATED, {"digest": DIGEST, "sites": ["alpha", "beta"]})]
+    kinds: list[tuple[Signer, EventKind, dict[str, object]]] = [
+        (ALICE, EventKind.STUDY_SUBMITTED, {}), (HUB, EventKind.STUDY_APPROVED, {}),
+        (HUB, EventKind.TASK_SENT, {"round": 1}),
+        (SITE, EventKind.UPDATE_RECEIVED, {"digest": DIGEST, "round": 1}),
+        (HUB, EventKind.AGGREGATED, {"digest": DIGEST, "sites": ["alpha", "beta"]})]
     for i in range(n):
         signer, kind, details = kinds[i % len(kinds)]
         append(path, signer, kind, "study-3f1c", details, log="hub")
@@ -383,6 +384,15 @@ def test_bad_actors_and_key_types_are_refused() -> None:
         Signer("hub", ec.generate_private_key(ec.SECP384R1()))
     with pytest.raises(AuditError, match="Ed25519 or EC P-256"):
         Signer("hub", rsa.generate_private_key(65537, 2048))  # type: ignore[arg-type]
+
+
+def test_verifier_keys_must_be_public_audit_keys(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    append(log, HUB, "task_sent", "s")
+    with pytest.raises(AuditError, match="public Ed25519 or EC P-256"):
+        verify(log, {"hub": HUB.key})  # type: ignore[dict-item]
+    with pytest.raises(AuditError, match="Ed25519 or EC P-256"):
+        verify(log, {"hub": ec.generate_private_key(ec.SECP384R1()).public_key()})
 
 
 def test_appending_to_another_logs_file_is_refused(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ able to run the next study after any of these."""
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import signal
@@ -353,6 +354,15 @@ def test_outputs_that_are_links_or_not_arrays_are_refused(tmp_path: Path,
     (out / "leak.npy").write_bytes(b"not an array")
     assert "not an array file" in str(sandbox._read_outputs(out, 1 << 20)[1])
     (out / "leak.npy").unlink()
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False,
+                                                  "shape": (10**12,)})
+    (out / "huge.npy").write_bytes(b"\x93NUMPY\x01\x00" + header.getvalue()[8:] + b"12345678")
+    assert "header says 8000000000000 bytes" in str(sandbox._read_outputs(out, 1 << 20)[1])
+    (out / "huge.npy").unlink()
+    np.save(out / "fine.npy", np.arange(3))
+    arrays, problem = sandbox._read_outputs(out, 1 << 20)
+    assert problem is None and arrays["fine"].tolist() == [0, 1, 2]
     (out / "../x.npy").write_bytes(b"")
     (out / "bad name.npy").write_bytes(b"")
     assert "is not NAME.npy" in str(sandbox._read_outputs(out, 1 << 20)[1])

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fedcare.config import parse_config
-from fedcare.core.errors import ConfigError
+from fedcare.core.errors import ConfigError, ValidationError
 from fedcare.core.messages import TaskKind
 from fedcare.governance.site_policy import (
     SiteFacts,
@@ -230,6 +230,21 @@ def test_bad_policy_files_give_one_line_per_problem_with_the_key(
 def test_a_policy_file_that_is_not_toml_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         _policy(tmp_path, "[studies\n")
+
+
+@pytest.mark.parametrize("facts", [
+    {"rows": None, "class_counts": None}, {"rows": -1, "class_counts": None},
+    {"rows": 10, "class_counts": {"0": "many"}}, {"rows": 10, "class_counts": {"0": -3}},
+    {"rows": 10, "class_counts": None, "epsilon_spent": "0"},
+])
+def test_site_facts_of_the_wrong_kind_are_refused(facts: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        SiteFacts(**facts)  # type: ignore[arg-type]
+
+
+def test_a_study_request_of_the_wrong_kind_is_refused() -> None:
+    with pytest.raises(ValidationError):
+        replace(GOOD, rounds="10")  # type: ignore[arg-type]
 
 
 def test_checks_refuse_anything_but_a_policy() -> None:

@@ -601,6 +601,11 @@ def verify(path: Path, keys: Mapping[str, PublicKey], *,
     path = Path(path)
     if not path.is_file():
         raise AuditError(f"audit log {path} does not exist")
+    for actor, public in keys.items():
+        if not isinstance(public, (ed25519.Ed25519PublicKey, ec.EllipticCurvePublicKey)):
+            raise AuditError(f"the key of {actor!r} must be a public Ed25519 or EC P-256 key, "
+                             f"not {type(public).__name__}")
+        algorithm_of(public)
     docs: list[tuple[int, bytes, bool, dict[str, Any] | None, str | None]] = [
         (n, line, complete, *_parse(line)) for n, line, complete in _lines(path)]
     seqs_at = [_seq_of(d) for _n, _l, _c, d, _e in docs]

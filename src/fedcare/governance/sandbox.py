@@ -31,8 +31,9 @@ What holds, in order (each layer is set up in the child before the study's file 
    processes only. (A folder the new uid cannot traverse that holds the interpreter, such as
    ``/root`` of a pyenv install, is covered in that namespace by a tmpfs showing only the
    interpreter.) With Landlock ABI >= 6 the code cannot signal processes outside the sandbox.
-5. Limits: ``RLIMIT_CPU`` (SIGXCPU, then SIGKILL a second later), ``RLIMIT_AS`` (memory: a
-   50 GB allocation fails with MemoryError), ``RLIMIT_NPROC`` (threads count too), ``RLIMIT_
+5. Limits (per process; the job's processes are at most ``processes``): ``RLIMIT_CPU``
+   (SIGXCPU, then SIGKILL a second later), ``RLIMIT_AS`` (memory: a 50 GB allocation fails
+   with MemoryError), ``RLIMIT_NPROC`` (threads count too), ``RLIMIT_
    FSIZE`` (SIGXFSZ past it, stdout and stderr included), ``RLIMIT_NOFILE``, no core dumps;
    the parent kills the job at the wall-clock limit or when its folder outgrows the output
    limit, and (as root) then kills every process of the job's uid - a child that left the
@@ -285,6 +286,7 @@ def _read_outputs(out: Path, limit: int) -> tuple[dict[str, np.ndarray], str | N
             if total > limit:
                 return {}, f"outputs larger than {limit} bytes"
             try:
+                _check_header(fh, st.st_size)
                 array = np.load(fh, allow_pickle=False)
             except (ValueError, OSError, EOFError) as exc:
                 return {}, f"output {name!r} is not an array file: {exc}"
@@ -292,6 +294,29 @@ def _read_outputs(out: Path, limit: int) -> tuple[dict[str, np.ndarray], str | N
                 return {}, f"output {name!r} is not a plain array"
             arrays[name[:-4]] = np.array(array, copy=True)
     return arrays, None
+
+
+def _check_header(fh: Any, size: int) -> None:
+    """Refuse an array file whose header promises more (or less) data than the file holds,
+    before numpy allocates what the header says (a tiny file claiming 8 TB)."""
+    from numpy.lib import format as npy
+
+    version = npy.read_magic(fh)
+    if version == (1, 0):
+        shape, _fortran, dtype = npy.read_array_header_1_0(fh)
+    elif version == (2, 0):
+        shape, _fortran, dtype = npy.read_array_header_2_0(fh)
+    else:
+        raise ValueError(f".npy version {version} is not accepted")
+    if dtype.hasobject:
+        raise ValueError("object arrays are refused")
+    count = 1
+    for n in shape:
+        count *= int(n)
+    if count * dtype.itemsize != size - fh.tell():
+        raise ValueError(f"header says {count * dtype.itemsize} bytes of data, the file "
+                         f"holds {size - fh.tell()}")
+    fh.seek(0)
 
 
 def _tail(path: Path) -> str:
@@ -361,7 +386,7 @@ def _run_job(job: Path, source: bytes, arrays: Mapping[str, np.ndarray], limits:
                              isolation={"identity": "the node's own user"})
     report_r, report_w = os.pipe()
     cfg = {"workdir": str(work), "uid": uid, "stage": str(job / "stage"),
-           "hidden": _hidden(paths) if privileged else {},
+           "hidden": _hidden((*paths, str(work))) if privileged else {},
            "read": [*paths, *_SYSTEM_READ], "devices": list(_DEVICES), "require": require,
            "entry": entry, "report_fd": report_w,
            "limits": {"cpu_seconds": limits.cpu_seconds, "memory_bytes": limits.memory_bytes,

@@ -40,7 +40,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from fedcare.core.errors import ConfigError
+from fedcare.core.errors import ConfigError, ValidationError
 from fedcare.core.settings import Section, load_toml
 
 MAX_POLICY_ROUNDS = 100_000
@@ -195,6 +195,14 @@ class StudyRequest:
     #: governance wiring sets it when it adds one).
     custom_code: bool = False
 
+    def __post_init__(self) -> None:
+        texts = (self.strategy, self.model, self.privacy, self.secure_aggregation)
+        if not all(isinstance(t, str) for t in texts) or type(self.rounds) is not int \
+                or not isinstance(self.delta, (int, float)) or not isinstance(
+                    self.custom_code, bool) or not (self.epsilon is None or isinstance(
+                        self.epsilon, (int, float))):
+            raise ValidationError(f"StudyRequest holds a value of the wrong type: {self!r}")
+
     @classmethod
     def from_config(cls, cfg: Any, *, epsilon: float | None = None,
                     custom_code: bool = False) -> StudyRequest:
@@ -225,6 +233,16 @@ class SiteFacts:
     class_counts: Mapping[str, int] | None
     #: Epsilon already spent at this site (its privacy ledger), all studies together.
     epsilon_spent: float = 0.0
+
+    def __post_init__(self) -> None:
+        counts = self.class_counts
+        if type(self.rows) is not int or self.rows < 0 or (counts is not None and not all(
+                isinstance(k, str) and type(n) is int and n >= 0 for k, n in counts.items())):
+            raise ValidationError("SiteFacts: rows and class counts must be integers >= 0 "
+                                  "(class counts by class name)")
+        if isinstance(self.epsilon_spent, bool) or not isinstance(self.epsilon_spent,
+                                                                  (int, float)):
+            raise ValidationError("SiteFacts: epsilon_spent must be a number")
 
 
 @dataclass(frozen=True)
