@@ -35,6 +35,7 @@ from fedcare.governance.audit_log import (
     save_private_key,
     sign_head,
     verify,
+    verify_export,
 )
 
 HUB = Signer("hub", generate_key())
@@ -471,10 +472,66 @@ def test_export_of_a_tampered_log_says_so_and_stops_at_the_bad_entry(tmp_path: P
         export(log, io.StringIO(), KEYS, since=dt.datetime(2026, 1, 1))
 
 
+def test_a_regulator_verifies_an_export_and_finds_an_edit_in_it(tmp_path: Path) -> None:
+    log, out = tmp_path / "audit.jsonl", tmp_path / "export.jsonl"
+    lines = _write(log)
+    since = dt.datetime.strptime(json.loads(lines[2])["time"], "%Y-%m-%dT%H:%M:%S.%fZ")
+    export(log, out, KEYS, since=since.replace(tzinfo=dt.UTC))
+    verdict = verify_export(out, KEYS)
+    assert verdict.ok and verdict.entries == 3 and verdict.head.hash == line_hash(lines[-1])
+    header, *rows = out.read_bytes().splitlines()
+    doc = json.loads(rows[1])
+    doc["subject"] = "other"
+    out.write_bytes(b"\n".join([header, rows[0], canonical(doc), rows[2]]) + b"\n")
+    problem = verify_export(out, KEYS).problem
+    assert problem is not None and (problem.kind, problem.seq) == (ProblemKind.BAD_SIGNATURE, 4)
+
+
+def test_an_export_missing_an_entry_does_not_verify(tmp_path: Path) -> None:
+    log, out = tmp_path / "audit.jsonl", tmp_path / "export.jsonl"
+    _write(log)
+    export(log, out, KEYS)
+    header, *rows = out.read_bytes().splitlines()
+    out.write_bytes(b"\n".join([header, *rows[:-1]]) + b"\n")  # the last one dropped
+    problem = verify_export(out, KEYS).problem
+    assert problem is not None and "the header says 5 entries" in problem.reason
+    out.write_bytes(b"\n".join([header, *rows[1:]]) + b"\n")  # the first one dropped
+    assert not verify_export(out, KEYS).ok
+    out.write_bytes(b"\n".join(rows) + b"\n")
+    with pytest.raises(AuditError, match="header"):
+        verify_export(out, KEYS)
+
+
 # --- properties --------------------------------------------------------------------------------
 _SMALL = st.recursive(st.none() | st.booleans() | st.integers(-10**6, 10**6)
                       | st.text(max_size=8), lambda inner: st.lists(inner, max_size=3),
                       max_leaves=6)
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(n=st.integers(2, 7), data=st.data())
+def test_any_deleted_swapped_or_repeated_line_is_detected(
+        tmp_path_factory: pytest.TempPathFactory, n: int, data: st.DataObject) -> None:
+    log = tmp_path_factory.mktemp("s") / "audit.jsonl"
+    lines = _write(log, n)
+    anchor = verify(log, KEYS).head
+    i = data.draw(st.integers(0, n - 1), label="line")
+    j = data.draw(st.integers(0, n - 1).filter(lambda k: k != i), label="other")
+    how = data.draw(st.sampled_from(["delete", "swap", "repeat"]), label="how")
+    changed = list(lines)
+    if how == "delete":
+        del changed[i]
+    elif how == "swap":
+        changed[i], changed[j] = changed[j], changed[i]
+    else:
+        changed.insert(j, lines[i])
+    _set(log, changed)
+    verdict = verify(log, KEYS, anchor=anchor)
+    assert not verdict.ok and verdict.problem is not None
+    assert verdict.problem.kind in (ProblemKind.DELETED, ProblemKind.REORDERED,
+                                    ProblemKind.INSERTED, ProblemKind.CHAIN_BROKEN,
+                                    ProblemKind.TRUNCATED)
 
 
 @settings(max_examples=25, deadline=None,

@@ -66,7 +66,7 @@ import math
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -601,16 +601,29 @@ def verify(path: Path, keys: Mapping[str, PublicKey], *,
     path = Path(path)
     if not path.is_file():
         raise AuditError(f"audit log {path} does not exist")
-    for actor, public in keys.items():
-        if not isinstance(public, (ed25519.Ed25519PublicKey, ec.EllipticCurvePublicKey)):
-            raise AuditError(f"the key of {actor!r} must be a public Ed25519 or EC P-256 key, "
-                             f"not {type(public).__name__}")
-        algorithm_of(public)
+    _check_keys(keys)
+    verdict = _check(list(_lines(path)), keys, log, from_first=False)
+    if anchor is not None and verdict.ok:
+        problem = _anchor_problem(anchor, verdict.head, verdict.hashes, keys, verdict.log,
+                                  verdict.entries)
+        if problem is not None:
+            return replace(verdict, ok=False, problem=problem)
+    return verdict
+
+
+def _check(lines: list[tuple[int, bytes, bool]], keys: Mapping[str, PublicKey],
+           log: str | None, *, from_first: bool) -> Verdict:
+    """The checks of :func:`verify` over ``lines``. ``from_first``: the lines are a window
+    of a log (an export), so the first entry's seq and prev are taken as given (its
+    signature still covers them) instead of 1 and GENESIS."""
     docs: list[tuple[int, bytes, bool, dict[str, Any] | None, str | None]] = [
-        (n, line, complete, *_parse(line)) for n, line, complete in _lines(path)]
+        (n, line, complete, *_parse(line)) for n, line, complete in lines]
     seqs_at = [_seq_of(d) for _n, _l, _c, d, _e in docs]
     hashes: dict[int, str] = {}
     prev, expected = GENESIS, 1
+    if from_first and docs and docs[0][3] is not None and _seq_of(docs[0][3]) is not None \
+            and isinstance(docs[0][3].get("prev"), str):
+        expected, prev = int(docs[0][3]["seq"]), str(docs[0][3]["prev"])
 
     def fail(kind: ProblemKind, number: int, seq: int | None, reason: str) -> Verdict:
         return Verdict(False, len(hashes), Head(expected - 1, prev),
@@ -650,12 +663,15 @@ def verify(path: Path, keys: Mapping[str, PublicKey], *,
                         "was edited after signing, or forged without the actor's key")
         hashes[seq] = prev = line_hash(line)
         expected = seq + 1
-    head = Head(expected - 1, prev)
-    if anchor is not None:
-        problem_ = _anchor_problem(anchor, head, hashes, keys, log, len(docs))
-        if problem_ is not None:
-            return Verdict(False, len(hashes), head, problem_, hashes, log)
-    return Verdict(True, len(hashes), head, None, hashes, log)
+    return Verdict(True, len(hashes), Head(expected - 1, prev), None, hashes, log)
+
+
+def _check_keys(keys: Mapping[str, PublicKey]) -> None:
+    for actor, public in keys.items():
+        if not isinstance(public, (ed25519.Ed25519PublicKey, ec.EllipticCurvePublicKey)):
+            raise AuditError(f"the key of {actor!r} must be a public Ed25519 or EC P-256 key, "
+                             f"not {type(public).__name__}")
+        algorithm_of(public)
 
 
 def _seq_problem(seq: int, expected: int, later: list[int | None]) -> tuple[ProblemKind, str]:
@@ -672,7 +688,8 @@ def _seq_problem(seq: int, expected: int, later: list[int | None]) -> tuple[Prob
 
 
 def _anchor_problem(anchor: Head | SignedHead, head: Head, hashes: Mapping[int, str],
-                    keys: Mapping[str, PublicKey], log: str | None, lines: int) -> Problem | None:
+                    keys: Mapping[str, PublicKey], log: str | None,
+                    lines: int) -> Problem | None:
     if isinstance(anchor, SignedHead):
         key = keys.get(anchor.actor)
         if key is None or not _verifies(key, anchor.alg, anchor.signed_bytes(), anchor.sig):
@@ -739,4 +756,32 @@ def export(path: Path, out: IO[str] | Path, keys: Mapping[str, PublicKey], *,
         atomic_write(out, text.encode("ascii"))
     else:
         out.write(text)
+    return verdict
+
+
+def verify_export(path: Path, keys: Mapping[str, PublicKey]) -> Verdict:
+    """What a regulator runs on a file :func:`export` wrote: the header, then every entry's
+    form, seq order, hash chain and signature within the window (its first entry's seq and
+    prev are taken as given, unless it is seq 1, which must follow GENESIS), and that the
+    header's entry count and log match. The keeper's own verdict in the header is reported
+    by the caller, never trusted here."""
+    path = Path(path)
+    _check_keys(keys)
+    lines = list(_lines(path))
+    if not lines:
+        raise AuditError(f"{path} is empty: not an audit export")
+    header, error = _parse(lines[0][1])
+    if error is not None or header is None or header.get("fedcare_audit_export") != 1:
+        raise AuditError(f"{path} does not start with an audit export header")
+    body = lines[1:]
+    first, _ = _parse(body[0][1]) if body else (None, None)
+    from_first = first is not None and _seq_of(first) not in (None, 1)
+    log = header.get("verdict", {}).get("log") if isinstance(header.get("verdict"),
+                                                              dict) else None
+    verdict = _check(body, keys, log if isinstance(log, str) else None, from_first=from_first)
+    if verdict.ok and header.get("entries") != verdict.entries:
+        return replace(verdict, ok=False, problem=Problem(
+            ProblemKind.TRUNCATED, len(lines), None,
+            f"the header says {header.get('entries')!r} entries, the export holds "
+            f"{verdict.entries}"))
     return verdict

@@ -375,7 +375,11 @@ def _run_job(job: Path, source: bytes, arrays: Mapping[str, np.ndarray], limits:
     privileged = _privileged()
     uid = _UID_BASE + secrets.randbelow(_UID_SPAN) if privileged else None
     work = _prepare(job, source, arrays, uid)
-    paths = _interpreter_paths()
+    try:
+        paths = _interpreter_paths()
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        return SandboxResult(Status.UNAVAILABLE, "cannot tell which folders the sandboxed "
+                             f"interpreter needs ({exc}); nothing ran")
     require = [] if allow_weaker else (["network", "filesystem", "identity", "mounts"]
                                        if privileged else ["network", "filesystem"])
     if not privileged and not allow_weaker:
@@ -402,6 +406,9 @@ def _run_job(job: Path, source: bytes, arrays: Mapping[str, np.ndarray], limits:
                 [sys.executable, "-I", "-B", str(_CHILD), json.dumps(cfg)], cwd=work, env=env,
                 stdin=subprocess.DEVNULL, stdout=out, stderr=err, close_fds=True,
                 pass_fds=(report_w,), start_new_session=True)
+        except OSError as exc:
+            os.close(report_r)
+            return SandboxResult(Status.UNAVAILABLE, f"cannot start the sandbox: {exc}")
         finally:
             os.close(report_w)
         killed_for, status, rusage = _wait(proc, job, work, limits, uid)
