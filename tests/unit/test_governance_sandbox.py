@@ -69,7 +69,7 @@ def test_every_isolation_layer_holds_here_as_root() -> None:
     isolation = run_untrusted(BENIGN, {"x": X}, limits=TIGHT).isolation
     assert isolation["network"].startswith("new network namespace")
     assert isolation["filesystem"].startswith("landlock ABI")
-    assert isolation["mounts"] == "private mount namespace"
+    assert isolation["mounts"].startswith("private mount namespace, chroot")
     assert re.fullmatch(r"uid \d+, no capabilities, no supplementary groups",
                         isolation["identity"])
     assert isolation["missing"] == ""
@@ -174,6 +174,36 @@ def run(inputs):
         server.close()
     assert result.ok and "refused" in result.outputs
     _still_works()
+
+
+def test_the_code_cannot_reach_a_unix_socket_of_the_node(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the sandbox's own root (which hides unix sockets) needs root")
+    path = tmp_path / "db.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    os.chmod(path, 0o777)  # like a database's local socket: anyone may connect
+    server.listen(1)
+    code = f"""
+import socket
+import numpy as np
+
+def run(inputs):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect({str(path)!r})
+        return {{"connected": np.array(1)}}
+    except OSError as exc:
+        return {{"refused": np.array(exc.errno or -1)}}
+"""
+    try:
+        result = run_untrusted(code, {"x": X}, limits=TIGHT)
+        server.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            server.accept()
+    finally:
+        server.close()
+    assert result.ok and "refused" in result.outputs
 
 
 # --- resources --------------------------------------------------------------------------------

@@ -33,6 +33,8 @@ MS_REC = 16384
 MS_PRIVATE = 1 << 18
 MS_NOSUID = 2
 MS_NODEV = 4
+MS_RDONLY = 1
+MS_REMOUNT = 32
 PR_SET_NO_NEW_PRIVS = 38
 
 # Landlock (linux/landlock.h); the syscall numbers are the same on every architecture.
@@ -78,22 +80,47 @@ def _mount(source: str | None, target: str, fstype: str | None, flags: int,
                 ctypes.c_ulong(flags), enc(data))
 
 
-def _expose(hidden: dict[str, list[str]], stage: str) -> None:
-    """Cover each directory the sandbox's user cannot traverse (``/root``, holding a pyenv
-    interpreter) with an empty tmpfs that shows only the listed subpaths, bind-mounted back:
-    the interpreter stays importable and everything else there is gone (our mount namespace
-    only)."""
-    for number, (parent, keep) in enumerate(sorted(hidden.items())):
-        staged = []
-        for index, path in enumerate(keep):
-            spot = os.path.join(stage, f"{number}-{index}")
-            os.mkdir(spot, 0o700)
-            _mount(path, spot, None, MS_BIND | MS_REC)
-            staged.append((spot, path))
-        _mount("tmpfs", parent, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=64k")
-        for spot, path in staged:
-            os.makedirs(path, 0o755, exist_ok=True)
-            _mount(spot, path, None, MS_MOVE)
+def _outermost(paths: list[str]) -> list[str]:
+    """``paths`` without those inside another one (a bind of the outer one shows them)."""
+    kept: list[str] = []
+    for path in sorted(set(paths), key=lambda p: (p.count("/"), p)):
+        if not any(path == k or path.startswith(k.rstrip("/") + "/") for k in kept):
+            kept.append(path)
+    return kept
+
+
+def _new_root(root: str, read: list[str], devices: list[str], workdir: str) -> None:
+    """Build a root holding only ``read`` (read-only binds, at their own paths, so that the
+    interpreter's sys.path still holds), the ``devices`` and the read-write ``workdir``, and
+    chroot into it. Nothing else of the machine - the node's folders, other users' files,
+    unix sockets in /run or /tmp - exists for the job. Our mount namespace only."""
+    _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
+    for path in _outermost([p for p in read if os.path.lexists(p)]):
+        target = root + path
+        os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
+        if os.path.islink(path):  # /lib -> usr/lib: the same link inside
+            os.symlink(os.readlink(path), target)
+            continue
+        if os.path.isdir(path):
+            os.makedirs(target, 0o755, exist_ok=True)
+        else:
+            open(target, "wb").close()
+        _mount(path, target, None, MS_BIND | MS_REC)
+        _mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    for path in devices:
+        target = root + path
+        os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
+        open(target, "wb").close()
+        _mount(path, target, None, MS_BIND)
+        _mount(None, target, None, MS_BIND | MS_REMOUNT | MS_NOSUID)
+    os.makedirs(root + workdir, 0o755, exist_ok=True)
+    _mount(workdir, root + workdir, None, MS_BIND)
+    _mount(None, root + workdir, None, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV)
+    _mount(None, root, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV,
+           "mode=0755,size=1m")
+    os.chdir(root)
+    os.chroot(".")
+    os.chdir(workdir)
 
 
 def _landlock(read: list[str], write: list[str], devices: list[str]) -> int:
@@ -163,8 +190,10 @@ def _confine(cfg: dict[str, object], report: dict[str, str]) -> list[str]:
         try:
             _unshare(CLONE_NEWNS)
             _mount(None, "/", None, MS_REC | MS_PRIVATE)
-            _expose(dict(cfg["hidden"]), str(cfg["stage"]))  # type: ignore[call-overload]
-            report["mounts"] = "private mount namespace"
+            _new_root(str(cfg["stage"]), list(cfg["read"]), list(cfg["devices"]),  # type: ignore[call-overload]
+                      workdir)
+            report["mounts"] = ("private mount namespace, chroot: only the interpreter, the "
+                                "system libraries and the job folder exist")
         except OSError as exc:
             report["mounts"] = f"unchanged ({exc.strerror})"
             missing.append("mounts")

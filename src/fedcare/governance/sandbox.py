@@ -25,12 +25,14 @@ What holds, in order (each layer is set up in the child before the study's file 
 3. Files: Landlock (Linux >= 5.13) allows reading only the interpreter's own folders and the
    system libraries, and writing only the job folder; every other path - the node's kit,
    state folder, ledger, data - is refused whatever its mode bits.
-4. Identity (when the node runs as root, as in fedcare's CI and containers): a private mount
-   namespace, then a fresh unprivileged uid with no capabilities and no groups, so mode-0600
-   files are unreadable even without Landlock, and so RLIMIT_NPROC counts this job's
-   processes only. (A folder the new uid cannot traverse that holds the interpreter, such as
-   ``/root`` of a pyenv install, is covered in that namespace by a tmpfs showing only the
-   interpreter.) With Landlock ABI >= 6 the code cannot signal processes outside the sandbox.
+4. Identity and view (when the node runs as root, as in fedcare's CI and containers): a
+   private mount namespace whose root (chroot) holds only read-only binds of the
+   interpreter's folders and the system libraries, four devices and the job folder - the
+   node's folders, other users' files and every unix socket (a database's in /run or /tmp,
+   which neither Landlock nor a network namespace stops) do not exist there; then a fresh
+   unprivileged uid with no capabilities and no groups, so RLIMIT_NPROC counts this job's
+   processes only and mode-0600 files stay unreadable even without Landlock. With Landlock
+   ABI >= 6 the code cannot signal processes outside the sandbox.
 5. Limits (per process; the job's processes are at most ``processes``): ``RLIMIT_CPU``
    (SIGXCPU, then SIGKILL a second later), ``RLIMIT_AS`` (memory: a 50 GB allocation fails
    with MemoryError), ``RLIMIT_NPROC`` (threads count too), ``RLIMIT_
@@ -39,9 +41,11 @@ What holds, in order (each layer is set up in the child before the study's file 
    limit, and (as root) then kills every process of the job's uid - a child that left the
    process group or session is killed too.
 
-Weaker mode: without root the uid cannot change; the child tries a user+network namespace
-and Landlock, and RLIMIT_NPROC then counts every process of the node's user. Without
-Landlock, files are protected by mode bits only. A run in which a required layer (network,
+Weaker mode: without root the uid cannot change and no new root is built; the child tries
+a user+network namespace and Landlock (files outside the job folder are still unreadable,
+but a world-writable unix socket is reachable), RLIMIT_NPROC then counts every process of the
+node's user, and a process that left the job's session survives it. Without Landlock, files
+are protected by mode bits only. A run in which a required layer (network,
 filesystem, identity, mounts) could not be set up is refused - status ``unavailable``, the
 code never runs - unless the caller passes ``allow_weaker=True``, and the result says which.
 
@@ -179,24 +183,8 @@ def _interpreter_paths() -> tuple[str, ...]:
 
 
 _SYSTEM_READ = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/etc/ld.so.cache",
-                "/etc/localtime", "/sys/devices/system/cpu", "/proc/self", "/dev/urandom",
-                "/dev/random")
-_DEVICES = ("/dev/null", "/dev/zero")
-
-
-def _hidden(paths: tuple[str, ...]) -> dict[str, list[str]]:
-    """For each folder an unprivileged uid cannot traverse on the way to ``paths``: the
-    subfolders to show through it (see the module docstring, layer 4)."""
-    hidden: dict[str, set[str]] = {}
-    for path in paths:
-        parts = Path(path).parts
-        for depth in range(1, len(parts)):
-            folder = os.path.join(*parts[:depth])
-            mode = os.stat(folder).st_mode
-            if not mode & stat.S_IXOTH:
-                hidden.setdefault(folder, set()).add(os.path.join(*parts[:depth + 1]))
-                break
-    return {k: sorted(v) for k, v in hidden.items()}
+                "/etc/localtime", "/sys/devices/system/cpu")
+_DEVICES = ("/dev/null", "/dev/zero", "/dev/urandom", "/dev/random")
 
 
 def _check_inputs(inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -390,7 +378,6 @@ def _run_job(job: Path, source: bytes, arrays: Mapping[str, np.ndarray], limits:
                              isolation={"identity": "the node's own user"})
     report_r, report_w = os.pipe()
     cfg = {"workdir": str(work), "uid": uid, "stage": str(job / "stage"),
-           "hidden": _hidden((*paths, str(work))) if privileged else {},
            "read": [*paths, *_SYSTEM_READ], "devices": list(_DEVICES), "require": require,
            "entry": entry, "report_fd": report_w,
            "limits": {"cpu_seconds": limits.cpu_seconds, "memory_bytes": limits.memory_bytes,
