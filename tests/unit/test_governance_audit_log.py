@@ -254,6 +254,15 @@ def test_a_line_that_is_not_an_entry_is_named(tmp_path: Path, text: bytes) -> No
     assert problem.kind in (ProblemKind.BAD_JSON, ProblemKind.BAD_FIELD)
 
 
+def test_an_overlong_line_is_refused_without_reading_it_whole(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    lines = _write(log, 3)
+    _set(log, [lines[0], b"x" * 5_000_000, lines[1]])
+    problem = verify(log, KEYS).problem
+    assert problem is not None and (problem.kind, problem.line) == (ProblemKind.BAD_JSON, 2)
+    assert "longer than" in problem.reason
+
+
 def test_a_respelt_line_with_the_same_content_is_refused(tmp_path: Path) -> None:
     log = tmp_path / "audit.jsonl"
     lines = _write(log)

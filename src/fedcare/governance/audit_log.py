@@ -557,7 +557,12 @@ def sign_head(signer: Signer, log: str, head: Head) -> SignedHead:
 def _lines(path: Path) -> Iterator[tuple[int, bytes, bool]]:
     """(line number from 1, bytes without newline, whether it ended with a newline)."""
     with open(path, "rb") as fh:
-        for number, raw in enumerate(fh, start=1):
+        number = 0
+        while raw := fh.readline(MAX_LINE_BYTES + 2):
+            number += 1
+            if len(raw) > MAX_LINE_BYTES + 1:  # too long to be an entry: skip the rest of it
+                while not raw.endswith(b"\n") and (rest := fh.readline(1 << 20)):
+                    raw = raw[:MAX_LINE_BYTES + 1] + rest[-1:]
             complete = raw.endswith(b"\n")
             yield number, raw[:-1] if complete else raw, complete
 
