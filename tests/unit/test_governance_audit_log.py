@@ -22,6 +22,7 @@ from fedcare.governance.audit_log import (
     EventKind,
     Head,
     ProblemKind,
+    SignedHead,
     Signer,
     append,
     canonical,
@@ -343,6 +344,21 @@ def test_a_signed_head_anchors_and_a_forged_one_does_not(tmp_path: Path) -> None
     forged = sign_head(Signer("hub", generate_key()), "hub", Head(2, line_hash(lines[1])))
     problem = verify(log, KEYS, anchor=forged).problem
     assert problem is not None and problem.kind == ProblemKind.BAD_ANCHOR
+
+
+def test_a_signed_head_round_trips_through_json_and_a_tampered_one_fails(
+        tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    _write(log, 2)
+    last = append(log, HUB, "model_released", "study-3f1c", {"digest": DIGEST}, log="hub")
+    signed = sign_head(HUB, "hub", last.head)
+    stored = json.loads(json.dumps(signed.to_json()))
+    assert verify(log, KEYS, anchor=SignedHead.from_json(stored)).ok
+    stored["seq"] = 2  # a keeper lowering its published head
+    problem = verify(log, KEYS, anchor=SignedHead.from_json(stored)).problem
+    assert problem is not None and problem.kind == ProblemKind.BAD_ANCHOR
+    with pytest.raises(AuditError, match="not a signed audit head"):
+        SignedHead.from_json({**stored, "seq": "3"})
 
 
 def test_a_replaced_history_does_not_extend_its_anchor(tmp_path: Path) -> None:

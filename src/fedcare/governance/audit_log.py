@@ -187,6 +187,26 @@ class SignedHead:
         return canonical({"log": self.log, "seq": self.head.seq, "hash": self.head.hash,
                           "actor": self.actor, "alg": self.alg, "what": "audit-head"})
 
+    def to_json(self) -> dict[str, Any]:
+        """The signed head as plain JSON, to store or publish."""
+        return {"log": self.log, "seq": self.head.seq, "hash": self.head.hash,
+                "actor": self.actor, "alg": self.alg, "sig": self.sig}
+
+    @classmethod
+    def from_json(cls, doc: Any) -> SignedHead:
+        """A signed head read back; its form is checked here, its signature by
+        :func:`verify` (with the keeper's key)."""
+        if not (isinstance(doc, dict) and set(doc) == {"log", "seq", "hash", "actor", "alg",
+                                                        "sig"}
+                and isinstance(doc["log"], str) and _LOG.fullmatch(doc["log"])
+                and type(doc["seq"]) is int and doc["seq"] >= 0
+                and isinstance(doc["hash"], str) and _HEX64.fullmatch(doc["hash"])
+                and isinstance(doc["actor"], str) and _ACTOR.fullmatch(doc["actor"])
+                and isinstance(doc["alg"], str) and isinstance(doc["sig"], str)):
+            raise AuditError("not a signed audit head: {log, seq, hash, actor, alg, sig}")
+        return cls(doc["log"], Head(doc["seq"], doc["hash"]), doc["actor"], doc["alg"],
+                   doc["sig"])
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -208,6 +228,11 @@ class Entry:
     def citation(self) -> Citation:
         """How another log's entry refers to this one."""
         return Citation(self.log, self.seq, self.hash)
+
+    @property
+    def head(self) -> Head:
+        """The log's head right after this entry (to anchor or sign with :func:`sign_head`)."""
+        return Head(self.seq, self.hash)
 
 
 @dataclass(frozen=True)
