@@ -192,3 +192,16 @@ def test_dp_sgd_facts_travel_as_metrics_and_come_back_bounded() -> None:
                 {"dp_noise_multiplier": 1e31}, {"steps": None}):
         with pytest.raises(ValueError, match="DP-SGD"):
             DpSgdFacts.from_metrics({**facts.to_metrics(), **bad})  # type: ignore[dict-item]
+
+
+@pytest.mark.parametrize("keep_float64", [False, True])
+def test_clip_then_noise_is_the_one_step_privatize_update(keep_float64: bool) -> None:
+    from fedcare.privacy.dp.hooks import privatize_update
+
+    spec = PrivacySpec("dp_fedavg_central", clip=0.5, noise_multiplier=1.0, delta=1e-5)
+    ctx = FilterContext(_task({DP_SITES: 3}))
+    out = DpNoise(spec, 12, keep_float64)(DpClip(0.5)(_trained(), ctx), ctx)
+    want, _ = privatize_update(G, X, spec, 3, frac_bits=12, keep_float64=keep_float64)
+    for k in want:
+        assert out.parameters[k].dtype == want[k].dtype
+        assert out.parameters[k].tobytes() == want[k].tobytes()
