@@ -36,8 +36,9 @@ def test_zoo_models_train_with_dp_sgd_and_report_the_accounting_inputs(name: str
     config = TrainConfig(local_epochs=2, batch_size=16, lr=0.05)
     res = learner.fit(learner.initial_parameters(), x, y, config, seed=3)
     assert res.num_steps == 2 * 4 == dp_sgd_steps(64, config)
-    assert res.metrics["dp_sample_rate"] == 0.25 == dp_sgd_sample_rate(64, 16)
-    assert res.metrics["dp_noise_multiplier"] == 1.0 and res.metrics["dp_clip"] == 1.0
+    assert res.dp is not None and res.dp.sample_rate == 0.25 == dp_sgd_sample_rate(64, 16)
+    assert res.dp.noise_multiplier == 1.0 and res.dp.clip == 1.0
+    assert res.dp.steps == res.num_steps
     assert all(np.isfinite(a).all() for a in res.parameters.values())
     assert "loss" in learner.evaluate(res.parameters, x, y)
 
@@ -81,7 +82,7 @@ def test_tiny_sample_rate_survives_empty_batches_and_still_adds_noise() -> None:
     x, y = _data(n=100)
     start = learner.initial_parameters()
     res = learner.fit(start, x, y, TrainConfig(local_steps=5, batch_size=1, lr=0.1), seed=0)
-    assert res.num_steps == 5 and res.metrics["dp_sample_rate"] == 0.01
+    assert res.num_steps == 5 and res.dp is not None and res.dp.sample_rate == 0.01
     assert not res.parameters.allclose(start)
 
 
@@ -113,4 +114,4 @@ def test_non_dp_learner_does_not_report_dp_metrics() -> None:
     learner = _learner("logreg")
     x, y = _data(n=30)
     res = learner.fit(learner.initial_parameters(), x, y, TrainConfig(batch_size=10), seed=0)
-    assert not any(k.startswith("dp_") for k in res.metrics)
+    assert not any(k.startswith("dp_") for k in res.metrics) and res.dp is None

@@ -258,7 +258,7 @@ def test_under_distributed_dp_the_stored_noised_update_enters_again_and_is_charg
     checkpoint = first.parameters
     with pytest.raises(_Killed):
         first.run_round(2)
-    stored = {n: fed.executors[n]._secure_fits[2].vector.copy() for n in NAMES}
+    stored = {n: fed.executors[n].secure.entered(2).copy() for n in NAMES}
 
     restarted = fed.hub(checkpoint, attempt=2)
     rec = restarted.run_round(2)

@@ -8,8 +8,6 @@ cross the boundary as data - so one broken site never takes the round down with 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -26,15 +24,9 @@ from fedcare.core.params import ArraySpec, Parameters, ParamSpec
 from fedcare.core.seeds import site_round_seed
 from fedcare.core.wire import decode_task, encode_error, encode_update
 from fedcare.data.prepare import Columns, SiteColumns
+from fedcare.engine.filters import FilterContext, SecureMask, UpdateFilter, site_chain
 from fedcare.engine.privacy import SitePrivacy
-from fedcare.engine.secure import (
-    ATTEMPT,
-    SecureSite,
-    contribution,
-    delta_contribution,
-    task_attempt,
-    vector_contribution,
-)
+from fedcare.engine.secure import SecureSite, vector_contribution
 from fedcare.engine.site_state import SiteStateStore
 from fedcare.strategies import site_algorithm
 
@@ -111,34 +103,6 @@ class LocalBaseline:
 #: :class:`LocalBaseline` (the approved study asks for none).
 NO_LOCAL_BASELINE = ("the study this site approved does not ask for a local-only baseline "
                      "([baselines] local_at_sites = false)")
-
-
-@dataclass(frozen=True)
-class _SecureFit:
-    """What a secure round's fit produced: the vector entered into the protocol and the
-    reply's other fields, and the fingerprint of the task it answered."""
-
-    fingerprint: str
-    vector: np.ndarray
-    fields: dict[str, Any]
-
-
-def _fit_fingerprint(task: Task) -> str:
-    """SHA-256 of everything a fit task asks except its protocol attempt: the global model,
-    the arrays sent with it, training config, seed, strategy and meta (participants, DP
-    round size). A later attempt must ask exactly this again."""
-    h = hashlib.sha256()
-    doc = {"round": task.round, "train": task.train.to_json(), "seed": task.seed,
-           "strategy": task.strategy, "evaluate": task.evaluate,
-           "meta": {k: v for k, v in task.meta.items() if k != ATTEMPT}}
-    h.update(json.dumps(doc, sort_keys=True, default=str).encode())
-    for group, params in [("model", task.parameters),
-                          *sorted((f"aux:{k}", v) for k, v in task.aux.items())]:
-        for name, arr in sorted(params.items()):
-            a = np.ascontiguousarray(arr)
-            h.update(f"|{group}|{name}|{a.dtype.str}|{a.shape}|".encode())
-            h.update(a.tobytes())
-    return h.hexdigest()
 
 
 def stats_vector(count: float, total: np.ndarray, total_sq: np.ndarray,
@@ -292,9 +256,12 @@ class SiteExecutor:
         self.columns: SiteColumns | None = getattr(data, "columns", None)
         self._norm_key: bytes | None = None
         self._norm_data: SiteData = data
-        #: The newest secure round's contribution (trained; under DP already clipped, noised
-        #: and charged), kept for a restarted hub's next attempt at the round's protocol.
-        self._secure_fits: dict[int, _SecureFit] = {}
+        #: What happens to a trained update before it leaves the site, in order (built once
+        #: from the approved study: the site's privacy filters last, see engine.filters).
+        self.chain: tuple[UpdateFilter, ...] = site_chain(privacy, secure)
+        #: The chain's secure-aggregation step (None: the study sends plain updates); it keeps
+        #: the newest secure round's entry for a restarted hub's next attempt at the round.
+        self._secure_step = next((f for f in self.chain if isinstance(f, SecureMask)), None)
 
     @property
     def name(self) -> str:
@@ -458,23 +425,9 @@ class SiteExecutor:
                       provenance=(f"secure:{task.kind.value}",),
                       seconds=time.perf_counter() - start, **fields)
 
-    def _reenter(self, task: Task, fit: _SecureFit, start: float) -> Update:
-        """A later attempt at a secure round's protocol (a restarted hub asks for the round's
-        fit again): the stored contribution enters it under fresh keys. Training again would
-        spend the site's privacy budget a second time and, under DP, put a second, differently
-        noised copy of the update into the protocol."""
-        if _fit_fingerprint(task) != fit.fingerprint:
-            raise ProtocolError(f"round {task.round} asked again with another model, training "
-                                "config or participant list than this site trained on; "
-                                "refusing to enter its update into another round")
-        log.info("task %s: round %d's fit asked again (protocol attempt %d; the hub "
-                 "restarted?): entering the update trained for it before, without training "
-                 "again", task.task_id, task.round, task_attempt(task))
-        assert self.secure is not None
-        return self._protocol_reply(task, self.secure.start(task, fit.vector), start,
-                                    **fit.fields)
-
     def run(self, task: Task) -> Update:
+        """Check the task against the approved study, charge the site's privacy ledger,
+        train, then pass the update through the site's chain of filters (engine.filters)."""
         start = time.perf_counter()
         if task.strategy != self.strategy:  # checked first: nothing is charged or computed
             raise ProtocolError(f"the task asks for strategy {task.strategy!r} but the study "
@@ -490,6 +443,22 @@ class SiteExecutor:
             if self.secure is None:
                 raise ProtocolError("this site's study does not use secure aggregation")
             return self._protocol_reply(task, self.secure.step(task), start, num_examples=0)
+        again = self._check(task)
+        if again is not None:  # the round's protocol restarted: no training, no charge
+            return replace(again, seconds=time.perf_counter() - start)
+        if self.privacy is not None:  # a valid task only: the ledger is charged, then data used
+            self.privacy.charge(task, task.train)
+        update = self._train(task)
+        if task.kind is TaskKind.FIT:
+            ctx = FilterContext(task)
+            for f in self.chain:
+                update = f(update, ctx)
+        return replace(update, seconds=time.perf_counter() - start)
+
+    def _check(self, task: Task) -> Update | None:
+        """Refuse a fit or evaluation task the approved study does not allow, before anything
+        is charged or computed; a secure fit of a round this site already entered returns
+        the stored entry's reply for the new protocol attempt."""
         if task.kind is TaskKind.FIT and (self.secure is not None) != bool(
                 task.meta.get("secure")):
             raise ProtocolError(
@@ -498,12 +467,17 @@ class SiteExecutor:
                 "the task asks for secure aggregation but the approved study does not use it")
         if self.secure is not None and task.kind is TaskKind.FIT:
             self.secure.check(task)
-            again = self._secure_fits.get(task.round)
-            if again is not None:  # the round's protocol restarted: no training, no charge
-                return self._reenter(task, again, start)
-        if self.privacy is not None:  # a valid task only: the ledger is charged, then data used
+            assert self._secure_step is not None
+            again = self._secure_step.again(task)
+            if again is not None:
+                return again
+        if self.privacy is not None:
             self.privacy.check(task)
-            self.privacy.charge(task, task.train)
+        return None
+
+    def _train(self, task: Task) -> Update:
+        """Evaluate the incoming model if asked, then (a fit) train: the update as trained,
+        before any filter."""
         d = self._normalized(task.aux.get(NORMALIZER))
         eval_metrics: dict[str, float] = {}
         if task.evaluate and len(d.x_test):
@@ -513,8 +487,7 @@ class SiteExecutor:
                           kind=UpdateKind.FULL, parameters=Parameters({}), num_examples=0,
                           eval_metrics=eval_metrics, num_eval_examples=len(d.x_test),
                           provenance=(f"evaluate:{self.learner.name}",) + (
-                              (TEST_SPLIT_NOTE + d.test_split,) if d.test_split else ()),
-                          seconds=time.perf_counter() - start)
+                              (TEST_SPLIT_NOTE + d.test_split,) if d.test_split else ()))
         algo = self.algorithm
         state = self.state.load_before(task.round)
         task_aux = {k: v for k, v in task.aux.items() if k != NORMALIZER}
@@ -525,31 +498,10 @@ class SiteExecutor:
         aux, new_state = algo.after_fit(task.parameters, task_aux, result, task.train, state)
         if new_state:
             self.state.save(task.round, new_state)
-        dp_delta = self.privacy.privatize(task, result.parameters) if self.privacy else None
-        provenance: tuple[str, ...] = (f"fit:{self.learner.name}", f"strategy:{self.strategy}")
-        if self.privacy is not None and self.privacy.spec is not None:
-            # The training loss is computed on the protected rows without noise: under DP
-            # only the accounting facts (steps, sample rate, noise) leave the site.
-            result = replace(result, metrics={k: v for k, v in result.metrics.items()
-                                              if k.startswith("dp_")})
-        if dp_delta is not None:
-            provenance += (f"dp:{self.privacy.spec.mechanism.value}",)  # type: ignore[union-attr]
-        if self.secure is not None:
-            vector = (contribution(result.parameters, task.parameters, result.num_examples)
-                      if dp_delta is None else delta_contribution(dp_delta))
-            fit = _SecureFit(_fit_fingerprint(task), vector, {
-                "num_examples": result.num_examples,
-                "metrics": {**result.metrics, "steps": float(result.num_steps)},
-                "eval_metrics": eval_metrics,
-                "num_eval_examples": len(d.x_test) if eval_metrics else 0})
-            self._secure_fits = {task.round: fit}  # the newest round only
-            return self._protocol_reply(task, self.secure.start(task, vector), start,
-                                        **fit.fields)
+        facts = result.dp.to_metrics() if result.dp is not None else {}
         return Update(
-            task_id=task.task_id, site=self.name, round=task.round,
-            kind=UpdateKind.FULL if dp_delta is None else UpdateKind.DELTA,
-            parameters=result.parameters if dp_delta is None else dp_delta,
-            num_examples=result.num_examples,
-            metrics={**result.metrics, "steps": float(result.num_steps)},
+            task_id=task.task_id, site=self.name, round=task.round, kind=UpdateKind.FULL,
+            parameters=result.parameters, num_examples=result.num_examples,
+            metrics={**result.metrics, **facts, "steps": float(result.num_steps)},
             eval_metrics=eval_metrics, num_eval_examples=len(d.x_test) if eval_metrics else 0,
-            aux=aux, provenance=provenance, seconds=time.perf_counter() - start)
+            aux=aux, provenance=(f"fit:{self.learner.name}", f"strategy:{self.strategy}"))

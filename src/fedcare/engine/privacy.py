@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 
 from fedcare.core.errors import FedcareError, ProtocolError, ValidationError
+from fedcare.core.learning import DpSgdFacts
 from fedcare.core.messages import Task, TaskKind, TrainConfig, first_attempt_id
-from fedcare.core.params import Parameters
 from fedcare.privacy.dp.spec import Mechanism, PrivacySpec
 
 #: Task meta key: how many sites a DP-FedAvg round sampled (each adds 1/n of the noise).
@@ -193,23 +193,6 @@ class SitePrivacy:
                                 sample_rate=1.0, steps=1, delta=spec.delta)
         self.ledger.charge(entry)
 
-    def privatize(self, task: Task, trained: Parameters) -> Parameters | None:
-        """DP-FedAvg: the clipped (distributed: and noised) difference to the global model;
-        None when the study's mechanism leaves the update as it is."""
-        spec = self.spec
-        if spec is None or not spec.mechanism.is_dp_fedavg:
-            return None
-        from fedcare.privacy.dp.hooks import privatize_update
-
-        self.check(task)
-        n = int(task.meta[DP_SITES])
-        # Under masking secure aggregation the exact float64 grid values are encoded as they
-        # are, so the hub's sum is exactly the sum of the sites' noised grid values.
-        exact = task.meta.get("secure") in ("secagg", "secagg+")
-        delta, _info = privatize_update(task.parameters, trained, spec, n,  # norm stays here
-                                        frac_bits=self.frac_bits, keep_float64=exact)
-        return delta
-
 
 class HubPrivacy:
     """The hub's half: weights, central noise and the epsilon history of one study."""
@@ -288,14 +271,22 @@ class HubPrivacy:
 
         per_site: dict[str, list[Any]] = {}
         zs: dict[str, float] = {}
+        bad: dict[str, str] = {}
         for r in rounds:
             for site, m in r.train_metrics.items():
-                if "dp_sample_rate" in m:
+                try:
+                    facts = DpSgdFacts.from_metrics(m)
+                except ValueError as exc:  # a site reported impossible accounting facts
+                    bad[site] = str(exc)
+                    continue
+                if facts is not None:
                     per_site.setdefault(site, self._stats_charge()).append(
-                        RoundCharge(r.round, float(m["dp_sample_rate"]), int(m["steps"])))
-                    zs[site] = float(m["dp_noise_multiplier"])
-        sites: dict[str, Any] = {}
+                        RoundCharge(r.round, facts.sample_rate, facts.steps))
+                    zs[site] = facts.noise_multiplier
+        sites: dict[str, Any] = {s: {"epsilon": "inf", "error": why} for s, why in bad.items()}
         for site, charges in per_site.items():
+            if site in bad:
+                continue
             try:
                 spec = PrivacySpec(self.spec.mechanism, clip=self.spec.clip,
                                    noise_multiplier=zs[site], delta=self.spec.delta,

@@ -23,7 +23,6 @@ from fedcare.core.messages import (
     TaskKind,
     TrainConfig,
     Update,
-    UpdateKind,
     task_id,
 )
 from fedcare.core.params import Parameters, ParamSpec, check_finite
@@ -37,12 +36,9 @@ from fedcare.core.wire import (
     encode_task_payload,
     pack_arrays,
 )
+from fedcare.engine.aggregation import Aggregation, RoundFailed, RoundInputs, hub_aggregation
 from fedcare.engine.history import History, RoundRecord, weighted_mean_metrics
-from fedcare.engine.integrity import (
-    MIN_UPDATES_FOR_OUTLIERS,
-    cap_examples,
-    robust_outliers,
-)
+from fedcare.engine.integrity import cap_examples
 from fedcare.strategies.aggregate import UpdateStack
 from fedcare.strategies.base import Strategy
 from fedcare.transport.base import Transport
@@ -56,10 +52,6 @@ if TYPE_CHECKING:
 class CheckpointSink(Protocol):
     def save(self, round_: int, parameters: Parameters, strategy_state: Mapping[str, Any],
              history: History) -> object: ...
-
-
-class RoundFailed(FedcareError):
-    """Too few sites completed a round for it to count; the global model is unchanged."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +112,12 @@ class RoundEngine:
         self._stack = UpdateStack(self.spec, capacity=len(self.sites))
         #: Arrays sent with every task besides the strategy's (e.g. the feature normalizer).
         self.extra_aux: dict[str, Parameters] = {}
+        #: How a round's fit replies become the stack the strategy aggregates: plain or
+        #: secure sum, central DP noise around it (engine.aggregation), built once.
+        self.aggregation: Aggregation = hub_aggregation(
+            secure=secure, privacy=privacy, exchange=self._protocol_step,
+            study=settings.study, min_completed=strategy.sampling.min_completed,
+            example_bounds=self.example_bounds)
 
     # -- one exchange of tasks and replies ------------------------------------------------
     def exchange(self, round_: int, sites: Sequence[str], kind: TaskKind, *,
@@ -170,6 +168,13 @@ class RoundEngine:
             for site, site_aux in aux.items()}
         return self._collect(round_, kind, payloads, ParamSpec({}), {PROTOCOL_AUX: None},
                              start, attempt)
+
+    def _protocol_step(self, round_: int, kind: TaskKind,
+                       aux: Mapping[str, Mapping[str, Parameters]],
+                       meta: Mapping[str, Any]) -> Exchange:
+        """The one place the secure aggregator's steps reach the protocol exchange (its
+        :data:`~fedcare.engine.secure.ExchangeFn`)."""
+        return self.protocol_exchange(round_, kind, aux, meta)
 
     def task_id(self, round_: int, kind: TaskKind, site: str, attempt: int = 1) -> str:
         """Deterministic, so a restarted hub re-creates a round's tasks instead of new ones;
@@ -254,29 +259,9 @@ class RoundEngine:
                 f"(need {need}); failures: {ex.failures}")
         t1 = time.perf_counter()
         self._stack.clear()
-        dp_fedavg = self.privacy is not None and self.privacy.is_dp_fedavg
-        kind = UpdateKind.FULL
-        if self.secure is not None:
-            self._add_secure_sum(round_, sampled, ex, record)
-        else:
-            for site in sampled:
-                if site in ex.updates:
-                    u = ex.updates[site]
-                    if dp_fedavg and u.kind is not UpdateKind.DELTA:
-                        raise RoundFailed(f"round {round_}: {site} sent a full model in a "
-                                          "DP-FedAvg study (clipped differences expected)")
-                    self._stack.add(site, u.parameters, 1.0 if dp_fedavg else u.num_examples,
-                                    validated=True)
-            self._flag_outliers(record, delta=dp_fedavg)
-            if dp_fedavg:
-                kind = UpdateKind.DELTA
-                rows = self._stack.rows
-                noisy = self.privacy.noisy_sum(  # type: ignore[union-attr]
-                    rows.sum(axis=0, dtype=np.float64))
-                if noisy is not None:
-                    # Every row becomes the noisy mean: the uniform average is then a function
-                    # of the exact noisy sum alone (no float rounding mixes in a site's bits).
-                    rows[:] = (noisy / len(rows)).astype(rows.dtype)
+        kind = self.aggregation.combine(
+            RoundInputs(round_, sampled, ex.updates, ex.failures, self.parameters, record),
+            self._stack).kind
         if self._stack.weights.sum() <= 0:
             raise RoundFailed(f"round {round_}: the sites that completed trained on no examples")
         new = self.strategy.aggregate(round_, self.parameters, self._stack, kind,
@@ -298,76 +283,6 @@ class RoundEngine:
         if self.on_round is not None:
             self.on_round(record)
         return record
-
-    def _add_secure_sum(self, round_: int, sampled: Sequence[str], ex: Exchange,
-                        record: RoundRecord) -> None:
-        """Run the round's secure-aggregation steps; the stack then holds ONE row, the
-        FedAvg mean of the included sites (the hub never sees a single site's update), which
-        every supported strategy aggregates exactly as it would the individual rows."""
-        assert self.secure is not None
-        try:
-            result = self.secure.aggregate(self, round_, sampled, ex.updates)
-        except FedcareError as exc:
-            raise RoundFailed(f"round {round_}: secure aggregation aborted: {exc.message}; "
-                              f"failures: {ex.failures}") from exc
-        self._check_secure_weight(round_, result.included, result.total_weight, record)
-        record.sites_failed = {**ex.failures, **result.failures}
-        record.sites_completed = list(result.included)
-        record.bytes_down += result.bytes_down
-        record.bytes_up += result.bytes_up
-        need = self.strategy.sampling.min_completed
-        if len(result.included) < need:
-            raise RoundFailed(f"round {round_}: only {len(result.included)} sites are in the "
-                              f"secure sum (need {need}); failures: {record.sites_failed}")
-        if self.privacy is not None and self.privacy.is_dp_fedavg:
-            total = result.total
-            if total is None:  # fail closed: central noise needs the exact sum
-                total = np.full(self.spec.total_size, np.nan)
-            noisy = self.privacy.noisy_sum(total)
-            if noisy is not None:  # central noise on the exact (uniform) sum, as in the plain path
-                result.new_model = self.parameters.flatten("float64") + noisy / result.total_weight
-        mean = Parameters.unflatten(result.new_model.astype(self._stack.dtype), self.spec)
-        self._stack.add("secure-sum", mean, result.total_weight, validated=False)
-
-    def _flag_outliers(self, record: RoundRecord, *, delta: bool) -> None:
-        """Flag (never drop) the stacked updates that lie far from the round's others: the
-        distance of each to the global model (``delta``: the rows are differences already)
-        against the round's median, as a robust z-score (:func:`robust_outliers`)."""
-        rows, sites = self._stack.rows, self._stack.sites
-        if len(sites) < MIN_UPDATES_FOR_OUTLIERS:
-            return
-        g = None if delta else self.parameters.flatten(self._stack.dtype)
-        buf = np.empty(rows.shape[1], dtype=rows.dtype)  # one buffer, not one per site
-        distances = {}
-        for i, site in enumerate(sites):
-            diff = rows[i] if g is None else np.subtract(rows[i], g, out=buf)
-            distances[site] = float(np.sqrt(np.dot(diff, diff)))
-        for site, z in robust_outliers(distances).items():
-            why = (f"update lies {distances[site]:.4g} from the global model, "
-                   f"{z:.1f} robust z-scores above the round's median distance (flagged, "
-                   "still aggregated)")
-            old = record.sites_flagged.get(site)
-            record.sites_flagged[site] = why if old is None else f"{old}; {why}"
-
-    def _check_secure_weight(self, round_: int, included: Sequence[str], total_weight: float,
-                             record: RoundRecord) -> None:
-        """Under secure aggregation the hub sees only the round's total weight, not who
-        claimed what: it must not exceed the sum of the included sites' bounds (under
-        DP-FedAvg every site weighs 1). If it does, some site lied about its examples and
-        the round's aggregate cannot be trusted: the round is refused (RoundFailed, which
-        ends the study with the reason) rather than folded into the model - there is no
-        per-site weight to cap, and leaving out "the" site would need knowing which one."""
-        if self.example_bounds is None:
-            return
-        dp = self.privacy is not None and self.privacy.is_dp_fedavg
-        limit = float(len(included)) if dp else float(
-            sum(self.example_bounds.get(s, 0) for s in included))
-        if total_weight > limit * (1 + 1e-6) + 1e-3:  # fixed-point / CKKS rounding
-            why = (f"the secure sum's total weight {total_weight:.6g} exceeds the "
-                   f"{limit:.6g} examples its sites {sorted(included)} declared")
-            record.sites_flagged["(secure sum)"] = why
-            raise RoundFailed(f"round {round_}: aggregate refused: {why}; a site claimed "
-                              "more examples than it holds")
 
     def _note_rows(self, updates: Mapping[str, Update]) -> None:
         """Row counts the sites reported (a networked hub learns them only from updates)."""
@@ -490,9 +405,9 @@ class RoundEngine:
             size = 1 + (3 if observed else 2) * n_features
             try:
                 got = SecureVectorSum(self.secure).run(
-                    self, STATS_ROUND, self.sites,
+                    self._protocol_step, STATS_ROUND, self.sites,
                     {s: replace(u, aux={k: v for k, v in u.aux.items() if k != LEVELS})
-                     for s, u in ex.updates.items()}, size)
+                     for s, u in ex.updates.items()}, size, study=self.settings.study)
             except FedcareError as exc:
                 raise RoundFailed(f"feature statistics: secure aggregation aborted: "
                                   f"{exc.message}") from exc

@@ -35,7 +35,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -45,7 +45,6 @@ from fedcare.core.params import Parameters
 
 if TYPE_CHECKING:
     from fedcare.engine.ckks_custody import LocalTrust, SiteIdentity, StudyKeys
-    from fedcare.engine.round_engine import RoundEngine
 
 #: Aux name under which protocol messages travel in tasks and replies.
 PROTOCOL_AUX = "sp"
@@ -397,8 +396,27 @@ class SecureSum:
     total: np.ndarray | None = None
 
 
+class StepReplies(Protocol):
+    """What one protocol step's exchange returns (the engine's ``Exchange``)."""
+
+    @property
+    def updates(self) -> Mapping[str, Update]: ...
+    @property
+    def failures(self) -> Mapping[str, str]: ...
+    @property
+    def bytes_down(self) -> int: ...
+    @property
+    def bytes_up(self) -> int: ...
+
+
+#: Sends one protocol step: ``(round, kind, per-site aux, meta) -> replies``. The engine
+#: passes its protocol exchange; the aggregator never sees the engine itself.
+ExchangeFn = Callable[[int, TaskKind, Mapping[str, Mapping[str, Parameters]],
+                       Mapping[str, Any]], StepReplies]
+
+
 class SecureAggregator:
-    """Drives a round's protocol steps through the engine's exchanges.
+    """Drives a round's protocol steps through an exchange function (the engine's).
 
     ``attempts(round)`` says which attempt at the round's protocol to run: 1 in a simulation;
     a hub restarted mid-round asks its store (one more than the attempts its earlier processes
@@ -420,109 +438,24 @@ class SecureAggregator:
     def meta(self, round_: int, participants: Sequence[str]) -> dict[str, Any]:
         return self.settings.meta(participants, self.attempt(round_))
 
-    def aggregate(self, engine: RoundEngine, round_: int, participants: Sequence[str],
-                  fit: Mapping[str, Update]) -> SecureSum:
+    def aggregate(self, exchange: ExchangeFn, round_: int, participants: Sequence[str],
+                  fit: Mapping[str, Update], *, study: str,
+                  global_model: Parameters) -> SecureSum:
+        """Run the round's protocol steps after its fit replies (``fit``: each site's first
+        protocol message) through ``exchange``; ``global_model`` is what the sites trained
+        from (its layout fixes the vectors' length) and ``study`` names the session."""
         acc = SecureSum(np.empty(0), 0.0, [], {})
+        run = _Run(self, exchange, round_, participants, study, global_model, acc)
         try:
             if self.settings.is_masking:
-                return self._secagg(engine, round_, participants, fit, acc)
-            return self._ckks(engine, round_, participants, fit, acc)
+                return run.secagg(fit)
+            return run.ckks(fit)
         except FedcareError as exc:
             if not acc.failures:
                 raise
             # Say why sites were missing (e.g. a site refusing to unmask), not only how many.
             raise ProtocolError(f"{exc.message}; the sites' failures: {acc.failures}",
                                 site=exc.site) from exc
-
-    def _step(self, engine: RoundEngine, round_: int, kind: TaskKind,
-              payloads: Mapping[str, Mapping[str, np.ndarray]], participants: Sequence[str],
-              acc: SecureSum, **meta: Any) -> dict[str, dict[str, np.ndarray]]:
-        ex = engine.protocol_exchange(round_, kind, {s: _as_aux(p) for s, p in payloads.items()},
-                                      {**self.meta(round_, participants), **meta})
-        acc.failures.update({s: f"{kind.value}: {m}" for s, m in ex.failures.items()})
-        acc.bytes_down += ex.bytes_down
-        acc.bytes_up += ex.bytes_up
-        return {s: _arrays(u) for s, u in ex.updates.items()}
-
-    def _secagg(self, engine: RoundEngine, round_: int, participants: Sequence[str],
-                fit: Mapping[str, Update], acc: SecureSum) -> SecureSum:
-        from fedcare.privacy.secagg import (
-            AdvertiseKeys,
-            MaskedInput,
-            SecAggServer,
-            ShareBundle,
-            UnmaskResponse,
-        )
-
-        cfg = secagg_config(self.settings, participants, engine.spec.total_size + 1,
-                            engine.settings.study, round_)
-        server = SecAggServer(cfg)
-        keys = {}
-        for s, u in fit.items():
-            try:
-                keys[s] = AdvertiseKeys.from_arrays(_arrays(u), cfg=cfg)
-            except FedcareError as exc:
-                acc.failures[s] = f"keys: {exc.message}"
-        bcast = server.collect_keys(keys)
-        got = self._step(engine, round_, TaskKind.SECAGG_SHARE,
-                         {s: m.to_arrays(cfg) for s, m in bcast.items()}, participants, acc)
-        routed = server.collect_shares(self._parse(got, ShareBundle, cfg, acc))
-        got = self._step(engine, round_, TaskKind.SECAGG_MASK,
-                         {s: m.to_arrays(cfg) for s, m in routed.items()}, participants, acc)
-        request = server.collect_masked(self._parse(got, MaskedInput, cfg, acc))
-        got = self._step(engine, round_, TaskKind.SECAGG_UNMASK,
-                         {s: request.to_arrays(cfg) for s in request.survivors}, participants,
-                         acc)
-        result = server.finish(self._parse(got, UnmaskResponse, cfg, acc))
-        acc.new_model, acc.total_weight = mean_from_sum(result.sum, engine.parameters)
-        acc.total = result.sum[:-1]
-        acc.included = sorted(result.included)
-        return acc
-
-    @staticmethod
-    def _parse(got: Mapping[str, Mapping[str, np.ndarray]], cls: Any, cfg: Any,
-               acc: SecureSum) -> dict[str, Any]:
-        out = {}
-        for s, arrays in got.items():
-            try:
-                out[s] = cls.from_arrays(arrays, cfg=cfg)
-            except FedcareError as exc:  # a malformed message: that site drops out
-                acc.failures[s] = exc.message
-        return out
-
-    def _ckks(self, engine: RoundEngine, round_: int, participants: Sequence[str],
-              fit: Mapping[str, Update], acc: SecureSum) -> SecureSum:
-        """Collect the sites' signed ciphertexts and have one included site decrypt their sum.
-
-        The hub needs no CKKS context: it checks each ciphertext's header (same key
-        fingerprint, the model's length) and forwards the signed ciphertexts; the decrypting
-        site adds them. Given the public context (a simulation), it also parses every
-        ciphertext, so a corrupt one is left out before a site is asked to decrypt."""
-        parts = _ckks_parts(fit, engine.spec.total_size + 1, acc)
-        if self.public_he_context is not None and parts:
-            parts = self._ckks_parse(parts, acc)
-        included = sorted(parts)
-        need = _min_sum(self.settings, len(participants))
-        if len(included) < need:
-            # A "sum" of fewer would let a decrypting site hand the hub one site's update.
-            raise ProtocolError(f"round {round_}: only {len(included)} ciphertexts; the sum "
-                                f"must include at least {need} sites")
-        payload = {f"{k}.{s}": v for s in included for k, v in parts[s].items()}
-        # One participant decrypts the sum (any will do; the first that answers is used).
-        for decryptor in included:
-            got = self._step(engine, round_, TaskKind.HE_DECRYPT, {decryptor: payload},
-                             participants, acc, included=included)
-            if decryptor in got:
-                plain = np.asarray(got[decryptor]["sum"], dtype=np.float64)
-                if plain.shape != (engine.spec.total_size + 1,) or not np.isfinite(plain).all():
-                    acc.failures[decryptor] = "decrypted sum has the wrong shape or NaN/Inf"
-                    continue
-                acc.new_model, acc.total_weight = mean_from_sum(plain, engine.parameters)
-                acc.total = plain[:-1]
-                acc.included = included
-                return acc
-        raise ProtocolError(f"round {round_}: no site could decrypt the aggregate: "
-                            f"{acc.failures}")
 
     def _ckks_parse(self, parts: dict[str, dict[str, np.ndarray]],
                     acc: SecureSum) -> dict[str, dict[str, np.ndarray]]:
@@ -541,6 +474,104 @@ class SecureAggregator:
                 acc.failures[bad] = f"ciphertext: {exc.message}"
                 del parts[bad]  # that site is left out; the others are checked again
         return parts
+
+
+@dataclass
+class _Run:
+    """One run of a round's protocol: the aggregator, how to send a step, and the round."""
+
+    agg: SecureAggregator
+    exchange: ExchangeFn
+    round: int
+    participants: Sequence[str]
+    study: str
+    global_model: Parameters
+    acc: SecureSum
+
+    def _step(self, kind: TaskKind, payloads: Mapping[str, Mapping[str, np.ndarray]],
+              **meta: Any) -> dict[str, dict[str, np.ndarray]]:
+        ex = self.exchange(self.round, kind, {s: _as_aux(p) for s, p in payloads.items()},
+                           {**self.agg.meta(self.round, self.participants), **meta})
+        self.acc.failures.update({s: f"{kind.value}: {m}" for s, m in ex.failures.items()})
+        self.acc.bytes_down += ex.bytes_down
+        self.acc.bytes_up += ex.bytes_up
+        return {s: _arrays(u) for s, u in ex.updates.items()}
+
+    def secagg(self, fit: Mapping[str, Update]) -> SecureSum:
+        from fedcare.privacy.secagg import (
+            AdvertiseKeys,
+            MaskedInput,
+            SecAggServer,
+            ShareBundle,
+            UnmaskResponse,
+        )
+
+        acc = self.acc
+        cfg = secagg_config(self.agg.settings, self.participants,
+                            self.global_model.spec.total_size + 1, self.study, self.round)
+        server = SecAggServer(cfg)
+        keys = {}
+        for s, u in fit.items():
+            try:
+                keys[s] = AdvertiseKeys.from_arrays(_arrays(u), cfg=cfg)
+            except FedcareError as exc:
+                acc.failures[s] = f"keys: {exc.message}"
+        bcast = server.collect_keys(keys)
+        got = self._step(TaskKind.SECAGG_SHARE, {s: m.to_arrays(cfg) for s, m in bcast.items()})
+        routed = server.collect_shares(_parse(got, ShareBundle, cfg, acc))
+        got = self._step(TaskKind.SECAGG_MASK, {s: m.to_arrays(cfg) for s, m in routed.items()})
+        request = server.collect_masked(_parse(got, MaskedInput, cfg, acc))
+        got = self._step(TaskKind.SECAGG_UNMASK,
+                         {s: request.to_arrays(cfg) for s in request.survivors})
+        result = server.finish(_parse(got, UnmaskResponse, cfg, acc))
+        acc.new_model, acc.total_weight = mean_from_sum(result.sum, self.global_model)
+        acc.total = result.sum[:-1]
+        acc.included = sorted(result.included)
+        return acc
+
+    def ckks(self, fit: Mapping[str, Update]) -> SecureSum:
+        """Collect the sites' signed ciphertexts and have one included site decrypt their sum.
+
+        The hub needs no CKKS context: it checks each ciphertext's header (same key
+        fingerprint, the model's length) and forwards the signed ciphertexts; the decrypting
+        site adds them. Given the public context (a simulation), it also parses every
+        ciphertext, so a corrupt one is left out before a site is asked to decrypt."""
+        acc, length = self.acc, self.global_model.spec.total_size + 1
+        parts = _ckks_parts(fit, length, acc)
+        if self.agg.public_he_context is not None and parts:
+            parts = self.agg._ckks_parse(parts, acc)
+        included = sorted(parts)
+        need = _min_sum(self.agg.settings, len(self.participants))
+        if len(included) < need:
+            # A "sum" of fewer would let a decrypting site hand the hub one site's update.
+            raise ProtocolError(f"round {self.round}: only {len(included)} ciphertexts; the "
+                                f"sum must include at least {need} sites")
+        payload = {f"{k}.{s}": v for s in included for k, v in parts[s].items()}
+        # One participant decrypts the sum (any will do; the first that answers is used).
+        for decryptor in included:
+            got = self._step(TaskKind.HE_DECRYPT, {decryptor: payload}, included=included)
+            if decryptor in got:
+                plain = np.asarray(got[decryptor]["sum"], dtype=np.float64)
+                if plain.shape != (length,) or not np.isfinite(plain).all():
+                    acc.failures[decryptor] = "decrypted sum has the wrong shape or NaN/Inf"
+                    continue
+                acc.new_model, acc.total_weight = mean_from_sum(plain, self.global_model)
+                acc.total = plain[:-1]
+                acc.included = included
+                return acc
+        raise ProtocolError(f"round {self.round}: no site could decrypt the aggregate: "
+                            f"{acc.failures}")
+
+
+def _parse(got: Mapping[str, Mapping[str, np.ndarray]], cls: Any, cfg: Any,
+           acc: SecureSum) -> dict[str, Any]:
+    out = {}
+    for s, arrays in got.items():
+        try:
+            out[s] = cls.from_arrays(arrays, cfg=cfg)
+        except FedcareError as exc:  # a malformed message: that site drops out
+            acc.failures[s] = exc.message
+    return out
 
 
 def _ckks_parts(fit: Mapping[str, Update], length: int,
@@ -628,20 +659,6 @@ class VectorSum:
     bytes_up: int = 0
 
 
-class _VectorView:
-    """The engine as :class:`SecureAggregator` sees it, for a vector that is not the model:
-    the same exchanges, study and settings, but a flat zero "global model" of the vector's
-    length, so the protocol's ``g + Σ w·v / Σ w`` is the plain mean of the vectors."""
-
-    def __init__(self, engine: RoundEngine, length: int) -> None:
-        self._engine = engine
-        self.parameters = Parameters({"v": np.zeros(length, dtype=np.float64)})
-        self.spec = self.parameters.spec
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._engine, name)
-
-
 class SecureVectorSum:
     """Runs one secure-aggregation session over an arbitrary vector per site (not a model
     update): used for the feature statistics, whose ``[count, sums, sums of squares]`` the hub
@@ -650,17 +667,19 @@ class SecureVectorSum:
     Each site answers the task that asked for its vector with the protocol's first message
     for :func:`vector_contribution` (secagg keys, or a CKKS ciphertext), exactly as a secure
     fit reply; the later steps are the very protocol steps of a training round
-    (:meth:`SecureAggregator.aggregate`, run on a :class:`_VectorView` of the engine). The
+    (:meth:`SecureAggregator.aggregate`, with a flat zero "global model" of the vector's
+    length, so the protocol's ``g + Σ w·v / Σ w`` is the plain mean of the vectors). The
     session's round number must differ from every training round's (the engine uses round
     0): sessions, graph seeds and task ids are per round."""
 
     def __init__(self, aggregator: SecureAggregator) -> None:
         self.agg = aggregator
 
-    def run(self, engine: RoundEngine, round_: int, participants: Sequence[str],
-            first: Mapping[str, Update], length: int) -> VectorSum:
-        view = _VectorView(engine, length)
-        got = self.agg.aggregate(view, round_, participants, first)  # type: ignore[arg-type]
+    def run(self, exchange: ExchangeFn, round_: int, participants: Sequence[str],
+            first: Mapping[str, Update], length: int, *, study: str) -> VectorSum:
+        zero = Parameters({"v": np.zeros(length, dtype=np.float64)})
+        got = self.agg.aggregate(exchange, round_, participants, first, study=study,
+                                 global_model=zero)
         if round(got.total_weight) != len(got.included):  # each site weighs exactly 1
             raise ProtocolError(f"the secure sum's weight {got.total_weight:g} is not its "
                                 f"{len(got.included)} sites")

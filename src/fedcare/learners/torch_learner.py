@@ -38,7 +38,7 @@ from torch.nn import functional as F
 
 from fedcare.core.dataset import TaskType
 from fedcare.core.errors import ConfigError, DataError, ValidationError
-from fedcare.core.learning import FitResult
+from fedcare.core.learning import DpSgdFacts, FitResult
 from fedcare.core.messages import TrainConfig
 from fedcare.core.params import Parameters, ParamSpec, check_finite
 from fedcare.learners.metrics import task_metrics
@@ -389,8 +389,8 @@ class TorchLearner:
     def _fit_dp(self, xt: torch.Tensor, yt: torch.Tensor, config: TrainConfig, seed: int,
                 anchor: list[torch.Tensor] | None,
                 corr: list[torch.Tensor] | None) -> FitResult:
-        """DP-SGD fit; metrics add ``dp_sample_rate``, ``dp_noise_multiplier`` and ``dp_clip``
-        so the site's ledger and the hub's report account exactly (``num_steps`` = steps)."""
+        """DP-SGD fit; ``dp`` holds the sample rate, noise multiplier, clip and steps
+        (:class:`DpSgdFacts`) so the site's ledger and the hub's report account exactly."""
         from opacus.optimizers import DPOptimizer
 
         dp = self.dp
@@ -422,10 +422,9 @@ class TorchLearner:
             (total, seen), steps = self._train_dp(xt, yt, config, sampler, q, opt, anchor,
                                                   corr)
         return FitResult(self._export(), num_examples=n, num_steps=steps,
-                         metrics={"train_loss": total / seen if seen else 0.0,
-                                  "dp_sample_rate": q,
-                                  "dp_noise_multiplier": float(dp.noise_multiplier),
-                                  "dp_clip": float(dp.max_grad_norm)})
+                         metrics={"train_loss": total / seen if seen else 0.0},
+                         dp=DpSgdFacts(q, float(dp.noise_multiplier),
+                                       float(dp.max_grad_norm), steps))
 
     def _train_dp(self, xt: torch.Tensor, yt: torch.Tensor, config: TrainConfig,
                   sampler: np.random.Generator, q: float, opt: Any,
