@@ -38,6 +38,9 @@ SKETCH, GROW, DONE = 0.0, 1.0, 2.0
 OBJECTIVES = ("binary:logistic", "reg:squarederror")
 #: The arrays a site fills with its sums (every other array is state, sent back unchanged).
 SUMS = ("sketch", "labels", "hist")
+#: The marker a federated site's learner gets from the strategy's site half: "contribute your
+#: sums" (without it the learner grows the ensemble alone, as the baselines do).
+SUMS_ONLY_KEY = "sums_only"
 
 
 @dataclass(frozen=True)
@@ -60,8 +63,11 @@ class Hyper:
         return 2 ** (self.max_depth + 1) - 1
 
     def vector(self) -> np.ndarray:
+        """The options the hub's step reads (``base_score``: flag and value)."""
+        given = self.base_score is not None
         return np.array([self.learning_rate, self.reg_lambda, self.gamma, self.min_child_weight,
-                         self.max_depth, OBJECTIVES.index(self.objective)], dtype=np.float64)
+                         self.max_depth, OBJECTIVES.index(self.objective), float(given),
+                         self.base_score if given else 0.0], dtype=np.float64)
 
 
 def initial_state(h: Hyper) -> dict[str, np.ndarray]:
@@ -79,7 +85,7 @@ def initial_state(h: Hyper) -> dict[str, np.ndarray]:
 
 
 def _hyper(state: Mapping[str, np.ndarray]) -> tuple[float, float, float, float, int, str]:
-    lr, lam, gamma, mcw, depth, obj = state["hyper"]
+    lr, lam, gamma, mcw, depth, obj = state["hyper"][:6]
     return float(lr), float(lam), float(gamma), float(mcw), int(depth), OBJECTIVES[int(obj)]
 
 
@@ -213,6 +219,8 @@ def _sketch_step(new: dict[str, np.ndarray], sums: Mapping[str, np.ndarray]) -> 
     label_sum, count = (float(v) for v in sums["labels"])
     objective = _hyper(new)[5]
     mean = label_sum / count if count > 0 else 0.5
+    if new["hyper"][6]:  # the study's own base_score (a probability for binary:logistic)
+        mean = float(new["hyper"][7])
     if objective == "binary:logistic":
         p = min(max(mean, 1e-6), 1 - 1e-6)
         base = float(np.log(p / (1 - p)))

@@ -31,11 +31,15 @@ Width = Annotated[int, Field(ge=1, le=MAX_WIDTH)]
 @dataclass(frozen=True)
 class ModelCapabilities:
     """``backend``: which learner trains it. ``dp_sgd``: Opacus computes its per-example
-    gradients (record-level DP-SGD). ``input``: the per-example input it takes, for messages."""
+    gradients (record-level DP-SGD). ``input``: the per-example input it takes, for messages.
+    ``strategy``: the only strategy that can aggregate it (None: any). ``no_dp``: why no
+    differential privacy applies to it (None: the study's DP rules decide)."""
 
-    backend: Literal["torch", "sklearn"] = "torch"
+    backend: Literal["torch", "sklearn", "trees"] = "torch"
     dp_sgd: bool = False
     input: str = "flat (n, features)"
+    strategy: str | None = None
+    no_dp: str | None = None
 
 
 class ModelOptions(Section):
@@ -48,6 +52,10 @@ class ModelOptions(Section):
     def options(self) -> dict[str, Any]:
         """The model's own options (everything but its name), as the builder takes them."""
         return self.model_dump(exclude={"name"})
+
+    def rounds(self) -> int | None:
+        """The rounds the model itself fixes (a tree ensemble's growth), or None."""
+        return None
 
 
 M = TypeVar("M", bound=ModelOptions)
@@ -181,3 +189,66 @@ class SgdLinearOptions(ModelOptions):
     summary: ClassVar[str] = ("scikit-learn linear model trained by SGD (logistic loss, or "
                               "squared loss for regression)")
     capabilities: ClassVar[ModelCapabilities] = ModelCapabilities(backend="sklearn")
+
+
+#: Bounds of the tree options: a typo of 10**6 trees is refused at config time.
+MAX_TREES = 1_000
+MAX_TREE_DEPTH = 10
+MAX_BINS = 1_024
+
+
+@register_model
+class XGBoostOptions(ModelOptions):
+    """Gradient-boosted trees grown federatedly from the sites' histograms (XGBoost's
+    algorithm, Chen & Guestrin 2016; see :mod:`fedcare.core.gbt`)."""
+
+    name: Literal["xgboost"] = "xgboost"
+    summary: ClassVar[str] = ("gradient-boosted trees (XGBoost's algorithm) grown from the "
+                              "sites' gradient/hessian histograms, saved as an XGBoost model")
+    capabilities: ClassVar[ModelCapabilities] = ModelCapabilities(
+        backend="trees", input="tabular (n, features); missing values allowed (NaN)",
+        strategy="xgboost", no_dp=(
+            "the sites' histograms are released exactly (optionally through secure "
+            "aggregation); DP for trees would need noised histograms and split counts that "
+            "fedcare does not implement - remove [privacy]"))
+    objective: Literal["binary:logistic", "reg:squarederror"] = Field(
+        "binary:logistic", description=(
+            "xgboost: binary:logistic (binary task) or reg:squarederror (regression)."))
+    n_trees: int = Field(20, ge=1, le=MAX_TREES, description="xgboost: boosting rounds (trees).")
+    max_depth: int = Field(4, ge=1, le=MAX_TREE_DEPTH, description=(
+        "xgboost: depth of each tree (one federated round per level)."))
+    learning_rate: float = Field(0.3, gt=0, le=1, description=(
+        "xgboost: shrinkage of every leaf value (eta)."))
+    reg_lambda: float = Field(1.0, ge=0, le=1e6, description=(
+        "xgboost: L2 regularisation of the leaf values (lambda)."))
+    gamma: float = Field(0.0, ge=0, le=1e6, description=(
+        "xgboost: minimum loss reduction a split needs (min_split_loss)."))
+    min_child_weight: float = Field(1.0, ge=0, le=1e6, description=(
+        "xgboost: minimum hessian sum in each child of a split."))
+    max_bin: int = Field(32, ge=2, le=MAX_BINS, description=(
+        "xgboost: split candidates per feature + 1 (quantile bins of the federation's sketch); "
+        "at most a site's training rows."))
+    base_score: float | None = Field(None, gt=0, lt=1e6, description=(
+        "xgboost: initial prediction (a probability for binary:logistic); default: the "
+        "federation's label mean, pooled in the sketch round."))
+
+    def rounds(self) -> int:
+        """One sketch round, then one round per level of every tree."""
+        return 1 + self.n_trees * self.max_depth
+
+    @model_validator(mode="after")
+    def _check(self) -> XGBoostOptions:
+        if (self.base_score is not None and self.objective == "binary:logistic"
+                and not self.base_score < 1):
+            raise ValueError(f"base_score = {self.base_score} must be a probability in (0, 1) "
+                             "for binary:logistic")
+        return self
+
+
+def check_bins_vs_rows(model: ModelOptions, rows: int, site: str) -> str | None:
+    """Why a site's training rows are too few for the model's bins (None: they are not)."""
+    bins = getattr(model, "max_bin", None)
+    if model.capabilities.backend != "trees" or bins is None or rows >= bins:
+        return None
+    return (f"'model.max_bin' = {bins} is more bins than site {site!r}'s {rows} training rows; "
+            f"use a value in [2, {max(rows, 2)}]")
