@@ -84,6 +84,17 @@ def initial_state(h: Hyper) -> dict[str, np.ndarray]:
             "hist": np.zeros((level, f, b + 1, 2))}
 
 
+def state_shapes(h: Hyper) -> dict[str, tuple[int, ...]]:
+    """The shape of every array of :func:`initial_state`, without allocating any (a saved
+    model's header is checked against these before a learner is built from it)."""
+    t, n, f, b = h.n_trees, h.nodes, h.n_features, h.max_bin
+    per_node = {k: (t, n) for k in ("status", "feature", "threshold", "cut_index",
+                                    "default_left", "value", "gain", "cover")}
+    return {"cursor": (4,), "hyper": (8,), "cuts": (f, b - 1), **per_node,
+            "sketch": (f, FINE + 1), "labels": (2,),
+            "hist": (2 ** (h.max_depth - 1), f, b + 1, 2)}
+
+
 def _hyper(state: Mapping[str, np.ndarray]) -> tuple[float, float, float, float, int, str]:
     lr, lam, gamma, mcw, depth, obj = state["hyper"][:6]
     return float(lr), float(lam), float(gamma), float(mcw), int(depth), OBJECTIVES[int(obj)]
@@ -320,10 +331,7 @@ def to_xgboost_json(state: Mapping[str, np.ndarray], *, mean: np.ndarray | None 
     mean = np.zeros(f) if mean is None else np.asarray(mean, np.float64).reshape(-1)
     std = np.ones(f) if std is None else np.asarray(std, np.float64).reshape(-1)
     base = float(state["cursor"][3])
-    if objective == "binary:logistic":
-        base_score = 1.0 / (1.0 + np.exp(-base))
-    else:
-        base_score = base
+    base_score = 1.0 / (1.0 + np.exp(-base)) if objective == "binary:logistic" else base
     trees = [_tree_json(state, t, i, mean, std, f)
              for i, t in enumerate(range(complete_trees(state)))]
     n = len(trees)

@@ -50,12 +50,12 @@ def tree_outputs(bundle: ModelBundle) -> TreeOutputs | None:
         std=None if bundle.std is None else bundle.std.astype(np.float64), feature_names=names)
     imp = gbt.feature_importance(state)
     total = float(imp["total_gain"].sum())
-    rows = sorted(({"feature": name, "gain_share": (float(imp["total_gain"][i]) / total
-                                                     if total > 0 else 0.0),
-                    "total_gain": float(imp["total_gain"][i]),
-                    "splits": int(imp["weight"][i]),
-                    "total_cover": float(imp["total_cover"][i])}
-                   for i, name in enumerate(names)), key=lambda r: -r["total_gain"])
+    gains = imp["total_gain"]
+    rows: list[dict[str, Any]] = [
+        {"feature": name, "gain_share": float(gains[i]) / total if total > 0 else 0.0,
+         "total_gain": float(gains[i]), "splits": int(imp["weight"][i]),
+         "total_cover": float(imp["total_cover"][i])} for i, name in enumerate(names)]
+    rows.sort(key=lambda r: -float(r["total_gain"]))
     return TreeOutputs(model, {"kind": "xgboost total_gain / weight / total_cover",
                                "trees": gbt.complete_trees(state), "features": rows})
 

@@ -37,6 +37,12 @@ def sums_only(correction: Parameters | None) -> bool:
     return True
 
 
+def hyper_of(n_features: int, options: XGBoostOptions) -> gbt.Hyper:
+    o = options
+    return gbt.Hyper(int(n_features), o.n_trees, o.max_depth, o.max_bin, o.learning_rate,
+                     o.reg_lambda, o.gamma, o.min_child_weight, o.objective, o.base_score)
+
+
 class XGBoostLearner:
     """Histogram gradient-boosted trees; see the module docstring."""
 
@@ -54,10 +60,7 @@ class XGBoostLearner:
         if options.objective != wanted[self.task]:
             raise ConfigError(f"'model.objective' = {options.objective!r} does not fit the "
                               f"study's {self.task.value} task; use {wanted[self.task]!r}")
-        o = options
-        self.hyper = gbt.Hyper(int(n_features), o.n_trees, o.max_depth, o.max_bin,
-                               o.learning_rate, o.reg_lambda, o.gamma, o.min_child_weight,
-                               o.objective, o.base_score)
+        self.hyper = hyper_of(n_features, options)
         self._initial = Parameters(gbt.initial_state(self.hyper))
         self._spec = self._initial.spec
 
