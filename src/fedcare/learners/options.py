@@ -203,10 +203,11 @@ class XGBoostOptions(ModelOptions):
     algorithm, Chen & Guestrin 2016; see :mod:`fedcare.core.gbt`)."""
 
     name: Literal["xgboost"] = "xgboost"
-    summary: ClassVar[str] = ("gradient-boosted trees (XGBoost's algorithm) grown from the "
-                              "sites' gradient/hessian histograms, saved as an XGBoost model")
+    summary: ClassVar[str] = ("gradient-boosted trees (XGBoost's algorithm) on flat (n, F) "
+                              "input, missing values allowed, grown from the sites' "
+                              "gradient/hessian histograms and saved as an XGBoost model")
     capabilities: ClassVar[ModelCapabilities] = ModelCapabilities(
-        backend="trees", input="tabular (n, features); missing values allowed (NaN)",
+        backend="trees",
         strategy="xgboost", no_dp=(
             "the sites' histograms are released exactly (optionally through secure "
             "aggregation); DP for trees would need noised histograms and split counts that "
