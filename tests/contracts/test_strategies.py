@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from fedcare.config import parse_config
+from fedcare.core.dataset import TaskType
 from fedcare.core.errors import ConfigError, FedcareError, ValidationError
 from fedcare.core.learning import FitResult
 from fedcare.core.messages import TrainConfig, UpdateKind
 from fedcare.core.params import Parameters
-from fedcare.core.dataset import TaskType
 from fedcare.core.settings import literal_values
 from fedcare.learners.options import all_models
 from fedcare.strategies import UpdateStack, all_strategies, build_strategy
