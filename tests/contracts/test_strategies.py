@@ -234,8 +234,8 @@ def test_dp_fedavg_is_allowed_exactly_when_it_declares_site_level_dp(name: str) 
     if all_strategies()[name].capabilities.site_level_dp:
         parse_config(raw)
     else:  # (a model that refuses DP altogether says so instead)
-        with pytest.raises(ConfigError, match="cannot be combined with strategy|differential "
-                           "privacy is not supported for"):
+        with pytest.raises(ConfigError, match=r"cannot be combined with strategy|differential "
+                           r"privacy is not supported for"):
             parse_config(raw)
 
 

@@ -88,7 +88,8 @@ def state_shapes(h: Hyper) -> dict[str, tuple[int, ...]]:
     """The shape of every array of :func:`initial_state`, without allocating any (a saved
     model's header is checked against these before a learner is built from it)."""
     t, n, f, b = h.n_trees, h.nodes, h.n_features, h.max_bin
-    per_node = dict.fromkeys(("status", "feature", "threshold", "cut_index", "default_left", "value", "gain", "cover"), (t, n))
+    per_node = dict.fromkeys(("status", "feature", "threshold", "cut_index", "default_left",
+                              "value", "gain", "cover"), (t, n))
     return {"cursor": (4,), "hyper": (8,), "cuts": (f, b - 1), **per_node,
             "sketch": (f, FINE + 1), "labels": (2,),
             "hist": (2 ** (h.max_depth - 1), f, b + 1, 2)}
