@@ -14,7 +14,6 @@ from fedcare.core import gbt
 from fedcare.core.dataset import TaskType
 from fedcare.core.errors import ConfigError, ValidationError
 from fedcare.core.messages import TrainConfig, UpdateKind
-from fedcare.core.params import Parameters
 from fedcare.learners.options import check_bins_vs_rows, model_options
 from fedcare.learners.xgboost import XGBoostLearner
 from fedcare.strategies import UpdateStack, build_strategy
