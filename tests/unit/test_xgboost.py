@@ -154,7 +154,7 @@ def test_the_learner_refuses_more_bins_than_rows_and_other_tasks() -> None:
     opts = model_options("xgboost", {})
     with pytest.raises(ConfigError, match="binary classification and regression"):
         XGBoostLearner(3, TaskType.MULTICLASS, opts)  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="'model.objective'"):
+    with pytest.raises(ConfigError, match=r"'model\.objective'"):
         XGBoostLearner(3, TaskType.REGRESSION, opts)  # type: ignore[arg-type]
     assert check_bins_vs_rows(opts, 10, "x") is not None
     assert check_bins_vs_rows(opts, 100, "x") is None

@@ -282,6 +282,13 @@ def _grow_level(new: dict[str, np.ndarray], hist: np.ndarray) -> None:
         new["status"][nxt, 0] = OPEN
 
 
+#: Splits whose gains differ by less than this (relative) are ties, broken by the lowest
+#: (feature, boundary, missing-goes-right first): two features that separate a node's rows
+#: identically then give the same split whether the hub summed exact histograms or secure
+#: aggregation's fixed-point ones (2^-frac_bits per entry).
+TIE = 1e-6
+
+
 def _best_split(h_node: np.ndarray, cuts: np.ndarray, gsum: float, hsum: float, lam: float,
                 mcw: float) -> tuple[float, int, int, bool, tuple[float, float]] | None:
     """The best (loss change, feature, boundary, missing-goes-left, left sums) of one node,
@@ -292,19 +299,24 @@ def _best_split(h_node: np.ndarray, cuts: np.ndarray, gsum: float, hsum: float, 
     cum = np.cumsum(known, axis=1)[:, :-1, :]  # left sums for boundaries k = 0..B-2
     valid = cuts < NO_CUT
     parent = gsum * gsum / (hsum + lam)
-    best: tuple[float, int, int, bool, tuple[float, float]] | None = None
+    losses, lefts = [], []
     for miss_left in (False, True):
         gl = cum[..., 0] + (miss[:, None, 0] if miss_left else 0.0)
         hl = cum[..., 1] + (miss[:, None, 1] if miss_left else 0.0)
         gr, hr = gsum - gl, hsum - hl
         with np.errstate(divide="ignore", invalid="ignore"):
             loss = gl * gl / (hl + lam) + gr * gr / (hr + lam) - parent
-        loss = np.where(valid & (hl >= mcw) & (hr >= mcw) & (hl > 0) & (hr > 0), loss, -np.inf)
-        f, k = np.unravel_index(int(np.argmax(loss)), loss.shape)
-        if np.isfinite(loss[f, k]) and (best is None or loss[f, k] > best[0]):
-            best = (float(loss[f, k]), int(f), int(k), miss_left,
-                    (float(gl[f, k]), float(hl[f, k])))
-    return best
+        losses.append(np.where(valid & (hl >= mcw) & (hr >= mcw) & (hl > 0) & (hr > 0), loss,
+                               -np.inf))
+        lefts.append((gl, hl))
+    both = np.stack(losses, axis=-1)  # (feature, boundary, direction)
+    top = float(both.max())
+    if not np.isfinite(top):
+        return None
+    f, k, d = np.unravel_index(int(np.argmax(both >= top - TIE * max(1.0, abs(top)))),
+                               both.shape)
+    gl, hl = lefts[d]
+    return float(both[f, k, d]), int(f), int(k), bool(d), (float(gl[f, k]), float(hl[f, k]))
 
 
 def feature_importance(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
