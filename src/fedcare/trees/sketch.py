@@ -42,11 +42,11 @@ def local_ranges(X: np.ndarray, *, significant_bits: int = 3) -> tuple[np.ndarra
     X = np.asarray(X, dtype=np.float64)
     present = ~np.isnan(X)
     has = present.any(axis=0)
-    mins = np.where(has, np.nanmin(np.where(present, X, np.inf), axis=0), PAD)
-    maxs = np.where(has, np.nanmax(np.where(present, X, -np.inf), axis=0), -PAD)
+    mins = np.min(np.where(present, X, PAD), axis=0, initial=PAD)
+    maxs = np.max(np.where(present, X, -PAD), axis=0, initial=-PAD)
     mins = np.where(has, _outward(mins, significant_bits, up=False), PAD)
     maxs = np.where(has, _outward(maxs, significant_bits, up=True), -PAD)
-    return mins.astype(np.float64), maxs.astype(np.float64)
+    return np.clip(mins, -PAD, PAD), np.clip(maxs, -PAD, PAD)
 
 
 def merge_ranges(mins: np.ndarray, maxs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
