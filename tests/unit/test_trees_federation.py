@@ -13,7 +13,7 @@ from sklearn.model_selection import train_test_split
 
 from fedcare.core.errors import ConfigError
 from fedcare.trees.options import TreeOptions, tree_options
-from fedcare.trees.simulate import Traffic, fit_federated
+from fedcare.trees.simulate import Trace, fit_federated
 
 OPTIONS = tree_options(n_trees=50, max_depth=4, learning_rate=0.3, reg_lambda=1.0,
                        max_bin=32, sketch_bins=4096)
@@ -60,8 +60,8 @@ def test_four_sites_match_pooled_xgboost_on_breast_cancer(cancer: tuple[np.ndarr
     sites = _dirichlet_sites(X, y, 4, alpha=1.0, seed=7)
     assert min(len(s[1]) for s in sites) >= OPTIONS.max_bin
     assert max(abs(s[1].mean() - y.mean()) for s in sites) > 0.1  # really skewed
-    traffic = Traffic()
-    ens = fit_federated(sites, OPTIONS, encode=encode, traffic=traffic)  # type: ignore[arg-type]
+    traffic = Trace()
+    ens = fit_federated(sites, OPTIONS, encode=encode, trace=traffic)  # type: ignore[arg-type]
     federated = roc_auc_score(yt, ens.predict_proba(Xt))
     pooled = _pooled_xgboost_auc(OPTIONS, X, y, Xt, yt)
     assert federated >= pooled - 0.005, (federated, pooled)

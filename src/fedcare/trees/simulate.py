@@ -9,6 +9,7 @@ per level that has open nodes (at most ``max_depth``), each carrying
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -32,11 +33,13 @@ Encode = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass
-class Traffic:
-    """Floats each site sent, by protocol step."""
+class Trace:
+    """What a run cost: floats each site sent by protocol step, and compute seconds."""
 
     sketch: int = 0
     histograms: list[int] = field(default_factory=list)  # one entry per level round
+    site_seconds: float = 0.0  # summed over sites (they would run in parallel)
+    hub_seconds: float = 0.0
 
     @property
     def rounds(self) -> int:
@@ -69,11 +72,11 @@ class _Site:
 
 def fit_federated(sites: Sequence[tuple[np.ndarray, np.ndarray]], options: TreeOptions,
                   encode: Encode | None = None,
-                  traffic: Traffic | None = None) -> Ensemble:
+                  trace: Trace | None = None) -> Ensemble:
     """Grow the ensemble over ``sites`` (each ``(X, y)``, NaN = missing) exactly as the
     federation does, sending only sums through ``encode``."""
     enc: Encode = encode if encode is not None else (lambda a: a)
-    traffic = traffic if traffic is not None else Traffic()
+    trace = trace if trace is not None else Trace()
     for i, (X, _) in enumerate(sites):
         check_bins_vs_rows(options, len(X), site=str(i))
     local = [_Site(X, y) for X, y in sites]
@@ -82,7 +85,7 @@ def fit_federated(sites: Sequence[tuple[np.ndarray, np.ndarray]], options: TreeO
     counts = sum(enc(local_fine_counts(s.X, lo, hi, options.sketch_bins)) for s in local)
     label_sum = sum(float(enc(np.array([s.y.sum()]))[0]) for s in local)
     rows = sum(float(enc(np.array([float(len(s.y))]))[0]) for s in local)
-    traffic.sketch = 2 * lo.size + lo.size * options.sketch_bins + 2
+    trace.sketch = 2 * lo.size + lo.size * options.sketch_bins + 2
     cuts = cut_points(np.asarray(counts), lo, hi, options.max_bin)
     base = options.base_score if options.base_score is not None else \
         initial_base_score(label_sum, rows, options.objective)
@@ -91,7 +94,11 @@ def fit_federated(sites: Sequence[tuple[np.ndarray, np.ndarray]], options: TreeO
         s.start(ens)
     while (step := ens.next_step()) is not None:
         tree, level = step
+        started = time.perf_counter()
         hists = [enc(s.histograms(ens, tree, level)) for s in local]
-        traffic.histograms.append(int(hists[0].size))
+        sent = time.perf_counter()
         ens = grow_level(ens, tree, level, np.sum(hists, axis=0), options)
+        trace.site_seconds += sent - started
+        trace.hub_seconds += time.perf_counter() - sent
+        trace.histograms.append(int(hists[0].size))
     return ens
