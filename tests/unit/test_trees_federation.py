@@ -4,6 +4,8 @@ aggregation needs."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import xgboost as xgb
@@ -74,3 +76,36 @@ def test_a_site_with_fewer_rows_than_bins_is_refused(cancer: tuple[np.ndarray, .
     X, _, y, _ = cancer
     with pytest.raises(ConfigError, match="rows of site '1'"):
         fit_federated([(X[:300], y[:300]), (X[300:310], y[300:310])], OPTIONS)
+
+
+def _splits(dump: str) -> list[tuple[str, bool]]:
+    """(feature, missing goes left) of each split of a text dump, in node order."""
+    found = re.findall(r"\[(f\d+)<[^\]]+\] yes=(\d+),no=\d+,missing=(\d+)", dump)
+    return [(f, yes == missing) for f, yes, missing in found]
+
+
+@pytest.mark.parametrize("objective", ["binary:logistic", "reg:squarederror"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_same_candidates_give_xgboosts_pooled_model(objective: str, seed: int) -> None:
+    # Features with 10 distinct values: XGBoost's hist and the federated sketch both cut
+    # between every pair of neighbouring values, so both search the same splits; the
+    # federated ensemble is then XGBoost's own (same splits, default directions, leaves).
+    rng = np.random.default_rng(seed)
+    X = rng.integers(0, 10, size=(2000, 6)).astype(np.float64)
+    X[rng.random(X.shape) < 0.1] = np.nan
+    signal = np.nan_to_num(X[:, 0], nan=7) - np.nan_to_num(X[:, 1], nan=2) + 0.5 * X[:, 2]
+    signal = np.nan_to_num(signal) + 2 * rng.normal(size=2000)
+    y = (signal > 0).astype(np.float64) if objective == "binary:logistic" else signal
+    o = tree_options(objective=objective, n_trees=10, max_depth=3, max_bin=16,
+                     sketch_bins=1024, gamma=0.1)
+    owner = rng.integers(0, 4, size=2000)
+    ens = fit_federated([(X[owner == s], y[owner == s]) for s in range(4)], o)
+    params = {"objective": objective, "tree_method": "hist", "max_bin": 16, "eta": 0.3,
+              "max_depth": 3, "lambda": 1.0, "gamma": 0.1, "min_child_weight": 1.0,
+              "nthread": 1}
+    booster = xgb.train(params, xgb.DMatrix(X, label=y), num_boost_round=10)
+    theirs = booster.get_dump()
+    ours = xgb.Booster(model_file=bytearray(ens.to_xgboost_json())).get_dump()
+    assert [_splits(t) for t in ours] == [_splits(t) for t in theirs]
+    tol = 1e-6 if objective == "binary:logistic" else 1e-4
+    assert np.abs(booster.predict(xgb.DMatrix(X)) - ens.predict_proba(X)).max() < tol
