@@ -9,11 +9,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from fedcare.core.errors import ValidationError
 from fedcare.trees.ensemble import LEAF, OPEN, SPLIT, Ensemble
 from fedcare.trees.histogram import bin_matrix, grad_hess, level_histograms, route_rows
 from fedcare.trees.options import tree_options
 from fedcare.trees.simulate import fit_federated
 from fedcare.trees.sketch import PAD
+from fedcare.trees.split import with_siblings
 
 values = st.one_of(st.floats(-100, 100, allow_nan=False, width=32), st.just(float("nan")))
 
@@ -57,6 +59,28 @@ def test_site_histograms_add_up_to_the_pooled_histogram(case: tuple[np.ndarray, 
     assert np.allclose(pooled[..., 0].sum(axis=(0, 2)), g[inside].sum())
 
 
+@given(site_histograms())
+def test_left_children_and_parents_give_the_full_level(case: tuple[np.ndarray, ...]) -> None:
+    binned, g, h, nodes, (level, max_bin), _ = case
+    level = max(int(level), 1)
+    first = 2**level - 1
+    nodes = np.where(nodes >= 0, first + (nodes % 2**level), -1)
+    parents = np.where(nodes >= 0, (nodes - 1) // 2, -1)
+    parent_hist = level_histograms(binned, g, h, parents, level - 1, int(max_bin))
+    left = level_histograms(binned, g, h, nodes, level, int(max_bin), left_only=True)
+    assert left.shape[0] == 2 ** (level - 1)
+    full = level_histograms(binned, g, h, nodes, level, int(max_bin))
+    assert np.array_equal(with_siblings(left, parent_hist), full)
+
+
+def test_subtraction_noise_is_an_empty_bin() -> None:
+    parent = np.array([[[[0.1 + 0.2, 0.3 + 0.6]]]])
+    left = np.array([[[[0.3, 0.9]]]])
+    assert with_siblings(left, parent)[1].tolist() == [[[0.0, 0.0]]]
+    with pytest.raises(ValidationError, match="do not match"):
+        with_siblings(left, np.zeros((2, 1, 1, 2)))
+
+
 def test_gradients_are_xgboosts() -> None:
     g, h = grad_hess(np.array([1.0, 0.0]), np.array([0.0, np.log(3)]), "binary:logistic")
     assert np.allclose(g, [-0.5, 0.75]) and np.allclose(h, [0.25, 0.1875])
@@ -76,16 +100,19 @@ def _sites(seed: int, n_sites: int, regression: bool = False) -> list[tuple[np.n
 
 @pytest.mark.parametrize(("objective", "base"), [("binary:logistic", 0.5),
                                                   ("reg:squarederror", 0.0)])
+@pytest.mark.parametrize("subtract", [False, True], ids=["full", "left-only"])
 @given(seed=st.integers(0, 2**16), depth=st.integers(1, 5))
 def test_tree_from_summed_site_histograms_is_the_pooled_tree(objective: str, base: float,
-                                                            seed: int, depth: int) -> None:
+                                                            subtract: bool, seed: int,
+                                                            depth: int) -> None:
     # base 0.5 / 0.0 makes every gradient dyadic (+-0.5 and 0.25; minus an integer label, 1):
     # the first tree's sums are exact in any order, so the trees must be identical.
     o = tree_options(objective=objective, base_score=base, n_trees=1, max_depth=depth,
                      max_bin=16, sketch_bins=256, min_child_weight=0.5)
     sites = _sites(seed, 4, regression=objective == "reg:squarederror")
     pooled = (np.concatenate([s[0] for s in sites]), np.concatenate([s[1] for s in sites]))
-    federated, alone = fit_federated(sites, o), fit_federated([pooled], o)
+    federated = fit_federated(sites, o, subtract=subtract)
+    alone = fit_federated([pooled], o)
     for name, a in federated.to_arrays().items():
         assert np.array_equal(a, alone.to_arrays()[name]), name
     assert federated.complete_trees() == 1 and (federated.status == SPLIT).any()

@@ -17,6 +17,8 @@ from fedcare.trees.options import Objective
 
 #: XGBoost's floor on the logistic hessian.
 _MIN_HESS = 1e-16
+#: Histogram entries binned per pass (a 4 M x 8-byte index array: 32 MB).
+_CHUNK = 1 << 22
 
 
 def bin_matrix(X: np.ndarray, cuts: np.ndarray) -> np.ndarray:
@@ -80,19 +82,38 @@ def tree_margin(binned: np.ndarray, ens: Ensemble, tree: int) -> np.ndarray:
 
 
 def level_histograms(binned: np.ndarray, g: np.ndarray, h: np.ndarray,
-                     node_of_row: np.ndarray, level: int, max_bin: int) -> np.ndarray:
+                     node_of_row: np.ndarray, level: int, max_bin: int, *,
+                     left_only: bool = False) -> np.ndarray:
     """Gradient and hessian sums ``(2^level, n_features, max_bin + 1, 2)`` per node at
     ``level``, feature and bin (bin ``max_bin`` holds missing values); rows routed to -1 are
-    left out. Sums over rows: the sites' histograms add up to the pooled histogram."""
+    left out. Sums over rows: the sites' histograms add up to the pooled histogram.
+
+    ``left_only`` (level >= 1): only the left children's histograms, ``(2^(level-1), ...)``,
+    half the bytes; the hub, which holds the parents' summed histograms from the previous
+    level, derives the right children by subtraction (:func:`fedcare.trees.split.with_siblings`,
+    XGBoost's histogram subtraction trick)."""
     n_f = binned.shape[1]
-    nodes = 2**level
     b1 = max_bin + 1
+    node_of_row = np.asarray(node_of_row)
     sel = node_of_row >= 0
-    local = node_of_row[sel] - (nodes - 1)
-    idx = (local[:, None] * n_f + np.arange(n_f)[None, :]) * b1 + binned[sel].astype(np.int64)
+    local = node_of_row - (2**level - 1)
+    nodes = 2**level
+    if left_only:
+        if level < 1:
+            raise ValueError("left_only needs level >= 1 (the root has no sibling)")
+        sel &= local % 2 == 0
+        local = local // 2
+        nodes //= 2
+    local = local[sel]
     size = nodes * n_f * b1
-    gs = np.bincount(idx.ravel(), weights=np.repeat(np.asarray(g, np.float64)[sel], n_f),
-                     minlength=size)
-    hs = np.bincount(idx.ravel(), weights=np.repeat(np.asarray(h, np.float64)[sel], n_f),
-                     minlength=size)
+    gs, hs = np.zeros(size), np.zeros(size)
+    gw, hw = np.asarray(g, np.float64)[sel], np.asarray(h, np.float64)[sel]
+    rows = binned[sel]
+    step = max(1, _CHUNK // max(n_f, 1))  # bounds the (rows x features) index array
+    for start in range(0, local.size, step):
+        part = slice(start, start + step)
+        idx = ((local[part, None] * n_f + np.arange(n_f)[None, :]) * b1
+               + rows[part].astype(np.int64)).ravel()
+        gs += np.bincount(idx, weights=np.repeat(gw[part], n_f), minlength=size)
+        hs += np.bincount(idx, weights=np.repeat(hw[part], n_f), minlength=size)
     return np.stack([gs, hs], axis=-1).reshape(nodes, n_f, b1, 2)

@@ -25,7 +25,7 @@ from fedcare.trees.histogram import (
 )
 from fedcare.trees.options import TreeOptions, check_bins_vs_rows
 from fedcare.trees.sketch import cut_points, local_fine_counts, local_ranges, merge_ranges
-from fedcare.trees.split import grow_level
+from fedcare.trees.split import grow_level, with_siblings
 
 #: What the hub applies to each site's array before adding (e.g. secure aggregation's
 #: fixed-point quantization); the identity by default.
@@ -61,20 +61,23 @@ class _Site:
         self.margin = np.full(len(self.y), base_margin(ens.base_score, ens.objective))
         self.trees_in_margin = 0
 
-    def histograms(self, ens: Ensemble, tree: int, level: int) -> np.ndarray:
+    def histograms(self, ens: Ensemble, tree: int, level: int, left_only: bool) -> np.ndarray:
         while self.trees_in_margin < tree:
             self.margin = self.margin + tree_margin(self.binned, ens, self.trees_in_margin)
             self.trees_in_margin += 1
         g, h = grad_hess(self.y, self.margin, ens.objective)
         nodes = route_rows(self.binned, ens, tree, level)
-        return level_histograms(self.binned, g, h, nodes, level, ens.max_bin)
+        return level_histograms(self.binned, g, h, nodes, level, ens.max_bin,
+                                left_only=left_only)
 
 
 def fit_federated(sites: Sequence[tuple[np.ndarray, np.ndarray]], options: TreeOptions,
                   encode: Encode | None = None,
-                  trace: Trace | None = None) -> Ensemble:
+                  trace: Trace | None = None, subtract: bool = False) -> Ensemble:
     """Grow the ensemble over ``sites`` (each ``(X, y)``, NaN = missing) exactly as the
-    federation does, sending only sums through ``encode``."""
+    federation does, sending only sums through ``encode``. With ``subtract``, sites send
+    only the left children's histograms below the root and the hub derives the right ones
+    from the previous level's sums (half the histogram bytes)."""
     enc: Encode = encode if encode is not None else (lambda a: a)
     trace = trace if trace is not None else Trace()
     for i, (X, _) in enumerate(sites):
@@ -92,12 +95,18 @@ def fit_federated(sites: Sequence[tuple[np.ndarray, np.ndarray]], options: TreeO
     ens = Ensemble.empty(options, cuts, base)
     for s in local:
         s.start(ens)
+    previous = np.zeros(0)
     while (step := ens.next_step()) is not None:
         tree, level = step
+        left_only = subtract and level > 0
         started = time.perf_counter()
-        hists = [enc(s.histograms(ens, tree, level)) for s in local]
+        hists = [enc(s.histograms(ens, tree, level, left_only)) for s in local]
         sent = time.perf_counter()
-        ens = grow_level(ens, tree, level, np.sum(hists, axis=0), options)
+        summed = np.sum(hists, axis=0)
+        if left_only:
+            summed = with_siblings(summed, previous)
+        previous = summed
+        ens = grow_level(ens, tree, level, summed, options)
         trace.site_seconds += sent - started
         trace.hub_seconds += time.perf_counter() - sent
         trace.histograms.append(int(hists[0].size))
