@@ -47,6 +47,19 @@ def test_exported_model_loads_in_xgboost_and_predicts_the_same(
     assert np.abs(again.predict(xgb.DMatrix(X)) - ours).max() < 1e-6
 
 
+def test_exported_model_carries_feature_names(
+        cancer: tuple[np.ndarray, np.ndarray, Ensemble]) -> None:
+    X, _, ens = cancer
+    names = [f"x{i}" for i in range(30)]
+    booster = xgb.Booster()
+    booster.load_model(bytearray(ens.to_xgboost_json(feature_names=names)))
+    assert booster.feature_names == names
+    frame = xgb.DMatrix(X, feature_names=names)
+    assert np.abs(booster.predict(frame) - ens.predict_proba(X)).max() < 1e-6
+    with pytest.raises(ValidationError, match="2 feature names for 30"):
+        ens.to_xgboost_json(feature_names=["a", "b"])
+
+
 def test_feature_importance_is_xgboosts(cancer: tuple[np.ndarray, np.ndarray, Ensemble]) -> None:
     _, _, ens = cancer
     booster = xgb.Booster()
@@ -105,6 +118,10 @@ def test_arrays_round_trip_and_are_checked(cancer: tuple[np.ndarray, np.ndarray,
         Ensemble.from_arrays({**arrays, "status": arrays["status"] + 7}, o)
     with pytest.raises(ValidationError, match="out of range"):
         Ensemble.from_arrays({**arrays, "split_bin": arrays["split_bin"] + 100}, o)
+    with pytest.raises(ValidationError, match="sorted"):
+        Ensemble.from_arrays({**arrays, "cuts": arrays["cuts"][:, ::-1]}, o)
+    with pytest.raises(ValidationError, match="base_score"):
+        Ensemble.from_arrays({**arrays, "base_score": np.array([1.5])}, o)
     with pytest.raises(ValidationError, match="lack"):
         Ensemble.from_arrays({"cuts": arrays["cuts"]}, o)
 

@@ -132,3 +132,26 @@ def test_route_rows_follows_splits_and_drops_rows_at_leaves() -> None:
     # root: bin <= 1 left (missing left); node 1: bin <= 0 left (missing right)
     assert list(route_rows(binned, ens, 0, 1)) == [1, 1, 2, 1]
     assert list(route_rows(binned, ens, 0, 2)) == [3, 4, -1, 4]
+
+
+def test_split_search_in_node_chunks_equals_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedcare.trees import split
+
+    o = tree_options(n_trees=2, max_depth=5, max_bin=16, sketch_bins=256)
+    whole = fit_federated(_sites(5, 3), o)
+    monkeypatch.setattr(split, "_CHUNK", 1)  # one node per chunk
+    chunked = fit_federated(_sites(5, 3), o)
+    for name, a in whole.to_arrays().items():
+        assert np.array_equal(a, chunked.to_arrays()[name]), name
+
+
+def test_histograms_in_row_chunks_equal_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedcare.trees import histogram
+
+    rng = np.random.default_rng(2)
+    binned = rng.integers(0, 9, size=(50, 3)).astype(np.uint16)
+    g, h = rng.integers(-8, 8, 50) / 4, rng.integers(0, 8, 50) / 4
+    nodes = rng.integers(2, 7, 50)
+    whole = level_histograms(binned, g, h, nodes, 2, 8)
+    monkeypatch.setattr(histogram, "_CHUNK", 7)
+    assert np.array_equal(level_histograms(binned, g, h, nodes, 2, 8), whole)

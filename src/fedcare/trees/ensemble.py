@@ -17,6 +17,7 @@ output space (a probability for ``binary:logistic``) and turned into a margin by
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -120,7 +121,14 @@ class Ensemble:
         if ((f < 0) | (f >= cuts.shape[0]) | (f != np.round(f))).any() \
                 or ((b < 0) | (b >= options.max_bin) | (b != np.round(b))).any():
             raise ValidationError("a split node names a feature or bin out of range")
-        base = float(np.asarray(arrays["base_score"], np.float64).reshape(-1)[0])
+        if (np.diff(cuts, axis=1) < 0).any():
+            raise ValidationError("cuts must be sorted within each feature")
+        base_arr = np.asarray(arrays["base_score"], np.float64).reshape(-1)
+        if base_arr.size != 1 or (options.objective == "binary:logistic"
+                                  and not 0 < base_arr[0] < 1):
+            raise ValidationError("base_score must be one number (a probability in (0, 1) "
+                                  "for binary:logistic)")
+        base = float(base_arr[0])
         return cls(objective=options.objective, cuts=cuts, base_score=base, **nodes)
 
     def replace_tree(self, tree: int, **rows: np.ndarray) -> Ensemble:
@@ -214,17 +222,21 @@ class Ensemble:
         return np.divide(total, count, out=np.zeros_like(total), where=count > 0)
 
     # -- XGBoost's model file ---------------------------------------------------------------
-    def to_xgboost_json(self) -> bytes:
+    def to_xgboost_json(self, feature_names: Sequence[str] | None = None) -> bytes:
         """The complete trees as an XGBoost (>= 2) JSON model: ``xgboost.Booster(model_file=
-        path)`` or ``Booster().load_model(bytearray(...))`` loads it."""
+        path)`` or ``Booster().load_model(bytearray(...))`` loads it. ``feature_names``, if
+        given, are stored in the model (XGBoost then checks them against a DMatrix's)."""
+        names = list(feature_names) if feature_names is not None else []
+        if names and len(names) != self.n_features:
+            raise ValidationError(f"{len(names)} feature names for {self.n_features} features")
         k = self.complete_trees()
         trees = [self._tree_json(t) for t in range(k)]
         n_f = str(self.n_features)
         model = {
             "learner": {
                 "attributes": {},
-                "feature_names": [],
-                "feature_types": [],
+                "feature_names": names,
+                "feature_types": ["float"] * len(names),
                 "gradient_booster": {
                     "model": {
                         "cats": {"enc": [], "feature_segments": [], "sorted_idx": []},

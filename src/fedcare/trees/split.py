@@ -71,6 +71,21 @@ def best_splits(hist: np.ndarray, parent: np.ndarray, mask: np.ndarray,
             "left": left[rows, f, d, b], "right": right[rows, f, d, b]}
 
 
+#: Candidate gains evaluated at once (k nodes x F x 2 x B values; 2^22 floats = 32 MB).
+_CHUNK = 1 << 22
+
+
+def _best_in_chunks(hist: np.ndarray, parent: np.ndarray, mask: np.ndarray,
+                    options: TreeOptions) -> dict[str, np.ndarray]:
+    """:func:`best_splits` over groups of nodes, so a deep level's search stays in bounded
+    memory."""
+    per_node = max(1, hist.shape[1] * 2 * hist.shape[2])
+    step = max(1, _CHUNK // per_node)
+    parts = [best_splits(hist[i:i + step], parent[i:i + step], mask, options)
+             for i in range(0, hist.shape[0], step)]
+    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+
 def with_siblings(left_hist: np.ndarray, parent_hist: np.ndarray) -> np.ndarray:
     """A level's full histograms from its left children's ``(2^(level-1), F, B+1, 2)`` and
     the previous level's (the parents', same shape): right = parent - left (XGBoost's
@@ -121,7 +136,7 @@ def grow_level(ens: Ensemble, tree: int, level: int, summed_hist: np.ndarray,
     if heap.size == 0:
         raise ValidationError(f"tree {tree} has no open node at level {level}")
     parent = np.stack([rows["sum_grad"][heap], rows["sum_hess"][heap]], axis=1)
-    found = best_splits(hist[open_], parent, candidate_mask(ens.cuts), options)
+    found = _best_in_chunks(hist[open_], parent, candidate_mask(ens.cuts), options)
     do_split = (found["gain"] > _RT_EPS) & (found["gain"] >= options.gamma)
     eta = options.learning_rate
     own = leaf_weight(parent[:, 0], parent[:, 1], options)
