@@ -152,6 +152,9 @@ def test_histograms_in_row_chunks_equal_one_pass(monkeypatch: pytest.MonkeyPatch
     binned = rng.integers(0, 9, size=(50, 3)).astype(np.uint16)
     g, h = rng.integers(-8, 8, 50) / 4, rng.integers(0, 8, 50) / 4
     nodes = rng.integers(2, 7, 50)
+    nodes[nodes == 2] = -1
     whole = level_histograms(binned, g, h, nodes, 2, 8)
     monkeypatch.setattr(histogram, "_CHUNK", 7)
     assert np.array_equal(level_histograms(binned, g, h, nodes, 2, 8), whole)
+    with pytest.raises(ValueError, match="not at level 3"):
+        level_histograms(binned, g, h, nodes, 3, 8)

@@ -98,6 +98,8 @@ def level_histograms(binned: np.ndarray, g: np.ndarray, h: np.ndarray,
     sel = node_of_row >= 0
     local = node_of_row - (2**level - 1)
     nodes = 2**level
+    if ((local[sel] < 0) | (local[sel] >= nodes)).any():
+        raise ValueError(f"node_of_row holds a node that is not at level {level} (nor -1)")
     if left_only:
         if level < 1:
             raise ValueError("left_only needs level >= 1 (the root has no sibling)")

@@ -89,17 +89,15 @@ def _best_in_chunks(hist: np.ndarray, parent: np.ndarray, mask: np.ndarray,
 def with_siblings(left_hist: np.ndarray, parent_hist: np.ndarray) -> np.ndarray:
     """A level's full histograms from its left children's ``(2^(level-1), F, B+1, 2)`` and
     the previous level's (the parents', same shape): right = parent - left (XGBoost's
-    subtraction trick). Hessian sums that cancel to rounding noise become exactly 0, so an
-    empty child is empty rather than a tiny positive weight."""
+    subtraction trick). Sums that cancel to rounding noise (within 1e-9 of the operands)
+    become exactly 0, so an empty bin stays empty rather than a tiny positive weight."""
     left = np.asarray(left_hist, np.float64)
     parent = np.asarray(parent_hist, np.float64)
     if left.shape != parent.shape:
         raise ValidationError(f"left children's histograms {left.shape} do not match their "
                               f"parents' {parent.shape}")
     right = parent - left
-    noise = 1e-9 * np.abs(parent[..., 1])
-    right[..., 1] = np.where(np.abs(right[..., 1]) <= noise, 0.0, right[..., 1])
-    right[..., 0] = np.where(right[..., 1] == 0.0, 0.0, right[..., 0])
+    right[np.abs(right) <= 1e-9 * (np.abs(parent) + np.abs(left))] = 0.0
     full = np.empty((2 * left.shape[0], *left.shape[1:]))
     full[0::2], full[1::2] = left, right
     return full
