@@ -46,15 +46,16 @@ def _exempt(name: str, check: str) -> None:
 
 def _tree_model(seed: int) -> Parameters:
     """An xgboost-shaped update: the ensemble state plus random positive sums (seed 0: none)."""
-    from fedcare.core import gbt
     from fedcare.learners.options import model_options
     from fedcare.learners.xgboost import XGBoostLearner
+    from fedcare.trees.rounds import SUMS
 
-    options = model_options("xgboost", {"n_trees": 2, "max_depth": 2, "max_bin": 4})
+    options = model_options("xgboost", {"n_trees": 2, "max_depth": 2, "max_bin": 4,
+                                        "sketch_bins": 16})
     state = dict(XGBoostLearner(2, TaskType.BINARY, options).initial_parameters().items())
     if seed:
         rng = np.random.default_rng(seed)
-        for k in gbt.SUMS:
+        for k in SUMS:
             state[k] = rng.uniform(0.1, 1.0, size=state[k].shape)
     return Parameters(state)
 

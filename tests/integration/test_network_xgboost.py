@@ -67,11 +67,11 @@ def test_a_networked_xgboost_study_grows_the_simulated_trees(
                            output_dir=tmp_path / "sim")
     sim_model = ModelBundle.from_bytes((tmp_path / "sim" / "model.safetensors").read_bytes())
     p, q = sim_model.parameters, net_model.parameters
-    for k in ("status", "feature", "threshold", "default_left", "cuts"):
+    for k in ("status", "feature", "split_bin", "default_left", "cuts"):
         np.testing.assert_array_equal(q[k], p[k], err_msg=k)
     # In the clear the hub sums exactly what the simulation sums; through secure aggregation
     # each site's histogram entries are rounded to 2^-24 first.
-    np.testing.assert_allclose(q["value"], p["value"], atol=1e-6)
+    np.testing.assert_allclose(q["weight"], p["weight"], atol=1e-6)
     assert history["final"]["global_metrics"]["auc"] == pytest.approx(
         sim.final["global_metrics"]["auc"], abs=1e-6)
     # The XGBoost file takes the raw features and predicts as fedcare's saved model does.

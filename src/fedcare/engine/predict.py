@@ -178,11 +178,10 @@ def _check_layout(bundle: ModelBundle, options: Any) -> None:
     only, no memory); the linear model's one matrix is checked directly."""
     shapes = {k: tuple(v.shape) for k, v in bundle.parameters.items()}
     if bundle.backend == "trees":
-        from fedcare.core.gbt import state_shapes
-        from fedcare.learners.xgboost import hyper_of
+        from fedcare.trees.rounds import state_shapes
 
         fits = (len(bundle.input_shape) == 1
-                and shapes == state_shapes(hyper_of(bundle.input_shape[0], options)))
+                and shapes == state_shapes(options, bundle.input_shape[0]))
     elif bundle.backend == "sklearn":
         coef = shapes.get("coef", ())
         fits = (len(bundle.input_shape) == 1

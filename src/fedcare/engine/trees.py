@@ -10,17 +10,16 @@ learned default direction instead of the federation's fill value.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fedcare.core import gbt
 from fedcare.core.files import atomic_write
 from fedcare.core.params import Parameters
 from fedcare.engine.bundle import ModelBundle
+from fedcare.trees import rounds
 
 #: The XGBoost model file beside ``model.safetensors``.
 XGBOOST_MODEL = "model.xgb.json"
@@ -28,12 +27,12 @@ XGBOOST_MODEL = "model.xgb.json"
 
 @dataclass(frozen=True)
 class TreeOutputs:
-    model: dict[str, Any]
+    model: bytes
     importance: dict[str, Any]
 
 
 def is_tree_model(parameters: Parameters) -> bool:
-    return all(k in parameters for k in (*gbt.SUMS, "cursor", "status", "hyper"))
+    return all(k in parameters for k in (*rounds.SUMS, "phase", "hyper", "status", "cuts"))
 
 
 def tree_outputs(bundle: ModelBundle) -> TreeOutputs | None:
@@ -41,23 +40,22 @@ def tree_outputs(bundle: ModelBundle) -> TreeOutputs | None:
     p = bundle.parameters
     if not is_tree_model(p):
         return None
-    state = {k: np.asarray(v, dtype=np.float64) for k, v in p.items()}
-    n_features = state["cuts"].shape[0]
-    names = list(bundle.features) if len(bundle.features) == n_features else [
-        f"f{i}" for i in range(n_features)]
-    model = gbt.to_xgboost_json(
-        state, mean=None if bundle.mean is None else bundle.mean.astype(np.float64),
-        std=None if bundle.std is None else bundle.std.astype(np.float64), feature_names=names)
-    imp = gbt.feature_importance(state)
-    total = float(imp["total_gain"].sum())
-    gains = imp["total_gain"]
+    ens = rounds.ensemble({k: np.asarray(v, dtype=np.float64) for k, v in p.items()})
+    names = list(bundle.features) if len(bundle.features) == ens.n_features else [
+        f"f{i}" for i in range(ens.n_features)]
+    raw = rounds.raw_scale(ens, bundle.mean, bundle.std)
+    gains = ens.feature_importance("total_gain")
+    splits = ens.feature_importance("weight")
+    cover = ens.feature_importance("total_cover")
+    total = float(gains.sum())
     rows: list[dict[str, Any]] = [
         {"feature": name, "gain_share": float(gains[i]) / total if total > 0 else 0.0,
-         "total_gain": float(gains[i]), "splits": int(imp["weight"][i]),
-         "total_cover": float(imp["total_cover"][i])} for i, name in enumerate(names)]
+         "total_gain": float(gains[i]), "splits": int(splits[i]),
+         "total_cover": float(cover[i])} for i, name in enumerate(names)]
     rows.sort(key=lambda r: -float(r["total_gain"]))
-    return TreeOutputs(model, {"kind": "xgboost total_gain / weight / total_cover",
-                               "trees": gbt.complete_trees(state), "features": rows})
+    return TreeOutputs(raw.to_xgboost_json(names),
+                       {"kind": "xgboost total_gain / weight / total_cover",
+                        "trees": ens.complete_trees(), "features": rows})
 
 
 def write_tree_outputs(out: Path, bundle: ModelBundle, meta: dict[str, Any]) -> None:
@@ -66,5 +64,5 @@ def write_tree_outputs(out: Path, bundle: ModelBundle, meta: dict[str, Any]) -> 
     extra = tree_outputs(bundle)
     if extra is None:
         return
-    atomic_write(Path(out) / XGBOOST_MODEL, json.dumps(extra.model).encode())
+    atomic_write(Path(out) / XGBOOST_MODEL, extra.model)
     meta["feature_importance"] = extra.importance

@@ -18,6 +18,8 @@ from pydantic import Field, model_validator
 
 from fedcare.core.errors import ConfigError
 from fedcare.core.settings import Section, literal_values
+from fedcare.trees.options import TreeOptions
+from fedcare.trees.options import check_bins_vs_rows as tree_rows_check
 
 #: Largest layer width / count any zoo option accepts: a typo of 10**9 units is refused at
 #: config time, not discovered as an out-of-memory at every site. 2**24 units still allows the
@@ -191,65 +193,36 @@ class SgdLinearOptions(ModelOptions):
     capabilities: ClassVar[ModelCapabilities] = ModelCapabilities(backend="sklearn")
 
 
-#: Bounds of the tree options: a typo of 10**6 trees is refused at config time.
-MAX_TREES = 1_000
-MAX_TREE_DEPTH = 10
-MAX_BINS = 1_024
-
-
 @register_model
-class XGBoostOptions(ModelOptions):
+class XGBoostOptions(TreeOptions, ModelOptions):
     """Gradient-boosted trees grown federatedly from the sites' histograms (XGBoost's
-    algorithm, Chen & Guestrin 2016; see :mod:`fedcare.core.gbt`)."""
+    algorithm, Chen & Guestrin 2016); the options are :class:`~fedcare.trees.TreeOptions`."""
 
     name: Literal["xgboost"] = "xgboost"
     summary: ClassVar[str] = ("gradient-boosted trees (XGBoost's algorithm) on flat (n, F) "
                               "input, missing values allowed, grown from the sites' "
                               "gradient/hessian histograms and saved as an XGBoost model")
     capabilities: ClassVar[ModelCapabilities] = ModelCapabilities(
-        backend="trees",
-        strategy="xgboost", no_dp=(
+        backend="trees", strategy="xgboost", no_dp=(
             "the sites' histograms are released exactly (optionally through secure "
             "aggregation); DP for trees would need noised histograms and split counts that "
             "fedcare does not implement - remove [privacy]"))
-    objective: Literal["binary:logistic", "reg:squarederror"] = Field(
-        "binary:logistic", description=(
-            "xgboost: binary:logistic (binary task) or reg:squarederror (regression)."))
-    n_trees: int = Field(20, ge=1, le=MAX_TREES, description="xgboost: boosting rounds (trees).")
-    max_depth: int = Field(4, ge=1, le=MAX_TREE_DEPTH, description=(
-        "xgboost: depth of each tree (one federated round per level)."))
-    learning_rate: float = Field(0.3, gt=0, le=1, description=(
-        "xgboost: shrinkage of every leaf value (eta)."))
-    reg_lambda: float = Field(1.0, ge=0, le=1e6, description=(
-        "xgboost: L2 regularisation of the leaf values (lambda)."))
-    gamma: float = Field(0.0, ge=0, le=1e6, description=(
-        "xgboost: minimum loss reduction a split needs (min_split_loss)."))
-    min_child_weight: float = Field(1.0, ge=0, le=1e6, description=(
-        "xgboost: minimum hessian sum in each child of a split."))
-    max_bin: int = Field(32, ge=2, le=MAX_BINS, description=(
-        "xgboost: split candidates per feature + 1 (quantile bins of the federation's sketch); "
-        "at most a site's training rows."))
-    base_score: float | None = Field(None, gt=0, lt=1e6, description=(
-        "xgboost: initial prediction (a probability for binary:logistic); default: the "
-        "federation's label mean, pooled in the sketch round."))
 
     def rounds(self) -> int:
-        """One sketch round, then one round per level of every tree."""
+        """One sketch round, then (at most) one round per level of every tree."""
         return 1 + self.n_trees * self.max_depth
 
-    @model_validator(mode="after")
-    def _check(self) -> XGBoostOptions:
-        if (self.base_score is not None and self.objective == "binary:logistic"
-                and not self.base_score < 1):
-            raise ValueError(f"base_score = {self.base_score} must be a probability in (0, 1) "
-                             "for binary:logistic")
-        return self
+    def tree_options(self) -> TreeOptions:
+        return TreeOptions(**self.model_dump(exclude={"name"}))
 
 
-def check_bins_vs_rows(model: ModelOptions, rows: int, site: str) -> str | None:
+def check_bins_vs_rows(model: TreeOptions | ModelOptions, rows: int, site: str) -> str | None:
     """Why a site's training rows are too few for the model's bins (None: they are not)."""
-    bins = getattr(model, "max_bin", None)
-    if model.capabilities.backend != "trees" or bins is None or rows >= bins:
+    if not isinstance(model, TreeOptions):
         return None
-    return (f"'model.max_bin' = {bins} is more bins than site {site!r}'s {rows} training rows; "
-            f"use a value in [2, {max(rows, 2)}]")
+    try:
+        tree_rows_check(model, rows, site=site)
+    except ConfigError:
+        return (f"'model.max_bin' = {model.max_bin} is more bins than site {site!r}'s {rows} "
+                f"training rows; use a value in [2, {max(rows, 2)}]")
+    return None

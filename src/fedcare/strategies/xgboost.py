@@ -4,7 +4,7 @@ A site of an xgboost study contributes sums only: the strategy's site half (:cla
 which a site takes from the study it approved, never from a task) tells its learner so, and
 ``aggregate`` turns the round's example-weighted mean back into the federation's sums (mean x
 total weight: every site sent its sums divided by its rows) and takes one step of the
-ensemble's growth (:func:`fedcare.core.gbt.advance`): the first round pools the quantile
+ensemble's growth (:func:`fedcare.trees.rounds.advance`): the first round pools the quantile
 sketch into split candidates and the base score, each later one grows one level of one tree
 with XGBoost's gain (Chen & Guestrin, KDD 2016). Only sums are used, so the strategy works
 under secure aggregation, where the hub sees nothing else; the fixed-point encoding then
@@ -20,13 +20,13 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from fedcare.core import gbt
 from fedcare.core.errors import ValidationError
 from fedcare.core.messages import UpdateKind
 from fedcare.core.params import Parameters
 from fedcare.strategies.aggregate import UpdateStack
 from fedcare.strategies.base import Capabilities, SiteAlgorithm, Strategy, StrategyOptions
 from fedcare.strategies.registry import register
+from fedcare.trees import rounds
 
 
 class XGBoostStrategyOptions(StrategyOptions):
@@ -34,8 +34,10 @@ class XGBoostStrategyOptions(StrategyOptions):
         "Federated XGBoost (model.name = \"xgboost\"): trees grown from summed histograms."))
 
 
-#: What the site half hands the learner: contribute the site's sums.
-SUMS_ONLY = Parameters({gbt.SUMS_ONLY_KEY: np.ones(1)})
+#: What the site half hands the learner: contribute the site's sums (the key the xgboost
+#: learner reads, :data:`fedcare.learners.xgboost.SUMS_ONLY_KEY`; the two leaf packages do
+#: not import each other).
+SUMS_ONLY = Parameters({"sums_only": np.ones(1)})
 
 
 class SumsOnly(SiteAlgorithm):
@@ -64,9 +66,9 @@ class XGBoost(Strategy):
         if kind is not UpdateKind.FULL:
             raise ValidationError("xgboost aggregates the sites' sums (full updates), not "
                                   "model differences")
-        if not all(k in current for k in gbt.SUMS):
+        if not all(k in current for k in rounds.SUMS):
             raise ValidationError("xgboost needs an xgboost model (the ensemble's state)")
         mean = Parameters.unflatten(stack.average(), current.spec)
         total = float(stack.weights.sum())
-        sums = {k: mean[k].astype("float64") * total for k in gbt.SUMS}
-        return Parameters(gbt.advance(dict(current.items()), sums))
+        sums = {k: mean[k].astype("float64") * total for k in rounds.SUMS}
+        return Parameters(rounds.advance(dict(current.items()), sums))
