@@ -16,7 +16,9 @@ number of trees, 1 thread) on the same training rows, by test AUC. Data sets:
 
 Sites are label-skewed: each class is dealt to the sites in Dirichlet(1) shares. "fixed point"
 runs quantize every array a site sends to 2^-20 steps, as the secure-aggregation grid would;
-"left-only" runs send only the left children's histograms below the root (the hub subtracts).
+"left-only" runs send only the left children's histograms below the root (the hub subtracts);
+grid "ranges" places the sketch's fine grid on the envelope of the sites' (outward-rounded)
+ranges, "moments" on mean +- 8 std from summed moments (every message a sum).
 Bytes are those of the site's arrays at 8 bytes per value (float64, or the int64 of the
 fixed-point grid); seconds are this process's (2 shared cores), sites run one after another.
 """
@@ -70,13 +72,13 @@ def pooled_xgboost(o: TreeOptions, X: np.ndarray, y: np.ndarray,
 
 
 def run(name: str, data: tuple[np.ndarray, ...], o: TreeOptions, n_sites: int,
-        fixed_point: bool, subtract: bool) -> dict[str, Any]:
+        fixed_point: bool, subtract: bool, grid: str = "ranges") -> dict[str, Any]:
     X, Xt, y, yt = data
     sites = dirichlet_sites(X, y, n_sites, alpha=1.0, seed=7)
     trace = Trace()
     started = time.perf_counter()
     ens = fit_federated(sites, o, encode=quantized if fixed_point else None, trace=trace,
-                        subtract=subtract)
+                        subtract=subtract, grid=grid)  # type: ignore[arg-type]
     wall = time.perf_counter() - started
     p_pooled, xgb_seconds = pooled_xgboost(o, X, y, Xt)
     auc_fed = float(roc_auc_score(yt, ens.predict_proba(Xt)))
@@ -85,7 +87,7 @@ def run(name: str, data: tuple[np.ndarray, ...], o: TreeOptions, n_sites: int,
     row = {
         "data": name, "rows": len(y), "features": X.shape[1], "sites": n_sites,
         "site_rows": [len(s[1]) for s in sites], "fixed_point": fixed_point,
-        "left_only": subtract,
+        "left_only": subtract, "grid": grid,
         "options": o.model_dump(),
         "auc_federated": auc_fed, "auc_pooled_xgboost": auc_pooled,
         "auc_gap_points": 100 * (auc_pooled - auc_fed),
@@ -129,17 +131,17 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         f"Run {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, xgboost {xgb.__version__}, on 2 "
         "shared cores. Method: see the docstring of `benchmarks/trees.py`.",
         "",
-        "| data | train rows | sites | fixed point | left-only | trees x depth, max_bin | "
+        "| data | train rows | sites | fixed point | left-only | grid | trees x depth, max_bin | "
         "AUC federated | AUC pooled xgboost | gap (AUC points) | rounds | ms/tree (sites + hub) "
         "| xgboost ms/tree | histogram KB/tree/site | largest level KB | sketch KB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         o = r["options"]
         levels = r["histogram_bytes_per_level"]
         lines.append(
             f"| {r['data']} | {r['rows']} | {r['sites']} | {'yes' if r['fixed_point'] else 'no'}"
-            f" | {'yes' if r['left_only'] else 'no'}"
+            f" | {'yes' if r['left_only'] else 'no'} | {r['grid']}"
             f" | {o['n_trees']} x {o['max_depth']}, {o['max_bin']} | {r['auc_federated']:.4f} | "
             f"{r['auc_pooled_xgboost']:.4f} | {r['auc_gap_points']:+.2f} | {r['rounds']} | "
             f"{r['seconds_per_tree'] * 1e3:.0f} ({r['site_seconds_per_tree'] * 1e3:.0f} + "
@@ -158,12 +160,12 @@ def main() -> None:
     data = datasets(args.quick)
     cancer = tree_options(max_bin=32)
     rows = [run("breast_cancer", data["breast_cancer"], cancer, 4, False, False),
-            run("breast_cancer", data["breast_cancer"], cancer, 4, True, True)]
+            run("breast_cancer", data["breast_cancer"], cancer, 4, True, True, "moments")]
     if "synthetic_100k" in data:
         big = data["synthetic_100k"]
         deep = tree_options(n_trees=100, max_depth=6, learning_rate=0.1, max_bin=256)
         rows += [run("synthetic_100k", big, tree_options(), 4, False, False),
-                 run("synthetic_100k", big, tree_options(), 8, True, True),
+                 run("synthetic_100k", big, tree_options(), 8, True, True, "moments"),
                  run("synthetic_100k", big, deep, 4, False, False),
                  run("synthetic_100k", big, deep, 4, True, True)]
     if not args.quick:

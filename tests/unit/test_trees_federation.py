@@ -55,19 +55,19 @@ def _quantized(a: np.ndarray) -> np.ndarray:
     return np.round(a * 2.0**20) / 2.0**20
 
 
-@pytest.mark.parametrize(("encode", "subtract"), [(None, False), (_quantized, False),
-                                                  (_quantized, True)],
-                         ids=["clear", "fixed-point", "fixed-point-left-only"])
+@pytest.mark.parametrize(("encode", "subtract", "grid"), [
+    (None, False, "ranges"), (_quantized, False, "ranges"), (_quantized, True, "moments")],
+    ids=["clear", "fixed-point", "fixed-point-left-only-sums-only"])
 def test_four_sites_match_pooled_xgboost_on_breast_cancer(cancer: tuple[np.ndarray, ...],
-                                                          encode: object,
-                                                          subtract: bool) -> None:
+                                                          encode: object, subtract: bool,
+                                                          grid: str) -> None:
     X, Xt, y, yt = cancer
     sites = _dirichlet_sites(X, y, 4, alpha=1.0, seed=7)
     assert min(len(s[1]) for s in sites) >= OPTIONS.max_bin
     assert max(abs(s[1].mean() - y.mean()) for s in sites) > 0.1  # really skewed
     traffic = Trace()
     ens = fit_federated(sites, OPTIONS, encode=encode, trace=traffic,  # type: ignore[arg-type]
-                        subtract=subtract)
+                        subtract=subtract, grid=grid)  # type: ignore[arg-type]
     federated = roc_auc_score(yt, ens.predict_proba(Xt))
     pooled = _pooled_xgboost_auc(OPTIONS, X, y, Xt, yt)
     assert federated >= pooled - 0.005, (federated, pooled)

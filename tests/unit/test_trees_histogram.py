@@ -158,3 +158,23 @@ def test_histograms_in_row_chunks_equal_one_pass(monkeypatch: pytest.MonkeyPatch
     assert np.array_equal(level_histograms(binned, g, h, nodes, 2, 8), whole)
     with pytest.raises(ValueError, match="not at level 3"):
         level_histograms(binned, g, h, nodes, 3, 8)
+
+
+def test_histograms_for_another_step_are_refused() -> None:
+    from fedcare.core.errors import ProtocolError
+    from fedcare.trees.split import grow_level
+
+    o = tree_options(n_trees=2, max_depth=2, max_bin=4)
+    ens = Ensemble.empty(o, np.zeros((3, 3)), 0.5)
+    root = np.zeros((1, 3, 5, 2))
+    root[0, :, 0] = [-1.0, 2.0]
+    with pytest.raises(ProtocolError, match=r"tree 1 level 0 arrived.*\(0, 0\)"):
+        grow_level(ens, 1, 0, root, o)
+    with pytest.raises(ValidationError, match="must be \\(1, 3, 5, 2\\)"):
+        grow_level(ens, 0, 0, np.zeros((2, 3, 5, 2)), o)
+    with pytest.raises(ValidationError, match="do not describe"):
+        grow_level(ens, 0, 0, root, tree_options(n_trees=2, max_depth=3, max_bin=4))
+    grown = grow_level(ens, 0, 0, root, o)  # all rows in one bin: the root is a leaf
+    assert grown.next_step() == (1, 0) and grown.weight[0, 0] == np.float32(0.3 * 1 / 3)
+    with pytest.raises(ProtocolError):
+        grow_level(grown, 0, 0, root, o)  # a duplicate

@@ -7,7 +7,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fedcare.trees.sketch import PAD, cut_points, local_fine_counts, local_ranges, merge_ranges
+from fedcare.trees.sketch import (
+    PAD,
+    cut_points,
+    local_fine_counts,
+    local_moments,
+    local_ranges,
+    merge_ranges,
+    moment_grid,
+)
 
 values = st.one_of(st.floats(-1e6, 1e6, allow_nan=False, width=32), st.just(float("nan")))
 
@@ -81,3 +89,24 @@ def test_quantile_cuts_are_close_to_exact_quantiles() -> None:
     assert np.all(np.diff(cuts) > 0) and (cuts < PAD).all()
     share_below = (X[:, 0][:, None] < cuts[None, :]).mean(axis=0)
     assert np.allclose(share_below, np.arange(1, 16) / 16, atol=0.01)
+
+
+@given(split_rows())
+def test_moments_add_across_sites(data: tuple[np.ndarray, list[np.ndarray]]) -> None:
+    X, parts = data
+    summed = sum(local_moments(p) for p in parts)
+    assert np.allclose(summed, local_moments(X), rtol=1e-9, atol=1e-3)
+    lo, hi = moment_grid(summed)
+    assert np.isfinite(lo).all() and np.isfinite(hi).all()
+
+
+def test_moment_grid_is_mean_plus_minus_width_std() -> None:
+    rng = np.random.default_rng(1)
+    X = np.c_[rng.normal(5.0, 2.0, 10_000), np.full(10_000, 3.0), np.full(10_000, np.nan)]
+    lo, hi = moment_grid(sum(local_moments(p) for p in np.array_split(X, 4)), width=8)
+    assert np.allclose([lo[0], hi[0]], [5 - 16, 5 + 16], atol=0.3)
+    assert lo[1] == hi[1] == 3.0 and lo[2] > hi[2]
+    cuts = cut_points(local_fine_counts(X, lo, hi, 4096), lo, hi, 16)
+    share_below = (X[:, 0][:, None] < cuts[0][None, :]).mean(axis=0)
+    assert np.allclose(share_below, np.arange(1, 16) / 16, atol=0.01)
+    assert (cuts[1:] == PAD).all()

@@ -16,12 +16,19 @@ from fedcare.trees.histogram import (
     tree_margin,
 )
 from fedcare.trees.options import TreeOptions, check_bins_vs_rows, tree_options
-from fedcare.trees.sketch import cut_points, local_fine_counts, local_ranges, merge_ranges
-from fedcare.trees.split import grow_level
+from fedcare.trees.sketch import (
+    cut_points,
+    local_fine_counts,
+    local_moments,
+    local_ranges,
+    merge_ranges,
+    moment_grid,
+)
+from fedcare.trees.split import grow_level, with_siblings
 
 __all__ = [
     "Ensemble", "TreeOptions", "base_margin", "bin_matrix", "check_bins_vs_rows",
     "cut_points", "grad_hess", "grow_level", "initial_base_score", "level_histograms",
-    "local_fine_counts", "local_ranges", "merge_ranges", "route_rows", "tree_margin",
-    "tree_options",
+    "local_fine_counts", "local_moments", "local_ranges", "merge_ranges", "moment_grid",
+    "route_rows", "tree_margin", "tree_options", "with_siblings",
 ]

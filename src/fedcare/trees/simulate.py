@@ -2,9 +2,10 @@
 engine's learner and strategy follow: every value that leaves a site below is a sum (or, for
 the ranges, an outward-rounded extreme), and the hub only adds them and chooses splits.
 
-Round plan: (1) ranges, (2) fine counts + label sum + row count, then for each tree one round
-per level that has open nodes (at most ``max_depth``), each carrying
-``2^level x n_features x (max_bin + 1) x 2`` histogram floats per site.
+Round plan: (1) ranges (or summed moments), (2) fine counts + label sum + row count, then for
+each tree one round per level that has open nodes (at most ``max_depth``), each carrying
+``2^level x n_features x (max_bin + 1) x 2`` histogram floats per site (half that below the
+root with ``subtract``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -24,7 +26,14 @@ from fedcare.trees.histogram import (
     tree_margin,
 )
 from fedcare.trees.options import TreeOptions, check_bins_vs_rows
-from fedcare.trees.sketch import cut_points, local_fine_counts, local_ranges, merge_ranges
+from fedcare.trees.sketch import (
+    cut_points,
+    local_fine_counts,
+    local_moments,
+    local_ranges,
+    merge_ranges,
+    moment_grid,
+)
 from fedcare.trees.split import grow_level, with_siblings
 
 #: What the hub applies to each site's array before adding (e.g. secure aggregation's
@@ -73,22 +82,29 @@ class _Site:
 
 def fit_federated(sites: Sequence[tuple[np.ndarray, np.ndarray]], options: TreeOptions,
                   encode: Encode | None = None,
-                  trace: Trace | None = None, subtract: bool = False) -> Ensemble:
+                  trace: Trace | None = None, subtract: bool = False,
+                  grid: Literal["ranges", "moments"] = "ranges") -> Ensemble:
     """Grow the ensemble over ``sites`` (each ``(X, y)``, NaN = missing) exactly as the
     federation does, sending only sums through ``encode``. With ``subtract``, sites send
     only the left children's histograms below the root and the hub derives the right ones
-    from the previous level's sums (half the histogram bytes)."""
+    from the previous level's sums (half the histogram bytes). ``grid="moments"`` places the
+    sketch's fine grid from summed moments instead of the sites' ranges, so that every
+    message is a sum (secure aggregation throughout)."""
     enc: Encode = encode if encode is not None else (lambda a: a)
     trace = trace if trace is not None else Trace()
     for i, (X, _) in enumerate(sites):
         check_bins_vs_rows(options, len(X), site=str(i))
     local = [_Site(X, y) for X, y in sites]
-    ranges = [local_ranges(s.X) for s in local]
-    lo, hi = merge_ranges(np.stack([r[0] for r in ranges]), np.stack([r[1] for r in ranges]))
+    if grid == "moments":
+        lo, hi = moment_grid(np.sum([enc(local_moments(s.X)) for s in local], axis=0))
+    else:
+        ranges = [local_ranges(s.X) for s in local]
+        lo, hi = merge_ranges(np.stack([r[0] for r in ranges]),
+                              np.stack([r[1] for r in ranges]))
     counts = sum(enc(local_fine_counts(s.X, lo, hi, options.sketch_bins)) for s in local)
     label_sum = sum(float(enc(np.array([s.y.sum()]))[0]) for s in local)
     rows = sum(float(enc(np.array([float(len(s.y))]))[0]) for s in local)
-    trace.sketch = 2 * lo.size + lo.size * options.sketch_bins + 2
+    trace.sketch = (3 if grid == "moments" else 2) * lo.size + lo.size * options.sketch_bins + 2
     cuts = cut_points(np.asarray(counts), lo, hi, options.max_bin)
     base = options.base_score if options.base_score is not None else \
         initial_base_score(label_sum, rows, options.objective)

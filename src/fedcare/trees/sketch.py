@@ -6,7 +6,9 @@ federation computes them in two rounds that only add or compare aggregates:
 
 1. each site sends its per-feature range (:func:`local_ranges`, rounded outward to a few
    significant bits so the hub learns no site's exact extreme value); the hub takes the
-   envelope (:func:`merge_ranges`);
+   envelope (:func:`merge_ranges`). Extremes cannot be added, so a study whose every
+   message goes through secure aggregation sends sums instead (:func:`local_moments`) and
+   uses the grid ``mean +- 8 std`` (:func:`moment_grid`);
 2. each site counts its values on a common equal-width fine grid over that envelope
    (:func:`local_fine_counts`); counts are sums, so secure aggregation can add them; the hub
    reads the ``max_bin`` quantile cuts off the merged counts (:func:`cut_points`).
@@ -54,6 +56,32 @@ def merge_ranges(mins: np.ndarray, maxs: np.ndarray) -> tuple[np.ndarray, np.nda
     no site has keeps ``lo > hi``."""
     lo = np.min(np.asarray(mins, np.float64), axis=0)
     return lo, np.max(np.asarray(maxs, np.float64), axis=0)
+
+
+def local_moments(X: np.ndarray) -> np.ndarray:
+    """Per-feature (count, sum, sum of squares) of a site's non-missing values,
+    ``(n_features, 3)``: sums, so secure aggregation can add them (unlike extremes)."""
+    X = np.asarray(X, dtype=np.float64)
+    present = ~np.isnan(X)
+    filled = np.where(present, X, 0.0)
+    return np.stack([present.sum(axis=0), filled.sum(axis=0), (filled * filled).sum(axis=0)],
+                    axis=1).astype(np.float64)
+
+
+def moment_grid(summed_moments: np.ndarray, width: float = 8.0) -> tuple[np.ndarray, np.ndarray]:
+    """A sums-only alternative to :func:`merge_ranges`: the grid ``mean +- width * std`` of
+    each feature from the federation's summed :func:`local_moments` (values beyond it fall in
+    the end fine bins). Use it when every message must go through secure aggregation; it
+    spends the fine bins less well than the envelope on bounded features. A feature no site
+    has keeps ``lo > hi``; a constant one gets a zero-width grid (no cut)."""
+    m = np.asarray(summed_moments, np.float64)
+    count, total, squares = m[:, 0], m[:, 1], m[:, 2]
+    has = count > 0
+    safe = np.where(has, count, 1.0)
+    mean = total / safe
+    std = np.sqrt(np.maximum(squares / safe - mean * mean, 0.0))
+    std = np.where(std > 1e-12 * np.maximum(np.abs(mean), 1.0), std, 0.0)
+    return np.where(has, mean - width * std, PAD), np.where(has, mean + width * std, -PAD)
 
 
 def local_fine_counts(X: np.ndarray, lo: np.ndarray, hi: np.ndarray,

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedcare.core.errors import ValidationError
-from fedcare.trees.ensemble import LEAF, OPEN, SPLIT, UNUSED, Ensemble
+from fedcare.core.errors import ProtocolError, ValidationError
+from fedcare.trees.ensemble import LEAF, OPEN, SPLIT, Ensemble
 from fedcare.trees.options import TreeOptions
 from fedcare.trees.sketch import PAD
 
@@ -116,23 +116,23 @@ def grow_level(ens: Ensemble, tree: int, level: int, summed_hist: np.ndarray,
         raise ValidationError(f"histograms of level {level} must be {expected}, got {hist.shape}")
     if not np.isfinite(hist).all():
         raise ValidationError("histograms hold a non-finite number")
-    if level >= options.max_depth:
-        raise ValidationError(f"level {level} is at or below max_depth {options.max_depth}")
+    if (ens.max_depth, ens.objective) != (options.max_depth, options.objective):
+        raise ValidationError("the options do not describe this ensemble (max_depth or "
+                              "objective differ)")
+    if ens.next_step() != (tree, level):
+        raise ProtocolError(f"histograms for tree {tree} level {level} arrived, but the "
+                            f"ensemble grows {ens.next_step()} next")
     rows = {name: getattr(ens, name)[tree].copy() for name in
             ("status", "feature", "split_bin", "default_left", "weight", "gain",
              "sum_grad", "sum_hess")}
     heap = np.arange(first, first + nodes)
     if level == 0:
-        if rows["status"][0] != UNUSED:
-            raise ValidationError(f"tree {tree} is already started")
         totals = hist[0, 0].sum(axis=0)
         rows["sum_grad"][0], rows["sum_hess"][0] = totals
         open_ = np.array([True])
     else:
         open_ = rows["status"][heap] == OPEN
     heap = heap[open_]
-    if heap.size == 0:
-        raise ValidationError(f"tree {tree} has no open node at level {level}")
     parent = np.stack([rows["sum_grad"][heap], rows["sum_hess"][heap]], axis=1)
     found = _best_in_chunks(hist[open_], parent, candidate_mask(ens.cuts), options)
     do_split = (found["gain"] > _RT_EPS) & (found["gain"] >= options.gamma)
