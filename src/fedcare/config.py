@@ -430,6 +430,15 @@ class StudyConfig(Section):
     privacy: PrivacySection = Field(default_factory=PrivacySection)  # type: ignore[arg-type]
     tracking: TrackingSection = Field(default_factory=TrackingSection)  # type: ignore[arg-type]
 
+    @model_validator(mode="after")
+    def _model_rounds(self) -> StudyConfig:
+        """A model that fixes its rounds (a tree ensemble) sets ``study.rounds`` when the
+        study leaves it out (a different explicit value is refused by the cross-checks)."""
+        n = self.model.rounds()
+        if n is not None and "rounds" not in self.study.model_fields_set:
+            object.__setattr__(self, "study", self.study.model_copy(update={"rounds": n}))
+        return self
+
 
 def _tags() -> set[str]:
     """Discriminator values pydantic puts in an error's path (users never write them)."""
@@ -445,6 +454,10 @@ def content_hash(cfg: StudyConfig) -> str:
     doc = cfg.model_dump(mode="json")
     given = cfg.model.model_dump(mode="json", include=cfg.model.model_fields_set | {"name"})
     doc["model"] = {key: given.get(key) for key in _LEGACY_MODEL_KEYS}
+    # A model declared after the legacy table (xgboost) hashes every one of its options.
+    newer = set(type(cfg.model).model_fields) - set(_LEGACY_MODEL_KEYS)
+    if newer:
+        doc["model"]["options"] = cfg.model.model_dump(mode="json", include=newer)
     # No [privacy] section: hash exactly as before DP existed, so approvals and resumes hold.
     if cfg.privacy == PrivacySection():  # type: ignore[call-arg]
         del doc["privacy"]
@@ -510,6 +523,7 @@ def _cross_checks(cfg: StudyConfig) -> list[str]:
         unknown = [c for c in d.categorical if c not in d.features]
         if unknown:
             problems.append(f"'data.categorical': {unknown} are not in data.features")
+    problems += _model_checks(cfg)
     strategy = all_strategies()[cfg.strategy.name]
     if cfg.secure_aggregation.protocol != "none" and not strategy.capabilities.aggregates_a_sum:
         usable = ", ".join(n for n, c in all_strategies().items()
@@ -529,6 +543,30 @@ def _cross_checks(cfg: StudyConfig) -> list[str]:
             primary_metric(task, cfg.study.primary_metric)
         except ConfigError as exc:
             problems.append(exc.message)
+    return problems
+
+
+def _model_checks(cfg: StudyConfig) -> list[str]:
+    """What a model's declaration asks of the rest of the study (its strategy, its rounds,
+    its input)."""
+    problems = []
+    m, caps = cfg.model, cfg.model.capabilities
+    if caps.strategy is not None and cfg.strategy.name != caps.strategy:
+        problems.append(f"'strategy.name': model {m.name} is aggregated by strategy "
+                        f"{caps.strategy} only; set [strategy] name = \"{caps.strategy}\"")
+    owners = [n for n, o in all_models().items() if o.capabilities.strategy == cfg.strategy.name]
+    if owners and m.name not in owners:
+        problems.append(f"'strategy.name': strategy {cfg.strategy.name} aggregates model "
+                        f"{' or '.join(owners)} only, not {m.name}")
+    n = m.rounds()
+    if n is not None and cfg.study.rounds != n:
+        problems.append(f"'study.rounds': model {m.name} runs exactly {n} rounds (one sketch "
+                        "round, then one per level of every tree: 1 + n_trees x max_depth); "
+                        f"leave study.rounds out or set it to {n}")
+    if caps.backend == "trees" and not cfg.data.standardize:
+        problems.append(f"'data.standardize': model {m.name} bins tabular features on the "
+                        "federation's standardized scale (its saved model takes raw values "
+                        "again); set data.standardize = true")
     return problems
 
 
@@ -577,6 +615,9 @@ def _declared_task(cfg: StudyConfig) -> str | None:
 def _privacy_checks(cfg: StudyConfig) -> list[str]:
     """DP settings that depend on other sections."""
     mode, problems = cfg.privacy.mode, []
+    if mode != "none" and cfg.model.capabilities.no_dp is not None:
+        return [f"'privacy.mode': differential privacy is not supported for {cfg.model.name} "
+                f"studies: {cfg.model.capabilities.no_dp}"]
     if mode == "dp_sgd" and not cfg.model.capabilities.dp_sgd:
         usable = ", ".join(n for n, m in all_models().items() if m.capabilities.dp_sgd)
         problems.append(f"'privacy.mode': dp_sgd needs model.name in {usable} (Opacus cannot "

@@ -22,13 +22,23 @@ SHAPES = {"flat (n, features)": (6,), "image (n, channels, height, width)": (1, 
           "sequence (n, time, features)": (5, 3),
           "tabular (n, features) or sequence (n, time, features)": (6,)}
 SMALL = {"mlp": {"hidden": [8]}, "cnn": {"channels": [4]}, "lstm": {"hidden": 8},
-         "gru": {"hidden": 8}, "transformer": {"d_model": 8, "heads": 2, "layers": 1}}
+         "gru": {"hidden": 8}, "transformer": {"d_model": 8, "heads": 2, "layers": 1},
+         "xgboost": {"n_trees": 2, "max_depth": 2, "max_bin": 8}}
+
+
+def _study(name: str, **sections: object) -> dict[str, object]:
+    """A study of model ``name`` (with the strategy it declares it needs, if any)."""
+    raw: dict[str, object] = {"data": {"source": "builtin"},
+                              "model": {"name": name, **SMALL.get(name, {})}, **sections}
+    strategy = all_models()[name].capabilities.strategy
+    if strategy is not None:
+        raw["strategy"] = {"name": strategy}
+    return raw
 
 
 def _learner(name: str, seed: int = 0) -> tuple[Learner, tuple[int, ...]]:
     shape = SHAPES[all_models()[name].capabilities.input]
-    cfg = parse_config({"study": {"seed": seed}, "data": {"source": "builtin"},
-                        "model": {"name": name, **SMALL.get(name, {})}})
+    cfg = parse_config(_study(name, study={"seed": seed}))
     return make_learner(cfg, ModelShape(shape, TaskType.BINARY, 2)), shape
 
 
@@ -89,11 +99,14 @@ def test_parameters_of_another_layout_are_refused(name: str) -> None:
 def test_dp_sgd_is_allowed_exactly_when_the_model_declares_it(name: str) -> None:
     from fedcare.core.errors import ConfigError
 
-    raw = {"data": {"source": "builtin", "standardize": False},
-           "model": {"name": name, **SMALL.get(name, {})},
-           "privacy": {"mode": "dp_sgd", "noise_multiplier": 1.0}}
-    if all_models()[name].capabilities.dp_sgd:
+    raw = _study(name, privacy={"mode": "dp_sgd", "noise_multiplier": 1.0})
+    raw["data"] = {"source": "builtin", "standardize": False}
+    caps = all_models()[name].capabilities
+    if caps.dp_sgd:
         parse_config(raw)
+    elif caps.no_dp is not None:  # a model refusing DP says so, whatever the mode
+        with pytest.raises(ConfigError, match="differential privacy is not supported for"):
+            parse_config(raw)
     else:
         with pytest.raises(ConfigError, match=r"dp_sgd needs model\.name"):
             parse_config(raw)

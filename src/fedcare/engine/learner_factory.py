@@ -67,6 +67,13 @@ def learner_for(model: ModelOptions, shape: ModelShape, seed: int = 0, *,
                 dp: DpSgdOptions | None = None) -> Learner:
     """The learner of ``model`` (validated options) for ``shape``: what a study trains and what
     a saved model bundle (:mod:`fedcare.engine.bundle`) is rebuilt with."""
+    if model.capabilities.backend == "trees":
+        from fedcare.learners.options import XGBoostOptions
+        from fedcare.learners.xgboost import XGBoostLearner
+
+        if not isinstance(model, XGBoostOptions):
+            raise TypeError(f"no tree learner for model {model.name!r}")
+        return XGBoostLearner(shape.input_shape[0], shape.task, model)
     if model.capabilities.backend == "sklearn":
         from fedcare.learners.sklearn_learner import SklearnLinearLearner
 

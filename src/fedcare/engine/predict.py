@@ -107,6 +107,8 @@ class SavedModel:
                                 f"{x.shape[1:]}")
             names = b.features if b.tabular else ()
         finite = np.isfinite(x)
+        if b.backend == "trees":  # trees send a missing value its learned default direction
+            finite |= np.isnan(x)
         if not finite.all():
             rows = int((~finite).reshape(len(x), -1).any(axis=1).sum())
             ok_columns = [bool(v) for v in np.all(finite.reshape(len(x), -1), axis=0)]
@@ -175,7 +177,12 @@ def _check_layout(bundle: ModelBundle, options: Any) -> None:
     allocate whatever it names. The torch model is built on PyTorch's ``meta`` device (shapes
     only, no memory); the linear model's one matrix is checked directly."""
     shapes = {k: tuple(v.shape) for k, v in bundle.parameters.items()}
-    if bundle.backend == "sklearn":
+    if bundle.backend == "trees":
+        from fedcare.trees.rounds import state_shapes
+
+        fits = (len(bundle.input_shape) == 1
+                and shapes == state_shapes(options, bundle.input_shape[0]))
+    elif bundle.backend == "sklearn":
         coef = shapes.get("coef", ())
         fits = (len(bundle.input_shape) == 1
                 and int(np.prod(coef)) == bundle.input_shape[0] * bundle.num_outputs)

@@ -392,9 +392,9 @@ class HubService:
                     for e in reversed(EventRepo(s).recent(limit, study_id=study_id))]
 
     def artifact(self, study_id: str, name: str) -> Path:
-        if name not in ("history.json", "model.safetensors", "report.html"):
-            raise NotFound(f"no artifact {name!r}; try history.json, model.safetensors or "
-                           "report.html")
+        if name not in ("history.json", "model.safetensors", "report.html", "model.xgb.json"):
+            raise NotFound(f"no artifact {name!r}; try history.json, model.safetensors, "
+                           "report.html or (xgboost studies) model.xgb.json")
         path = self.data_dir / "studies" / study_id / name
         if not path.is_file():
             raise NotFound(f"study {study_id} has no {name} yet (is it finished?)")
@@ -972,8 +972,11 @@ class HubService:
         out = self.data_dir / "studies" / study_id
         created = dt.datetime.fromisoformat(history.meta["created"])
         set_timing(history, (dt.datetime.now(dt.UTC) - created).total_seconds())
-        atomic_write(out / "model.safetensors",
-                     networked_bundle(study_id, history, final).to_bytes())
+        bundle = networked_bundle(study_id, history, final)
+        atomic_write(out / "model.safetensors", bundle.to_bytes())
+        from fedcare.engine.trees import write_tree_outputs
+
+        write_tree_outputs(out, bundle, history.meta)
         save_history(history, out / "history.json")
         from fedcare.reporting import write_report
 

@@ -18,6 +18,8 @@ from pydantic import Field, model_validator
 
 from fedcare.core.errors import ConfigError
 from fedcare.core.settings import Section, literal_values
+from fedcare.trees.options import TreeOptions
+from fedcare.trees.options import check_bins_vs_rows as tree_rows_check
 
 #: Largest layer width / count any zoo option accepts: a typo of 10**9 units is refused at
 #: config time, not discovered as an out-of-memory at every site. 2**24 units still allows the
@@ -31,11 +33,15 @@ Width = Annotated[int, Field(ge=1, le=MAX_WIDTH)]
 @dataclass(frozen=True)
 class ModelCapabilities:
     """``backend``: which learner trains it. ``dp_sgd``: Opacus computes its per-example
-    gradients (record-level DP-SGD). ``input``: the per-example input it takes, for messages."""
+    gradients (record-level DP-SGD). ``input``: the per-example input it takes, for messages.
+    ``strategy``: the only strategy that can aggregate it (None: any). ``no_dp``: why no
+    differential privacy applies to it (None: the study's DP rules decide)."""
 
-    backend: Literal["torch", "sklearn"] = "torch"
+    backend: Literal["torch", "sklearn", "trees"] = "torch"
     dp_sgd: bool = False
     input: str = "flat (n, features)"
+    strategy: str | None = None
+    no_dp: str | None = None
 
 
 class ModelOptions(Section):
@@ -48,6 +54,10 @@ class ModelOptions(Section):
     def options(self) -> dict[str, Any]:
         """The model's own options (everything but its name), as the builder takes them."""
         return self.model_dump(exclude={"name"})
+
+    def rounds(self) -> int | None:
+        """The rounds the model itself fixes (a tree ensemble's growth), or None."""
+        return None
 
 
 M = TypeVar("M", bound=ModelOptions)
@@ -181,3 +191,38 @@ class SgdLinearOptions(ModelOptions):
     summary: ClassVar[str] = ("scikit-learn linear model trained by SGD (logistic loss, or "
                               "squared loss for regression)")
     capabilities: ClassVar[ModelCapabilities] = ModelCapabilities(backend="sklearn")
+
+
+@register_model
+class XGBoostOptions(TreeOptions, ModelOptions):
+    """Gradient-boosted trees grown federatedly from the sites' histograms (XGBoost's
+    algorithm, Chen & Guestrin 2016); the options are :class:`~fedcare.trees.TreeOptions`."""
+
+    name: Literal["xgboost"] = "xgboost"
+    summary: ClassVar[str] = ("gradient-boosted trees (XGBoost's algorithm) on flat (n, F) "
+                              "input, missing values allowed, grown from the sites' "
+                              "gradient/hessian histograms and saved as an XGBoost model")
+    capabilities: ClassVar[ModelCapabilities] = ModelCapabilities(
+        backend="trees", strategy="xgboost", no_dp=(
+            "the sites' histograms are released exactly (optionally through secure "
+            "aggregation); DP for trees would need noised histograms and split counts that "
+            "fedcare does not implement - remove [privacy]"))
+
+    def rounds(self) -> int:
+        """One sketch round, then (at most) one round per level of every tree."""
+        return 1 + self.n_trees * self.max_depth
+
+    def tree_options(self) -> TreeOptions:
+        return TreeOptions(**self.model_dump(exclude={"name"}))
+
+
+def check_bins_vs_rows(model: TreeOptions | ModelOptions, rows: int, site: str) -> str | None:
+    """Why a site's training rows are too few for the model's bins (None: they are not)."""
+    if not isinstance(model, TreeOptions):
+        return None
+    try:
+        tree_rows_check(model, rows, site=site)
+    except ConfigError:
+        return (f"'model.max_bin' = {model.max_bin} is more bins than site {site!r}'s {rows} "
+                f"training rows; use a value in [2, {max(rows, 2)}]")
+    return None

@@ -29,6 +29,7 @@ from fedcare.engine.executor import LocalBaseline, SiteExecutor
 from fedcare.engine.learner_factory import ModelShape, make_learner
 from fedcare.engine.privacy import site_privacy
 from fedcare.engine.secure import SecureSettings, SecureSite
+from fedcare.learners.options import check_bins_vs_rows
 from fedcare.node.hub_link import HubLink, HubResponse, LinkError
 from fedcare.node.ledger_anchor import ANCHOR_FILE, LedgerAnchor, ledger_key
 from fedcare.node.local_config import NodeData, load_node_data
@@ -230,6 +231,7 @@ class NodeAgent:
                                        self.data.datasets[cfg.data.dataset],
                                        self.data.test_paths.get(cfg.data.dataset))
             rows = len(data.y_train)
+            entry.refusal = check_bins_vs_rows(cfg.model, rows, self.site)
             learner = make_learner(cfg, ModelShape.of_federated(cfg.data), rows=rows,
                                    seeded=False)
             entry.executor = SiteExecutor(data, learner, site_index=index,

@@ -330,12 +330,35 @@ def _data_quality(history: Mapping[str, Any]) -> str:
             f"</p>{body}")
 
 
+def _feature_importance(history: Mapping[str, Any], top: int = 15) -> str:
+    """A tree model's features by their share of the total split gain (XGBoost's
+    ``total_gain``), with how often each splits and the hessian cover of those splits."""
+    imp = history.get("feature_importance")
+    if not imp or not imp.get("features"):
+        return ""
+    rows = imp["features"][:top]
+    body = "".join(f"<tr><td>{esc(r['feature'])}</td>"
+                   f"<td class='num'>{100 * float(r['gain_share']):.1f} %</td>"
+                   f"<td class='num'>{int(r['splits'])}</td>"
+                   f"<td class='num'>{esc(s.format_value(r['total_cover'], 1))}</td></tr>"
+                   for r in rows)
+    more = len(imp["features"]) - len(rows)
+    foot = (f"<tfoot><tr><td colspan='4'>{more} more feature(s) in history.json</td></tr>"
+            "</tfoot>" if more > 0 else "")
+    return (f"<h2>Feature importance</h2><p>Over the {int(imp.get('trees', 0))} trees: each "
+            "feature's share of the total gain of the splits on it.</p>"
+            + _table(["<th>feature</th>", "<th class='num'>gain share</th>",
+                      "<th class='num'>splits</th>", "<th class='num'>cover</th>"],
+                     [body], foot))
+
+
 def render_report(history: Mapping[str, Any], extra_html: Sequence[str] = ()) -> str:
     """The complete HTML document for one run's history."""
     study = esc(history.get("study", "unnamed study"))
     sections = [_header(history), _headline(history), _convergence(history), _sites(history),
                 _training(history), _operations(history)]
-    sections += [x for x in (_privacy(history), _data_quality(history)) if x]
+    sections += [x for x in (_feature_importance(history), _privacy(history),
+                             _data_quality(history)) if x]
     sections += list(extra_html)
     sections.append(_json_details("Configuration", history.get("config"),
                                   "Full study configuration (JSON)"))

@@ -34,7 +34,9 @@ from fedcare.engine.learner_factory import ModelShape, make_learner
 from fedcare.engine.privacy import hub_privacy, site_privacy
 from fedcare.engine.round_engine import EngineSettings, RoundEngine
 from fedcare.engine.secure import SecureAggregator, SecureSettings, SecureSite
+from fedcare.engine.trees import write_tree_outputs
 from fedcare.learners.metrics import primary_metric
+from fedcare.learners.options import check_bins_vs_rows
 from fedcare.sim.sites import build_sites, input_standardization, pooled
 from fedcare.strategies import build_strategy
 from fedcare.strategies.fedavg import FedAvg
@@ -108,6 +110,10 @@ class _Run:
         if self._stats_by_engine():  # the normalizer comes from the sites' stats tasks
             data = data.model_copy(update={"standardize": False})
         self.sites = build_sites(data, cfg.study.seed)
+        too_few = [w for w in (check_bins_vs_rows(cfg.model, len(s.y_train), s.name)
+                               for s in self.sites) if w is not None]
+        if too_few:
+            raise ConfigError(too_few)
         for site in self.sites:
             warning = few_rows_warning(site.name, len(site.y_train) + len(site.y_test))
             if warning is not None:
@@ -414,7 +420,9 @@ class _Run:
     # -- outputs --------------------------------------------------------------------------
     def _write_outputs(self, history: History, final: Parameters) -> None:
         assert self.out is not None
-        atomic_write(self.out / "model.safetensors", self._bundle(history, final).to_bytes())
+        bundle = self._bundle(history, final)
+        atomic_write(self.out / "model.safetensors", bundle.to_bytes())
+        write_tree_outputs(self.out, bundle, history.meta)
         atomic_write(self.out / "config.json",
                            json.dumps(self.cfg.model_dump(mode="json"), indent=2).encode())
         save_history(history, self.out / "history.json")
