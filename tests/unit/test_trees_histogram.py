@@ -145,19 +145,17 @@ def test_split_search_in_node_chunks_equals_one_pass(monkeypatch: pytest.MonkeyP
         assert np.array_equal(a, chunked.to_arrays()[name]), name
 
 
-def test_histograms_in_row_chunks_equal_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fedcare.trees import histogram
-
+def test_histograms_refuse_a_node_off_the_level() -> None:
     rng = np.random.default_rng(2)
     binned = rng.integers(0, 9, size=(50, 3)).astype(np.uint16)
     g, h = rng.integers(-8, 8, 50) / 4, rng.integers(0, 8, 50) / 4
     nodes = rng.integers(2, 7, 50)
     nodes[nodes == 2] = -1
-    whole = level_histograms(binned, g, h, nodes, 2, 8)
-    monkeypatch.setattr(histogram, "_CHUNK", 7)
-    assert np.array_equal(level_histograms(binned, g, h, nodes, 2, 8), whole)
+    assert level_histograms(binned, g, h, nodes, 2, 8).shape == (4, 3, 9, 2)
     with pytest.raises(ValueError, match="not at level 3"):
         level_histograms(binned, g, h, nodes, 3, 8)
+    with pytest.raises(ValueError, match="above max_bin = 7"):
+        level_histograms(binned, g, h, nodes, 2, 7)
 
 
 def test_histograms_for_another_step_are_refused() -> None:

@@ -11,8 +11,8 @@ from fedcare.trees.options import TreeOptions, check_bins_vs_rows, histogram_flo
 def test_defaults_are_xgboosts() -> None:
     o = tree_options()
     assert (o.objective, o.n_trees, o.max_depth, o.learning_rate, o.reg_lambda, o.gamma,
-            o.min_child_weight, o.max_bin, o.base_score) == (
-        "binary:logistic", 50, 4, 0.3, 1.0, 0.0, 1.0, 64, None)
+            o.min_child_weight, o.max_bin, o.sketch_bins, o.base_score) == (
+        "binary:logistic", 50, 4, 0.3, 1.0, 0.0, 1.0, 64, 1024, None)
 
 
 @pytest.mark.parametrize(("key", "value", "valid"), [
@@ -73,3 +73,14 @@ def test_more_bins_than_rows_refused() -> None:
 
 def test_histogram_size() -> None:
     assert histogram_floats(tree_options(max_depth=3, max_bin=7), 5) == 4 * 5 * 8 * 2
+
+
+def test_public_api_surface() -> None:
+    import fedcare.trees as trees
+
+    assert sorted(trees.__all__) == sorted([
+        "Ensemble", "TreeOptions", "base_margin", "bin_matrix", "check_bins_vs_rows",
+        "cut_points", "grad_hess", "grow_level", "initial_base_score", "level_histograms",
+        "local_fine_counts", "local_moments", "local_ranges", "merge_ranges", "moment_grid",
+        "route_rows", "tree_margin", "tree_options", "with_siblings"])
+    assert all(callable(getattr(trees, name)) for name in trees.__all__)

@@ -46,7 +46,7 @@ class TreeOptions(Section):
         "trees: least hessian sum in each child of a split."))
     max_bin: int = Field(64, ge=2, le=MAX_BIN, description=(
         "trees: histogram bins per feature (split candidates + 1), as XGBoost's hist."))
-    sketch_bins: int = Field(4096, ge=16, le=MAX_SKETCH_BINS, description=(
+    sketch_bins: int = Field(1024, ge=16, le=MAX_SKETCH_BINS, description=(
         "trees: equal-width bins per feature of the federation-wide count sketch from which "
         "the max_bin quantile cuts are read (at least max_bin)."))
     base_score: float | None = Field(None, ge=-1e6, le=1e6, description=(
