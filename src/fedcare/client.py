@@ -202,4 +202,4 @@ def watch(client: HubClient, study_id: str, *,
         time.sleep(poll)
 
 
-__all__ = ["ARTIFACTS", "FINAL_STATES", "HubClient", "TOKEN_ENV", "watch"]
+__all__ = ["ARTIFACTS", "FINAL_STATES", "TOKEN_ENV", "HubClient", "watch"]
