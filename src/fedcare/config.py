@@ -464,11 +464,20 @@ def _strategy_rows() -> list[tuple[str, str, str]]:
     return rows + _plugin_key_rows("strategy", own)
 
 
+def _sentence_part(summary: str) -> str:
+    """A summary sentence to go inside another: no final stop, lower-case unless its first
+    word is a name (``MedMNIST-style``)."""
+    first = summary.split(" ", 1)[0]
+    text = summary[0].lower() + summary[1:] if first[1:].islower() else summary
+    return text.rstrip(".")
+
+
 def _data_rows() -> list[tuple[str, str, str]]:
     """``data.*`` rows from the source registry: every source with its summary, then each
     source's keys (``data[source=NAME].key``)."""
     sources = all_sources()
-    names = "; ".join(f"{n} ({cls.source_summary().rstrip('.')})" for n, cls in sources.items())
+    names = "; ".join(f"{n} ({_sentence_part(cls.source_summary())})"
+                      for n, cls in sources.items())
     rows = [("data.source", "", f"Where the sites' data comes from, one of: {names} (keys "
                                 "per source below).")]
     for name, cls in sources.items():

@@ -50,9 +50,10 @@ def _table(folder: Path) -> dict[str, Any]:
 
 def _npz(folder: Path) -> dict[str, Any]:
     rng = np.random.default_rng(0)
-    arrays = {f"{split}_{kind}": (rng.integers(0, 256, (n, 8, 8), dtype=np.uint8) if kind == "images"
-                                  else rng.integers(0, 2, size=n))
-              for split, n in (("train", 40), ("test", 12)) for kind in ("images", "labels")}
+    arrays = {}
+    for split, n in (("train", 40), ("test", 12)):
+        arrays[f"{split}_images"] = rng.integers(0, 256, (n, 8, 8), dtype=np.uint8)
+        arrays[f"{split}_labels"] = rng.integers(0, 2, size=n)
     np.savez(folder / "images.npz", **arrays)
     return {"source": "npz", "path": "images.npz", "sites": 2}
 
