@@ -2,17 +2,50 @@
 
 It lives outside :mod:`fedcare.cli` so that every caller - the ``fedcare study`` commands, the
 demo, a script, later the dashboard's tests - talks to the hub through the same code, and the
-CLI only renders (architecture review P8). It knows the hub's HTTP API, never its internals.
+CLI only renders (architecture review P8). It knows the hub's HTTP API, never its internals:
+every method returns the typed response of :mod:`fedcare.hub.schemas`::
+
+    client = HubClient(Path("fed/researcher"), None, None, None)
+    study = client.submit(load_config("study.toml"))
+    final = watch(client, study.study_id)
+    print(final.status, final.rounds[-1].global_metrics)
 """
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import BaseModel, TypeAdapter
+from pydantic import ValidationError as PydanticValidationError
 
 from fedcare.core.errors import ConfigError, FedcareError
+from fedcare.hub.schemas import (
+    DatasetQuality,
+    ErrorBody,
+    Event,
+    Health,
+    Resumed,
+    SiteInfo,
+    StudyStatus,
+    StudySummary,
+    Submitted,
+)
+
+if TYPE_CHECKING:
+    import httpx
+
+_M = TypeVar("_M")
+
+_STUDIES = TypeAdapter(list[StudySummary]).validate_json
+_SITES = TypeAdapter(list[SiteInfo]).validate_json
+_EVENTS = TypeAdapter(list[Event]).validate_json
+
+#: The files a finished study leaves on the hub (``HubClient.artifact``).
+ARTIFACTS = ("history.json", "model.safetensors", "report.html")
 
 #: Study states after which nothing more happens without a researcher's action (a paused
 #: study waits for `fedcare study resume`).
@@ -72,7 +105,61 @@ class HubClient:
         self.http = httpx.Client(base_url=url, verify=context, timeout=60.0,
                                  headers={"Authorization": f"Bearer {token}"})
 
-    def call(self, method: str, path: str, **kw: Any) -> Any:
+    # -- the API, typed ------------------------------------------------------------------
+    def health(self) -> Health:
+        return self._get(Health.model_validate_json, "GET", "/v1/health")
+
+    def submit(self, config: BaseModel | Mapping[str, Any], *, force: bool = False
+               ) -> Submitted:
+        """Submit a study (a :class:`fedcare.config.StudyConfig` or its dict; data.source =
+        "federation"). ``force``: run a DP-FedAvg study the hub's DP check refuses."""
+        doc = (config.model_dump(mode="json") if isinstance(config, BaseModel)
+               else dict(config))
+        return self._get(Submitted.model_validate_json, "POST", "/v1/studies", json=doc,
+                         params={"force": "true"} if force else None)
+
+    def status(self, study_id: str, last_rounds: int | None = None) -> StudyStatus:
+        """A study's state and its rounds (``last_rounds``: only the last that many)."""
+        return self._get(StudyStatus.model_validate_json, "GET", f"/v1/studies/{study_id}",
+                         params=None if last_rounds is None else {"rounds": last_rounds})
+
+    def studies(self) -> list[StudySummary]:
+        return self._get(_STUDIES, "GET", "/v1/studies")
+
+    def sites(self) -> list[SiteInfo]:
+        return self._get(_SITES, "GET", "/v1/sites")
+
+    def events(self, study_id: str) -> list[Event]:
+        """The hub's event log of a study, oldest first."""
+        return self._get(_EVENTS, "GET", f"/v1/studies/{study_id}/events")
+
+    def resume(self, study_id: str) -> Resumed:
+        return self._get(Resumed.model_validate_json, "POST", f"/v1/studies/{study_id}/resume")
+
+    def dataset_quality(self, dataset: str) -> DatasetQuality:
+        return self._get(DatasetQuality.model_validate_json, "GET",
+                         f"/v1/datasets/{dataset}/quality")
+
+    def artifact(self, study_id: str, name: str) -> bytes:
+        """One of a finished study's files (:data:`ARTIFACTS`), as stored on the hub."""
+        if name not in ARTIFACTS:
+            raise ConfigError(f"no artifact {name!r}; one of {', '.join(ARTIFACTS)}")
+        return bytes(self.call("GET", f"/v1/studies/{study_id}/artifacts/{name}").content)
+
+    def history(self, study_id: str) -> dict[str, Any]:
+        """A finished study's ``history.json`` (what the report and the results table read)."""
+        try:
+            doc = json.loads(self.artifact(study_id, "history.json"))
+        except ValueError as exc:
+            raise FedcareError(f"study {study_id}'s history.json is not JSON: {exc}") from exc
+        if not isinstance(doc, dict):
+            raise FedcareError(f"study {study_id}'s history.json is not a JSON object")
+        return doc
+
+    # -- plumbing -------------------------------------------------------------------------
+    def call(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        """One request; a refusal (4xx/5xx) raises :class:`FedcareError` with the hub's
+        ``detail``."""
         import httpx
 
         try:
@@ -81,25 +168,38 @@ class HubClient:
             raise FedcareError(f"cannot reach the hub at {self.http.base_url}: {exc}") from exc
         if r.status_code >= 400:
             try:
-                detail = r.json().get("detail", r.text)
-            except ValueError:
+                detail: Any = ErrorBody.model_validate_json(r.content).detail
+            except PydanticValidationError:
                 detail = r.text
             raise FedcareError(f"hub refused ({r.status_code}): {detail}")
         return r
 
+    def _get(self, parse: Callable[[bytes], _M], method: str, path: str, **kw: Any) -> _M:
+        """``call`` and ``parse`` the answer (a hub that answers something else is a
+        FedcareError that says what did not match)."""
+        r = self.call(method, path, **kw)
+        try:
+            parsed = parse(r.content)
+        except PydanticValidationError as exc:
+            raise FedcareError(f"the hub's answer to {method} {path} is not what this client "
+                               f"expects (hub version?): {exc}") from exc
+        return parsed
+
 
 def watch(client: HubClient, study_id: str, *,
-          on_status: Callable[[dict[str, Any]], None] | None = None,
-          poll: float = 0.5) -> dict[str, Any]:
+          on_status: Callable[[StudyStatus], None] | None = None,
+          poll: float = 0.5) -> StudyStatus:
     """Poll a study until it reaches a final state; ``on_status`` sees every status read.
 
     Asks for the last round's record only: all of them grow with the study, and a progress
     display polls every half second."""
     while True:
-        st: dict[str, Any] = client.call("GET", f"/v1/studies/{study_id}",
-                                         params={"rounds": 1}).json()
+        st = client.status(study_id, last_rounds=1)
         if on_status is not None:
             on_status(st)
-        if st["status"] in FINAL_STATES:
+        if st.status in FINAL_STATES:
             return st
         time.sleep(poll)
+
+
+__all__ = ["ARTIFACTS", "FINAL_STATES", "TOKEN_ENV", "HubClient", "watch"]

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, FiniteFloat, field_validator, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from fedcare.core.errors import ConfigError
 from fedcare.core.limits import (
@@ -23,13 +23,17 @@ from fedcare.core.limits import (
     MAX_SEED,
     MAX_WEIGHT_DECAY,
 )
-from fedcare.core.settings import (
-    Section,
-    allowed,
-    literal_values,
-    reference_rows,
-    validate_section,
-)
+from fedcare.core.settings import Section, allowed, reference_rows, validate_section
+from fedcare.data.sources.base import DataOptions
+from fedcare.data.sources.builtin import BuiltinData as BuiltinData
+from fedcare.data.sources.clinical import ClinicalData as ClinicalData
+from fedcare.data.sources.federation import FederatedData as FederatedData
+from fedcare.data.sources.files import FilesData as FilesData
+from fedcare.data.sources.image_folder import ImageFolderData as ImageFolderData
+from fedcare.data.sources.npz import ImageData as ImageData
+from fedcare.data.sources.registry import all_sources, sources_that
+from fedcare.data.sources.synthetic import SyntheticData as SyntheticData
+from fedcare.data.sources.table import PooledFileData as PooledFileData
 from fedcare.learners.options import LogregOptions, ModelOptions, all_models
 from fedcare.strategies.base import StrategyOptions
 from fedcare.strategies.fedavg import FedAvgOptions
@@ -40,18 +44,10 @@ from fedcare.strategies.registry import all_strategies, describe, options_types
 # refuses inf/nan everywhere, and a test walks the schema so that a new option cannot forget
 # its bounds.
 
-#: Sites a study may have (simulated or in a federation).
-MAX_SITES = 10_000
 #: Rounds a study may run.
 MAX_ROUNDS = 100_000
-#: Classes of a classification task.
-MAX_CLASSES = 10_000
-#: Features of a synthetic dataset, width of a model layer, rows generated per synthetic site.
-MAX_FEATURES = 100_000
+#: Width of a model layer.
 MAX_WIDTH = 100_000
-MAX_ROWS_PER_SITE = 10_000_000
-#: Dirichlet concentration (large = iid), and a few other unit-free positive settings.
-MAX_ALPHA = 1e6
 #: Seconds a round may wait for its sites (a week).
 MAX_ROUND_TIMEOUT = 7 * 24 * 3600.0
 #: Layers of a sequence/transformer model, and entries of a hidden/channels list.
@@ -72,197 +68,6 @@ class StudySection(Section):
         "accuracy, or mse for regression."))
 
 
-class SiteFile(Section):
-    name: str = Field(min_length=1, max_length=100, description="Site name.")
-    path: Path = Field(description="CSV (.csv, .csv.gz) or Parquet file, relative to the config.")
-    test_path: Path | None = Field(None, description=(
-        "Optional fixed test file (same columns), for temporal or external validation: the "
-        "site is tested on it and trains on all of path (data.test_fraction is ignored for "
-        "this site)."))
-
-
-StatsRange = tuple[FiniteFloat, FiniteFloat]
-
-
-class _DataCommon(Section):
-    test_fraction: float = Field(0.2, ge=0, lt=1, allow_inf_nan=False,
-                                 description="Share of each site's rows held out for testing.")
-    standardize: bool = Field(True, description=(
-        "Scale tabular features by the federation's mean/std (computed from per-site sums, "
-        "no rows pooled)."))
-    stats_clip: StatsRange | dict[str, StatsRange] | None = Field(None, description=(
-        "DP studies that standardize: each feature's range [low, high] (one pair for every "
-        "feature, or a table feature = [low, high]); values are clipped to it for the feature "
-        "statistics only, which bounds what one row adds, so the sums can be noised."))
-
-    impute: Literal["none", "mean"] = Field("none", description=(
-        "Missing numeric feature values: none (a missing value is an error) or mean (filled "
-        "with the federation-wide mean of the observed values, computed with the "
-        "standardization statistics from each site's sums and counts of observed values, no "
-        "rows pooled; under DP clipped to data.stats_clip and noised). With mean, rows "
-        "without a label are dropped and counted by reason."))
-    categorical: list[str] = Field(default_factory=list, max_length=1_000, description=(
-        "Feature columns holding categories, one-hot encoded with one federation-wide level "
-        "list: each site reports the levels it holds in at least 10 training rows (rarer "
-        "ones are suppressed), the list is their sorted union; a missing or unlisted value "
-        "encodes as all zeros. Not in DP studies (the level names are released without "
-        "noise)."))
-    max_levels: int = Field(20, ge=2, le=1_000, description=(
-        "Most levels a categorical column may have (the one-hot width per column, so the "
-        "model's shape is known before any site is asked); a site refuses a column with more "
-        "distinct values."))
-
-    @model_validator(mode="after")
-    def _stats_clip_ranges(self) -> _DataCommon:
-        clip = self.stats_clip
-        ranges = clip.items() if isinstance(clip, dict) else [("", clip)] if clip else []
-        bad = [name or "every feature" for name, (lo, hi) in ranges if not lo < hi]
-        if bad:
-            raise ValueError(f"stats_clip: low must be below high ({', '.join(bad)})")
-        return self
-
-
-class BuiltinData(_DataCommon):
-    source: Literal["builtin"] = Field(description="Data shipped with a dependency.")
-    dataset: Literal["breast_cancer"] = Field(
-        "breast_cancer", description="Built-in dataset: breast_cancer (scikit-learn, 569 rows).")
-    sites: int = Field(4, ge=1, le=MAX_SITES, description="Number of simulated sites.")
-    partition: Literal["iid", "dirichlet"] = Field(
-        "dirichlet", description="How rows are split: iid or dirichlet (label skew).")
-    alpha: float = Field(0.5, gt=0, le=MAX_ALPHA, allow_inf_nan=False,
-                         description="Dirichlet concentration (smaller = more skew).")
-
-
-class SyntheticData(_DataCommon):
-    source: Literal["synthetic"] = Field(description="Generated classification data.")
-    sites: int = Field(4, ge=1, le=MAX_SITES, description="Number of simulated sites.")
-    rows_per_site: int = Field(1000, ge=2, le=MAX_ROWS_PER_SITE,
-                               description="Rows generated per site.")
-    n_features: int = Field(20, ge=1, le=MAX_FEATURES, description="Number of features.")
-    classes: int = Field(2, ge=2, le=MAX_CLASSES, description="Number of classes.")
-    partition: Literal["iid", "dirichlet"] = Field("iid", description="iid or dirichlet.")
-    alpha: float = Field(0.5, gt=0, le=MAX_ALPHA, allow_inf_nan=False,
-                         description="Dirichlet concentration.")
-
-
-class FilesData(_DataCommon):
-    source: Literal["files"] = Field(description="One CSV/Parquet file per site.")
-    label: str = Field(min_length=1, description="Label column (present at every site).")
-    features: list[str] | None = Field(
-        None, description="Feature columns; default: every column except the label.")
-    site: list[SiteFile] = Field(min_length=1, max_length=MAX_SITES, description=(
-        "Sites: [[data.site]] name, path, and optionally test_path (a fixed test file: the "
-        "site trains on all of path and is tested on it; test_fraction is ignored there)."))
-
-
-class PooledFileData(_DataCommon):
-    source: Literal["table"] = Field(description="One table split into sites by a partitioner.")
-    path: Path = Field(description="CSV or Parquet file, relative to the config.")
-    label: str = Field(min_length=1, description="Label column.")
-    features: list[str] | None = Field(None, description="Feature columns (default: all).")
-    sites: int = Field(4, ge=1, le=MAX_SITES, description="Number of sites (iid/dirichlet).")
-    partition: Literal["iid", "dirichlet", "attribute"] = Field(
-        "iid", description="iid, dirichlet, or attribute (one site per value of a column).")
-    alpha: float = Field(0.5, gt=0, le=MAX_ALPHA, allow_inf_nan=False,
-                         description="Dirichlet concentration.")
-    attribute: str | None = Field(None, description="Column naming each row's site.")
-
-
-class ImageData(_DataCommon):
-    source: Literal["npz"] = Field(description="MedMNIST-style .npz images split over sites.")
-    path: Path = Field(description=".npz with train/val/test _images and _labels arrays.")
-    sites: int = Field(3, ge=1, le=MAX_SITES,
-                       description="Number of sites the training images are split into.")
-    partition: Literal["iid", "dirichlet"] = Field("iid", description="iid or dirichlet.")
-    alpha: float = Field(0.5, gt=0, le=MAX_ALPHA, allow_inf_nan=False,
-                         description="Dirichlet concentration.")
-    standardize: bool = Field(False, description="Images are scaled to [0, 1] already.")
-
-
-class ImageFolderSite(Section):
-    name: str = Field(min_length=1, max_length=100, description="Site name.")
-    folder: Path = Field(description="Folder of DICOM (.dcm) or NIfTI (.nii, .nii.gz) images.")
-    labels: Path = Field(description="CSV with columns file,label (class ids 0..k-1).")
-
-
-class ImageFolderData(_DataCommon):
-    source: Literal["image_folder"] = Field(description=(
-        "One folder of DICOM or NIfTI images with a label file per site."))
-    site: list[ImageFolderSite] = Field(min_length=1, max_length=MAX_SITES, description=(
-        "Sites: [[data.site]] name, folder, labels."))
-    size: int = Field(64, ge=8, le=1024, description=(
-        "Images are resized (shorter side) and centre-cropped to size x size."))
-    window: list[Annotated[float, Field(ge=-1e9, le=1e9, allow_inf_nan=False)]] | None = Field(
-        None, min_length=2, max_length=2, description=(
-        "Intensity window [low, high] for every image (default: DICOM window tags, else each "
-        "image's min..max)."))
-    classes: int | None = Field(None, ge=2, le=MAX_CLASSES, description=(
-        "Number of classes (default: from the labels)."))
-    standardize: bool = Field(False, description="Images are scaled to [0, 1] already.")
-
-
-class ClinicalSite(Section):
-    name: str = Field(min_length=1, max_length=100, description="Site name.")
-    source: Path = Field(description=(
-        "The site's source file (source.toml: format csv|omop|fhir, its files and mappings; "
-        "`fedcare config-reference --file source`), relative to the study file."))
-
-
-class ClinicalData(_DataCommon):
-    """Each site's own clinical export, harmonized to one data contract by the code a node
-    runs (fedcare.data.clinical), so a study simulated here runs unchanged on a federation."""
-
-    source: Literal["clinical"] = Field(description=(
-        "Clinical exports (FHIR, OMOP, CSV) harmonized to a data contract, one per site."))
-    contract: Path = Field(description=(
-        "The data contract (.toml), relative to the study file; the features and the label "
-        "are the contract's."))
-    site: list[ClinicalSite] = Field(min_length=1, description=(
-        "Sites: [[data.site]] name, source."))
-
-
-class FederatedData(_DataCommon):
-    """A networked study: each node maps ``dataset`` to its own local table."""
-
-    source: Literal["federation"] = Field(description="Data held by the federation's nodes.")
-    dataset: str = Field(min_length=1, description="Dataset name each node maps to a local file.")
-    label: str = Field(min_length=1, description="Label column (present at every site).")
-    features: list[str] = Field(default_factory=list, description=(
-        "Feature columns, in order (explicit, so every site trains on the same problem); "
-        "empty for an image dataset."))
-    image_size: int | None = Field(None, ge=8, le=1024, description=(
-        "Image datasets: each node maps the dataset to a folder of DICOM/NIfTI images with a "
-        "label file, resized and centre-cropped to image_size x image_size."))
-    task: Literal["binary", "multiclass", "regression"] = Field(
-        "binary", description="binary, multiclass or regression.")
-    classes: int = Field(2, ge=2, le=MAX_CLASSES, description="Number of classes (multiclass).")
-    standardize: bool = Field(True, description=(
-        "Scale features by the federation's mean/std, computed from each site's sums, sums "
-        "of squares and row counts (no row leaves a site; sites refuse below 10 rows). A "
-        "secure study sends them through secure aggregation (the hub learns only the "
-        "federation's totals); a DP study clips them to data.stats_clip and noises them "
-        "(privacy.stats_epsilon)."))
-    sites: list[str] | None = Field(None, description=(
-        "Sites taking part (default: every site that holds the dataset)."))
-    contract_hash: str | None = Field(None, pattern=r"^[0-9a-fA-F]{8,64}$", description=(
-        "Content hash of the data contract every site must have built its dataset with "
-        "(`fedcare data check` prints all 64 hex digits), or a prefix of it of at least 8: "
-        "a site whose contract's hash does not start with it refuses, and the hub refuses a "
-        "prefix that matches two different contracts among the sites. The full hash is the "
-        "safe choice: a prefix selects, it does not pin the contract down."))
-
-    def input_width(self) -> int:
-        """Width of a table's model input: one column per numeric feature and
-        ``max_levels`` one-hot columns per categorical one (known before any site answers)."""
-        cat = set(self.categorical)
-        return sum(self.max_levels if f in cat else 1 for f in self.features)
-
-    @field_validator("contract_hash")
-    @classmethod
-    def _lower(cls, v: str | None) -> str | None:
-        return v.lower() if v is not None else None
-
-
 def contract_matches(wanted: str, actual: str) -> bool:
     """Whether a study's ``data.contract_hash`` (the full hash or a prefix of at least 8 hex
     digits) names the contract whose full hash is ``actual``.
@@ -277,16 +82,18 @@ def contract_matches(wanted: str, actual: str) -> bool:
     return actual.lower().startswith(wanted.lower())
 
 
-#: Every data source, in the order the reference lists them.
-DATA_SOURCES: tuple[type[_DataCommon], ...] = (
-    BuiltinData, SyntheticData, FilesData, PooledFileData, ImageData, ImageFolderData,
-    ClinicalData, FederatedData)
+def _data_union() -> Any:
+    """The ``[data]`` section: one registered data source's options, chosen by ``source``."""
+    from typing import Union
 
-DataSection = Annotated[
-    BuiltinData | SyntheticData | FilesData | PooledFileData | ImageData | ImageFolderData
-    | ClinicalData | FederatedData,
-    Field(discriminator="source"),
-]
+    return Annotated[Union[tuple(all_sources().values())],  # noqa: UP007
+                     Field(discriminator="source")]
+
+
+if TYPE_CHECKING:
+    DataSection = DataOptions
+else:
+    DataSection = _data_union()
 
 
 def _model_union() -> Any:
@@ -442,8 +249,7 @@ class StudyConfig(Section):
 
 def _tags() -> set[str]:
     """Discriminator values pydantic puts in an error's path (users never write them)."""
-    sources = {v for m in DATA_SOURCES for v in literal_values(m.model_fields["source"].annotation)}
-    return sources | set(all_strategies()) | set(all_models())
+    return set(all_sources()) | set(all_strategies()) | set(all_models())
 
 
 def content_hash(cfg: StudyConfig) -> str:
@@ -463,10 +269,7 @@ def content_hash(cfg: StudyConfig) -> str:
         del doc["privacy"]
     if cfg.secure_aggregation == SecureAggregationSection():  # type: ignore[call-arg]
         del doc["secure_aggregation"]
-    if isinstance(cfg.data, FilesData):  # no test file: hash as before test_path existed
-        for site in doc["data"]["site"]:
-            if site.get("test_path") is None:
-                site.pop("test_path", None)
+    doc["data"] = cfg.data.hashed(doc["data"])  # a source's own later keys
     if cfg.study.primary_metric is None:  # likewise: studies that choose none hash as before
         del doc["study"]["primary_metric"]
     # Options added later hash as before while they keep their defaults.
@@ -499,30 +302,15 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None,
 
 def _cross_checks(cfg: StudyConfig) -> list[str]:
     """Rules that span sections."""
-    problems = []
     d = cfg.data
-    if isinstance(d, FederatedData):
-        if d.image_size is None and not d.features:
-            problems.append("'data.features': list the feature columns (or set "
-                            "data.image_size for an image dataset)")
-        unknown = [c for c in d.categorical if c not in d.features]
-        if unknown:
-            problems.append(f"'data.categorical': {unknown} are not in data.features")
-        if d.image_size is not None and (d.features or d.standardize):
-            problems.append("'data.image_size': an image dataset takes no features and "
-                            "standardize = false (images are scaled to [0, 1])")
-    elif cfg.baselines.local_at_sites:
-        problems.append("'baselines.local_at_sites' asks the sites of a networked study "
-                        "(data.source = \"federation\"); a simulation trains its local-only "
-                        "baseline with baselines.local")
-    if (d.impute != "none" or d.categorical) and not isinstance(
-            d, (FilesData, PooledFileData, FederatedData)):
+    problems = d.problems()
+    if cfg.baselines.local_at_sites and d.capabilities.simulated:
+        problems.append(f"'baselines.local_at_sites' asks the sites of a networked study "
+                        f"(data.source = {_either(sources_that('simulated'), negate=True)}); "
+                        "a simulation trains its local-only baseline with baselines.local")
+    if (d.impute != "none" or d.categorical) and not d.capabilities.raw_columns:
         problems.append("'data.impute' / 'data.categorical' apply to tables read from files "
-                        "(data.source = files, table or federation)")
-    if isinstance(d, (FilesData, PooledFileData)) and d.categorical and d.features is not None:
-        unknown = [c for c in d.categorical if c not in d.features]
-        if unknown:
-            problems.append(f"'data.categorical': {unknown} are not in data.features")
+                        f"(data.source = {_either(sources_that('raw_columns'))})")
     problems += _model_checks(cfg)
     strategy = all_strategies()[cfg.strategy.name]
     if cfg.secure_aggregation.protocol != "none" and not strategy.capabilities.aggregates_a_sum:
@@ -532,10 +320,10 @@ def _cross_checks(cfg: StudyConfig) -> list[str]:
                         "each site's individual update, which secure aggregation hides; "
                         f"use one of {usable}")
     problems += _privacy_checks(cfg)
-    n_sites = _declared_sites(cfg)
+    n_sites = d.declared_sites()
     if n_sites is not None:
         problems += secure_round_problems(cfg, n_sites)
-    task = _declared_task(cfg)
+    task = d.declared_task()
     if task is not None and cfg.study.primary_metric is not None:
         from fedcare.learners.metrics import primary_metric
 
@@ -570,16 +358,13 @@ def _model_checks(cfg: StudyConfig) -> list[str]:
     return problems
 
 
-def _declared_sites(cfg: StudyConfig) -> int | None:
-    """How many sites the config itself names (None: known only once the study runs)."""
-    d = cfg.data
-    if isinstance(d, (FilesData, ImageFolderData, ClinicalData)):
-        return len(d.site)
-    if isinstance(d, FederatedData):
-        return len(d.sites) if d.sites is not None else None
-    if isinstance(d, PooledFileData) and d.partition == "attribute":
-        return None
-    return int(d.sites)
+def _either(names: list[str], *, negate: bool = False) -> str:
+    """``a, b or c``; with ``negate``, the sources *not* in ``names``, quoted when one."""
+    if negate:
+        names = [n for n in all_sources() if n not in names]
+    if len(names) == 1:
+        return f'"{names[0]}"'
+    return f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 def secure_round_problems(cfg: StudyConfig, n_sites: int) -> list[str]:
@@ -597,19 +382,6 @@ def secure_round_problems(cfg: StudyConfig, n_sites: int) -> list[str]:
     n = n_sites if s.fraction >= 1 else min(
         n_sites, max(s.min_sites, math.ceil(s.fraction * n_sites), 1))
     return threshold_problems(n, cfg.secure_aggregation.threshold, s.min_completed)
-
-
-def _declared_task(cfg: StudyConfig) -> str | None:
-    """The task when the configuration alone fixes it (other sources infer it from the
-    labels, and the runner checks the primary metric once the data is loaded)."""
-    d = cfg.data
-    if isinstance(d, FederatedData):
-        return d.task
-    if isinstance(d, BuiltinData):
-        return "binary"
-    if isinstance(d, SyntheticData):
-        return "binary" if d.classes == 2 else "multiclass"
-    return None
 
 
 def _privacy_checks(cfg: StudyConfig) -> list[str]:
@@ -641,9 +413,9 @@ def _privacy_checks(cfg: StudyConfig) -> list[str]:
                         "noised feature statistics, which needs each feature's range: set "
                         "data.stats_clip = [low, high] (or a table feature = [low, high]), or "
                         "data.standardize = false")
-    numeric = [f for f in d.features if f not in d.categorical] if isinstance(
-        d, FederatedData) else []
-    if (isinstance(d, FederatedData) and isinstance(d.stats_clip, dict)
+    declared = d.declared_features()
+    numeric = [f for f in declared or [] if f not in d.categorical]
+    if (declared is not None and isinstance(d.stats_clip, dict)
             and set(d.stats_clip) != set(numeric)):
         problems.append(f"'data.stats_clip': give a range for every numeric feature in "
                         f"data.features and no other (missing "
@@ -657,21 +429,7 @@ def _privacy_checks(cfg: StudyConfig) -> list[str]:
 
 
 def _resolve_paths(cfg: StudyConfig, base: Path) -> StudyConfig:
-    d = cfg.data
-    if isinstance(d, FilesData):
-        sites = [s.model_copy(update={"path": base / s.path, "test_path": (
-            base / s.test_path if s.test_path is not None else None)}) for s in d.site]
-        d = d.model_copy(update={"site": sites})
-    elif isinstance(d, (PooledFileData, ImageData)):
-        d = d.model_copy(update={"path": base / d.path})
-    elif isinstance(d, ImageFolderData):
-        folders = [x.model_copy(update={"folder": base / x.folder, "labels": base / x.labels})
-                   for x in d.site]
-        d = d.model_copy(update={"site": folders})
-    elif isinstance(d, ClinicalData):
-        clinical = [x.model_copy(update={"source": base / x.source}) for x in d.site]
-        d = d.model_copy(update={"contract": base / d.contract, "site": clinical})
-    return cfg.model_copy(update={"data": d})
+    return cfg.model_copy(update={"data": cfg.data.resolved(base)})
 
 
 def load_config(path: Path) -> StudyConfig:
@@ -747,6 +505,27 @@ def _strategy_rows() -> list[tuple[str, str, str]]:
     return rows + _plugin_key_rows("strategy", own)
 
 
+def _sentence_part(summary: str) -> str:
+    """A summary sentence to go inside another: no final stop, lower-case unless its first
+    word is a name (``MedMNIST-style``)."""
+    first = summary.split(" ", 1)[0]
+    text = summary[0].lower() + summary[1:] if first[1:].islower() else summary
+    return text.rstrip(".")
+
+
+def _data_rows() -> list[tuple[str, str, str]]:
+    """``data.*`` rows from the source registry: every source with its summary, then each
+    source's keys (``data[source=NAME].key``)."""
+    sources = all_sources()
+    names = "; ".join(f"{n} ({_sentence_part(cls.source_summary())})"
+                      for n, cls in sources.items())
+    rows = [("data.source", "", f"Where the sites' data comes from, one of: {names} (keys "
+                                "per source below).")]
+    for name, cls in sources.items():
+        rows += reference_rows(cls, f"data[source={name}]", recurse=False)
+    return rows
+
+
 def describe_keys() -> list[tuple[str, str, str]]:
     """(key, default, description) for every config key, for --help and the README; every
     choice lists its allowed values (strategies come from their registry)."""
@@ -761,11 +540,7 @@ def describe_keys() -> list[tuple[str, str, str]]:
                            ("privacy", PrivacySection)):
         walk(section, model)
     rows += _model_rows()
-    sources = [literal_values(m.model_fields["source"].annotation)[0] for m in DATA_SOURCES]
-    rows.append(("data.source", "", f"Where the sites' data comes from, one of: "
-                                    f"{', '.join(sources)} (keys per source below)."))
-    for data_model, src in zip(DATA_SOURCES, sources, strict=True):
-        walk(f"data[source={src}]", data_model)
+    rows += _data_rows()
     rows += _strategy_rows()
     seen: set[str] = set()
     unique = []

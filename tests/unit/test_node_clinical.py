@@ -102,6 +102,7 @@ def test_study_data_shows_each_sites_cohort_rows_and_label_rate(demo) -> None:
     from rich.console import Console
 
     from fedcare.cli.render import quality_table
+    from fedcare.hub.schemas import DatasetQuality
 
     _, sites = demo
     reports = {}
@@ -111,7 +112,8 @@ def test_study_data_shows_each_sites_cohort_rows_and_label_rate(demo) -> None:
                                      node.clinical["cardio"].contract, site.name)
         reports[site.name] = {**built.report, "violations": built.violations}
     console = Console(record=True, width=200)
-    console.print(quality_table({"dataset": "cardio", "reports": reports}))
+    console.print(quality_table(DatasetQuality(dataset="cardio", reports=reports,
+                                               comparison=None, refusing={})))
     text = console.export_text()
     for name, report in reports.items():
         line = next(row for row in text.splitlines() if name in row)

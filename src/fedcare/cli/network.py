@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from fedcare.cli.errors import fail
-from fedcare.client import HubClient, watch
+from fedcare.client import ARTIFACTS, HubClient, watch
 from fedcare.core.errors import FedcareError
+from fedcare.hub.schemas import Response, StudyStatus
 from fedcare.reporting.progress import StudyProgress
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+_R = TypeVar("_R", bound=Response)
 
 console = Console()
 
@@ -192,18 +199,16 @@ def submit(config: Annotated[Path, typer.Argument(help="Study file (.toml/.yaml)
 
     client = _client(federation, hub, ca, token_file)
     try:
-        cfg = load_config(config)
-        doc = client.call("POST", "/v1/studies", json=cfg.model_dump(mode="json"),
-                          params={"force": "true"} if force else None).json()
+        done = client.submit(load_config(config), force=force)
     except FedcareError as exc:
         raise fail(exc, 2) from None
-    console.print(f"study [bold]{doc['study_id']}[/bold] submitted to sites {doc['sites']} "
-                  f"(content hash {doc['config_hash']})")
+    console.print(f"study [bold]{done.study_id}[/bold] submitted to sites {done.sites} "
+                  f"(content hash {done.config_hash})")
     if wait:
-        follow(client, doc["study_id"])
+        follow(client, done.study_id)
 
 
-def follow(client: HubClient, study_id: str, poll: float = 0.5) -> dict[str, Any]:
+def follow(client: HubClient, study_id: str, poll: float = 0.5) -> StudyStatus:
     """Progress bar until the study completes, fails or is paused; exit 1 unless it
     completed. A completed study's results follow: per site and for the whole federation,
     the final primary metric (with the baselines the study trained)."""
@@ -211,10 +216,10 @@ def follow(client: HubClient, study_id: str, poll: float = 0.5) -> dict[str, Any
 
     with StudyProgress(console) as bar:
         st = watch(client, study_id, on_status=bar, poll=poll)
-    if st["status"] != "completed":
-        raise fail(FedcareError(f"study {study_id} {st['status']}: {st.get('error')}"), 1)
+    if st.status != "completed":
+        raise fail(FedcareError(f"study {study_id} {st.status}: {st.error}"), 1)
     try:
-        history = client.call("GET", f"/v1/studies/{study_id}/artifacts/history.json").json()
+        history = client.history(study_id)
     except FedcareError as exc:
         console.print(f"[yellow]study {study_id} completed, but its results could not be "
                       f"read: {escape(str(exc))}[/yellow]")
@@ -234,20 +239,20 @@ def status(study_id: str, federation: Federation = None, hub: HubUrl = None,
 
     client = _client(federation, hub, ca, token_file)
     try:
-        st = client.call("GET", f"/v1/studies/{study_id}").json()
+        st = client.status(study_id)
     except FedcareError as exc:
         raise fail(exc, 2) from None
-    console.print(f"{escape(st['name'])} ({study_id}): [bold]{st['status']}[/bold], round "
-                  f"{st['current_round']}/{st['rounds_planned']}, sites "
-                  f"{escape(', '.join(st['sites']))}, created {st.get('created', '?')}")
-    if st.get("error"):
-        console.print(f"[red]{escape(st['error'])}[/red]")
-    if st["rounds"]:
+    console.print(f"{escape(st.name)} ({study_id}): [bold]{st.status}[/bold], round "
+                  f"{st.current_round}/{st.rounds_planned}, sites "
+                  f"{escape(', '.join(st.sites))}, created {st.created}")
+    if st.error:
+        console.print(f"[red]{escape(st.error)}[/red]")
+    if st.rounds:
         console.print(rounds_table(st))
-    for r in st["rounds"]:
-        for site, why in (r.get("sites_failed") or {}).items():
-            console.print(f"  round {r['round']}: [yellow]{escape(site)} failed:[/yellow] "
-                          f"{escape(str(why))}")
+    for r in st.rounds:
+        for site, why in r.sites_failed.items():
+            console.print(f"  round {r.round}: [yellow]{escape(site)} failed:[/yellow] "
+                          f"{escape(why)}")
 
 
 @study_app.command("list")
@@ -258,18 +263,20 @@ def study_list(federation: Federation = None, hub: HubUrl = None, ca: CaFile = N
     """List the hub's studies: id, name, status, round reached, when submitted."""
     from fedcare.cli.render import studies_table
 
-    _show_list(_client(federation, hub, ca, token_file), "/v1/studies", studies_table,
+    client = _client(federation, hub, ca, token_file)
+    _show_list(client.studies, studies_table,
                "no studies yet: `fedcare study submit STUDY.toml`", as_json)
 
 
-def _show_list(client: HubClient, path: str, table: Any, empty: str, as_json: bool) -> None:
-    """GET a list from the hub and print it as JSON, as a table, or say it is empty."""
+def _show_list(read: Callable[[], Sequence[_R]], table: Callable[[Sequence[_R]], Table],
+               empty: str, as_json: bool) -> None:
+    """Read a list from the hub and print it as JSON, as a table, or say it is empty."""
     try:
-        listed = client.call("GET", path).json()
+        listed = read()
     except FedcareError as exc:
         raise fail(exc, 2) from None
     if as_json:
-        console.print_json(json.dumps(listed))
+        console.print_json(json.dumps([x.model_dump(mode="json") for x in listed]))
     elif not listed:
         console.print(empty)
     else:
@@ -286,7 +293,7 @@ def sites(federation: Federation = None, hub: HubUrl = None, ca: CaFile = None,
     shown with the rows the site declared."""
     from fedcare.cli.render import sites_table
 
-    _show_list(_client(federation, hub, ca, token_file), "/v1/sites", sites_table,
+    _show_list(_client(federation, hub, ca, token_file).sites, sites_table,
                "no site has connected yet: start a node with `fedcare node start`", as_json)
 
 
@@ -299,11 +306,11 @@ def resume(study_id: str, federation: Federation = None, hub: HubUrl = None,
     from its last completed round, once the hub's storage is fixed."""
     client = _client(federation, hub, ca, token_file)
     try:
-        doc = client.call("POST", f"/v1/studies/{study_id}/resume").json()
+        resumed = client.resume(study_id)
     except FedcareError as exc:
         raise fail(exc, 2) from None
     console.print(f"study [bold]{study_id}[/bold] resumed after round "
-                  f"{doc['resumed_after_round']}")
+                  f"{resumed.resumed_after_round}")
     if wait:
         follow(client, study_id)
 
@@ -314,11 +321,11 @@ def logs(study_id: str, federation: Federation = None, hub: HubUrl = None,
     """Print the hub's event log for a study (rounds, rejected replies, failures)."""
     client = _client(federation, hub, ca, token_file)
     try:
-        events = client.call("GET", f"/v1/studies/{study_id}/events").json()
+        events = client.events(study_id)
     except FedcareError as exc:
         raise fail(exc, 2) from None
     for e in events:
-        console.print(f"{e['at']}  {e['kind']:<9} {escape(e['message'])}")
+        console.print(f"{e.at}  {e.kind:<9} {escape(e.message)}")
 
 
 @study_app.command("download")
@@ -331,9 +338,8 @@ def download(study_id: str, out: Annotated[Path, typer.Option(help="Folder to wr
 
     client = _client(federation, hub, ca, token_file)
     try:
-        for name in ("history.json", "model.safetensors", "report.html"):
-            body = client.call("GET", f"/v1/studies/{study_id}/artifacts/{name}").content
-            atomic_write(out / name, body)
+        for name in ARTIFACTS:
+            atomic_write(out / name, client.artifact(study_id, name))
     except FedcareError as exc:
         raise fail(exc, 2) from None
     console.print(f"wrote {out}/history.json, model.safetensors, report.html")
@@ -350,18 +356,18 @@ def data_quality(dataset: str, federation: Federation = None, hub: HubUrl = None
     coverage gaps, unit problems, and sites that will refuse."""
     client = _client(federation, hub, ca, token_file)
     try:
-        q = client.call("GET", f"/v1/datasets/{dataset}/quality").json()
+        q = client.dataset_quality(dataset)
     except FedcareError as exc:
         raise fail(exc, 2) from None
     if as_json:
-        console.print_json(json.dumps(q))
+        console.print_json(q.model_dump_json())
         return
     from fedcare.cli.render import quality_table
 
     console.print(quality_table(q))
-    for site, why in q["refusing"].items():
-        console.print(f"[red]{site} refuses to train: {escape(str(why))}[/red]")
-    findings = (q.get("comparison") or {}).get("findings", [])
+    for site, why in q.refusing.items():
+        console.print(f"[red]{escape(site)} refuses to train: {escape(str(why))}[/red]")
+    findings = q.findings
     if not findings:
         console.print("[green]no distribution shift, label-rate, coverage or unit findings[/]")
     for f in findings:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from fedcare.hub.schemas import DatasetQuality, SiteInfo, StudyStatus, StudySummary
 from fedcare.reporting import summary
 
 
@@ -117,13 +118,11 @@ def print_results(history: Mapping[str, Any], console: Console) -> None:
                       f"({history.get('workers', 1)} worker process(es)).")
 
 
-def rounds_table(status: Mapping[str, Any]) -> Table:
+def rounds_table(status: StudyStatus) -> Table:
     """A networked study's rounds (``fedcare study status``): per round, the global and each
     site's primary metric, the sites that answered, the time and the cumulative epsilon."""
-    primary = str(status.get("primary_metric") or "accuracy")
-    sites = [str(s) for s in status.get("sites", [])]
-    rounds = status.get("rounds", [])
-    has_eps = any(r.get("epsilon") is not None for r in rounds)
+    primary, sites, rounds = status.primary_metric, status.sites, status.rounds
+    has_eps = any(r.epsilon is not None for r in rounds)
     table = Table(title=f"{primary} per round (all = the federation's test rows; "
                         "— = not evaluated that round)")
     for name in ("round", "sites", "seconds"):
@@ -134,43 +133,39 @@ def rounds_table(status: Mapping[str, Any]) -> Table:
     for site in sites:
         table.add_column(escape(site), justify="right")
     for r in rounds:
-        failed = r.get("sites_failed") or {}
-        cells = [str(r["round"]), f"{len(r.get('sites_completed', []))}"
-                 + (f" ({len(failed)} failed)" if failed else ""),
-                 f"{r.get('seconds', 0.0):.2f}"]
+        failed = r.sites_failed
+        cells = [str(r.round), f"{len(r.sites_completed)}"
+                 + (f" ({len(failed)} failed)" if failed else ""), f"{r.seconds:.2f}"]
         if has_eps:
-            eps = r.get("epsilon")
-            cells.append("—" if eps is None else f"{eps:.3g}")
-        cells.append(_fmt(_metric(r, ALL, primary)))
-        cells.extend(_fmt(_metric(r, site, primary)) for site in sites)
+            eps = r.epsilon
+            cells.append("—" if eps is None else eps if isinstance(eps, str) else f"{eps:.3g}")
+        cells.append(_fmt(r.metric(None, primary)))
+        cells.extend(_fmt(r.metric(site, primary)) for site in sites)
         table.add_row(*cells)
     return table
 
 
-def studies_table(studies: list[Mapping[str, Any]]) -> Table:
+def studies_table(studies: Sequence[StudySummary]) -> Table:
     """``fedcare study list``: every study the hub holds, oldest first."""
     table = Table(title="studies")
     for name in ("id", "name", "status", "round", "created"):
         table.add_column(name, no_wrap=name == "id")
     for st in studies:
-        table.add_row(escape(str(st["study_id"])), escape(str(st["name"])), str(st["status"]),
-                      f"{st.get('current_round', 0)}/{st.get('rounds_planned', '?')}",
-                      str(st.get("created", "—")))
+        table.add_row(escape(st.study_id), escape(st.name), st.status,
+                      f"{st.current_round}/{st.rounds_planned}", st.created)
     return table
 
 
-def sites_table(sites: list[Mapping[str, Any]]) -> Table:
+def sites_table(sites: Sequence[SiteInfo]) -> Table:
     """``fedcare sites``: the sites the hub knows, whether their node is online now, and the
     datasets each declared (rows)."""
     table = Table(title="sites (online = its node polled the hub within the last minute)")
     for name in ("site", "online", "last seen", "version", "datasets (rows)"):
         table.add_column(name)
     for s in sites:
-        datasets = ", ".join(escape(f"{d.get('name')} ({d.get('rows', '?')})")
-                             for d in s.get("datasets") or [])
-        online = "[green]yes[/green]" if s.get("online") else "[red]no[/red]"
-        table.add_row(escape(str(s["name"])), online,
-                      str(s.get("last_seen", "—")), escape(str(s.get("version") or "—")),
+        datasets = ", ".join(escape(f"{d.name} ({d.rows})") for d in s.datasets)
+        online = "[green]yes[/green]" if s.online else "[red]no[/red]"
+        table.add_row(escape(s.name), online, s.last_seen, escape(s.version or "—"),
                       datasets or "—")
     return table
 
@@ -181,14 +176,14 @@ def _share(positive: Any, negative: Any) -> str:
     return f"{positive / (positive + negative):.1%}" if ints and positive + negative else "—"
 
 
-def quality_table(quality: Mapping[str, Any]) -> Table:
+def quality_table(quality: DatasetQuality) -> Table:
     """The sites' quality reports for one dataset, side by side: cohort rows, label counts
     and rate (a label-definition mismatch shows here first), and whether the site passes
     the contract's minimum quality. Suppressed cells stay suppressed ("<10")."""
-    table = Table(title=f"dataset {quality.get('dataset', '?')}: the sites' quality reports")
+    table = Table(title=f"dataset {escape(quality.dataset)}: the sites' quality reports")
     for col in ("site", "cohort rows", "label: positive", "negative", "label rate", "quality"):
         table.add_column(col, justify="left" if col in ("site", "quality") else "right")
-    for site, report in sorted((quality.get("reports") or {}).items()):
+    for site, report in sorted(quality.reports.items()):
         if "error" in report:
             table.add_row(escape(site), "—", "—", "—", "—", f"[red]{escape(report['error'])}")
             continue

@@ -24,6 +24,7 @@ from rich.console import Console
 
 from fedcare.core.errors import FedcareError
 from fedcare.demo.hospitals import DATASET, DemoSite, write_hospitals
+from fedcare.hub.schemas import DatasetQuality
 from fedcare.reporting.progress import StudyProgress
 
 ROUNDS = 20
@@ -138,7 +139,7 @@ def run_demo(out: Path, console: Console) -> dict[str, Any]:
         procs.append(_start(["hub", "start", "--kit", str(work / "hub")], logs / "hub.log"))
         client = _wait("the hub", lambda: HubClient(work / "researcher", None, None, None), 60,
                        procs, logs)
-        _wait("the hub", lambda: client.call("GET", "/v1/health"), 60, procs, logs)
+        _wait("the hub", client.health, 60, procs, logs)
         for site in sites:
             procs.append(_start(["node", "start", "--kit", str(kits / site.name),
                                  "--data", str(site.node_config)], logs / f"node-{site.name}.log"))
@@ -146,30 +147,29 @@ def run_demo(out: Path, console: Console) -> dict[str, Any]:
                       f"(logs in {logs}); each node harmonizes its own export to the "
                       "contract...")
         _wait("3 nodes to connect",
-              lambda: len(client.call("GET", "/v1/sites").json()) == len(sites),
+              lambda: len(client.sites()) == len(sites),
               180, procs, logs)
-        quality = client.call("GET", f"/v1/datasets/{DATASET}/quality").json()
+        quality = client.dataset_quality(DATASET)
         _print_quality(quality, console)
-        doc = client.call("POST", "/v1/studies", json=study_config(
-            features, contract.label.name, contract_hash(contract))).json()
-        console.print(f"Submitted study {doc['study_id']} (content hash "
-                      f"{doc['config_hash'][:16]}..., secure aggregation) to "
-                      f"{', '.join(doc['sites'])}")
+        study = client.submit(study_config(features, contract.label.name,
+                                           contract_hash(contract)))
+        console.print(f"Submitted study {study.study_id} (content hash "
+                      f"{study.config_hash[:16]}..., secure aggregation) to "
+                      f"{', '.join(study.sites)}")
         with StudyProgress(console) as bar:
-            final = watch(client, doc["study_id"], on_status=bar, poll=0.3)
-        if final["status"] != "completed":
-            raise FedcareError(f"the demo study {final['status']}: {final.get('error')}")
-        history = json.loads(client.call(
-            "GET", f"/v1/studies/{doc['study_id']}/artifacts/history.json").content)
-        model = client.call("GET", f"/v1/studies/{doc['study_id']}/artifacts/model.safetensors")
-        (out / "model.safetensors").write_bytes(model.content)
+            final = watch(client, study.study_id, on_status=bar, poll=0.3)
+        if final.status != "completed":
+            raise FedcareError(f"the demo study {final.status}: {final.error}")
+        history = client.history(study.study_id)
+        (out / "model.safetensors").write_bytes(
+            client.artifact(study.study_id, "model.safetensors"))
     console.print("Stopped every process. Computing the baselines (simulation on the same "
                   "harmonized tables, only possible because the demo owns every hospital)...")
     tables, equal = harmonized_tables(contract_file, sites, out / "tables")
     console.print("Harmonized tables equal the generator's ground truth: "
                   + ("[green]yes[/green]" if equal else "[red]NO[/red]"))
     history["baselines"] = baselines(tables, features, contract.label.name)
-    history["data_quality"] = quality
+    history["data_quality"] = quality.model_dump(mode="json")
     from fedcare.core.files import atomic_write
     from fedcare.reporting import write_report
 
@@ -178,19 +178,19 @@ def run_demo(out: Path, console: Console) -> dict[str, Any]:
     return history
 
 
-def _print_quality(quality: dict[str, Any], console: Console) -> None:
+def _print_quality(quality: DatasetQuality, console: Console) -> None:
     """What the hub learned before training: each site's shareable quality report, compared."""
-    for site, report in sorted(quality["reports"].items()):
+    for site, report in sorted(quality.reports.items()):
         rejected = sum(v for v in (report.get("rejects") or {}).values() if isinstance(v, int))
         console.print(f"  {site}: quality report received - cohort rows "
                       f"{report.get('cohort_rows', '?')}, source records rejected by reason "
                       f"{report.get('rejects') or {}}" if rejected else
                       f"  {site}: quality report received - cohort rows "
                       f"{report.get('cohort_rows', '?')}")
-    for site, why in quality["refusing"].items():
+    for site, why in quality.refusing.items():
         console.print(f"  [red]{site} will refuse to train: {why}[/red]")
     findings, seen = [], set()
-    for f in (quality.get("comparison") or {}).get("findings", []):
+    for f in quality.findings:
         if f["message"] not in seen:
             seen.add(f["message"])
             findings.append(f)

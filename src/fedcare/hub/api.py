@@ -34,6 +34,22 @@ from fedcare import __version__
 from fedcare.core.errors import ConfigError, FedcareError, ProtocolError, ValidationError
 from fedcare.core.wire import DIGEST_HEADER
 from fedcare.hub.keyrelay import MAX_SEALED_BYTES, KeyRelay, KeyRelayNotFound
+from fedcare.hub.schemas import (
+    DatasetQuality,
+    ErrorBody,
+    Event,
+    Health,
+    HelloAck,
+    LedgerHeadAck,
+    NodeStudy,
+    ReplyAccepted,
+    Resumed,
+    SiteInfo,
+    SiteKeyCert,
+    StudyStatus,
+    StudySummary,
+    Submitted,
+)
 from fedcare.hub.service import (
     HubService,
     NotFound,
@@ -338,7 +354,9 @@ def create_app(service: HubService, trust: PeerTrust, token: str, *,
     relay = relay or KeyRelay(service.data_dir / "keyrelay")
     app = FastAPI(title="fedcare hub", version=__version__,
                   description="Coordinates federated studies; nodes dial in over mTLS.",
-                  docs_url=None, redoc_url=None, openapi_url=None)
+                  docs_url=None, redoc_url=None, openapi_url=None,
+                  # every refusal: a `detail` that says why (and the fedcare error's name)
+                  responses={"4XX": {"model": ErrorBody}, "5XX": {"model": ErrorBody}})
     app.add_middleware(_BodyLimit, limit=max_request,  # type: ignore[arg-type]
                        exempt=frozenset({"/v1/node/reply"}),
                        # a sealed CKKS study key is several MB; its route has its own limit
@@ -392,7 +410,7 @@ def create_app(service: HubService, trust: PeerTrust, token: str, *,
     @app.post("/v1/node/hello")
     async def hello(body: Hello, site: Site, request: Request,
                     x_fedcare_ledger_head: Annotated[str | None, Header(max_length=100)] = None
-                    ) -> dict[str, str | None]:
+                    ) -> HelloAck:
         der = request.scope["extensions"]["tls"]["client_cert"]
         serial = f"{x509.load_der_x509_certificate(der).serial_number:x}"
         reported = _parse_head(x_fedcare_ledger_head)
@@ -401,13 +419,13 @@ def create_app(service: HubService, trust: PeerTrust, token: str, *,
         # The study key relay seals CKKS keys to the certificate a site authenticated with.
         await run_in_threadpool(relay.remember_certificate, site, der)
         held = await run_in_threadpool(anchor_ledger_head, service, site, reported)
-        return {"site": site, "hub_version": __version__, "ledger_head": held}
+        return HelloAck(site=site, hub_version=__version__, ledger_head=held)
 
     @app.get("/v1/node/ledger-head")
-    async def ledger_head(site: Site) -> dict[str, str | None]:
+    async def ledger_head(site: Site) -> LedgerHeadAck:
         """The privacy-ledger head the hub holds for the calling site (its anchor)."""
         held = await run_in_threadpool(anchor_ledger_head, service, site, None)
-        return {"site": site, "ledger_head": held}
+        return LedgerHeadAck(site=site, ledger_head=held)
 
     @app.get("/v1/node/task", responses={204: {"description": "no task yet"}})
     async def next_task(site: Site, request: Request,
@@ -423,7 +441,7 @@ def create_app(service: HubService, trust: PeerTrust, token: str, *,
         task_id, offer = found
         return _TaskResponse(offer, task_id)
 
-    @app.get("/v1/node/studies/{study_id}")
+    @app.get("/v1/node/studies/{study_id}", response_model=NodeStudy)
     async def node_study(study_id: str, site: Site) -> dict[str, Any]:
         return await run_in_threadpool(service.study_for_node, site, study_id)
 
@@ -432,7 +450,7 @@ def create_app(service: HubService, trust: PeerTrust, token: str, *,
                     task_id: Annotated[str, Query(min_length=1, max_length=400)],
                     x_content_sha256: Annotated[str | None, Header()] = None,
                     x_fedcare_ledger_head: Annotated[str | None, Header(max_length=100)] = None
-                    ) -> dict[str, bool | str | None]:
+                    ) -> ReplyAccepted:
         async def refuse(code: int, message: str) -> NoReturn:
             # Decided here, before HubService sees the reply: log it as the service logs its
             # own refusals, so that every rejected reply shows in `fedcare study logs`.
@@ -458,14 +476,14 @@ def create_app(service: HubService, trust: PeerTrust, token: str, *,
         await run_in_threadpool(service.receive_reply, site, task_id, b"".join(chunks),
                                 x_content_sha256)
         held = await run_in_threadpool(anchor_ledger_head, service, site, reported)
-        return {"accepted": True, "ledger_head": held}
+        return ReplyAccepted(accepted=True, ledger_head=held)
 
     # -- CKKS key relay (node endpoints; opaque sealed blobs, see fedcare.hub.keyrelay) ------
     async def study_sites(site: str, study_id: str) -> list[str]:
         doc = await run_in_threadpool(service.study_for_node, site, study_id)  # 404 if not in it
         return list(doc["sites"])
 
-    @app.get("/v1/node/keys/{study_id}/certs")
+    @app.get("/v1/node/keys/{study_id}/certs", response_model=dict[str, SiteKeyCert])
     async def key_certs(study_id: str, site: Site) -> dict[str, dict[str, object]]:
         sites = await study_sites(site, study_id)
         return await run_in_threadpool(relay.certificates, study_id, sites)
@@ -493,23 +511,24 @@ def create_app(service: HubService, trust: PeerTrust, token: str, *,
         return Response(blob, media_type="application/octet-stream")
 
     # -- researcher endpoints -------------------------------------------------------------
-    @app.post("/v1/studies", dependencies=[Researcher], status_code=201)
+    @app.post("/v1/studies", dependencies=[Researcher], status_code=201,
+              response_model=Submitted)
     async def submit(config: dict[str, Any], force: Annotated[bool, Query(
             description="run a DP-FedAvg study the DP check refuses (noise drowns the "
                         "updates)")] = False) -> dict[str, Any]:
         return await run_in_threadpool(service.submit_study, config, force)
 
-    @app.get("/v1/studies", dependencies=[Researcher])
+    @app.get("/v1/studies", dependencies=[Researcher], response_model=list[StudySummary])
     async def studies() -> list[dict[str, Any]]:
         return await run_in_threadpool(service.list_studies)
 
-    @app.get("/v1/studies/{study_id}", dependencies=[Researcher])
+    @app.get("/v1/studies/{study_id}", dependencies=[Researcher], response_model=StudyStatus)
     async def status(study_id: str, rounds: Annotated[int | None, Query(
             ge=0, le=1_000_000, description="only the last N rounds' records (default: all)")]
             = None) -> dict[str, Any]:
         return await run_in_threadpool(service.study_status, study_id, rounds)
 
-    @app.post("/v1/studies/{study_id}/resume", dependencies=[Researcher])
+    @app.post("/v1/studies/{study_id}/resume", dependencies=[Researcher], response_model=Resumed)
     async def resume(study_id: str) -> dict[str, Any]:
         """Continue a paused study (stopped because the hub could not write its storage)
         from its last completed round: 409 when it is not paused, 503 while the storage
@@ -531,7 +550,8 @@ def create_app(service: HubService, trust: PeerTrust, token: str, *,
     for storage_error_type in (OSError, DBAPIError):
         app.add_exception_handler(storage_error_type, _storage_error)
 
-    @app.get("/v1/studies/{study_id}/events", dependencies=[Researcher])
+    @app.get("/v1/studies/{study_id}/events", dependencies=[Researcher],
+             response_model=list[Event])
     async def events(study_id: str) -> list[dict[str, Any]]:
         return await run_in_threadpool(service.study_events, study_id)
 
@@ -540,17 +560,18 @@ def create_app(service: HubService, trust: PeerTrust, token: str, *,
         path = await run_in_threadpool(service.artifact, study_id, name)
         return FileResponse(path, filename=name)
 
-    @app.get("/v1/datasets/{name}/quality", dependencies=[Researcher])
+    @app.get("/v1/datasets/{name}/quality", dependencies=[Researcher],
+             response_model=DatasetQuality)
     async def dataset_quality(name: str) -> dict[str, Any]:
         return await run_in_threadpool(service.dataset_quality, name)
 
-    @app.get("/v1/sites", dependencies=[Researcher])
+    @app.get("/v1/sites", dependencies=[Researcher], response_model=list[SiteInfo])
     async def sites() -> list[dict[str, Any]]:
         return await run_in_threadpool(service.sites)
 
     @app.get("/v1/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok", "version": __version__}
+    async def health() -> Health:
+        return Health(status="ok", version=__version__)
 
     return app
 

@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Protocol
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
+
+
+class _Round(Protocol):
+    @property
+    def sites_completed(self) -> Sequence[str]: ...
+    @property
+    def sites_failed(self) -> Mapping[str, str]: ...
+
+
+class _Status(Protocol):
+    """What the bar reads of a status (the hub's ``StudyStatus`` response; reporting sits
+    below the hub's layer and names only the shape)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def rounds_planned(self) -> int: ...
+    @property
+    def current_round(self) -> int: ...
+    @property
+    def rounds(self) -> Sequence[_Round]: ...
 
 
 class StudyProgress:
@@ -26,14 +48,14 @@ class StudyProgress:
                  tb: TracebackType | None) -> None:
         self._progress.stop()
 
-    def __call__(self, status: dict[str, Any]) -> None:
+    def __call__(self, status: _Status) -> None:
         if self._task is None:
-            self._task = self._progress.add_task(status["name"],
-                                                 total=status["rounds_planned"], info="")
+            self._task = self._progress.add_task(status.name, total=status.rounds_planned,
+                                                 info="")
         info = ""
-        if status["rounds"]:
-            last = status["rounds"][-1]
-            failed = last.get("sites_failed") or {}
-            info = f"{len(last.get('sites_completed', []))} sites answered" + (
+        if status.rounds:
+            last = status.rounds[-1]
+            failed = last.sites_failed
+            info = f"{len(last.sites_completed)} sites answered" + (
                 f", [red]{len(failed)} failed[/red]" if failed else "")
-        self._progress.update(self._task, completed=status["current_round"], info=info)
+        self._progress.update(self._task, completed=status.current_round, info=info)

@@ -1,0 +1,235 @@
+"""What the hub's JSON endpoints answer: one pydantic model per response (architecture review
+P8).
+
+The API declares them (``response_model=``), so FastAPI checks every document the service
+returns against them and sends only the declared fields, and the OpenAPI description (off by
+default, ``fedcare hub start --api-docs``) documents them. The researcher's
+:class:`fedcare.client.HubClient` parses the hub's answers into the same models, so the CLI,
+the demo and a notebook read attributes, not string keys.
+
+This module imports nothing of fedcare: it is the wire contract, shared by the hub (which
+writes it) and the researcher's client (which reads it). Parsing ignores fields it does not
+know, so an older client can talk to a newer hub; tests check the service writes exactly
+these fields (``extra="forbid"``).
+
+Node-supplied documents that have their own schema elsewhere (a site's quality report, the
+hub's comparison of them) stay JSON objects here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+#: A study's lifecycle state (the hub store's ``StudyStatus``).
+StudyState = Literal["pending", "running", "completed", "failed", "cancelled", "paused"]
+
+
+class Response(BaseModel):
+    """Base of every response: frozen, unknown fields ignored (a newer hub may say more)."""
+
+    model_config = ConfigDict(frozen=True)
+
+
+# -- errors ---------------------------------------------------------------------------------
+class ErrorBody(Response):
+    """Every 4xx/5xx: ``detail`` says what was wrong. ``error`` is the fedcare exception's
+    class name when a fedcare error caused it; a request that does not match the API's own
+    models gets FastAPI's list of problems as ``detail``."""
+
+    detail: str | list[Any]
+    error: str | None = None
+
+
+# -- node endpoints -------------------------------------------------------------------------
+class HelloAck(Response):
+    """``POST /v1/node/hello``: who the hub saw and the privacy-ledger head it holds for the
+    site (None: none yet), which the node keeps as its ledger's anchor."""
+
+    site: str
+    hub_version: str
+    ledger_head: str | None
+
+
+class LedgerHeadAck(Response):
+    """``GET /v1/node/ledger-head``: the ledger head the hub holds for the calling site."""
+
+    site: str
+    ledger_head: str | None
+
+
+class NodeStudy(Response):
+    """``GET /v1/node/studies/{id}``: the study a site is asked to take part in, as submitted
+    (the node checks ``config_hash`` against the config before approving anything)."""
+
+    study_id: str
+    config: dict[str, Any]
+    config_hash: str
+    sites: list[str]
+
+
+class ReplyAccepted(Response):
+    """``POST /v1/node/reply`` (202): the reply was validated and recorded."""
+
+    accepted: bool
+    ledger_head: str | None
+
+
+class SiteKeyCert(Response):
+    """One site's entry in ``GET /v1/node/keys/{id}/certs`` (CKKS key relay)."""
+
+    cert: str = Field(description="the site's certificate, base64 DER")
+    sealed: bool = Field(description="whether a sealed study key already waits for it")
+
+
+# -- researcher endpoints -------------------------------------------------------------------
+class Submitted(Response):
+    """``POST /v1/studies`` (201): the new study, its content hash and its sites."""
+
+    study_id: str
+    config_hash: str
+    sites: list[str]
+
+
+class RoundRecord(Response):
+    """One completed round (the engine's ``RoundRecord``): ``site_metrics`` and
+    ``global_metrics`` evaluate the model this round produced."""
+
+    round: int
+    seconds: float = 0.0
+    train_seconds: float = 0.0
+    aggregate_seconds: float = 0.0
+    bytes_down: int = 0
+    bytes_up: int = 0
+    sites_sampled: list[str] = []
+    sites_completed: list[str] = []
+    sites_failed: dict[str, str] = {}
+    sites_flagged: dict[str, str] = {}
+    train_metrics: dict[str, dict[str, float]] = {}
+    site_metrics: dict[str, dict[str, float]] = {}
+    global_metrics: dict[str, float] = {}
+    #: Cumulative epsilon after this round (None without DP; "inf" after a round without noise).
+    epsilon: float | str | None = None
+
+    def metric(self, site: str | None, name: str) -> float | None:
+        """A site's metric this round, or the federation's (``site=None``)."""
+        metrics = self.global_metrics if site is None else self.site_metrics.get(site, {})
+        return metrics.get(name)
+
+
+class StudySummary(Response):
+    """One entry of ``GET /v1/studies``."""
+
+    study_id: str
+    name: str
+    status: StudyState
+    current_round: int
+    rounds_planned: int
+    created: str
+
+
+class StudyStatus(Response):
+    """``GET /v1/studies/{id}``: the study's state and its rounds' records (``?rounds=N``:
+    the last N only)."""
+
+    study_id: str
+    name: str
+    status: StudyState
+    created: str
+    primary_metric: str
+    higher_is_better: bool
+    rounds_planned: int
+    current_round: int
+    sites: list[str]
+    config_hash: str
+    error: str | None
+    rounds: list[RoundRecord]
+
+
+class Resumed(Response):
+    """``POST /v1/studies/{id}/resume``: running again after round ``resumed_after_round``."""
+
+    study_id: str
+    status: StudyState
+    resumed_after_round: int
+
+
+class Event(Response):
+    """One entry of a study's event log (``GET /v1/studies/{id}/events``)."""
+
+    at: str
+    kind: str
+    site: str | None
+    message: str
+
+
+class DeclaredDataset(Response):
+    """A dataset a site's node declared in its hello."""
+
+    name: str
+    rows: int
+    contract_hash: str | None = None
+    quality: dict[str, Any] | None = None
+
+
+class SiteInfo(Response):
+    """One entry of ``GET /v1/sites``: ``online`` when its node polled within the last
+    minute."""
+
+    name: str
+    last_seen: str
+    online: bool
+    version: str | None
+    datasets: list[DeclaredDataset]
+
+    @field_validator("datasets", mode="before")
+    @classmethod
+    def _none_is_empty(cls, value: Any) -> Any:
+        return [] if value is None else value
+
+
+class DatasetQuality(Response):
+    """``GET /v1/datasets/{name}/quality``: every site's quality report for the dataset, the
+    hub's comparison of them (None with fewer than two usable reports) and the sites that
+    will refuse to train, with why."""
+
+    dataset: str
+    reports: dict[str, dict[str, Any]]
+    comparison: dict[str, Any] | None
+    refusing: dict[str, Any]
+
+    @property
+    def findings(self) -> list[dict[str, Any]]:
+        """The comparison's findings (shift, label rate, coverage, units), each with a
+        ``kind`` and a ``message``."""
+        return list((self.comparison or {}).get("findings", []))
+
+
+class Health(Response):
+    """``GET /v1/health``."""
+
+    status: Literal["ok"]
+    version: str
+
+
+__all__ = [
+    "DatasetQuality",
+    "DeclaredDataset",
+    "ErrorBody",
+    "Event",
+    "Health",
+    "HelloAck",
+    "LedgerHeadAck",
+    "NodeStudy",
+    "ReplyAccepted",
+    "Response",
+    "Resumed",
+    "RoundRecord",
+    "SiteInfo",
+    "SiteKeyCert",
+    "StudyState",
+    "StudyStatus",
+    "StudySummary",
+    "Submitted",
+]
