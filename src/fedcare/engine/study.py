@@ -132,20 +132,20 @@ class HubPlan:
                    History(study=cfg.study.name, meta=meta, sites=rows),
                    dict(example_bounds) if example_bounds is not None else None, dp_check)
 
-    def aggregator(self, *, he_public: bytes | None = None,
-                   attempts: Callable[[int], int] | None = None) -> SecureAggregator | None:
-        """The hub half of the study's secure aggregation (None: plain updates).
-        ``he_public``: a simulation's public CKKS context (a hub holds none: its sites make
-        the study's key); ``attempts``: a hub's count of protocol attempts per round."""
-        if self.secure is None:
-            return None
-        return SecureAggregator(self.secure, he_public, attempts=attempts)
-
     def engine(self, transport: Transport, *, checkpoints: CheckpointSink | None = None,
                on_round: Callable[[RoundRecord], None] | None = None,
-               secure: SecureAggregator | None = None) -> RoundEngine:
+               he_public: bytes | None = None,
+               attempts: Callable[[int], int] | None = None) -> RoundEngine:
         """The study's engine on ``transport``, at its initial model (a resume then calls
-        :meth:`RoundEngine.resume` with the sink's latest checkpoint)."""
+        :meth:`RoundEngine.resume` with the sink's latest checkpoint, see
+        :func:`resume_latest`).
+
+        A study with secure aggregation always gets the hub half of it here (a caller cannot
+        leave it out): ``he_public`` is a simulation's public CKKS context (a hub holds none:
+        its sites make the study's key), ``attempts`` a hub's count of protocol attempts per
+        round (see :class:`SecureAggregator`)."""
+        secure = (SecureAggregator(self.secure, he_public, attempts=attempts)
+                  if self.secure is not None else None)
         return RoundEngine(self.settings, self.strategy, transport, self.sites, self.initial,
                            self.history, checkpoints=checkpoints, on_round=on_round,
                            secure=secure, privacy=self.privacy,
@@ -184,20 +184,24 @@ def site_executor(cfg: StudyConfig, data: SiteData, index: int, sites: Sequence[
     if shape is None:
         shape = (ModelShape.of_federated(cfg.data) if isinstance(cfg.data, FederatedData)
                  else ModelShape.of_site(data))
-    plain = learner if learner is not None else make_learner(cfg, shape)
     dp_sgd = cfg.privacy.mode == "dp_sgd"
-    trains = make_learner(cfg, shape, rows=len(data.y_train)) if dp_sgd else plain
+    if dp_sgd:
+        trains = make_learner(cfg, shape, rows=len(data.y_train))
+    else:
+        trains = learner if learner is not None else make_learner(cfg, shape)
     settings = SecureSettings.of(cfg, he_context=he_secret)
     secure = (SecureSite(data.name, settings, sites, identity=identity, keys=keys)
               if settings is not None else None)
     baseline = None
     if local_baseline:
         # The baselines are references trained without DP, as in simulation.
-        baseline = LocalBaseline(cfg.study.rounds,
-                                 learner=plain if dp_sgd and baseline_refusal is None else None,
-                                 refusal=baseline_refusal)
+        plain = None
+        if dp_sgd and baseline_refusal is None:
+            plain = learner if learner is not None else make_learner(cfg, shape)
+        baseline = LocalBaseline(cfg.study.rounds, learner=plain, refusal=baseline_refusal)
     return SiteExecutor(data, trains, site_index=index,
-                        expected=plain.initial_parameters().spec, state_dir=state_dir,
+                        expected=(learner or trains).initial_parameters().spec,
+                        state_dir=state_dir,
                         secure=secure,
                         privacy=site_privacy(cfg, len(data.y_train), len(sites), ledger),
                         strategy=cfg.strategy.name, local_baseline=baseline)

@@ -847,12 +847,10 @@ class HubService:
                                    example_bounds=self._example_bounds(cfg.data.dataset, sites),
                                    round_timeout=DEFAULT_ROUND_TIMEOUT)
         checkpoints = BlobCheckpoints(self.blobs, self.db, study_id, withdraw=self.withdraw)
+        # CKKS: the hub holds no context; the sites make the study's key (fedcare.hub.keyrelay).
         engine = plan.engine(transport, checkpoints=checkpoints,
                              on_round=lambda r: self._on_round(study_id, r),
-                             # CKKS: the hub holds no context; the sites make the study's key
-                             # (fedcare.hub.keyrelay).
-                             secure=plan.aggregator(
-                                 attempts=lambda r: transport.protocol_attempt(r)))
+                             attempts=lambda r: transport.protocol_attempt(r))
         return engine, resume_latest(engine, checkpoints)
 
     def _example_bounds(self, dataset: str, sites: list[str]) -> dict[str, int]:

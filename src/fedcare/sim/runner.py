@@ -261,7 +261,7 @@ class _Run:
         transport = self._transport(self._executors(self.sites, he_secret))
         try:
             engine = self.plan.engine(transport, checkpoints=store, on_round=self._on_round,
-                                      secure=self.plan.aggregator(he_public=he_public))
+                                      he_public=he_public)
             start_round = self._restore(engine, store) if self.resume else 1
             history = engine.history
             self._normalizer(engine, history)
