@@ -26,6 +26,7 @@ from fedcare.engine.executor import NO_LOCAL_BASELINE, LocalBaseline, SiteExecut
 from fedcare.engine.history import History
 from fedcare.engine.privacy import SitePrivacy
 from fedcare.engine.round_engine import EngineSettings, RoundEngine
+from fedcare.engine.study import site_executor
 from fedcare.hub.store import Database, NewTask, StudyRepo, TaskRepo, upgrade
 from fedcare.hub.store.database import alembic_config, create_hub_engine
 from fedcare.learners.torch_learner import TorchLearner
@@ -180,13 +181,23 @@ def _agent(local: bool, require_dp: bool | None) -> NodeAgent:
     return agent
 
 
-def test_the_node_refuses_with_a_reason_when_its_settings_forbid_it() -> None:
-    asked = parse_config(_study(local_at_sites=True))
+def _node_baseline(agent: NodeAgent, study: dict[str, Any]) -> LocalBaseline | None:
+    """The local-only baseline of the executor a node builds for ``study``."""
+    cfg = parse_config(study)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(8, 2)).astype(np.float32), np.arange(8) % 2
+    data = SiteData("alpha", x, y, x, y, ("a", "b"), TaskType.BINARY, 2)
+    return site_executor(cfg, data, 0, ["alpha"], local_baseline=cfg.baselines.local_at_sites,
+                         baseline_refusal=agent._baseline_refusal()).local_baseline
 
-    assert _agent(True, None)._local_baseline(parse_config(_study())) is None
-    allowed = _agent(True, False)._local_baseline(asked)
-    forbidden = _agent(False, None)._local_baseline(asked)
-    strict = _agent(True, True)._local_baseline(asked)
+
+def test_the_node_refuses_with_a_reason_when_its_settings_forbid_it() -> None:
+    asked = _study(local_at_sites=True)
+
+    assert _node_baseline(_agent(True, None), _study()) is None
+    allowed = _node_baseline(_agent(True, False), asked)
+    forbidden = _node_baseline(_agent(False, None), asked)
+    strict = _node_baseline(_agent(True, True), asked)
 
     assert allowed is not None and allowed.refusal is None and allowed.rounds == 2
     assert forbidden is not None and "[baselines] local = false" in str(forbidden.refusal)
@@ -269,11 +280,10 @@ def test_migration_0006_allows_the_kind_and_keeps_every_task_and_reply(tmp_path:
 def test_under_dp_sgd_the_site_trains_its_local_baseline_without_dp() -> None:
     study = _study(local_at_sites=True)
     study["data"]["standardize"] = False
-    cfg = parse_config({**study, "model": {"name": "logreg"},
-                        "privacy": {"mode": "dp_sgd", "clip": 1.0, "noise_multiplier": 1.0,
-                                    "delta": 1e-5}})
+    study = {**study, "model": {"name": "logreg"},
+             "privacy": {"mode": "dp_sgd", "clip": 1.0, "noise_multiplier": 1.0, "delta": 1e-5}}
 
-    lb = _agent(True, False)._local_baseline(cfg)
+    lb = _node_baseline(_agent(True, False), study)
 
     assert lb is not None and lb.refusal is None
     assert isinstance(lb.learner, TorchLearner) and lb.learner.dp is None

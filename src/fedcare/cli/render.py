@@ -113,9 +113,10 @@ def print_results(history: Mapping[str, Any], console: Console) -> None:
         console.print(f"[yellow]Rounds with failed sites:[/yellow] {failed}")
     timing = history.get("timing", {})
     if timing:
+        workers = history.get("workers")  # None: a networked study (its sites' own machines)
         console.print(f"Total {timing.get('total_seconds', 0):.1f} s, "
-                      f"{timing.get('mean_round_seconds', 0) * 1000:.1f} ms per round "
-                      f"({history.get('workers', 1)} worker process(es)).")
+                      f"{timing.get('mean_round_seconds', 0) * 1000:.1f} ms per round"
+                      + (f" ({workers} worker process(es))." if workers else "."))
 
 
 def rounds_table(status: StudyStatus) -> Table:

@@ -12,11 +12,11 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedcare.core.errors import FedcareError, ValidationError
+from fedcare.core.errors import ConfigError, FedcareError, ValidationError
 from fedcare.core.messages import (
     ErrorReply,
     Task,
@@ -37,6 +37,7 @@ from fedcare.core.wire import (
     pack_arrays,
 )
 from fedcare.engine.aggregation import Aggregation, RoundFailed, RoundInputs, hub_aggregation
+from fedcare.engine.checkpoints import Checkpoint, CheckpointSink
 from fedcare.engine.history import History, RoundRecord, weighted_mean_metrics
 from fedcare.engine.integrity import cap_examples
 from fedcare.strategies.aggregate import UpdateStack
@@ -49,9 +50,6 @@ if TYPE_CHECKING:
     from fedcare.engine.secure import SecureAggregator
 
 
-class CheckpointSink(Protocol):
-    def save(self, round_: int, parameters: Parameters, strategy_state: Mapping[str, Any],
-             history: History) -> object: ...
 
 
 @dataclass(frozen=True)
@@ -448,11 +446,42 @@ class RoundEngine:
                 self.history.sites.append(row)
             row.setdefault("rows_dropped", dropped)
 
+    def resume(self, checkpoint: Checkpoint) -> int:
+        """Continue from ``checkpoint`` (a simulation's file or a hub's blobs: the same
+        record); the round to run next.
+
+        The engine takes the checkpoint's model, strategy state and history. Keys of the
+        fresh history that the checkpoint lacks (written by an older version) are kept;
+        the saved ones win, so facts fixed when the study started (when it was created,
+        each site's example bound) stay fixed. Refused when the study's configuration
+        changed since the checkpoint (its content hash differs) or when the checkpoint's
+        model has another layout.
+        """
+        saved = checkpoint.history
+        want, got = self.history.meta.get("config_hash"), saved.meta.get("config_hash")
+        if want is not None and got != want:
+            raise ConfigError("cannot resume: the configuration changed since the study "
+                              "started (its content hash differs)")
+        if checkpoint.parameters.spec != self.spec:
+            raise FedcareError("cannot resume: the checkpoint's model layout differs from "
+                               "the study's")
+        for key, value in self.history.meta.items():
+            saved.meta.setdefault(key, value)
+        saved.meta["resumed_from_round"] = checkpoint.round
+        bounds = saved.meta.get("example_bounds")
+        if self.example_bounds is not None and isinstance(bounds, Mapping):
+            self.example_bounds = {str(k): int(v) for k, v in bounds.items()}
+        self.parameters = checkpoint.parameters
+        self.strategy.initialize(checkpoint.parameters)
+        self.strategy.load_state(checkpoint.strategy_state)
+        self.history = saved
+        return checkpoint.round + 1
+
     def run(self, rounds: int, start_round: int = 1) -> Parameters:
         """Rounds ``start_round..rounds`` then a final evaluation at every site.
 
         A fresh study (``start_round == 1``) initialises the strategy's state; a resumed one
-        must have restored it from the checkpoint already.
+        must have been restored by :meth:`resume` already.
         """
         if start_round == 1:
             self.strategy.initialize(self.parameters)

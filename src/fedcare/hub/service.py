@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import hashlib
-import json
 import logging
 import os
 import threading
@@ -26,7 +25,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fedcare import __version__
 from fedcare.config import (
     FederatedData,
     StudyConfig,
@@ -43,9 +41,7 @@ from fedcare.core.wire import (
     Reply,
     ValidatedReply,
     decode_reply,
-    load_parameters,
     peek_header,
-    save_parameters,
 )
 from fedcare.data.prepare import Columns
 from fedcare.engine.dp_check import check_dp_study
@@ -59,9 +55,10 @@ from fedcare.engine.executor import (
 from fedcare.engine.history import History, RoundRecord, save_history, set_timing, timestamp
 from fedcare.engine.integrity import example_bound
 from fedcare.engine.learner_factory import ModelShape, make_learner
-from fedcare.engine.privacy import hub_privacy
-from fedcare.engine.round_engine import EngineSettings, RoundEngine
-from fedcare.engine.secure import PROTOCOL_AUX, SecureAggregator, SecureSettings
+from fedcare.engine.round_engine import RoundEngine
+from fedcare.engine.secure import PROTOCOL_AUX
+from fedcare.engine.study import HubPlan, resume_latest
+from fedcare.hub.checkpoints import BlobCheckpoints
 from fedcare.hub.store import (
     BlobStore,
     Database,
@@ -840,48 +837,21 @@ class HubService:
         with self.db.session() as s:
             study = StudyRepo(s).get(study_id)
             assert study is not None
-            sites, current = list(study.sites), study.current_round
-            created = study.created_at
-            model_sha, state_sha = study.global_model, study.strategy_state
+            sites, created = list(study.sites), study.created_at
             cfg = parse_config(study.config)
         assert isinstance(cfg.data, FederatedData)
-        learner = make_learner(cfg, ModelShape.of_federated(cfg.data))
-        strategy = build_strategy(cfg.strategy, num_sites=len(sites))
-        train = strategy.train_config(TrainConfig(**cfg.train.model_dump()))
-        history = History(study=cfg.study.name, meta={
-            "fedcare_version": __version__, "study_id": study_id,
-            "config_hash": content_hash(cfg), "task": cfg.data.task,
-            **primary_metric_meta(cfg.data.task, cfg.study.primary_metric),
-            "strategy": cfg.strategy.name,
-            "model": cfg.model.name, "rounds_planned": cfg.study.rounds, "mode": "network",
-            "config": cfg.model_dump(mode="json")},
-            sites=[{"name": x, "train_rows": None, "test_rows": None} for x in sites])
-        params = learner.initial_parameters()
-        start = 1
-        if current > 0 and model_sha and state_sha:
-            params = load_parameters(self.blobs.get(model_sha)).parameters
-            stored_state = load_parameters(self.blobs.get(state_sha))
-            state = stored_state.extra
-            saved = json.loads(stored_state.metadata["history"])
-            strategy.initialize(params)
-            strategy.load_state(state)
-            history = History.from_dict(saved)
-            history.meta["resumed_from_round"] = current
-            start = current + 1
-        history.meta.setdefault("created", timestamp(created))  # when it was submitted
-        settings = EngineSettings(study=study_id, seed=cfg.study.seed, train=train,
-                                  evaluate_every=cfg.run.evaluate_every,
-                                  round_timeout=cfg.run.round_timeout or DEFAULT_ROUND_TIMEOUT)
         # Fixed when the study starts (and kept in its history for a resume): a site cannot
         # raise its weight's bound by saying hello again with more rows mid-study.
-        bounds = history.meta.setdefault("example_bounds",
-                                         self._example_bounds(cfg.data.dataset, sites))
-        engine = RoundEngine(settings, strategy, transport, sites, params, history,
-                             checkpoints=_HubCheckpoints(self, study_id),
+        plan = HubPlan.from_config(cfg, sites, mode="network", study_id=study_id,
+                                   created=timestamp(created),  # when it was submitted
+                                   example_bounds=self._example_bounds(cfg.data.dataset, sites),
+                                   round_timeout=DEFAULT_ROUND_TIMEOUT)
+        checkpoints = BlobCheckpoints(self.blobs, self.db, study_id, withdraw=self.withdraw)
+        # CKKS: the hub holds no context; the sites make the study's key (fedcare.hub.keyrelay).
+        engine = plan.engine(transport, checkpoints=checkpoints,
                              on_round=lambda r: self._on_round(study_id, r),
-                             secure=self._secure_aggregator(cfg, transport),
-                             privacy=hub_privacy(cfg, len(sites)), example_bounds=bounds)
-        return engine, start
+                             attempts=lambda r: transport.protocol_attempt(r))
+        return engine, resume_latest(engine, checkpoints)
 
     def _example_bounds(self, dataset: str, sites: list[str]) -> dict[str, int]:
         """The most examples each site may claim in a study of ``dataset``: the rows it
@@ -895,14 +865,6 @@ class HubService:
                            default=0)
             out[site] = example_bound(declared)
         return out
-
-    def _secure_aggregator(self, cfg: StudyConfig, transport: HubTransport
-                           ) -> SecureAggregator | None:
-        settings = SecureSettings.of(cfg)
-        if settings is None:
-            return None
-        # CKKS: the hub holds no context; the sites make the study's key (fedcare.hub.keyrelay).
-        return SecureAggregator(settings, attempts=transport.protocol_attempt)
 
     def _normalizer(self, engine: RoundEngine) -> None:
         """Federation-wide feature scaling: computed once from the sites' sums (round 0 stats
@@ -981,32 +943,6 @@ class HubService:
         from fedcare.reporting import write_report
 
         write_report(history.to_dict(), out / "report.html")
-
-
-class _HubCheckpoints:
-    """Stores the round's model and state as blobs, then completes the round in ONE
-    transaction: a crash before the commit replays the round, after it resumes past it."""
-
-    def __init__(self, service: HubService, study_id: str) -> None:
-        self.service, self.study_id = service, study_id
-
-    def save(self, round_: int, parameters: Parameters, state: Mapping[str, Any],
-             history: History) -> None:
-        svc = self.service
-        model_sha = svc.blobs.put(save_parameters(parameters))
-        # The strategy's state and the history so far, in one blob beside the model.
-        state_sha = svc.blobs.put(save_parameters(Parameters({}), extra=state, metadata={
-            "history": json.dumps(history.to_dict())}))
-        with svc.db.session() as s:
-            repo = StudyRepo(s)
-            repo.complete_round(self.study_id, round_, asdict(history.rounds[-1]),
-                                model_sha, state_sha)
-            if len(history.rounds) > 1:  # the previous round's model, evaluated this round
-                previous = history.rounds[-2]
-                repo.update_record(self.study_id, previous.round, asdict(previous))
-        # The round's unanswered tasks are expired now: stop offering them.
-        prefix = f"{self.study_id}/r{round_}/"
-        svc.withdraw(lambda tid: tid.startswith(prefix))
 
 
 def _paused(study_id: str, problem: str, *, after: str | None = None) -> str:

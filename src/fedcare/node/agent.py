@@ -17,7 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedcare import __version__
 from fedcare.config import FederatedData, StudyConfig, content_hash, parse_config
@@ -25,10 +25,8 @@ from fedcare.core.errors import FedcareError, TransportError
 from fedcare.core.messages import ErrorReply
 from fedcare.core.wire import DIGEST_HEADER, encode_error, payload_digest, peek_header
 from fedcare.data.imaging import image_site_data
-from fedcare.engine.executor import LocalBaseline, SiteExecutor
-from fedcare.engine.learner_factory import ModelShape, make_learner
-from fedcare.engine.privacy import site_privacy
-from fedcare.engine.secure import SecureSettings, SecureSite
+from fedcare.engine.executor import SiteExecutor
+from fedcare.engine.study import site_executor
 from fedcare.learners.options import check_bins_vs_rows
 from fedcare.node.hub_link import HubLink, HubResponse, LinkError
 from fedcare.node.ledger_anchor import ANCHOR_FILE, LedgerAnchor, ledger_key
@@ -39,6 +37,9 @@ from fedcare.node.site_data import (
     build_site_data,
     clinical_site_data,
 )
+
+if TYPE_CHECKING:
+    from fedcare.engine.ckks_custody import SiteIdentity, StudyKeys
 
 log = logging.getLogger("fedcare.node")
 SHA_HEADER = "X-Content-SHA256"
@@ -230,64 +231,47 @@ class NodeAgent:
                 data = build_site_data(cfg.data, self.site, index, cfg.study.seed,
                                        self.data.datasets[cfg.data.dataset],
                                        self.data.test_paths.get(cfg.data.dataset))
-            rows = len(data.y_train)
-            entry.refusal = check_bins_vs_rows(cfg.model, rows, self.site)
-            learner = make_learner(cfg, ModelShape.of_federated(cfg.data), rows=rows,
-                                   seeded=False)
-            entry.executor = SiteExecutor(data, learner, site_index=index,
-                                          expected=learner.initial_parameters().spec,
-                                          state_dir=self.state_dir / study_id,
-                                          secure=self._secure_site(study_id, cfg, sites),
-                                          privacy=site_privacy(cfg, rows, len(sites),
-                                                               self.ledger),
-                                          strategy=cfg.strategy.name,
-                                          local_baseline=self._local_baseline(cfg))
+            entry.refusal = check_bins_vs_rows(cfg.model, len(data.y_train), self.site)
+            identity, keys = self._ckks_custody(study_id, cfg, sites)
+            entry.executor = site_executor(cfg, data, index, sites, ledger=self.ledger,
+                                           identity=identity, keys=keys,
+                                           state_dir=self.state_dir / study_id,
+                                           local_baseline=cfg.baselines.local_at_sites,
+                                           baseline_refusal=self._baseline_refusal())
         self._studies[study_id] = entry
         return entry
 
-    def _local_baseline(self, cfg: StudyConfig) -> LocalBaseline | None:
-        """Whether this site trains the approved study's model alone when the hub asks (None:
-        the study asks for no local-only baseline, so the hub may not either). Refused when
-        the site's node config says ``[baselines] local = false``, or when its privacy policy
+    def _baseline_refusal(self) -> str | None:
+        """Why this site will not train a study's model alone when the hub asks (None: it
+        will, if the approved study asks for local-only baselines at all). Refused when the
+        site's node config says ``[baselines] local = false``, or when its privacy policy
         says ``require_dp = true``: the local-only model trains without DP (a reference, as
         in simulation) and its held-out metrics are not covered by the study's epsilon.
         Under DP-SGD the baseline trains with the study's model without DP; nothing is
         charged to the ledger."""
-        if not cfg.baselines.local_at_sites:
-            return None
-        refusal = None
         if not self.data.local_baselines:
-            refusal = (f"site {self.site} does not train local-only baselines (its node "
-                       "config says [baselines] local = false)")
-        elif self.ledger is not None and self.ledger.policy.require_dp:
-            refusal = (f"site {self.site}'s privacy policy requires DP (require_dp = true) "
-                       "and a local-only baseline trains without DP")
-        plain = None
-        if cfg.privacy.mode == "dp_sgd" and refusal is None:
-            assert isinstance(cfg.data, FederatedData)
-            plain = make_learner(cfg, ModelShape.of_federated(cfg.data))  # rows=None: no DP
-        return LocalBaseline(cfg.study.rounds, learner=plain, refusal=refusal)
+            return (f"site {self.site} does not train local-only baselines (its node "
+                    "config says [baselines] local = false)")
+        if self.ledger is not None and self.ledger.policy.require_dp:
+            return (f"site {self.site}'s privacy policy requires DP (require_dp = true) "
+                    "and a local-only baseline trains without DP")
+        return None
 
-    def _secure_site(self, study_id: str, cfg: StudyConfig, sites: list[str]
-                     ) -> SecureSite | None:
-        """The site half of the approved study's secure aggregation (None: plain updates).
-        Its settings come from the study the site approved, never from a task. Under CKKS the
-        study's key is made among its sites (never at the hub or the coordinator) and every
-        ciphertext is signed with this site's key (:mod:`fedcare.engine.ckks_custody`)."""
-        sa = cfg.secure_aggregation
-        if sa.protocol == "none":
-            return None
-        settings = SecureSettings.of(cfg)
-        if settings is None:
-            return None
-        if sa.protocol != "ckks":
-            return SecureSite(self.site, settings, sites)
+    def _ckks_custody(self, study_id: str, cfg: StudyConfig, sites: list[str]
+                      ) -> tuple[SiteIdentity | None, StudyKeys | None]:
+        """This site's custody of a CKKS study's key (None, None: the study does not use
+        CKKS). The secure-aggregation settings come from the study the site approved, never
+        from a task. Under CKKS the study's key is made among its sites (never at the hub or
+        the coordinator) and every ciphertext is signed with this site's key
+        (:mod:`fedcare.engine.ckks_custody`)."""
+        if cfg.secure_aggregation.protocol != "ckks":
+            return None, None
         from fedcare.engine.ckks_custody import SiteIdentity
         from fedcare.node.ckks_keys import RelayKeys
 
         identity = SiteIdentity.from_kit(self.kit_dir)
-        keys = RelayKeys(self.http.request, identity, sites, self.state_dir / study_id)
-        return SecureSite(self.site, settings, sites, identity=identity, keys=keys)
+        return identity, RelayKeys(self.http.request, identity, sites,
+                                   self.state_dir / study_id)
 
     def answer(self, study_id: str, payload: bytes, digest: str) -> tuple[str, bytes]:
         """The reply to a task (task id, bytes): the one already computed when the hub asks

@@ -16,29 +16,24 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from fedcare import __version__
 from fedcare.config import FederatedData, StudyConfig, content_hash, load_config, parse_config
 from fedcare.core.dataset import SiteData, few_rows_warning
 from fedcare.core.errors import ConfigError, FedcareError
 from fedcare.core.files import atomic_write
 from fedcare.core.learning import Learner
-from fedcare.core.messages import TrainConfig
 from fedcare.core.params import Parameters
 from fedcare.data.prepare import Columns
 from fedcare.engine.bundle import ModelBundle, study_bundle
 from fedcare.engine.checkpoints import CheckpointStore
-from fedcare.engine.dp_check import DpAssessment, assess_dp, refuse_unless_learnable
-from fedcare.engine.executor import LocalBaseline, SiteExecutor, baseline_note
-from fedcare.engine.history import History, RoundRecord, save_history, set_timing, timestamp
+from fedcare.engine.dp_check import DpAssessment, refuse_unless_learnable
+from fedcare.engine.executor import SiteExecutor, baseline_note
+from fedcare.engine.history import History, RoundRecord, save_history, set_timing
 from fedcare.engine.learner_factory import ModelShape, make_learner
-from fedcare.engine.privacy import hub_privacy, site_privacy
 from fedcare.engine.round_engine import EngineSettings, RoundEngine
-from fedcare.engine.secure import SecureAggregator, SecureSettings, SecureSite
+from fedcare.engine.study import HubPlan, resume_latest, site_executor, study_train
 from fedcare.engine.trees import write_tree_outputs
-from fedcare.learners.metrics import primary_metric
 from fedcare.learners.options import check_bins_vs_rows
 from fedcare.sim.sites import build_sites, input_standardization, pooled
-from fedcare.strategies import build_strategy
 from fedcare.strategies.fedavg import FedAvg
 from fedcare.transport.inmemory import InMemoryTransport
 
@@ -132,19 +127,21 @@ class _Run:
         shape = ModelShape.of_site(self.sites[0])
         if self.columns is not None:
             shape = ModelShape((self.columns.width,), shape.task, shape.num_classes)
+        self.shape = shape
         self.learner: Learner = make_learner(cfg, shape)
-        self.initial = self.learner.initial_parameters()
+        self.train = study_train(cfg)
+        self.workers = choose_workers(cfg, self.sites, self.learner.initial_parameters()
+                                      .spec.total_size)
+        self.plan = HubPlan.from_config(
+            cfg, [s.name for s in self.sites], mode="simulation", learner=self.learner,
+            task=self.sites[0].task.value, workers=self.workers,
+            example_bounds={s.name: len(s.y_train) + len(s.y_test) for s in self.sites},
+            site_rows=self._site_rows())
+        self.initial = self.plan.initial
         self.spec = self.initial.spec
-        self.train = TrainConfig(**cfg.train.model_dump())
-        self.strategy = build_strategy(cfg.strategy, num_sites=len(self.sites))
-        self.strategy.train_config(self.train)  # validates strategy/train compatibility now
-        self.workers = choose_workers(cfg, self.sites, self.spec.total_size)
-        self.primary = primary_metric(self.sites[0].task, cfg.study.primary_metric)
-        self.dp_check: DpAssessment | None = assess_dp(cfg, len(self.sites),
-                                                       self.spec.total_size)
-        if self.dp_check is not None and self.on_dp_check is not None:
-            self.on_dp_check(self.dp_check)
-        refuse_unless_learnable(self.dp_check, force=self.force)
+        if self.plan.dp_check is not None and self.on_dp_check is not None:
+            self.on_dp_check(self.plan.dp_check)
+        refuse_unless_learnable(self.plan.dp_check, force=self.force)
         if cfg.tracking.mlflow_uri is not None:
             from fedcare.tracking import require_mlflow
 
@@ -211,45 +208,24 @@ class _Run:
         norm = self.norm_aux[NORMALIZER]
         return apply_standardizer(site.x_test, norm["mean"], norm["std"])
 
-    def _secure(self) -> tuple[SecureSettings | None, bytes | None]:
-        """The study's secure-aggregation settings (sites' half) and the hub's public HE
-        context. A simulation makes its own CKKS contexts, as provisioning does for a
-        federation."""
-        sa = self.cfg.secure_aggregation
-        if sa.protocol == "none":
+    def _he_contexts(self) -> tuple[bytes | None, bytes | None]:
+        """A CKKS study's secret context (every site's) and public one (the hub's): a
+        simulation makes its own, as provisioning does for a federation."""
+        if self.cfg.secure_aggregation.protocol != "ckks":
             return None, None
-        secret = public = None
-        if sa.protocol == "ckks":
-            from fedcare.privacy.he import create_federation_context
+        from fedcare.privacy.he import create_federation_context
 
-            secret, public = create_federation_context()
-        return SecureSettings.of(self.cfg, he_context=secret), public
+        return create_federation_context()
 
-    def _executors(self, sites: Sequence[SiteData], secure: SecureSettings | None = None,
-                   strategy: str | None = None) -> dict[str, SiteExecutor]:
-        """The sites' executors, bound to the study's strategy (``strategy``: another, for
-        the baselines, which train with plain FedAvg)."""
+    def _executors(self, sites: Sequence[SiteData], he_secret: bytes | None = None
+                   ) -> dict[str, SiteExecutor]:
+        """The executors of ``sites``: the study's site half, as a node builds its own."""
         state_root = self.out / "sites" if self.out is not None else None
         names = [s.name for s in sites]
-        n = len(self.sites)
-        return {s.name: SiteExecutor(s, self._learner_for(s), site_index=i, expected=self.spec,
-                                     state_dir=(state_root / s.name) if state_root else None,
-                                     secure=SecureSite(s.name, secure, names) if secure
-                                     else None,
-                                     privacy=site_privacy(self.cfg, len(s.y_train), n),
-                                     strategy=strategy or self.cfg.strategy.name,
-                                     local_baseline=LocalBaseline(self.cfg.study.rounds,
-                                                                  learner=self.learner))
+        return {s.name: site_executor(self.cfg, s, i, names, learner=self.learner,
+                                      shape=self.shape, he_secret=he_secret,
+                                      state_dir=(state_root / s.name) if state_root else None)
                 for i, s in enumerate(sites)}
-
-    def _learner_for(self, site: SiteData) -> Learner:
-        """DP-SGD derives each site's noise from its rows: one learner per site then."""
-        if self.cfg.privacy.mode != "dp_sgd":
-            return self.learner
-        shape = ModelShape.of_site(site)
-        if self.columns is not None:
-            shape = ModelShape((self.columns.width,), shape.task, shape.num_classes)
-        return make_learner(self.cfg, shape, rows=len(site.y_train))
 
     def _transport(self, executors: Mapping[str, SiteExecutor]) -> Any:
         handlers = {n: e.handle for n, e in executors.items()}
@@ -263,59 +239,38 @@ class _Run:
 
         return ProcessTransport(handlers, self.workers, init=init_worker)
 
-    def _history(self) -> History:
-        primary, higher = self.primary
-        cfg = self.cfg
-        meta = {"fedcare_version": __version__,
-                "created": timestamp(),
-                "config_hash": self.hash, "task": self.sites[0].task.value,
-                "primary_metric": primary, "higher_is_better": higher,
-                "strategy": cfg.strategy.name, "model": cfg.model.name,
-                "rounds_planned": cfg.study.rounds, "workers": self.workers,
-                "parameters": self.spec.total_size,
-                "config": cfg.model_dump(mode="json")}
-        if self.dp_check is not None:
-            meta["dp_check"] = self.dp_check.to_json()
-        sites = [{"name": s.name, "train_rows": len(s.y_train), "test_rows": len(s.y_test),
-                  "test_split": s.test_split or _split_words(cfg.data)} for s in self.sites]
-        for row, s in zip(sites, self.sites, strict=True):
+    def _site_rows(self) -> list[dict[str, Any]]:
+        """The history's site rows: a simulation knows each site's rows."""
+        rows: list[dict[str, Any]] = []
+        for s in self.sites:
+            row: dict[str, Any] = {"name": s.name, "train_rows": len(s.y_train),
+                                   "test_rows": len(s.y_test),
+                                   "test_split": s.test_split or _split_words(self.cfg.data)}
             cols = getattr(s, "columns", None)
             if cols is not None:  # rows dropped (e.g. a missing label), by reason
                 row["rows_dropped"] = dict(cols.dropped)
-        return History(study=cfg.study.name, meta=meta, sites=sites)
+            rows.append(row)
+        return rows
 
     # -- the federated run ----------------------------------------------------------------
     def run(self) -> History:
         t_start = time.perf_counter()
         cfg = self.cfg
         old_threads = _set_threads(cfg.run.threads_per_site)
-        history = self._history()
-        params = self.initial
-        start_round = 1
         store = None
         if self.out is not None:
             self.out.mkdir(parents=True, exist_ok=True)
             if self.overwrite and not self.resume:
                 _clear_run(self.out)
-            store = CheckpointStore(self.out / "checkpoints") if cfg.run.checkpoint_every else None
-            if self.resume:
-                params, start_round, history = self._restore(history)
-        secure, he_public = self._secure()
-        executors = self._executors(self.sites, secure)
-        transport = self._transport(executors)
+            store = CheckpointStore(self.out / "checkpoints", every=cfg.run.checkpoint_every)
+        he_secret, he_public = self._he_contexts()
+        transport = self._transport(self._executors(self.sites, he_secret))
         try:
-            settings = EngineSettings(study=cfg.study.name, seed=cfg.study.seed, train=self.train,
-                                      evaluate_every=cfg.run.evaluate_every,
-                                      round_timeout=cfg.run.round_timeout)
-            engine = RoundEngine(settings, self.strategy, transport,
-                                 [s.name for s in self.sites], params, history,
-                                 checkpoints=_EveryN(store, cfg.run.checkpoint_every),
-                                 on_round=self._on_round,
-                                 secure=SecureAggregator(secure, he_public) if secure else None,
-                                 privacy=hub_privacy(cfg, len(self.sites)),
-                                 example_bounds={s.name: len(s.y_train) + len(s.y_test)
-                                                 for s in self.sites})
-            self._normalizer(engine, engine.history)
+            engine = self.plan.engine(transport, checkpoints=store, on_round=self._on_round,
+                                      he_public=he_public)
+            start_round = self._restore(engine, store) if self.resume else 1
+            history = engine.history
+            self._normalizer(engine, history)
             final = engine.run(cfg.study.rounds, start_round=start_round)
             if cfg.baselines.local:
                 history.baselines["local"] = self._local_baselines(engine)
@@ -346,21 +301,15 @@ class _Run:
         if self.progress is not None:
             self.progress("federated", record.round, self.cfg.study.rounds, record)
 
-    def _restore(self, history: History) -> tuple[Parameters, int, History]:
-        assert self.out is not None
-        ckpt = CheckpointStore(self.out / "checkpoints").latest()
-        if ckpt is None:
-            return self.initial, 1, history
-        saved = History.from_dict(ckpt.meta["history"])
-        if saved.meta.get("config_hash") != self.hash:
-            raise ConfigError(f"cannot resume {self.out}: the configuration changed since the "
-                              "run started (its content hash differs); use a new output folder")
-        if ckpt.parameters.spec != self.spec:
-            raise FedcareError(f"cannot resume {self.out}: the checkpoint's model layout differs")
-        self.strategy.initialize(ckpt.parameters)
-        self.strategy.load_state(ckpt.strategy_state)
-        saved.meta["resumed_from_round"] = ckpt.round
-        return ckpt.parameters, ckpt.round + 1, saved
+    def _restore(self, engine: RoundEngine, store: CheckpointStore | None) -> int:
+        """Continue the run in the output folder from its newest checkpoint (the round to
+        run next; 1: there is none)."""
+        try:
+            return resume_latest(engine, store)
+        except ConfigError as exc:
+            raise ConfigError(f"{self.out}: {exc.message}; use a new output folder") from exc
+        except FedcareError as exc:
+            raise FedcareError(f"{self.out}: {exc.message}") from exc
 
     # -- baselines ------------------------------------------------------------------------
     def _baseline_note(self) -> dict[str, str]:
@@ -447,18 +396,6 @@ class _Run:
             classes=s0.label_values or tuple(range(s0.num_classes)),
             label_column=getattr(self.cfg.data, "label", None), normalizer=norm,
             rounds=len(history.rounds))
-
-
-class _EveryN:
-    """Checkpoint store wrapper that saves every N rounds (and is a no-op without a store)."""
-
-    def __init__(self, store: CheckpointStore | None, every: int) -> None:
-        self.store, self.every = store, every
-
-    def save(self, round_: int, parameters: Parameters, state: Mapping[str, Any],
-             history: History) -> None:
-        if self.store is not None and self.every and round_ % self.every == 0:
-            self.store.save(round_, parameters, state, history)
 
 
 def _split_words(data: Any) -> str:
