@@ -167,7 +167,11 @@ def _site_digest(tmp_path: Any, privacy: dict[str, Any]) -> str:
     site = run.sites[0]
     ledger = PrivacyLedger(tmp_path / f"{privacy['mode']}.jsonl",
                            SitePrivacyPolicy(1e6, 1e-5, trust_hub_noise=True), key=ledger_key())
-    learner = run._learner_for(site)
+    from fedcare.engine.learner_factory import make_learner
+
+    # DP-SGD derives each site's noise from its rows: one learner per site then.
+    learner = (make_learner(cfg, run.shape, rows=len(site.y_train))
+               if cfg.privacy.mode == "dp_sgd" else run.learner)
     from fedcare.engine.executor import SiteExecutor
     from fedcare.engine.secure import SecureSettings, SecureSite
 

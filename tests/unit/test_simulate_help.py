@@ -52,7 +52,9 @@ def choices() -> dict[str, set[str]]:
 
 
 def _words(text: str) -> set[str]:
-    return set(re.findall(r"[A-Za-z0-9_+\-]+", text))
+    # values such as binary:logistic keep their colon; "mlp:" is still the word mlp
+    return (set(re.findall(r"[A-Za-z0-9_+\-]+", text))
+            | set(re.findall(r"[A-Za-z0-9_+\-]+(?::[A-Za-z0-9_+\-]+)+", text)))
 
 
 @pytest.fixture(scope="module")

@@ -192,7 +192,7 @@ def test_every_tree_option_is_in_the_content_hash_and_other_hashes_do_not_move()
     assert content_hash(parse_config(_study(max_depth=5))) != base
     assert content_hash(parse_config(_study(reg_lambda=2.0))) != base
     assert content_hash(parse_config(_study(max_depth=4))) == base  # 4 is the default
-    assert content_hash(parse_config(_study(sketch_bins=1024))) != base
+    assert content_hash(parse_config(_study(sketch_bins=2048))) != base
 
 
 def test_simulate_refuses_more_bins_than_a_site_has_rows_with_exit_2(tmp_path: Path) -> None:
