@@ -61,10 +61,11 @@ class HubTransport:
             if tasks[site].id != sent:
                 raise TransportError(f"task {sent!r} does not have the id the hub's store "
                                      f"gives it ({tasks[site].id!r})")
-        if not tasks:
-            return futures
         for site, task in tasks.items():  # awaited before anyone can fetch it
             futures[site] = self.mailbox.expect(task.id, site, out.kind, out.expect)
+        futures = {site: futures[site] for site in out.tasks}  # in the exchange's order
+        if not tasks:
+            return futures
         with self.state.db.session() as s:
             fits = {t.round for t in tasks.values() if t.kind is TaskKind.FIT}
             for round_ in sorted(fits - self._started_rounds):
