@@ -42,11 +42,11 @@ def run(cfg: dict, protocol: str, drop: int) -> dict:
 
         orig = inmemory.InMemoryTransport._run
 
-        def run_site(self, site, payload):  # type: ignore[no-untyped-def]
-            from fedcare.core.wire import as_bytes, peek_header
+        def run_site(self, site, payload, expect):  # type: ignore[no-untyped-def]
+            from fedcare.core.wire import peek_header
 
             if (site in {"site-1", "site-2"}
-                    and peek_header(as_bytes(payload))["kind"] == TaskKind.SECAGG_UNMASK.value):
+                    and peek_header(bytes(payload))["kind"] == TaskKind.SECAGG_UNMASK.value):
                 from concurrent.futures import Future
 
                 f: Future[bytes] = Future()
@@ -54,7 +54,7 @@ def run(cfg: dict, protocol: str, drop: int) -> dict:
 
                 f.set_exception(TransportError("dropped", site=site))
                 return f
-            return orig(self, site, payload)
+            return orig(self, site, payload, expect)
 
         inmemory.InMemoryTransport._run = run_site  # type: ignore[method-assign]
     try:

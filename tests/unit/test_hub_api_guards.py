@@ -244,13 +244,13 @@ def test_a_long_poll_whose_client_went_away_gives_its_slot_back(hub: Any) -> Non
                  "headers": [(b"host", b"hub")], "client": ("127.0.0.1", 1),
                  "server": ("hub", 443)}
         call = asyncio.create_task(app(scope, receive, send))
-        while service._polls.get("alpha") != 1:
+        while service.mailbox.open_polls().get("alpha") != 1:
             await asyncio.sleep(0.01)
         gone.set()
         await asyncio.wait_for(call, 30)  # not the poll's 60 s
 
         async def released() -> None:  # the cancelled poll's own clean-up
-            while service._polls:
+            while service.mailbox.open_polls():
                 await asyncio.sleep(0.01)
 
         await asyncio.wait_for(released(), 30)

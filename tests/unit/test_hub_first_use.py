@@ -64,7 +64,7 @@ def test_the_history_primary_metric_comes_from_the_study(hub: HubService, metric
     study = _study(study={"primary_metric": metric} if metric else {}, data={"task": task})
     doc = hub.submit_study(study)
 
-    engine, _start = hub._engine(doc["study_id"], None)  # type: ignore[arg-type]
+    engine, _start = hub.runner._engine(doc["study_id"], None)  # type: ignore[arg-type]
 
     default = "mse" if task == "regression" else "accuracy"
     assert engine.history.meta["primary_metric"] == (metric or default)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fedcare.hub import service as hub_service
+from fedcare.hub import studies as hub_studies
 from fedcare.hub.service import HubService, NeverRevoked
 
 
@@ -38,7 +38,7 @@ def test_the_study_list_and_status_say_when_a_study_was_created(hub: HubService)
 
     listed = hub.list_studies()
     status = hub.study_status(doc["study_id"])
-    engine, _ = hub._engine(doc["study_id"], None)  # type: ignore[arg-type]
+    engine, _ = hub.runner._engine(doc["study_id"], None)  # type: ignore[arg-type]
 
     assert [s["study_id"] for s in listed] == [doc["study_id"]]
     created = dt.datetime.fromisoformat(listed[0]["created"])
@@ -55,7 +55,7 @@ def test_a_site_is_online_while_it_polls_and_for_a_minute_after(
     assert sites["a"]["datasets"][0]["rows"] == 140
 
     # A minute without a poll (nor a hello): offline, last seen kept.
-    monkeypatch.setattr(hub_service, "ONLINE_WITHIN", -1.0)
+    monkeypatch.setattr(hub_studies, "ONLINE_WITHIN", -1.0)
     sites = {s["name"]: s for s in hub.sites()}
     assert not sites["a"]["online"] and not sites["b"]["online"]
     assert dt.datetime.fromisoformat(sites["a"]["last_seen"]) >= dt.datetime.fromisoformat(

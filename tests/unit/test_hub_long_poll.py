@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fedcare.hub import service as service_module
+from fedcare.hub import mailbox as mailbox_module
 from fedcare.hub.service import MAX_POLLS_PER_SITE, HubService, NeverRevoked, TooManyPolls
 
 
@@ -46,7 +46,7 @@ def test_waiting_long_polls_hold_no_thread(service: HubService) -> None:
 def test_an_offer_from_another_thread_wakes_only_its_sites_polls(
         service: HubService, monkeypatch: pytest.MonkeyPatch) -> None:
     # No periodic recheck within the test: only a wake can make a poll look again.
-    monkeypatch.setattr(service_module, "RECHECK_EVERY", 600.0)
+    monkeypatch.setattr(mailbox_module, "RECHECK_EVERY", 600.0)
     woken: list[str] = []
 
     async def poll(site: str) -> None:
@@ -59,16 +59,16 @@ def test_an_offer_from_another_thread_wakes_only_its_sites_polls(
         # An engine thread offering a task for "a": nothing in the store to hand out, so
         # the woken poll looks, finds nothing and waits again - but it was woken (below).
         seen: list[object] = []
-        original = service._deliver
+        original = service.mailbox._deliver
 
         def counting(site: str) -> object:
             seen.append(site)
             return original(site)
 
-        service._deliver = counting  # type: ignore[method-assign]
-        with service._offers_lock:
-            service._offers.setdefault("a", {})["t"] = object()  # type: ignore[dict-item]
-        threading.Thread(target=service.notify_site, args=("a",)).start()
+        service.mailbox._deliver = counting  # type: ignore[method-assign]
+        with service.mailbox._offers_lock:
+            service.mailbox._offers.setdefault("a", {})["t"] = object()  # type: ignore[dict-item]
+        threading.Thread(target=service.mailbox.notify_site, args=("a",)).start()
         await asyncio.wait_for(_until(lambda: bool(seen)), 30)
         await asyncio.sleep(0.2)
         assert seen == ["a"]  # b's poll was not woken
@@ -96,7 +96,7 @@ def test_a_site_may_hold_only_a_few_long_polls(service: HubService) -> None:
         service.stop()
         assert await asyncio.gather(*held) == [None] * MAX_POLLS_PER_SITE
         # slots are given back when a poll ends
-        assert service._polls == {}
+        assert service.mailbox.open_polls() == {}
 
     asyncio.run(scenario())
 

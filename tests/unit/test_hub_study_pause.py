@@ -29,7 +29,7 @@ import pytest
 import sqlalchemy as sa
 
 from fedcare.core.errors import FedcareError
-from fedcare.hub import service as service_module
+from fedcare.hub import runner as runner_module
 from fedcare.hub.provisioning import create_federation
 from fedcare.hub.service import HubService, NeverRevoked, NotFound, NotResumable, StorageUnavailable
 from fedcare.hub.store import BlobStore, StudyRepo, StudyStatus
@@ -131,13 +131,14 @@ class Federation:
     def settled(self, study_id: str) -> dict[str, Any]:
         """The study's status once its runner thread has ended."""
         self.svc.wait_for(study_id, WAIT)
-        assert not self.svc._runners[study_id].is_alive(), "the study's thread is still running"
+        assert not self.svc.runner._runners[study_id].is_alive(), \
+            "the study's thread is still running"
         return self.status(study_id)
 
 
 @pytest.fixture
 def fed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Federation]:
-    monkeypatch.setattr(service_module, "SETTLE_RETRY", (0.05, 0.2))
+    monkeypatch.setattr(runner_module, "SETTLE_RETRY", (0.05, 0.2))
     federation = Federation(tmp_path)
     try:
         yield federation
@@ -159,7 +160,7 @@ def _rounds(fed: Federation, study_id: str) -> list[int]:
 def test_a_full_disk_pauses_the_study_and_resume_finishes_it_from_its_checkpoint(
         fed: Federation, tmp_path: Path) -> None:
     disk = FillingDisk(fed.svc.data_dir / "blobs", full_from=5)  # round 3's checkpoint
-    fed.svc.blobs = disk
+    fed.svc.state.blobs = disk
     fed.start_nodes()
     study_id = fed.svc.submit_study(study_config(rounds=5))["study_id"]
 
@@ -220,14 +221,14 @@ def test_a_study_is_never_left_running_without_its_thread_while_the_db_is_full(
     db = FullDatabase(fed.svc)
     disk = FillingDisk(fed.svc.data_dir / "blobs", full_from=3)  # round 2's checkpoint
     disk.on_full = db.full.set  # the database shares the full disk
-    fed.svc.blobs = disk
+    fed.svc.state.blobs = disk
     fed.start_nodes()
     study_id = fed.svc.submit_study(study_config(rounds=4))["study_id"]
 
     # Its end cannot be recorded: the thread keeps trying, so the study keeps its runner.
     _wait("the study's storage to fill up", db.full.is_set)
     time.sleep(0.5)  # several retries (not a timing assertion: any wait shows the same)
-    assert fed.svc._runners[study_id].is_alive()
+    assert fed.svc.runner._runners[study_id].is_alive()
     with db.real() as s:
         assert StudyRepo(s).get(study_id).status is StudyStatus.RUNNING  # type: ignore[union-attr]
 
@@ -248,7 +249,7 @@ def test_a_failure_that_cannot_be_recorded_for_a_full_db_pauses_then_fails_on_re
     """The audit's second study: its thread died recording its failure. No node answers
     here (round 1 fails at its deadline) and the failure cannot be written at first."""
     db = FullDatabase(fed.svc)
-    real_settle = fed.svc._settle
+    real_settle = fed.svc.runner._settle
     attempts: list[StudyStatus] = []
 
     def settle(study_id: str, status: StudyStatus, message: str | None) -> None:
@@ -256,7 +257,7 @@ def test_a_failure_that_cannot_be_recorded_for_a_full_db_pauses_then_fails_on_re
         db.fail_next = 3  # the disk is full just as the failure is being recorded
         real_settle(study_id, status, message)
 
-    monkeypatch.setattr(fed.svc, "_settle", settle)
+    monkeypatch.setattr(fed.svc.runner, "_settle", settle)
     study_id = fed.svc.submit_study(study_config(rounds=2, run={"round_timeout": 1}))[
         "study_id"]
 
@@ -265,7 +266,7 @@ def test_a_failure_that_cannot_be_recorded_for_a_full_db_pauses_then_fails_on_re
     assert st["status"] == "paused", st
     assert "disk is full" in st["error"] and "no reply before the round deadline" in st["error"]
 
-    monkeypatch.setattr(fed.svc, "_settle", real_settle)
+    monkeypatch.setattr(fed.svc.runner, "_settle", real_settle)
     fed.svc.resume_study(study_id)  # the storage is fine now: the real failure shows
     st = fed.settled(study_id)
     assert st["status"] == "failed" and "disk" not in st["error"], st
@@ -277,7 +278,7 @@ def test_a_crash_escaping_the_engine_still_ends_the_study(fed: Federation,
     def broken(study_id: str, transport: Any) -> Any:
         raise FedcareError("cannot build this study's engine")
 
-    monkeypatch.setattr(fed.svc, "_engine", broken)
+    monkeypatch.setattr(fed.svc.runner, "_engine", broken)
     study_id = fed.svc.submit_study(study_config(rounds=2))["study_id"]
     st = fed.settled(study_id)
     assert (st["status"], st["error"]) == ("failed", "cannot build this study's engine")
@@ -293,7 +294,7 @@ def test_the_api_resumes_and_answers_503_while_the_storage_is_full(
     client = TestClient(app, headers={"Authorization": "Bearer token"})
     db = FullDatabase(fed.svc)
     disk = FillingDisk(fed.svc.data_dir / "blobs", full_from=1)
-    fed.svc.blobs = disk
+    fed.svc.state.blobs = disk
     fed.start_nodes()
     study_id = client.post("/v1/studies", json=study_config(rounds=2)).json()["study_id"]
     assert fed.settled(study_id)["status"] == "paused"
@@ -333,7 +334,7 @@ def test_a_round_that_fails_while_the_state_folder_is_full_pauses(
     if not mounted:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
-        monkeypatch.setattr(service_module, "SETTLE_RETRY", (0.05, 0.2))
+        monkeypatch.setattr(runner_module, "SETTLE_RETRY", (0.05, 0.2))
         create_federation(tmp_path / "fed", hub_host="127.0.0.1", hub_port=1,
                           sites=list(SITES), site_kits=tmp_path / "kits")
         # The database elsewhere (it holds the outcome), the state folder on the tmpfs.

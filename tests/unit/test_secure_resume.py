@@ -14,7 +14,7 @@ processes do.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from fedcare.core.errors import ConfigError, ProtocolError
 from fedcare.core.learning import FitResult
 from fedcare.core.messages import Task, TaskKind, TrainConfig, first_attempt_id, task_attempt
 from fedcare.core.params import Parameters
-from fedcare.core.wire import Reply, TaskPayload, as_bytes, peek_header
+from fedcare.core.wire import peek_header
 from fedcare.engine.executor import SiteExecutor
 from fedcare.engine.history import History
 from fedcare.engine.privacy import SitePrivacy
@@ -39,6 +39,7 @@ from fedcare.privacy.dp.ledger import PrivacyLedger, SitePrivacyPolicy
 from fedcare.privacy.dp.spec import Mechanism, PrivacySpec
 from fedcare.privacy.secagg.config import survivor_threshold
 from fedcare.strategies import FedAvg, SamplingOptions
+from fedcare.transport.base import Outgoing, Received
 from fedcare.transport.inmemory import InMemoryTransport
 from tests.unit.helpers import ledger_key, make_sites
 
@@ -79,11 +80,10 @@ class _HubThatDies:
     def __init__(self, inner: InMemoryTransport, die_at: tuple[int, TaskKind] | None) -> None:
         self.inner, self.die_at = inner, die_at
 
-    def send(self, payloads: Mapping[str, bytes | TaskPayload]) -> dict[str, Future[Reply]]:
-        futures = self.inner.send(payloads)
-        head = peek_header(as_bytes(next(iter(payloads.values()))))
-        if self.die_at == (head["round"], TaskKind(head["kind"])):
-            raise _Killed(f"hub killed during round {head['round']} {head['kind']}")
+    def send(self, out: Outgoing) -> dict[str, Future[Received]]:
+        futures = self.inner.send(out)
+        if self.die_at == (out.round, out.kind):
+            raise _Killed(f"hub killed during round {out.round} {out.kind.value}")
         return futures
 
     def close(self) -> None:

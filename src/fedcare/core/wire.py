@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -76,11 +76,6 @@ class TaskPayload:
         return _digest(hashlib.sha256(self.head).hexdigest(), self.arrays.sha256)
 
 
-def as_bytes(payload: bytes | TaskPayload) -> bytes:
-    """The wire message of a payload in either form."""
-    return payload if isinstance(payload, bytes) else bytes(payload)
-
-
 #: The HTTP header a task payload's :func:`payload_digest` travels in (hub to node).
 DIGEST_HEADER = "X-Fedcare-Payload-Digest"
 
@@ -140,8 +135,29 @@ def _pack_parts(header: dict[str, Any], params: Parameters | None,
         raise ValidationError(f"message header holds a non-finite number: {exc}") from exc
 
 
-def _unpack(data: bytes) -> tuple[dict[str, Any], Parameters | None, dict[str, Parameters]]:
+@dataclass(frozen=True)
+class Framed:
+    """A message whose framing and JSON header were read once (:func:`read_message`): the
+    decoders take it instead of bytes, so a receiver that looked at the header first (to
+    route or check a message) does not parse it again."""
+
+    header: dict[str, Any]
+    body: memoryview
+    size: int
+
+
+def read_message(data: bytes | bytearray | memoryview | Framed) -> Framed:
+    """The message's header and array body, its header parsed once."""
+    if isinstance(data, Framed):
+        return data
     header, body = unframe(data, MAGIC, what="message", max_header=MAX_HEADER_BYTES)
+    return Framed(header, body, len(data))
+
+
+def _unpack(data: bytes | Framed
+            ) -> tuple[dict[str, Any], Parameters | None, dict[str, Parameters]]:
+    msg = read_message(data)
+    header, body = msg.header, msg.body
     try:
         tensors = st_load(bytes(body)) if len(body) else {}
     except Exception as exc:  # safetensors raises its own SafetensorError / ValueError
@@ -167,7 +183,7 @@ def _unpack(data: bytes) -> tuple[dict[str, Any], Parameters | None, dict[str, P
 
 def peek_header(data: bytes) -> dict[str, Any]:
     """The JSON header of a message without touching its arrays (routing, bookkeeping)."""
-    return unframe(data, MAGIC, what="message", max_header=MAX_HEADER_BYTES)[0]
+    return read_message(data).header
 
 
 def _require(header: Mapping[str, Any], key: str, typ: type | tuple[type, ...]) -> Any:
@@ -247,7 +263,7 @@ def encode_task_payload(task: Task, *, arrays: ArrayBlob | None = None) -> TaskP
     return _pack_parts(header, task.parameters, task.aux, arrays)
 
 
-def decode_task(data: bytes, expected: ParamSpec | None = None) -> Task:
+def decode_task(data: bytes | Framed, expected: ParamSpec | None = None) -> Task:
     """Decode a task; when the site knows its model layout, check the parameters against it."""
     header, params, aux = _unpack(data)
     if header.get("type") != "task":
@@ -297,7 +313,7 @@ def encode_update(update: Update) -> bytes:
     return _pack(header, update.parameters, update.aux)
 
 
-def decode_update(data: bytes, expected: ParamSpec,
+def decode_update(data: bytes | Framed, expected: ParamSpec,
                   expected_aux: Mapping[str, ParamSpec | None] | None = None,
                   site: str | None = None) -> Update:
     """Decode a site's update and validate it against the layout that was sent to it.
@@ -350,35 +366,15 @@ def encode_error(reply: ErrorReply) -> bytes:
     return _pack(header, None, {})
 
 
-class ValidatedReply:
-    """Reply bytes a transport has already decoded and validated against the same layout the
-    round engine expects (the hub must, to answer a bad reply with a 4xx before storing it):
-    the engine reuses :attr:`decoded` instead of decoding a large update a second time.
-
-    A wrapper, not a ``bytes`` subclass: constructing one of those copied every update."""
-
-    __slots__ = ("data", "decoded")
-
-    def __init__(self, data: bytes, decoded: Update | ErrorReply) -> None:
-        self.data = data
-        self.decoded = decoded
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-
-#: What a transport's future resolves to: a site's reply, possibly already validated.
-Reply = bytes | ValidatedReply
-
-
-def decode_reply(data: bytes, expected: ParamSpec,
+def decode_reply(data: bytes | Framed, expected: ParamSpec,
                  expected_aux: Mapping[str, ParamSpec | None] | None = None,
                  site: str | None = None) -> Update | ErrorReply:
     """Decode what a site sent back: either an update or an error reply (the header says
-    which; only an update's arrays are loaded, once)."""
-    header, body = unframe(data, MAGIC, what="message", max_header=MAX_HEADER_BYTES)
+    which; only an update's arrays are loaded, once; the header is parsed once)."""
+    msg = read_message(data)
+    header = msg.header
     if header.get("type") == "error":
-        if len(body):
+        if len(msg.body):
             raise ValidationError("an error reply must not carry arrays", site=site)
         try:
             # Round -1: a site that could not even decode the task answers without one.
@@ -389,7 +385,23 @@ def decode_reply(data: bytes, expected: ParamSpec,
                 message=_require(header, "message", str))
         except ValidationError as exc:
             raise ValidationError(exc.message, site=site) from exc
-    return decode_update(data, expected, expected_aux, site=site)
+    return decode_update(msg, expected, expected_aux, site=site)
+
+
+@dataclass(frozen=True)
+class ReplyExpectation:
+    """What the replies of one exchange must look like: the model layout of an update
+    (``spec``; empty when only metrics or protocol messages come back) and its auxiliary
+    arrays (``aux``: name -> layout, ``None`` accepting any arrays a protocol validates
+    itself). Made by the round engine, which holds the layout, and handed to the transport
+    with the tasks: whoever receives a reply validates it with this, nothing re-derives it."""
+
+    spec: ParamSpec
+    aux: Mapping[str, ParamSpec | None] = field(default_factory=dict)
+
+    def decode(self, data: bytes | Framed, site: str | None = None) -> Update | ErrorReply:
+        """The reply, fully validated (:func:`decode_reply`)."""
+        return decode_reply(data, self.spec, self.aux, site=site)
 
 
 # --- stored models and checkpoints ----------------------------------------------------------

@@ -2,7 +2,9 @@
 save. Strategies never touch I/O and transports never touch models.
 
 The same engine drives a simulation (in-memory or worker-process transport) and a networked
-federation (HTTPS transport): it only ever sees encoded bytes and futures.
+federation (HTTPS transport): it hands the transport each exchange's encoded tasks with what
+their replies must look like (:class:`~fedcare.transport.base.Outgoing`) and gets back
+futures of the decoded replies.
 """
 
 from __future__ import annotations
@@ -27,22 +29,14 @@ from fedcare.core.messages import (
 )
 from fedcare.core.params import Parameters, ParamSpec, check_finite
 from fedcare.core.seeds import round_seed
-from fedcare.core.wire import (
-    Reply,
-    TaskPayload,
-    ValidatedReply,
-    decode_reply,
-    encode_task,
-    encode_task_payload,
-    pack_arrays,
-)
+from fedcare.core.wire import ReplyExpectation, encode_task_payload, pack_arrays
 from fedcare.engine.aggregation import Aggregation, RoundFailed, RoundInputs, hub_aggregation
 from fedcare.engine.checkpoints import Checkpoint, CheckpointSink
 from fedcare.engine.history import History, RoundRecord, weighted_mean_metrics
 from fedcare.engine.integrity import cap_examples
 from fedcare.strategies.aggregate import UpdateStack
 from fedcare.strategies.base import Strategy
-from fedcare.transport.base import Transport
+from fedcare.transport.base import Outgoing, Received, Transport
 
 if TYPE_CHECKING:
     from fedcare.data.prepare import Columns
@@ -139,15 +133,16 @@ class RoundEngine:
             from fedcare.engine.secure import PROTOCOL_AUX
 
             expected, expected_aux = ParamSpec({}), {PROTOCOL_AUX: None}
-        payloads: dict[str, bytes | TaskPayload] = {}
+        tasks = {}
         for site in sites:
             task = Task(task_id=self.task_id(round_, kind, site, attempt), study=s.study,
                         round=round_, site=site, kind=kind, parameters=model,
                         train=train, aux=aux, seed=s.seed, evaluate=evaluate,
                         strategy=self.strategy.name, meta=dict(meta or {}))
-            payloads[site] = encode_task_payload(task, arrays=arrays)
-        return self._collect(round_, kind, payloads, expected, expected_aux, start, attempt,
-                             timeout=timeout)
+            tasks[site] = encode_task_payload(task, arrays=arrays)
+        out = Outgoing(round_, kind, tasks, ReplyExpectation(expected, dict(expected_aux)),
+                       attempt)
+        return self._collect(out, start, timeout=timeout)
 
     def protocol_exchange(self, round_: int, kind: TaskKind,
                           aux: Mapping[str, Mapping[str, Parameters]],
@@ -159,13 +154,14 @@ class RoundEngine:
         start = time.perf_counter()
         s = self.settings
         attempt = int(meta.get(ATTEMPT, 1))
-        payloads = {site: encode_task(Task(
+        tasks = {site: encode_task_payload(Task(
             task_id=self.task_id(round_, kind, site, attempt), study=s.study, round=round_,
             site=site, kind=kind, parameters=Parameters({}), train=s.train, aux=site_aux,
             seed=s.seed, evaluate=False, strategy=self.strategy.name, meta=dict(meta)))
             for site, site_aux in aux.items()}
-        return self._collect(round_, kind, payloads, ParamSpec({}), {PROTOCOL_AUX: None},
-                             start, attempt)
+        out = Outgoing(round_, kind, tasks, ReplyExpectation(ParamSpec({}), {PROTOCOL_AUX: None}),
+                       attempt)
+        return self._collect(out, start)
 
     def _protocol_step(self, round_: int, kind: TaskKind,
                        aux: Mapping[str, Mapping[str, Parameters]],
@@ -179,15 +175,11 @@ class RoundEngine:
         a secure round's later protocol attempt has its own (see :func:`task_id`)."""
         return task_id(self.settings.study, round_, kind, site, attempt)
 
-    def _collect(self, round_: int, kind: TaskKind,
-                 payloads: Mapping[str, bytes | TaskPayload],
-                 expected: ParamSpec, expected_aux: Mapping[str, ParamSpec | None],
-                 start: float, attempt: int = 1,
-                 timeout: float | None = None) -> Exchange:
+    def _collect(self, out: Outgoing, start: float, timeout: float | None = None) -> Exchange:
         s = self.settings
         wait = s.round_timeout if timeout is None else timeout
-        bytes_down = sum(len(p) for p in payloads.values())
-        futures: dict[str, Future[Reply]] = self.transport.send(payloads)
+        bytes_down = sum(len(p) for p in out.tasks.values())
+        futures: dict[str, Future[Received]] = self.transport.send(out)
         deadline = None if wait is None else start + wait
         updates: dict[str, Update] = {}
         failures: dict[str, str] = {}
@@ -196,24 +188,22 @@ class RoundEngine:
         for site, fut in futures.items():
             remaining = None if deadline is None else max(0.0, deadline - time.perf_counter())
             try:
-                reply = fut.result(timeout=remaining)
+                received = fut.result(timeout=remaining)
             except FutureTimeout:
                 failures[site] = "no reply before the round deadline"
+                continue
+            except ValidationError as exc:  # the transport decoded it with out.expect
+                failures[site] = f"rejected update: {exc.message}"
                 continue
             except FedcareError as exc:
                 failures[site] = exc.message
                 continue
-            bytes_up += len(reply)
-            try:
-                decoded = (reply.decoded if isinstance(reply, ValidatedReply)
-                           else decode_reply(reply, expected, expected_aux, site=site))
-            except ValidationError as exc:
-                failures[site] = f"rejected update: {exc.message}"
-                continue
+            bytes_up += received.size
+            decoded = received.reply
             if isinstance(decoded, ErrorReply):
                 failures[site] = f"{decoded.error_type}: {decoded.message}"
-            elif decoded.site != site or decoded.task_id != self.task_id(round_, kind, site,
-                                                                         attempt):
+            elif decoded.site != site or decoded.task_id != self.task_id(out.round, out.kind,
+                                                                         site, out.attempt):
                 failures[site] = "reply does not answer the task sent to this site"
             else:
                 updates[site] = decoded

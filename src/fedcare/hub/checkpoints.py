@@ -28,11 +28,11 @@ class BlobCheckpoints:
     """Stores the round's model and state as blobs, then completes the round in ONE
     transaction: a crash before the commit replays the round, after it resumes past it.
 
-    ``withdraw`` stops offering the tasks whose id it accepts (the round's unanswered tasks
-    expire with the round)."""
+    ``withdraw`` stops offering the tasks whose id starts with the prefix it is given (the
+    round's unanswered tasks expire with the round)."""
 
     def __init__(self, blobs: BlobStore, db: Database, study_id: str, *,
-                 withdraw: Callable[[Callable[[str], bool]], None] | None = None) -> None:
+                 withdraw: Callable[[str], None] | None = None) -> None:
         self.blobs, self.db, self.study_id = blobs, db, study_id
         self.withdraw = withdraw
 
@@ -51,8 +51,7 @@ class BlobCheckpoints:
                 previous = history.rounds[-2]
                 repo.update_record(self.study_id, previous.round, asdict(previous))
         if self.withdraw is not None:
-            prefix = f"{self.study_id}/r{round_}/"
-            self.withdraw(lambda tid: tid.startswith(prefix))
+            self.withdraw(f"{self.study_id}/r{round_}/")
 
     def latest(self) -> Checkpoint | None:
         """The study's last completed round (None: none completed yet)."""

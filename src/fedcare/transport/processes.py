@@ -3,7 +3,8 @@
 Workers are forked *after* every site's data and learner exist, so they share those pages
 with the parent (copy-on-write) instead of reloading them: memory stays near the one-process
 figure. Each site is pinned to one worker (site i -> worker i mod W) so site-local state
-stays where it was written. Only bytes (the wire format) cross the pipes.
+stays where it was written. Only bytes (the wire format) cross the pipes; replies are
+decoded in the parent with the exchange's expectation.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from concurrent.futures import Future
 from multiprocessing.connection import Connection
 from typing import Any
 
-from fedcare.core.errors import TransportError
-from fedcare.core.wire import Reply, TaskPayload, as_bytes
+from fedcare.core.errors import TransportError, ValidationError
+from fedcare.core.wire import ReplyExpectation
+from fedcare.transport.base import Outgoing, Received
 
 Handler = Callable[[bytes], bytes]
 _STOP = b""
@@ -46,10 +48,12 @@ def _worker_main(conn: Connection, handlers: Mapping[str, Handler],
 
 
 class _QueueWorker:
-    """A thread that runs one site task at a time from its queue and resolves its future."""
+    """A thread that runs one site task at a time from its queue and resolves its future
+    with the reply decoded (by the job's expectation)."""
 
     def __init__(self) -> None:
-        self.jobs: queue.Queue[tuple[str, bytes, Future[Reply]] | None] = queue.Queue()
+        self.jobs: queue.Queue[tuple[str, bytes, ReplyExpectation, Future[Received]] | None] = (
+            queue.Queue())
         self.thread = threading.Thread(target=self._pump, daemon=True)
         self.thread.start()
 
@@ -58,10 +62,11 @@ class _QueueWorker:
 
     def _pump(self) -> None:
         while (job := self.jobs.get()) is not None:
-            site, payload, fut = job
+            site, payload, expect, fut = job
             try:
-                fut.set_result(self._call(site, payload))
-            except TransportError as exc:
+                reply = self._call(site, payload)
+                fut.set_result(Received(expect.decode(reply, site=site), len(reply)))
+            except (TransportError, ValidationError) as exc:
                 fut.set_exception(exc)
             except Exception as exc:  # noqa: BLE001 (handlers reply with errors; last resort)
                 fut.set_exception(TransportError(str(exc), site=site))
@@ -140,15 +145,15 @@ class ProcessTransport:
         self._workers: list[_QueueWorker] = [_LocalWorker(handlers)]
         self._workers += [_Worker(ctx, handlers, init) for _ in range(workers - 1)]
 
-    def send(self, payloads: Mapping[str, bytes | TaskPayload]) -> dict[str, Future[Reply]]:
-        futures: dict[str, Future[Reply]] = {}
-        for site, payload in payloads.items():
-            fut: Future[Reply] = Future()
+    def send(self, out: Outgoing) -> dict[str, Future[Received]]:
+        futures: dict[str, Future[Received]] = {}
+        for site, task in out.tasks.items():
+            fut: Future[Received] = Future()
             w = self._route.get(site)
             if w is None:
                 fut.set_exception(TransportError(f"no route to site {site!r}"))
             else:
-                self._workers[w].jobs.put((site, as_bytes(payload), fut))
+                self._workers[w].jobs.put((site, bytes(task), out.expect, fut))
             futures[site] = fut
         return futures
 
