@@ -23,6 +23,7 @@ from pydantic import TypeAdapter
 from fedcare.client import HubClient, watch
 from fedcare.config import content_hash, parse_config
 from fedcare.core.errors import FedcareError
+from fedcare.hub import runner as runner_module
 from fedcare.hub import schemas
 from fedcare.hub import service as service_module
 from fedcare.hub.api import PeerTrust, create_app
@@ -47,7 +48,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Federation
     """A completed two-round study on a real hub service, its submit answer."""
     root = tmp_path_factory.mktemp("schemas")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(service_module, "SETTLE_RETRY", (0.05, 0.2))
+        mp.setattr(runner_module, "SETTLE_RETRY", (0.05, 0.2))
         fed = Federation(root)
         fed.root = root  # type: ignore[attr-defined]
         try:

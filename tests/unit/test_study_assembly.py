@@ -61,7 +61,7 @@ def _run(**over: Any) -> _Run:
 
 def test_simulation_and_hub_histories_have_the_same_keys(hub: HubService) -> None:
     doc = hub.submit_study(HUB)
-    engine, start = hub._engine(doc["study_id"], None)  # type: ignore[arg-type]
+    engine, start = hub.runner._engine(doc["study_id"], None)  # type: ignore[arg-type]
 
     sim = _run().plan.history.meta
     net = engine.history.meta
