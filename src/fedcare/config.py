@@ -336,7 +336,7 @@ class TrainSection(Section):
 
 #: [train] keys added after studies were approved, with the default each is dropped from the
 #: content hash at (a study that leaves them alone hashes as before they existed).
-_LATER_TRAIN_DEFAULTS = {"lr_schedule": "constant", "augment": "none", "augment_shift": 2}
+_LATER_TRAIN_DEFAULTS: dict[str, object] = {"lr_schedule": "constant", "augment": "none", "augment_shift": 2}
 
 
 def _strategy_union() -> Any:
@@ -485,8 +485,8 @@ def content_hash(cfg: StudyConfig) -> str:
     for key, default in (("impute", "none"), ("categorical", []), ("max_levels", 20)):
         if doc["data"].get(key, None) == default:
             del doc["data"][key]
-    for key, default in _LATER_TRAIN_DEFAULTS.items():
-        if doc["train"].get(key, None) == default:
+    for key, train_default in _LATER_TRAIN_DEFAULTS.items():
+        if doc["train"].get(key, None) == train_default:
             del doc["train"][key]
     blob = json.dumps(doc, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
