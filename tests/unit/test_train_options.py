@@ -202,3 +202,10 @@ def test_an_augmented_image_study_is_reproducible_and_multiclass_npz_works(
     assert first.baselines["centralized"]["global_metrics"] == \
         second.baselines["centralized"]["global_metrics"]
     assert set(first.baselines["local"]["site_metrics"]) == {"site-1", "site-2", "site-3"}
+
+
+@pytest.mark.parametrize("name", ["breast_cancer.toml", "breastmnist.toml", "dermamnist.toml"])
+def test_the_example_studies_are_valid(name: str) -> None:
+    from fedcare.config import load_config
+
+    load_config(Path(__file__).resolve().parents[2] / "examples" / name)
