@@ -336,7 +336,8 @@ class TrainSection(Section):
 
 #: [train] keys added after studies were approved, with the default each is dropped from the
 #: content hash at (a study that leaves them alone hashes as before they existed).
-_LATER_TRAIN_DEFAULTS: dict[str, object] = {"lr_schedule": "constant", "augment": "none", "augment_shift": 2}
+_LATER_TRAIN_DEFAULTS: dict[str, object] = {"lr_schedule": "constant", "augment": "none",
+                                             "augment_shift": 2}
 
 
 def _strategy_union() -> Any:
