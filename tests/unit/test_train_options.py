@@ -209,3 +209,23 @@ def test_the_example_studies_are_valid(name: str) -> None:
     from fedcare.config import load_config
 
     load_config(Path(__file__).resolve().parents[2] / "examples" / name)
+
+
+def test_a_hub_task_carries_the_options_to_the_site() -> None:
+    # The hub builds the task's train header from the study's [train] section; the node
+    # decodes it and fits with it: the options reach a networked site unchanged.
+    from fedcare.core.messages import Task, TaskKind
+    from fedcare.core.params import Parameters
+    from fedcare.core.wire import decode_task, encode_task
+
+    cfg = parse_config({"data": BUILTIN, "model": {"name": "resnet"},
+                        "train": {"lr_schedule": "cosine", "augment": "flip_shift",
+                                  "augment_shift": 3}})
+    train = TrainConfig(**cfg.train.model_dump())
+    task = Task(task_id="s/r1/a1/site-1/fit", study="s", round=1, site="site-1",
+                kind=TaskKind.FIT, parameters=Parameters({"w": np.zeros(2, np.float32)}),
+                train=train)
+    assert decode_task(encode_task(task)).train == train
+    plain = Task(task_id="s/r1/a1/site-1/fit", study="s", round=1, site="site-1",
+                 kind=TaskKind.FIT, parameters=Parameters({"w": np.zeros(2, np.float32)}))
+    assert b"augment" not in encode_task(plain)  # old nodes still read a default study's task
