@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from fedcare.core.errors import ConfigError
 from fedcare.core.limits import (
+    MAX_AUGMENT_SHIFT,
     MAX_BATCH_SIZE,
     MAX_LOCAL_EPOCHS,
     MAX_LOCAL_STEPS,
@@ -128,6 +129,22 @@ class TrainSection(Section):
     momentum: float = Field(0.0, ge=0, lt=1, allow_inf_nan=False, description="SGD momentum.")
     weight_decay: float = Field(0.0, ge=0, le=MAX_WEIGHT_DECAY, allow_inf_nan=False,
                                 description="L2 weight decay.")
+    lr_schedule: Literal["constant", "cosine"] = Field("constant", description=(
+        "Learning rate over each round's local steps: constant, or cosine (from lr down to 0 "
+        "along half a cosine, starting again at lr every round)."))
+    augment: Literal["none", "flip", "shift", "flip_shift"] = Field("none", description=(
+        "Image studies: random changes to each training batch at the site (never to test "
+        "images), drawn from the round's seed so a run is reproducible: flip (mirror half "
+        "the images left-right), shift (move each image by up to augment_shift pixels, "
+        "edges repeated), flip_shift (both), or none."))
+    augment_shift: int = Field(2, ge=1, le=MAX_AUGMENT_SHIFT, description=(
+        "Largest shift in pixels of augment = shift / flip_shift."))
+
+
+#: [train] keys added after studies were approved, with the default each is dropped from the
+#: content hash at (a study that leaves them alone hashes as before they existed).
+_LATER_TRAIN_DEFAULTS: dict[str, object] = {"lr_schedule": "constant", "augment": "none",
+                                             "augment_shift": 2}
 
 
 def _strategy_union() -> Any:
@@ -284,6 +301,9 @@ def content_hash(cfg: StudyConfig) -> str:
     for key, default in (("impute", "none"), ("categorical", []), ("max_levels", 20)):
         if doc["data"].get(key, None) == default:
             del doc["data"][key]
+    for key, train_default in _LATER_TRAIN_DEFAULTS.items():
+        if doc["train"].get(key, None) == train_default:
+            del doc["train"][key]
     blob = json.dumps(doc, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -320,6 +340,9 @@ def _cross_checks(cfg: StudyConfig) -> list[str]:
                         "each site's individual update, which secure aggregation hides; "
                         f"use one of {usable}")
     problems += _privacy_checks(cfg)
+    if cfg.train.augment != "none" and not cfg.model.capabilities.input.startswith("image"):
+        problems.append(f"'train.augment': {cfg.train.augment} changes images; model "
+                        f"{cfg.model.name!r} takes {cfg.model.capabilities.input} input")
     n_sites = d.declared_sites()
     if n_sites is not None:
         problems += secure_round_problems(cfg, n_sites)

@@ -21,7 +21,8 @@ MODELS = list(all_models())
 SHAPES = {"flat (n, features)": (6,), "image (n, channels, height, width)": (1, 8, 8),
           "sequence (n, time, features)": (5, 3),
           "tabular (n, features) or sequence (n, time, features)": (6,)}
-SMALL = {"mlp": {"hidden": [8]}, "cnn": {"channels": [4]}, "lstm": {"hidden": 8},
+SMALL = {"mlp": {"hidden": [8]}, "cnn": {"channels": [4]}, "resnet": {"channels": [4, 8]},
+         "lstm": {"hidden": 8},
          "gru": {"hidden": 8}, "transformer": {"d_model": 8, "heads": 2, "layers": 1},
          "xgboost": {"n_trees": 2, "max_depth": 2, "max_bin": 8}}
 

@@ -12,7 +12,8 @@ from fedcare.core.messages import TrainConfig
 from fedcare.learners import TorchLearner
 from fedcare.learners.torch_learner import DpSgdOptions, dp_sgd_sample_rate, dp_sgd_steps
 
-SHAPES = {"logreg": (6,), "mlp": (6,), "cnn": (2, 8, 8), "lstm": (4, 3), "gru": (4, 3),
+SHAPES = {"logreg": (6,), "mlp": (6,), "cnn": (2, 8, 8), "resnet": (2, 8, 8), "lstm": (4, 3),
+          "gru": (4, 3),
           "transformer": (6,)}
 
 
@@ -29,7 +30,7 @@ def _learner(name: str = "logreg", dp: DpSgdOptions | None = None,
     return TorchLearner.from_zoo(name, SHAPES[name], 1, TaskType.BINARY, options or {}, 0, dp=dp)
 
 
-@pytest.mark.parametrize("name", ["logreg", "mlp", "cnn"])
+@pytest.mark.parametrize("name", ["logreg", "mlp", "cnn", "resnet"])
 def test_zoo_models_train_with_dp_sgd_and_report_the_accounting_inputs(name: str) -> None:
     learner = _learner(name, DpSgdOptions(noise_multiplier=1.0, max_grad_norm=1.0, seeded=True))
     x, y = _data(SHAPES[name], n=64)

@@ -11,7 +11,8 @@ from fedcare.learners import MODEL_NAMES, build_model
 from fedcare.learners.models import describe_options
 
 SHAPES = {
-    "logreg": (7,), "mlp": (7,), "cnn": (1, 28, 28), "lstm": (5, 3), "gru": (5, 3),
+    "logreg": (7,), "mlp": (7,), "cnn": (1, 28, 28), "resnet": (1, 28, 28), "lstm": (5, 3),
+    "gru": (5, 3),
     "transformer": (7,),
 }
 
@@ -91,7 +92,9 @@ def test_recurrent_options_are_used():
 
 
 @pytest.mark.parametrize(("name", "shape", "options", "fragment"), [
-    ("resnet", (3,), {}, "valid models"),
+    ("resnet50", (3,), {}, "valid models"),
+    ("resnet", (3,), {}, "image"),
+    ("resnet", (1, 8, 8), {"blocks": 0}, "blocks"),
     ("mlp", (3,), {"hidden": [0]}, "hidden"),
     ("mlp", (3,), {"channels": [4]}, "valid options"),
     ("mlp", (3,), {"dropout": 1.5}, "dropout"),

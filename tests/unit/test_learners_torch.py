@@ -17,7 +17,8 @@ from fedcare.learners import MODEL_NAMES, Learner, TorchLearner
 from fedcare.learners.metrics import PRIMARY_METRICS
 
 SHAPES = {
-    "logreg": (6,), "mlp": (6,), "cnn": (2, 8, 8), "lstm": (4, 3), "gru": (4, 3),
+    "logreg": (6,), "mlp": (6,), "cnn": (2, 8, 8), "resnet": (2, 8, 8), "lstm": (4, 3),
+    "gru": (4, 3),
     "transformer": (6,),
 }
 

@@ -43,6 +43,13 @@ MAX_WEIGHT_DECAY = 1_000.0
 MAX_PROXIMAL_MU = 1_000.0
 #: Optimizers a site runs.
 OPTIMIZERS = ("sgd", "adam")
+#: Learning-rate schedules over one round's local steps.
+LR_SCHEDULES = ("constant", "cosine")
+#: Training-batch augmentations of images (``flip``: left-right mirror of half the images;
+#: ``shift``: translate each image by up to ``augment_shift`` pixels).
+AUGMENTATIONS = ("none", "flip", "shift", "flip_shift")
+#: Largest shift, in pixels, the ``shift`` augmentation may translate an image by.
+MAX_AUGMENT_SHIFT = 64
 
 
 def check_int(value: object, what: str, low: int, high: int) -> int:

@@ -78,6 +78,50 @@ def _cnn(input_shape: tuple[int, ...], num_outputs: int, channels: list[int]) ->
     return nn.Sequential(*layers)
 
 
+def _group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(channels, 8), channels)
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 convolutions with GroupNorm, added to the input (He et al. 2016, "basic
+    block"); a 1x1 convolution matches the shortcut when the stride or width changes."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.norm1 = _group_norm(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.norm2 = _group_norm(c_out)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False),
+                                          _group_norm(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.norm1(self.conv1(x)))
+        return torch.relu(self.norm2(self.conv2(out)) + self.shortcut(x))
+
+
+def _resnet(input_shape: tuple[int, ...], num_outputs: int, channels: list[int],
+            blocks: int) -> nn.Sequential:
+    """Conv3x3 stem, then per entry of ``channels`` a stage of ``blocks`` residual blocks
+    (stages after the first start with stride 2 while the image is at least 2x2), global
+    average pool, linear head. GroupNorm, not BatchNorm (see the module docstring)."""
+    c_in, height, width = input_shape
+    layers: list[nn.Module] = [nn.Conv2d(c_in, channels[0], 3, padding=1, bias=False),
+                               _group_norm(channels[0]), nn.ReLU()]
+    c_in = channels[0]
+    for stage, c in enumerate(channels):
+        for b in range(blocks):
+            stride = 2 if stage > 0 and b == 0 and height >= 2 and width >= 2 else 1
+            if stride == 2:
+                height, width = (height + 1) // 2, (width + 1) // 2
+            layers.append(ResidualBlock(c_in, c, stride))
+            c_in = c
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_outputs)]
+    return nn.Sequential(*layers)
+
+
 class RecurrentClassifier(nn.Module):
     """An LSTM or GRU over (n, T, F); the head reads the top layer's last hidden state."""
 
@@ -138,6 +182,9 @@ def _construct(name: str, shape: tuple[int, ...], out: int, o: dict[str, Any]) -
     if name == "cnn":
         _expect_rank(name, shape, (3,), "image (n, channels, height, width)")
         return _cnn(shape, out, o["channels"])
+    if name == "resnet":
+        _expect_rank(name, shape, (3,), "image (n, channels, height, width)")
+        return _resnet(shape, out, o["channels"], o["blocks"])
     if name in ("lstm", "gru"):
         _expect_rank(name, shape, (2,), "sequence (n, time, features)")
         return RecurrentClassifier(name, shape[1], out, o["hidden"], o["layers"], o["dropout"])

@@ -138,6 +138,20 @@ class CnnOptions(ModelOptions):
                                   description="cnn: output channels per conv block.")
 
 
+@register_model
+class ResnetOptions(ModelOptions):
+    name: Literal["resnet"] = "resnet"
+    summary: ClassVar[str] = ("small ResNet for (n, C, H, W) images: a conv stem, residual "
+                              "stages of two-conv GroupNorm blocks (each stage after the first "
+                              "halves the resolution), global average pool, linear head")
+    capabilities: ClassVar[ModelCapabilities] = ModelCapabilities(
+        dp_sgd=True, input="image (n, channels, height, width)")
+    channels: list[Width] = Field([16, 32, 64], min_length=1, max_length=MAX_LAYERS,
+                                  description="resnet: channels of each stage.")
+    blocks: int = Field(1, ge=1, le=MAX_LAYERS,
+                        description="resnet: residual blocks per stage.")
+
+
 class _RecurrentOptions(ModelOptions):
     capabilities: ClassVar[ModelCapabilities] = ModelCapabilities(
         input="sequence (n, time, features)")

@@ -10,6 +10,12 @@ sites x hundreds of rounds of tiny models), hence the choices below:
   with ``index_select`` on the whole tensor (no DataLoader);
 * FedProx and SCAFFOLD gradient terms are applied with ``torch._foreach_*`` ops.
 
+Two options of :class:`~fedcare.core.messages.TrainConfig` shape a fit without changing what
+it exchanges: ``lr_schedule = "cosine"`` (:func:`cosine_lr`, over the fit's own steps, so it
+needs nothing but the task) and ``augment`` (:func:`augment_images`: training batches only,
+drawn from a generator seeded by the fit's seed, so a run stays reproducible and the batch
+order is the one an unaugmented fit takes).
+
 DP-SGD (Abadi et al. 2016) is an option of the learner (:class:`DpSgdOptions`), trained with
 Opacus' ``GradSampleModule`` (per-example gradients) and ``DPOptimizer`` (clip each example's
 gradient to ``max_grad_norm``, add N(0, (z C)^2) to the sum). Opacus is imported only when DP
@@ -58,6 +64,57 @@ def eval_batch_rows(n_params: int, row_size: int) -> int:
     per_row = max(1, n_params // max(1, row_size))
     return max(1, min(EVAL_BATCH, EVAL_ACTIVATION_BUDGET // per_row))
 OPTIMIZERS = ("sgd", "adam")
+#: Second word of the augmentation generator's seed: its stream is independent of the batch
+#: order's (``default_rng(seed)``), which augmentation therefore leaves unchanged.
+_AUGMENT_STREAM = 0xA06
+
+
+def cosine_lr(lr: float, step: int, total: int) -> float:
+    """Learning rate of step ``step`` (0-based) of ``total``: ``lr`` at the first step, down
+    to 0 along half a cosine (Loshchilov & Hutter 2017, without restarts inside a fit)."""
+    return lr * 0.5 * (1.0 + math.cos(math.pi * step / max(total, 1)))
+
+
+def augment_images(x: torch.Tensor, mode: str, shift: int,
+                   rng: np.random.Generator) -> torch.Tensor:
+    """A randomly changed copy of the image batch ``x`` (n, C, H, W); ``x`` is left alone.
+
+    ``flip``: each image is mirrored left-right with probability 1/2. ``shift``: each image is
+    translated by (dy, dx), each uniform in ``-shift..shift``, the edge pixels repeated into
+    the space it leaves. ``flip_shift``: both. The draws come from ``rng`` only.
+    """
+    if x.dim() != 4:
+        raise DataError(f"train.augment = {mode!r} needs image batches (n, channels, height, "
+                        f"width), got shape {tuple(x.shape)}")
+    n, c, h, w = x.shape
+    if mode in ("flip", "flip_shift"):
+        mirror = torch.from_numpy(rng.random(n) < 0.5)
+        x = torch.where(mirror[:, None, None, None], x.flip(-1), x)
+    if mode in ("shift", "flip_shift"):
+        padded = F.pad(x, (shift, shift, shift, shift), mode="replicate")
+        dy = torch.from_numpy(rng.integers(0, 2 * shift + 1, n))
+        dx = torch.from_numpy(rng.integers(0, 2 * shift + 1, n))
+        rows = dy[:, None] + torch.arange(h)
+        cols = dx[:, None] + torch.arange(w)
+        x = padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None],
+                   rows[:, None, :, None], cols[:, None, None, :]]
+    return x
+
+
+def fit_steps(rows: int, config: TrainConfig) -> int:
+    """Steps one (non-DP) fit on ``rows`` rows takes: ``local_steps``, else one step per
+    mini-batch of every epoch."""
+    if config.local_steps > 0:
+        return config.local_steps
+    return config.local_epochs * math.ceil(rows / config.batch_size)
+
+
+def _set_lr(opt: Any, lr: float) -> None:
+    if isinstance(opt, PlainSGD):
+        opt.lr = lr
+    else:
+        for group in opt.param_groups:
+            group["lr"] = lr
 
 
 def _as_tensor(arr: np.ndarray) -> torch.Tensor:
@@ -360,6 +417,10 @@ class TorchLearner:
         rng = np.random.default_rng(seed)
         model, loss_fn, params, mu = self.model, self._loss, self._params, config.proximal_mu
         adjust = anchor is not None or corr is not None
+        augment = config.augment != "none"
+        aug_rng = np.random.default_rng([seed, _AUGMENT_STREAM]) if augment else None
+        cosine = config.lr_schedule == "cosine"
+        planned = fit_steps(n, config)
         total, seen, step, epoch = 0.0, 0, 0, 0
         while epoch != epochs:
             epoch += 1
@@ -369,7 +430,12 @@ class TorchLearner:
                 idx = torch.from_numpy(perm[start:start + bs])
                 for p in params:
                     p.grad = None  # zero_grad(set_to_none=True) without the optimizer hooks
-                loss = loss_fn(model(xt.index_select(0, idx)), yt.index_select(0, idx))
+                xb = xt.index_select(0, idx)
+                if aug_rng is not None:
+                    xb = augment_images(xb, config.augment, config.augment_shift, aug_rng)
+                if cosine:
+                    _set_lr(opt, cosine_lr(config.lr, step, planned))
+                loss = loss_fn(model(xb), yt.index_select(0, idx))
                 step += 1
                 value = loss.item()
                 if not math.isfinite(value):
@@ -448,11 +514,20 @@ class TorchLearner:
         n, limit = len(xt), dp_sgd_steps(len(xt), config)
         loss_fn, params, mu = self._loss, self._params, config.proximal_mu
         adjust = anchor is not None or corr is not None
+        # Augmentation changes each sampled example by itself (a per-example transform), so
+        # the per-example clipping, and the accounting, are unchanged; it draws from the
+        # sampler's stream, secret like the sampling.
+        augment = config.augment != "none"
         total, seen = 0.0, 0
         for step in range(1, limit + 1):
             idx = torch.from_numpy(np.flatnonzero(sampler.random(n) < q))
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(gm(xt.index_select(0, idx)), yt.index_select(0, idx))
+            xb = xt.index_select(0, idx)
+            if augment and len(idx):
+                xb = augment_images(xb, config.augment, config.augment_shift, sampler)
+            if config.lr_schedule == "cosine":
+                _set_lr(opt.original_optimizer, cosine_lr(config.lr, step - 1, limit))
+            loss = loss_fn(gm(xb), yt.index_select(0, idx))
             if len(idx):  # the mean loss of an empty batch is NaN; its gradient is empty
                 value = loss.item()
                 if not math.isfinite(value):
