@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from fedcare.hub.audit import AuditTrail
 from fedcare.hub.errors import (
     Forbidden,
     NotAwaited,
@@ -66,6 +67,8 @@ class HubService:
         with writable_database(db):
             db.migrate()
         self.state = HubState(data_dir, db, BlobStore(data_dir / "blobs"), keep_replies)
+        self.state.audit = AuditTrail.for_data_dir(
+            data_dir, on_error=lambda message: self.state.event("audit", message))
         self.max_body = max_body
         self.directory = SiteDirectory(self.state, revocation)
         self.mailbox = TaskMailbox(db)
