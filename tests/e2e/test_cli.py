@@ -40,8 +40,9 @@ def test_demo_runs_end_to_end_and_writes_a_report(tmp_path: Path) -> None:
     # coordinator's folder (hub state included) holds only the CA's and the hub's keys.
     from tests.keyscan import find_secrets
 
-    assert find_secrets(out / "federation") == {"ca/ca.key": "PEM private key",
-                                                "hub/hub.key": "PEM private key"}
+    assert find_secrets(out / "federation") == {
+        "ca/ca.key": "PEM private key", "hub/hub.key": "PEM private key",
+        "hub/data/audit/hub-audit.key": "PEM private key"}  # the hub's audit key
     assert set(find_secrets(out / "site-kits")) == {f"hospital-{i}/site.key" for i in (1, 2, 3)}
 
 
