@@ -102,9 +102,9 @@ def test_hub_and_node_logs_verify_cross_reference_and_catch_tampering(
     doc = json.loads(lines[5])
     edited = lines[5].replace(doc["time"], doc["time"][:-2] + ("1Z" if doc["time"][-2] != "1"
                                                                 else "2Z"))
-    check("edited", "".join(lines[:5] + [edited] + lines[6:]), 6, "bad_signature")
+    check("edited", "".join([*lines[:5], edited, *lines[6:]]), 6, "bad_signature")
     check("deleted", "".join(lines[:4] + lines[5:]), 6, "deleted")
-    check("reordered", "".join(lines[:4] + [lines[5], lines[4]] + lines[6:]), 6, "reordered")
+    check("reordered", "".join([*lines[:4], lines[5], lines[4], *lines[6:]]), 6, "reordered")
     forged = tmp_path / "forged.jsonl"
     shutil.copy(hub_log, forged)
     append(forged, Signer("hub", generate_key()), EventKind.MODEL_RELEASED, study_id,
