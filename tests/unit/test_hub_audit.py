@@ -32,6 +32,7 @@ def test_site_enrolled_on_first_hello_and_on_a_new_certificate_only(tmp_path: Pa
     hub = HubService(tmp_path / "hub", revocation=NeverRevoked())
     for serial in ("0a", "0A", "0a", "0b"):
         hub.hello("alpha", serial, "1", [{"name": "x", "rows": 10}], "session")
+    hub.state.audit.flush()  # the hub's trail writes from its own thread
     entries = list(read(tmp_path / "hub" / "audit" / "hub-audit.jsonl"))
     assert [(e.kind, e.details["serial"], e.details["previous_serial"]) for e in entries] == [
         (EventKind.SITE_ENROLLED, "0a", None), (EventKind.SITE_ENROLLED, "0b", "0a")]
@@ -74,6 +75,15 @@ def test_a_trail_that_cannot_write_reports_and_never_raises(tmp_path: Path) -> N
     assert len(errors) == 1 and "study_ended s2" in errors[0]
     trail.update_received("../bad id", "a", DIGEST, 1, error=False)  # refused subject
     assert len(errors) == 2
+
+
+def test_a_background_trail_writes_in_call_order(tmp_path: Path) -> None:
+    trail = AuditTrail(tmp_path, background=True)
+    for i in range(20):
+        trail.study_ended(f"s{i}", "completed", None)
+    trail.flush()
+    assert [e.subject for e in read(tmp_path / "hub-audit.jsonl")] == [
+        f"s{i}" for i in range(20)]
 
 
 def test_task_parts() -> None:

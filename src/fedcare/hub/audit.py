@@ -15,13 +15,22 @@ It appends one signed entry (``DATA/audit/hub-audit.jsonl``) for each of:
 
 An entry that cannot be written (a torn log the steward must look at, a full disk) is logged
 as an error and in the hub's event log; the hub goes on serving (the trail records, it does
-not gate the protocol). Each entry is one ``fsync`` (a few per site per round).
+not gate the protocol).
+
+Each entry is one ``fsync``: four per site per round (a task and a reply, to fit and to
+evaluate), which cost the networked benchmark (10 sites) 100-200 ms per round when written
+on the round's path. The hub's trail (``background=True``) therefore appends from one writer
+thread, in the order the hub's parts call it: nothing waits for the disk. The trade-off: a
+hub killed (``kill -9``, power cut) loses the entries still queued (the last few ms); the
+database's task and reply rows remain. :meth:`AuditTrail.flush` waits for the queue (the
+hub's stop does).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import queue
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -93,9 +102,14 @@ class AuditTrail:
     embeddings without a state folder). ``on_error``: told when an entry cannot be written."""
 
     def __init__(self, folder: Path | None, *,
-                 on_error: Callable[[str], None] | None = None) -> None:
+                 on_error: Callable[[str], None] | None = None,
+                 background: bool = False) -> None:
         self.folder = folder
         self._on_error = on_error
+        self._queue: queue.Queue[tuple[EventKind, str, Mapping[str, Any]]] | None = None
+        if background and folder is not None:
+            self._queue = queue.Queue()
+            threading.Thread(target=self._writer, daemon=True, name="hub-audit").start()
         self._lock = threading.Lock()
         #: (study, round) -> site -> digest of its fit reply, for the aggregated entry.
         self._updates: dict[tuple[str, int], dict[str, str]] = {}
@@ -117,9 +131,23 @@ class AuditTrail:
         self.signer = Signer("hub", key)
 
     @classmethod
-    def for_data_dir(cls, data_dir: Path, *,
-                     on_error: Callable[[str], None] | None = None) -> AuditTrail:
-        return cls(Path(data_dir) / AUDIT_DIR, on_error=on_error)
+    def for_data_dir(cls, data_dir: Path, *, on_error: Callable[[str], None] | None = None,
+                     background: bool = False) -> AuditTrail:
+        return cls(Path(data_dir) / AUDIT_DIR, on_error=on_error, background=background)
+
+    def _writer(self) -> None:
+        assert self._queue is not None
+        while True:
+            item = self._queue.get()
+            try:
+                self._append(*item)
+            finally:
+                self._queue.task_done()
+
+    def flush(self) -> None:
+        """Wait until every entry recorded so far is written (background trail)."""
+        if self._queue is not None:
+            self._queue.join()
 
     @property
     def path(self) -> Path | None:
@@ -130,7 +158,14 @@ class AuditTrail:
         return None if self.folder is None else self.folder / PUBLIC_FILE
 
     def record(self, kind: EventKind, subject: str, details: Mapping[str, Any]) -> None:
-        """Append one signed entry; a failure is reported, never raised into the hub."""
+        """Append one signed entry (queued, with ``background``); a failure is reported,
+        never raised into the hub."""
+        if self._queue is not None:
+            self._queue.put((kind, subject, details))
+        else:
+            self._append(kind, subject, details)
+
+    def _append(self, kind: EventKind, subject: str, details: Mapping[str, Any]) -> None:
         if self.signer is None or self.path is None:
             return
         try:
