@@ -80,7 +80,7 @@ class NodeAgent:
         self.stop_event = threading.Event()
         self.ledger = self._ledger()
         #: The site's own signed audit log (fedcare.node.audit), signed with its site key.
-        self.audit = NodeAudit(self.site, self.kit.tls.key, self.state_dir)
+        self.audit = NodeAudit(self.site, self.kit.tls.key, self.state_dir, background=True)
         #: The ledger heads the hub acknowledged (None: the site keeps no ledger).
         self.anchor = (LedgerAnchor(self.ledger, self.state_dir / ANCHOR_FILE)
                        if self.ledger is not None else None)
@@ -347,6 +347,7 @@ class NodeAgent:
 
     def close(self) -> None:
         self.http.close()
+        self.audit.flush()
 
 
 class _HubUnavailable(Exception):

@@ -18,12 +18,17 @@ hub's entry holds the same): an auditor matches the two logs on (task id, payloa
 The hub's ``update_received`` holds the same reply digest as the node's ``update_sent``.
 
 A failure to write is logged as an error and the node goes on serving (as for the hub).
+The agent's log (``background=True``) is written by one thread in call order, so its fsync is
+not between a computed reply and its upload; :meth:`NodeAudit.flush` (the agent's close)
+waits for it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import queue
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +64,10 @@ def node_log_and_keys(kit_dir: Path, state_dir: Path | None = None
 class NodeAudit:
     """The site's audit log in ``state_dir`` signed with ``key_file`` (``site.key``)."""
 
-    def __init__(self, site: str, key_file: Path, state_dir: Path) -> None:
+    def __init__(self, site: str, key_file: Path, state_dir: Path, *,
+                 background: bool = False) -> None:
         self.site = site
+        self._queue: queue.Queue[tuple[EventKind, str, dict[str, Any]]] | None = None
         self.path = Path(state_dir) / LOG_FILE
         self.signer: Signer | None = None
         try:
@@ -68,8 +75,31 @@ class NodeAudit:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except (AuditError, OSError) as exc:
             log.error("site %s keeps no audit log: %s", site, exc)
+        if background and self.signer is not None:
+            self._queue = queue.Queue()
+            threading.Thread(target=self._writer, daemon=True, name="node-audit").start()
+
+    def _writer(self) -> None:
+        assert self._queue is not None
+        while True:
+            item = self._queue.get()
+            try:
+                self._append(*item)
+            finally:
+                self._queue.task_done()
+
+    def flush(self) -> None:
+        """Wait until every entry recorded so far is written."""
+        if self._queue is not None:
+            self._queue.join()
 
     def record(self, kind: EventKind, subject: str, details: dict[str, Any]) -> None:
+        if self._queue is not None:
+            self._queue.put((kind, subject, details))
+        else:
+            self._append(kind, subject, details)
+
+    def _append(self, kind: EventKind, subject: str, details: dict[str, Any]) -> None:
         if self.signer is None:
             return
         try:
