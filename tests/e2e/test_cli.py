@@ -25,6 +25,8 @@ def test_demo_runs_end_to_end_and_writes_a_report(tmp_path: Path) -> None:
     assert "all sites" in result.stdout and "pooled" in result.stdout
     # FHIR, OMOP and CSV exports harmonized by the nodes to exactly the generator's truth
     assert "equal the generator's ground truth: yes" in " ".join(result.stdout.split())
+    # The hub's and each node's signed audit log verify (fedcare audit verify).
+    assert " ".join(result.stdout.split()).count("chain and signatures verify") == 4
     out = tmp_path / "demo"
     history = json.loads((out / "history.json").read_text())
     assert history["config"]["secure_aggregation"]["protocol"] == "secagg"
@@ -40,8 +42,9 @@ def test_demo_runs_end_to_end_and_writes_a_report(tmp_path: Path) -> None:
     # coordinator's folder (hub state included) holds only the CA's and the hub's keys.
     from tests.keyscan import find_secrets
 
-    assert find_secrets(out / "federation") == {"ca/ca.key": "PEM private key",
-                                                "hub/hub.key": "PEM private key"}
+    assert find_secrets(out / "federation") == {
+        "ca/ca.key": "PEM private key", "hub/hub.key": "PEM private key",
+        "hub/data/audit/hub-audit.key": "PEM private key"}  # the hub's audit key
     assert set(find_secrets(out / "site-kits")) == {f"hospital-{i}/site.key" for i in (1, 2, 3)}
 
 

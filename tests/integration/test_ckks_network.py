@@ -20,7 +20,9 @@ from tests.keyscan import find_secrets
 
 Net = Callable[..., NetFederation]
 pytestmark = pytest.mark.slow
-COORDINATOR_KEYS = {"ca/ca.key": "PEM private key", "hub/hub.key": "PEM private key"}
+# (and the hub's own audit key, made at its first start in its state folder: fedcare.hub.audit)
+COORDINATOR_KEYS = {"ca/ca.key": "PEM private key", "hub/hub.key": "PEM private key",
+                    "hub/data/audit/hub-audit.key": "PEM private key"}
 
 
 def test_a_ckks_study_keeps_its_secret_among_the_sites(net: Net) -> None:

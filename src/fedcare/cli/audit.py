@@ -1,11 +1,12 @@
 """``fedcare audit``: empirical privacy checks of a finished study (thin over the
-membership-inference attacks in :mod:`fedcare.attacks.membership`)."""
+membership-inference attacks in :mod:`fedcare.attacks.membership`), and the signed audit
+trails (``verify``, ``export``: :mod:`fedcare.governance.audit_log`)."""
 
 from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -15,14 +16,15 @@ from rich.table import Table
 from fedcare.cli.errors import fail
 from fedcare.core.errors import FedcareError
 
-app = typer.Typer(name="audit", help="Audit a finished study (membership inference).",
+app = typer.Typer(name="audit", help="Audit a finished study (membership inference) and "
+                                     "verify or export signed audit logs.",
                   no_args_is_help=True, add_completion=False, rich_markup_mode="rich")
 console = Console()
 
 
 @app.callback()
 def _group() -> None:
-    """Audit a finished study (membership inference)."""
+    """Audit a finished study (membership inference); verify or export signed audit logs."""
 
 
 class Attack(StrEnum):
@@ -89,3 +91,202 @@ def privacy(
 
         write_report(json.loads(history_file.read_text()), Path(run) / "report.html")
         console.print(f"Updated [bold]{escape(str(Path(run) / 'report.html'))}[/bold]")
+
+
+# --- signed audit logs ------------------------------------------------------------------------
+LogOption = Annotated[Path | None, typer.Option("--log", help="An audit log (JSON Lines).")]
+KeyOption = Annotated[Path | None, typer.Option(
+    "--key", help="PEM public key or certificate of the log's actor (pin it: a key read from "
+                  "beside the log proves only that the file is intact).")]
+KeysDirOption = Annotated[Path | None, typer.Option(
+    "--keys-dir", help="Folder of keys: hub*.pem (the hub), site-NAME.pem / .crt or "
+                       "NAME/site.crt (a site; the coordinator's sites/ folder serves), "
+                       "user-NAME.pem.")]
+HubDirOption = Annotated[Path | None, typer.Option(
+    "--hub-dir", help="The hub's state folder (or its kit folder): its log and public key.")]
+NodeDirOption = Annotated[Path | None, typer.Option(
+    "--node-dir", help="A site's kit folder: its node's log (state/audit.jsonl) and site.crt.")]
+StateDirOption = Annotated[Path | None, typer.Option(
+    "--state-dir", help="With --node-dir: the node's state folder, if not KIT/state.")]
+RunOption = Annotated[Path | None, typer.Option(
+    "--run", help="A `fedcare simulate --out` folder: its audit.jsonl and per-run key.")]
+
+
+def _keys_dir(folder: Path) -> dict[str, Any]:
+    from fedcare.governance.audit_log import load_public_key
+
+    if not folder.is_dir():
+        raise FedcareError(f"--keys-dir {folder} is not a folder")
+    keys: dict[str, Any] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_dir() and (path / "site.crt").is_file():
+            keys[f"site:{path.name}"] = load_public_key(path / "site.crt")
+        elif path.suffix in (".pem", ".crt") and path.is_file():
+            stem = path.name.removesuffix(".pub.pem").removesuffix(path.suffix)
+            if stem.startswith("hub"):
+                keys["hub"] = load_public_key(path)
+            elif stem.startswith(("site-", "user-")):
+                role, name = stem.split("-", 1)
+                keys[f"{role}:{name}"] = load_public_key(path)
+    if not keys:
+        raise FedcareError(f"no keys in {folder} (hub*.pem, site-NAME.pem, NAME/site.crt)")
+    return keys
+
+
+def _log_name(path: Path) -> str | None:
+    """The log's name as its first line says (unverified: only to pick the key)."""
+    import json
+
+    try:
+        with open(path, "rb") as fh:
+            doc = json.loads(fh.readline())
+        return str(doc["log"]) if isinstance(doc, dict) and "log" in doc else None
+    except (OSError, ValueError):
+        return None
+
+
+def _source(log: Path | None, key: Path | None, keys_dir: Path | None, hub_dir: Path | None,
+            node_dir: Path | None, state_dir: Path | None, run: Path | None
+            ) -> tuple[Path, dict[str, Any], str]:
+    """(log file, actor -> public key, where the key came from) for the options given."""
+    from fedcare.governance.audit_log import load_public_key
+
+    chosen = [o for o in ("--log", "--hub-dir", "--node-dir", "--run")
+              if {"--log": log, "--hub-dir": hub_dir, "--node-dir": node_dir,
+                  "--run": run}[o] is not None]
+    if len(chosen) != 1:
+        raise typer.BadParameter("give exactly one of --log, --hub-dir, --node-dir, --run"
+                                 + (f" (got {', '.join(chosen)})" if chosen else ""))
+    if state_dir is not None and node_dir is None:
+        raise typer.BadParameter("--state-dir goes with --node-dir")
+    if hub_dir is not None:
+        from fedcare.hub.audit import hub_log_and_keys
+
+        path, keys = hub_log_and_keys(hub_dir)
+        origin = "the hub's public key beside its log"
+    elif node_dir is not None:
+        from fedcare.node.audit import node_log_and_keys
+
+        path, keys = node_log_and_keys(node_dir, state_dir)
+        origin = "the site's certificate (site.crt)"
+    elif run is not None:
+        from fedcare.sim.audit import run_log_and_keys
+
+        path, keys = run_log_and_keys(run)
+        origin = "the run's own key (simulation: proves integrity of the file, not identity)"
+    else:
+        assert log is not None
+        path, keys, origin = log, {}, ""
+    if not path.is_file():
+        raise FedcareError(f"audit log {path} does not exist")
+    if keys_dir is not None:
+        keys = _keys_dir(keys_dir)
+        origin = f"keys in {keys_dir}"
+    if key is not None:
+        name = _log_name(path) or "hub"
+        keys = {name: load_public_key(key)}
+        origin = f"{key}"
+    if not keys:
+        raise typer.BadParameter("--log needs --key or --keys-dir (the actor's public key)")
+    return path, keys, origin
+
+
+def _anchor(text: str | None) -> Any:
+    """``SEQ:HASH`` (a head noted elsewhere) or a signed head JSON file."""
+    if text is None:
+        return None
+    import json
+    import re
+
+    from fedcare.governance.audit_log import Head, SignedHead
+
+    m = re.fullmatch(r"(\d+):([0-9a-f]{64})", text.strip())
+    if m:
+        return Head(int(m[1]), m[2])
+    path = Path(text)
+    if not path.is_file():
+        raise typer.BadParameter(f"--anchor {text!r} is neither SEQ:HASH (64 hex) nor a file")
+    try:
+        return SignedHead.from_json(json.loads(path.read_text()))
+    except ValueError as exc:
+        raise typer.BadParameter(f"--anchor {path}: not JSON ({exc})") from None
+
+
+def _when(text: str | None, name: str) -> Any:
+    if text is None:
+        return None
+    import datetime as dt
+
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(f"{name} {text!r} is not an ISO 8601 date or time") from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
+
+
+@app.command()
+def verify(
+    log: LogOption = None, key: KeyOption = None, keys_dir: KeysDirOption = None,
+    anchor: Annotated[str | None, typer.Option(
+        help="The log's head noted elsewhere, SEQ:HASH, or a signed head JSON file: catches a "
+             "cut tail.")] = None,
+    hub_dir: HubDirOption = None, node_dir: NodeDirOption = None,
+    state_dir: StateDirOption = None, run: RunOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the verdict as JSON.")] = False,
+) -> None:
+    """Check a signed audit log: every line's form, the hash chain and every signature.
+    Exit 0 when it verifies; 1 naming the first bad entry (seq, line, why); 2 on bad options."""
+    from fedcare.governance.audit_log import verify as verify_log
+
+    try:
+        path, keys, origin = _source(log, key, keys_dir, hub_dir, node_dir, state_dir, run)
+        verdict = verify_log(path, keys, anchor=_anchor(anchor))
+    except FedcareError as exc:
+        raise fail(exc, 2) from None
+    if as_json:
+        import json
+
+        print(json.dumps({"file": str(path), **verdict.to_json()}))
+    else:
+        console.print(verdict_line(path, verdict, origin), soft_wrap=True)
+    if not verdict.ok:
+        raise typer.Exit(1)
+
+
+def verdict_line(path: Path, verdict: Any, origin: str = "") -> str:
+    """One line (rich markup) for a :class:`Verdict`."""
+    keyed = f" (keys: {escape(origin)})" if origin else ""
+    if verdict.ok:
+        return (f"[green]OK[/green] {escape(str(path))}: log {escape(str(verdict.log))}, "
+                f"{verdict.entries} entries, chain and signatures verify; head seq "
+                f"{verdict.head.seq} {verdict.head.hash[:16]}...{keyed}")
+    return (f"[bold red]FAILED[/bold red] {escape(str(path))}: {escape(str(verdict.problem))}"
+            f" ({verdict.entries} entries verified before it){keyed}")
+
+
+@app.command()
+def export(
+    out: Annotated[Path, typer.Option("--out", help="The export to write (JSON Lines).")],
+    log: LogOption = None, key: KeyOption = None, keys_dir: KeysDirOption = None,
+    since: Annotated[str | None, typer.Option(help="Entries at or after (ISO 8601; UTC if no "
+                                                   "zone).")] = None,
+    until: Annotated[str | None, typer.Option(help="Entries before (ISO 8601).")] = None,
+    anchor: Annotated[str | None, typer.Option(help="As for verify.")] = None,
+    hub_dir: HubDirOption = None, node_dir: NodeDirOption = None,
+    state_dir: StateDirOption = None, run: RunOption = None,
+) -> None:
+    """Write a log's entries (``--since``/``--until``) for a regulator: a header with the
+    log's verdict, then each entry's line exactly as stored. Exit 1 when the log does not
+    verify (the export, holding the entries before the first problem, is written anyway)."""
+    from fedcare.governance.audit_log import export as export_log
+
+    try:
+        path, keys, origin = _source(log, key, keys_dir, hub_dir, node_dir, state_dir, run)
+        start, end = _when(since, "--since"), _when(until, "--until")
+        verdict = export_log(path, out, keys, since=start, until=end, anchor=_anchor(anchor))
+    except FedcareError as exc:
+        raise fail(exc, 2) from None
+    console.print(verdict_line(path, verdict, origin), soft_wrap=True)
+    console.print(f"Wrote [bold]{escape(str(out))}[/bold]")
+    if not verdict.ok:
+        raise typer.Exit(1)

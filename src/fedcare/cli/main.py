@@ -167,6 +167,9 @@ def demo(
     except FedcareError as exc:
         raise fail(exc) from None
     print_results(history, console)
+    from fedcare.demo.run import print_audit
+
+    print_audit(target, console)  # the hub's and each node's signed audit log verify
     console.print(f"Demo took {time.perf_counter() - started:.0f} s. Report: "
                   f"[bold]{target / 'report.html'}[/bold]")
 

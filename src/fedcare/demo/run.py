@@ -178,6 +178,38 @@ def run_demo(out: Path, console: Console) -> dict[str, Any]:
     return history
 
 
+def print_audit(out: Path, console: Console) -> bool:
+    """What ``fedcare audit verify`` says of the demo's (in ``out``) hub's signed audit log
+    and of every node's (each signed with its own key); True when every log verifies."""
+    from rich.markup import escape
+
+    from fedcare.governance.audit_log import AuditError, verify
+    from fedcare.hub.audit import hub_log_and_keys
+    from fedcare.node.audit import node_log_and_keys
+
+    hub_data, kits = out / "federation" / "hub" / "data", out / "site-kits"
+    sites = sorted(p.name for p in kits.iterdir() if p.is_dir())
+    console.print("Signed audit trails (`fedcare audit verify --hub-dir` / `--node-dir`):")
+    good = True
+    checks = [("hub", lambda: hub_log_and_keys(hub_data))] + [
+        (site, lambda site=site: node_log_and_keys(kits / site)) for site in sites]
+    for name, source in checks:
+        try:
+            path, keys = source()
+            verdict = verify(path, keys)
+        except AuditError as exc:
+            console.print(f"  [red]{name}: {escape(str(exc))}[/red]")
+            good = False
+            continue
+        if verdict.ok:
+            console.print(f"  {name}: [green]OK[/green] - {verdict.entries} entries, chain and "
+                          f"signatures verify ({escape(str(path))})")
+        else:
+            console.print(f"  {name}: [red]FAILED[/red] - {escape(str(verdict.problem))}")
+            good = False
+    return good
+
+
 def _print_quality(quality: DatasetQuality, console: Console) -> None:
     """What the hub learned before training: each site's shareable quality report, compared."""
     for site, report in sorted(quality.reports.items()):

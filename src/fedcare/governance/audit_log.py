@@ -117,6 +117,8 @@ class EventKind(enum.StrEnum):
     STUDY_APPROVED = "study_approved"
     STUDY_REJECTED = "study_rejected"
     STUDY_REVOKED = "study_revoked"
+    STUDY_LOADED = "study_loaded"        # a node read a study (content hash) for its data
+    STUDY_ENDED = "study_ended"          # completed, failed or paused (its status)
     TASK_SENT = "task_sent"
     TASK_RECEIVED = "task_received"
     TASK_REFUSED = "task_refused"
@@ -124,6 +126,7 @@ class EventKind(enum.StrEnum):
     UPDATE_RECEIVED = "update_received"
     AGGREGATED = "aggregated"
     MODEL_RELEASED = "model_released"
+    PRIVACY_CHARGED = "privacy_charged"  # a node charged its privacy ledger (epsilon)
     EXPORT_REQUESTED = "export_requested"
     EXPORT_APPROVED = "export_approved"
     EXPORT_REJECTED = "export_rejected"

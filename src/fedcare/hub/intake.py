@@ -66,6 +66,8 @@ class ReplyIntake:
             with self.state.db.session() as s:
                 ReplyRepo(s).record(task_id, site, digest, len(body), is_error=error is not None,
                                     message=None if error is None else error.message)
+            self.state.audit.update_received(task_id, site, digest, len(body),
+                                             error=error is not None)
         except (ValidationError, ProtocolError) as exc:
             self.rejected(site, task_id, exc.message)
             raise

@@ -219,6 +219,7 @@ class StudyRunner:
                 delay = min(most, delay * 2)
                 continue
             (log.warning if status is StudyStatus.PAUSED else log.info)("%s", text)
+            self.state.audit.study_ended(study_id, status.value, message)
             return
 
     def resume_study(self, study_id: str) -> dict[str, Any]:
@@ -331,6 +332,7 @@ class StudyRunner:
         engine.history.baselines["local"] = {**block, **baseline_note(cfg.privacy.mode)}
 
     def _on_round(self, study_id: str, record: RoundRecord) -> None:
+        self.state.audit.aggregated(study_id, record.round, record.sites_completed)
         failed = f"; failed: {record.sites_failed}" if record.sites_failed else ""
         self.event("round", f"round {record.round} done with {record.sites_completed}{failed}",
                    study_id=study_id)
@@ -361,6 +363,7 @@ class StudyRunner:
         from fedcare.reporting import write_report
 
         write_report(history.to_dict(), out / "report.html")
+        self.state.audit.model_released(study_id, out)
 
 
 def _paused(study_id: str, problem: str, *, after: str | None = None) -> str:

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from fedcare.hub.audit import AuditTrail
 from fedcare.hub.errors import (
     Forbidden,
     NotAwaited,
@@ -66,6 +67,9 @@ class HubService:
         with writable_database(db):
             db.migrate()
         self.state = HubState(data_dir, db, BlobStore(data_dir / "blobs"), keep_replies)
+        self.state.audit = AuditTrail.for_data_dir(
+            data_dir, on_error=lambda message: self.state.event("audit", message),
+            background=True)
         self.max_body = max_body
         self.directory = SiteDirectory(self.state, revocation)
         self.mailbox = TaskMailbox(db)
@@ -101,6 +105,7 @@ class HubService:
         the next start."""
         self.runner.stop()
         self.mailbox.stop()
+        self.state.audit.flush()
 
     def is_revoked(self, serial_hex: str) -> bool:
         """Whether the certificate with this serial is revoked (see :class:`RevocationCheck`)."""

@@ -39,7 +39,11 @@ class SiteDirectory:
         infos = [DatasetInfo(str(d["name"]), int(d["rows"]), d.get("contract_hash"),
                              d.get("quality")) for d in datasets]
         with self.state.db.session() as s:
+            known = SiteRepo(s).get(site)
+            before = None if known is None else known.cert_serial
             SiteRepo(s).upsert_seen(site, serial, version, infos)
+        if before is None or before.lower() != serial.lower():  # first hello, or a new cert
+            self.state.audit.site_enrolled(site, serial, before)
         self._serials[site] = serial.lower()
         self.state.event("node", f"site {site} connected (version {version}, session "
                                  f"{session[:8]})", site=site)

@@ -4,9 +4,10 @@ store, and the study event log."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedcare.hub.audit import AuditTrail
 from fedcare.hub.store import BlobStore, Database, EventRepo
 
 log = logging.getLogger("fedcare.hub")
@@ -28,6 +29,8 @@ class HubState:
     #: silent site), where a stored reply would have counted. The reply rows are the
     #: record either way.
     keep_replies: bool = False
+    #: The hub's signed audit trail (:mod:`fedcare.hub.audit`; the default records nothing).
+    audit: AuditTrail = field(default_factory=lambda: AuditTrail(None))
 
     def event(self, kind: str, message: str, *, study_id: str | None = None,
               site: str | None = None) -> None:

@@ -77,6 +77,7 @@ class StudyDesk:
             StudyRepo(s).set_status(study_id, StudyStatus.RUNNING)
         self.event("study", f"study {cfg.study.name!r} submitted with sites {sites}",
                    study_id=study_id)
+        self.state.audit.study_submitted(study_id, cfg.study.name, content_hash(cfg), sites)
         self._flag_data(cfg.data.dataset, study_id, listed)
         self._launch(study_id)
         return {"study_id": study_id, "config_hash": content_hash(cfg), "sites": sites}

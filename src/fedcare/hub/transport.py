@@ -78,6 +78,8 @@ class HubTransport:
             if task.id not in answered or not self._reuse(task.id, site, out.expect,
                                                           answered[task.id]):
                 self.mailbox.offer(task.id, offers[site])
+                self.state.audit.task_sent(task.id, out.kind.value, out.round, site,
+                                           offers[site].digest)
         return futures
 
     def protocol_attempt(self, round_: int) -> int:

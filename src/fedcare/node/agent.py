@@ -28,6 +28,7 @@ from fedcare.data.imaging import image_site_data
 from fedcare.engine.executor import SiteExecutor
 from fedcare.engine.study import site_executor
 from fedcare.learners.options import check_bins_vs_rows
+from fedcare.node.audit import NodeAudit, spent_epsilon
 from fedcare.node.hub_link import HubLink, HubResponse, LinkError
 from fedcare.node.ledger_anchor import ANCHOR_FILE, LedgerAnchor, ledger_key
 from fedcare.node.local_config import NodeData, load_node_data
@@ -78,6 +79,8 @@ class NodeAgent:
         self._clinical: dict[str, ClinicalTable] = {}
         self.stop_event = threading.Event()
         self.ledger = self._ledger()
+        #: The site's own signed audit log (fedcare.node.audit), signed with its site key.
+        self.audit = NodeAudit(self.site, self.kit.tls.key, self.state_dir, background=True)
         #: The ledger heads the hub acknowledged (None: the site keeps no ledger).
         self.anchor = (LedgerAnchor(self.ledger, self.state_dir / ANCHOR_FILE)
                        if self.ledger is not None else None)
@@ -239,6 +242,8 @@ class NodeAgent:
                                            local_baseline=cfg.baselines.local_at_sites,
                                            baseline_refusal=self._baseline_refusal())
         self._studies[study_id] = entry
+        self.audit.study_loaded(study_id, cfg.study.name, digest, getattr(cfg.data, "dataset",
+                                                                          None), entry.refusal)
         return entry
 
     def _baseline_refusal(self) -> str | None:
@@ -280,8 +285,10 @@ class NodeAgent:
             log.info("task %s asked again (the hub restarted?): sending the same reply",
                      self._last[1][0])
             return self._last[1]
+        before = spent_epsilon(self.ledger)
         reply = self.handle(study_id, payload)
         self._last = (digest, reply)
+        self.audit.task_done(reply[0], digest, reply[1], before, spent_epsilon(self.ledger))
         return reply
 
     def handle(self, study_id: str, payload: bytes) -> tuple[str, bytes]:
@@ -340,6 +347,7 @@ class NodeAgent:
 
     def close(self) -> None:
         self.http.close()
+        self.audit.flush()
 
 
 class _HubUnavailable(Exception):

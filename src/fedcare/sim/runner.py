@@ -288,6 +288,9 @@ class _Run:
         history.meta["comparison"] = comparisons_json(history.to_dict())
         if self.out is not None:
             self._write_outputs(history, final)
+            from fedcare.sim.audit import write_run_audit
+
+            write_run_audit(self.out, cfg, history)  # audit.jsonl, signed with a per-run key
         if cfg.tracking.mlflow_uri is not None:
             from fedcare.tracking import log_run
 
