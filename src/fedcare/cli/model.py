@@ -115,3 +115,34 @@ def show(model: Annotated[Path, typer.Argument(help=_MODEL_HELP)]) -> None:
         step["mean"] = f"{len(step['mean'])} values"
         step["std"] = f"{len(step['std'])} values"
     console.print_json(json.dumps(header))
+
+
+class CardFormat(StrEnum):
+    md = "md"
+    html = "html"
+
+
+@app.command()
+def card(
+    run: Annotated[Path, typer.Argument(help="A run folder (`fedcare simulate --out`) or its "
+                                             "registry.json.")],
+    fmt: Annotated[CardFormat, typer.Option("--format", help="md (Markdown) or html "
+                                            "(one self-contained page).")] = CardFormat.md,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="File to write (default: "
+                                             "print).")] = None,
+) -> None:
+    """The model card of a released model: intended use, data, performance next to the
+    local-only and pooled baselines, privacy, secure aggregation, limitations, lineage."""
+    from fedcare.core.files import atomic_write
+    from fedcare.engine.registry import card_html, card_markdown, read_entry
+
+    try:
+        entry = read_entry(run)
+    except FedcareError as exc:
+        raise _usage_error(exc) from None
+    text = card_html(entry) if fmt is CardFormat.html else card_markdown(entry)
+    if out is None:
+        typer.echo(text)
+        return
+    atomic_write(out, text.encode())
+    console.print(f"Wrote [bold]{escape(str(out))}[/bold]")
