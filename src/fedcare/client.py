@@ -28,6 +28,7 @@ from fedcare.hub.schemas import (
     ErrorBody,
     Event,
     Health,
+    ModelSummary,
     Resumed,
     SiteInfo,
     StudyStatus,
@@ -38,11 +39,14 @@ from fedcare.hub.schemas import (
 if TYPE_CHECKING:
     import httpx
 
+    from fedcare.engine.registry import RegistryEntry
+
 _M = TypeVar("_M")
 
 _STUDIES = TypeAdapter(list[StudySummary]).validate_json
 _SITES = TypeAdapter(list[SiteInfo]).validate_json
 _EVENTS = TypeAdapter(list[Event]).validate_json
+_MODELS = TypeAdapter(list[ModelSummary]).validate_json
 
 #: The files a finished study leaves on the hub (``HubClient.artifact``).
 ARTIFACTS = ("history.json", "model.safetensors", "report.html")
@@ -155,6 +159,26 @@ class HubClient:
         if not isinstance(doc, dict):
             raise FedcareError(f"study {study_id}'s history.json is not a JSON object")
         return doc
+
+    # -- the model registry ---------------------------------------------------------------
+    def models(self, study_id: str | None = None) -> list[ModelSummary]:
+        """Released models (``study_id``: only that study's), oldest first."""
+        return self._get(_MODELS, "GET", "/v1/models",
+                         params=None if study_id is None else {"study": study_id})
+
+    def model_entry(self, entry_id: str) -> RegistryEntry:
+        """A released model's registry entry, checked against its id."""
+        from fedcare.engine.registry import RegistryEntry
+
+        entry = self._get(RegistryEntry.model_validate_json, "GET", f"/v1/models/{entry_id}")
+        entry.verify()
+        return entry
+
+    def model_card(self, entry_id: str, fmt: str = "md") -> str:
+        """A released model's card: ``md`` (Markdown) or ``html`` (one self-contained page)."""
+        if fmt not in ("md", "html"):
+            raise ConfigError(f"card format {fmt!r}: md or html")
+        return self.call("GET", f"/v1/models/{entry_id}/card", params={"format": fmt}).text
 
     # -- plumbing -------------------------------------------------------------------------
     def call(self, method: str, path: str, **kw: Any) -> httpx.Response:

@@ -171,7 +171,7 @@ def build_entry(history: Mapping[str, Any], model_files: Mapping[str, str], *,
     ``dataset_digest``, ``contract_hash``): a hub passes the sites' hellos, a simulation its
     site data; the history's ``sites`` list fills in what is missing.
     """
-    from fedcare.engine.history import timestamp
+    import datetime as dt
 
     cfg = history.get("config")
     if not isinstance(cfg, Mapping) or "study" not in cfg:
@@ -238,7 +238,7 @@ def build_entry(history: Mapping[str, Any], model_files: Mapping[str, str], *,
                        else _metrics(_block(history, "baselines", "local", "global_metrics"))),
         "pooled": (None if _block(history, "baselines", "centralized") is None else
                    _metrics(_block(history, "baselines", "centralized", "global_metrics"))),
-        "model_files": dict(model_files), "created": created or timestamp(),
+        "model_files": dict(model_files), "created": created or dt.datetime.now(dt.UTC).isoformat(),
         "fedcare_version": str(history.get("fedcare_version", "")),
     }
     entry["limitations"] = list(_limitations(entry, sites))

@@ -233,3 +233,21 @@ __all__ = [
     "StudySummary",
     "Submitted",
 ]
+
+
+# -- model registry ---------------------------------------------------------------------------
+class ModelSummary(Response):
+    """One released model in ``GET /v1/models`` (the whole entry: ``GET /v1/models/{id}``)."""
+
+    id: str
+    study: str
+    study_id: str | None = None
+    study_hash: str
+    created: str
+    model: str
+    strategy: str
+    rounds: int
+    primary_metric: str
+    score: float | None = None
+    privacy: str
+    sites: list[str]
