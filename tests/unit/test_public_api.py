@@ -20,7 +20,8 @@ PUBLIC = {
     "fedcare.client": ["ARTIFACTS", "FINAL_STATES", "TOKEN_ENV", "HubClient", "watch"],
     "fedcare.hub.schemas": [
         "DatasetQuality", "DeclaredDataset", "ErrorBody", "Event", "Health", "HelloAck",
-        "LedgerHeadAck", "NodeStudy", "ReplyAccepted", "Response", "Resumed", "RoundRecord",
+        "LedgerHeadAck", "ModelSummary", "NodeStudy", "ReplyAccepted", "Response", "Resumed",
+        "RoundRecord",
         "SiteInfo", "SiteKeyCert", "StudyState", "StudyStatus", "StudySummary", "Submitted"],
 }
 

@@ -213,28 +213,6 @@ class Health(Response):
     version: str
 
 
-__all__ = [
-    "DatasetQuality",
-    "DeclaredDataset",
-    "ErrorBody",
-    "Event",
-    "Health",
-    "HelloAck",
-    "LedgerHeadAck",
-    "NodeStudy",
-    "ReplyAccepted",
-    "Response",
-    "Resumed",
-    "RoundRecord",
-    "SiteInfo",
-    "SiteKeyCert",
-    "StudyState",
-    "StudyStatus",
-    "StudySummary",
-    "Submitted",
-]
-
-
 # -- model registry ---------------------------------------------------------------------------
 class ModelSummary(Response):
     """One released model in ``GET /v1/models`` (the whole entry: ``GET /v1/models/{id}``)."""
@@ -251,3 +229,27 @@ class ModelSummary(Response):
     score: float | None = None
     privacy: str
     sites: list[str]
+
+
+__all__ = [
+    "DatasetQuality",
+    "DeclaredDataset",
+    "ErrorBody",
+    "Event",
+    "Health",
+    "HelloAck",
+    "LedgerHeadAck",
+    "ModelSummary",
+    "NodeStudy",
+    "ReplyAccepted",
+    "Response",
+    "Resumed",
+    "RoundRecord",
+    "SiteInfo",
+    "SiteKeyCert",
+    "StudyState",
+    "StudyStatus",
+    "StudySummary",
+    "Submitted",
+]
+
