@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from fedcare.client import HubClient
+from fedcare.core.errors import FedcareError
 from fedcare.engine.registry import RegistryEntry, read_entry
 from fedcare.hub import runner as runner_module
 from tests.integration.network import study_config
@@ -50,6 +52,15 @@ def test_a_hub_study_is_released_into_the_registry(fed: Federation, tmp_path: Pa
     page = client.get(f"/v1/models/{on_disk.id}/card", headers={"Accept": "text/html"})
     assert page.headers["content-type"].startswith("text/html") and "<h2>Privacy" in page.text
     assert client.get("/v1/models/nosuch").status_code == 404
+    researcher = object.__new__(HubClient)  # the researcher's client over the same app
+    researcher.http = client
+    assert [m.id for m in researcher.models(study_id)] == [on_disk.id]
+    assert researcher.models("another-study") == []
+    assert researcher.model_entry(on_disk.id) == on_disk
+    assert "## Lineage" in researcher.model_card(on_disk.id)
+    assert researcher.model_card(on_disk.id, "html").startswith("<!doctype html>")
+    with pytest.raises(FedcareError, match="404"):
+        researcher.model_entry("nosuch")
     assert client.get("/v1/models", headers={"Authorization": "Bearer x"}).status_code == 401
     # No route changes or removes an entry.
     for method in ("PUT", "PATCH", "DELETE", "POST"):
