@@ -106,3 +106,17 @@ def test_cli_card_of_a_local_run(run: Path, tmp_path: Path) -> None:
     assert "<h2>Privacy</h2>" in out.read_text()
     res = CliRunner().invoke(app, ["model", "card", str(tmp_path / "nothing")])
     assert res.exit_code == 2
+
+
+def test_a_dp_sgd_simulation_records_epsilon_per_site(tmp_path: Path) -> None:
+    cfg = {**CONFIG, "data": {**CONFIG["data"], "standardize": False},
+           "baselines": {"local": False, "centralized": False},
+           "privacy": {"mode": "dp_sgd", "noise_multiplier": 1.0, "clip": 1.0}}
+    simulate(cfg, output_dir=tmp_path, overwrite=True)
+    entry = read_entry(tmp_path)
+    assert entry.privacy.mode == "dp_sgd" and entry.privacy.delta
+    assert all(isinstance(s.epsilon, float) and s.epsilon > 0 for s in entry.sites)
+    assert entry.pooled is None and entry.local_only is None
+    md = card_markdown(entry)
+    assert "Differential privacy (dp_sgd" in md and "may memorise" not in md
+    assert "No pooled baseline was trained." in md

@@ -297,7 +297,7 @@ def _fmt(x: Any) -> str:
     if x is None:
         return "-"
     if isinstance(x, float):
-        return f"{x:.3f}"
+        return f"{x:.2g}" if 0 < abs(x) < 1e-3 else f"{x:.3f}"
     return str(x)
 
 
