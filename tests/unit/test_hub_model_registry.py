@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 
-from fedcare.hub.store import Database
+from fedcare.hub.store import Database, StudyRepo, upgrade
+from fedcare.hub.store.database import alembic_config, create_hub_engine
 from fedcare.hub.store.models import ModelEntry
 from fedcare.hub.store.registry import EntryExists, ModelRegistryRepo
 
@@ -66,6 +68,37 @@ class RegistryStoreContract:
             row = ModelRegistryRepo(s).get("a" * 20)
             assert row is not None
             row.entry = {**row.entry, "study": "renamed"}
+
+
+    def test_migration_0007_keeps_the_studies_and_downgrades_cleanly(self, db_url: str
+                                                                     ) -> None:
+        upgrade(db_url, "0006")
+        old = Database(db_url)
+        with old.session() as s:
+            StudyRepo(s).create("s", {}, "f" * 64, ["a"], 1)
+        old.dispose()
+        upgrade(db_url)
+        engine = create_hub_engine(db_url)
+        try:
+            assert "model_registry" in sa.inspect(engine).get_table_names()
+            cfg = alembic_config()
+            with engine.begin() as conn:
+                cfg.attributes["connection"] = conn
+                command.downgrade(cfg, "0006")
+            assert "model_registry" not in sa.inspect(engine).get_table_names()
+            with engine.connect() as conn:
+                assert conn.exec_driver_sql("SELECT count(*) FROM studies").scalar() == 1
+        finally:
+            engine.dispose()
+        upgrade(db_url)  # and up again (the trigger and its function are made anew)
+        db = Database(db_url)
+        try:
+            with db.session() as s:
+                ModelRegistryRepo(s).add(entry())
+            with pytest.raises(sa.exc.DBAPIError, match="immutable"), db.session() as s:
+                s.execute(sa.delete(ModelEntry))
+        finally:
+            db.dispose()
 
 
 def test_the_repository_has_no_write_but_add() -> None:
