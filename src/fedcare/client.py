@@ -28,6 +28,7 @@ from fedcare.hub.schemas import (
     ErrorBody,
     Event,
     Health,
+    ModelSummary,
     Resumed,
     SiteInfo,
     StudyStatus,
@@ -38,14 +39,20 @@ from fedcare.hub.schemas import (
 if TYPE_CHECKING:
     import httpx
 
+    from fedcare.engine.registry import RegistryEntry
+
 _M = TypeVar("_M")
 
 _STUDIES = TypeAdapter(list[StudySummary]).validate_json
 _SITES = TypeAdapter(list[SiteInfo]).validate_json
 _EVENTS = TypeAdapter(list[Event]).validate_json
+_MODELS = TypeAdapter(list[ModelSummary]).validate_json
 
 #: The files a finished study leaves on the hub (``HubClient.artifact``).
 ARTIFACTS = ("history.json", "model.safetensors", "report.html")
+#: Files only some studies have: the registry entry (studies released since the model
+#: registry) and an xgboost study's XGBoost model file.
+OPTIONAL_ARTIFACTS = ("registry.json", "model.xgb.json")
 
 #: Study states after which nothing more happens without a researcher's action (a paused
 #: study waits for `fedcare study resume`).
@@ -142,8 +149,9 @@ class HubClient:
 
     def artifact(self, study_id: str, name: str) -> bytes:
         """One of a finished study's files (:data:`ARTIFACTS`), as stored on the hub."""
-        if name not in ARTIFACTS:
-            raise ConfigError(f"no artifact {name!r}; one of {', '.join(ARTIFACTS)}")
+        if name not in ARTIFACTS + OPTIONAL_ARTIFACTS:
+            raise ConfigError(f"no artifact {name!r}; one of "
+                              f"{', '.join(ARTIFACTS + OPTIONAL_ARTIFACTS)}")
         return bytes(self.call("GET", f"/v1/studies/{study_id}/artifacts/{name}").content)
 
     def history(self, study_id: str) -> dict[str, Any]:
@@ -155,6 +163,26 @@ class HubClient:
         if not isinstance(doc, dict):
             raise FedcareError(f"study {study_id}'s history.json is not a JSON object")
         return doc
+
+    # -- the model registry ---------------------------------------------------------------
+    def models(self, study_id: str | None = None) -> list[ModelSummary]:
+        """Released models (``study_id``: only that study's), oldest first."""
+        return self._get(_MODELS, "GET", "/v1/models",
+                         params=None if study_id is None else {"study": study_id})
+
+    def model_entry(self, entry_id: str) -> RegistryEntry:
+        """A released model's registry entry, checked against its id."""
+        from fedcare.engine.registry import RegistryEntry
+
+        entry = self._get(RegistryEntry.model_validate_json, "GET", f"/v1/models/{entry_id}")
+        entry.verify()
+        return entry
+
+    def model_card(self, entry_id: str, fmt: str = "md") -> str:
+        """A released model's card: ``md`` (Markdown) or ``html`` (one self-contained page)."""
+        if fmt not in ("md", "html"):
+            raise ConfigError(f"card format {fmt!r}: md or html")
+        return self.call("GET", f"/v1/models/{entry_id}/card", params={"format": fmt}).text
 
     # -- plumbing -------------------------------------------------------------------------
     def call(self, method: str, path: str, **kw: Any) -> httpx.Response:
@@ -202,4 +230,4 @@ def watch(client: HubClient, study_id: str, *,
         time.sleep(poll)
 
 
-__all__ = ["ARTIFACTS", "FINAL_STATES", "TOKEN_ENV", "HubClient", "watch"]
+__all__ = ["ARTIFACTS", "FINAL_STATES", "OPTIONAL_ARTIFACTS", "TOKEN_ENV", "HubClient", "watch"]

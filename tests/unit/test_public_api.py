@@ -17,10 +17,11 @@ import pytest
 
 PUBLIC = {
     "fedcare": ["__version__", "load_model", "simulate"],
-    "fedcare.client": ["ARTIFACTS", "FINAL_STATES", "TOKEN_ENV", "HubClient", "watch"],
+    "fedcare.client": ["ARTIFACTS", "FINAL_STATES", "OPTIONAL_ARTIFACTS", "TOKEN_ENV", "HubClient", "watch"],
     "fedcare.hub.schemas": [
         "DatasetQuality", "DeclaredDataset", "ErrorBody", "Event", "Health", "HelloAck",
-        "LedgerHeadAck", "NodeStudy", "ReplyAccepted", "Response", "Resumed", "RoundRecord",
+        "LedgerHeadAck", "ModelSummary", "NodeStudy", "ReplyAccepted", "Response", "Resumed",
+        "RoundRecord",
         "SiteInfo", "SiteKeyCert", "StudyState", "StudyStatus", "StudySummary", "Submitted"],
 }
 

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from fedcare.cli.errors import fail
+from fedcare.cli.network import CaFile, Federation, HubUrl, TokenFile, _client
 from fedcare.core.errors import DataError, FedcareError
 
 if TYPE_CHECKING:
@@ -101,13 +102,48 @@ def export(
     console.print(f"Wrote [bold]{escape(str(out))}[/bold] ({fmt.value})")
 
 
-@app.command()
-def show(model: Annotated[Path, typer.Argument(help=_MODEL_HELP)]) -> None:
-    """Print the model's header: study, task, features in order, label coding, model."""
-    import json
+_TARGET_HELP = ("A run folder or model file (local), or a registry id (from `fedcare model "
+                "list`: the hub's registry).")
+
+
+@app.command("list")
+def list_models(study: Annotated[str | None, typer.Option(
+                    help="Only this study's releases.")] = None,
+                federation: Federation = None, hub: HubUrl = None, ca: CaFile = None,
+                token_file: TokenFile = None) -> None:
+    """The hub's model registry: every released global model, oldest first."""
+    from rich.table import Table
 
     try:
-        saved = _load(model)
+        models = _client(federation, hub, ca, token_file).models(study)
+    except FedcareError as exc:
+        raise fail(exc, 2) from None
+    table = Table("id", "study", "study id", "created", "model", "rounds", "score", "privacy",
+                  "sites")
+    for m in models:
+        score = "-" if m.score is None else f"{m.primary_metric} {m.score:.3f}"
+        table.add_row(m.id, escape(m.study), m.study_id or "-", m.created[:19], m.model,
+                      str(m.rounds), score, m.privacy, ", ".join(m.sites))
+    console.print(table)
+
+
+@app.command()
+def show(model: Annotated[str, typer.Argument(help=_TARGET_HELP)],
+         federation: Federation = None, hub: HubUrl = None, ca: CaFile = None,
+         token_file: TokenFile = None) -> None:
+    """A model file or run folder: the model's header (study, task, features in order,
+    label coding, model). A registry id: its registry entry from the hub."""
+    import json
+
+    if not Path(model).exists():
+        try:
+            entry = _client(federation, hub, ca, token_file).model_entry(model)
+        except FedcareError as exc:
+            raise fail(exc, 2) from None
+        console.print_json(entry.to_json())
+        return
+    try:
+        saved = _load(Path(model))
     except FedcareError as exc:
         raise _usage_error(exc) from None
     header = saved.bundle.header()
@@ -115,3 +151,39 @@ def show(model: Annotated[Path, typer.Argument(help=_MODEL_HELP)]) -> None:
         step["mean"] = f"{len(step['mean'])} values"
         step["std"] = f"{len(step['std'])} values"
     console.print_json(json.dumps(header))
+
+
+class CardFormat(StrEnum):
+    md = "md"
+    html = "html"
+
+
+@app.command()
+def card(
+    run: Annotated[str, typer.Argument(help="A run folder (`fedcare simulate --out`) or its "
+                                            "registry.json, or a registry id on the hub.")],
+    fmt: Annotated[CardFormat, typer.Option("--format", help="md (Markdown) or html "
+                                            "(one self-contained page).")] = CardFormat.md,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="File to write (default: "
+                                             "print).")] = None,
+    federation: Federation = None, hub: HubUrl = None, ca: CaFile = None,
+    token_file: TokenFile = None,
+) -> None:
+    """The model card of a released model: intended use, data, performance next to the
+    local-only and pooled baselines, privacy, secure aggregation, limitations, lineage."""
+    from fedcare.core.files import atomic_write
+    from fedcare.engine.registry import card_html, card_markdown, read_entry
+
+    try:
+        if Path(run).exists():
+            entry = read_entry(Path(run))
+            text = card_html(entry) if fmt is CardFormat.html else card_markdown(entry)
+        else:
+            text = _client(federation, hub, ca, token_file).model_card(run, fmt.value)
+    except FedcareError as exc:
+        raise _usage_error(exc) from None
+    if out is None:
+        typer.echo(text)
+        return
+    atomic_write(out, text.encode())
+    console.print(f"Wrote [bold]{escape(str(out))}[/bold]")

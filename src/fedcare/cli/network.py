@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from fedcare.cli.errors import fail
-from fedcare.client import ARTIFACTS, HubClient, watch
+from fedcare.client import ARTIFACTS, OPTIONAL_ARTIFACTS, HubClient, watch
 from fedcare.core.errors import FedcareError
 from fedcare.hub.schemas import Response, StudyStatus
 from fedcare.reporting.progress import StudyProgress
@@ -332,17 +332,27 @@ def logs(study_id: str, federation: Federation = None, hub: HubUrl = None,
 def download(study_id: str, out: Annotated[Path, typer.Option(help="Folder to write into.")],
              federation: Federation = None, hub: HubUrl = None, ca: CaFile = None,
              token_file: TokenFile = None) -> None:
-    """Fetch history.json, model.safetensors and report.html of a finished study."""
+    """Fetch history.json, model.safetensors, report.html and registry.json of a finished
+    study (and model.xgb.json, an xgboost study's XGBoost model file)."""
 
     from fedcare.core.files import atomic_write
 
     client = _client(federation, hub, ca, token_file)
     try:
+        written = []
         for name in ARTIFACTS:
             atomic_write(out / name, client.artifact(study_id, name))
+            written.append(name)
+        for name in OPTIONAL_ARTIFACTS:
+            try:
+                data = client.artifact(study_id, name)
+            except FedcareError:
+                continue  # not this kind of study
+            atomic_write(out / name, data)
+            written.append(name)
     except FedcareError as exc:
         raise fail(exc, 2) from None
-    console.print(f"wrote {out}/history.json, model.safetensors, report.html")
+    console.print(f"wrote {out}/{', '.join(written)}")
 
 
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any, Literal, NoReturn, TypeVar
 
 from cryptography import x509
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
@@ -33,7 +33,9 @@ from starlette.concurrency import run_in_threadpool
 from fedcare import __version__
 from fedcare.core.errors import ConfigError, FedcareError, ProtocolError, ValidationError
 from fedcare.core.wire import DIGEST_HEADER
+from fedcare.engine.registry import RegistryEntry
 from fedcare.hub.keyrelay import MAX_SEALED_BYTES, KeyRelay, KeyRelayNotFound
+from fedcare.hub.registry import ModelDesk
 from fedcare.hub.schemas import (
     DatasetQuality,
     ErrorBody,
@@ -41,6 +43,7 @@ from fedcare.hub.schemas import (
     Health,
     HelloAck,
     LedgerHeadAck,
+    ModelSummary,
     NodeStudy,
     ReplyAccepted,
     Resumed,
@@ -568,6 +571,31 @@ def create_app(service: HubService, trust: PeerTrust, token: str, *,
     @app.get("/v1/sites", dependencies=[Researcher], response_model=list[SiteInfo])
     async def sites() -> list[dict[str, Any]]:
         return await run_in_threadpool(service.sites)
+
+    models = ModelDesk(service.state)
+
+    @app.get("/v1/models", dependencies=[Researcher], response_model=list[ModelSummary])
+    async def model_list(study: Annotated[str | None, Query(
+            max_length=64, description="only this study's releases")] = None
+            ) -> list[dict[str, Any]]:
+        """The model registry: every released global model, oldest first (read-only: no
+        route adds, changes or deletes an entry)."""
+        return await run_in_threadpool(models.list, study)
+
+    @app.get("/v1/models/{entry_id}", dependencies=[Researcher], response_model=RegistryEntry)
+    async def model_entry(entry_id: str) -> RegistryEntry:
+        return await run_in_threadpool(models.get, entry_id)
+
+    @app.get("/v1/models/{entry_id}/card", dependencies=[Researcher])
+    async def model_card(entry_id: str, request: Request, format: Annotated[
+            Literal["md", "html"] | None, Query(
+                description="md or html (default: from Accept; Markdown)")] = None
+            ) -> Response:
+        html = format == "html" or (format is None
+                                    and "text/html" in request.headers.get("accept", ""))
+        text = await run_in_threadpool(models.card, entry_id, html)
+        return Response(text, media_type="text/html; charset=utf-8" if html
+                        else "text/markdown; charset=utf-8")
 
     @app.get("/v1/health")
     async def health() -> Health:

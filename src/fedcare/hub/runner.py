@@ -363,7 +363,30 @@ class StudyRunner:
         from fedcare.reporting import write_report
 
         write_report(history.to_dict(), out / "report.html")
+        self._release(study_id, out, history)
         self.state.audit.model_released(study_id, out)
+
+    def _release(self, study_id: str, out: Path, history: History) -> None:
+        """The study's registry entry: beside its outputs (registry.json) and in the
+        registry table (immutable; a second release is a new entry, see
+        :mod:`fedcare.engine.registry`). Rows and contract hashes from the sites' hellos."""
+        from fedcare.engine.registry import release
+        from fedcare.hub.store.registry import ModelRegistryRepo
+
+        doc = history.to_dict()
+        dataset = (doc.get("config") or {}).get("data", {}).get("dataset")
+        with self.db.session() as s:
+            hellos = {x.name: x.datasets or [] for x in SiteRepo(s).list()}
+        facts: dict[str, dict[str, Any]] = {}
+        for site in (doc.get("final") or {}).get("site_metrics") or {}:
+            for d in hellos.get(site, []):
+                if d.get("name") == dataset:
+                    facts[site] = {"train_rows": d.get("rows"),
+                                   "contract_hash": d.get("contract_hash"),
+                                   "dataset_digest": d.get("digest")}
+        entry = release(out, doc, site_facts=facts)
+        with self.db.session() as s:
+            ModelRegistryRepo(s).add(entry.model_dump(mode="json"))
 
 
 def _paused(study_id: str, problem: str, *, after: str | None = None) -> str:

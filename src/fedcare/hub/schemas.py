@@ -213,6 +213,24 @@ class Health(Response):
     version: str
 
 
+# -- model registry ---------------------------------------------------------------------------
+class ModelSummary(Response):
+    """One released model in ``GET /v1/models`` (the whole entry: ``GET /v1/models/{id}``)."""
+
+    id: str
+    study: str
+    study_id: str | None = None
+    study_hash: str
+    created: str
+    model: str
+    strategy: str
+    rounds: int
+    primary_metric: str
+    score: float | None = None
+    privacy: str
+    sites: list[str]
+
+
 __all__ = [
     "DatasetQuality",
     "DeclaredDataset",
@@ -221,6 +239,7 @@ __all__ = [
     "Health",
     "HelloAck",
     "LedgerHeadAck",
+    "ModelSummary",
     "NodeStudy",
     "ReplyAccepted",
     "Response",
@@ -233,3 +252,4 @@ __all__ = [
     "StudySummary",
     "Submitted",
 ]
+

@@ -172,9 +172,10 @@ class StudyDesk:
                     for e in reversed(EventRepo(s).recent(limit, study_id=study_id))]
 
     def artifact(self, study_id: str, name: str) -> Path:
-        if name not in ("history.json", "model.safetensors", "report.html", "model.xgb.json"):
+        if name not in ("history.json", "model.safetensors", "report.html", "registry.json",
+                        "model.xgb.json"):
             raise NotFound(f"no artifact {name!r}; try history.json, model.safetensors, "
-                           "report.html or (xgboost studies) model.xgb.json")
+                           "report.html, registry.json or (xgboost studies) model.xgb.json")
         path = self.data_dir / "studies" / study_id / name
         if not path.is_file():
             raise NotFound(f"study {study_id} has no {name} yet (is it finished?)")

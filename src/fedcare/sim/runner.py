@@ -381,6 +381,11 @@ class _Run:
         from fedcare.reporting import write_report
 
         write_report(history.to_dict(), self.out / "report.html")
+        from fedcare.engine.registry import dataset_digest, release
+
+        release(self.out, history.to_dict(), site_facts={
+            s.name: {"dataset_digest": dataset_digest(s.x_train, s.y_train, s.x_test, s.y_test)}
+            for s in self.sites})
 
     def _bundle(self, history: History, final: Parameters) -> ModelBundle:
         """The final model with its features, standardization and label coding: the one

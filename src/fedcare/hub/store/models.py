@@ -243,3 +243,16 @@ class LedgerHead(Base):
     count: Mapped[int] = mapped_column(sa.BigInteger)
     hash: Mapped[str] = mapped_column(sa.String(SHA_LEN))
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class ModelEntry(Base):
+    """A released global model (:class:`fedcare.engine.registry.RegistryEntry` as JSON).
+    Immutable: the database refuses an UPDATE or DELETE (migration 0007's triggers)."""
+
+    __tablename__ = "model_registry"
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    study_id: Mapped[str | None] = mapped_column(sa.String(64), index=True)
+    study_hash: Mapped[str] = mapped_column(sa.String(SHA_LEN))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    entry: Mapped[dict[str, Any]] = mapped_column(Json)
