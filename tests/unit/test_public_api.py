@@ -17,7 +17,8 @@ import pytest
 
 PUBLIC = {
     "fedcare": ["__version__", "load_model", "simulate"],
-    "fedcare.client": ["ARTIFACTS", "FINAL_STATES", "OPTIONAL_ARTIFACTS", "TOKEN_ENV", "HubClient", "watch"],
+    "fedcare.client": ["ARTIFACTS", "FINAL_STATES", "OPTIONAL_ARTIFACTS", "TOKEN_ENV",
+                       "HubClient", "watch"],
     "fedcare.hub.schemas": [
         "DatasetQuality", "DeclaredDataset", "ErrorBody", "Event", "Health", "HelloAck",
         "LedgerHeadAck", "ModelSummary", "NodeStudy", "ReplyAccepted", "Response", "Resumed",
