@@ -109,3 +109,41 @@ def test_refusal_messages_name_the_hubs_reason() -> None:
 
     with pytest.raises(FedcareError, match="update holds NaN"):
         _raise_for(HubResponse(422, {}, b'{"detail": "update holds NaN"}'))
+
+
+def test_a_task_header_is_parsed_once_at_the_node(agent: NodeAgent,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The node reads a task's header to route it and hands the parsed message to the
+    executor, which decodes it without unframing it again (review P3: one parse per side)."""
+    import numpy as np
+
+    from fedcare.core import wire
+    from fedcare.core.messages import Task, TaskKind, TrainConfig
+    from fedcare.core.params import Parameters
+    from fedcare.node.agent import _Study
+
+    payload = wire.encode_task(Task(
+        task_id="s/r1/evaluate/alpha", study="s", round=1, site="alpha",
+        kind=TaskKind.EVALUATE,
+        parameters=Parameters({"w": np.zeros(2, dtype=np.float32)}), train=TrainConfig(), aux={},
+        seed=0, evaluate=True, strategy="fedavg", meta={}))
+    seen: list[object] = []
+
+    class Executor:
+        def handle(self, message: object) -> bytes:
+            seen.append(message)
+            wire.decode_task(message)  # type: ignore[arg-type]
+            return b"reply"
+
+    agent._studies["s"] = _Study(None, "", Executor(), None)  # type: ignore[arg-type]
+    parses = []
+    real = wire.unframe
+
+    def counting(*args: object, **kwargs: object) -> object:
+        parses.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(wire, "unframe", counting)
+    assert agent.handle("s", payload) == ("s/r1/evaluate/alpha", b"reply")
+    assert isinstance(seen[0], wire.Framed)
+    assert len(parses) == 1

@@ -22,7 +22,7 @@ from fedcare.core.learning import Learner
 from fedcare.core.messages import ErrorReply, Task, TaskKind, Update, UpdateKind
 from fedcare.core.params import ArraySpec, Parameters, ParamSpec
 from fedcare.core.seeds import site_round_seed
-from fedcare.core.wire import decode_task, encode_error, encode_update
+from fedcare.core.wire import Framed, decode_task, encode_error, encode_update
 from fedcare.data.prepare import Columns, SiteColumns
 from fedcare.engine.filters import FilterContext, SecureMask, UpdateFilter, site_chain
 from fedcare.engine.privacy import SitePrivacy
@@ -404,8 +404,9 @@ class SiteExecutor:
                       provenance=(f"local_baseline:{learner.name}", f"rounds:{lb.rounds}"),
                       seconds=time.perf_counter() - start)
 
-    def handle(self, payload: bytes) -> bytes:
-        """Bytes in, bytes out: the transport-facing entry point."""
+    def handle(self, payload: bytes | Framed) -> bytes:
+        """Bytes in, bytes out: the transport-facing entry point (a node passes the message
+        whose header it already read, so the header is parsed once per side)."""
         task_id, round_ = "", -1
         try:
             task = decode_task(payload, self.expected)

@@ -23,7 +23,7 @@ from fedcare import __version__
 from fedcare.config import FederatedData, StudyConfig, content_hash, parse_config
 from fedcare.core.errors import FedcareError, TransportError
 from fedcare.core.messages import ErrorReply
-from fedcare.core.wire import DIGEST_HEADER, encode_error, payload_digest, peek_header
+from fedcare.core.wire import DIGEST_HEADER, encode_error, payload_digest, read_message
 from fedcare.data.imaging import image_site_data
 from fedcare.engine.executor import SiteExecutor
 from fedcare.engine.study import site_executor
@@ -292,7 +292,8 @@ class NodeAgent:
         return reply
 
     def handle(self, study_id: str, payload: bytes) -> tuple[str, bytes]:
-        header = peek_header(payload)
+        framed = read_message(payload)  # the header is parsed once, here (the executor reuses it)
+        header = framed.header
         task_id = str(header.get("task_id", ""))
         try:
             entry = self.study(study_id)
@@ -303,7 +304,7 @@ class NodeAgent:
             reply = encode_error(ErrorReply(task_id, self.site, int(header.get("round", -1)),
                                             "Refused", entry.refusal or "refused"))
             return task_id, reply
-        return task_id, entry.executor.handle(payload)
+        return task_id, entry.executor.handle(framed)
 
     def run(self, max_seconds: float | None = None) -> None:
         """Serve until :attr:`stop_event` is set (or ``max_seconds`` pass)."""
