@@ -34,6 +34,17 @@ def run(inputs):
 X = np.arange(6, dtype=np.float64)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _sandbox_available() -> None:
+    """A kernel or container without user/network namespaces or Landlock cannot run the
+    sandbox at all (status ``unavailable``: it refuses, which is the product's behaviour).
+    The tests then skip and say why, unless FEDCARE_REQUIRE_SANDBOX=1 (set where the
+    sandbox must hold, e.g. on a site's node image) makes that a failure."""
+    probe = run_untrusted(BENIGN, {"x": X}, limits=TIGHT)
+    if probe.status is Status.UNAVAILABLE and os.environ.get("FEDCARE_REQUIRE_SANDBOX") != "1":
+        pytest.skip(f"the sandbox cannot be set up on this machine: {probe.reason}")
+
+
 def _still_works() -> None:
     result = run_untrusted(BENIGN, {"x": X}, limits=TIGHT)
     assert result.status is Status.OK, (result.reason, result.stderr)
