@@ -64,8 +64,10 @@ import hashlib
 import json
 import math
 import os
+import queue
 import re
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
@@ -818,3 +820,37 @@ def verify_export(path: Path, keys: Mapping[str, PublicKey]) -> Verdict:
             f"the header says {header.get('entries')!r} entries, the export holds "
             f"{verdict.entries}"))
     return verdict
+
+
+class OrderedAppender:
+    """Hands audit entries to ``write`` in call order: from one daemon thread when
+    ``background`` (so an entry's fsync is not on the caller's path - the hub's round, the
+    node's reply), else at once. Shared by the hub's and the nodes' trails; :meth:`flush`
+    waits until everything recorded so far is written."""
+
+    def __init__(self, write: Callable[[EventKind, str, Mapping[str, Any]], None], *,
+                 background: bool, name: str) -> None:
+        self._write = write
+        self._queue: queue.Queue[tuple[EventKind, str, Mapping[str, Any]]] | None = None
+        if background:
+            self._queue = queue.Queue()
+            threading.Thread(target=self._drain, daemon=True, name=name).start()
+
+    def _drain(self) -> None:
+        assert self._queue is not None
+        while True:
+            item = self._queue.get()
+            try:
+                self._write(*item)
+            finally:
+                self._queue.task_done()
+
+    def record(self, kind: EventKind, subject: str, details: Mapping[str, Any]) -> None:
+        if self._queue is not None:
+            self._queue.put((kind, subject, details))
+        else:
+            self._write(kind, subject, details)
+
+    def flush(self) -> None:
+        if self._queue is not None:
+            self._queue.join()

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import queue
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -40,6 +39,7 @@ from fedcare.core.files import atomic_write
 from fedcare.governance.audit_log import (
     AuditError,
     EventKind,
+    OrderedAppender,
     PublicKey,
     Signer,
     append,
@@ -106,10 +106,8 @@ class AuditTrail:
                  background: bool = False) -> None:
         self.folder = folder
         self._on_error = on_error
-        self._queue: queue.Queue[tuple[EventKind, str, Mapping[str, Any]]] | None = None
-        if background and folder is not None:
-            self._queue = queue.Queue()
-            threading.Thread(target=self._writer, daemon=True, name="hub-audit").start()
+        self._appender = OrderedAppender(self._append, background=background
+                                         and folder is not None, name="hub-audit")
         self._lock = threading.Lock()
         #: (study, round) -> site -> digest of its fit reply, for the aggregated entry.
         self._updates: dict[tuple[str, int], dict[str, str]] = {}
@@ -135,19 +133,9 @@ class AuditTrail:
                      background: bool = False) -> AuditTrail:
         return cls(Path(data_dir) / AUDIT_DIR, on_error=on_error, background=background)
 
-    def _writer(self) -> None:
-        assert self._queue is not None
-        while True:
-            item = self._queue.get()
-            try:
-                self._append(*item)
-            finally:
-                self._queue.task_done()
-
     def flush(self) -> None:
         """Wait until every entry recorded so far is written (background trail)."""
-        if self._queue is not None:
-            self._queue.join()
+        self._appender.flush()
 
     @property
     def path(self) -> Path | None:
@@ -160,10 +148,7 @@ class AuditTrail:
     def record(self, kind: EventKind, subject: str, details: Mapping[str, Any]) -> None:
         """Append one signed entry (queued, with ``background``); a failure is reported,
         never raised into the hub."""
-        if self._queue is not None:
-            self._queue.put((kind, subject, details))
-        else:
-            self._append(kind, subject, details)
+        self._appender.record(kind, subject, details)
 
     def _append(self, kind: EventKind, subject: str, details: Mapping[str, Any]) -> None:
         if self.signer is None or self.path is None:

@@ -27,8 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import queue
-import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from fedcare.core.wire import peek_header
 from fedcare.governance.audit_log import (
     AuditError,
     EventKind,
+    OrderedAppender,
     PublicKey,
     Signer,
     append,
@@ -67,7 +67,6 @@ class NodeAudit:
     def __init__(self, site: str, key_file: Path, state_dir: Path, *,
                  background: bool = False) -> None:
         self.site = site
-        self._queue: queue.Queue[tuple[EventKind, str, dict[str, Any]]] | None = None
         self.path = Path(state_dir) / LOG_FILE
         self.signer: Signer | None = None
         try:
@@ -75,31 +74,17 @@ class NodeAudit:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except (AuditError, OSError) as exc:
             log.error("site %s keeps no audit log: %s", site, exc)
-        if background and self.signer is not None:
-            self._queue = queue.Queue()
-            threading.Thread(target=self._writer, daemon=True, name="node-audit").start()
-
-    def _writer(self) -> None:
-        assert self._queue is not None
-        while True:
-            item = self._queue.get()
-            try:
-                self._append(*item)
-            finally:
-                self._queue.task_done()
+        self._appender = OrderedAppender(self._append, background=background
+                                         and self.signer is not None, name="node-audit")
 
     def flush(self) -> None:
         """Wait until every entry recorded so far is written."""
-        if self._queue is not None:
-            self._queue.join()
+        self._appender.flush()
 
-    def record(self, kind: EventKind, subject: str, details: dict[str, Any]) -> None:
-        if self._queue is not None:
-            self._queue.put((kind, subject, details))
-        else:
-            self._append(kind, subject, details)
+    def record(self, kind: EventKind, subject: str, details: Mapping[str, Any]) -> None:
+        self._appender.record(kind, subject, details)
 
-    def _append(self, kind: EventKind, subject: str, details: dict[str, Any]) -> None:
+    def _append(self, kind: EventKind, subject: str, details: Mapping[str, Any]) -> None:
         if self.signer is None:
             return
         try:
