@@ -67,6 +67,10 @@ class StudySection(Section):
         "prediction's score: accuracy, auc, balanced_accuracy, f1 or brier for "
         "classification (auc: binary only), rmse, mse or mae for regression. Default: "
         "accuracy, or mse for regression."))
+    description: str | None = Field(None, min_length=1, max_length=4000, description=(
+        "Intended use, in the study owner's words: the population, the setting and the "
+        "decision the model supports. Part of what each site approves; the model card's "
+        "'Intended use' section."))
 
 
 def contract_matches(wanted: str, actual: str) -> bool:
@@ -289,6 +293,8 @@ def content_hash(cfg: StudyConfig) -> str:
     doc["data"] = cfg.data.hashed(doc["data"])  # a source's own later keys
     if cfg.study.primary_metric is None:  # likewise: studies that choose none hash as before
         del doc["study"]["primary_metric"]
+    if cfg.study.description is None:
+        del doc["study"]["description"]
     # Options added later hash as before while they keep their defaults.
     if doc.get("privacy", {}).get("stats_epsilon") == 1.0:
         del doc["privacy"]["stats_epsilon"]

@@ -43,6 +43,9 @@ def test_a_hub_study_is_released_into_the_registry(fed: Federation, tmp_path: Pa
     assert on_disk.study_id == study_id and on_disk.mode == "network" and on_disk.rounds == 2
     assert [s.name for s in on_disk.sites] == ["alpha", "beta"]
     assert all(s.train_rows for s in on_disk.sites)
+    # Lineage: each site's dataset digest, from its hello (SHA-256 of the file it read).
+    digests = [s.dataset_digest for s in on_disk.sites]
+    assert all(len(d or "") == 64 for d in digests) and len(set(digests)) == 2
     listed = client.get("/v1/models").json()
     assert [m["id"] for m in listed] == [on_disk.id] and listed[0]["study_id"] == study_id
     got = RegistryEntry.model_validate_json(client.get(f"/v1/models/{on_disk.id}").content)

@@ -120,3 +120,16 @@ def test_a_dp_sgd_simulation_records_epsilon_per_site(tmp_path: Path) -> None:
     md = card_markdown(entry)
     assert "Differential privacy (dp_sgd" in md and "may memorise" not in md
     assert "No pooled baseline was trained." in md
+
+
+def test_the_studys_description_is_the_cards_intended_use(tmp_path: Path) -> None:
+    """study.description travels into the registry entry and the card (HTML-escaped)."""
+    text = "Adults seen in 2020; 5-year risk of MI <or> stroke; not for triage."
+    simulate({**CONFIG, "study": {**CONFIG["study"], "description": text}},
+             output_dir=tmp_path, overwrite=True)
+    entry = read_entry(tmp_path)
+    assert entry.description == text
+    md = card_markdown(entry)
+    assert text in md and "must write the intended use" not in md
+    page = card_html(entry)
+    assert "MI &lt;or&gt; stroke" in page and "<or>" not in page

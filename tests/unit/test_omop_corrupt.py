@@ -9,6 +9,7 @@ and keeps serving its other datasets.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from collections.abc import Callable, Iterator
@@ -131,7 +132,8 @@ def test_the_node_reports_the_dataset_unusable_and_keeps_serving(
 
     assert hub.polls == 1  # it went on to ask for work
     datasets = {d["name"]: d for d in hub.hellos[0]["datasets"]}
-    assert datasets["plain"] == {"name": "plain", "rows": 3}
+    digest = hashlib.sha256((tmp_path / "plain.csv").read_bytes()).hexdigest()
+    assert datasets["plain"] == {"name": "plain", "rows": 3, "digest": digest}
     cardio = datasets["cardio"]
     assert cardio["rows"] == 0 and "DataError" in cardio["quality"]["error"]
     assert str(corrupted) not in json.dumps(hub.hellos)  # the detail stays in the site's log

@@ -85,7 +85,11 @@ def study_config(features: list[str], label: str, contract_hash: str) -> dict[st
         # A risk model at ~20 % prevalence: judged by discrimination (AUC), not accuracy,
         # which the trivial "nobody has an event" prediction nearly matches.
         "study": {"name": "cardio-risk-federation", "seed": 0, "rounds": ROUNDS,
-                  "primary_metric": "auc"},
+                  "primary_metric": "auc",
+                  "description": "Demonstration only (synthetic patients): 5-year risk of "
+                                 "myocardial infarction or stroke for adults seen in 2020, "
+                                 "to show how a federated risk model is built; not for "
+                                 "clinical use."},
         "data": {"source": "federation", "dataset": DATASET, "label": label,
                  "features": features, "test_fraction": 0.25, "standardize": True,
                  "contract_hash": contract_hash},

@@ -126,6 +126,8 @@ class HelloDataset(BaseModel):
     #: Stored and served back as sent, so bounded (:data:`MAX_QUALITY_BYTES`, depth).
     contract_hash: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     quality: dict[str, Any] | None = None
+    #: SHA-256 of the dataset as the site read it, for the model registry's lineage.
+    digest: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
     @field_validator("quality")
     @classmethod

@@ -37,7 +37,7 @@ class SiteDirectory:
     def hello(self, site: str, serial: str, version: str, datasets: list[dict[str, Any]],
               session: str) -> None:
         infos = [DatasetInfo(str(d["name"]), int(d["rows"]), d.get("contract_hash"),
-                             d.get("quality")) for d in datasets]
+                             d.get("quality"), d.get("digest")) for d in datasets]
         with self.state.db.session() as s:
             known = SiteRepo(s).get(site)
             before = None if known is None else known.cert_serial

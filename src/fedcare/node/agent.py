@@ -26,6 +26,7 @@ from fedcare.core.messages import ErrorReply
 from fedcare.core.wire import DIGEST_HEADER, encode_error, payload_digest, read_message
 from fedcare.data.imaging import image_site_data
 from fedcare.engine.executor import SiteExecutor
+from fedcare.engine.registry import dataset_digest
 from fedcare.engine.study import site_executor
 from fedcare.learners.options import check_bins_vs_rows
 from fedcare.node.audit import NodeAudit, spent_epsilon
@@ -157,8 +158,8 @@ class NodeAgent:
     def _describe(self, name: str, path: Path) -> dict[str, Any]:
         """What the hub may know of a dataset: its name and row count and, for a clinical
         dataset, its contract hash and small-cell-suppressed quality report."""
-        if name not in self.data.clinical:
-            return {"name": name, "rows": _count_rows(path)}  # images: label-file rows
+        if name not in self.data.clinical:  # images: label-file rows and digest
+            return {"name": name, "rows": _count_rows(path), "digest": _file_digest(path)}
         try:
             built = self.clinical(name)
         except Exception as exc:
@@ -178,7 +179,7 @@ class NodeAgent:
         # The cohort size rounded down to 10: exact, it would let the hub recover suppressed
         # cells of the report's attrition by subtraction.
         return {"name": name, "rows": built.rows // 10 * 10,
-                "contract_hash": built.contract_hash,
+                "contract_hash": built.contract_hash, "digest": dataset_digest(*built.arrays()),
                 "quality": {**built.report, "violations": built.violations}}
 
     def clinical(self, name: str) -> ClinicalTable:
@@ -363,6 +364,17 @@ def _raise_for(r: HubResponse) -> None:
         with contextlib.suppress(ValueError):
             detail = r.json().get("detail", detail)
         raise FedcareError(f"hub refused the request ({r.status_code}): {detail}")
+
+
+def _file_digest(path: Path) -> str | None:
+    """SHA-256 of a dataset file (None if it cannot be read: the row count says why). Which
+    version of its data a site trained on, for the model registry; reveals nothing of the
+    rows themselves."""
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+    except OSError:
+        return None
 
 
 def _count_rows(path: Path) -> int:

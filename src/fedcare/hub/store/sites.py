@@ -22,6 +22,9 @@ class DatasetInfo:
     rows: int
     contract_hash: str | None = None
     quality: dict[str, Any] | None = None
+    #: SHA-256 of the site's dataset as the node read it (see the node's ``_describe``): which
+    #: version of the data a released model was trained on, for the model registry.
+    digest: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -44,6 +47,7 @@ class SiteRepo:
         now = utcnow()
         listed = [{"name": d.name, "rows": d.rows,
                    **({"contract_hash": d.contract_hash} if d.contract_hash else {}),
+                   **({"digest": d.digest} if d.digest else {}),
                    **({"quality": d.quality} if d.quality is not None else {})}
                   for d in datasets]
         fresh = {"cert_serial": serial.lower(), "last_seen": now, "version": version,
