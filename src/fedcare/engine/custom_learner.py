@@ -189,8 +189,8 @@ class CustomCodeLearner:
         if problem is None:
             return
         self._observe(CodeRun(op, "refused_output", problem, 0.0))
-        raise StudyCodeError(f"the study's code returned output fedcare refuses (sandbox "
-                             f"status ok, refused_output): {problem}")
+        raise StudyCodeError(f"the study's code ran ({op}(), sandbox status ok) but fedcare "
+                             f"refuses its output (refused_output): {problem}")
 
     def _observe(self, run: CodeRun) -> None:
         if self._on_run is not None:
