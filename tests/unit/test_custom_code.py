@@ -321,9 +321,9 @@ def test_a_module_that_cannot_be_shipped_is_refused(tmp_path: Path, code: bytes,
 def test_a_missing_module_and_a_study_without_one_are_refused(tmp_path: Path) -> None:
     path = _study(tmp_path, GOOD)
     (tmp_path / "m.py").unlink()
-    with pytest.raises(ConfigError, match="m.py does not exist"):
+    with pytest.raises(ConfigError, match=r"m\.py does not exist"):
         load_config(path)
-    with pytest.raises(ConfigError, match="needs model.code"):
+    with pytest.raises(ConfigError, match=r"needs model\.code"):
         parse_config({"data": {"source": "builtin"}, "model": {"name": "custom"}})
     with pytest.raises(ConfigError, match="was not read"):
         parse_config({"data": {"source": "builtin"},

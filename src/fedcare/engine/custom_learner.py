@@ -90,7 +90,7 @@ class CustomCodeLearner:
                  num_outputs: int, seed: int = 0, *, on_run: RunObserver | None = None) -> None:
         if options.source is None:
             raise ConfigError(options.unresolved() or "model 'custom' has no source")
-        self.name = options.name
+        self.name: str = options.name
         self.task = TaskType(task)
         self.input_shape = tuple(input_shape)
         self.num_outputs = int(num_outputs)
