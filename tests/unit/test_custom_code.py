@@ -360,3 +360,13 @@ def test_fedprox_site_level_dp_and_secure_aggregation_are_accepted() -> None:
                   "strategy": {"name": "fedprox", "mu": 0.1},
                   "privacy": {"mode": "dp_fedavg_distributed", "noise_multiplier": 0.5},
                   "secure_aggregation": {"protocol": "secagg"}})
+
+
+def test_the_site_policy_sees_a_custom_code_study_as_custom_code() -> None:
+    from fedcare.governance.site_policy import StudyRequest
+
+    cfg = parse_config({"data": {"source": "builtin"},
+                        "model": {"name": "custom", "source": GOOD, "params": 31}})
+    assert StudyRequest.from_config(cfg).custom_code
+    plain = parse_config({"data": {"source": "builtin"}})
+    assert not StudyRequest.from_config(plain).custom_code

@@ -181,7 +181,9 @@ class CustomCodeLearner:
                         result.status.value, result.reason, result.stderr[-2000:])
             self._observe(CodeRun(op, result.status.value, result.reason, result.seconds))
             raise StudyCodeError(f"the study's code failed in the sandbox: {op}() ended with "
-                                 f"status {result.status.value}: {result.reason}")
+                                 f"status {result.status.value}: {result.reason} (the code's "
+                                 "own output stays in the site's log; `fedcare simulate` "
+                                 "shows it for a local run)")
         self._observe(CodeRun(op, "ok", result.reason, result.seconds))
         return dict(result.outputs)
 
