@@ -180,10 +180,11 @@ class CustomCodeLearner:
             log.warning("study code %s() failed in the sandbox: %s: %s\n%s", op,
                         result.status.value, result.reason, result.stderr[-2000:])
             self._observe(CodeRun(op, result.status.value, result.reason, result.seconds))
+            reason = result.reason.replace(" (see stderr)", "")
             raise StudyCodeError(f"the study's code failed in the sandbox: {op}() ended with "
-                                 f"status {result.status.value}: {result.reason} (the code's "
-                                 "own output stays in the site's log; `fedcare simulate` "
-                                 "shows it for a local run)")
+                                 f"status {result.status.value}: {reason} (its own output, "
+                                 "e.g. a traceback, stays in the site's log; `fedcare "
+                                 "simulate` shows it)")
         self._observe(CodeRun(op, "ok", result.reason, result.seconds))
         return dict(result.outputs)
 
