@@ -83,3 +83,23 @@ def test_a_hostile_module_ends_the_simulation_with_its_sandbox_status(tmp_path: 
     assert done.returncode != 0
     text = done.stdout + done.stderr
     assert "status cpu_limit" in text and "Traceback" not in text, text
+
+
+def test_fedprox_secure_aggregation_and_site_dp_run_on_the_modules_weights() -> None:
+    """The update filters and secure aggregation see plain float weights: they run unchanged."""
+    cfg = {"study": {"name": "custom-secure", "seed": 1, "rounds": 2},
+           "data": {"source": "synthetic", "sites": 3, "rows_per_site": 80, "n_features": 6,
+                    "standardize": False},
+           "model": {"name": "custom", "source": (EXAMPLE / "model.py").read_text(),
+                     "params": 7, "cpu_seconds": 10, "wall_seconds": 30, "memory_mb": 1024},
+           "train": {"local_epochs": 1, "batch_size": 16, "lr": 0.1},
+           "strategy": {"name": "fedprox", "mu": 0.1},
+           "secure_aggregation": {"protocol": "secagg"},
+           "privacy": {"mode": "dp_fedavg_distributed", "noise_multiplier": 0.5, "clip": 5.0},
+           "baselines": {"local": False, "centralized": False}, "run": {"workers": 1}}
+    history = fedcare.simulate(cfg)
+    assert [r.round for r in history.rounds] == [1, 2]
+    assert all(sorted(r.sites_completed) == ["site-1", "site-2", "site-3"]
+               for r in history.rounds)
+    epsilon = history.rounds[-1].epsilon
+    assert isinstance(epsilon, float) and 0 < epsilon < float("inf")
