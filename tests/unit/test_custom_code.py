@@ -370,3 +370,38 @@ def test_the_site_policy_sees_a_custom_code_study_as_custom_code() -> None:
     assert StudyRequest.from_config(cfg).custom_code
     plain = parse_config({"data": {"source": "builtin"}})
     assert not StudyRequest.from_config(plain).custom_code
+
+
+@linux_only
+@pytest.mark.usefixtures("sandbox_works")
+def test_the_module_is_never_imported_into_this_process() -> None:
+    learner = _learner(GOOD + "\nimport sys\nsys.modules['fedcare_marker'] = sys\n")
+    x, y = _data(16)
+    learner.fit(learner.initial_parameters(), x, y, TRAIN, seed=0)
+    assert "fedcare_marker" not in sys.modules
+    assert not any("fedcare_study_code" in name for name in sys.modules)
+
+
+def test_the_node_writes_each_failed_run_to_its_signed_log(site_key: Path,
+                                                            tmp_path: Path) -> None:
+    from fedcare.governance.audit_log import EventKind, read, verify
+    from fedcare.node.agent import NodeAgent
+    from fedcare.node.audit import node_log_and_keys
+
+    kit = site_key.parent
+    (tmp_path / "d.csv").write_text("a,label\n1,0\n")
+    conf = tmp_path / "node.toml"
+    conf.write_text('[datasets.x]\npath = "d.csv"\n[approval]\nstudies = "any"\n')
+    agent = NodeAgent(kit, conf, state_dir=tmp_path / "state")
+    try:
+        observe = agent._code_runs("study-1")
+        observe(CodeRun("fit", "ok", "ran", 0.2))
+        observe(CodeRun("fit", "memory_limit", "ran out of memory (limit 1 bytes)", 0.5))
+        observe(CodeRun("scores", "refused_output", "scores() returned NaN", 0.0))
+    finally:
+        agent.close()
+    path, keys = node_log_and_keys(kit, tmp_path / "state")
+    assert verify(path, keys).ok
+    failed = [e for e in read(path) if e.kind is EventKind.STUDY_CODE_FAILED]
+    assert [(e.subject, e.details["function"], e.details["status"]) for e in failed] == [
+        ("study-1", "fit", "memory_limit"), ("study-1", "scores", "refused_output")]
