@@ -21,7 +21,12 @@ from fedcare.core.dataset import TaskType
 from fedcare.core.errors import ConfigError, ValidationError
 from fedcare.core.messages import TrainConfig
 from fedcare.core.params import Parameters
-from fedcare.engine.custom_learner import CodeRun, CustomCodeLearner, StudyCodeError
+from fedcare.engine.custom_learner import (
+    CodeRun,
+    CustomCodeLearner,
+    SiteCodeSettings,
+    StudyCodeError,
+)
 from fedcare.engine.learner_factory import ModelShape, learner_for
 from fedcare.governance.sandbox import Status, run_untrusted
 from fedcare.learners.options import MAX_CODE_BYTES, model_options
@@ -44,11 +49,12 @@ def _data(n: int = 240, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _learner(source: str, runs: list[CodeRun] | None = None, **options: Any
-             ) -> CustomCodeLearner:
+def _learner(source: str, runs: list[CodeRun] | None = None, *, allow_weaker: bool = False,
+             **options: Any) -> CustomCodeLearner:
     opts = model_options("custom", {"source": source, "params": 5, **TIGHT, **options})
-    learner = learner_for(opts, SHAPE, seed=1,
-                          on_run=runs.append if runs is not None else None)
+    site = SiteCodeSettings(on_run=runs.append if runs is not None else None,
+                            allow_weaker=allow_weaker)
+    learner = learner_for(opts, SHAPE, seed=1, code=site)
     assert isinstance(learner, CustomCodeLearner)
     return learner
 
@@ -394,7 +400,9 @@ def test_the_node_writes_each_failed_run_to_its_signed_log(site_key: Path,
     conf.write_text('[datasets.x]\npath = "d.csv"\n[approval]\nstudies = "any"\n')
     agent = NodeAgent(kit, conf, state_dir=tmp_path / "state")
     try:
-        observe = agent._code_runs("study-1")
+        assert not agent._code_settings("study-1").allow_weaker  # the strict default
+        observe = agent._code_settings("study-1").on_run
+        assert observe is not None
         observe(CodeRun("fit", "ok", "ran", 0.2))
         observe(CodeRun("fit", "memory_limit", "ran out of memory (limit 1 bytes)", 0.5))
         observe(CodeRun("scores", "refused_output", "scores() returned NaN", 0.0))
@@ -405,3 +413,41 @@ def test_the_node_writes_each_failed_run_to_its_signed_log(site_key: Path,
     failed = [e for e in read(path) if e.kind is EventKind.STUDY_CODE_FAILED]
     assert [(e.subject, e.details["function"], e.details["status"]) for e in failed] == [
         ("study-1", "fit", "memory_limit"), ("study-1", "scores", "refused_output")]
+
+
+@linux_only
+@pytest.mark.usefixtures("sandbox_works")
+def test_a_node_that_is_not_root_refuses_unless_its_config_allows_the_weaker_sandbox(
+        monkeypatch: pytest.MonkeyPatch, site_key: Path) -> None:
+    from fedcare.governance import sandbox
+
+    monkeypatch.setattr(sandbox, "_privileged", lambda: False)
+    error = _fails(GOOD, "unavailable")
+    assert "nothing ran" in str(error) or "allow_weaker" in str(error)
+    # The site allowed it: the weaker sandbox still hides the key and trains.
+    reads = f"""
+import numpy as np
+{GOOD}
+def fit(inputs, _fit=fit):
+    try:
+        open({str(site_key)!r}, "rb").read()
+    except OSError:
+        return _fit(inputs)
+    return {{"params": inputs["params"] * 0 + 99.0}}
+"""
+    learner = _learner(reads, allow_weaker=True)
+    x, y = _data()
+    fit = learner.fit(learner.initial_parameters(), x, y, TRAIN, seed=0)
+    assert not np.any(fit.parameters["params"] == 99.0)
+    assert learner.evaluate(fit.parameters, x, y)["accuracy"] > 0.85
+
+
+def test_the_weaker_sandbox_is_the_sites_choice_in_its_node_config(tmp_path: Path) -> None:
+    from fedcare.node.local_config import load_node_data
+
+    (tmp_path / "d.csv").write_text("a,label\n1,0\n")
+    conf = tmp_path / "node.toml"
+    conf.write_text('[datasets.x]\npath = "d.csv"\n')
+    assert not load_node_data(conf).sandbox_allow_weaker
+    conf.write_text('[datasets.x]\npath = "d.csv"\n[sandbox]\nallow_weaker = true\n')
+    assert load_node_data(conf).sandbox_allow_weaker

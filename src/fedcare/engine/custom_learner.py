@@ -83,11 +83,25 @@ class CodeRun:
 RunObserver = Callable[[CodeRun], None]
 
 
+@dataclass(frozen=True)
+class SiteCodeSettings:
+    """What the site (never the study) decides about running a study's code.
+
+    ``allow_weaker``: run in the sandbox's weaker mode when the node is not root (a user and
+    network namespace and Landlock, but no own uid and no private root: see
+    :mod:`fedcare.governance.sandbox`); without it such a node refuses the code (status
+    ``unavailable``). ``on_run``: told of every run."""
+
+    allow_weaker: bool = False
+    on_run: RunObserver | None = None
+
+
 class CustomCodeLearner:
     """Runs the study's ``fit`` and ``scores`` in the sandbox; see the module docstring."""
 
     def __init__(self, options: CustomOptions, input_shape: tuple[int, ...], task: TaskType,
-                 num_outputs: int, seed: int = 0, *, on_run: RunObserver | None = None) -> None:
+                 num_outputs: int, seed: int = 0, *,
+                 site: SiteCodeSettings | None = None) -> None:
         if options.source is None:
             raise ConfigError(options.unresolved() or "model 'custom' has no source")
         self.name: str = options.name
@@ -98,7 +112,7 @@ class CustomCodeLearner:
         self._limits = Limits(cpu_seconds=options.cpu_seconds,
                               wall_seconds=float(options.wall_seconds),
                               memory_bytes=options.memory_mb << 20, processes=_PROCESSES)
-        self._on_run = on_run
+        self._site = site if site is not None else SiteCodeSettings()
         size = options.params
         rng = np.random.default_rng(seed)
         start = (rng.normal(0.0, options.init_std, size) if options.init_std > 0
@@ -174,7 +188,7 @@ class CustomCodeLearner:
 
     def _run(self, op: str, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         result: SandboxResult = run_untrusted(self._source, inputs, limits=self._limits,
-                                              entry=op)
+                                              entry=op, allow_weaker=self._site.allow_weaker)
         if not result.ok:
             # The code's stderr may hold anything it chose to print: the site's log only.
             log.warning("study code %s() failed in the sandbox: %s: %s\n%s", op,
@@ -196,8 +210,8 @@ class CustomCodeLearner:
                              f"refuses its output (refused_output): {problem}")
 
     def _observe(self, run: CodeRun) -> None:
-        if self._on_run is not None:
-            self._on_run(run)
+        if self._site.on_run is not None:
+            self._site.on_run(run)
 
     def _params_problem(self, params: np.ndarray | None) -> str | None:
         size = self._spec[PARAMS].shape[0]

@@ -15,7 +15,7 @@ from fedcare.core.learning import Learner
 from fedcare.learners.options import ModelOptions
 
 if TYPE_CHECKING:
-    from fedcare.engine.custom_learner import RunObserver
+    from fedcare.engine.custom_learner import SiteCodeSettings
     from fedcare.learners.torch_learner import DpSgdOptions
 
 
@@ -44,7 +44,7 @@ class ModelShape:
 
 
 def make_learner(cfg: StudyConfig, shape: ModelShape, *, rows: int | None = None,
-                 seeded: bool = False, on_run: RunObserver | None = None) -> Learner:
+                 seeded: bool = False, code: SiteCodeSettings | None = None) -> Learner:
     """One learner for every site in this process; its model is initialised from the seed.
 
     A DP-SGD study's learner is per site (``rows``: the site's training rows), since a
@@ -53,7 +53,7 @@ def make_learner(cfg: StudyConfig, shape: ModelShape, *, rows: int | None = None
     sampling and noise come from secret seeds (nodes and simulations alike: a simulation's DP
     result is a privacy claim too); ``seeded=True`` derives them from the public study seed,
     for reproducible tests only (see :class:`~fedcare.learners.torch_learner.DpSgdOptions`).
-    ``on_run``: told of every sandboxed run of a study's own code (model ``custom``).
+    ``code``: the site's settings for running a study's own code (model ``custom``).
     """
     m = cfg.model
     dp = None
@@ -62,11 +62,11 @@ def make_learner(cfg: StudyConfig, shape: ModelShape, *, rows: int | None = None
         from fedcare.learners.torch_learner import DpSgdOptions
 
         dp = DpSgdOptions(derive_noise(cfg, rows), cfg.privacy.clip, seeded=seeded)
-    return learner_for(m, shape, cfg.study.seed, dp=dp, on_run=on_run)
+    return learner_for(m, shape, cfg.study.seed, dp=dp, code=code)
 
 
 def learner_for(model: ModelOptions, shape: ModelShape, seed: int = 0, *,
-                dp: DpSgdOptions | None = None, on_run: RunObserver | None = None) -> Learner:
+                dp: DpSgdOptions | None = None, code: SiteCodeSettings | None = None) -> Learner:
     """The learner of ``model`` (validated options) for ``shape``: what a study trains and what
     a saved model bundle (:mod:`fedcare.engine.bundle`) is rebuilt with."""
     if model.capabilities.backend == "custom":
@@ -76,7 +76,7 @@ def learner_for(model: ModelOptions, shape: ModelShape, seed: int = 0, *,
         if not isinstance(model, CustomOptions):
             raise TypeError(f"no sandboxed learner for model {model.name!r}")
         return CustomCodeLearner(model, shape.input_shape, shape.task, shape.num_outputs, seed,
-                                 on_run=on_run)
+                                 site=code)
     if model.capabilities.backend == "trees":
         from fedcare.learners.options import XGBoostOptions
         from fedcare.learners.xgboost import XGBoostLearner
