@@ -381,11 +381,11 @@ def _model_checks(cfg: StudyConfig) -> list[str]:
         problems.append(f"'strategy.name': strategy {cfg.strategy.name} corrects each local "
                         f"gradient step at the site, which model {m.name} does not let "
                         f"fedcare do; use one of {usable}")
-    if caps.backend == "custom" and (cfg.train.optimizer != "sgd"
-                                     or cfg.train.lr_schedule != "constant"):
-        problems.append(f"'train.optimizer' / 'train.lr_schedule': model {m.name} trains with "
-                        "the study's own code, which receives lr, momentum, weight_decay and "
-                        "mu but no optimizer or schedule; leave them at sgd and constant")
+    if not caps.optimizers and (cfg.train.optimizer != "sgd"
+                                or cfg.train.lr_schedule != "constant"):
+        problems.append(f"'train.optimizer' / 'train.lr_schedule': model {m.name} is trained "
+                        "by code that receives lr, momentum, weight_decay and mu but no "
+                        "optimizer or schedule; leave them at sgd and constant")
     n = m.rounds()
     if n is not None and cfg.study.rounds != n:
         problems.append(f"'study.rounds': model {m.name} runs exactly {n} rounds (one sketch "

@@ -38,7 +38,9 @@ class ModelCapabilities:
     ``strategy``: the only strategy that can aggregate it (None: any). ``no_dp``: why no
     differential privacy applies to it (None: the study's DP rules decide). ``site_half``:
     its learner applies a strategy's gradient correction (SCAFFOLD's c - c_i); a model whose
-    training fedcare cannot reach into (a study's own code) refuses such strategies."""
+    training fedcare cannot reach into (a study's own code) refuses such strategies.
+    ``optimizers``: its learner honours ``train.optimizer`` and ``train.lr_schedule`` (else
+    a study must leave them at sgd and constant)."""
 
     backend: Literal["torch", "sklearn", "trees", "custom"] = "torch"
     dp_sgd: bool = False
@@ -46,6 +48,7 @@ class ModelCapabilities:
     strategy: str | None = None
     no_dp: str | None = None
     site_half: bool = True
+    optimizers: bool = True
 
 
 class ModelOptions(Section):
@@ -262,7 +265,7 @@ class CustomOptions(ModelOptions):
                               "at each site in the sandbox after approval; its weights are "
                               "one flat float vector")
     capabilities: ClassVar[ModelCapabilities] = ModelCapabilities(
-        backend="custom", site_half=False)
+        backend="custom", site_half=False, optimizers=False)
     code: str | None = Field(None, min_length=1, max_length=1000, description=(
         "custom: the study's Python module, a path relative to the study file; its text "
         "(at most 256 KiB of UTF-8) is read into model.source when the study is read."))
