@@ -270,6 +270,7 @@ BAD_OUTPUTS = [
 def test_wrong_outputs_are_refused_with_what_was_wrong(code: str, op: str, message: str) -> None:
     error = _fails(code, "refused_output", op=op)
     assert message in str(error)
+    _good_still_trains()
 
 
 @linux_only
