@@ -36,7 +36,7 @@ from fedcare.data.sources.registry import all_sources, sources_that
 from fedcare.data.sources.synthetic import SyntheticData as SyntheticData
 from fedcare.data.sources.table import PooledFileData as PooledFileData
 from fedcare.learners.options import LogregOptions, ModelOptions, all_models
-from fedcare.strategies.base import StrategyOptions
+from fedcare.strategies.base import SiteAlgorithm, StrategyOptions
 from fedcare.strategies.fedavg import FedAvgOptions
 from fedcare.strategies.registry import all_strategies, describe, options_types
 
@@ -323,7 +323,12 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None,
     problems = _cross_checks(cfg)
     if problems:
         raise ConfigError(problems, source=source)
-    return _resolve_paths(cfg, base_dir) if base_dir is not None else cfg
+    if base_dir is not None:
+        cfg = _resolve_paths(cfg, base_dir)
+    missing = cfg.model.unresolved()
+    if missing is not None:
+        raise ConfigError(missing, source=source)
+    return cfg
 
 
 def _cross_checks(cfg: StudyConfig) -> list[str]:
@@ -375,6 +380,18 @@ def _model_checks(cfg: StudyConfig) -> list[str]:
     if owners and m.name not in owners:
         problems.append(f"'strategy.name': strategy {cfg.strategy.name} aggregates model "
                         f"{' or '.join(owners)} only, not {m.name}")
+    strategy = all_strategies()[cfg.strategy.name]
+    if not caps.site_half and type(strategy.site_half) is not SiteAlgorithm:
+        usable = ", ".join(n for n, c in all_strategies().items()
+                           if type(c.site_half) is SiteAlgorithm)
+        problems.append(f"'strategy.name': strategy {cfg.strategy.name} corrects each local "
+                        f"gradient step at the site, which model {m.name} does not let "
+                        f"fedcare do; use one of {usable}")
+    if not caps.optimizers and (cfg.train.optimizer != "sgd"
+                                or cfg.train.lr_schedule != "constant"):
+        problems.append(f"'train.optimizer' / 'train.lr_schedule': model {m.name} is trained "
+                        "by code that receives lr, momentum, weight_decay and mu but no "
+                        "optimizer or schedule; leave them at sgd and constant")
     n = m.rounds()
     if n is not None and cfg.study.rounds != n:
         problems.append(f"'study.rounds': model {m.name} runs exactly {n} rounds (one sketch "
@@ -458,7 +475,8 @@ def _privacy_checks(cfg: StudyConfig) -> list[str]:
 
 
 def _resolve_paths(cfg: StudyConfig, base: Path) -> StudyConfig:
-    return cfg.model_copy(update={"data": cfg.data.resolved(base)})
+    return cfg.model_copy(update={"data": cfg.data.resolved(base),
+                                  "model": cfg.model.resolved(base)})
 
 
 def load_config(path: Path) -> StudyConfig:

@@ -4,6 +4,8 @@ here the moment it registers."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -24,7 +26,12 @@ SHAPES = {"flat (n, features)": (6,), "image (n, channels, height, width)": (1, 
 SMALL = {"mlp": {"hidden": [8]}, "cnn": {"channels": [4]}, "resnet": {"channels": [4, 8]},
          "lstm": {"hidden": 8},
          "gru": {"hidden": 8}, "transformer": {"d_model": 8, "heads": 2, "layers": 1},
-         "xgboost": {"n_trees": 2, "max_depth": 2, "max_bin": 8}}
+         "xgboost": {"n_trees": 2, "max_depth": 2, "max_bin": 8},
+         # The study's own module (examples/custom_model): 6 features + 1 intercept, 1 output;
+         # it runs in the sandbox, so these checks also hold for what the sandbox returns.
+         "custom": {"source": (Path(__file__).parents[2] / "examples" / "custom_model" /
+                               "model.py").read_text(), "params": 7,
+                    "cpu_seconds": 10, "wall_seconds": 30, "memory_mb": 1024}}
 
 
 def _study(name: str, **sections: object) -> dict[str, object]:

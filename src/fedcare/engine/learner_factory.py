@@ -15,6 +15,7 @@ from fedcare.core.learning import Learner
 from fedcare.learners.options import ModelOptions
 
 if TYPE_CHECKING:
+    from fedcare.engine.custom_learner import SiteCodeSettings
     from fedcare.learners.torch_learner import DpSgdOptions
 
 
@@ -43,7 +44,7 @@ class ModelShape:
 
 
 def make_learner(cfg: StudyConfig, shape: ModelShape, *, rows: int | None = None,
-                 seeded: bool = False) -> Learner:
+                 seeded: bool = False, code: SiteCodeSettings | None = None) -> Learner:
     """One learner for every site in this process; its model is initialised from the seed.
 
     A DP-SGD study's learner is per site (``rows``: the site's training rows), since a
@@ -52,6 +53,7 @@ def make_learner(cfg: StudyConfig, shape: ModelShape, *, rows: int | None = None
     sampling and noise come from secret seeds (nodes and simulations alike: a simulation's DP
     result is a privacy claim too); ``seeded=True`` derives them from the public study seed,
     for reproducible tests only (see :class:`~fedcare.learners.torch_learner.DpSgdOptions`).
+    ``code``: the site's settings for running a study's own code (model ``custom``).
     """
     m = cfg.model
     dp = None
@@ -60,13 +62,21 @@ def make_learner(cfg: StudyConfig, shape: ModelShape, *, rows: int | None = None
         from fedcare.learners.torch_learner import DpSgdOptions
 
         dp = DpSgdOptions(derive_noise(cfg, rows), cfg.privacy.clip, seeded=seeded)
-    return learner_for(m, shape, cfg.study.seed, dp=dp)
+    return learner_for(m, shape, cfg.study.seed, dp=dp, code=code)
 
 
 def learner_for(model: ModelOptions, shape: ModelShape, seed: int = 0, *,
-                dp: DpSgdOptions | None = None) -> Learner:
+                dp: DpSgdOptions | None = None, code: SiteCodeSettings | None = None) -> Learner:
     """The learner of ``model`` (validated options) for ``shape``: what a study trains and what
     a saved model bundle (:mod:`fedcare.engine.bundle`) is rebuilt with."""
+    if model.capabilities.backend == "custom":
+        from fedcare.engine.custom_learner import CustomCodeLearner
+        from fedcare.learners.options import CustomOptions
+
+        if not isinstance(model, CustomOptions):
+            raise TypeError(f"no sandboxed learner for model {model.name!r}")
+        return CustomCodeLearner(model, shape.input_shape, shape.task, shape.num_outputs, seed,
+                                 site=code)
     if model.capabilities.backend == "trees":
         from fedcare.learners.options import XGBoostOptions
         from fedcare.learners.xgboost import XGBoostLearner

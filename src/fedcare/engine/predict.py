@@ -182,6 +182,8 @@ def _check_layout(bundle: ModelBundle, options: Any) -> None:
 
         fits = (len(bundle.input_shape) == 1
                 and shapes == state_shapes(options, bundle.input_shape[0]))
+    elif bundle.backend == "custom":  # the study's own code: one flat weight vector
+        fits = shapes == {"params": (int(getattr(options, "params", -1)),)}
     elif bundle.backend == "sklearn":
         coef = shapes.get("coef", ())
         fits = (len(bundle.input_shape) == 1
@@ -276,6 +278,10 @@ def export_onnx(model: SavedModel, path: str | Path) -> None:
     from fedcare.engine.bundle import METADATA_KEY
 
     b = model.bundle
+    if b.backend == "custom":
+        raise BundleError(f"model {b.model_name!r} is the study's own code, which runs only in "
+                          "fedcare's sandbox; it cannot be exported to ONNX (predict with "
+                          "`fedcare predict`, which runs it in the sandbox)")
     module = _graph(model)
     dummy = torch.zeros((1, *b.input_shape), dtype=torch.float32)
     output = "prediction" if b.task is TaskType.REGRESSION else "probabilities"

@@ -36,6 +36,7 @@ from fedcare.transport.base import Transport
 
 if TYPE_CHECKING:
     from fedcare.engine.ckks_custody import SiteIdentity, StudyKeys
+    from fedcare.engine.custom_learner import SiteCodeSettings
 
 #: Where a study runs: every site in this process, or a hub and its nodes.
 Mode = Literal["simulation", "network"]
@@ -170,7 +171,8 @@ def site_executor(cfg: StudyConfig, data: SiteData, index: int, sites: Sequence[
                   ledger: Any | None = None, he_secret: bytes | None = None,
                   identity: SiteIdentity | None = None, keys: StudyKeys | None = None,
                   state_dir: Path | None = None, local_baseline: bool = True,
-                  baseline_refusal: str | None = None) -> SiteExecutor:
+                  baseline_refusal: str | None = None,
+                  code: SiteCodeSettings | None = None) -> SiteExecutor:
     """The site half of a study at site ``data.name`` (``index``-th of ``sites``).
 
     ``learner``: the study's non-DP learner shared by a simulation's sites (default: built
@@ -180,15 +182,16 @@ def site_executor(cfg: StudyConfig, data: SiteData, index: int, sites: Sequence[
     CKKS context for every site (simulation); ``identity``/``keys``: a networked site's
     CKKS key custody. ``local_baseline``: whether the approved study lets the hub ask for a
     local-only baseline (``baseline_refusal``: why this site will not train it).
+    ``code``: the site's settings for running the study's own code (model ``custom``).
     """
     if shape is None:
         shape = (ModelShape.of_federated(cfg.data) if isinstance(cfg.data, FederatedData)
                  else ModelShape.of_site(data))
     dp_sgd = cfg.privacy.mode == "dp_sgd"
     if dp_sgd:
-        trains = make_learner(cfg, shape, rows=len(data.y_train))
+        trains = make_learner(cfg, shape, rows=len(data.y_train), code=code)
     else:
-        trains = learner if learner is not None else make_learner(cfg, shape)
+        trains = learner if learner is not None else make_learner(cfg, shape, code=code)
     settings = SecureSettings.of(cfg, he_context=he_secret)
     secure = (SecureSite(data.name, settings, sites, identity=identity, keys=keys)
               if settings is not None else None)
@@ -197,7 +200,8 @@ def site_executor(cfg: StudyConfig, data: SiteData, index: int, sites: Sequence[
         # The baselines are references trained without DP, as in simulation.
         plain = None
         if dp_sgd and baseline_refusal is None:
-            plain = learner if learner is not None else make_learner(cfg, shape)
+            plain = learner if learner is not None else make_learner(cfg, shape,
+                                                                     code=code)
         baseline = LocalBaseline(cfg.study.rounds, learner=plain, refusal=baseline_refusal)
     return SiteExecutor(data, trains, site_index=index,
                         expected=(learner or trains).initial_parameters().spec,

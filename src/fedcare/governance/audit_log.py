@@ -129,6 +129,7 @@ class EventKind(enum.StrEnum):
     AGGREGATED = "aggregated"
     MODEL_RELEASED = "model_released"
     PRIVACY_CHARGED = "privacy_charged"  # a node charged its privacy ledger (epsilon)
+    STUDY_CODE_FAILED = "study_code_failed"  # a study's own code failed in a node's sandbox
     EXPORT_REQUESTED = "export_requested"
     EXPORT_APPROVED = "export_approved"
     EXPORT_REJECTED = "export_rejected"

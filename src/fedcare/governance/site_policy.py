@@ -191,8 +191,8 @@ class StudyRequest:
     #: ``data.task`` of a federation study: binary, multiclass, regression (None: unknown,
     #: checked as classification).
     task: str | None = None
-    #: Whether the study brings its own model code (StudyConfig has no such option yet: the
-    #: governance wiring sets it when it adds one).
+    #: Whether the study brings its own model code (model ``custom``: its capabilities say
+    #: backend ``custom``; :meth:`from_config` reads it, so a caller cannot forget it).
     custom_code: bool = False
 
     def __post_init__(self) -> None:
@@ -211,6 +211,8 @@ class StudyRequest:
         ``target_epsilon`` (+ ``stats_epsilon`` when the data are standardized)."""
         privacy = cfg.privacy
         mode = str(privacy.mode)
+        capabilities = getattr(cfg.model, "capabilities", None)
+        custom_code = custom_code or getattr(capabilities, "backend", None) == "custom"
         if epsilon is None and mode != "none" and privacy.target_epsilon is not None:
             epsilon = float(privacy.target_epsilon)
             if getattr(cfg.data, "standardize", False):

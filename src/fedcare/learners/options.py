@@ -12,6 +12,7 @@ reading a study must not cost a torch import.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import Field, model_validator
@@ -35,13 +36,19 @@ class ModelCapabilities:
     """``backend``: which learner trains it. ``dp_sgd``: Opacus computes its per-example
     gradients (record-level DP-SGD). ``input``: the per-example input it takes, for messages.
     ``strategy``: the only strategy that can aggregate it (None: any). ``no_dp``: why no
-    differential privacy applies to it (None: the study's DP rules decide)."""
+    differential privacy applies to it (None: the study's DP rules decide). ``site_half``:
+    its learner applies a strategy's gradient correction (SCAFFOLD's c - c_i); a model whose
+    training fedcare cannot reach into (a study's own code) refuses such strategies.
+    ``optimizers``: its learner honours ``train.optimizer`` and ``train.lr_schedule`` (else
+    a study must leave them at sgd and constant)."""
 
-    backend: Literal["torch", "sklearn", "trees"] = "torch"
+    backend: Literal["torch", "sklearn", "trees", "custom"] = "torch"
     dp_sgd: bool = False
     input: str = "flat (n, features)"
     strategy: str | None = None
     no_dp: str | None = None
+    site_half: bool = True
+    optimizers: bool = True
 
 
 class ModelOptions(Section):
@@ -57,6 +64,15 @@ class ModelOptions(Section):
 
     def rounds(self) -> int | None:
         """The rounds the model itself fixes (a tree ensemble's growth), or None."""
+        return None
+
+    def resolved(self, base: Path) -> ModelOptions:
+        """These options with their files read, relative to the study file's folder
+        ``base`` (a model that ships its own code embeds its text here)."""
+        return self
+
+    def unresolved(self) -> str | None:
+        """Why these options cannot be used as they are (a file not read yet), or None."""
         return None
 
 
@@ -228,6 +244,79 @@ class XGBoostOptions(TreeOptions, ModelOptions):
 
     def tree_options(self) -> TreeOptions:
         return TreeOptions(**self.model_dump(exclude={"name"}))
+
+
+#: Largest study module a custom model may ship (its text travels in the study, to every site).
+MAX_CODE_BYTES = 256 * 1024
+#: Largest flat parameter vector of a custom model.
+MAX_CUSTOM_PARAMS = 2**24
+
+
+@register_model
+class CustomOptions(ModelOptions):
+    """A model whose code the study ships: a Python module that fedcare never imports, run
+    at each site only after approval and only in the sandbox
+    (:mod:`fedcare.governance.sandbox`; the contract is in ``docs/governance.md``). Its text
+    is embedded when the study file is read, so it travels with the study and is part of the
+    content hash every site approves."""
+
+    name: Literal["custom"] = "custom"
+    summary: ClassVar[str] = ("the study's own Python module (fit/scores on numpy arrays), run "
+                              "at each site in the sandbox after approval; its weights are "
+                              "one flat float vector")
+    capabilities: ClassVar[ModelCapabilities] = ModelCapabilities(
+        backend="custom", site_half=False, optimizers=False)
+    code: str | None = Field(None, min_length=1, max_length=1000, description=(
+        "custom: the study's Python module, a path relative to the study file; its text "
+        "(at most 256 KiB of UTF-8) is read into model.source when the study is read."))
+    source: str | None = Field(None, min_length=1, max_length=MAX_CODE_BYTES, description=(
+        "custom: the module's text (filled in from model.code; give one of the two)."))
+    params: int = Field(1, ge=1, le=MAX_CUSTOM_PARAMS, description=(
+        "custom: length of the model's flat float64 weight vector."))
+    init_std: float = Field(0.0, ge=0, le=100, description=(
+        "custom: initial weights drawn from N(0, init_std^2) with the study seed (0: zeros)."))
+    cpu_seconds: int = Field(60, ge=1, le=3600, description=(
+        "custom: CPU seconds one sandboxed run (one fit or one scoring) may use."))
+    wall_seconds: float = Field(120.0, gt=0, le=7200, description=(
+        "custom: wall-clock seconds one sandboxed run may take."))
+    memory_mb: int = Field(2048, ge=256, le=65536, description=(
+        "custom: address space (MiB) of one sandboxed run."))
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CustomOptions:
+        if self.code is None and self.source is None:
+            raise ValueError("model 'custom' needs model.code (the path of the study's "
+                             "Python module, relative to the study file)")
+        if self.source is not None and len(self.source.encode("utf-8")) > MAX_CODE_BYTES:
+            raise ValueError(f"model.source is larger than {MAX_CODE_BYTES} bytes")
+        return self
+
+    def resolved(self, base: Path) -> CustomOptions:
+        if self.source is not None or self.code is None:
+            return self
+        path = base / self.code
+        try:
+            size = path.stat().st_size
+            if size > MAX_CODE_BYTES:
+                raise ConfigError(f"'model.code': {path} is {size} bytes; a study's module may "
+                                  f"be at most {MAX_CODE_BYTES} bytes (256 KiB)")
+            text = path.read_bytes().decode("utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"'model.code': {path} does not exist; give the path of the "
+                              "study's Python module relative to the study file") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"'model.code': {path} is not UTF-8 text") from None
+        except OSError as exc:
+            raise ConfigError(f"'model.code': cannot read {path}: {exc.strerror}") from None
+        if not text.strip():
+            raise ConfigError(f"'model.code': {path} is empty")
+        return self.model_copy(update={"source": text})
+
+    def unresolved(self) -> str | None:
+        if self.source is None:
+            return (f"'model.code': the module {self.code!r} was not read; load the study "
+                    "from its file (fedcare reads the module next to it) or give model.source")
+        return None
 
 
 def check_bins_vs_rows(model: TreeOptions | ModelOptions, rows: int, site: str) -> str | None:

@@ -42,6 +42,7 @@ from fedcare.node.site_data import (
 
 if TYPE_CHECKING:
     from fedcare.engine.ckks_custody import SiteIdentity, StudyKeys
+    from fedcare.engine.custom_learner import CodeRun, SiteCodeSettings
 
 log = logging.getLogger("fedcare.node")
 SHA_HEADER = "X-Content-SHA256"
@@ -241,11 +242,25 @@ class NodeAgent:
                                            identity=identity, keys=keys,
                                            state_dir=self.state_dir / study_id,
                                            local_baseline=cfg.baselines.local_at_sites,
-                                           baseline_refusal=self._baseline_refusal())
+                                           baseline_refusal=self._baseline_refusal(),
+                                           code=self._code_settings(study_id))
         self._studies[study_id] = entry
         self.audit.study_loaded(study_id, cfg.study.name, digest, getattr(cfg.data, "dataset",
                                                                           None), entry.refusal)
         return entry
+
+    def _code_settings(self, study_id: str) -> SiteCodeSettings:
+        """How this site runs a study's own code: the sandbox's weaker mode only if its node
+        config allows it ([sandbox] allow_weaker), and every failed run written to the site's
+        audit log (the run's status and fedcare's reason; the code's own output stays in the
+        node's log)."""
+        from fedcare.engine.custom_learner import SiteCodeSettings
+
+        def observe(run: CodeRun) -> None:
+            if not run.ok:
+                self.audit.study_code_failed(study_id, run.op, run.status, run.reason,
+                                             run.seconds)
+        return SiteCodeSettings(allow_weaker=self.data.sandbox_allow_weaker, on_run=observe)
 
     def _baseline_refusal(self) -> str | None:
         """Why this site will not train a study's model alone when the hub asks (None: it

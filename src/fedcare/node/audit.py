@@ -9,7 +9,10 @@ Entries (log and actor ``site:NAME``):
   at the site, dataset, and the refusal if the site refuses it);
 * ``update_sent``: a task answered (task id, kind, round, the SHA-256 of the reply's bytes);
 * ``privacy_charged``: the epsilon a task added to the site's privacy ledger, and the total;
-* ``task_refused``: a task the site did not run, and why.
+* ``task_refused``: a task the site did not run, and why;
+* ``study_code_failed``: a run of a study's own code (model ``custom``) that failed in the
+  site's sandbox or whose output the site refused: the study, the function (fit/scores),
+  the sandbox status and fedcare's reason (never the code's own output).
 
 Citing the hub: a task carries no reference to the hub's ``task_sent`` entry (the wire
 format is unchanged), so a node's entry names the task by its id (the entry's ``subject``, the
@@ -128,6 +131,13 @@ class NodeAudit:
     def refused(self, task_id: str, payload_digest: str, why: str) -> None:
         self.record(EventKind.TASK_REFUSED, task_id,
                     {"task": task_id, "payload_digest": payload_digest, "why": why[:500]})
+
+
+    def study_code_failed(self, study_id: str, op: str, status: str, reason: str,
+                          seconds: float) -> None:
+        self.record(EventKind.STUDY_CODE_FAILED, study_id,
+                    {"study": study_id, "function": op[:20], "status": status[:40],
+                     "reason": reason[:500], "seconds": round(seconds, 3)})
 
 
 def spent_epsilon(ledger: Any) -> float | None:

@@ -26,6 +26,10 @@ policy = "privacy.toml"        # the site's privacy budget (max_epsilon, delta, 
 local = true                   # when an approved study asks ([baselines] local_at_sites),
                                # train its model alone on this site's rows and report the
                                # held-out metrics; false refuses (the study goes on without)
+
+[sandbox]
+allow_weaker = false           # a node that is not root runs a study's own code (model
+                               # "custom") in the weaker sandbox only if true; else refuses it
 ```
 
 Without ``[privacy]`` the site keeps no budget (and says so when the node starts). Without
@@ -72,6 +76,8 @@ class NodeData:
     test_paths: dict[str, Path] = field(default_factory=dict)
     #: Whether the site trains a study's model alone when an approved study asks for it.
     local_baselines: bool = True
+    #: Whether a node that is not root runs a study's own code in the weaker sandbox.
+    sandbox_allow_weaker: bool = False
 
     def approves(self, config_hash: str) -> bool:
         """Fail closed: a study runs only if its exact content hash is listed (or 'any')."""
@@ -136,12 +142,20 @@ class _Baselines(Section):
         "alone on this site's rows and report its held-out metrics; false refuses."))
 
 
+class _Sandbox(Section):
+    allow_weaker: bool = Field(False, description=(
+        "A node that is not root runs a study's own code (model custom) in the sandbox's "
+        "weaker mode (user and network namespace and Landlock; no own uid, no private "
+        "root) only if true; false refuses such studies."))
+
+
 class _NodeFile(Section):
     datasets: dict[str, _Dataset] = Field(min_length=1, description=(
         "[datasets.NAME]: path = TABLE, or source + contract, or images + labels."))
     approval: _Approval = Field(default_factory=_Approval)
     privacy: _Privacy | None = None
     baselines: _Baselines = Field(default_factory=_Baselines)
+    sandbox: _Sandbox = Field(default_factory=_Sandbox)
 
 
 _FILE = TypeAdapter(_NodeFile)
@@ -177,4 +191,5 @@ def load_node_data(path: Path) -> NodeData:
                     frozenset(studies if isinstance(studies, list) else []),
                     clinical=clinical, images=images, test_paths=test_paths,
                     privacy_policy=local(doc.privacy.policy) if doc.privacy else None,
-                    local_baselines=doc.baselines.local)
+                    local_baselines=doc.baselines.local,
+                    sandbox_allow_weaker=doc.sandbox.allow_weaker)
