@@ -6,17 +6,15 @@ traceback."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import fedcare
-from fedcare.governance.sandbox import Status, run_untrusted
+from tests.sandbox import skip_unless_sandbox
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "custom_model"
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
@@ -25,10 +23,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
 
 @pytest.fixture(autouse=True, scope="module")
 def _sandbox_available() -> None:
-    probe = run_untrusted("import numpy as np\ndef run(i):\n    return {'y': i['x']}\n",
-                          {"x": np.zeros(2)})
-    if probe.status is Status.UNAVAILABLE and os.environ.get("FEDCARE_REQUIRE_SANDBOX") != "1":
-        pytest.skip(f"the sandbox cannot be set up on this machine: {probe.reason}")
+    skip_unless_sandbox()
 
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -7,20 +7,18 @@ study to the end."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from fedcare.config import content_hash, load_config
 from fedcare.governance.audit_log import EventKind, read
-from fedcare.governance.sandbox import Status, run_untrusted
 from tests.integration.network import FEATURES, NetFederation, study_config
 from tests.integration.network import net_fixture as net_fixture  # the "net" fixture
+from tests.sandbox import skip_unless_sandbox
 
 Net = Callable[..., NetFederation]
 pytestmark = [pytest.mark.slow,
@@ -32,10 +30,7 @@ GOOD = (Path(__file__).parents[2] / "examples" / "custom_model" / "model.py").re
 
 @pytest.fixture(autouse=True, scope="module")
 def _sandbox_available() -> None:
-    probe = run_untrusted("import numpy as np\ndef run(i):\n    return {'y': i['x']}\n",
-                          {"x": np.zeros(2)})
-    if probe.status is Status.UNAVAILABLE and os.environ.get("FEDCARE_REQUIRE_SANDBOX") != "1":
-        pytest.skip(f"the sandbox cannot be set up on this machine: {probe.reason}")
+    skip_unless_sandbox()
 
 
 def _custom_study(folder: Path, code: str, name: str) -> tuple[dict[str, Any], str]:
