@@ -171,6 +171,8 @@ class DeclaredDataset(Response):
     rows: int
     contract_hash: str | None = None
     quality: dict[str, Any] | None = None
+    # SHA-256 of the site's dataset as the node read it: the registry's lineage for a release.
+    digest: str | None = None
 
 
 class SiteInfo(Response):
