@@ -34,6 +34,7 @@ from fedcare import __version__
 from fedcare.core.errors import ConfigError, FedcareError, ProtocolError, ValidationError
 from fedcare.core.wire import DIGEST_HEADER
 from fedcare.engine.registry import RegistryEntry
+from fedcare.governance.airlock import AirlockError, ExportConflict, ExportForbidden
 from fedcare.hub.keyrelay import MAX_SEALED_BYTES, KeyRelay, KeyRelayNotFound
 from fedcare.hub.registry import ModelDesk
 from fedcare.hub.schemas import (
@@ -102,6 +103,7 @@ class RevocationListUnavailable(PeerCertificateError):
 
 
 _STATUS: list[tuple[type[Exception], int]] = [
+    (ExportForbidden, 403), (ExportConflict, 409), (AirlockError, 422),
     (TooManyPolls, 429), (NotFound, 404), (UnknownTask, 404), (WrongSite, 403),
     (DuplicateReply, 409), (NotDelivered, 409), (LateReply, 410), (ProtocolError, 409),
     (PeerCertificateError, 403), (NotResumable, 409), (StorageUnavailable, 503),

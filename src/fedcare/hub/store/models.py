@@ -256,3 +256,46 @@ class ModelEntry(Base):
     study_hash: Mapped[str] = mapped_column(sa.String(SHA_LEN))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     entry: Mapped[dict[str, Any]] = mapped_column(Json)
+
+
+class ExportRequest(Base):
+    """A request to take one of a study's files out of the federation (the airlock,
+    :mod:`fedcare.governance.airlock`). ``digest``: the SHA-256 of the file when requested;
+    the download serves those bytes or nothing. A refused or rejected request never changes
+    again (migration 0009's triggers)."""
+
+    __tablename__ = "export_requests"
+    __table_args__ = (sa.CheckConstraint(
+        "status IN ('refused_by_checks', 'awaiting_stewards', 'approved', 'rejected', "
+        "'downloaded')", name="status"), sa.CheckConstraint("quorum >= 1", name="quorum_pos"))
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    study_id: Mapped[str] = mapped_column(sa.ForeignKey("studies.id"), index=True)
+    artifact: Mapped[str] = mapped_column(sa.String(NAME_LEN))
+    requester: Mapped[str] = mapped_column(sa.String(NAME_LEN), index=True)
+    reason: Mapped[str] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    digest: Mapped[str] = mapped_column(sa.String(SHA_LEN))
+    size: Mapped[int] = mapped_column(sa.BigInteger)
+    #: :class:`fedcare.governance.airlock.CheckResult` as JSON.
+    checks: Mapped[dict[str, Any]] = mapped_column(Json)
+    status: Mapped[str] = mapped_column(sa.String(32))
+    #: The participating sites and the approvals needed, fixed when the request was made.
+    sites: Mapped[list[str]] = mapped_column(Json)
+    quorum: Mapped[int] = mapped_column(sa.Integer)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class ExportDecision(Base):
+    """One site steward's decision on an export request: one per site (the primary key),
+    never changed or deleted (migration 0009's triggers)."""
+
+    __tablename__ = "export_decisions"
+
+    export_id: Mapped[str] = mapped_column(sa.ForeignKey("export_requests.id"),
+                                           primary_key=True)
+    site: Mapped[str] = mapped_column(sa.String(NAME_LEN), primary_key=True)
+    user: Mapped[str] = mapped_column(sa.String(NAME_LEN))
+    approve: Mapped[bool] = mapped_column(sa.Boolean)
+    reason: Mapped[str] = mapped_column(sa.Text)
+    decided_at: Mapped[datetime] = mapped_column(UtcDateTime())
