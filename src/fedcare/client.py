@@ -27,6 +27,7 @@ from fedcare.hub.schemas import (
     DatasetQuality,
     ErrorBody,
     Event,
+    ExportInfo,
     Health,
     ModelSummary,
     Resumed,
@@ -47,6 +48,7 @@ _STUDIES = TypeAdapter(list[StudySummary]).validate_json
 _SITES = TypeAdapter(list[SiteInfo]).validate_json
 _EVENTS = TypeAdapter(list[Event]).validate_json
 _MODELS = TypeAdapter(list[ModelSummary]).validate_json
+_EXPORTS = TypeAdapter(list[ExportInfo]).validate_json
 
 #: The files a finished study leaves on the hub (``HubClient.artifact``).
 ARTIFACTS = ("history.json", "model.safetensors", "report.html")
@@ -58,6 +60,9 @@ OPTIONAL_ARTIFACTS = ("registry.json", "model.xgb.json")
 #: study waits for `fedcare study resume`).
 FINAL_STATES = frozenset({"completed", "failed", "cancelled", "paused"})
 
+
+#: The header an export's download names its approved SHA-256 in.
+SHA_HEADER = "X-Content-SHA256"
 
 #: Environment variable holding the researcher's bearer token (the secret itself), for
 #: scripts and CI; a command line never carries it (it would show in `ps` and shell history).
@@ -183,6 +188,41 @@ class HubClient:
         if fmt not in ("md", "html"):
             raise ConfigError(f"card format {fmt!r}: md or html")
         return self.call("GET", f"/v1/models/{entry_id}/card", params={"format": fmt}).text
+
+    # -- the output airlock ----------------------------------------------------------------
+    def request_export(self, study_id: str, artifact: str, reason: str) -> ExportInfo:
+        """Ask to take one of a study's files out of the federation: the hub runs its
+        automatic checks (``refusals``, ``flags``), then the stewards decide."""
+        return self._get(ExportInfo.model_validate_json, "POST",
+                         f"/v1/studies/{study_id}/exports",
+                         json={"artifact": artifact, "reason": reason})
+
+    def exports(self) -> list[ExportInfo]:
+        """The export requests this user may see (a researcher: their own; a steward: their
+        site's studies'; admin, auditor: all)."""
+        return self._get(_EXPORTS, "GET", "/v1/exports")
+
+    def export(self, export_id: str) -> ExportInfo:
+        return self._get(ExportInfo.model_validate_json, "GET", f"/v1/exports/{export_id}")
+
+    def decide_export(self, export_id: str, *, approve: bool, reason: str) -> ExportInfo:
+        """A site steward's decision (once per site, final)."""
+        return self._get(ExportInfo.model_validate_json, "POST",
+                         f"/v1/exports/{export_id}/decision",
+                         json={"decision": "approve" if approve else "reject",
+                               "reason": reason})
+
+    def download_export(self, export_id: str) -> tuple[bytes, str]:
+        """An approved export's bytes and their SHA-256, checked here against the digest the
+        hub names (the one the stewards approved)."""
+        import hashlib
+
+        r = self.call("GET", f"/v1/exports/{export_id}/download")
+        digest = r.headers.get(SHA_HEADER, "")
+        if hashlib.sha256(r.content).hexdigest() != digest:
+            raise FedcareError(f"export {export_id} arrived damaged: its SHA-256 is not the "
+                               f"approved one the hub named ({digest or 'none'})")
+        return r.content, digest
 
     # -- plumbing -------------------------------------------------------------------------
     def call(self, method: str, path: str, **kw: Any) -> httpx.Response:

@@ -231,11 +231,57 @@ class ModelSummary(Response):
     sites: list[str]
 
 
+
+# -- the output airlock -----------------------------------------------------------------------
+#: An export request's state (``fedcare.governance.airlock.ExportStatus``).
+ExportState = Literal["refused_by_checks", "awaiting_stewards", "approved", "rejected",
+                      "downloaded"]
+
+
+class ExportDecisionInfo(Response):
+    """One site steward's decision on an export request."""
+
+    site: str
+    user: str
+    approve: bool
+    reason: str
+    at: str
+
+
+class ExportInfo(Response):
+    """An export request (``POST /v1/studies/{id}/exports``, ``GET /v1/exports...``):
+    what the automatic checks found (``refusals`` stop it; ``flags`` are for the stewards),
+    the decisions so far, and ``missing``: what it still lacks before it can be downloaded
+    (None once released)."""
+
+    id: str
+    study_id: str
+    artifact: str
+    requester: str
+    reason: str
+    created: str
+    digest: str
+    bytes: int
+    kind: Literal["model", "table", "report"]
+    min_cell: int
+    refusals: list[str]
+    flags: list[str]
+    status: ExportState
+    sites: list[str]
+    quorum: int
+    approvals: int
+    decisions: list[ExportDecisionInfo]
+    missing: str | None = None
+
+
 __all__ = [
     "DatasetQuality",
     "DeclaredDataset",
     "ErrorBody",
     "Event",
+    "ExportDecisionInfo",
+    "ExportInfo",
+    "ExportState",
     "Health",
     "HelloAck",
     "LedgerHeadAck",
