@@ -132,6 +132,7 @@ class EventKind(enum.StrEnum):
     EXPORT_REQUESTED = "export_requested"
     EXPORT_APPROVED = "export_approved"
     EXPORT_REJECTED = "export_rejected"
+    USER_REVOKED = "user_revoked"        # a hub user's token revoked (the row stays)
 
 
 #: Kinds whose details must carry a ``digest`` (SHA-256 hex) of the data, never the data.

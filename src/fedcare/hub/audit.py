@@ -11,7 +11,9 @@ It appends one signed entry (``DATA/audit/hub-audit.jsonl``) for each of:
 * ``update_received``: task id, site and the SHA-256 of the reply's bytes, never its content;
 * ``aggregated``: study, round, the sites included and a digest over their updates' digests;
 * ``model_released``: the SHA-256 of ``model.safetensors`` (and ``model.xgb.json``);
-* ``study_ended``: the status a study's run ended with (completed, failed, paused).
+* ``study_ended``: the status a study's run ended with (completed, failed, paused);
+* ``user_added`` / ``user_revoked``: a hub user, their role and site, and who did it (never
+  the token or its hash).
 
 An entry that cannot be written (a torn log the steward must look at, a full disk) is logged
 as an error and in the hub's event log; the hub goes on serving (the trail records, it does
@@ -216,3 +218,9 @@ class AuditTrail:
         self.record(EventKind.STUDY_ENDED, study_id,
                     {"study": study_id, "status": status,
                      "error": None if error is None else error[:500]})
+
+    def user_added(self, name: str, details: Mapping[str, Any]) -> None:
+        self.record(EventKind.USER_ADDED, f"user:{name}", dict(details))
+
+    def user_revoked(self, name: str, details: Mapping[str, Any]) -> None:
+        self.record(EventKind.USER_REVOKED, f"user:{name}", dict(details))
