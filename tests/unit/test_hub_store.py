@@ -58,7 +58,7 @@ from fedcare.hub.store.ledger_heads import HeadRecord, LedgerHeadRepo
 from fedcare.hub.store.models import Base
 
 TABLES = {"sites", "studies", "rounds", "tasks", "replies", "events", "ledger_heads",
-          "model_registry", "export_requests", "export_decisions"}
+          "model_registry", "users", "export_requests", "export_decisions"}
 SHA_A = hashlib.sha256(b"model-a").hexdigest()
 SHA_B = hashlib.sha256(b"model-b").hexdigest()
 SHA_STATE = hashlib.sha256(b"strategy-state").hexdigest()

@@ -135,6 +135,7 @@ class EventKind(enum.StrEnum):
     EXPORT_CHECKED = "export_checked"        # the airlock's automatic checks ran
     EXPORT_DECIDED = "export_decided"        # one site steward approved or rejected
     EXPORT_DOWNLOADED = "export_downloaded"  # the released bytes left the hub
+    USER_REVOKED = "user_revoked"        # a hub user's token revoked (the row stays)
 
 
 #: Kinds whose details must carry a ``digest`` (SHA-256 hex) of the data, never the data.

@@ -17,6 +17,8 @@ It appends one signed entry (``DATA/audit/hub-audit.jsonl``) for each of:
   not, the findings' count and flags), ``export_decided`` (one steward's decision),
   ``export_approved`` / ``export_rejected`` (the request's outcome) and
   ``export_downloaded``.
+* ``user_added`` / ``user_revoked``: a hub user, their role and site, and who did it (never
+  the token or its hash).
 
 An entry that cannot be written (a torn log the steward must look at, a full disk) is logged
 as an error and in the hub's event log; the hub goes on serving (the trail records, it does
@@ -253,3 +255,9 @@ class AuditTrail:
     def export_downloaded(self, export_id: str, digest: str, user: str) -> None:
         self.record(EventKind.EXPORT_DOWNLOADED, export_id,
                     {"export": export_id, "digest": digest, "user": user})
+
+    def user_added(self, name: str, details: Mapping[str, Any]) -> None:
+        self.record(EventKind.USER_ADDED, f"user:{name}", dict(details))
+
+    def user_revoked(self, name: str, details: Mapping[str, Any]) -> None:
+        self.record(EventKind.USER_REVOKED, f"user:{name}", dict(details))

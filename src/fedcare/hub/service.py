@@ -38,6 +38,7 @@ from fedcare.hub.state import HubState
 from fedcare.hub.store import BlobStore, Database
 from fedcare.hub.store.database import prepare_data_dir, writable_database
 from fedcare.hub.studies import StudyDesk
+from fedcare.hub.users import UserStore
 
 __all__ = ["DEFAULT_MAX_BODY", "MAX_POLLS_PER_SITE", "Forbidden", "HubService", "NeverRevoked",
            "NotAwaited", "NotFound", "NotResumable", "Offer", "RevocationCheck",
@@ -71,6 +72,9 @@ class HubService:
             data_dir, on_error=lambda message: self.state.event("audit", message),
             background=True)
         self.max_body = max_body
+        audit = self.state.audit
+        self.users = UserStore(db, on_change=lambda kind, name, details: (
+            audit.user_added if kind == "user_added" else audit.user_revoked)(name, details))
         self.directory = SiteDirectory(self.state, revocation)
         self.mailbox = TaskMailbox(db)
         self.intake = ReplyIntake(self.state, self.mailbox)

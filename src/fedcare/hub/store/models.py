@@ -151,6 +151,9 @@ class Study(Base):
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
     #: Names of the participating sites.
     sites: Mapped[list[str]] = mapped_column(Json)
+    #: The user who submitted it (migration 0008); None for studies submitted before the hub
+    #: had users (the shared researcher token), see :mod:`fedcare.hub.access`.
+    owner: Mapped[str | None] = mapped_column(sa.String(NAME_LEN))
 
 
 class Round(Base):
@@ -299,3 +302,20 @@ class ExportDecision(Base):
     approve: Mapped[bool] = mapped_column(sa.Boolean)
     reason: Mapped[str] = mapped_column(sa.Text)
     decided_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class User(Base):
+    """A person at the hub (migration 0008): a role, the site a steward speaks for, and the
+    public id and argon2 hash of their API token; the token itself is never stored. A
+    revoked user keeps the row (``revoked`` set) so the name is never reused for someone
+    else and the audit trail's entries about it stay unambiguous."""
+
+    __tablename__ = "users"
+
+    name: Mapped[str] = mapped_column(sa.String(NAME_LEN), primary_key=True)
+    role: Mapped[str] = mapped_column(sa.String(16))
+    site: Mapped[str | None] = mapped_column(sa.String(NAME_LEN))
+    token_id: Mapped[str] = mapped_column(sa.String(32), unique=True)
+    token_hash: Mapped[str] = mapped_column(sa.String(256))
+    created: Mapped[datetime] = mapped_column(UtcDateTime())
+    revoked: Mapped[datetime | None] = mapped_column(UtcDateTime())
