@@ -13,7 +13,6 @@ every method returns the typed response of :mod:`fedcare.hub.schemas`::
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -50,7 +49,8 @@ _EVENTS = TypeAdapter(list[Event]).validate_json
 _MODELS = TypeAdapter(list[ModelSummary]).validate_json
 _EXPORTS = TypeAdapter(list[ExportInfo]).validate_json
 
-#: The files a finished study leaves on the hub (``HubClient.artifact``).
+#: The files a finished study leaves on the hub. None of them is served as such: each leaves
+#: through the airlock (``HubClient.request_export``, stewards' approval, ``download_export``).
 ARTIFACTS = ("history.json", "model.safetensors", "report.html")
 #: Files only some studies have: the registry entry (studies released since the model
 #: registry) and an xgboost study's XGBoost model file.
@@ -151,23 +151,6 @@ class HubClient:
     def dataset_quality(self, dataset: str) -> DatasetQuality:
         return self._get(DatasetQuality.model_validate_json, "GET",
                          f"/v1/datasets/{dataset}/quality")
-
-    def artifact(self, study_id: str, name: str) -> bytes:
-        """One of a finished study's files (:data:`ARTIFACTS`), as stored on the hub."""
-        if name not in ARTIFACTS + OPTIONAL_ARTIFACTS:
-            raise ConfigError(f"no artifact {name!r}; one of "
-                              f"{', '.join(ARTIFACTS + OPTIONAL_ARTIFACTS)}")
-        return bytes(self.call("GET", f"/v1/studies/{study_id}/artifacts/{name}").content)
-
-    def history(self, study_id: str) -> dict[str, Any]:
-        """A finished study's ``history.json`` (what the report and the results table read)."""
-        try:
-            doc = json.loads(self.artifact(study_id, "history.json"))
-        except ValueError as exc:
-            raise FedcareError(f"study {study_id}'s history.json is not JSON: {exc}") from exc
-        if not isinstance(doc, dict):
-            raise FedcareError(f"study {study_id}'s history.json is not a JSON object")
-        return doc
 
     # -- the model registry ---------------------------------------------------------------
     def models(self, study_id: str | None = None) -> list[ModelSummary]:

@@ -181,7 +181,7 @@ def test_a_full_disk_pauses_the_study_and_resume_finishes_it_from_its_checkpoint
     st = fed.settled(study_id)
     assert (st["status"], st["current_round"], st["error"]) == ("completed", 5, None)
     assert _rounds(fed, study_id) == [1, 2, 3, 4, 5]
-    history = json.loads(fed.svc.artifact(study_id, "history.json").read_text())
+    history = json.loads((fed.svc.data_dir / "studies" / study_id / "history.json").read_text())
     assert [r["round"] for r in history["rounds"]] == [1, 2, 3, 4, 5]
     assert history["resumed_from_round"] == 2
 

@@ -25,7 +25,7 @@ from typing import Annotated, Any, Literal, NoReturn, TypeVar
 from cryptography import x509
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
@@ -35,6 +35,8 @@ from fedcare.core.errors import ConfigError, FedcareError, ProtocolError, Valida
 from fedcare.core.wire import DIGEST_HEADER
 from fedcare.engine.registry import RegistryEntry
 from fedcare.governance.airlock import AirlockError, ExportConflict, ExportForbidden
+from fedcare.hub.airlock import ExportDesk
+from fedcare.hub.airlock_api import airlock_router
 from fedcare.hub.keyrelay import MAX_SEALED_BYTES, KeyRelay, KeyRelayNotFound
 from fedcare.hub.registry import ModelDesk
 from fedcare.hub.schemas import (
@@ -560,11 +562,6 @@ def create_app(service: HubService, trust: PeerTrust, token: str, *,
     async def events(study_id: str) -> list[dict[str, Any]]:
         return await run_in_threadpool(service.study_events, study_id)
 
-    @app.get("/v1/studies/{study_id}/artifacts/{name}", dependencies=[Researcher])
-    async def artifact(study_id: str, name: str) -> FileResponse:
-        path = await run_in_threadpool(service.artifact, study_id, name)
-        return FileResponse(path, filename=name)
-
     @app.get("/v1/datasets/{name}/quality", dependencies=[Researcher],
              response_model=DatasetQuality)
     async def dataset_quality(name: str) -> dict[str, Any]:
@@ -598,6 +595,8 @@ def create_app(service: HubService, trust: PeerTrust, token: str, *,
         text = await run_in_threadpool(models.card, entry_id, html)
         return Response(text, media_type="text/html; charset=utf-8" if html
                         else "text/markdown; charset=utf-8")
+
+    app.include_router(airlock_router(ExportDesk(service.state)))  # /v1/.../exports...
 
     @app.get("/v1/health")
     async def health() -> Health:

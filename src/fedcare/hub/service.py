@@ -132,9 +132,6 @@ class HubService:
     def study_events(self, study_id: str, limit: int = 200) -> list[dict[str, Any]]:
         return self.studies.study_events(study_id, limit)
 
-    def artifact(self, study_id: str, name: str) -> Path:
-        return self.studies.artifact(study_id, name)
-
     def dataset_quality(self, name: str) -> dict[str, Any]:
         return self.studies.dataset_quality(name)
 

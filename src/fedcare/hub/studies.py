@@ -171,16 +171,6 @@ class StudyDesk:
                      "message": e.message}
                     for e in reversed(EventRepo(s).recent(limit, study_id=study_id))]
 
-    def artifact(self, study_id: str, name: str) -> Path:
-        if name not in ("history.json", "model.safetensors", "report.html", "registry.json",
-                        "model.xgb.json"):
-            raise NotFound(f"no artifact {name!r}; try history.json, model.safetensors, "
-                           "report.html, registry.json or (xgboost studies) model.xgb.json")
-        path = self.data_dir / "studies" / study_id / name
-        if not path.is_file():
-            raise NotFound(f"study {study_id} has no {name} yet (is it finished?)")
-        return path
-
     def dataset_quality(self, name: str, listed: list[Site] | None = None) -> dict[str, Any]:
         """Every site's quality report for dataset ``name`` and the hub's comparison of them
         (distribution shift, label-rate outliers, code coverage, units, contract mismatch):
