@@ -34,6 +34,8 @@ from fedcare.hub.schemas import (
     StudyStatus,
     StudySummary,
     Submitted,
+    UserCreated,
+    UserSummary,
 )
 
 if TYPE_CHECKING:
@@ -48,6 +50,7 @@ _SITES = TypeAdapter(list[SiteInfo]).validate_json
 _EVENTS = TypeAdapter(list[Event]).validate_json
 _MODELS = TypeAdapter(list[ModelSummary]).validate_json
 _EXPORTS = TypeAdapter(list[ExportInfo]).validate_json
+_USERS = TypeAdapter(list[UserSummary]).validate_json
 
 #: The files a finished study leaves on the hub. None of them is served as such: each leaves
 #: through the airlock (``HubClient.request_export``, stewards' approval, ``download_export``).
@@ -70,15 +73,19 @@ TOKEN_ENV = "FEDCARE_TOKEN"
 
 
 class HubClient:
-    """The researcher's HTTPS client (server verified against the federation CA).
+    """A hub user's HTTPS client (server verified against the federation CA).
 
-    The researcher's credential is the bearer token in the researcher folder
-    (``researcher.token``, written by provisioning). It is taken from, first to last:
-    ``token``, the file ``token_file``, the environment variable ``FEDCARE_TOKEN``, the
-    token file of ``federation``."""
+    The credential is the user's own bearer token: a researcher's is ``researcher.token`` in
+    the researcher folder, the first admin's ``admin.token`` in the admin folder (both
+    written by provisioning), anyone else's the one ``fedcare users add`` made. It is taken
+    from, first to last: ``token``, the file ``token_file``, the environment variable
+    ``FEDCARE_TOKEN``, the token file of ``federation`` (a user's folder, or the
+    coordinator's federation folder, whose ``user_folder`` sub-folder is then used:
+    ``researcher`` or ``admin``)."""
 
     def __init__(self, federation: Path | None, url: str | None, ca: Path | None,
-                 token: str | None, token_file: Path | None = None) -> None:
+                 token: str | None, token_file: Path | None = None, *,
+                 user_folder: str = "researcher") -> None:
         import os
         import ssl
 
@@ -98,7 +105,9 @@ class HubClient:
             else:  # the coordinator's own federation folder
                 hub = load_hub_config(federation / "hub")
                 url, ca = url or hub.url, ca or hub.tls.ca
-                own_file = federation / "hub" / "researcher.token"
+                mine_file = federation / user_folder / RESEARCHER_CONFIG_FILE
+                if mine_file.is_file():
+                    own_file = load_researcher_config(mine_file.parent).token
         if token is None and token_file is not None:
             try:
                 token = token_file.read_text().strip()
@@ -111,7 +120,7 @@ class HubClient:
             token = own_file.read_text().strip()
         if not url or not ca or not token:
             raise ConfigError("give --federation DIR (or set FEDCARE_FEDERATION), or --hub URL "
-                              "and --ca FILE with the researcher's token in --token-file FILE "
+                              "and --ca FILE with your token in --token-file FILE "
                               f"or the environment variable {TOKEN_ENV}")
         context = ssl.create_default_context(cafile=str(ca))
         self.http = httpx.Client(base_url=url, verify=context, timeout=60.0,
@@ -206,6 +215,18 @@ class HubClient:
             raise FedcareError(f"export {export_id} arrived damaged: its SHA-256 is not the "
                                f"approved one the hub named ({digest or 'none'})")
         return r.content, digest
+
+    # -- people (admins) -----------------------------------------------------------------
+    def add_user(self, name: str, role: str, site: str | None = None) -> UserCreated:
+        """A new user; the answer's ``token`` is shown this once."""
+        return self._get(UserCreated.model_validate_json, "POST", "/v1/users",
+                         json={"name": name, "role": role, "site": site})
+
+    def users(self) -> list[UserSummary]:
+        return self._get(_USERS, "GET", "/v1/users")
+
+    def revoke_user(self, name: str) -> UserSummary:
+        return self._get(UserSummary.model_validate_json, "DELETE", f"/v1/users/{name}")
 
     # -- plumbing -------------------------------------------------------------------------
     def call(self, method: str, path: str, **kw: Any) -> httpx.Response:

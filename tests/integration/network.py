@@ -326,7 +326,13 @@ class NetFederation:
 
     @property
     def token(self) -> str:
-        return (self.hub_dir / "researcher.token").read_text().strip()
+        """The researcher user's token (provisioning's user ``researcher``)."""
+        return (self.researcher_dir / "researcher.token").read_text().strip()
+
+    @property
+    def admin_token(self) -> str:
+        """The first admin's token (``fed/admin/admin.token``)."""
+        return (self.fed_dir / "admin" / "admin.token").read_text().strip()
 
     def client(self) -> httpx.Client:
         if self._client is None:

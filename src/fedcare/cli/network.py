@@ -166,13 +166,13 @@ def node_privacy(
 
 Federation = Annotated[Path | None, typer.Option(
     envvar="FEDCARE_FEDERATION", show_envvar=True,
-    help="Researcher folder (FED/researcher from `fedcare provision new`), or the "
-         "coordinator's federation folder: reads the hub URL, the CA and the researcher's "
-         "token file (researcher.token). Set FEDCARE_FEDERATION once instead.")]
+    help="Your user folder (FED/researcher or FED/admin from `fedcare provision new`), or "
+         "the coordinator's federation folder: reads the hub URL, the CA and your token file "
+         "(researcher.token, admin.token). Set FEDCARE_FEDERATION once instead.")]
 HubUrl = Annotated[str | None, typer.Option("--hub", help="Hub URL (without --federation).")]
 CaFile = Annotated[Path | None, typer.Option(help="Federation CA certificate.")]
 TokenFile = Annotated[Path | None, typer.Option(
-    "--token-file", help="File holding the researcher's token (default: the environment "
+    "--token-file", help="File holding your token (default: the environment "
     "variable FEDCARE_TOKEN, else researcher.token in the --federation folder). The token "
     "itself is never a command-line argument: it would show in `ps` and shell history.")]
 

@@ -26,6 +26,7 @@ from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from fedcare.hub.access import LEGACY_OWNER
 from fedcare.hub.airlock import MAX_REASON, ExportDesk
 from fedcare.hub.auth import Principal, Role, allow
 from fedcare.hub.errors import NotFound
@@ -34,8 +35,6 @@ from fedcare.hub.schemas import ExportInfo
 #: The header the download names the approved SHA-256 in (the client checks the bytes).
 SHA_HEADER = "X-Content-SHA256"
 ALL_ROLES = (Role.ADMIN, Role.RESEARCHER, Role.STEWARD, Role.AUDITOR)
-#: Who owns a study submitted before the hub had users (as fedcare.hub.access says).
-LEGACY_OWNER = "researcher"
 
 
 class ExportAsked(BaseModel):

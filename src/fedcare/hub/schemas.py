@@ -127,6 +127,9 @@ class StudySummary(Response):
     current_round: int
     rounds_planned: int
     created: str
+    #: The user who submitted it (None: submitted before the hub had users).
+    owner: str | None = None
+    sites: list[str] = []
 
 
 class StudyStatus(Response):
@@ -145,6 +148,7 @@ class StudyStatus(Response):
     config_hash: str
     error: str | None
     rounds: list[RoundRecord]
+    owner: str | None = None
 
 
 class Resumed(Response):
@@ -231,7 +235,6 @@ class ModelSummary(Response):
     sites: list[str]
 
 
-
 # -- the output airlock -----------------------------------------------------------------------
 #: An export request's state (``fedcare.governance.airlock.ExportStatus``).
 ExportState = Literal["refused_by_checks", "awaiting_stewards", "approved", "rejected",
@@ -274,6 +277,37 @@ class ExportInfo(Response):
     missing: str | None = None
 
 
+# -- people ---------------------------------------------------------------------------------
+#: A hub user's role (the hub's ``fedcare.hub.auth.Role``).
+RoleName = Literal["admin", "researcher", "steward", "auditor"]
+
+
+class NewUserRequest(BaseModel):
+    """``POST /v1/users``: a new user (stewards name their site; nobody else has one)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=64)
+    role: RoleName
+    site: str | None = Field(None, min_length=1, max_length=128)
+
+
+class UserSummary(Response):
+    """One user of ``GET /v1/users`` (never a token or its hash)."""
+
+    name: str
+    role: RoleName
+    site: str | None
+    created: str
+    revoked: str | None
+
+
+class UserCreated(UserSummary):
+    """``POST /v1/users``: the new user and their token, shown this once and stored nowhere
+    (the hub keeps only its argon2 hash)."""
+
+    token: str
+
+
 __all__ = [
     "DatasetQuality",
     "DeclaredDataset",
@@ -286,10 +320,12 @@ __all__ = [
     "HelloAck",
     "LedgerHeadAck",
     "ModelSummary",
+    "NewUserRequest",
     "NodeStudy",
     "ReplyAccepted",
     "Response",
     "Resumed",
+    "RoleName",
     "RoundRecord",
     "SiteInfo",
     "SiteKeyCert",
@@ -297,5 +333,7 @@ __all__ = [
     "StudyStatus",
     "StudySummary",
     "Submitted",
+    "UserCreated",
+    "UserSummary",
 ]
 

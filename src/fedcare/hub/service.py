@@ -120,8 +120,9 @@ class HubService:
         self.state.event(kind, message, study_id=study_id, site=site)
 
     # -- researcher side ------------------------------------------------------------------
-    def submit_study(self, raw: Mapping[str, Any], force: bool = False) -> dict[str, Any]:
-        return self.studies.submit_study(raw, force)
+    def submit_study(self, raw: Mapping[str, Any], force: bool = False, *,
+                     owner: str | None = None) -> dict[str, Any]:
+        return self.studies.submit_study(raw, force, owner=owner)
 
     def study_status(self, study_id: str, last_rounds: int | None = None) -> dict[str, Any]:
         return self.studies.study_status(study_id, last_rounds)

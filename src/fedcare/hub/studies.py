@@ -54,7 +54,9 @@ class StudyDesk:
               site: str | None = None) -> None:
         self.state.event(kind, message, study_id=study_id, site=site)
 
-    def submit_study(self, raw: Mapping[str, Any], force: bool = False) -> dict[str, Any]:
+    def submit_study(self, raw: Mapping[str, Any], force: bool = False, *,
+                     owner: str | None = None) -> dict[str, Any]:
+        """Check and start a study; ``owner``: the user submitting it (who may read it)."""
         cfg = parse_config(raw)
         if not isinstance(cfg.data, FederatedData):
             raise ConfigError("a networked study needs data.source = 'federation' (the nodes "
@@ -72,7 +74,8 @@ class StudyDesk:
             raise ConfigError(problems)
         with self.db.session() as s:
             study = StudyRepo(s).create(cfg.study.name, cfg.model_dump(mode="json"),
-                                        content_hash(cfg), sites, cfg.study.rounds)
+                                        content_hash(cfg), sites, cfg.study.rounds,
+                                        owner=owner)
             study_id = study.id
             StudyRepo(s).set_status(study_id, StudyStatus.RUNNING)
         self.event("study", f"study {cfg.study.name!r} submitted with sites {sites}",
@@ -156,14 +159,20 @@ class StudyDesk:
                     "created": timestamp(study.created_at), **primary,
                     "rounds_planned": study.rounds_planned, "current_round": study.current_round,
                     "sites": study.sites, "config_hash": study.config_hash,
-                    "error": study.error, "rounds": rounds}
+                    "error": study.error, "rounds": rounds, "owner": study.owner}
 
     def list_studies(self) -> list[dict[str, Any]]:
         with self.db.session() as s:
             return [{"study_id": st.id, "name": st.name, "status": st.status.value,
                      "current_round": st.current_round, "rounds_planned": st.rounds_planned,
-                     "created": timestamp(st.created_at)}
+                     "created": timestamp(st.created_at), "owner": st.owner,
+                     "sites": list(st.sites or [])}
                     for st in StudyRepo(s).list()]
+
+    def parties(self) -> dict[str, tuple[str | None, list[str]]]:
+        """Every study's owner and sites, by id: what :mod:`fedcare.hub.access` decides by."""
+        with self.db.session() as s:
+            return {st.id: (st.owner, list(st.sites or [])) for st in StudyRepo(s).list()}
 
     def study_events(self, study_id: str, limit: int = 200) -> list[dict[str, Any]]:
         with self.db.session() as s:

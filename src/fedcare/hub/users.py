@@ -20,9 +20,9 @@ not tell which ids exist. Failures are not cached.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
-import builtins
 import re
 import secrets
 import threading
