@@ -175,3 +175,16 @@ def test_lists_are_filtered_by_requester_and_site(hub: HubService) -> None:
     assert [v["id"] for v in desk.list(requester="rita")] == [mine["id"]]
     assert len(desk.list(site="alpha")) == 2 and desk.list(site="zeta") == []
     assert json.dumps(desk.list())  # JSON-able views
+
+
+def test_the_quorum_option_hashes_as_before_at_its_default_and_is_bounded() -> None:
+    from fedcare.config import MAX_QUORUM, content_hash, parse_config
+    from fedcare.core.errors import ConfigError
+
+    raw = {"data": {"source": "synthetic"}}
+    plain = content_hash(parse_config(raw))
+    assert content_hash(parse_config({**raw, "airlock": {}})) == plain
+    assert content_hash(parse_config({**raw, "airlock": {"quorum": 2}})) != plain
+    for bad in (0, MAX_QUORUM + 1):
+        with pytest.raises(ConfigError, match=r"airlock\.quorum"):
+            parse_config({**raw, "airlock": {"quorum": bad}})
