@@ -188,3 +188,102 @@ def test_the_quorum_option_hashes_as_before_at_its_default_and_is_bounded() -> N
     for bad in (0, MAX_QUORUM + 1):
         with pytest.raises(ConfigError, match=r"airlock\.quorum"):
             parse_config({**raw, "airlock": {"quorum": bad}})
+
+
+class ExportStoreContract:
+    """What the database itself keeps final (migration 0009's triggers), on every backend."""
+
+    @pytest.fixture
+    def db_url(self) -> str:
+        raise NotImplementedError
+
+    @pytest.fixture
+    def db(self, db_url: str):
+        from fedcare.hub.store import Database
+
+        database = Database(db_url)
+        database.migrate()
+        yield database
+        database.dispose()
+
+    @staticmethod
+    def _request(db, status: str) -> str:
+        from fedcare.governance.airlock import ExportState, ExportStatus
+        from fedcare.hub.store.exports import ExportRepo
+
+        with db.session() as s:
+            study = StudyRepo(s).create("s", {}, "f" * 64, ["a", "b"], 1).id
+            row = ExportRepo(s).create(
+                study_id=study, artifact="t.csv", requester="rita", reason="r",
+                digest="0" * 64, size=1, checks={"kind": "table", "min_cell": 10},
+                state=ExportState(ExportStatus(status), ("a", "b"), 2))
+            return row.id
+
+    @pytest.mark.parametrize("status", ["refused_by_checks", "rejected"])
+    def test_a_final_request_is_never_updated_nor_deleted(self, db, status: str) -> None:
+        export_id = self._request(db, status)
+        for stmt in (sa.update(ExportRequest).values(status="approved"),
+                     sa.delete(ExportRequest)):
+            with pytest.raises(sa.exc.DBAPIError, match="final"), db.session() as s:
+                s.execute(stmt)
+        with db.session() as s:
+            assert s.get(ExportRequest, export_id).status == status
+
+    def test_a_waiting_request_moves_on_and_decisions_are_once_and_immutable(self, db) -> None:
+        from fedcare.governance.airlock import Decision, ExportStatus
+        from fedcare.hub.store.exports import ExportRepo
+        from fedcare.hub.store.models import utcnow
+
+        export_id = self._request(db, "awaiting_stewards")
+        with db.session() as s:
+            repo = ExportRepo(s)
+            row = repo.get(export_id, lock=True)
+            repo.record_decision(row, Decision("a", "u", True, "", utcnow()),
+                                 ExportStatus.AWAITING)
+        with pytest.raises(sa.exc.IntegrityError), db.session() as s:
+            repo = ExportRepo(s)
+            repo.record_decision(repo.get(export_id), Decision("a", "u", False, "no",
+                                                               utcnow()),
+                                 ExportStatus.REJECTED)
+        for stmt in (sa.update(ExportDecision).values(approve=False), sa.delete(ExportDecision)):
+            with pytest.raises(sa.exc.DBAPIError, match="immutable"), db.session() as s:
+                s.execute(stmt)
+        with db.session() as s:
+            repo = ExportRepo(s)
+            row = repo.get(export_id)
+            assert row.status == "awaiting_stewards" and len(repo.decisions(export_id)) == 1
+            repo.set_status(row, ExportStatus.APPROVED)
+            repo.set_status(row, ExportStatus.DOWNLOADED)
+
+    def test_migration_0009_downgrades_and_upgrades_cleanly(self, db_url: str) -> None:
+        from alembic import command
+
+        from fedcare.hub.store import upgrade
+        from fedcare.hub.store.database import alembic_config, create_hub_engine
+
+        upgrade(db_url)
+        engine = create_hub_engine(db_url)
+        try:
+            cfg = alembic_config()
+            with engine.begin() as conn:
+                cfg.attributes["connection"] = conn
+                command.downgrade(cfg, "0008")
+            assert "export_requests" not in sa.inspect(engine).get_table_names()
+        finally:
+            engine.dispose()
+        upgrade(db_url)
+        from fedcare.hub.store import Database
+
+        again = Database(db_url)
+        try:
+            self._request(again, "rejected")
+            with pytest.raises(sa.exc.DBAPIError, match="final"), again.session() as s:
+                s.execute(sa.delete(ExportRequest))
+        finally:
+            again.dispose()
+
+
+class TestSqliteExports(ExportStoreContract):
+    @pytest.fixture
+    def db_url(self, tmp_path: Path) -> str:
+        return f"sqlite:///{tmp_path / 'exports.db'}"
