@@ -289,9 +289,10 @@ def test_the_api_resumes_and_answers_503_while_the_storage_is_full(
     from fastapi.testclient import TestClient
 
     from fedcare.hub.api import PeerTrust, create_app
+    from tests.tokens import user_token
 
-    app = create_app(fed.svc, PeerTrust(tmp_path / "fed" / "hub"), "token")
-    client = TestClient(app, headers={"Authorization": "Bearer token"})
+    app = create_app(fed.svc, PeerTrust(tmp_path / "fed" / "hub"))
+    client = TestClient(app, headers={"Authorization": f"Bearer {user_token(fed.svc)}"})
     db = FullDatabase(fed.svc)
     disk = FillingDisk(fed.svc.data_dir / "blobs", full_from=1)
     fed.svc.state.blobs = disk
