@@ -19,7 +19,7 @@ from fedcare.hub.server import build_server
 
 def test_the_hub_imports_the_provisioned_users_at_start(tmp_path: Path) -> None:
     fed = create_federation(tmp_path / "fed", hub_host="127.0.0.1")
-    server, service = build_server(fed.hub.dir, tmp_path / "data", port=0)
+    _server, service = build_server(fed.hub.dir, tmp_path / "data", port=0)
     try:
         admin = (tmp_path / "fed" / "admin" / "admin.token").read_text().strip()
         researcher = (tmp_path / "fed" / "researcher" / "researcher.token").read_text().strip()
@@ -57,7 +57,7 @@ def test_provision_users_replaces_the_shared_token(tmp_path: Path) -> None:
     assert not (root / "hub" / "researcher.token").exists()
     new = (root / "researcher" / "researcher.token").read_text()
     assert new.startswith("fc_") and (root / "admin" / "admin.token").is_file()
-    server, service = build_server(root / "hub", tmp_path / "data", port=0)
+    _server, service = build_server(root / "hub", tmp_path / "data", port=0)
     try:
         assert service.users.verify(new) == Principal("researcher", Role.RESEARCHER)
         assert service.users.verify("the-old-shared-token") is None
