@@ -215,9 +215,11 @@ class NetFederation:
 
     def start_hub(self, *, db: str | None = None, max_body_mb: int | None = None,
                   keep_replies: bool = False, wait: bool = True,
-                  data_dir: Path | None = None) -> Proc:
+                  data_dir: Path | None = None, api_docs: bool = False) -> Proc:
         args = ["hub", "start", "--kit", str(self.hub_dir), "--port", str(self.port)]
         self.hub_data_dir = data_dir
+        if api_docs:
+            args.append("--api-docs")
         if data_dir is not None:
             args += ["--data-dir", str(data_dir)]
         if keep_replies:

@@ -29,9 +29,8 @@ from fedcare.hub import service as service_module
 from fedcare.hub.api import PeerTrust, create_app
 from fedcare.hub.store import StudyRepo, StudyStatus
 from tests.integration.network import study_config
+from tests.tokens import TOKEN, install_token
 from tests.unit.test_hub_study_pause import SITES, WAIT, Federation
-
-TOKEN = "schemas-token"
 
 
 def _same(model: Any, doc: Any) -> None:
@@ -62,7 +61,8 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Federation
 
 
 def _app(fed: Federation) -> Any:
-    return create_app(fed.svc, PeerTrust(fed.root / "fed" / "hub"), TOKEN)
+    install_token(fed.svc)
+    return create_app(fed.svc, PeerTrust(fed.root / "fed" / "hub"))
 
 
 def test_every_service_answer_round_trips_through_its_model(

@@ -289,9 +289,10 @@ def test_the_api_resumes_and_answers_503_while_the_storage_is_full(
     from fastapi.testclient import TestClient
 
     from fedcare.hub.api import PeerTrust, create_app
+    from tests.tokens import user_token
 
-    app = create_app(fed.svc, PeerTrust(tmp_path / "fed" / "hub"), "token")
-    client = TestClient(app, headers={"Authorization": "Bearer token"})
+    app = create_app(fed.svc, PeerTrust(tmp_path / "fed" / "hub"))
+    client = TestClient(app, headers={"Authorization": f"Bearer {user_token(fed.svc)}"})
     db = FullDatabase(fed.svc)
     disk = FillingDisk(fed.svc.data_dir / "blobs", full_from=1)
     fed.svc.state.blobs = disk
@@ -302,8 +303,8 @@ def test_the_api_resumes_and_answers_503_while_the_storage_is_full(
     db.full.set()  # a submission the hub cannot store: a 503 that says why, not a bare 500
     r = client.post("/v1/studies", json=study_config(rounds=2))
     assert r.status_code == 503 and "disk is full" in r.json()["detail"], r.text
-    r = client.post(f"/v1/studies/{study_id}/resume")
-    assert r.status_code == 503 and "still cannot write" in r.json()["detail"], r.text
+    r = client.post(f"/v1/studies/{study_id}/resume")  # (the owner check reads it first)
+    assert r.status_code == 503 and "cannot write" in r.json()["detail"], r.text
     db.full.clear()
 
     assert client.post("/v1/studies/nosuchstudy/resume").status_code == 404

@@ -50,8 +50,8 @@ def hub_start(
              "checkpoints, and an individual update is the most sensitive thing the hub "
              "handles).")] = False,
     api_docs: Annotated[bool, typer.Option(
-        help="Serve the API's description (/docs, /redoc, /openapi.json), to researchers "
-             "only (bearer token). Off by default.")] = False,
+        help="Serve the API's description (/docs, /redoc, /openapi.json) to the hub's "
+             "users (any user's bearer token). Off by default.")] = False,
 ) -> None:
     """Start the hub over HTTPS with mutual TLS (nodes authenticate by certificate)."""
     from fedcare.hub.server import serve

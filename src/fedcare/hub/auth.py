@@ -77,7 +77,8 @@ class _Allow:
         if principal is None:
             principal = await run_in_threadpool(users.verify, token)
         if principal is None:
-            raise _unauthorized("unknown or revoked token: ask the hub's admin for a token "
+            raise _unauthorized("unknown or revoked token: send 'Authorization: Bearer "
+                                "<token>' with your own token; the hub's admin makes one "
                                 "(`fedcare users add`)")
         if principal.role not in self.roles:
             wanted = ", ".join(sorted(r.value for r in self.roles))

@@ -427,7 +427,8 @@ def _write_people(root: Path, ca_cert: x509.Certificate, federation_id: str, url
     for name, role, folder_name, token_file in FIRST_USERS:
         token_id, token = new_token()
         folder = root / folder_name
-        make_private_dir(folder)
+        if not folder.is_dir():  # `provision users` keeps an existing researcher folder
+            make_private_dir(folder)
         atomic_write(folder / token_file, token.encode(), mode=PRIVATE_FILE_MODE)
         atomic_write(folder / "ca.crt", certs.certificate_pem(ca_cert))
         atomic_write(folder / RESEARCHER_CONFIG_FILE,
