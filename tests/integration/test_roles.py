@@ -40,7 +40,13 @@ EXPECTED: dict[tuple[str, str], dict[Role, int]] = {
     ("GET", "/v1/studies"): dict.fromkeys(EVERYONE, 200),
     ("GET", "/v1/studies/{study_id}"): dict.fromkeys(EVERYONE, 200),
     ("GET", "/v1/studies/{study_id}/events"): dict.fromkeys(EVERYONE, 200),
-    ("GET", "/v1/studies/{study_id}/artifacts/{name}"): {R: 200, A: 200},
+    # the airlock (docs/governance.md, "Airlock"); a study's files have no other route
+    ("POST", "/v1/studies/{study_id}/exports"): {R: 201},
+    ("GET", "/v1/exports"): dict.fromkeys(EVERYONE, 200),
+    ("GET", "/v1/exports/{export_id}"): dict.fromkeys(EVERYONE, 200),
+    ("POST", "/v1/exports/{export_id}/decision"): {S: 200},
+    # not approved: the requester hears what is missing (409), anyone else 403
+    ("GET", "/v1/exports/{export_id}/download"): {R: 409, A: 403, S: 403, U: 403},
     # not paused: 409 says the role passed and the hub looked at the study
     ("POST", "/v1/studies/{study_id}/resume"): {R: 409, A: 409},
     # the harness's plain CSV datasets have no quality report: 404 after the role check
@@ -69,6 +75,14 @@ class Hub:
         self.names = itertools.count()
         self.study_id = ""
         self.model_id = ""
+        self.export_id = ""
+
+    def export(self) -> str:
+        """A new export request of the study's model by researcher A (awaiting stewards)."""
+        r = self.as_("researcher", "POST", f"/v1/studies/{self.study_id}/exports",
+                     json=EXPORT)
+        assert r.status_code == 201, r.text
+        return str(r.json()["id"])
 
     def as_(self, user: str | None, method: str, path: str, **kw: Any) -> httpx.Response:
         headers = {} if user is None else {"Authorization": f"Bearer {self.tokens[user]}"}
@@ -86,6 +100,7 @@ class Hub:
         return self.tokens[name]
 
 
+EXPORT = {"artifact": "model.safetensors", "reason": "the role matrix"}
 #: The user of each role the matrix calls with (stewards: of a participating site).
 ACTING = {A: "admin", R: "researcher", S: "sam", U: "audrey"}
 
@@ -106,6 +121,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
         h.study_id = fed.run_study(study_config(name="a-study", rounds=1))["study_id"]
         models = h.as_("admin", "GET", "/v1/models").json()
         h.model_id = next(m["id"] for m in models if m["study_id"] == h.study_id)
+        h.export_id = h.export()
         yield h
         h.http.close()
     finally:
@@ -174,9 +190,14 @@ def _request(h: Hub, method: str, route: str) -> tuple[str, dict[str, Any]]:
     """A concrete path and body for ``route`` (fresh names where the call changes state)."""
     n = next(h.names)
     path = (route.replace("{study_id}", h.study_id).replace("{entry_id}", h.model_id)
-            .replace("{name}", "history.json" if "artifacts" in route else "breast"
-                     if "datasets" in route else f"victim{n}"))
+            .replace("{name}", "breast" if "datasets" in route else f"victim{n}"))
     kw: dict[str, Any] = {}
+    if "{export_id}" in route:  # a decision is once per site: a fresh request for it
+        path = path.replace("{export_id}", h.export() if method == "POST" else h.export_id)
+        if method == "POST":
+            kw["json"] = {"decision": "approve", "reason": "matrix"}
+    elif (method, route) == ("POST", "/v1/studies/{study_id}/exports"):
+        kw["json"] = EXPORT
     if (method, route) == ("POST", "/v1/studies"):
         kw["json"] = study_config(name=f"matrix{n}", rounds=1)
     elif (method, route) == ("POST", "/v1/users"):
@@ -210,7 +231,7 @@ def test_the_role_matrix(hub: Hub, method: str, route: str) -> None:
 def test_researcher_b_cannot_tell_researcher_a_s_study_exists(hub: Hub) -> None:
     sid, mid = hub.study_id, hub.model_id
     for path in (f"/v1/studies/{sid}", f"/v1/studies/{sid}/events",
-                 f"/v1/studies/{sid}/artifacts/history.json", f"/v1/models/{mid}",
+                 f"/v1/models/{mid}",
                  f"/v1/models/{mid}/card"):
         theirs = hub.as_("rita", "GET", path)
         unknown = hub.as_("rita", "GET", path.replace(sid, "nosuchstudy").replace(mid, "nosuch"))
@@ -218,6 +239,12 @@ def test_researcher_b_cannot_tell_researcher_a_s_study_exists(hub: Hub) -> None:
         assert theirs.json()["detail"].replace(sid, "X").replace(mid, "X") == \
             unknown.json()["detail"].replace("nosuchstudy", "X").replace("nosuch", "X")
     assert hub.as_("rita", "POST", f"/v1/studies/{sid}/resume").status_code == 404
+    theirs, unknown = (hub.as_("rita", "POST", f"/v1/studies/{s}/exports", json=EXPORT)
+                       for s in (sid, "nosuchstudy"))
+    assert theirs.status_code == unknown.status_code == 404
+    assert theirs.json()["detail"].replace(sid, "X") == \
+        unknown.json()["detail"].replace("nosuchstudy", "X")
+    assert hub.as_("rita", "GET", f"/v1/exports/{hub.export_id}").status_code == 404
     assert sid not in {s["study_id"] for s in hub.as_("rita", "GET", "/v1/studies").json()}
     assert mid not in {m["id"] for m in hub.as_("rita", "GET", "/v1/models").json()}
     # ...while A, the admin and the auditor see it

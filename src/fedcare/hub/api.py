@@ -38,7 +38,7 @@ from fedcare.engine.registry import RegistryEntry
 from fedcare.governance.airlock import AirlockError, ExportConflict, ExportForbidden
 from fedcare.hub import access
 from fedcare.hub.airlock import ExportDesk
-from fedcare.hub.airlock_api import airlock_router
+from fedcare.hub.airlock_api import add_airlock_routes
 from fedcare.hub.auth import Principal, Role, allow
 from fedcare.hub.errors import Forbidden
 from fedcare.hub.keyrelay import MAX_SEALED_BYTES, KeyRelay, KeyRelayNotFound
@@ -655,7 +655,7 @@ def create_app(service: HubService, trust: PeerTrust, users: UserStore | None = 
         """Revoke ``name``'s token: refused from the very next request on."""
         return _user(await run_in_threadpool(lambda: people.revoke(name, by=who.user)))
 
-    app.include_router(airlock_router(ExportDesk(service.state)))  # /v1/.../exports...
+    add_airlock_routes(app, ExportDesk(service.state))  # /v1/.../exports...
 
     @app.get("/v1/health")
     async def health() -> Health:
