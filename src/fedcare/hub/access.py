@@ -36,7 +36,8 @@ def sees_study(who: Principal, owner: str | None, sites: list[str]) -> bool:
 
 
 def sees_results(who: Principal, owner: str | None) -> bool:
-    """Whether ``who`` may download the study's artifacts or resume it: its owner, an admin."""
+    """Whether ``who`` may resume the study: its owner, an admin. (Its files leave only
+    through the airlock, :mod:`fedcare.hub.airlock_api`.)"""
     return who.role is Role.ADMIN or (who.role is Role.RESEARCHER
                                       and (owner or LEGACY_OWNER) == who.user)
 

@@ -1,5 +1,6 @@
 """The researcher's desk: submitting a study (its participants, data-contract and quality
-checks), and reading studies, their events, artifacts, datasets' quality and the sites."""
+checks), and reading studies, their events, datasets' quality and the sites (a study's files
+leave only through the airlock, :mod:`fedcare.hub.airlock`)."""
 
 from __future__ import annotations
 
