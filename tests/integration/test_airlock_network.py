@@ -135,6 +135,28 @@ def test_nothing_leaves_without_clean_checks_and_the_stewards_quorum(net: Net) -
     assert all(e.details["digest"] == export["digest"] for e in entries[2:])
     assert "A,41" not in (hub_data / "audit" / "hub-audit.jsonl").read_text()
 
+    # The other commands: a refused request exits 1 with the findings; a request needs its
+    # reason; a steward's rejection is final; `list` and `show` are scoped to the caller.
+    me = fed.token
+    refused = _fedcare(fed, env, me, "export", "request", study_id, "counts.csv", "--why", "t2")
+    assert refused.returncode == 1 and "refused:" in refused.stdout, refused.stdout
+    no_why = _fedcare(fed, env, me, "export", "request", study_id, "model.safetensors")
+    assert no_why.returncode == 2 and "--why" in no_why.stderr
+    again = researcher.post(f"/v1/studies/{study_id}/exports",
+                            json={"artifact": "model.safetensors", "reason": "v2"}).json()
+    beta = stewards[SITES[1]].headers["Authorization"].split()[1]
+    rejected = _fedcare(fed, env, beta, "export", "reject", again["id"], "--why", "too early")
+    assert rejected.returncode == 0 and "rejected" in rejected.stdout, rejected.stdout
+    late = _fedcare(fed, env, last, "export", "approve", again["id"], "--why", "ok")
+    assert late.returncode == 2 and "409" in late.stderr, late.stderr
+    shown = _fedcare(fed, env, me, "export", "show", again["id"])
+    assert "too early" in shown.stdout and "rejected by the steward" in shown.stdout
+    listed = _fedcare(fed, env, me, "export", "list")
+    assert all(i in listed.stdout for i in (small["id"], export["id"], again["id"]))
+    assert again["id"] in _fedcare(fed, env, last, "export", "list").stdout
+    zeta = outsider.headers["Authorization"].split()[1]
+    assert again["id"] not in _fedcare(fed, env, zeta, "export", "list").stdout
+
 
 def _fedcare(fed: NetFederation, env: dict[str, str], token: str, *args: str
              ) -> subprocess.CompletedProcess[str]:
