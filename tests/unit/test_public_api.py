@@ -21,9 +21,10 @@ PUBLIC = {
                        "HubClient", "watch"],
     "fedcare.hub.schemas": [
         "DatasetQuality", "DeclaredDataset", "ErrorBody", "Event", "Health", "HelloAck",
-        "LedgerHeadAck", "ModelSummary", "NodeStudy", "ReplyAccepted", "Response", "Resumed",
-        "RoundRecord",
-        "SiteInfo", "SiteKeyCert", "StudyState", "StudyStatus", "StudySummary", "Submitted"],
+        "LedgerHeadAck", "ModelSummary", "NewUserRequest", "NodeStudy", "ReplyAccepted",
+        "Response", "Resumed", "RoleName", "RoundRecord",
+        "SiteInfo", "SiteKeyCert", "StudyState", "StudyStatus", "StudySummary", "Submitted",
+        "UserCreated", "UserSummary"],
 }
 
 
