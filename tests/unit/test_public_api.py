@@ -22,9 +22,10 @@ PUBLIC = {
     "fedcare.hub.schemas": [
         "DatasetQuality", "DeclaredDataset", "ErrorBody", "Event", "ExportDecisionInfo",
         "ExportInfo", "ExportState", "Health", "HelloAck",
-        "LedgerHeadAck", "ModelSummary", "NodeStudy", "ReplyAccepted", "Response", "Resumed",
-        "RoundRecord",
-        "SiteInfo", "SiteKeyCert", "StudyState", "StudyStatus", "StudySummary", "Submitted"],
+        "LedgerHeadAck", "ModelSummary", "NewUserRequest", "NodeStudy", "ReplyAccepted",
+        "Response", "Resumed", "RoleName", "RoundRecord",
+        "SiteInfo", "SiteKeyCert", "StudyState", "StudyStatus", "StudySummary", "Submitted",
+        "UserCreated", "UserSummary"],
 }
 
 

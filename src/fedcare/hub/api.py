@@ -412,7 +412,7 @@ def create_app(service: HubService, trust: PeerTrust, users: UserStore | None = 
     AnyUser = Depends(allow(*Role))
 
     def parties(study_id: str) -> tuple[str | None, list[str]] | None:
-        return service.studies.parties().get(study_id)
+        return service.studies.parties(study_id).get(study_id)
 
     async def check_study(who: Principal, study_id: str, *, results: bool = False) -> None:
         found = await run_in_threadpool(parties, study_id)
@@ -598,7 +598,7 @@ def create_app(service: HubService, trust: PeerTrust, users: UserStore | None = 
     models = ModelDesk(service.state)
 
     def model_visible(who: Principal, study_id: str | None, sites: list[str]) -> bool:
-        study = None if study_id is None else service.studies.parties().get(study_id)
+        study = None if study_id is None else parties(study_id)
         return access.sees_model(who, study, sites)
 
     def check_model(who: Principal, entry_id: str) -> None:

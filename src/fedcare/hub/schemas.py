@@ -285,7 +285,7 @@ RoleName = Literal["admin", "researcher", "steward", "auditor"]
 class NewUserRequest(BaseModel):
     """``POST /v1/users``: a new user (stewards name their site; nobody else has one)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = Field(min_length=1, max_length=64)
     role: RoleName
     site: str | None = Field(None, min_length=1, max_length=128)

@@ -9,6 +9,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
 from fedcare.config import (
     FederatedData,
     StudyConfig,
@@ -24,7 +26,15 @@ from fedcare.hub.errors import NotFound
 from fedcare.hub.mailbox import TaskMailbox
 from fedcare.hub.sites import SiteDirectory
 from fedcare.hub.state import HubState
-from fedcare.hub.store import Database, EventRepo, Site, SiteRepo, StudyRepo, StudyStatus
+from fedcare.hub.store import (
+    Database,
+    EventRepo,
+    Site,
+    SiteRepo,
+    Study,
+    StudyRepo,
+    StudyStatus,
+)
 from fedcare.learners.metrics import primary_metric_meta
 
 #: A site is online (``fedcare sites``) while its node long-polls, or polled this recently
@@ -170,10 +180,14 @@ class StudyDesk:
                      "sites": list(st.sites or [])}
                     for st in StudyRepo(s).list()]
 
-    def parties(self) -> dict[str, tuple[str | None, list[str]]]:
-        """Every study's owner and sites, by id: what :mod:`fedcare.hub.access` decides by."""
+    def parties(self, study_id: str | None = None) -> dict[str, tuple[str | None, list[str]]]:
+        """Every study's (or one study's) owner and sites, by id: what
+        :mod:`fedcare.hub.access` decides by (two columns, not the whole rows)."""
+        query = sa.select(Study.id, Study.owner, Study.sites)
+        if study_id is not None:
+            query = query.where(Study.id == study_id)
         with self.db.session() as s:
-            return {st.id: (st.owner, list(st.sites or [])) for st in StudyRepo(s).list()}
+            return {row.id: (row.owner, list(row.sites or [])) for row in s.execute(query)}
 
     def study_events(self, study_id: str, limit: int = 200) -> list[dict[str, Any]]:
         with self.db.session() as s:
