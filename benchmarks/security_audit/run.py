@@ -451,10 +451,13 @@ def _rogue_study(fed: Fed, gamma: Rogue) -> None:
                st["status"] == "completed" and f"capped to {bound}" in flag
                and abs(shift - 1e4 * share) < 50)
     if wanted("H-bad"):
-        for cid, path in (("H-path1", "%2e%2e%2fhub.db"), ("H-path2", "..%2F..%2Fhub.toml")):
-            with case(cid, f"GET /v1/studies/<id>/artifacts/{path}", "4xx, nothing outside "
-                      "the study's artifacts") as c:
-                r = fed.call("GET", f"/v1/studies/{sid}/artifacts/{path}")
+        # A study's files leave only through the airlock: an export request for a path
+        # outside the study's folder must be refused before anything is read.
+        for cid, path in (("H-path1", "../hub.db"), ("H-path2", "../../hub.toml")):
+            with case(cid, f"POST /v1/studies/<id>/exports artifact={path}", "4xx, nothing "
+                      "outside the study's files") as c:
+                r = fed.call("POST", f"/v1/studies/{sid}/exports",
+                             json={"artifact": path, "reason": "audit"})
                 c.done(f"{r.status_code} {r.text[:60]}", 400 <= r.status_code < 500)
     with case("F1b", "the study after F1's reply", "completed with gamma's valid reply") as c:
         c.done(f"{st['status']} {st.get('error') or ''}; round 1 completed by "
