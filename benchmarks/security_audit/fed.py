@@ -340,9 +340,9 @@ class Fed:
         return list(self.call("GET", f"/v1/studies/{study_id}/events").json())
 
     def artifact(self, study_id: str, name: str) -> bytes:
-        r = self.call("GET", f"/v1/studies/{study_id}/artifacts/{name}")
-        r.raise_for_status()
-        return r.content
+        """A finished study's file from the hub's own folder (no route serves it: it leaves
+        only through the airlock)."""
+        return (self.hub_dir / "data" / "studies" / study_id / name).read_bytes()
 
     def cli(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "fedcare.cli.main", *args],

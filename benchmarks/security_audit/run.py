@@ -267,15 +267,23 @@ def _session_a(fed: Fed, work: Path) -> None:
 
         # -- F12: roles ----------------------------------------------------------
         if wanted("F12"):
-            with case("F12", "one researcher token: submit, list every study, read every "
-                             "site's report; any role or ownership check?",
+            with case("F12", "a second researcher (added by the admin) lists and reads the "
+                             "first researcher's studies; a researcher adds a user",
                       "roles (submit / approve / read) or per-study ownership") as c:
-                listing = fed.call("GET", "/v1/studies")
-                sites = fed.call("GET", "/v1/sites")
-                c.done(f"the one static bearer token lists {len(listing.json())} studies "
-                       f"({listing.status_code}) and {len(sites.json())} sites "
-                       f"({sites.status_code}); no roles (not addressed since the audit)",
-                       False)
+                from fedcare.client import HubClient
+
+                admin = HubClient(fed.root / "fed" / "admin", None, None, None)
+                other = admin.add_user(f"audit-b-{int(time.time())}", "researcher")
+                b = HubClient(fed.researcher_dir, None, None, other.token).http
+                mine = [s["study_id"] for s in fed.call("GET", "/v1/studies").json()] or [
+                    fed.submit(study("f12"))]  # (with --only F12: one study of A's)
+                seen = b.get("/v1/studies").json()
+                reads = {b.get(f"/v1/studies/{sid}").status_code for sid in mine}
+                adds = fed.call("POST", "/v1/users", json={"name": "x", "role": "admin"})
+                c.done(f"researcher B lists {len(seen)} of A's {len(mine)} studies, reading "
+                       f"them answers {sorted(reads)}; a researcher adding a user: "
+                       f"{adds.status_code}",
+                       not seen and reads <= {404} and adds.status_code == 403)
 
         # -- F19: the CRL file goes missing ---------------------------------------
         if wanted("F19"):
@@ -443,10 +451,13 @@ def _rogue_study(fed: Fed, gamma: Rogue) -> None:
                st["status"] == "completed" and f"capped to {bound}" in flag
                and abs(shift - 1e4 * share) < 50)
     if wanted("H-bad"):
-        for cid, path in (("H-path1", "%2e%2e%2fhub.db"), ("H-path2", "..%2F..%2Fhub.toml")):
-            with case(cid, f"GET /v1/studies/<id>/artifacts/{path}", "4xx, nothing outside "
-                      "the study's artifacts") as c:
-                r = fed.call("GET", f"/v1/studies/{sid}/artifacts/{path}")
+        # A study's files leave only through the airlock: an export request for a path
+        # outside the study's folder must be refused before anything is read.
+        for cid, path in (("H-path1", "../hub.db"), ("H-path2", "../../hub.toml")):
+            with case(cid, f"POST /v1/studies/<id>/exports artifact={path}", "4xx, nothing "
+                      "outside the study's files") as c:
+                r = fed.call("POST", f"/v1/studies/{sid}/exports",
+                             json={"artifact": path, "reason": "audit"})
                 c.done(f"{r.status_code} {r.text[:60]}", 400 <= r.status_code < 500)
     with case("F1b", "the study after F1's reply", "completed with gamma's valid reply") as c:
         c.done(f"{st['status']} {st.get('error') or ''}; round 1 completed by "

@@ -13,7 +13,6 @@ every method returns the typed response of :mod:`fedcare.hub.schemas`::
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -27,6 +26,7 @@ from fedcare.hub.schemas import (
     DatasetQuality,
     ErrorBody,
     Event,
+    ExportInfo,
     Health,
     ModelSummary,
     Resumed,
@@ -34,6 +34,8 @@ from fedcare.hub.schemas import (
     StudyStatus,
     StudySummary,
     Submitted,
+    UserCreated,
+    UserSummary,
 )
 
 if TYPE_CHECKING:
@@ -47,8 +49,11 @@ _STUDIES = TypeAdapter(list[StudySummary]).validate_json
 _SITES = TypeAdapter(list[SiteInfo]).validate_json
 _EVENTS = TypeAdapter(list[Event]).validate_json
 _MODELS = TypeAdapter(list[ModelSummary]).validate_json
+_EXPORTS = TypeAdapter(list[ExportInfo]).validate_json
+_USERS = TypeAdapter(list[UserSummary]).validate_json
 
-#: The files a finished study leaves on the hub (``HubClient.artifact``).
+#: The files a finished study leaves on the hub. None of them is served as such: each leaves
+#: through the airlock (``HubClient.request_export``, stewards' approval, ``download_export``).
 ARTIFACTS = ("history.json", "model.safetensors", "report.html")
 #: Files only some studies have: the registry entry (studies released since the model
 #: registry) and an xgboost study's XGBoost model file.
@@ -59,21 +64,28 @@ OPTIONAL_ARTIFACTS = ("registry.json", "model.xgb.json")
 FINAL_STATES = frozenset({"completed", "failed", "cancelled", "paused"})
 
 
+#: The header an export's download names its approved SHA-256 in.
+SHA_HEADER = "X-Content-SHA256"
+
 #: Environment variable holding the researcher's bearer token (the secret itself), for
 #: scripts and CI; a command line never carries it (it would show in `ps` and shell history).
 TOKEN_ENV = "FEDCARE_TOKEN"
 
 
 class HubClient:
-    """The researcher's HTTPS client (server verified against the federation CA).
+    """A hub user's HTTPS client (server verified against the federation CA).
 
-    The researcher's credential is the bearer token in the researcher folder
-    (``researcher.token``, written by provisioning). It is taken from, first to last:
-    ``token``, the file ``token_file``, the environment variable ``FEDCARE_TOKEN``, the
-    token file of ``federation``."""
+    The credential is the user's own bearer token: a researcher's is ``researcher.token`` in
+    the researcher folder, the first admin's ``admin.token`` in the admin folder (both
+    written by provisioning), anyone else's the one ``fedcare users add`` made. It is taken
+    from, first to last: ``token``, the file ``token_file``, the environment variable
+    ``FEDCARE_TOKEN``, the token file of ``federation`` (a user's folder, or the
+    coordinator's federation folder, whose ``user_folder`` sub-folder is then used:
+    ``researcher`` or ``admin``)."""
 
     def __init__(self, federation: Path | None, url: str | None, ca: Path | None,
-                 token: str | None, token_file: Path | None = None) -> None:
+                 token: str | None, token_file: Path | None = None, *,
+                 user_folder: str = "researcher") -> None:
         import os
         import ssl
 
@@ -93,7 +105,9 @@ class HubClient:
             else:  # the coordinator's own federation folder
                 hub = load_hub_config(federation / "hub")
                 url, ca = url or hub.url, ca or hub.tls.ca
-                own_file = federation / "hub" / "researcher.token"
+                mine_file = federation / user_folder / RESEARCHER_CONFIG_FILE
+                if mine_file.is_file():
+                    own_file = load_researcher_config(mine_file.parent).token
         if token is None and token_file is not None:
             try:
                 token = token_file.read_text().strip()
@@ -106,7 +120,7 @@ class HubClient:
             token = own_file.read_text().strip()
         if not url or not ca or not token:
             raise ConfigError("give --federation DIR (or set FEDCARE_FEDERATION), or --hub URL "
-                              "and --ca FILE with the researcher's token in --token-file FILE "
+                              "and --ca FILE with your token in --token-file FILE "
                               f"or the environment variable {TOKEN_ENV}")
         context = ssl.create_default_context(cafile=str(ca))
         self.http = httpx.Client(base_url=url, verify=context, timeout=60.0,
@@ -147,23 +161,6 @@ class HubClient:
         return self._get(DatasetQuality.model_validate_json, "GET",
                          f"/v1/datasets/{dataset}/quality")
 
-    def artifact(self, study_id: str, name: str) -> bytes:
-        """One of a finished study's files (:data:`ARTIFACTS`), as stored on the hub."""
-        if name not in ARTIFACTS + OPTIONAL_ARTIFACTS:
-            raise ConfigError(f"no artifact {name!r}; one of "
-                              f"{', '.join(ARTIFACTS + OPTIONAL_ARTIFACTS)}")
-        return bytes(self.call("GET", f"/v1/studies/{study_id}/artifacts/{name}").content)
-
-    def history(self, study_id: str) -> dict[str, Any]:
-        """A finished study's ``history.json`` (what the report and the results table read)."""
-        try:
-            doc = json.loads(self.artifact(study_id, "history.json"))
-        except ValueError as exc:
-            raise FedcareError(f"study {study_id}'s history.json is not JSON: {exc}") from exc
-        if not isinstance(doc, dict):
-            raise FedcareError(f"study {study_id}'s history.json is not a JSON object")
-        return doc
-
     # -- the model registry ---------------------------------------------------------------
     def models(self, study_id: str | None = None) -> list[ModelSummary]:
         """Released models (``study_id``: only that study's), oldest first."""
@@ -183,6 +180,53 @@ class HubClient:
         if fmt not in ("md", "html"):
             raise ConfigError(f"card format {fmt!r}: md or html")
         return self.call("GET", f"/v1/models/{entry_id}/card", params={"format": fmt}).text
+
+    # -- the output airlock ----------------------------------------------------------------
+    def request_export(self, study_id: str, artifact: str, reason: str) -> ExportInfo:
+        """Ask to take one of a study's files out of the federation: the hub runs its
+        automatic checks (``refusals``, ``flags``), then the stewards decide."""
+        return self._get(ExportInfo.model_validate_json, "POST",
+                         f"/v1/studies/{study_id}/exports",
+                         json={"artifact": artifact, "reason": reason})
+
+    def exports(self) -> list[ExportInfo]:
+        """The export requests this user may see (a researcher: their own; a steward: their
+        site's studies'; admin, auditor: all)."""
+        return self._get(_EXPORTS, "GET", "/v1/exports")
+
+    def export(self, export_id: str) -> ExportInfo:
+        return self._get(ExportInfo.model_validate_json, "GET", f"/v1/exports/{export_id}")
+
+    def decide_export(self, export_id: str, *, approve: bool, reason: str) -> ExportInfo:
+        """A site steward's decision (once per site, final)."""
+        return self._get(ExportInfo.model_validate_json, "POST",
+                         f"/v1/exports/{export_id}/decision",
+                         json={"decision": "approve" if approve else "reject",
+                               "reason": reason})
+
+    def download_export(self, export_id: str) -> tuple[bytes, str]:
+        """An approved export's bytes and their SHA-256, checked here against the digest the
+        hub names (the one the stewards approved)."""
+        import hashlib
+
+        r = self.call("GET", f"/v1/exports/{export_id}/download")
+        digest = r.headers.get(SHA_HEADER, "")
+        if hashlib.sha256(r.content).hexdigest() != digest:
+            raise FedcareError(f"export {export_id} arrived damaged: its SHA-256 is not the "
+                               f"approved one the hub named ({digest or 'none'})")
+        return r.content, digest
+
+    # -- people (admins) -----------------------------------------------------------------
+    def add_user(self, name: str, role: str, site: str | None = None) -> UserCreated:
+        """A new user; the answer's ``token`` is shown this once."""
+        return self._get(UserCreated.model_validate_json, "POST", "/v1/users",
+                         json={"name": name, "role": role, "site": site})
+
+    def users(self) -> list[UserSummary]:
+        return self._get(_USERS, "GET", "/v1/users")
+
+    def revoke_user(self, name: str) -> UserSummary:
+        return self._get(UserSummary.model_validate_json, "DELETE", f"/v1/users/{name}")
 
     # -- plumbing -------------------------------------------------------------------------
     def call(self, method: str, path: str, **kw: Any) -> httpx.Response:

@@ -245,6 +245,19 @@ class PrivacySection(Section):
         return self
 
 
+#: Sites whose stewards an export's quorum may name.
+MAX_QUORUM = 10_000
+
+
+class AirlockSection(Section):
+    quorum: int | None = Field(None, ge=1, le=MAX_QUORUM, description=(
+        "Site stewards who must approve an export of the study's results (a model file, a "
+        "results table, a report) before it can be downloaded; any rejection refuses it. "
+        "Default: every participating site. Part of the content hash every site approves, "
+        "so a site agrees to the quorum when it agrees to the study; more than the study's "
+        "sites means all of them."))
+
+
 class StudyConfig(Section):
     study: StudySection = Field(default_factory=StudySection)  # type: ignore[arg-type]
     data: DataSection
@@ -257,6 +270,7 @@ class StudyConfig(Section):
     run: RunSection = Field(default_factory=RunSection)  # type: ignore[arg-type]
     privacy: PrivacySection = Field(default_factory=PrivacySection)  # type: ignore[arg-type]
     tracking: TrackingSection = Field(default_factory=TrackingSection)  # type: ignore[arg-type]
+    airlock: AirlockSection = Field(default_factory=AirlockSection)  # type: ignore[arg-type]
 
     @model_validator(mode="after")
     def _model_rounds(self) -> StudyConfig:
@@ -302,6 +316,8 @@ def content_hash(cfg: StudyConfig) -> str:
         del doc["data"]["stats_clip"]
     if cfg.tracking == TrackingSection():  # type: ignore[call-arg]
         del doc["tracking"]
+    if cfg.airlock == AirlockSection():  # type: ignore[call-arg]
+        del doc["airlock"]
     if doc["baselines"].get("local_at_sites") is False:
         del doc["baselines"]["local_at_sites"]
     for key, default in (("impute", "none"), ("categorical", []), ("max_levels", 20)):
@@ -584,7 +600,7 @@ def describe_keys() -> list[tuple[str, str, str]]:
     for section, model in (("study", StudySection), ("train", TrainSection),
                            ("secure_aggregation", SecureAggregationSection),
                            ("baselines", BaselinesSection), ("run", RunSection),
-                           ("privacy", PrivacySection)):
+                           ("privacy", PrivacySection), ("airlock", AirlockSection)):
         walk(section, model)
     rows += _model_rows()
     rows += _data_rows()

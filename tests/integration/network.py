@@ -157,6 +157,8 @@ class NetFederation:
     hub: Proc | None = None
     nodes: dict[str, Proc] = field(default_factory=dict)
     _client: httpx.Client | None = None
+    #: The hub's state folder (``--data-dir``; default: the hub kit's ``data``).
+    hub_data_dir: Path | None = None
 
     def __post_init__(self) -> None:
         # Each site's kit (and key) is made in its own folder, outside the coordinator's.
@@ -213,8 +215,11 @@ class NetFederation:
 
     def start_hub(self, *, db: str | None = None, max_body_mb: int | None = None,
                   keep_replies: bool = False, wait: bool = True,
-                  data_dir: Path | None = None) -> Proc:
+                  data_dir: Path | None = None, api_docs: bool = False) -> Proc:
         args = ["hub", "start", "--kit", str(self.hub_dir), "--port", str(self.port)]
+        self.hub_data_dir = data_dir
+        if api_docs:
+            args.append("--api-docs")
         if data_dir is not None:
             args += ["--data-dir", str(data_dir)]
         if keep_replies:
@@ -323,7 +328,13 @@ class NetFederation:
 
     @property
     def token(self) -> str:
-        return (self.hub_dir / "researcher.token").read_text().strip()
+        """The researcher user's token (provisioning's user ``researcher``)."""
+        return (self.researcher_dir / "researcher.token").read_text().strip()
+
+    @property
+    def admin_token(self) -> str:
+        """The first admin's token (``fed/admin/admin.token``)."""
+        return (self.fed_dir / "admin" / "admin.token").read_text().strip()
 
     def client(self) -> httpx.Client:
         if self._client is None:
@@ -373,10 +384,13 @@ class NetFederation:
         return list(r.json())
 
     def artifact(self, study_id: str, name: str) -> bytes:
-        r = self.call("GET", f"/v1/studies/{study_id}/artifacts/{name}")
-        if r.status_code != 200:
-            self.fail(f"artifact {name} answered {r.status_code}: {r.text}")
-        return r.content
+        """A finished study's file, read from the hub's own folder as its operator can (no
+        route serves it: it leaves the federation only through the airlock, see
+        tests/integration/test_airlock_network.py)."""
+        path = (self.hub_data_dir or self.hub_dir / "data") / "studies" / study_id / name
+        if not path.is_file():
+            self.fail(f"study {study_id} has no {name} on the hub")
+        return path.read_bytes()
 
     def cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         """Run a ``fedcare`` command (e.g. ``study logs ID --federation``) to completion."""

@@ -80,7 +80,7 @@ def test_the_key_relay_answers_only_the_studys_sites_and_takes_keys_only_from_it
     fed = create_federation(root / "fed", hub_host="127.0.0.1", sites=names,
                             site_kits=root / "kits")
     service = HubService(root / "data", revocation=NeverRevoked())
-    app = create_app(service, PeerTrust(fed.hub.dir), "t")
+    app = create_app(service, PeerTrust(fed.hub.dir))
     for s in names[:3]:  # delta holds no dataset: it is in no study
         service.hello(s, "1", "0.1.0", [{"name": "breast", "rows": 100}], "s" * 8)
     study = service.submit_study(study_config(

@@ -53,8 +53,10 @@ def test_a_researcher_follows_a_study_from_the_command_line(net: Net, tmp_path: 
     done = _fedcare(fed, "study", "submit", str(study), "--wait", env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     study_id = re.search(r"study (\S+) submitted", done.stdout).group(1)  # type: ignore[union-attr]
-    # The summary table at the end: every site and the federation, final primary metric.
-    assert "accuracy" in done.stdout and "all sites" in done.stdout
+    # The rounds table at the end: every site and the federation, the primary metric; the
+    # files leave through the airlock.
+    assert "accuracy" in done.stdout and "all" in done.stdout
+    assert "fedcare export request" in done.stdout
     for site in SITES:
         assert site in done.stdout.split("submitted")[-1]
 

@@ -195,11 +195,15 @@ def test_the_hub_answers_422_to_a_study_with_lr_1e999(tmp_path: Path) -> None:
     body = ('{"study": {"name": "x"}, "data": {"source": "federation", "dataset": "breast", '
             '"label": "y", "features": ["a"]}, "train": {"lr": 1e999}}')
 
+    from tests.tokens import user_token
+
+    token = user_token(service)
+
     async def post() -> httpx.Response:
-        transport = httpx.ASGITransport(app=create_app(service, PeerTrust(fed.hub.dir), "t"))
+        transport = httpx.ASGITransport(app=create_app(service, PeerTrust(fed.hub.dir)))
         async with httpx.AsyncClient(transport=transport, base_url="http://hub") as client:
             return await client.post("/v1/studies", content=body,
-                                     headers={"Authorization": "Bearer t",
+                                     headers={"Authorization": f"Bearer {token}",
                                               "Content-Type": "application/json"})
 
     import asyncio

@@ -21,8 +21,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from fedcare.hub.api import MAX_DATASETS, MAX_QUALITY_BYTES, PeerTrust, create_app
 from fedcare.hub.provisioning import create_federation
 from fedcare.hub.service import HubService
-
-TOKEN = "s3cret-T0ken_value"
+from tests.tokens import TOKEN, install_token
 
 
 class _WithClientCert:
@@ -66,7 +65,8 @@ def _call(app: Any, method: str, path: str, **kw: Any) -> httpx.Response:
 
 def _app(hub: tuple[PeerTrust, HubService, bytes], **kw: Any) -> Any:
     trust, service, der = hub
-    return _WithClientCert(create_app(service, trust, TOKEN, **kw), der)
+    install_token(service)
+    return _WithClientCert(create_app(service, trust, **kw), der)
 
 
 # -- F18: the Authorization header ------------------------------------------------------------

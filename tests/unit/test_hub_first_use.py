@@ -81,9 +81,10 @@ def test_the_api_answers_422_and_force_true_overrides(hub: HubService) -> None:
     from fastapi.testclient import TestClient
 
     from fedcare.hub.api import create_app
+    from tests.tokens import user_token
 
-    app = create_app(hub, trust=None, token="t")  # type: ignore[arg-type]  # researcher only
-    auth = {"Authorization": "Bearer t"}
+    app = create_app(hub, trust=None)  # type: ignore[arg-type]  # researcher only
+    auth = {"Authorization": f"Bearer {user_token(hub)}"}
     with TestClient(app) as client:
         refused = client.post("/v1/studies", json=_study(**DP_EPS_1), headers=auth)
         with pytest.warns(UserWarning, match="cannot learn"):

@@ -12,9 +12,9 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 
-from fedcare.hub.store import Database, StudyRepo, upgrade
+from fedcare.hub.store import Database, upgrade
 from fedcare.hub.store.database import alembic_config, create_hub_engine
-from fedcare.hub.store.models import ModelEntry
+from fedcare.hub.store.models import ModelEntry, Study, utcnow
 from fedcare.hub.store.registry import EntryExists, ModelRegistryRepo
 
 
@@ -74,8 +74,12 @@ class RegistryStoreContract:
                                                                      ) -> None:
         upgrade(db_url, "0006")
         old = Database(db_url)
-        with old.session() as s:
-            StudyRepo(s).create("s", {}, "f" * 64, ["a"], 1)
+        with old.session() as s:  # the 0006 columns only (the ORM's model is the head's)
+            now = utcnow()
+            s.execute(sa.insert(Study.__table__).values(
+                id="s1", name="s", config={}, config_hash="f" * 64, status="pending",
+                rounds_planned=1, current_round=0, created_at=now, updated_at=now,
+                sites=["a"]))
         old.dispose()
         upgrade(db_url)
         engine = create_hub_engine(db_url)

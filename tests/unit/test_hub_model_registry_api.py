@@ -32,9 +32,10 @@ def test_a_hub_study_is_released_into_the_registry(fed: Federation, tmp_path: Pa
     from fastapi.testclient import TestClient
 
     from fedcare.hub.api import PeerTrust, create_app
+    from tests.tokens import user_token
 
-    app = create_app(fed.svc, PeerTrust(tmp_path / "fed" / "hub"), "token")
-    client = TestClient(app, headers={"Authorization": "Bearer token"})
+    app = create_app(fed.svc, PeerTrust(tmp_path / "fed" / "hub"))
+    client = TestClient(app, headers={"Authorization": f"Bearer {user_token(fed.svc)}"})
     fed.start_nodes()
     study_id = client.post("/v1/studies", json=study_config(rounds=2)).json()["study_id"]
     assert fed.settled(study_id)["status"] == "completed"

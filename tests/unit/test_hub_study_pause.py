@@ -181,7 +181,7 @@ def test_a_full_disk_pauses_the_study_and_resume_finishes_it_from_its_checkpoint
     st = fed.settled(study_id)
     assert (st["status"], st["current_round"], st["error"]) == ("completed", 5, None)
     assert _rounds(fed, study_id) == [1, 2, 3, 4, 5]
-    history = json.loads(fed.svc.artifact(study_id, "history.json").read_text())
+    history = json.loads((fed.svc.data_dir / "studies" / study_id / "history.json").read_text())
     assert [r["round"] for r in history["rounds"]] == [1, 2, 3, 4, 5]
     assert history["resumed_from_round"] == 2
 
@@ -289,9 +289,10 @@ def test_the_api_resumes_and_answers_503_while_the_storage_is_full(
     from fastapi.testclient import TestClient
 
     from fedcare.hub.api import PeerTrust, create_app
+    from tests.tokens import user_token
 
-    app = create_app(fed.svc, PeerTrust(tmp_path / "fed" / "hub"), "token")
-    client = TestClient(app, headers={"Authorization": "Bearer token"})
+    app = create_app(fed.svc, PeerTrust(tmp_path / "fed" / "hub"))
+    client = TestClient(app, headers={"Authorization": f"Bearer {user_token(fed.svc)}"})
     db = FullDatabase(fed.svc)
     disk = FillingDisk(fed.svc.data_dir / "blobs", full_from=1)
     fed.svc.state.blobs = disk
@@ -302,8 +303,8 @@ def test_the_api_resumes_and_answers_503_while_the_storage_is_full(
     db.full.set()  # a submission the hub cannot store: a 503 that says why, not a bare 500
     r = client.post("/v1/studies", json=study_config(rounds=2))
     assert r.status_code == 503 and "disk is full" in r.json()["detail"], r.text
-    r = client.post(f"/v1/studies/{study_id}/resume")
-    assert r.status_code == 503 and "still cannot write" in r.json()["detail"], r.text
+    r = client.post(f"/v1/studies/{study_id}/resume")  # (the owner check reads it first)
+    assert r.status_code == 503 and "cannot write" in r.json()["detail"], r.text
     db.full.clear()
 
     assert client.post("/v1/studies/nosuchstudy/resume").status_code == 404

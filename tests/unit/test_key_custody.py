@@ -109,9 +109,10 @@ def test_a_researcher_needs_only_the_researcher_folder(tmp_path: Path) -> None:
     client = HubClient(handed, None, None, None)
 
     assert str(client.http.base_url) == "https://127.0.0.1:9443"
-    token = (tmp_path / "fed" / "hub" / "researcher.token").read_text().strip()
+    token = (handed / "researcher.token").read_text().strip()
     assert client.http.headers["Authorization"] == f"Bearer {token}"
     assert find_secrets(handed) == {}
-    # the coordinator may still use its own federation folder
-    own = HubClient(tmp_path / "fed", None, None, None)
-    assert own.http.headers["Authorization"] == f"Bearer {token}"
+    # the coordinator may still use its own federation folder (its admin/ for `users`)
+    admin = (tmp_path / "fed" / "admin" / "admin.token").read_text().strip()
+    own = HubClient(tmp_path / "fed", None, None, None, user_folder="admin")
+    assert own.http.headers["Authorization"] == f"Bearer {admin}"

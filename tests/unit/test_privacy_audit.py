@@ -296,7 +296,7 @@ def test_load_run_refuses_missing_and_broken_folders(tmp_path, run_dir):
 
 # ----------------------------------------------------------------------- networked runs
 def _networked_run(tmp_path):
-    """A folder as `fedcare study download` writes it (no config.json: the configuration is
+    """A networked study's released files in one folder (no config.json: the configuration is
     in history.json's meta, with the hub's normalizer) plus one site's own table."""
     import pandas as pd
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import ssl
 import stat
 import tomllib
@@ -117,16 +118,28 @@ def test_new_writes_the_layout_with_private_keys_0600_and_key_folders_0700(tmp_p
     assert result.exit_code == 0, result.output
     root = tmp_path / "fed"
     for rel in ["federation.toml", "ca/ca.key", "ca/ca.crt", "hub/hub.key", "hub/hub.crt",
-                "hub/ca.crt", "hub/crl.pem", "hub/hub.toml", "hub/researcher.token",
-                "researcher/researcher.toml", "researcher/ca.crt", "researcher/researcher.token"]:
+                "hub/ca.crt", "hub/crl.pem", "hub/hub.toml", "hub/users.bootstrap.json",
+                "researcher/researcher.toml", "researcher/ca.crt", "researcher/researcher.token",
+                "admin/researcher.toml", "admin/ca.crt", "admin/admin.token"]:
         assert (root / rel).is_file(), rel
-    for key in ["ca/ca.key", "hub/hub.key", "hub/researcher.token", "researcher/researcher.token"]:
+    for key in ["ca/ca.key", "hub/hub.key", "hub/users.bootstrap.json",
+                "researcher/researcher.token", "admin/admin.token"]:
         assert _mode(root / key) == 0o600, key
     # No CKKS context anywhere: the sites of a CKKS study make its key among themselves.
     assert not list(root.rglob("*.ctx"))
-    assert (root / "hub/researcher.token").read_bytes() == (
-        root / "researcher/researcher.token").read_bytes()
-    for folder in [root, root / "ca", root / "hub", root / "sites", root / "researcher"]:
+    # The hub's folder holds no usable token: the users' argon2 hashes only.
+    assert not (root / "hub/researcher.token").exists()
+    hub_files = b"".join(p.read_bytes() for p in (root / "hub").iterdir())
+    for token_file in ("researcher/researcher.token", "admin/admin.token"):
+        token = (root / token_file).read_bytes()
+        assert token.startswith(b"fc_") and token not in hub_files
+        assert token.split(b"_", 2)[2] not in hub_files
+    bootstrap = json.loads((root / "hub/users.bootstrap.json").read_text())["users"]
+    assert [(u["name"], u["role"]) for u in bootstrap] == [("admin", "admin"),
+                                                           ("researcher", "researcher")]
+    assert all(u["token_hash"].startswith("$argon2id$") for u in bootstrap)
+    for folder in [root, root / "ca", root / "hub", root / "sites", root / "researcher",
+                   root / "admin"]:
         assert _mode(folder) & 0o077 == 0, folder
     assert not [p for p in tmp_path.rglob("*") if ".staging" in p.name or p.suffix == ".tmp"]
 

@@ -20,10 +20,12 @@ PUBLIC = {
     "fedcare.client": ["ARTIFACTS", "FINAL_STATES", "OPTIONAL_ARTIFACTS", "TOKEN_ENV",
                        "HubClient", "watch"],
     "fedcare.hub.schemas": [
-        "DatasetQuality", "DeclaredDataset", "ErrorBody", "Event", "Health", "HelloAck",
-        "LedgerHeadAck", "ModelSummary", "NodeStudy", "ReplyAccepted", "Response", "Resumed",
-        "RoundRecord",
-        "SiteInfo", "SiteKeyCert", "StudyState", "StudyStatus", "StudySummary", "Submitted"],
+        "DatasetQuality", "DeclaredDataset", "ErrorBody", "Event", "ExportDecisionInfo",
+        "ExportInfo", "ExportState", "Health", "HelloAck",
+        "LedgerHeadAck", "ModelSummary", "NewUserRequest", "NodeStudy", "ReplyAccepted",
+        "Response", "Resumed", "RoleName", "RoundRecord",
+        "SiteInfo", "SiteKeyCert", "StudyState", "StudyStatus", "StudySummary", "Submitted",
+        "UserCreated", "UserSummary"],
 }
 
 

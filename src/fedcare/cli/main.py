@@ -15,7 +15,9 @@ from rich.markup import escape
 
 from fedcare import __version__
 from fedcare.cli import audit, data, network, nodekit, provision  # noqa: F401 (nodekit adds `node init`)
+from fedcare.cli import export as export_cli
 from fedcare.cli import model as model_cli
+from fedcare.cli import users as users_cli
 from fedcare.cli.errors import fail
 from fedcare.core.errors import FedcareError
 
@@ -30,6 +32,8 @@ app.command("sites")(network.sites)
 app.add_typer(data.app, name="data")
 app.add_typer(audit.app, name="audit")
 app.add_typer(model_cli.app, name="model")
+app.add_typer(export_cli.app, name="export")
+app.add_typer(users_cli.app, name="users")
 app.command("predict")(model_cli.predict)
 
 

@@ -23,7 +23,7 @@ app = typer.Typer(name="model", help="Inspect and export a study's saved model."
 console = Console()
 
 _MODEL_HELP = ("The model: a run folder or its model.safetensors (from `fedcare simulate "
-               "--out`, or `fedcare study download` for a networked study).")
+               "--out`, or `fedcare export download` for a networked study).")
 
 
 class ExportFormat(StrEnum):

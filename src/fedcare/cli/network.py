@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from fedcare.cli.errors import fail
-from fedcare.client import ARTIFACTS, OPTIONAL_ARTIFACTS, HubClient, watch
+from fedcare.client import ARTIFACTS, HubClient, watch
 from fedcare.core.errors import FedcareError
 from fedcare.hub.schemas import Response, StudyStatus
 from fedcare.reporting.progress import StudyProgress
@@ -50,8 +50,8 @@ def hub_start(
              "checkpoints, and an individual update is the most sensitive thing the hub "
              "handles).")] = False,
     api_docs: Annotated[bool, typer.Option(
-        help="Serve the API's description (/docs, /redoc, /openapi.json), to researchers "
-             "only (bearer token). Off by default.")] = False,
+        help="Serve the API's description (/docs, /redoc, /openapi.json) to the hub's "
+             "users (any user's bearer token). Off by default.")] = False,
 ) -> None:
     """Start the hub over HTTPS with mutual TLS (nodes authenticate by certificate)."""
     from fedcare.hub.server import serve
@@ -166,13 +166,13 @@ def node_privacy(
 
 Federation = Annotated[Path | None, typer.Option(
     envvar="FEDCARE_FEDERATION", show_envvar=True,
-    help="Researcher folder (FED/researcher from `fedcare provision new`), or the "
-         "coordinator's federation folder: reads the hub URL, the CA and the researcher's "
-         "token file (researcher.token). Set FEDCARE_FEDERATION once instead.")]
+    help="Your user folder (FED/researcher or FED/admin from `fedcare provision new`), or "
+         "the coordinator's federation folder: reads the hub URL, the CA and your token file "
+         "(researcher.token, admin.token). Set FEDCARE_FEDERATION once instead.")]
 HubUrl = Annotated[str | None, typer.Option("--hub", help="Hub URL (without --federation).")]
 CaFile = Annotated[Path | None, typer.Option(help="Federation CA certificate.")]
 TokenFile = Annotated[Path | None, typer.Option(
-    "--token-file", help="File holding the researcher's token (default: the environment "
+    "--token-file", help="File holding your token (default: the environment "
     "variable FEDCARE_TOKEN, else researcher.token in the --federation folder). The token "
     "itself is never a command-line argument: it would show in `ps` and shell history.")]
 
@@ -210,21 +210,25 @@ def submit(config: Annotated[Path, typer.Argument(help="Study file (.toml/.yaml)
 
 def follow(client: HubClient, study_id: str, poll: float = 0.5) -> StudyStatus:
     """Progress bar until the study completes, fails or is paused; exit 1 unless it
-    completed. A completed study's results follow: per site and for the whole federation,
-    the final primary metric (with the baselines the study trained)."""
-    from fedcare.cli.render import print_results
+    completed. A completed study's rounds follow (the primary metric of the federation and
+    of each site, as `fedcare study status` shows them); its files (model, history, report)
+    leave the hub only through the airlock (`fedcare export request`)."""
+    from fedcare.cli.render import rounds_table
 
     with StudyProgress(console) as bar:
         st = watch(client, study_id, on_status=bar, poll=poll)
     if st.status != "completed":
         raise fail(FedcareError(f"study {study_id} {st.status}: {st.error}"), 1)
     try:
-        history = client.history(study_id)
+        full = client.status(study_id)
     except FedcareError as exc:
-        console.print(f"[yellow]study {study_id} completed, but its results could not be "
+        console.print(f"[yellow]study {study_id} completed, but its rounds could not be "
                       f"read: {escape(str(exc))}[/yellow]")
         return st
-    print_results(history, console)
+    console.print(rounds_table(full))
+    console.print(f"Its files ({', '.join(ARTIFACTS)}) leave the hub through the airlock: "
+                  f"`fedcare export request {study_id} FILE --why ...`, then the sites' "
+                  "stewards approve.")
     return st
 
 
@@ -327,32 +331,6 @@ def logs(study_id: str, federation: Federation = None, hub: HubUrl = None,
     for e in events:
         console.print(f"{e.at}  {e.kind:<9} {escape(e.message)}")
 
-
-@study_app.command("download")
-def download(study_id: str, out: Annotated[Path, typer.Option(help="Folder to write into.")],
-             federation: Federation = None, hub: HubUrl = None, ca: CaFile = None,
-             token_file: TokenFile = None) -> None:
-    """Fetch history.json, model.safetensors, report.html and registry.json of a finished
-    study (and model.xgb.json, an xgboost study's XGBoost model file)."""
-
-    from fedcare.core.files import atomic_write
-
-    client = _client(federation, hub, ca, token_file)
-    try:
-        written = []
-        for name in ARTIFACTS:
-            atomic_write(out / name, client.artifact(study_id, name))
-            written.append(name)
-        for name in OPTIONAL_ARTIFACTS:
-            try:
-                data = client.artifact(study_id, name)
-            except FedcareError:
-                continue  # not this kind of study
-            atomic_write(out / name, data)
-            written.append(name)
-    except FedcareError as exc:
-        raise fail(exc, 2) from None
-    console.print(f"wrote {out}/{', '.join(written)}")
 
 
 

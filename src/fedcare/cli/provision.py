@@ -113,6 +113,22 @@ def revoke(directory: FederationDir,
                       "nothing changed")
 
 
+@app.command()
+def users(directory: FederationDir) -> None:
+    """Give a federation made before hub users its first users (an admin and the user
+    `researcher`), replacing the shared researcher token."""
+    from fedcare.hub.provisioning import bootstrap_users
+
+    try:
+        admin = bootstrap_users(directory)
+    except FedcareError as exc:
+        raise fail(exc, 2) from None
+    console.print(f"Made the admin ({escape(str(admin))}) and a new researcher token "
+                  f"({escape(str(directory / 'researcher' / 'researcher.token'))}: hand it to "
+                  "the researcher again). Copy hub/users.bootstrap.json to the hub and delete "
+                  "the hub's researcher.token there; the hub imports the users at its start.")
+
+
 def _expiry(moment: datetime, now: datetime) -> str:
     text = f"{moment:%Y-%m-%d}"
     if moment < now:

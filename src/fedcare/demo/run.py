@@ -164,9 +164,11 @@ def run_demo(out: Path, console: Console) -> dict[str, Any]:
             final = watch(client, study.study_id, on_status=bar, poll=0.3)
         if final.status != "completed":
             raise FedcareError(f"the demo study {final.status}: {final.error}")
-        history = client.history(study.study_id)
-        (out / "model.safetensors").write_bytes(
-            client.artifact(study.study_id, "model.safetensors"))
+        # The demo runs the hub, so it reads the study's files from the hub's own folder; a
+        # researcher takes them out through the airlock (`fedcare export request`).
+        finished = work / "hub" / "data" / "studies" / study.study_id
+        history = json.loads((finished / "history.json").read_text(encoding="utf-8"))
+        (out / "model.safetensors").write_bytes((finished / "model.safetensors").read_bytes())
     console.print("Stopped every process. Computing the baselines (simulation on the same "
                   "harmonized tables, only possible because the demo owns every hospital)...")
     tables, equal = harmonized_tables(contract_file, sites, out / "tables")

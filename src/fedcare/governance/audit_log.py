@@ -133,11 +133,17 @@ class EventKind(enum.StrEnum):
     EXPORT_REQUESTED = "export_requested"
     EXPORT_APPROVED = "export_approved"
     EXPORT_REJECTED = "export_rejected"
+    EXPORT_CHECKED = "export_checked"        # the airlock's automatic checks ran
+    EXPORT_DECIDED = "export_decided"        # one site steward approved or rejected
+    EXPORT_DOWNLOADED = "export_downloaded"  # the released bytes left the hub
+    USER_REVOKED = "user_revoked"        # a hub user's token revoked (the row stays)
 
 
 #: Kinds whose details must carry a ``digest`` (SHA-256 hex) of the data, never the data.
 DIGEST_KINDS = frozenset({EventKind.UPDATE_RECEIVED, EventKind.UPDATE_SENT,
-                          EventKind.AGGREGATED, EventKind.MODEL_RELEASED})
+                          EventKind.AGGREGATED, EventKind.MODEL_RELEASED,
+                          EventKind.EXPORT_REQUESTED, EventKind.EXPORT_CHECKED,
+                          EventKind.EXPORT_DECIDED, EventKind.EXPORT_DOWNLOADED})
 
 
 class ProblemKind(enum.StrEnum):

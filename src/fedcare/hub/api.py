@@ -2,20 +2,21 @@
 
 Node endpoints (``/v1/node/...``) identify the site by its TLS client certificate only,
 never by anything in the request, and refuse a request without a valid, unrevoked site
-certificate. Researcher endpoints (``/v1/studies...``) need the hub's bearer token. Every
-error is a 4xx with a ``detail`` that says what was wrong; fedcare errors never become a 5xx.
-The API's own description (``/docs``, ``/redoc``, ``/openapi.json``) is off unless the hub
-is started with ``--api-docs``, and then needs the researcher token too.
+certificate. Every other endpoint but ``/v1/health`` is for people: it needs a user's own
+bearer token and declares the roles it admits (``Depends(allow(...))``, see
+:mod:`fedcare.hub.auth`; the matrix is in docs/governance.md), and scopes what it shows to
+the caller (:mod:`fedcare.hub.access`). Every error is a 4xx with a ``detail`` that says what
+was wrong; fedcare errors never become a 5xx. The API's own description (``/docs``,
+``/redoc``, ``/openapi.json``) is off unless the hub is started with ``--api-docs``, and then
+needs any user's token.
 """
 
 # No `from __future__ import annotations`: FastAPI must resolve the local dependency
-# aliases (Site, Researcher) at definition time.
+# aliases (Site, Admin, ...) at definition time.
 
 import asyncio
-import hmac
 import json
 import logging
-import re
 import time
 from collections.abc import Coroutine
 from datetime import UTC, datetime
@@ -25,7 +26,7 @@ from typing import Annotated, Any, Literal, NoReturn, TypeVar
 from cryptography import x509
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
@@ -34,6 +35,12 @@ from fedcare import __version__
 from fedcare.core.errors import ConfigError, FedcareError, ProtocolError, ValidationError
 from fedcare.core.wire import DIGEST_HEADER
 from fedcare.engine.registry import RegistryEntry
+from fedcare.governance.airlock import AirlockError, ExportConflict, ExportForbidden
+from fedcare.hub import access
+from fedcare.hub.airlock import ExportDesk
+from fedcare.hub.airlock_api import add_airlock_routes
+from fedcare.hub.auth import Principal, Role, allow
+from fedcare.hub.errors import Forbidden
 from fedcare.hub.keyrelay import MAX_SEALED_BYTES, KeyRelay, KeyRelayNotFound
 from fedcare.hub.registry import ModelDesk
 from fedcare.hub.schemas import (
@@ -44,6 +51,7 @@ from fedcare.hub.schemas import (
     HelloAck,
     LedgerHeadAck,
     ModelSummary,
+    NewUserRequest,
     NodeStudy,
     ReplyAccepted,
     Resumed,
@@ -52,6 +60,8 @@ from fedcare.hub.schemas import (
     StudyStatus,
     StudySummary,
     Submitted,
+    UserCreated,
+    UserSummary,
 )
 from fedcare.hub.service import (
     HubService,
@@ -64,6 +74,7 @@ from fedcare.hub.service import (
 from fedcare.hub.store import DuplicateReply, LateReply, NotDelivered, UnknownTask, WrongSite
 from fedcare.hub.store.faults import storage_problem
 from fedcare.hub.store.ledger_heads import LedgerHeadRepo
+from fedcare.hub.users import UserExists, UserInfo, UserStore, parse_role
 from fedcare.pki.errors import CrlError, PeerCertificateError
 from fedcare.privacy.dp.ledger import LedgerHead
 
@@ -92,8 +103,6 @@ MAX_ROWS = 10**12
 #: Dataset names as node data configs write them (``[datasets.NAME]``): a letter or digit,
 #: then letters, digits, ``_``, ``.`` or ``-``.
 DATASET_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$"
-#: ``Authorization: Bearer <token68>`` (RFC 6750 2.1; the scheme is case-insensitive, RFC 7235).
-_BEARER = re.compile(r"([A-Za-z]+) ([A-Za-z0-9\-._~+/]+=*)")
 
 
 class RevocationListUnavailable(PeerCertificateError):
@@ -102,7 +111,9 @@ class RevocationListUnavailable(PeerCertificateError):
 
 
 _STATUS: list[tuple[type[Exception], int]] = [
+    (ExportForbidden, 403), (ExportConflict, 409), (AirlockError, 422),
     (TooManyPolls, 429), (NotFound, 404), (UnknownTask, 404), (WrongSite, 403),
+    (Forbidden, 403), (UserExists, 409),
     (DuplicateReply, 409), (NotDelivered, 409), (LateReply, 410), (ProtocolError, 409),
     (PeerCertificateError, 403), (NotResumable, 409), (StorageUnavailable, 503),
     (ConfigError, 422), (ValidationError, 422), (FedcareError, 400),
@@ -343,16 +354,22 @@ async def _unless_disconnected(request: Request, poll: Coroutine[Any, Any, _T]) 
     return polling.result() if polling.done() else None
 
 
-def create_app(service: HubService, trust: PeerTrust, token: str, *,
+def _user(info: UserInfo) -> UserSummary:
+    return UserSummary(name=info.name, role=info.role.value, site=info.site,
+                       created=info.created.isoformat(),
+                       revoked=None if info.revoked is None else info.revoked.isoformat())
+
+
+def create_app(service: HubService, trust: PeerTrust, users: UserStore | None = None, *,
                max_request: int = DEFAULT_MAX_REQUEST, api_docs: bool = False,
                relay: KeyRelay | None = None) -> FastAPI:
     """The hub's API over ``service``.
 
     Args:
         trust: the federation CA and CRL that identify sites by their certificates.
-        token: the researcher bearer token.
+        users: the people who may call the user endpoints (default: the service's).
         max_request: largest body of any request but a reply (bytes).
-        api_docs: serve ``/docs``, ``/redoc`` and ``/openapi.json`` (behind the token).
+        api_docs: serve ``/docs``, ``/redoc`` and ``/openapi.json`` (any user's token).
         relay: where CKKS study keys sealed by one site for another wait (default: the
             hub's state folder).
     """
@@ -362,6 +379,7 @@ def create_app(service: HubService, trust: PeerTrust, token: str, *,
                   docs_url=None, redoc_url=None, openapi_url=None,
                   # every refusal: a `detail` that says why (and the fedcare error's name)
                   responses={"4XX": {"model": ErrorBody}, "5XX": {"model": ErrorBody}})
+    app.state.users = users or service.users
     app.add_middleware(_BodyLimit, limit=max_request,  # type: ignore[arg-type]
                        exempt=frozenset({"/v1/node/reply"}),
                        # a sealed CKKS study key is several MB; its route has its own limit
@@ -386,28 +404,32 @@ def create_app(service: HubService, trust: PeerTrust, token: str, *,
                                      "(mutual TLS); use the site's startup kit")
         return trust.site_of(der)
 
-    async def researcher(authorization: Annotated[str | None, Header()] = None) -> None:
-        # Strictly "Bearer <token>" (a bare token was accepted: removeprefix("Bearer ")).
-        parsed = _BEARER.fullmatch(authorization or "")
-        if parsed is None or parsed.group(1).lower() != "bearer" \
-                or not hmac.compare_digest(parsed.group(2).encode(), token.encode()):
-            raise HTTPException(401, "missing or wrong bearer token: send 'Authorization: "
-                                     "Bearer <token>'; the token is in the hub folder "
-                                     "(researcher.token)", headers={"WWW-Authenticate": "Bearer"})
-
     Site = Annotated[str, Depends(site)]
-    Researcher = Depends(researcher)
+    # Who may call what (docs/governance.md, "People and roles"); scoping within an endpoint
+    # is fedcare.hub.access.
+    Admin = Annotated[Principal, Depends(allow(Role.ADMIN))]
+    Submitter = Annotated[Principal, Depends(allow(Role.RESEARCHER))]
+    Owner = Annotated[Principal, Depends(allow(Role.RESEARCHER, Role.ADMIN))]
+    Reader = Annotated[Principal, Depends(allow(*Role))]
+    AnyUser = Depends(allow(*Role))
+
+    def parties(study_id: str) -> tuple[str | None, list[str]] | None:
+        return service.studies.parties(study_id).get(study_id)
+
+    async def check_study(who: Principal, study_id: str, *, results: bool = False) -> None:
+        found = await run_in_threadpool(parties, study_id)
+        access.check_study(who, study_id, found, results=results)
 
     if api_docs:
-        @app.get("/openapi.json", dependencies=[Researcher], include_in_schema=False)
+        @app.get("/openapi.json", dependencies=[AnyUser], include_in_schema=False)
         async def openapi() -> JSONResponse:
             return JSONResponse(app.openapi())
 
-        @app.get("/docs", dependencies=[Researcher], include_in_schema=False)
+        @app.get("/docs", dependencies=[AnyUser], include_in_schema=False)
         async def docs() -> HTMLResponse:
             return get_swagger_ui_html(openapi_url="/openapi.json", title="fedcare hub")
 
-        @app.get("/redoc", dependencies=[Researcher], include_in_schema=False)
+        @app.get("/redoc", dependencies=[AnyUser], include_in_schema=False)
         async def redoc() -> HTMLResponse:
             return get_redoc_html(openapi_url="/openapi.json", title="fedcare hub")
 
@@ -515,29 +537,35 @@ def create_app(service: HubService, trust: PeerTrust, token: str, *,
         blob = await run_in_threadpool(relay.get_sealed, study_id, site)
         return Response(blob, media_type="application/octet-stream")
 
-    # -- researcher endpoints -------------------------------------------------------------
-    @app.post("/v1/studies", dependencies=[Researcher], status_code=201,
-              response_model=Submitted)
-    async def submit(config: dict[str, Any], force: Annotated[bool, Query(
+    # -- people's endpoints ------------------------------------------------------------------
+    @app.post("/v1/studies", status_code=201, response_model=Submitted)
+    async def submit(who: Submitter, config: dict[str, Any], force: Annotated[bool, Query(
             description="run a DP-FedAvg study the DP check refuses (noise drowns the "
                         "updates)")] = False) -> dict[str, Any]:
-        return await run_in_threadpool(service.submit_study, config, force)
+        """Submit a study; the caller becomes its owner (the only researcher who sees it)."""
+        return await run_in_threadpool(
+            lambda: service.submit_study(config, force, owner=who.user))
 
-    @app.get("/v1/studies", dependencies=[Researcher], response_model=list[StudySummary])
-    async def studies() -> list[dict[str, Any]]:
-        return await run_in_threadpool(service.list_studies)
+    @app.get("/v1/studies", response_model=list[StudySummary])
+    async def studies(who: Reader) -> list[dict[str, Any]]:
+        """The studies the caller may see: a researcher's own, a steward's site's, all for
+        admins and auditors."""
+        listed = await run_in_threadpool(service.list_studies)
+        return [st for st in listed if access.sees_study(who, st["owner"], st["sites"])]
 
-    @app.get("/v1/studies/{study_id}", dependencies=[Researcher], response_model=StudyStatus)
-    async def status(study_id: str, rounds: Annotated[int | None, Query(
+    @app.get("/v1/studies/{study_id}", response_model=StudyStatus)
+    async def status(who: Reader, study_id: str, rounds: Annotated[int | None, Query(
             ge=0, le=1_000_000, description="only the last N rounds' records (default: all)")]
             = None) -> dict[str, Any]:
+        await check_study(who, study_id)
         return await run_in_threadpool(service.study_status, study_id, rounds)
 
-    @app.post("/v1/studies/{study_id}/resume", dependencies=[Researcher], response_model=Resumed)
-    async def resume(study_id: str) -> dict[str, Any]:
+    @app.post("/v1/studies/{study_id}/resume", response_model=Resumed)
+    async def resume(who: Owner, study_id: str) -> dict[str, Any]:
         """Continue a paused study (stopped because the hub could not write its storage)
         from its last completed round: 409 when it is not paused, 503 while the storage
         still cannot be written."""
+        await check_study(who, study_id, results=True)
         return await run_in_threadpool(service.resume_study, study_id)
 
     async def _storage_error(request: Request, exc: Exception) -> JSONResponse:
@@ -555,49 +583,81 @@ def create_app(service: HubService, trust: PeerTrust, token: str, *,
     for storage_error_type in (OSError, DBAPIError):
         app.add_exception_handler(storage_error_type, _storage_error)
 
-    @app.get("/v1/studies/{study_id}/events", dependencies=[Researcher],
-             response_model=list[Event])
-    async def events(study_id: str) -> list[dict[str, Any]]:
+    @app.get("/v1/studies/{study_id}/events", response_model=list[Event])
+    async def events(who: Reader, study_id: str) -> list[dict[str, Any]]:
+        await check_study(who, study_id)
         return await run_in_threadpool(service.study_events, study_id)
 
-    @app.get("/v1/studies/{study_id}/artifacts/{name}", dependencies=[Researcher])
-    async def artifact(study_id: str, name: str) -> FileResponse:
-        path = await run_in_threadpool(service.artifact, study_id, name)
-        return FileResponse(path, filename=name)
-
-    @app.get("/v1/datasets/{name}/quality", dependencies=[Researcher],
+    @app.get("/v1/datasets/{name}/quality", dependencies=[AnyUser],
              response_model=DatasetQuality)
     async def dataset_quality(name: str) -> dict[str, Any]:
         return await run_in_threadpool(service.dataset_quality, name)
 
-    @app.get("/v1/sites", dependencies=[Researcher], response_model=list[SiteInfo])
+    @app.get("/v1/sites", dependencies=[AnyUser], response_model=list[SiteInfo])
     async def sites() -> list[dict[str, Any]]:
         return await run_in_threadpool(service.sites)
 
     models = ModelDesk(service.state)
 
-    @app.get("/v1/models", dependencies=[Researcher], response_model=list[ModelSummary])
-    async def model_list(study: Annotated[str | None, Query(
+    def model_visible(who: Principal, study_id: str | None, sites: list[str]) -> bool:
+        study = None if study_id is None else parties(study_id)
+        return access.sees_model(who, study, sites)
+
+    def check_model(who: Principal, entry_id: str) -> None:
+        summary = next((m for m in models.list() if m["id"] == entry_id), None)
+        if summary is None or not model_visible(who, summary["study_id"], summary["sites"]):
+            raise NotFound(f"no registered model {entry_id!r} (see GET /v1/models)")
+
+    @app.get("/v1/models", response_model=list[ModelSummary])
+    async def model_list(who: Reader, study: Annotated[str | None, Query(
             max_length=64, description="only this study's releases")] = None
             ) -> list[dict[str, Any]]:
-        """The model registry: every released global model, oldest first (read-only: no
-        route adds, changes or deletes an entry)."""
-        return await run_in_threadpool(models.list, study)
+        """The model registry: the released global models the caller may see, oldest first
+        (read-only: no route adds, changes or deletes an entry)."""
+        def visible() -> list[dict[str, Any]]:
+            table = service.studies.parties()
+            return [m for m in models.list(study) if access.sees_model(
+                who, None if m["study_id"] is None else table.get(m["study_id"]),
+                m["sites"])]
+        return await run_in_threadpool(visible)
 
-    @app.get("/v1/models/{entry_id}", dependencies=[Researcher], response_model=RegistryEntry)
-    async def model_entry(entry_id: str) -> RegistryEntry:
+    @app.get("/v1/models/{entry_id}", response_model=RegistryEntry)
+    async def model_entry(who: Reader, entry_id: str) -> RegistryEntry:
+        await run_in_threadpool(check_model, who, entry_id)
         return await run_in_threadpool(models.get, entry_id)
 
-    @app.get("/v1/models/{entry_id}/card", dependencies=[Researcher])
-    async def model_card(entry_id: str, request: Request, format: Annotated[
+    @app.get("/v1/models/{entry_id}/card")
+    async def model_card(who: Reader, entry_id: str, request: Request, format: Annotated[
             Literal["md", "html"] | None, Query(
                 description="md or html (default: from Accept; Markdown)")] = None
             ) -> Response:
+        await run_in_threadpool(check_model, who, entry_id)
         html = format == "html" or (format is None
                                     and "text/html" in request.headers.get("accept", ""))
         text = await run_in_threadpool(models.card, entry_id, html)
         return Response(text, media_type="text/html; charset=utf-8" if html
                         else "text/markdown; charset=utf-8")
+
+    # -- users (admins only) ------------------------------------------------------------
+    people: UserStore = app.state.users
+
+    @app.post("/v1/users", status_code=201, response_model=UserCreated)
+    async def add_user(who: Admin, body: NewUserRequest) -> UserCreated:
+        """A new user; the answer holds their token, the only time it is shown."""
+        made = await run_in_threadpool(lambda: people.add(
+            body.name, parse_role(body.role), body.site, by=who.user))
+        return UserCreated(**_user(made.user).model_dump(), token=made.token)
+
+    @app.get("/v1/users", response_model=list[UserSummary])
+    async def list_users(who: Admin) -> list[UserSummary]:
+        return [_user(u) for u in await run_in_threadpool(people.list)]
+
+    @app.delete("/v1/users/{name}", response_model=UserSummary)
+    async def revoke_user(who: Admin, name: str) -> UserSummary:
+        """Revoke ``name``'s token: refused from the very next request on."""
+        return _user(await run_in_threadpool(lambda: people.revoke(name, by=who.user)))
+
+    add_airlock_routes(app, ExportDesk(service.state))  # /v1/.../exports...
 
     @app.get("/v1/health")
     async def health() -> Health:

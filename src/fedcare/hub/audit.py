@@ -11,7 +11,14 @@ It appends one signed entry (``DATA/audit/hub-audit.jsonl``) for each of:
 * ``update_received``: task id, site and the SHA-256 of the reply's bytes, never its content;
 * ``aggregated``: study, round, the sites included and a digest over their updates' digests;
 * ``model_released``: the SHA-256 of ``model.safetensors`` (and ``model.xgb.json``);
-* ``study_ended``: the status a study's run ended with (completed, failed, paused).
+* ``study_ended``: the status a study's run ended with (completed, failed, paused);
+* the output airlock (:mod:`fedcare.hub.airlock`), each with the export's SHA-256, never its
+  content: ``export_requested`` (study, file, requester), ``export_checked`` (refused or
+  not, the findings' count and flags), ``export_decided`` (one steward's decision),
+  ``export_approved`` / ``export_rejected`` (the request's outcome) and
+  ``export_downloaded``.
+* ``user_added`` / ``user_revoked``: a hub user, their role and site, and who did it (never
+  the token or its hash).
 
 An entry that cannot be written (a torn log the steward must look at, a full disk) is logged
 as an error and in the hub's event log; the hub goes on serving (the trail records, it does
@@ -216,3 +223,41 @@ class AuditTrail:
         self.record(EventKind.STUDY_ENDED, study_id,
                     {"study": study_id, "status": status,
                      "error": None if error is None else error[:500]})
+
+    # -- the output airlock ------------------------------------------------------------
+    def export_requested(self, export_id: str, study_id: str, artifact: str, requester: str,
+                         digest: str, size: int) -> None:
+        self.record(EventKind.EXPORT_REQUESTED, export_id,
+                    {"export": export_id, "study": study_id, "artifact": artifact,
+                     "requester": requester, "digest": digest, "bytes": size})
+
+    def export_checked(self, export_id: str, digest: str, status: str, min_cell: int,
+                       refusals: int, flags: Sequence[str]) -> None:
+        self.record(EventKind.EXPORT_CHECKED, export_id,
+                    {"export": export_id, "digest": digest, "status": status,
+                     "min_cell": min_cell, "refusals": refusals,
+                     "flags": [f[:200] for f in flags[:8]]})
+
+    def export_decided(self, export_id: str, digest: str, site: str, user: str,
+                       approve: bool, reason: str) -> None:
+        self.record(EventKind.EXPORT_DECIDED, export_id,
+                    {"export": export_id, "digest": digest, "site": site, "user": user,
+                     "approve": approve, "reason": reason[:500]})
+
+    def export_outcome(self, export_id: str, digest: str, approved: bool,
+                       sites: Sequence[str]) -> None:
+        """``export_approved`` (``sites``: the approvers) or ``export_rejected`` (the
+        rejecters)."""
+        kind = EventKind.EXPORT_APPROVED if approved else EventKind.EXPORT_REJECTED
+        self.record(kind, export_id, {"export": export_id, "digest": digest,
+                                      "sites": sorted(sites)})
+
+    def export_downloaded(self, export_id: str, digest: str, user: str) -> None:
+        self.record(EventKind.EXPORT_DOWNLOADED, export_id,
+                    {"export": export_id, "digest": digest, "user": user})
+
+    def user_added(self, name: str, details: Mapping[str, Any]) -> None:
+        self.record(EventKind.USER_ADDED, f"user:{name}", dict(details))
+
+    def user_revoked(self, name: str, details: Mapping[str, Any]) -> None:
+        self.record(EventKind.USER_REVOKED, f"user:{name}", dict(details))

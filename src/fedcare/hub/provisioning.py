@@ -6,9 +6,11 @@ Layout of a federation folder (everything with a key in it is 0700, every key 06
                                fingerprint, expiry), revocations. Written by these functions only.
     DIR/ca/ca.key, ca.crt      the federation CA. Keep ``ca/`` offline and backed up.
     DIR/hub/                   copy to the hub machine: hub.key, hub.crt, ca.crt, crl.pem, hub.toml,
-                               researcher.token
-    DIR/researcher/            give to the researcher: researcher.toml (hub URL), ca.crt,
-                               researcher.token; no private key
+                               users.bootstrap.json (the first users' token HASHES, no token)
+    DIR/admin/                 the hub's first admin (adds and revokes users): researcher.toml
+                               (hub URL; its token file is admin.token), ca.crt, admin.token
+    DIR/researcher/            give to the researcher (user ``researcher``): researcher.toml
+                               (hub URL), ca.crt, researcher.token; no private key
     DIR/sites/<name>/          what the coordinator sends a site: site.crt, ca.crt, node.toml;
                                no private key
 
@@ -31,6 +33,7 @@ The hub uses :func:`server_ssl_context`, :func:`load_ca_certificate`, :func:`rel
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -246,8 +249,7 @@ def create_federation(root: str | Path, *, hub_host: str, hub_port: int = DEFAUL
             atomic_write(stage / "ca" / "ca.crt", certs.certificate_pem(ca.cert))
             hub = _write_hub_folder(stage / "hub", root / "hub", ca, federation_id, host,
                                     hub_port, valid_days, now)
-            _write_researcher_folder(stage / "researcher", stage / "hub", ca, federation_id,
-                                     hub.url)
+            _write_people(stage, ca.cert, federation_id, hub.url)
             make_private_dir(stage / "sites")
             federation = Federation(
                 root=root, federation_id=federation_id, created=now,
@@ -408,20 +410,58 @@ def _write_hub_folder(folder: Path, final: Path, ca: Authority, federation_id: s
                      cert.not_valid_after_utc, final)
 
 
-def _write_researcher_folder(folder: Path, hub_folder: Path, ca: Authority,
-                             federation_id: str, url: str) -> None:
-    """The researcher's folder: hub URL, CA certificate and the bearer token, no key. The
-    token is made here (the hub reads the same file) so it can be handed out before the hub
-    first starts."""
-    token = secrets.token_urlsafe(32).encode()
-    atomic_write(hub_folder / "researcher.token", token, mode=PRIVATE_FILE_MODE)
-    make_private_dir(folder)
-    atomic_write(folder / "researcher.token", token, mode=PRIVATE_FILE_MODE)
-    atomic_write(folder / "ca.crt", certs.certificate_pem(ca.cert))
-    atomic_write(folder / RESEARCHER_CONFIG_FILE,
-                 dump_toml(researcher_config_document(federation_id, url),
-                           header="fedcare researcher settings: give --federation this folder "
-                                  "(paths relative to this file)").encode())
+#: The users provisioning makes: (name, role, folder, token file). The hub imports their
+#: hashes at its first start (``hub/users.bootstrap.json``); anyone else is added by the admin
+#: (``fedcare users add``).
+FIRST_USERS = (("admin", "admin", "admin", "admin.token"),
+               ("researcher", "researcher", "researcher", "researcher.token"))
+
+
+def _write_people(root: Path, ca_cert: x509.Certificate, federation_id: str, url: str) -> None:
+    """The first users: each one's folder (hub URL, CA certificate, their own token; no key)
+    and, in the hub folder, only their tokens' argon2 hashes (``users.bootstrap.json``,
+    0600): the hub's machine never holds a usable token."""
+    from fedcare.hub.users import BOOTSTRAP_FILE, hash_token, new_token
+
+    entries = []
+    for name, role, folder_name, token_file in FIRST_USERS:
+        token_id, token = new_token()
+        folder = root / folder_name
+        if not folder.is_dir():  # `provision users` keeps an existing researcher folder
+            make_private_dir(folder)
+        atomic_write(folder / token_file, token.encode(), mode=PRIVATE_FILE_MODE)
+        atomic_write(folder / "ca.crt", certs.certificate_pem(ca_cert))
+        atomic_write(folder / RESEARCHER_CONFIG_FILE,
+                     dump_toml(researcher_config_document(federation_id, url, token_file),
+                               header=f"fedcare settings of user {name!r} ({role}): give "
+                                      "--federation this folder (paths relative to this "
+                                      "file)").encode())
+        entries.append({"name": name, "role": role, "site": None, "token_id": token_id,
+                        "token_hash": hash_token(token)})
+    atomic_write(root / "hub" / BOOTSTRAP_FILE,
+                 json.dumps({"users": entries}, indent=2).encode(), mode=PRIVATE_FILE_MODE)
+
+
+def bootstrap_users(root: str | Path) -> Path:
+    """Give an existing federation made before hub users its first users (see
+    :func:`_write_people`), replacing the shared researcher token: a new token in
+    ``researcher/researcher.token`` (hand it to the researcher again), an admin folder, and
+    the hashes in ``hub/users.bootstrap.json``; ``hub/researcher.token`` is deleted.
+    Refused when the federation has its users already. Returns the admin folder."""
+    from fedcare.hub.users import BOOTSTRAP_FILE
+
+    federation = load_federation(root)
+    if (federation.root / "hub" / BOOTSTRAP_FILE).exists() or (
+            federation.root / "admin").exists():
+        raise ProvisioningError(f"{federation.root} has its first users already "
+                                f"(hub/{BOOTSTRAP_FILE}, admin/); add more with "
+                                "`fedcare users add`")
+    with exclusive_lock(federation.root):
+        ca_cert = x509.load_pem_x509_certificate(federation.ca_cert_path.read_bytes())
+        _write_people(federation.root, ca_cert, federation.federation_id,
+                      federation.hub.url)
+        (federation.root / "hub" / "researcher.token").unlink(missing_ok=True)
+    return federation.root / "admin"
 
 
 def _write_issued(folder: Path, final: Path, ca: Authority, federation_id: str, name: str,

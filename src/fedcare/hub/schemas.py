@@ -127,6 +127,9 @@ class StudySummary(Response):
     current_round: int
     rounds_planned: int
     created: str
+    #: The user who submitted it (None: submitted before the hub had users).
+    owner: str | None = None
+    sites: list[str] = []
 
 
 class StudyStatus(Response):
@@ -145,6 +148,7 @@ class StudyStatus(Response):
     config_hash: str
     error: str | None
     rounds: list[RoundRecord]
+    owner: str | None = None
 
 
 class Resumed(Response):
@@ -233,19 +237,97 @@ class ModelSummary(Response):
     sites: list[str]
 
 
+# -- the output airlock -----------------------------------------------------------------------
+#: An export request's state (``fedcare.governance.airlock.ExportStatus``).
+ExportState = Literal["refused_by_checks", "awaiting_stewards", "approved", "rejected",
+                      "downloaded"]
+
+
+class ExportDecisionInfo(Response):
+    """One site steward's decision on an export request."""
+
+    site: str
+    user: str
+    approve: bool
+    reason: str
+    at: str
+
+
+class ExportInfo(Response):
+    """An export request (``POST /v1/studies/{id}/exports``, ``GET /v1/exports...``):
+    what the automatic checks found (``refusals`` stop it; ``flags`` are for the stewards),
+    the decisions so far, and ``missing``: what it still lacks before it can be downloaded
+    (None once released)."""
+
+    id: str
+    study_id: str
+    artifact: str
+    requester: str
+    reason: str
+    created: str
+    digest: str
+    bytes: int
+    kind: Literal["model", "table", "report"]
+    min_cell: int
+    refusals: list[str]
+    flags: list[str]
+    status: ExportState
+    sites: list[str]
+    quorum: int
+    approvals: int
+    decisions: list[ExportDecisionInfo]
+    missing: str | None = None
+
+
+# -- people ---------------------------------------------------------------------------------
+#: A hub user's role (the hub's ``fedcare.hub.auth.Role``).
+RoleName = Literal["admin", "researcher", "steward", "auditor"]
+
+
+class NewUserRequest(BaseModel):
+    """``POST /v1/users``: a new user (stewards name their site; nobody else has one)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(min_length=1, max_length=64)
+    role: RoleName
+    site: str | None = Field(None, min_length=1, max_length=128)
+
+
+class UserSummary(Response):
+    """One user of ``GET /v1/users`` (never a token or its hash)."""
+
+    name: str
+    role: RoleName
+    site: str | None
+    created: str
+    revoked: str | None
+
+
+class UserCreated(UserSummary):
+    """``POST /v1/users``: the new user and their token, shown this once and stored nowhere
+    (the hub keeps only its argon2 hash)."""
+
+    token: str
+
+
 __all__ = [
     "DatasetQuality",
     "DeclaredDataset",
     "ErrorBody",
     "Event",
+    "ExportDecisionInfo",
+    "ExportInfo",
+    "ExportState",
     "Health",
     "HelloAck",
     "LedgerHeadAck",
     "ModelSummary",
+    "NewUserRequest",
     "NodeStudy",
     "ReplyAccepted",
     "Response",
     "Resumed",
+    "RoleName",
     "RoundRecord",
     "SiteInfo",
     "SiteKeyCert",
@@ -253,5 +335,7 @@ __all__ = [
     "StudyStatus",
     "StudySummary",
     "Submitted",
+    "UserCreated",
+    "UserSummary",
 ]
 

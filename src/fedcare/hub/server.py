@@ -3,15 +3,14 @@
 uvicorn (0.54) does not yet implement the ASGI TLS extension, so this module's protocol class
 puts the verified peer certificate (DER) into ``scope["extensions"]["tls"]["client_cert"]``
 for every request on the connection. The TLS layer accepts connections without a certificate
-(researchers use a bearer token) but verifies any certificate presented against the
-federation CA; node endpoints then refuse requests without one.
+(people use their own bearer tokens, :mod:`fedcare.hub.auth`) but verifies any certificate
+presented against the federation CA; node endpoints then refuse requests without one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import ssl
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,9 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from fedcare.core.errors import ConfigError
 from fedcare.hub.api import DEFAULT_MAX_REQUEST, PeerTrust, create_app
 from fedcare.hub.service import DEFAULT_MAX_BODY, HubService
-from fedcare.pki.files import PRIVATE_FILE_MODE, atomic_write
 
 log = logging.getLogger("fedcare.hub")
 
@@ -64,12 +63,24 @@ def http_protocol() -> type[asyncio.Protocol]:
     return ClientCertHttpToolsProtocol
 
 
-def researcher_token(hub_dir: Path) -> str:
-    """The researcher bearer token, created (owner-only) on the hub's first start."""
-    path = hub_dir / "researcher.token"
-    if not path.exists():
-        atomic_write(path, secrets.token_urlsafe(32).encode(), mode=PRIVATE_FILE_MODE)
-    return path.read_text().strip()
+#: The one shared researcher token of hubs before users (plaintext in the hub folder).
+LEGACY_TOKEN_FILE = "researcher.token"
+
+
+def refuse_shared_token(hub_dir: Path) -> None:
+    """A hub folder that still holds the shared researcher token in plain text is refused:
+    the hub admits only users with their own tokens now, and a plaintext token beside the
+    hub's key is what users replaced. Deleting it loses nothing the hub needs once its
+    users are bootstrapped (``fedcare provision users``)."""
+    legacy = Path(hub_dir) / LEGACY_TOKEN_FILE
+    if legacy.exists():
+        raise ConfigError(
+            f"{legacy} is the shared researcher token of an older fedcare; the hub now admits "
+            "only users with their own tokens. Run `fedcare provision users FEDERATION_DIR` on "
+            "the coordinator's machine (it makes an admin and a researcher user, writes their "
+            "tokens to FEDERATION_DIR/admin and FEDERATION_DIR/researcher and only their "
+            "hashes to the hub folder), copy hub/users.bootstrap.json to the hub, then delete "
+            f"{legacy}")
 
 
 def build_server(hub_dir: Path, data_dir: Path, *, host: str | None = None,
@@ -82,11 +93,14 @@ def build_server(hub_dir: Path, data_dir: Path, *, host: str | None = None,
     from fedcare.pki.trust import load_hub_config, server_ssl_context
 
     cfg = load_hub_config(hub_dir)
+    refuse_shared_token(hub_dir)
     trust = PeerTrust(hub_dir)
     service = HubService(data_dir, revocation=trust, db_url=db_url, keep_replies=keep_replies,
                          max_body=max_body)
-    app = create_app(service, trust, researcher_token(hub_dir), max_request=max_request,
-                     api_docs=api_docs)
+    added = service.users.import_bootstrap(hub_dir)
+    if added:
+        log.info("imported the hub's first users from %s: %s", hub_dir, ", ".join(added))
+    app = create_app(service, trust, max_request=max_request, api_docs=api_docs)
     context = server_ssl_context(hub_dir)
     context.verify_mode = ssl.CERT_OPTIONAL  # see the module docstring
     config = uvicorn.Config(app, host=host or cfg.host, port=port if port is not None else

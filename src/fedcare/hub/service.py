@@ -38,6 +38,7 @@ from fedcare.hub.state import HubState
 from fedcare.hub.store import BlobStore, Database
 from fedcare.hub.store.database import prepare_data_dir, writable_database
 from fedcare.hub.studies import StudyDesk
+from fedcare.hub.users import UserStore
 
 __all__ = ["DEFAULT_MAX_BODY", "MAX_POLLS_PER_SITE", "Forbidden", "HubService", "NeverRevoked",
            "NotAwaited", "NotFound", "NotResumable", "Offer", "RevocationCheck",
@@ -71,6 +72,9 @@ class HubService:
             data_dir, on_error=lambda message: self.state.event("audit", message),
             background=True)
         self.max_body = max_body
+        audit = self.state.audit
+        self.users = UserStore(db, on_change=lambda kind, name, details: (
+            audit.user_added if kind == "user_added" else audit.user_revoked)(name, details))
         self.directory = SiteDirectory(self.state, revocation)
         self.mailbox = TaskMailbox(db)
         self.intake = ReplyIntake(self.state, self.mailbox)
@@ -116,8 +120,9 @@ class HubService:
         self.state.event(kind, message, study_id=study_id, site=site)
 
     # -- researcher side ------------------------------------------------------------------
-    def submit_study(self, raw: Mapping[str, Any], force: bool = False) -> dict[str, Any]:
-        return self.studies.submit_study(raw, force)
+    def submit_study(self, raw: Mapping[str, Any], force: bool = False, *,
+                     owner: str | None = None) -> dict[str, Any]:
+        return self.studies.submit_study(raw, force, owner=owner)
 
     def study_status(self, study_id: str, last_rounds: int | None = None) -> dict[str, Any]:
         return self.studies.study_status(study_id, last_rounds)
@@ -127,9 +132,6 @@ class HubService:
 
     def study_events(self, study_id: str, limit: int = 200) -> list[dict[str, Any]]:
         return self.studies.study_events(study_id, limit)
-
-    def artifact(self, study_id: str, name: str) -> Path:
-        return self.studies.artifact(study_id, name)
 
     def dataset_quality(self, name: str) -> dict[str, Any]:
         return self.studies.dataset_quality(name)

@@ -1,5 +1,6 @@
 """The researcher's desk: submitting a study (its participants, data-contract and quality
-checks), and reading studies, their events, artifacts, datasets' quality and the sites."""
+checks), and reading studies, their events, datasets' quality and the sites (a study's files
+leave only through the airlock, :mod:`fedcare.hub.airlock`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import datetime as dt
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+import sqlalchemy as sa
 
 from fedcare.config import (
     FederatedData,
@@ -23,7 +26,15 @@ from fedcare.hub.errors import NotFound
 from fedcare.hub.mailbox import TaskMailbox
 from fedcare.hub.sites import SiteDirectory
 from fedcare.hub.state import HubState
-from fedcare.hub.store import Database, EventRepo, Site, SiteRepo, StudyRepo, StudyStatus
+from fedcare.hub.store import (
+    Database,
+    EventRepo,
+    Site,
+    SiteRepo,
+    Study,
+    StudyRepo,
+    StudyStatus,
+)
 from fedcare.learners.metrics import primary_metric_meta
 
 #: A site is online (``fedcare sites``) while its node long-polls, or polled this recently
@@ -54,7 +65,9 @@ class StudyDesk:
               site: str | None = None) -> None:
         self.state.event(kind, message, study_id=study_id, site=site)
 
-    def submit_study(self, raw: Mapping[str, Any], force: bool = False) -> dict[str, Any]:
+    def submit_study(self, raw: Mapping[str, Any], force: bool = False, *,
+                     owner: str | None = None) -> dict[str, Any]:
+        """Check and start a study; ``owner``: the user submitting it (who may read it)."""
         cfg = parse_config(raw)
         if not isinstance(cfg.data, FederatedData):
             raise ConfigError("a networked study needs data.source = 'federation' (the nodes "
@@ -72,7 +85,8 @@ class StudyDesk:
             raise ConfigError(problems)
         with self.db.session() as s:
             study = StudyRepo(s).create(cfg.study.name, cfg.model_dump(mode="json"),
-                                        content_hash(cfg), sites, cfg.study.rounds)
+                                        content_hash(cfg), sites, cfg.study.rounds,
+                                        owner=owner)
             study_id = study.id
             StudyRepo(s).set_status(study_id, StudyStatus.RUNNING)
         self.event("study", f"study {cfg.study.name!r} submitted with sites {sites}",
@@ -156,30 +170,30 @@ class StudyDesk:
                     "created": timestamp(study.created_at), **primary,
                     "rounds_planned": study.rounds_planned, "current_round": study.current_round,
                     "sites": study.sites, "config_hash": study.config_hash,
-                    "error": study.error, "rounds": rounds}
+                    "error": study.error, "rounds": rounds, "owner": study.owner}
 
     def list_studies(self) -> list[dict[str, Any]]:
         with self.db.session() as s:
             return [{"study_id": st.id, "name": st.name, "status": st.status.value,
                      "current_round": st.current_round, "rounds_planned": st.rounds_planned,
-                     "created": timestamp(st.created_at)}
+                     "created": timestamp(st.created_at), "owner": st.owner,
+                     "sites": list(st.sites or [])}
                     for st in StudyRepo(s).list()]
+
+    def parties(self, study_id: str | None = None) -> dict[str, tuple[str | None, list[str]]]:
+        """Every study's (or one study's) owner and sites, by id: what
+        :mod:`fedcare.hub.access` decides by (two columns, not the whole rows)."""
+        query = sa.select(Study.id, Study.owner, Study.sites)
+        if study_id is not None:
+            query = query.where(Study.id == study_id)
+        with self.db.session() as s:
+            return {row.id: (row.owner, list(row.sites or [])) for row in s.execute(query)}
 
     def study_events(self, study_id: str, limit: int = 200) -> list[dict[str, Any]]:
         with self.db.session() as s:
             return [{"at": e.at.isoformat(), "kind": e.kind, "site": e.site,
                      "message": e.message}
                     for e in reversed(EventRepo(s).recent(limit, study_id=study_id))]
-
-    def artifact(self, study_id: str, name: str) -> Path:
-        if name not in ("history.json", "model.safetensors", "report.html", "registry.json",
-                        "model.xgb.json"):
-            raise NotFound(f"no artifact {name!r}; try history.json, model.safetensors, "
-                           "report.html, registry.json or (xgboost studies) model.xgb.json")
-        path = self.data_dir / "studies" / study_id / name
-        if not path.is_file():
-            raise NotFound(f"study {study_id} has no {name} yet (is it finished?)")
-        return path
 
     def dataset_quality(self, name: str, listed: list[Site] | None = None) -> dict[str, Any]:
         """Every site's quality report for dataset ``name`` and the hub's comparison of them

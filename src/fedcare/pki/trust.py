@@ -177,10 +177,12 @@ def load_researcher_config(folder: str | Path) -> ResearcherConfig:
                             token=(path.parent / doc.token).resolve())
 
 
-def researcher_config_document(federation_id: str, url: str) -> dict[str, Any]:
-    """What ``researcher.toml`` holds: the hub's URL, the CA file and the token file."""
+def researcher_config_document(federation_id: str, url: str,
+                               token: str = "researcher.token") -> dict[str, Any]:
+    """What ``researcher.toml`` holds: the hub's URL, the CA file and the token file (the
+    admin folder has the same file, naming ``admin.token``)."""
     return {"federation_id": federation_id, "hub": {"url": url}, "tls": {"ca": "ca.crt"},
-            "token": "researcher.token"}
+            "token": token}
 
 
 def hub_config_document(federation_id: str, host: str, port: int) -> dict[str, Any]:

@@ -64,7 +64,7 @@ def load_run(run_dir: str | Path) -> RunFolder:
                           "by `fedcare simulate --out`")
     if not (path / "model.safetensors").is_file():
         raise ConfigError(f"{path} is not a finished run: it has no model.safetensors "
-                          "(written by `fedcare simulate --out` or `fedcare study download`)")
+                          "(written by `fedcare simulate --out` or `fedcare export download`)")
     history = None
     if (path / "history.json").is_file():
         try:
@@ -83,7 +83,7 @@ def load_run(run_dir: str | Path) -> RunFolder:
     else:
         raise ConfigError(f"{path} has no config.json and its history.json records no "
                           "configuration; point --run at a folder written by `fedcare "
-                          "simulate --out` or `fedcare study download`")
+                          "simulate --out` or `fedcare export download`")
     cfg = parse_config(raw_cfg, source=str(source))
     try:
         params = load_parameters((path / "model.safetensors").read_bytes()).parameters

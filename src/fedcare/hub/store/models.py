@@ -151,6 +151,9 @@ class Study(Base):
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
     #: Names of the participating sites.
     sites: Mapped[list[str]] = mapped_column(Json)
+    #: The user who submitted it (migration 0008); None for studies submitted before the hub
+    #: had users (the shared researcher token), see :mod:`fedcare.hub.access`.
+    owner: Mapped[str | None] = mapped_column(sa.String(NAME_LEN))
 
 
 class Round(Base):
@@ -256,3 +259,63 @@ class ModelEntry(Base):
     study_hash: Mapped[str] = mapped_column(sa.String(SHA_LEN))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     entry: Mapped[dict[str, Any]] = mapped_column(Json)
+
+
+class ExportRequest(Base):
+    """A request to take one of a study's files out of the federation (the airlock,
+    :mod:`fedcare.governance.airlock`). ``digest``: the SHA-256 of the file when requested;
+    the download serves those bytes or nothing. A refused or rejected request never changes
+    again (migration 0009's triggers)."""
+
+    __tablename__ = "export_requests"
+    __table_args__ = (sa.CheckConstraint(
+        "status IN ('refused_by_checks', 'awaiting_stewards', 'approved', 'rejected', "
+        "'downloaded')", name="status"), sa.CheckConstraint("quorum >= 1", name="quorum_pos"))
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    study_id: Mapped[str] = mapped_column(sa.ForeignKey("studies.id"), index=True)
+    artifact: Mapped[str] = mapped_column(sa.String(NAME_LEN))
+    requester: Mapped[str] = mapped_column(sa.String(NAME_LEN), index=True)
+    reason: Mapped[str] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    digest: Mapped[str] = mapped_column(sa.String(SHA_LEN))
+    size: Mapped[int] = mapped_column(sa.BigInteger)
+    #: :class:`fedcare.governance.airlock.CheckResult` as JSON.
+    checks: Mapped[dict[str, Any]] = mapped_column(Json)
+    status: Mapped[str] = mapped_column(sa.String(32))
+    #: The participating sites and the approvals needed, fixed when the request was made.
+    sites: Mapped[list[str]] = mapped_column(Json)
+    quorum: Mapped[int] = mapped_column(sa.Integer)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class ExportDecision(Base):
+    """One site steward's decision on an export request: one per site (the primary key),
+    never changed or deleted (migration 0009's triggers)."""
+
+    __tablename__ = "export_decisions"
+
+    export_id: Mapped[str] = mapped_column(sa.ForeignKey("export_requests.id"),
+                                           primary_key=True)
+    site: Mapped[str] = mapped_column(sa.String(NAME_LEN), primary_key=True)
+    user: Mapped[str] = mapped_column(sa.String(NAME_LEN))
+    approve: Mapped[bool] = mapped_column(sa.Boolean)
+    reason: Mapped[str] = mapped_column(sa.Text)
+    decided_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class User(Base):
+    """A person at the hub (migration 0008): a role, the site a steward speaks for, and the
+    public id and argon2 hash of their API token; the token itself is never stored. A
+    revoked user keeps the row (``revoked`` set) so the name is never reused for someone
+    else and the audit trail's entries about it stay unambiguous."""
+
+    __tablename__ = "users"
+
+    name: Mapped[str] = mapped_column(sa.String(NAME_LEN), primary_key=True)
+    role: Mapped[str] = mapped_column(sa.String(16))
+    site: Mapped[str | None] = mapped_column(sa.String(NAME_LEN))
+    token_id: Mapped[str] = mapped_column(sa.String(32), unique=True)
+    token_hash: Mapped[str] = mapped_column(sa.String(256))
+    created: Mapped[datetime] = mapped_column(UtcDateTime())
+    revoked: Mapped[datetime | None] = mapped_column(UtcDateTime())

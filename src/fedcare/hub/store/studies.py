@@ -91,6 +91,7 @@ class StudyRepo:
         rounds_planned: int,
         *,
         study_id: str | None = None,
+        owner: str | None = None,
     ) -> Study:
         """A new study in status ``pending``. ``config_hash`` is the governance content hash of
         ``config`` (computed by the caller: the store does not define what is hashed)."""
@@ -106,6 +107,8 @@ class StudyRepo:
             status=StudyStatus.PENDING, rounds_planned=rounds_planned, current_round=0,
             created_at=now, updated_at=now, sites=list(sites),
         )
+        if owner is not None:  # unset: the INSERT names no owner (schemas before 0008 too)
+            study.owner = owner
         self.session.add(study)
         self.session.flush()
         return study
