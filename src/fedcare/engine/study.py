@@ -36,6 +36,7 @@ from fedcare.transport.base import Transport
 
 if TYPE_CHECKING:
     from fedcare.engine.ckks_custody import SiteIdentity, StudyKeys
+    from fedcare.engine.site_policy import ReleaseGate
 
 #: Where a study runs: every site in this process, or a hub and its nodes.
 Mode = Literal["simulation", "network"]
@@ -170,7 +171,8 @@ def site_executor(cfg: StudyConfig, data: SiteData, index: int, sites: Sequence[
                   ledger: Any | None = None, he_secret: bytes | None = None,
                   identity: SiteIdentity | None = None, keys: StudyKeys | None = None,
                   state_dir: Path | None = None, local_baseline: bool = True,
-                  baseline_refusal: str | None = None) -> SiteExecutor:
+                  baseline_refusal: str | None = None,
+                  release: ReleaseGate | None = None) -> SiteExecutor:
     """The site half of a study at site ``data.name`` (``index``-th of ``sites``).
 
     ``learner``: the study's non-DP learner shared by a simulation's sites (default: built
@@ -180,6 +182,7 @@ def site_executor(cfg: StudyConfig, data: SiteData, index: int, sites: Sequence[
     CKKS context for every site (simulation); ``identity``/``keys``: a networked site's
     CKKS key custody. ``local_baseline``: whether the approved study lets the hub ask for a
     local-only baseline (``baseline_refusal``: why this site will not train it).
+    ``release``: the per-task rules of the site's policy (:mod:`fedcare.engine.site_policy`).
     """
     if shape is None:
         shape = (ModelShape.of_federated(cfg.data) if isinstance(cfg.data, FederatedData)
@@ -204,4 +207,5 @@ def site_executor(cfg: StudyConfig, data: SiteData, index: int, sites: Sequence[
                         state_dir=state_dir,
                         secure=secure,
                         privacy=site_privacy(cfg, len(data.y_train), len(sites), ledger),
-                        strategy=cfg.strategy.name, local_baseline=baseline)
+                        strategy=cfg.strategy.name, local_baseline=baseline,
+                        release=release)

@@ -26,11 +26,18 @@ policy = "privacy.toml"        # the site's privacy budget (max_epsilon, delta, 
 local = true                   # when an approved study asks ([baselines] local_at_sites),
                                # train its model alone on this site's rows and report the
                                # held-out metrics; false refuses (the study goes on without)
+
+[policy]
+file = "site_policy.toml"      # the site's own policy (fedcare.governance.site_policy):
+                               # which studies it joins, what may leave; `fedcare node policy
+                               # init` writes the strict default
 ```
 
-Without ``[privacy]`` the site keeps no budget (and says so when the node starts). Without
-``[baselines]`` the site trains the local-only baseline a study it approved asks for: the
-request is part of the study's content hash, so approving the study approved it.
+Without ``[policy]`` (a site.toml from before site policies) the node refuses every study,
+saying how to create one: no policy is never "no rules". Without ``[privacy]`` the site
+keeps no budget (and says so when the node starts). Without ``[baselines]`` the site trains
+the local-only baseline a study it approved asks for: the request is part of the study's
+content hash, so approving the study approved it.
 """
 
 from __future__ import annotations
@@ -72,6 +79,9 @@ class NodeData:
     test_paths: dict[str, Path] = field(default_factory=dict)
     #: Whether the site trains a study's model alone when an approved study asks for it.
     local_baselines: bool = True
+    #: The site's policy file ([policy] file; None: the file names none, every study is
+    #: refused).
+    site_policy: Path | None = None
 
     def approves(self, config_hash: str) -> bool:
         """Fail closed: a study runs only if its exact content hash is listed (or 'any')."""
@@ -130,6 +140,12 @@ class _Privacy(Section):
     policy: str = Field(min_length=1, description="The site's privacy budget file.")
 
 
+class _Policy(Section):
+    file: str = Field(min_length=1, description=(
+        "The site's policy file (which studies it joins, what may leave), relative to this "
+        "file; `fedcare node policy init` writes the strict default."))
+
+
 class _Baselines(Section):
     local: bool = Field(True, description=(
         "Train the model of an approved study that asks for it ([baselines] local_at_sites) "
@@ -142,6 +158,7 @@ class _NodeFile(Section):
     approval: _Approval = Field(default_factory=_Approval)
     privacy: _Privacy | None = None
     baselines: _Baselines = Field(default_factory=_Baselines)
+    policy: _Policy | None = None
 
 
 _FILE = TypeAdapter(_NodeFile)
@@ -177,4 +194,5 @@ def load_node_data(path: Path) -> NodeData:
                     frozenset(studies if isinstance(studies, list) else []),
                     clinical=clinical, images=images, test_paths=test_paths,
                     privacy_policy=local(doc.privacy.policy) if doc.privacy else None,
-                    local_baselines=doc.baselines.local)
+                    local_baselines=doc.baselines.local,
+                    site_policy=local(doc.policy.file) if doc.policy else None)
