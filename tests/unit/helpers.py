@@ -72,7 +72,7 @@ ALL_METRICS = ("train_loss", "steps", "dp_clip", "dp_noise_multiplier", "dp_samp
 def permissive_policy() -> str:
     """A site policy admitting every study and releasing every metric fedcare has, each key
     stated (never an "allow all" switch): for tests whose subject is not the site policy.
-    ``load_policy`` reads it; every value is at the schema's bound."""
+    ``load_policy`` reads it."""
     def names(values: tuple[str, ...]) -> str:
         return "[" + ", ".join(f'"{v}"' for v in values) + "]"
 

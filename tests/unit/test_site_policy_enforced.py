@@ -280,9 +280,12 @@ def test_a_simulated_site_whose_policy_refuses_is_left_out_with_its_reason(
         tmp_path: Path) -> None:
     strict = _policy_file(tmp_path, policy_toml(default_policy()))
     with pytest.warns(UserWarning, match="site site-2 refuses the study"):
-        history = simulate(SIM, site_policies={"site-2": strict})
+        history = simulate(SIM, site_policies={"site-2": strict}, output_dir=tmp_path / "run")
     assert all(sorted(r.train_metrics) == ["site-1", "site-3"] for r in history.rounds)
     assert "rule privacy.require_dp" in history.meta["site_policy"]["refused"]["site-2"]
+    [entry] = [e for e in read(tmp_path / "run" / "audit.jsonl")
+               if e.kind is EventKind.POLICY_REFUSED]
+    assert entry.details["site"] == "site-2" and "rule privacy.require_dp" in entry.details["why"]
 
 
 def test_a_simulation_left_with_too_few_sites_stops_before_training(tmp_path: Path) -> None:
