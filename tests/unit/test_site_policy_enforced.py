@@ -286,6 +286,10 @@ def test_a_simulated_site_whose_policy_refuses_is_left_out_with_its_reason(
     [entry] = [e for e in read(tmp_path / "run" / "audit.jsonl")
                if e.kind is EventKind.POLICY_REFUSED]
     assert entry.details["site"] == "site-2" and "rule privacy.require_dp" in entry.details["why"]
+    from fedcare.governance.audit_log import verify
+    from fedcare.sim.audit import run_log_and_keys
+
+    assert verify(*run_log_and_keys(tmp_path / "run")).ok
 
 
 def test_a_simulation_left_with_too_few_sites_stops_before_training(tmp_path: Path) -> None:

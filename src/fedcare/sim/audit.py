@@ -2,12 +2,13 @@
 
 The same signed, hash-chained format as the hub's and the nodes' logs
 (:mod:`fedcare.governance.audit_log`), written when the run's outputs are: the study (content
-hash, sites), each site a ``--site-policy`` refused (``policy_refused``), each round aggregated (its sites and a digest of its round record), the model
-released (the SHA-256 of ``model.safetensors``) and the run's end. It is signed with a key
-made for the run and saved beside it (``audit-key.pem``, owner-only, and
-``audit-key.pub.pem``), so **in simulation it proves the integrity of the file, not anyone's
-identity**: whoever holds the run folder holds the key. A resumed or re-run simulation writes
-a new log with a new key. Check it with ``fedcare audit verify --run DIR``.
+hash, sites), each site a ``--site-policy`` refused (``policy_refused``), each round
+aggregated (its sites and a digest of its round record), the model released (the SHA-256 of
+``model.safetensors``) and the run's end. It is signed with a key made for the run and saved
+beside it (``audit-key.pem``, owner-only, and ``audit-key.pub.pem``), so **in simulation it
+proves the integrity of the file, not anyone's identity**: whoever holds the run folder holds
+the key. A resumed or re-run simulation writes a new log with a new key. Check it with
+``fedcare audit verify --run DIR``.
 """
 
 from __future__ import annotations
