@@ -1,5 +1,6 @@
 """The site policy at real nodes over HTTPS (issue 13, point 4): a hub and three node
-processes. Gamma's steward keeps the strict default: a plain study never trains at gamma,
+processes. Beta's policy keeps its training loss at the site: beta's replies leave without
+it. Gamma's steward keeps the strict default: a plain study never trains at gamma,
 and the researcher reads gamma's reason - each rule, not gamma's figures - while the study
 completes at alpha and beta. Then gamma's steward edits the policy (no restart) to a total
 epsilon of 3, of which gamma's ledger has spent 1.55: a DP study asking 2 is refused at gamma
@@ -38,6 +39,9 @@ def test_a_study_the_site_policy_refuses_never_trains_there_and_the_researcher_s
             "max_epsilon = 100.0\ndelta = 1e-5\n")
         conf = fed.node_configs[site]
         conf.write_text(conf.read_text() + f'\n[privacy]\npolicy = "{site}-privacy.toml"\n')
+    # Beta keeps its training loss curve at the site (the rest of its policy permissive).
+    (fed.root / "data" / "beta-policy.toml").write_text(
+        permissive_policy().replace('fit = ["train_loss", ', 'fit = ['))
     gamma_policy = fed.root / "data" / "gamma-policy.toml"
     gamma_policy.write_text(policy_toml(default_policy()))
     # An earlier study spent epsilon 1.55 of gamma's data (signed with gamma's key).
@@ -59,6 +63,12 @@ def test_a_study_the_site_policy_refuses_never_trains_there_and_the_researcher_s
         assert "site gamma refuses the study under its site policy" in why, why
         assert "rule privacy.require_dp: the study has no differential privacy" in why
         assert "rule secure_aggregation.required" in why
+    history = json.loads(fed.artifact(st["study_id"], "history.json"))
+    for r in history["rounds"]:
+        assert "train_loss" in r["train_metrics"]["alpha"], r["train_metrics"]
+        assert "train_loss" not in r["train_metrics"]["beta"] and "steps" in r[
+            "train_metrics"]["beta"]
+    assert EventKind.METRICS_WITHHELD in _kinds(fed, "beta")
     log = fed.cli("study", "logs", st["study_id"], "--federation", str(fed.researcher_dir))
     assert "rule privacy.require_dp" in " ".join(log.stdout.split()), log.stdout + log.stderr
     kinds = _kinds(fed, "gamma")

@@ -215,6 +215,18 @@ def test_an_edit_applies_at_the_next_task_without_a_restart(kit: Path, tmp_path:
     assert policy.stale("s1") is False  # refused under the policy as it is now
 
 
+def test_a_study_refused_before_an_edit_is_loaded_again_after_it(kit: Path,
+                                                                  tmp_path: Path) -> None:
+    path = _policy_file(tmp_path, policy_toml(default_policy()))
+    policy = _node_policy(kit, tmp_path, path)
+    assert policy.refusal("s1", parse_config(PLAIN), "h" * 64, _site(), 3, None) is not None
+    assert policy.stale("s1") is False
+    path.write_text(permissive_policy())
+    os.utime(path, ns=(2, 2))
+    assert policy.stale("s1") is True  # the agent loads s1 again: now admitted
+    assert policy.refusal("s1", parse_config(PLAIN), "h" * 64, _site(), 3, None) is None
+
+
 # -- per task ---------------------------------------------------------------------------------
 def _task(kind: TaskKind = TaskKind.FIT, round_: int = 1) -> Task:
     return Task(task_id=f"s/r{round_}/{kind.value}/alpha", study="s", round=round_,
