@@ -32,6 +32,8 @@ import numpy as np
 import pytest
 
 from fedcare.hub.provisioning import create_federation
+from tests.unit.helpers import permissive_policy as permissive_policy
+from tests.unit.helpers import with_permissive_policy
 
 SITES = ("alpha", "beta", "gamma")
 DATASET = "breast"
@@ -172,6 +174,9 @@ class NetFederation:
             conf.write_text("".join(f'[datasets.{name}]\npath = "{files[site].name}"\n\n'
                                     for name, files in self.tables.items())
                             + '[approval]\nstudies = "any"\n')
+            # Each site states a permissive policy (every key): the studies here are plain;
+            # tests of the site policy replace the file.
+            with_permissive_policy(conf, f"{site}-policy.toml")
             self.node_configs[site] = conf
 
     # -- paths --------------------------------------------------------------------------

@@ -108,6 +108,11 @@ def test_a_node_refuses_dp_work_past_its_budget_and_the_researcher_sees_why(net:
     policy.write_text("max_epsilon = 1.0\ndelta = 1e-5\n")
     conf = fed.node_configs["alpha"]
     conf.write_text(conf.read_text() + '\n[privacy]\npolicy = "alpha-privacy.toml"\n')
+    for site in ("beta", "gamma"):  # a site policy counts a DP study's epsilon in a ledger
+        (fed.root / "data" / f"{site}-privacy.toml").write_text(
+            "max_epsilon = 100.0\ndelta = 1e-5\n")
+        conf = fed.node_configs[site]
+        conf.write_text(conf.read_text() + f'\n[privacy]\npolicy = "{site}-privacy.toml"\n')
     fed.start()
     cfg = study_config(name="dp-net", rounds=2,
                        privacy={"mode": "dp_fedavg_distributed", "clip": 1.0,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
@@ -57,3 +58,48 @@ def ledger_key() -> LedgerKey:
 
     private = ec.generate_private_key(ec.SECP256R1())
     return LedgerKey(private.public_key(), private)
+
+
+# -- site policies ------------------------------------------------------------------------
+_EVAL_NAMES = ("loss", "accuracy", "auc", "balanced_accuracy", "f1", "brier", "mse", "rmse",
+               "mae")
+#: Every metric name a fedcare reply can carry (learners, DP facts, rows dropped).
+ALL_METRICS = ("train_loss", "steps", "dp_clip", "dp_noise_multiplier", "dp_sample_rate",
+               "prevalence", *_EVAL_NAMES, *(f"trivial_{n}" for n in _EVAL_NAMES),
+               *(f"class_share_{c}" for c in range(20)), "rows_dropped/missing label")
+
+
+def permissive_policy() -> str:
+    """A site policy admitting every study and releasing every metric fedcare has, each key
+    stated (never an "allow all" switch): for tests whose subject is not the site policy.
+    ``load_policy`` reads it."""
+    def names(values: tuple[str, ...]) -> str:
+        return "[" + ", ".join(f'"{v}"' for v in values) + "]"
+
+    metrics = names(ALL_METRICS)
+    return (
+        "# A test site's permissive policy: every key stated.\n"
+        "[studies]\n"
+        'strategies = ["fedavg", "fedprox", "fedadagrad", "fedadam", "fedyogi", "fedmedian", '
+        '"scaffold", "xgboost"]\n'
+        'models = ["logreg", "mlp", "cnn", "resnet", "lstm", "gru", "transformer", '
+        '"sgd_linear", "xgboost"]\n'
+        "custom_code = true\nmax_rounds = 100000\n\n"
+        "[cohort]\nmin_rows = 1\nmin_per_class = 0\n\n"
+        "[privacy]\nrequire_dp = false\n"
+        'mechanisms = ["dp_sgd", "dp_fedavg_central", "dp_fedavg_distributed"]\n'
+        "max_epsilon_per_study = 1000.0\nmax_epsilon_total = 1000.0\nmax_delta = 0.5\n\n"
+        '[secure_aggregation]\nrequired = false\nprotocols = ["secagg", "secagg+", "ckks"]\n\n'
+        "[release]\n" + "".join(f"{kind} = {metrics}\n" for kind in (
+            "fit", "evaluate", "local_baseline", "stats", "sa_share", "sa_mask", "sa_unmask",
+            "he_decrypt")))
+
+
+def with_permissive_policy(site_toml: str | Path, name: str = "site_policy.toml") -> Path:
+    """Write :func:`permissive_policy` beside ``site_toml`` and name it in a ``[policy]``
+    table appended to that file; returns the policy file."""
+    conf = Path(site_toml)
+    policy = conf.parent / name
+    policy.write_text(permissive_policy())
+    conf.write_text(conf.read_text() + f'\n[policy]\nfile = "{name}"\n')
+    return policy

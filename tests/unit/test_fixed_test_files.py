@@ -24,6 +24,7 @@ from fedcare.node.site_data import build_site_data
 from fedcare.sim.sites import build_sites
 from fedcare.strategies.fedavg import FedAvg
 from fedcare.transport.inmemory import InMemoryTransport
+from tests.unit.helpers import with_permissive_policy
 
 
 def _table(path: Path, rows: int, seed: int, shift: float = 0.0) -> Path:
@@ -238,6 +239,7 @@ def test_a_node_tests_its_dataset_on_the_test_path_of_its_site_file(tmp_path: Pa
         def close(self) -> None:
             pass
 
+    with_permissive_policy(tmp_path / "site.toml")
     agent = NodeAgent(tmp_path / "kits" / "h1", tmp_path / "site.toml",
                       state_dir=tmp_path / "state")
     try:

@@ -177,7 +177,8 @@ required = false
 def test_a_per_site_loss_curve_may_not_leave_by_default() -> None:
     [violation] = check_task(default_policy(), TaskKind.FIT, ["steps", "train_loss"])
     assert str(violation) == ("rule release.fit: metric 'train_loss' may not leave this site "
-                              "in a fit reply (allowed: steps)")
+                              "in a fit reply (allowed: dp_clip, dp_noise_multiplier, "
+                              "dp_sample_rate, steps)")
     assert check_task(default_policy(), TaskKind.EVALUATE, ["auc", "accuracy"]) == []
 
 

@@ -36,6 +36,7 @@ from fedcare.hub.store import BlobStore, StudyRepo, StudyStatus
 from fedcare.node.agent import NodeAgent
 from fedcare.node.hub_link import HubResponse
 from tests.integration.network import DATASET, study_config, write_site_tables
+from tests.unit.helpers import with_permissive_policy
 
 SITES = ("alpha", "beta")
 WAIT = 120.0  # bound of every wait (a loaded 2-core box); nothing is timed
@@ -90,6 +91,7 @@ class Federation:
             conf = root / "data" / f"{site}.toml"
             conf.write_text(f'[datasets.{DATASET}]\npath = "{tables[DATASET][site].name}"\n'
                             '[approval]\nstudies = "any"\n')
+            with_permissive_policy(conf, f"{site}-policy.toml")
             agent = NodeAgent(root / "kits" / site, conf,
                               state_dir=root / "state" / site)
             agent.http = _Link(self.svc, site)  # type: ignore[assignment]

@@ -13,6 +13,7 @@ from fedcare.core.errors import FedcareError
 from fedcare.hub.provisioning import create_federation
 from fedcare.node.agent import NodeAgent
 from fedcare.node.hub_link import HubResponse
+from tests.unit.helpers import with_permissive_policy
 
 STUDY = "s1"
 
@@ -30,6 +31,7 @@ def agent(kit: Path, tmp_path: Path) -> Iterator[NodeAgent]:
     (tmp_path / "d.csv").write_text("a,label\n1,0\n")
     conf = tmp_path / "node.toml"
     conf.write_text('[datasets.x]\npath = "d.csv"\n[approval]\nstudies = "any"\n')
+    with_permissive_policy(conf)
     node = NodeAgent(kit, conf, state_dir=tmp_path / "state")
     yield node
     node.close()

@@ -15,6 +15,7 @@ from fedcare.governance.audit_log import EventKind, read, verify
 from fedcare.hub.provisioning import create_federation
 from fedcare.node.agent import NodeAgent
 from fedcare.node.audit import NodeAudit, node_log_and_keys
+from tests.unit.helpers import with_permissive_policy
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +56,7 @@ def test_the_agent_records_each_task_it_answers_once(kit: Path, tmp_path: Path) 
     (tmp_path / "d.csv").write_text("a,label\n1,0\n")
     conf = tmp_path / "node.toml"
     conf.write_text('[datasets.x]\npath = "d.csv"\n[approval]\nstudies = "any"\n')
+    with_permissive_policy(conf)
     agent = NodeAgent(kit, conf, state_dir=tmp_path / "state")
     agent.handle = lambda study_id, payload: ("s1/r1/fit/alpha", b"reply")  # type: ignore[method-assign]
     try:

@@ -26,6 +26,7 @@ from fedcare.demo.hospitals import write_hospitals
 from fedcare.hub.provisioning import create_federation
 from fedcare.node.agent import NodeAgent
 from fedcare.node.hub_link import HubResponse
+from tests.unit.helpers import with_permissive_policy
 
 SITE = "hospital-2"  # the demo hospital that exports OMOP
 
@@ -122,6 +123,7 @@ def test_the_node_reports_the_dataset_unusable_and_keeps_serving(
     conf = tmp_path / "node.toml"
     conf.write_text(f'[datasets.cardio]\nsource = "{site.source}"\ncontract = "{contract}"\n\n'
                     f'[datasets.plain]\npath = "plain.csv"\n\n[approval]\nstudies = "any"\n')
+    with_permissive_policy(conf)
     agent = NodeAgent(tmp_path / "kits" / SITE, conf, state_dir=tmp_path / "state")
     hub = _Hub(agent)
     agent.http = hub  # type: ignore[assignment]

@@ -25,6 +25,7 @@ from fedcare.hub.provisioning import create_federation
 from fedcare.node.agent import NodeAgent
 from fedcare.node.hub_link import HubResponse
 from fedcare.privacy.dp.spec import Mechanism, PrivacySpec
+from tests.unit.helpers import with_permissive_policy
 
 
 class BigStepLearner:
@@ -114,6 +115,7 @@ def test_a_node_refuses_a_task_naming_another_strategy_than_its_approved_study(
     (tmp_path / "d.csv").write_text("a,label\n" + rows + "\n")
     conf = tmp_path / "node.toml"
     conf.write_text('[datasets.x]\npath = "d.csv"\n[approval]\nstudies = "any"\n')
+    with_permissive_policy(conf)
     agent = NodeAgent(tmp_path / "kits" / "alpha", conf, state_dir=tmp_path / "st")
     agent.http = _StudyHub({  # type: ignore[assignment]
         "data": {"source": "federation", "dataset": "x", "label": "label", "features": ["a"],

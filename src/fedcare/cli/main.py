@@ -17,6 +17,7 @@ from fedcare import __version__
 from fedcare.cli import audit, data, network, nodekit, provision  # noqa: F401 (nodekit adds `node init`)
 from fedcare.cli import export as export_cli
 from fedcare.cli import model as model_cli
+from fedcare.cli import site_policy as _site_policy  # noqa: F401 (adds `node policy`)
 from fedcare.cli import users as users_cli
 from fedcare.cli.errors import fail
 from fedcare.core.errors import FedcareError
@@ -61,13 +62,16 @@ def _config_reference() -> str:
 
 
 def _run(config: Path | dict, out: Path | None, resume: bool, overwrite: bool,
-         workers: int | None, force: bool = False) -> None:
+         workers: int | None, force: bool = False, site_policy: list[str] | None = None
+         ) -> None:
     from fedcare.cli.render import print_results
     from fedcare.config import load_config, parse_config
     from fedcare.sim.progress import RichProgress
     from fedcare.sim.runner import simulate
+    from fedcare.sim.site_policies import parse_site_policy_options
 
     try:
+        policies = parse_site_policy_options(site_policy or [])
         cfg = load_config(config) if isinstance(config, Path) else parse_config(config)
         if workers is not None:
             cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"workers": workers})})
@@ -77,7 +81,8 @@ def _run(config: Path | dict, out: Path | None, resume: bool, overwrite: bool,
             warnings.showwarning = _show_warning  # a site with very few rows, say
             history = simulate(cfg, output_dir=out, progress=bar, resume=resume,
                                overwrite=overwrite, force=force,
-                               on_dp_check=lambda a: _print_dp_check(a, force))
+                               on_dp_check=lambda a: _print_dp_check(a, force),
+                               site_policies=policies)
     except FedcareError as exc:
         raise fail(exc) from None
     print_results(history.to_dict(), console)
@@ -112,6 +117,10 @@ def simulate(
     force: Annotated[bool, typer.Option(
         "--force", help="Run a DP-FedAvg study even though its noise drowns the updates "
         "(the DP check printed before training refuses it otherwise).")] = False,
+    site_policy: Annotated[list[str] | None, typer.Option(
+        "--site-policy", help="A site policy file every simulated site applies, or "
+        "NAME=FILE for one site (repeat the option); a site whose policy refuses the study "
+        "is left out, and the run stops when too few remain.")] = None,
 ) -> None:
     """Run a federated study in simulation (every site on this machine).
 
@@ -126,7 +135,8 @@ def simulate(
         name = load_config(config).study.name
     except FedcareError as exc:
         raise fail(exc) from None
-    _run(config, out or default_output_dir(name), resume, overwrite, workers, force)
+    _run(config, out or default_output_dir(name), resume, overwrite, workers, force,
+         site_policy)
 
 
 DEMO_CONFIG = {

@@ -25,11 +25,14 @@ def node_init(
     out: Annotated[Path, typer.Option(help="The kit folder to create (must not exist or be "
                                            "empty).")],
 ) -> None:
-    """Make this site's private key (it never leaves KIT) and a certificate request."""
+    """Make this site's private key (it never leaves KIT), a certificate request and the
+    site's policy file with the strict default (KIT/site_policy.toml)."""
+    from fedcare.cli.site_policy import write_default_policy
     from fedcare.pki.kit import init_site_kit
 
     try:
         csr = init_site_kit(out, site)
+        policy = write_default_policy(out / "site_policy.toml")
     except FedcareError as exc:
         raise fail(exc, 2) from None
     console.print(f"Made the key of site [bold]{escape(site)}[/bold] in "
@@ -37,6 +40,9 @@ def node_init(
                   f"[bold]{escape(str(csr))}[/bold] (public) to the federation's coordinator "
                   "for `fedcare provision add-site`, then run `fedcare node install-cert` with "
                   "the folder you get back.")
+    console.print(f"The site's own policy, strict by default, is [bold]{escape(str(policy))}"
+                  "[/bold]: review it and name it in your site.toml "
+                  + escape("([policy] file = ...)."))
 
 
 @node_app.command("install-cert")

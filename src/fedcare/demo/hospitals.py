@@ -45,6 +45,41 @@ def _toml_value(v: Any) -> str:
     return f'"{v}"'
 
 
+#: What the demo's hospitals release of each reply: the metrics its report shows (each
+#: site's training loss curve and case mix included, which the strict default keeps).
+_DEMO_EVAL = ["accuracy", "auc", "balanced_accuracy", "f1", "brier", "loss", "prevalence",
+              "trivial_accuracy", "trivial_auc", "trivial_balanced_accuracy", "trivial_brier",
+              "trivial_f1", "trivial_loss"]
+
+
+def demo_site_policy(name: str) -> str:
+    """A demo hospital's site policy: it admits the demo's study (FedAvg, logreg, under
+    secure aggregation, no DP) explicitly, every key stated; not a template for real use
+    (``fedcare node policy init`` writes the strict default)."""
+    from fedcare.governance.site_policy import (
+        CohortRules,
+        PrivacyRules,
+        ReleaseRules,
+        SecureAggregationRules,
+        SitePolicy,
+        StudyRules,
+        policy_toml,
+    )
+
+    policy = SitePolicy(
+        studies=StudyRules(strategies=["fedavg"], models=["logreg"], custom_code=False,
+                           max_rounds=50),
+        cohort=CohortRules(min_rows=100, min_per_class=20),
+        privacy=PrivacyRules(require_dp=False),
+        secure_aggregation=SecureAggregationRules(required=True, protocols=["secagg"]),
+        release=ReleaseRules(fit=["steps", "train_loss"], evaluate=_DEMO_EVAL,
+                             local_baseline=_DEMO_EVAL, stats=["rows_dropped/missing label"]))
+    return policy_toml(policy, header=(
+        f"{name}'s site policy for the fedcare demo: it admits the demo's study (FedAvg, "
+        "logreg,\nsecure aggregation, no DP) and releases the metrics its report shows. Not a "
+        "template:\n`fedcare node policy init` writes the strict default."))
+
+
 def write_hospitals(folder: Path, seed: int = 0, *, max_epsilon: float = 10.0
                     ) -> tuple[Path, list[DemoSite]]:
     """Generate the hospitals' exports under ``folder`` and each site's configuration."""
@@ -71,10 +106,12 @@ def write_hospitals(folder: Path, seed: int = 0, *, max_epsilon: float = 10.0
         (site_dir / "privacy.toml").write_text(
             f"# {h.name}'s own privacy budget for its data\nmax_epsilon = {max_epsilon}\n"
             "delta = 1e-5\n")
+        (site_dir / "site_policy.toml").write_text(demo_site_policy(h.name))
         node = site_dir / "node.toml"
         node.write_text(f'[datasets.{DATASET}]\nsource = "source.toml"\n'
                         f'contract = "{contract}"\n\n'
                         '[approval]\nstudies = "any"   # demo only: approve by hash in real use\n\n'
-                        '[privacy]\npolicy = "privacy.toml"\n')
+                        '[privacy]\npolicy = "privacy.toml"\n\n'
+                        '[policy]\nfile = "site_policy.toml"\n')
         sites.append(DemoSite(h.name, h.format, node, source, h.truth))
     return contract, sites

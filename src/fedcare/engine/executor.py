@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from fedcare.engine.privacy import SitePrivacy
 from fedcare.engine.secure import SecureSite, vector_contribution
 from fedcare.engine.site_state import SiteStateStore
 from fedcare.strategies import site_algorithm
+
+if TYPE_CHECKING:
+    from fedcare.engine.site_policy import ReleaseGate
 
 #: Task aux entry carrying the federation-wide feature ``mean`` and ``std``.
 NORMALIZER = "norm"
@@ -234,7 +237,8 @@ class SiteExecutor:
                  expected: ParamSpec, state_dir: Path | None = None,
                  secure: SecureSite | None = None,
                  privacy: SitePrivacy | None = None, strategy: str = "fedavg",
-                 local_baseline: LocalBaseline | None = None) -> None:
+                 local_baseline: LocalBaseline | None = None,
+                 release: ReleaseGate | None = None) -> None:
         #: The approved study's strategy, and its site half (from the study, never a task).
         self.strategy = strategy
         self.algorithm = site_algorithm(strategy)
@@ -250,6 +254,9 @@ class SiteExecutor:
         self.privacy = privacy
         #: Whether (and how) the site trains the study's model alone when the hub asks.
         self.local_baseline = local_baseline
+        #: The site policy's per-task rules (engine.site_policy): a round past its maximum
+        #: is refused, metrics it keeps at the site are dropped from every reply.
+        self.release = release
 
         #: A table read raw (missing values, category codes): encoded once the federation's
         #: fill values and level list arrive with the normalizer.
@@ -427,6 +434,14 @@ class SiteExecutor:
                       seconds=time.perf_counter() - start, **fields)
 
     def run(self, task: Task) -> Update:
+        """Check the task against the site's policy, run it (:meth:`_run`), and keep at the
+        site what the policy does not release."""
+        if self.release is None:
+            return self._run(task)
+        self.release.admit(task)
+        return self.release.release(task, self._run(task))
+
+    def _run(self, task: Task) -> Update:
         """Check the task against the approved study, charge the site's privacy ledger,
         train, then pass the update through the site's chain of filters (engine.filters)."""
         start = time.perf_counter()

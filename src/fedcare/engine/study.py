@@ -37,6 +37,7 @@ from fedcare.transport.base import Transport
 if TYPE_CHECKING:
     from fedcare.engine.ckks_custody import SiteIdentity, StudyKeys
     from fedcare.engine.custom_learner import SiteCodeSettings
+    from fedcare.engine.site_policy import ReleaseGate
 
 #: Where a study runs: every site in this process, or a hub and its nodes.
 Mode = Literal["simulation", "network"]
@@ -172,7 +173,8 @@ def site_executor(cfg: StudyConfig, data: SiteData, index: int, sites: Sequence[
                   identity: SiteIdentity | None = None, keys: StudyKeys | None = None,
                   state_dir: Path | None = None, local_baseline: bool = True,
                   baseline_refusal: str | None = None,
-                  code: SiteCodeSettings | None = None) -> SiteExecutor:
+                  code: SiteCodeSettings | None = None,
+                  release: ReleaseGate | None = None) -> SiteExecutor:
     """The site half of a study at site ``data.name`` (``index``-th of ``sites``).
 
     ``learner``: the study's non-DP learner shared by a simulation's sites (default: built
@@ -183,6 +185,7 @@ def site_executor(cfg: StudyConfig, data: SiteData, index: int, sites: Sequence[
     CKKS key custody. ``local_baseline``: whether the approved study lets the hub ask for a
     local-only baseline (``baseline_refusal``: why this site will not train it).
     ``code``: the site's settings for running the study's own code (model ``custom``).
+    ``release``: the per-task rules of the site's policy (:mod:`fedcare.engine.site_policy`).
     """
     if shape is None:
         shape = (ModelShape.of_federated(cfg.data) if isinstance(cfg.data, FederatedData)
@@ -208,4 +211,5 @@ def site_executor(cfg: StudyConfig, data: SiteData, index: int, sites: Sequence[
                         state_dir=state_dir,
                         secure=secure,
                         privacy=site_privacy(cfg, len(data.y_train), len(sites), ledger),
-                        strategy=cfg.strategy.name, local_baseline=baseline)
+                        strategy=cfg.strategy.name, local_baseline=baseline,
+                        release=release)

@@ -130,6 +130,8 @@ class EventKind(enum.StrEnum):
     MODEL_RELEASED = "model_released"
     PRIVACY_CHARGED = "privacy_charged"  # a node charged its privacy ledger (epsilon)
     STUDY_CODE_FAILED = "study_code_failed"  # a study's own code failed in a node's sandbox
+    POLICY_REFUSED = "policy_refused"    # a node's site policy refused a study (the rules)
+    METRICS_WITHHELD = "metrics_withheld"  # a node's site policy kept metrics of a reply
     EXPORT_REQUESTED = "export_requested"
     EXPORT_APPROVED = "export_approved"
     EXPORT_REJECTED = "export_rejected"

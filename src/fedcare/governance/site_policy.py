@@ -48,7 +48,9 @@ MAX_POLICY_EPSILON = 1_000.0
 MAX_POLICY_ROWS = 10**9
 
 _NAME = r"^[a-z0-9_+.-]{1,64}$"
-_METRIC = r"^[A-Za-z0-9_.:-]{1,64}$"
+#: Metric names as the learners and the executor spell them (``rows_dropped/missing label``
+#: holds a slash and a space).
+_METRIC = r"^[A-Za-z0-9_.:/ -]{1,64}$"
 
 SecAggProtocol = Literal["secagg", "secagg+", "ckks"]
 Mechanism = Literal["dp_sgd", "dp_fedavg_central", "dp_fedavg_distributed"]
@@ -113,14 +115,18 @@ class SecureAggregationRules(Section):
 
 
 _EVAL = ["accuracy", "auc", "balanced_accuracy", "f1", "brier", "rmse"]
+#: What a DP-SGD fit reply states for the hub's privacy accounting (the names of
+#: ``fedcare.core.learning.DpSgdFacts``): sample rate, noise multiplier, clip norm.
+_DP_FACTS = ["dp_clip", "dp_noise_multiplier", "dp_sample_rate"]
 
 
 class ReleaseRules(Section):
     """Per task kind, the metric names a reply may carry out of the site; [] = none."""
 
-    fit: list[str] = Field(["steps"], max_length=200, description=(
+    fit: list[str] = Field(["steps", *_DP_FACTS], max_length=200, description=(
         "Metrics a training reply may carry (train_loss, a per-site loss curve, is not "
-        "allowed by default)."))
+        "allowed by default; the DP-SGD accounting facts are, or the federation could not "
+        "account the epsilon this site spends)."))
     evaluate: list[str] = Field(_EVAL, max_length=200,
                                 description="Metrics an evaluation reply may carry.")
     local_baseline: list[str] = Field(_EVAL, max_length=200, description=(
@@ -156,6 +162,32 @@ class SitePolicy(Section):
 def default_policy() -> SitePolicy:
     """The strict policy a site gets for every key its file does not set (module docstring)."""
     return SitePolicy()
+
+
+def policy_toml(policy: SitePolicy, *, header: str = "") -> str:
+    """``policy`` as a TOML file that states every key, each under its description as a
+    comment (``fedcare node policy init`` writes the strict default this way, and the demo its
+    own): a steward reads what each rule means where it is set, and no key is left to a
+    default. ``load_policy`` reads it back as ``policy``."""
+    import json
+    import textwrap
+
+    lines = [f"# {line}".rstrip() for line in header.splitlines()]
+    for name, section in policy:
+        if lines:
+            lines.append("")
+        lines.append(f"[{name}]")
+        for key, field in type(section).model_fields.items():
+            lines += [f"# {line}" for line in textwrap.wrap(field.description or "", 88)]
+            value = getattr(section, key)
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, (int, float)):
+                text = repr(value)
+            else:
+                text = json.dumps(list(value))
+            lines.append(f"{key} = {text}")
+    return "\n".join(lines) + "\n"
 
 
 def load_policy(path: Path) -> SitePolicy:

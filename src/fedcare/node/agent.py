@@ -39,6 +39,7 @@ from fedcare.node.site_data import (
     build_site_data,
     clinical_site_data,
 )
+from fedcare.node.site_policy import NodePolicy
 
 if TYPE_CHECKING:
     from fedcare.engine.ckks_custody import SiteIdentity, StudyKeys
@@ -83,6 +84,10 @@ class NodeAgent:
         self.ledger = self._ledger()
         #: The site's own signed audit log (fedcare.node.audit), signed with its site key.
         self.audit = NodeAudit(self.site, self.kit.tls.key, self.state_dir, background=True)
+        #: The site's own policy file (fedcare.node.site_policy): an invalid one stops the
+        #: node here; a missing one refuses every study.
+        self.site_policy = NodePolicy(self.data.site_policy, self.site, Path(data_config),
+                                      self.audit)
         #: The ledger heads the hub acknowledged (None: the site keeps no ledger).
         self.anchor = (LedgerAnchor(self.ledger, self.state_dir / ANCHOR_FILE)
                        if self.ledger is not None else None)
@@ -192,7 +197,7 @@ class NodeAgent:
 
     # -- work -----------------------------------------------------------------------------
     def study(self, study_id: str) -> _Study:
-        if study_id in self._studies:
+        if study_id in self._studies and not self.site_policy.stale(study_id):
             return self._studies[study_id]
         r = self.http.request("GET", f"/v1/node/studies/{study_id}")
         _raise_for(r)
@@ -236,14 +241,19 @@ class NodeAgent:
                 data = build_site_data(cfg.data, self.site, index, cfg.study.seed,
                                        self.data.datasets[cfg.data.dataset],
                                        self.data.test_paths.get(cfg.data.dataset))
-            entry.refusal = check_bins_vs_rows(cfg.model, len(data.y_train), self.site)
-            identity, keys = self._ckks_custody(study_id, cfg, sites)
-            entry.executor = site_executor(cfg, data, index, sites, ledger=self.ledger,
-                                           identity=identity, keys=keys,
-                                           state_dir=self.state_dir / study_id,
-                                           local_baseline=cfg.baselines.local_at_sites,
-                                           baseline_refusal=self._baseline_refusal(),
-                                           code=self._code_settings(study_id))
+            refused = self.site_policy.refusal(study_id, cfg, digest, data, len(sites),
+                                               self.ledger)
+            entry.refusal = refused or check_bins_vs_rows(cfg.model, len(data.y_train),
+                                                          self.site)
+            if refused is None:  # a study the site's policy refuses never trains here
+                identity, keys = self._ckks_custody(study_id, cfg, sites)
+                entry.executor = site_executor(cfg, data, index, sites, ledger=self.ledger,
+                                               identity=identity, keys=keys,
+                                               state_dir=self.state_dir / study_id,
+                                               local_baseline=cfg.baselines.local_at_sites,
+                                               baseline_refusal=self._baseline_refusal(),
+                                               code=self._code_settings(study_id),
+                                               release=self.site_policy.gate())
         self._studies[study_id] = entry
         self.audit.study_loaded(study_id, cfg.study.name, digest, getattr(cfg.data, "dataset",
                                                                           None), entry.refusal)
@@ -315,10 +325,12 @@ class NodeAgent:
             entry = self.study(study_id)
         except FedcareError as exc:
             entry = _Study(None, "", None, f"cannot prepare study: {exc}")  # type: ignore[arg-type]
-        if entry.executor is None:
-            log.warning("refusing task %s: %s", task_id, entry.refusal)
+        refusal = (entry.refusal if entry.executor is None
+                   else self.site_policy.recheck(study_id, self.ledger))
+        if entry.executor is None or refusal is not None:
+            log.warning("refusing task %s: %s", task_id, refusal)
             reply = encode_error(ErrorReply(task_id, self.site, int(header.get("round", -1)),
-                                            "Refused", entry.refusal or "refused"))
+                                            "Refused", refusal or "refused"))
             return task_id, reply
         return task_id, entry.executor.handle(framed)
 

@@ -13,6 +13,9 @@ Entries (log and actor ``site:NAME``):
 * ``study_code_failed``: a run of a study's own code (model ``custom``) that failed in the
   site's sandbox or whose output the site refused: the study, the function (fit/scores),
   the sandbox status and fedcare's reason (never the code's own output).
+* ``policy_refused``: a study the site's policy refuses (the rules it breaks, and the full
+  reason with the site's own figures, which the hub is never told);
+* ``metrics_withheld``: the metric names the site's policy kept out of a task's reply.
 
 Citing the hub: a task carries no reference to the hub's ``task_sent`` entry (the wire
 format is unchanged), so a node's entry names the task by its id (the entry's ``subject``, the
@@ -127,6 +130,16 @@ class NodeAudit:
         self.record(EventKind.PRIVACY_CHARGED, task_id,
                     {"task": task_id, "epsilon": round(epsilon, 9),
                      "epsilon_total": round(total, 9)})
+
+    def policy_refused(self, study_id: str, content_hash: str, rules: list[str],
+                       why: str) -> None:
+        self.record(EventKind.POLICY_REFUSED, study_id,
+                    {"study": study_id, "content_hash": content_hash, "rules": rules[:50],
+                     "why": why[:1500]})
+
+    def metrics_withheld(self, task_id: str, names: list[str]) -> None:
+        self.record(EventKind.METRICS_WITHHELD, task_id,
+                    {"task": task_id, "metrics": sorted(n[:64] for n in names)[:200]})
 
     def refused(self, task_id: str, payload_digest: str, why: str) -> None:
         self.record(EventKind.TASK_REFUSED, task_id,

@@ -30,11 +30,18 @@ local = true                   # when an approved study asks ([baselines] local_
 [sandbox]
 allow_weaker = false           # a node that is not root runs a study's own code (model
                                # "custom") in the weaker sandbox only if true; else refuses it
+
+[policy]
+file = "site_policy.toml"      # the site's own policy (fedcare.governance.site_policy):
+                               # which studies it joins, what may leave; `fedcare node policy
+                               # init` writes the strict default
 ```
 
-Without ``[privacy]`` the site keeps no budget (and says so when the node starts). Without
-``[baselines]`` the site trains the local-only baseline a study it approved asks for: the
-request is part of the study's content hash, so approving the study approved it.
+Without ``[policy]`` (a site.toml from before site policies) the node refuses every study,
+saying how to create one: no policy is never "no rules". Without ``[privacy]`` the site
+keeps no budget (and says so when the node starts). Without ``[baselines]`` the site trains
+the local-only baseline a study it approved asks for: the request is part of the study's
+content hash, so approving the study approved it.
 """
 
 from __future__ import annotations
@@ -78,6 +85,9 @@ class NodeData:
     local_baselines: bool = True
     #: Whether a node that is not root runs a study's own code in the weaker sandbox.
     sandbox_allow_weaker: bool = False
+    #: The site's policy file ([policy] file; None: the file names none, every study is
+    #: refused).
+    site_policy: Path | None = None
 
     def approves(self, config_hash: str) -> bool:
         """Fail closed: a study runs only if its exact content hash is listed (or 'any')."""
@@ -136,6 +146,12 @@ class _Privacy(Section):
     policy: str = Field(min_length=1, description="The site's privacy budget file.")
 
 
+class _Policy(Section):
+    file: str = Field(min_length=1, description=(
+        "The site's policy file (which studies it joins, what may leave), relative to this "
+        "file; `fedcare node policy init` writes the strict default."))
+
+
 class _Baselines(Section):
     local: bool = Field(True, description=(
         "Train the model of an approved study that asks for it ([baselines] local_at_sites) "
@@ -156,6 +172,7 @@ class _NodeFile(Section):
     privacy: _Privacy | None = None
     baselines: _Baselines = Field(default_factory=_Baselines)
     sandbox: _Sandbox = Field(default_factory=_Sandbox)
+    policy: _Policy | None = None
 
 
 _FILE = TypeAdapter(_NodeFile)
@@ -192,4 +209,5 @@ def load_node_data(path: Path) -> NodeData:
                     clinical=clinical, images=images, test_paths=test_paths,
                     privacy_policy=local(doc.privacy.policy) if doc.privacy else None,
                     local_baselines=doc.baselines.local,
-                    sandbox_allow_weaker=doc.sandbox.allow_weaker)
+                    sandbox_allow_weaker=doc.sandbox.allow_weaker,
+                    site_policy=local(doc.policy.file) if doc.policy else None)

@@ -2,12 +2,13 @@
 
 The same signed, hash-chained format as the hub's and the nodes' logs
 (:mod:`fedcare.governance.audit_log`), written when the run's outputs are: the study (content
-hash, sites), each round aggregated (its sites and a digest of its round record), the model
-released (the SHA-256 of ``model.safetensors``) and the run's end. It is signed with a key
-made for the run and saved beside it (``audit-key.pem``, owner-only, and
-``audit-key.pub.pem``), so **in simulation it proves the integrity of the file, not anyone's
-identity**: whoever holds the run folder holds the key. A resumed or re-run simulation writes
-a new log with a new key. Check it with ``fedcare audit verify --run DIR``.
+hash, sites), each site a ``--site-policy`` refused (``policy_refused``), each round
+aggregated (its sites and a digest of its round record), the model released (the SHA-256 of
+``model.safetensors``) and the run's end. It is signed with a key made for the run and saved
+beside it (``audit-key.pem``, owner-only, and ``audit-key.pub.pem``), so **in simulation it
+proves the integrity of the file, not anyone's identity**: whoever holds the run folder holds
+the key. A resumed or re-run simulation writes a new log with a new key. Check it with
+``fedcare audit verify --run DIR``.
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ def write_run_audit(out: Path, cfg: StudyConfig, history: History) -> Path:
     append(log_file, signer, EventKind.STUDY_SUBMITTED, "simulation",
            {"study": name, "content_hash": content_hash(cfg), "sites": sites,
             "mode": "simulation"})
+    refused = history.meta.get("site_policy", {}).get("refused", {})
+    for site, why in sorted(refused.items()):  # sites a --site-policy refused (left out)
+        append(log_file, signer, EventKind.POLICY_REFUSED, "simulation",
+               {"site": str(site)[:200], "why": str(why)[:1500]})
     for record in history.rounds:
         plain = _plain(json.loads(json.dumps(asdict(record), default=str)))
         digest = hashlib.sha256(canonical(plain)).hexdigest()

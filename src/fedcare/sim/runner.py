@@ -32,7 +32,9 @@ from fedcare.engine.learner_factory import ModelShape, make_learner
 from fedcare.engine.round_engine import EngineSettings, RoundEngine
 from fedcare.engine.study import HubPlan, resume_latest, site_executor, study_train
 from fedcare.engine.trees import write_tree_outputs
+from fedcare.governance.site_policy import SitePolicy
 from fedcare.learners.options import check_bins_vs_rows
+from fedcare.sim.site_policies import SitePolicies, load_site_policies
 from fedcare.sim.sites import build_sites, input_standardization, pooled
 from fedcare.strategies.fedavg import FedAvg
 from fedcare.transport.inmemory import InMemoryTransport
@@ -80,8 +82,14 @@ class _Run:
 
     def __init__(self, cfg: StudyConfig, output_dir: Path | None, progress: ProgressFn | None,
                  resume: bool, overwrite: bool, force: bool = False,
-                 on_dp_check: Callable[[DpAssessment], None] | None = None) -> None:
+                 on_dp_check: Callable[[DpAssessment], None] | None = None,
+                 site_policies: SitePolicies | None = None) -> None:
         self.cfg = cfg
+        #: The simulated sites' own policies (sim.site_policies): checked before training,
+        #: applied to every reply.
+        self.site_policies = site_policies or SitePolicies({})
+        #: Sites a policy refused, with the reason (the history's meta.site_policy).
+        self.refused: dict[str, str] = {}
         self.force = force
         self.on_dp_check = on_dp_check
         self.out = output_dir
@@ -105,6 +113,7 @@ class _Run:
         if self._stats_by_engine():  # the normalizer comes from the sites' stats tasks
             data = data.model_copy(update={"standardize": False})
         self.sites = build_sites(data, cfg.study.seed)
+        self.sites, self.refused = self.site_policies.admitted(cfg, self.sites)
         too_few = [w for w in (check_bins_vs_rows(cfg.model, len(s.y_train), s.name)
                                for s in self.sites) if w is not None]
         if too_few:
@@ -224,7 +233,8 @@ class _Run:
         names = [s.name for s in sites]
         return {s.name: site_executor(self.cfg, s, i, names, learner=self.learner,
                                       shape=self.shape, he_secret=he_secret,
-                                      state_dir=(state_root / s.name) if state_root else None)
+                                      state_dir=(state_root / s.name) if state_root else None,
+                                      release=self.site_policies.gate(s.name))
                 for i, s in enumerate(sites)}
 
     def _transport(self, executors: Mapping[str, SiteExecutor]) -> Any:
@@ -270,6 +280,11 @@ class _Run:
                                       he_public=he_public)
             start_round = self._restore(engine, store) if self.resume else 1
             history = engine.history
+            if self.site_policies.policies:
+                history.meta["site_policy"] = {
+                    "sites": sorted(s.name for s in self.sites
+                                    if self.site_policies.of(s.name) is not None),
+                    "refused": dict(sorted(self.refused.items()))}
             self._normalizer(engine, history)
             final = engine.run(cfg.study.rounds, start_round=start_round)
             if cfg.baselines.local:
@@ -454,7 +469,8 @@ def _set_threads(n: int) -> int:
 def simulate(config: StudyConfig | Mapping[str, Any] | str | Path, *,
              output_dir: str | Path | None = None, progress: bool | ProgressFn = False,
              resume: bool = False, overwrite: bool = False, force: bool = False,
-             on_dp_check: Callable[[DpAssessment], None] | None = None) -> History:
+             on_dp_check: Callable[[DpAssessment], None] | None = None,
+             site_policies: Mapping[str, SitePolicy | str | Path] | None = None) -> History:
     """Run a study in simulation and return its :class:`History`.
 
     ``config`` is a study file path, a mapping with the same keys as the file, or a parsed
@@ -464,7 +480,10 @@ def simulate(config: StudyConfig | Mapping[str, Any] | str | Path, *,
     checkpoint. ``progress=True`` shows rich progress bars. A DP study whose noise drowns
     its updates (:mod:`fedcare.engine.dp_check`) is refused before training unless
     ``force=True``; ``on_dp_check`` receives that assessment before training (the CLI prints
-    it).
+    it). ``site_policies``: site policies (files or loaded) by site name, ``"*"`` for every
+    other site (:mod:`fedcare.sim.site_policies`): a site whose policy refuses the study is
+    left out, the run stops when too few remain, and each site's replies carry only the
+    metrics its policy releases.
     """
     cfg = _as_config(config)
     fn: ProgressFn | None
@@ -473,9 +492,11 @@ def simulate(config: StudyConfig | Mapping[str, Any] | str | Path, *,
 
         with RichProgress() as bar:
             return simulate(cfg, output_dir=output_dir, progress=bar, resume=resume,
-                            overwrite=overwrite, force=force, on_dp_check=on_dp_check)
+                            overwrite=overwrite, force=force, on_dp_check=on_dp_check,
+                            site_policies=site_policies)
     fn = progress if callable(progress) else None
+    policies = SitePolicies(load_site_policies(site_policies))
     run = _Run(cfg, Path(output_dir) if output_dir is not None else None, fn, resume, overwrite,
-               force, on_dp_check)
+               force, on_dp_check, policies)
     run.prepare()
     return run.run()

@@ -48,7 +48,7 @@ import math
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -445,9 +445,11 @@ class PrivacyLedger:
         state = self._read()
         return state.problems + anchor_problems(state.hashes, anchor or self.anchor)
 
-    def spent(self) -> Spent:
-        """Epsilon of all readable DP entries at the policy's delta."""
-        entries = self._read().entries
+    def spent(self, exclude: Collection[str] = ()) -> Spent:
+        """Epsilon of all readable DP entries at the policy's delta; ``exclude``: study ids
+        whose entries are left out (a site policy counts a running study at the epsilon it
+        asked, not at what it has spent so far)."""
+        entries = [e for e in self._read().entries if e.study not in exclude]
         dp = sum(e.mechanism is not Mechanism.NONE for e in entries)
         return Spent(_epsilon(entries, self.policy), self.policy.delta, dp, len(entries) - dp)
 
