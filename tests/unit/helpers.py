@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -103,3 +104,21 @@ def with_permissive_policy(site_toml: str | Path, name: str = "site_policy.toml"
     policy.write_text(permissive_policy())
     conf.write_text(conf.read_text() + f'\n[policy]\nfile = "{name}"\n')
     return policy
+
+
+def insert_study_at_old_schema(db: Any, sites: list[str], rounds: int, config_hash: str,
+                               status: str = "pending") -> str:
+    """Insert a study row into a hub database migrated only part-way (a migration test), in
+    the columns every revision has: ``StudyRepo.create`` writes the head's columns (such as
+    ``owner``), which an old database does not have yet. Returns the study id."""
+    import json
+    import secrets
+
+    study_id = secrets.token_hex(6)
+    with db.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO studies (id, name, config, config_hash, status, rounds_planned, "
+            "current_round, created_at, updated_at, sites) VALUES "
+            "(?, 's', '{}', ?, ?, ?, 0, '2026-01-01 00:00:00', '2026-01-01 00:00:00', ?)",
+            (study_id, config_hash, status, rounds, json.dumps(sites)))
+    return study_id

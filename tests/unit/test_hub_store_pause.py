@@ -27,6 +27,7 @@ from fedcare.hub.store import (
 )
 from fedcare.hub.store.database import alembic_config, create_hub_engine
 from fedcare.hub.store.faults import is_storage_failure_text, storage_problem
+from tests.unit.helpers import insert_study_at_old_schema
 
 SHA = hashlib.sha256(b"model").hexdigest()
 
@@ -122,8 +123,12 @@ def test_the_migration_keeps_every_round_and_task_and_downgrades_paused_to_faile
     url = f"sqlite:///{tmp_path / 'old.db'}"
     upgrade(url, "0003")  # a hub database from before this status
     old = Database(url)
-    study_id = _running(old)
-    _round_with_tasks(old, study_id, 1)
+    study_id = insert_study_at_old_schema(old, ["a", "b"], 3, SHA, status="running")
+    with old.engine.begin() as conn:  # round 1 started, as StudyRepo.start_round writes it
+        conn.exec_driver_sql("INSERT INTO rounds (study_id, round, status, started_at) "
+                             "VALUES (?, 1, 'running', '2026-01-01 00:00:00')", (study_id,))
+    with old.session() as s:
+        TaskRepo(s).create_many([NewTask(study_id, 1, x, TaskKind.FIT, SHA) for x in "ab"])
     old.dispose()
 
     upgrade(url)

@@ -27,7 +27,7 @@ from fedcare.engine.history import History
 from fedcare.engine.privacy import SitePrivacy
 from fedcare.engine.round_engine import EngineSettings, RoundEngine
 from fedcare.engine.study import site_executor
-from fedcare.hub.store import Database, NewTask, StudyRepo, TaskRepo, upgrade
+from fedcare.hub.store import Database, NewTask, TaskRepo, upgrade
 from fedcare.hub.store.database import alembic_config, create_hub_engine
 from fedcare.learners.torch_learner import TorchLearner
 from fedcare.node.agent import NodeAgent
@@ -37,7 +37,7 @@ from fedcare.reporting.summary import comparisons, site_comparisons
 from fedcare.sim.runner import simulate
 from fedcare.strategies.fedavg import FedAvg
 from fedcare.transport.inmemory import InMemoryTransport
-from tests.unit.helpers import make_sites
+from tests.unit.helpers import insert_study_at_old_schema, make_sites
 
 TRAIN = TrainConfig(local_epochs=2, batch_size=8, lr=0.1)
 SHA = hashlib.sha256(b"model").hexdigest()
@@ -241,9 +241,9 @@ def test_migration_0006_allows_the_kind_and_keeps_every_task_and_reply(tmp_path:
     url = f"sqlite:///{tmp_path / 'old.db'}"
     upgrade(url, "0005")
     old = Database(url)
+    study_id = insert_study_at_old_schema(old, ["a"], 1, SHA)
     with old.session() as s:
-        study = StudyRepo(s).create("s", {}, SHA, ["a"], 1)
-        TaskRepo(s).create_many([NewTask(study.id, 1, "a", TaskKind.FIT, SHA)])
+        TaskRepo(s).create_many([NewTask(study_id, 1, "a", TaskKind.FIT, SHA)])
     with old.engine.begin() as conn:
         task_id = conn.exec_driver_sql("SELECT id FROM tasks").scalar()
         conn.exec_driver_sql("INSERT INTO replies (task_id, site, blob_sha, size, is_error, "
@@ -255,7 +255,7 @@ def test_migration_0006_allows_the_kind_and_keeps_every_task_and_reply(tmp_path:
     db = Database(url)
     try:
         with db.session() as s:
-            TaskRepo(s).create_many([NewTask(study.id, 2, "a", TaskKind.LOCAL_BASELINE, SHA)])
+            TaskRepo(s).create_many([NewTask(study_id, 2, "a", TaskKind.LOCAL_BASELINE, SHA)])
         with db.engine.connect() as conn:
             assert conn.exec_driver_sql("SELECT count(*) FROM replies").scalar() == 1
             assert conn.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
