@@ -84,7 +84,7 @@ def permissive_policy() -> str:
         'strategies = ["fedavg", "fedprox", "fedadagrad", "fedadam", "fedyogi", "fedmedian", '
         '"scaffold", "xgboost"]\n'
         'models = ["logreg", "mlp", "cnn", "resnet", "lstm", "gru", "transformer", '
-        '"sgd_linear", "xgboost"]\n'
+        '"sgd_linear", "xgboost", "custom"]\n'
         "custom_code = true\nmax_rounds = 100000\n\n"
         "[cohort]\nmin_rows = 1\nmin_per_class = 0\n\n"
         "[privacy]\nrequire_dp = false\n"
