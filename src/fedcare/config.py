@@ -55,6 +55,10 @@ MAX_ROUND_TIMEOUT = 7 * 24 * 3600.0
 MAX_LAYERS = 1_000
 
 
+#: The longest a study may wait for its sites' approval (hours): one year.
+MAX_APPROVAL_HOURS = 8760.0
+
+
 class StudySection(Section):
     name: str = Field("study", min_length=1, max_length=100,
                       description="Study name, used in task ids and reports.")
@@ -67,6 +71,11 @@ class StudySection(Section):
         "prediction's score: accuracy, auc, balanced_accuracy, f1 or brier for "
         "classification (auc: binary only), rmse, mse or mae for regression. Default: "
         "accuracy, or mse for regression."))
+    approval_deadline_hours: float = Field(
+        168.0, gt=0, le=MAX_APPROVAL_HOURS, description=(
+            "Networked studies: how long a submitted study waits for every participating "
+            "site's data steward to approve it (`fedcare node approve HASH`) before it ends "
+            "as expired, naming the sites that did not decide. Simulation ignores it."))
 
 
 def contract_matches(wanted: str, actual: str) -> bool:
@@ -289,6 +298,8 @@ def content_hash(cfg: StudyConfig) -> str:
     doc["data"] = cfg.data.hashed(doc["data"])  # a source's own later keys
     if cfg.study.primary_metric is None:  # likewise: studies that choose none hash as before
         del doc["study"]["primary_metric"]
+    if cfg.study.approval_deadline_hours == 168.0:  # added later: hashes as before at default
+        del doc["study"]["approval_deadline_hours"]
     # Options added later hash as before while they keep their defaults.
     if doc.get("privacy", {}).get("stats_epsilon") == 1.0:
         del doc["privacy"]["stats_epsilon"]

@@ -34,10 +34,12 @@ from fedcare import __version__
 from fedcare.core.errors import ConfigError, FedcareError, ProtocolError, ValidationError
 from fedcare.core.wire import DIGEST_HEADER
 from fedcare.engine.registry import RegistryEntry
+from fedcare.governance.approvals import Decision
 from fedcare.hub.keyrelay import MAX_SEALED_BYTES, KeyRelay, KeyRelayNotFound
 from fedcare.hub.registry import ModelDesk
 from fedcare.hub.schemas import (
     DatasetQuality,
+    DecisionRecorded,
     ErrorBody,
     Event,
     Health,
@@ -45,8 +47,10 @@ from fedcare.hub.schemas import (
     LedgerHeadAck,
     ModelSummary,
     NodeStudy,
+    PendingStudy,
     ReplyAccepted,
     Resumed,
+    SiteDecisionReport,
     SiteInfo,
     SiteKeyCert,
     StudyStatus,
@@ -447,6 +451,21 @@ def create_app(service: HubService, trust: PeerTrust, token: str, *,
     @app.get("/v1/node/studies/{study_id}", response_model=NodeStudy)
     async def node_study(study_id: str, site: Site) -> dict[str, Any]:
         return await run_in_threadpool(service.study_for_node, site, study_id)
+
+    @app.get("/v1/node/pending", response_model=list[PendingStudy])
+    async def node_pending(site: Site) -> list[dict[str, Any]]:
+        """The studies waiting for the calling site's decision (its steward's ``fedcare
+        node approve|reject``), with their full configs."""
+        return await run_in_threadpool(service.pending_for, site)
+
+    @app.post("/v1/node/decisions", response_model=DecisionRecorded)
+    async def node_decision(body: SiteDecisionReport, site: Site) -> dict[str, Any]:
+        """The calling site's decision on a study that names it (approved, rejected,
+        revoked, or refused by its node); only an approval of the study's exact content
+        hash counts."""
+        return await run_in_threadpool(service.site_decided, site, body.study_id,
+                                       Decision(body.decision), body.content_hash,
+                                       body.reason)
 
     @app.post("/v1/node/reply", status_code=202)
     async def reply(request: Request, site: Site,

@@ -4,7 +4,7 @@ checks), and reading studies, their events, artifacts, datasets' quality and the
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +19,12 @@ from fedcare.config import (
 from fedcare.core.errors import ConfigError
 from fedcare.engine.dp_check import check_dp_study
 from fedcare.engine.history import timestamp
+from fedcare.hub.approvals import ApprovalDesk, decision_rows
 from fedcare.hub.errors import NotFound
 from fedcare.hub.mailbox import TaskMailbox
 from fedcare.hub.sites import SiteDirectory
 from fedcare.hub.state import HubState
-from fedcare.hub.store import Database, EventRepo, Site, SiteRepo, StudyRepo, StudyStatus
+from fedcare.hub.store import Database, DecisionRepo, EventRepo, Site, SiteRepo, StudyRepo, StudyStatus
 from fedcare.learners.metrics import primary_metric_meta
 
 #: A site is online (``fedcare sites``) while its node long-polls, or polled this recently
@@ -32,15 +33,15 @@ ONLINE_WITHIN = 60.0
 
 
 class StudyDesk:
-    """Researcher-facing reads and the study submission. ``launch``: starts a submitted
-    study's run (:meth:`StudyRunner.launch`)."""
+    """Researcher-facing reads and the study submission. ``approvals``: where a submitted
+    study waits for its sites' approval (it starts once they all approved)."""
 
     def __init__(self, state: HubState, mailbox: TaskMailbox, directory: SiteDirectory, *,
-                 launch: Callable[[str], None]) -> None:
+                 approvals: ApprovalDesk) -> None:
         self.state = state
         self.mailbox = mailbox
         self.is_revoked = directory.is_revoked
-        self._launch = launch
+        self.approvals = approvals
 
     @property
     def db(self) -> Database:
@@ -74,13 +75,14 @@ class StudyDesk:
             study = StudyRepo(s).create(cfg.study.name, cfg.model_dump(mode="json"),
                                         content_hash(cfg), sites, cfg.study.rounds)
             study_id = study.id
-            StudyRepo(s).set_status(study_id, StudyStatus.RUNNING)
-        self.event("study", f"study {cfg.study.name!r} submitted with sites {sites}",
-                   study_id=study_id)
+            StudyRepo(s).set_status(study_id, StudyStatus.PENDING_APPROVAL)
+        self.event("study", f"study {cfg.study.name!r} submitted with sites {sites}; it "
+                   "waits for every site's approval of its content hash", study_id=study_id)
         self.state.audit.study_submitted(study_id, cfg.study.name, content_hash(cfg), sites)
         self._flag_data(cfg.data.dataset, study_id, listed)
-        self._launch(study_id)
-        return {"study_id": study_id, "config_hash": content_hash(cfg), "sites": sites}
+        self.approvals.evaluate(study_id)  # a one-site study's site may have decided already
+        return {"study_id": study_id, "config_hash": content_hash(cfg), "sites": sites,
+                "status": StudyStatus.PENDING_APPROVAL.value}
 
     def _check_contracts(self, cfg: StudyConfig, sites: list[str],
                          listed: list[Site]) -> None:
@@ -156,7 +158,8 @@ class StudyDesk:
                     "created": timestamp(study.created_at), **primary,
                     "rounds_planned": study.rounds_planned, "current_round": study.current_round,
                     "sites": study.sites, "config_hash": study.config_hash,
-                    "error": study.error, "rounds": rounds}
+                    "error": study.error, "rounds": rounds,
+                    "approvals": decision_rows(DecisionRepo(s).for_study(study_id))}
 
     def list_studies(self) -> list[dict[str, Any]]:
         with self.db.session() as s:
