@@ -24,7 +24,15 @@ from fedcare.hub.errors import NotFound
 from fedcare.hub.mailbox import TaskMailbox
 from fedcare.hub.sites import SiteDirectory
 from fedcare.hub.state import HubState
-from fedcare.hub.store import Database, DecisionRepo, EventRepo, Site, SiteRepo, StudyRepo, StudyStatus
+from fedcare.hub.store import (
+    Database,
+    DecisionRepo,
+    EventRepo,
+    Site,
+    SiteRepo,
+    StudyRepo,
+    StudyStatus,
+)
 from fedcare.learners.metrics import primary_metric_meta
 
 #: A site is online (``fedcare sites``) while its node long-polls, or polled this recently

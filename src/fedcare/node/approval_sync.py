@@ -22,7 +22,7 @@ from fedcare.config import content_hash, parse_config
 from fedcare.core.errors import FedcareError
 from fedcare.governance.approvals import Decision
 from fedcare.governance.audit_log import EventKind
-from fedcare.node.approvals import ApprovalStore, Report
+from fedcare.node.approvals import PREAPPROVED_BY, ApprovalStore, Report
 from fedcare.node.audit import NodeAudit
 from fedcare.node.hub_link import HubLink, LinkError
 
@@ -105,7 +105,13 @@ class ApprovalSync:
             return None
         digest = content_hash(cfg)  # recomputed here: the site never trusts the hub's word
         sites = [str(s) for s in doc.get("sites") or []]
-        if self.store.saw(study_id, digest, cfg.study.name, doc["config"], sites):
+        new = self.store.saw(study_id, digest, cfg.study.name, doc["config"], sites)
+        if self.store.decision(digest) is None and self.preapproved(digest):
+            # Listed in the site's [approval] studies (or "any"): recorded as the steward's
+            # approval, so `fedcare node studies` shows it and `fedcare node revoke` works.
+            self.store.decide(digest, Decision.APPROVED, "pre-approved in the site's "
+                              "[approval] studies", who=PREAPPROVED_BY)
+        elif new:
             log.info("study %r (%s, content hash %s) awaits this site's decision: "
                      "`fedcare node studies --show %s`", cfg.study.name, study_id, digest,
                      digest[:12])
