@@ -16,6 +16,7 @@ the test did. On a failure the tail of each process log is attached to the messa
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -152,6 +153,9 @@ class NetFederation:
 
     root: Path
     sites: tuple[str, ...] = SITES
+    #: Each site's ``[approval] studies``: "any" (every study is pre-approved), or a list
+    #: of content hashes (empty: every study waits for its steward's `fedcare node approve`).
+    approvals: str | list[str] = "any"
     port: int = field(default_factory=free_port)
     procs: list[Proc] = field(default_factory=list)
     hub: Proc | None = None
@@ -169,7 +173,7 @@ class NetFederation:
             conf = self.root / "data" / f"{site}.toml"
             conf.write_text("".join(f'[datasets.{name}]\npath = "{files[site].name}"\n\n'
                                     for name, files in self.tables.items())
-                            + '[approval]\nstudies = "any"\n')
+                            + f"[approval]\nstudies = {json.dumps(self.approvals)}\n")
             self.node_configs[site] = conf
 
     # -- paths --------------------------------------------------------------------------
@@ -354,8 +358,8 @@ class NetFederation:
             st = self.status(study_id)
             if until is None:
                 return st if st["status"] in ("completed", "failed", "cancelled",
-                                              "paused") else None
-            if st["status"] in ("failed", "cancelled"):
+                                              "paused", "rejected", "expired") else None
+            if st["status"] in ("failed", "cancelled", "rejected", "expired"):
                 self.fail(f"study {study_id} {st['status']}: {st.get('error')}")
             return st if until(st) else None
 
@@ -384,6 +388,11 @@ class NetFederation:
                               capture_output=True, text=True, timeout=timeout, cwd=self.root,
                               env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"})
 
+    def node_cli(self, site: str, *args: str) -> subprocess.CompletedProcess[str]:
+        """A site steward's ``fedcare node ARGS`` on the node's folder (its kit and state)."""
+        return self.cli("node", *args, "--kit", str(self.kit(site)),
+                        "--state-dir", str(self.root / "state" / site))
+
     # -- acting as a site ---------------------------------------------------------------
     def site_client(self, site: str, kit: Path | None = None) -> httpx.Client:
         """An HTTPS client presenting ``site``'s certificate (mutual TLS), as a node does."""
@@ -400,8 +409,8 @@ def net_fixture(tmp_path: Path) -> Iterator[Callable[..., NetFederation]]:
     made: list[NetFederation] = []
 
     def make(name: str = "fed", sites: tuple[str, ...] = SITES,
-             port: int | None = None) -> NetFederation:
-        kw: dict[str, Any] = {"sites": sites}
+             port: int | None = None, approvals: str | list[str] = "any") -> NetFederation:
+        kw: dict[str, Any] = {"sites": sites, "approvals": approvals}
         if port is not None:
             kw["port"] = port
         fed = NetFederation(tmp_path / f"{name}-{len(made)}", **kw)
