@@ -20,9 +20,9 @@ PUBLIC = {
     "fedcare.client": ["ARTIFACTS", "FINAL_STATES", "OPTIONAL_ARTIFACTS", "TOKEN_ENV",
                        "HubClient", "watch"],
     "fedcare.hub.schemas": [
-        "DatasetQuality", "DeclaredDataset", "ErrorBody", "Event", "Health", "HelloAck",
-        "LedgerHeadAck", "ModelSummary", "NodeStudy", "ReplyAccepted", "Response", "Resumed",
-        "RoundRecord",
+        "DatasetQuality", "DecisionName", "DecisionRecorded", "DeclaredDataset", "ErrorBody",
+        "Event", "Health", "HelloAck", "LedgerHeadAck", "ModelSummary", "NodeStudy",
+        "PendingStudy", "ReplyAccepted", "Response", "Resumed", "RoundRecord", "SiteApproval",
         "SiteInfo", "SiteKeyCert", "StudyState", "StudyStatus", "StudySummary", "Submitted"],
 }
 

@@ -39,6 +39,7 @@ from fedcare.hub.keyrelay import MAX_SEALED_BYTES, KeyRelay, KeyRelayNotFound
 from fedcare.hub.registry import ModelDesk
 from fedcare.hub.schemas import (
     DatasetQuality,
+    DecisionName,
     DecisionRecorded,
     ErrorBody,
     Event,
@@ -50,7 +51,6 @@ from fedcare.hub.schemas import (
     PendingStudy,
     ReplyAccepted,
     Resumed,
-    SiteDecisionReport,
     SiteInfo,
     SiteKeyCert,
     StudyStatus,
@@ -162,6 +162,18 @@ class Hello(BaseModel):
     version: str = Field(max_length=64)
     session: str = Field(max_length=64)
     datasets: list[HelloDataset] = Field(default_factory=list, max_length=MAX_DATASETS)
+
+
+class SiteDecisionReport(BaseModel):
+    """``POST /v1/node/decisions``: a site's decision on a study that names it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    study_id: str = Field(min_length=1, max_length=64)
+    #: The hash the node computed from the config it received ("" when it could not).
+    content_hash: str = Field(pattern=r"^([0-9a-f]{64})?$")
+    decision: DecisionName
+    reason: str | None = Field(None, max_length=2000)
 
 
 class PeerTrust:

@@ -84,18 +84,6 @@ class PendingStudy(Response):
     deadline: str
 
 
-class SiteDecisionReport(BaseModel):
-    """``POST /v1/node/decisions``: a site's decision on a study that names it."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    study_id: str = Field(min_length=1, max_length=64)
-    #: The hash the node computed from the config it received ("" when it could not).
-    content_hash: str = Field(pattern=r"^([0-9a-f]{64})?$")
-    decision: DecisionName
-    reason: str | None = Field(None, max_length=2000)
-
-
 class DecisionRecorded(Response):
     """``POST /v1/node/decisions``: what the hub recorded."""
 
@@ -302,7 +290,6 @@ __all__ = [
     "Resumed",
     "RoundRecord",
     "SiteApproval",
-    "SiteDecisionReport",
     "SiteInfo",
     "SiteKeyCert",
     "StudyState",
