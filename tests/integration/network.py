@@ -394,6 +394,16 @@ class NetFederation:
                         "--state-dir", str(self.root / "state" / site))
 
     # -- acting as a site ---------------------------------------------------------------
+    def approve_as(self, site: str, study_id: str) -> None:
+        """Report ``site``'s approval of the study as its node does (for a site whose node
+        is down when the study is submitted: it approved, then its node died)."""
+        digest = self.status(study_id)["config_hash"]
+        with self.site_client(site) as client:
+            r = client.post("/v1/node/decisions", json={
+                "study_id": study_id, "content_hash": digest, "decision": "approved"})
+        if r.status_code != 200:
+            self.fail(f"{site}'s approval answered {r.status_code}: {r.text}")
+
     def site_client(self, site: str, kit: Path | None = None) -> httpx.Client:
         """An HTTPS client presenting ``site``'s certificate (mutual TLS), as a node does."""
         from fedcare.pki.trust import client_ssl_context

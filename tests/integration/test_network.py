@@ -226,6 +226,7 @@ def test_replies_the_hub_lost_are_asked_for_again(net: Net, keep_replies: bool) 
     cfg = study_config(rounds=rounds, run={"round_timeout": 120})
     fed.kill_node("gamma")  # round 1 now waits for gamma, with alpha's and beta's replies in
     study_id = fed.submit(cfg)
+    fed.approve_as("gamma", study_id)  # (its node approved it, then died)
     db = fed.hub_dir / "data" / "hub.db"
 
     def stored_replies() -> list[tuple[str, str]]:
