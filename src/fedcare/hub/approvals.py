@@ -32,7 +32,7 @@ from fedcare.hub.store import DecisionRepo, InvalidTransition, Study, StudyRepo,
 log = logging.getLogger("fedcare.hub")
 
 #: How often waiting studies are checked against their deadline (seconds).
-DEADLINE_CHECK = 1.0
+DEADLINE_CHECK = 5.0
 #: ``study.approval_deadline_hours`` when a stored config has none.
 DEFAULT_DEADLINE_HOURS = 168.0
 
