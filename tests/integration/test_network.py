@@ -423,6 +423,9 @@ def test_replays_and_malformed_replies_are_refused_and_logged(net: Net, tmp_path
             agent.hello()
         cfg = study_config(rounds=1, run={"round_timeout": 60})
         study_id = fed.submit(cfg)
+        for agent in agents.values():  # what each node's approval sync does (pre-approved)
+            agent.sync.fetch_pending()
+            agent.sync.report()
         replies = {}
         for site, agent in agents.items():
             got = agent.poll()
