@@ -58,6 +58,8 @@ class ApprovalSync:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
         self._thread = threading.Thread(target=self.run, name="approval-sync", daemon=True)
         self._thread.start()
 
