@@ -10,6 +10,7 @@ sent the model again.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
@@ -126,5 +127,13 @@ def test_a_revoked_site_is_never_sent_the_model_again(net: Net) -> None:
     later = [e for e in entries[at:] if e.kind is EventKind.TASK_SENT
              and e.details["site"] == "gamma"]
     assert later == []
+    # Nor was one offered before it handed over afterwards (it held the model).
+    with sqlite3.connect(fed.hub_dir / "data" / "hub.db") as db:
+        (decided,) = db.execute("SELECT decided_at FROM site_decisions WHERE study_id = ? "
+                                "AND site = 'gamma'", (study_id,)).fetchone()
+        delivered = [d for (d,) in db.execute(
+            "SELECT delivered_at FROM tasks WHERE study_id = ? AND site = 'gamma' AND "
+            "delivered_at IS NOT NULL", (study_id,))]
+    assert delivered and all(d < decided for d in delivered), (decided, delivered)
     out = _ok(fed.cli("study", "status", study_id, "--federation", str(fed.researcher_dir)))
     assert "revoked" in out and "patient objection received" in out

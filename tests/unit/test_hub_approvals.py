@@ -83,6 +83,21 @@ def test_a_study_waits_for_every_site_and_starts_on_the_last_approval(hub: HubSe
     assert approved == ["a", "b"]
 
 
+def test_a_revocation_withdraws_the_sites_open_tasks_of_a_running_study(
+        hub: HubService) -> None:
+    doc = hub.submit_study(STUDY)
+    for site in ("a", "b"):
+        hub.site_decided(site, doc["study_id"], Decision.APPROVED, doc["config_hash"], None)
+    withdrawn: list[tuple[str, str, str]] = []
+    hub.approvals._withdraw = lambda *args: withdrawn.append(args) or 0  # type: ignore[func-returns-value]
+    assert not hub.approvals.withdrawn(doc["study_id"], "b")
+    hub.site_decided("b", doc["study_id"], Decision.REVOKED, doc["config_hash"], "consent")
+    assert withdrawn == [(doc["study_id"], "b", "site b revoked the study: consent")]
+    assert hub.approvals.withdrawn(doc["study_id"], "b")
+    assert not hub.approvals.withdrawn(doc["study_id"], "a")
+    assert hub.study_status(doc["study_id"])["status"] == "running"  # the engine decides
+
+
 def test_one_rejection_ends_it_with_the_sites_reason(hub: HubService) -> None:
     doc = hub.submit_study(STUDY)
     hub.site_decided("a", doc["study_id"], Decision.APPROVED, doc["config_hash"], None)

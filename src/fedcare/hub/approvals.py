@@ -53,9 +53,13 @@ class ApprovalDesk:
     """Sites' decisions in, studies started or ended. ``launch``: run a study whose sites
     all approved (:meth:`StudyRunner.launch`)."""
 
-    def __init__(self, state: HubState, *, launch: Callable[[str], None]) -> None:
+    def __init__(self, state: HubState, *, launch: Callable[[str], None],
+                 withdraw: Callable[[str, str, str], int] = lambda study, site, why: 0
+                 ) -> None:
         self.state = state
         self._launch = launch
+        #: Stop offering a site the study's open tasks (:meth:`TaskMailbox.withdraw_site`).
+        self._withdraw = withdraw
         #: One study moves out of pending approval once, whoever (a decision, the deadline
         #: check) sees it first.
         self._lock = threading.Lock()
@@ -108,6 +112,9 @@ class ApprovalDesk:
                          study_id=study_id, site=site)
         self.state.audit.site_decided(study_id, site, decision.value, content_hash, reason)
         if decision.negative and status is StudyStatus.RUNNING:
+            # Its open tasks too: one offered before the decision arrived still holds the
+            # model, and would otherwise be handed over at the site's next poll.
+            self._withdraw(study_id, site, f"site {site} {decision.value} the study{why}")
             self.state.event("approval", f"site {site} is left out of the study's later "
                              "rounds (it is never sent the model again)", study_id=study_id,
                              site=site)

@@ -76,7 +76,8 @@ class HubService:
         self.directory = SiteDirectory(self.state, revocation)
         self.mailbox = TaskMailbox(db)
         self.intake = ReplyIntake(self.state, self.mailbox)
-        self.approvals = ApprovalDesk(self.state, launch=lambda i: self.runner.launch(i))
+        self.approvals = ApprovalDesk(self.state, launch=lambda i: self.runner.launch(i),
+                                      withdraw=self.mailbox.withdraw_site)
         self.runner = StudyRunner(self.state, self.mailbox, self.directory,
                                   withdrawn=self.approvals.withdrawn)
         self.studies = StudyDesk(self.state, self.mailbox, self.directory,
