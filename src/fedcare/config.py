@@ -319,6 +319,21 @@ def content_hash(cfg: StudyConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def portable_config(cfg: StudyConfig) -> dict[str, Any]:
+    """The study as the hub stores it and sends it to the sites, such that each site, which
+    recomputes the content hash from it, gets the hash the researcher's `fedcare study hash`
+    printed. The legacy model keys hash only as given (:func:`content_hash`), so the model
+    section keeps only the keys the study set; a full dump would set them all and change the
+    hash. Raises :class:`ConfigError` if the round trip would still change the hash."""
+    doc = cfg.model_dump(mode="json")
+    doc["model"] = {**cfg.model.model_dump(mode="json", exclude_unset=True),
+                    "name": cfg.model.name}
+    if content_hash(parse_config(doc)) != content_hash(cfg):
+        raise ConfigError("this study's content hash does not survive being stored and sent "
+                          "to the sites (a fedcare bug: please report it with the study file)")
+    return doc
+
+
 def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None,
                  source: str | None = None) -> StudyConfig:
     """Validate a config mapping; relative file paths are resolved against ``base_dir``."""

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from fedcare.config import content_hash, parse_config
 from fedcare.core.errors import ValidationError
 from fedcare.governance.approvals import Decision
 from fedcare.governance.audit_log import EventKind, read
@@ -138,3 +139,19 @@ def test_a_hub_restarted_while_a_study_waits_keeps_its_decisions(tmp_path: Path)
     finally:
         again.stop()
         again.db.dispose()
+
+
+@pytest.mark.parametrize("model", [{"name": "logreg"}, {"name": "mlp", "hidden": [256, 256]},
+                                   {"name": "mlp", "hidden": [8], "dropout": 0.0}])
+def test_each_site_computes_the_hash_the_researcher_printed(hub: HubService,
+                                                           model: dict[str, Any]) -> None:
+    """The node recomputes the hash from the config the hub sends; with the full dump of an
+    MLP config it got another hash than `fedcare study hash` (the legacy model keys hash
+    only as given), so no site's approval could apply."""
+    cfg = {**STUDY, "model": model}
+    doc = hub.submit_study(cfg)
+    (sent,) = hub.pending_for("a")
+    assert doc["config_hash"] == content_hash(parse_config(cfg))
+    assert content_hash(parse_config(sent["config"])) == doc["config_hash"]
+    node = hub.study_for_node("a", doc["study_id"])["config"]
+    assert content_hash(parse_config(node)) == doc["config_hash"]

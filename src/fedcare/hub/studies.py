@@ -14,6 +14,7 @@ from fedcare.config import (
     content_hash,
     contract_matches,
     parse_config,
+    portable_config,
     secure_round_problems,
 )
 from fedcare.core.errors import ConfigError
@@ -80,7 +81,7 @@ class StudyDesk:
         if problems:
             raise ConfigError(problems)
         with self.db.session() as s:
-            study = StudyRepo(s).create(cfg.study.name, cfg.model_dump(mode="json"),
+            study = StudyRepo(s).create(cfg.study.name, portable_config(cfg),
                                         content_hash(cfg), sites, cfg.study.rounds)
             study_id = study.id
             StudyRepo(s).set_status(study_id, StudyStatus.PENDING_APPROVAL)
