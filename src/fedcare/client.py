@@ -61,7 +61,7 @@ OPTIONAL_ARTIFACTS = ("registry.json", "model.xgb.json")
 
 #: Study states after which nothing more happens without a researcher's action (a paused
 #: study waits for `fedcare study resume`).
-FINAL_STATES = frozenset({"completed", "failed", "cancelled", "paused"})
+FINAL_STATES = frozenset({"completed", "failed", "cancelled", "paused", "rejected", "expired"})
 
 
 #: The header an export's download names its approved SHA-256 in.

@@ -55,6 +55,10 @@ MAX_ROUND_TIMEOUT = 7 * 24 * 3600.0
 MAX_LAYERS = 1_000
 
 
+#: The longest a study may wait for its sites' approval (hours): one year.
+MAX_APPROVAL_HOURS = 8760.0
+
+
 class StudySection(Section):
     name: str = Field("study", min_length=1, max_length=100,
                       description="Study name, used in task ids and reports.")
@@ -71,6 +75,11 @@ class StudySection(Section):
         "Intended use, in the study owner's words: the population, the setting and the "
         "decision the model supports. Part of what each site approves; the model card's "
         "'Intended use' section."))
+    approval_deadline_hours: float = Field(
+        168.0, gt=0, le=MAX_APPROVAL_HOURS, description=(
+            "Networked studies: how long a submitted study waits for every participating "
+            "site's data steward to approve it (`fedcare node approve HASH`) before it ends "
+            "as expired, naming the sites that did not decide. Simulation ignores it."))
 
 
 def contract_matches(wanted: str, actual: str) -> bool:
@@ -309,6 +318,8 @@ def content_hash(cfg: StudyConfig) -> str:
         del doc["study"]["primary_metric"]
     if cfg.study.description is None:
         del doc["study"]["description"]
+    if cfg.study.approval_deadline_hours == 168.0:  # added later: hashes as before at default
+        del doc["study"]["approval_deadline_hours"]
     # Options added later hash as before while they keep their defaults.
     if doc.get("privacy", {}).get("stats_epsilon") == 1.0:
         del doc["privacy"]["stats_epsilon"]
@@ -328,6 +339,21 @@ def content_hash(cfg: StudyConfig) -> str:
             del doc["train"][key]
     blob = json.dumps(doc, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def portable_config(cfg: StudyConfig) -> dict[str, Any]:
+    """The study as the hub stores it and sends it to the sites, such that each site, which
+    recomputes the content hash from it, gets the hash the researcher's `fedcare study hash`
+    printed. The legacy model keys hash only as given (:func:`content_hash`), so the model
+    section keeps only the keys the study set; a full dump would set them all and change the
+    hash. Raises :class:`ConfigError` if the round trip would still change the hash."""
+    doc = cfg.model_dump(mode="json")
+    doc["model"] = {**cfg.model.model_dump(mode="json", exclude_unset=True),
+                    "name": cfg.model.name}
+    if content_hash(parse_config(doc)) != content_hash(cfg):
+        raise ConfigError("this study's content hash does not survive being stored and sent "
+                          "to the sites (a fedcare bug: please report it with the study file)")
+    return doc
 
 
 def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None,

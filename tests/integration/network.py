@@ -16,6 +16,7 @@ the test did. On a failure the tail of each process log is attached to the messa
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -154,6 +155,9 @@ class NetFederation:
 
     root: Path
     sites: tuple[str, ...] = SITES
+    #: Each site's ``[approval] studies``: "any" (every study is pre-approved), or a list
+    #: of content hashes (empty: every study waits for its steward's `fedcare node approve`).
+    approvals: str | list[str] = "any"
     port: int = field(default_factory=free_port)
     procs: list[Proc] = field(default_factory=list)
     hub: Proc | None = None
@@ -173,7 +177,7 @@ class NetFederation:
             conf = self.root / "data" / f"{site}.toml"
             conf.write_text("".join(f'[datasets.{name}]\npath = "{files[site].name}"\n\n'
                                     for name, files in self.tables.items())
-                            + '[approval]\nstudies = "any"\n')
+                            + f"[approval]\nstudies = {json.dumps(self.approvals)}\n")
             # Each site states a permissive policy (every key): the studies here are plain;
             # tests of the site policy replace the file.
             with_permissive_policy(conf, f"{site}-policy.toml")
@@ -370,8 +374,8 @@ class NetFederation:
             st = self.status(study_id)
             if until is None:
                 return st if st["status"] in ("completed", "failed", "cancelled",
-                                              "paused") else None
-            if st["status"] in ("failed", "cancelled"):
+                                              "paused", "rejected", "expired") else None
+            if st["status"] in ("failed", "cancelled", "rejected", "expired"):
                 self.fail(f"study {study_id} {st['status']}: {st.get('error')}")
             return st if until(st) else None
 
@@ -403,7 +407,22 @@ class NetFederation:
                               capture_output=True, text=True, timeout=timeout, cwd=self.root,
                               env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"})
 
+    def node_cli(self, site: str, *args: str) -> subprocess.CompletedProcess[str]:
+        """A site steward's ``fedcare node ARGS`` on the node's folder (its kit and state)."""
+        return self.cli("node", *args, "--kit", str(self.kit(site)),
+                        "--state-dir", str(self.root / "state" / site))
+
     # -- acting as a site ---------------------------------------------------------------
+    def approve_as(self, site: str, study_id: str) -> None:
+        """Report ``site``'s approval of the study as its node does (for a site whose node
+        is down when the study is submitted: it approved, then its node died)."""
+        digest = self.status(study_id)["config_hash"]
+        with self.site_client(site) as client:
+            r = client.post("/v1/node/decisions", json={
+                "study_id": study_id, "content_hash": digest, "decision": "approved"})
+        if r.status_code != 200:
+            self.fail(f"{site}'s approval answered {r.status_code}: {r.text}")
+
     def site_client(self, site: str, kit: Path | None = None) -> httpx.Client:
         """An HTTPS client presenting ``site``'s certificate (mutual TLS), as a node does."""
         from fedcare.pki.trust import client_ssl_context
@@ -419,8 +438,8 @@ def net_fixture(tmp_path: Path) -> Iterator[Callable[..., NetFederation]]:
     made: list[NetFederation] = []
 
     def make(name: str = "fed", sites: tuple[str, ...] = SITES,
-             port: int | None = None) -> NetFederation:
-        kw: dict[str, Any] = {"sites": sites}
+             port: int | None = None, approvals: str | list[str] = "any") -> NetFederation:
+        kw: dict[str, Any] = {"sites": sites, "approvals": approvals}
         if port is not None:
             kw["port"] = port
         fed = NetFederation(tmp_path / f"{name}-{len(made)}", **kw)

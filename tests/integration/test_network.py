@@ -224,6 +224,7 @@ def test_replies_the_hub_lost_are_asked_for_again(net: Net, keep_replies: bool) 
     cfg = study_config(rounds=rounds, run={"round_timeout": 120})
     fed.kill_node("gamma")  # round 1 now waits for gamma, with alpha's and beta's replies in
     study_id = fed.submit(cfg)
+    fed.approve_as("gamma", study_id)  # (its node approved it, then died)
     db = fed.hub_dir / "data" / "hub.db"
 
     def stored_replies() -> list[tuple[str, str]]:
@@ -420,6 +421,9 @@ def test_replays_and_malformed_replies_are_refused_and_logged(net: Net, tmp_path
             agent.hello()
         cfg = study_config(rounds=1, run={"round_timeout": 60})
         study_id = fed.submit(cfg)
+        for agent in agents.values():  # what each node's approval sync does (pre-approved)
+            agent.sync.fetch_pending()
+            agent.sync.report()
         replies = {}
         for site, agent in agents.items():
             got = agent.poll()

@@ -86,6 +86,7 @@ def test_a_rogue_site_cannot_overflow_or_outweigh_the_federation(
         cfg = study_config(rounds=2, strategy={"min_completed": 2},
                            run={"round_timeout": 90})
         study_id = fed.submit(cfg)
+        fed.approve_as("gamma", study_id)  # the rogue approves: it wants in
 
         # round 1: F1's reply is refused with a 4xx, the task stays open for a valid one
         t1 = _next_task(fed, gamma)

@@ -58,7 +58,8 @@ from fedcare.hub.store.ledger_heads import HeadRecord, LedgerHeadRepo
 from fedcare.hub.store.models import Base
 
 TABLES = {"sites", "studies", "rounds", "tasks", "replies", "events", "ledger_heads",
-          "model_registry", "users", "export_requests", "export_decisions"}
+          "model_registry", "users", "export_requests", "export_decisions",
+          "site_decisions"}
 SHA_A = hashlib.sha256(b"model-a").hexdigest()
 SHA_B = hashlib.sha256(b"model-b").hexdigest()
 SHA_STATE = hashlib.sha256(b"strategy-state").hexdigest()
@@ -247,7 +248,7 @@ class StoreContract:
             assert set(inspector.get_table_names()) == TABLES | {"alembic_version"}
             with database.engine.connect() as conn:
                 assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).all() \
-                    == [("0009",)]  # head
+                    == [("0010",)]  # head
                 diff = compare_metadata(
                     MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata
                 )

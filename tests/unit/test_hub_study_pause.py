@@ -29,6 +29,7 @@ import pytest
 import sqlalchemy as sa
 
 from fedcare.core.errors import FedcareError
+from fedcare.governance.approvals import Decision
 from fedcare.hub import runner as runner_module
 from fedcare.hub.provisioning import create_federation
 from fedcare.hub.service import HubService, NeverRevoked, NotFound, NotResumable, StorageUnavailable
@@ -68,6 +69,13 @@ class _Link:
         self.svc, self.site = svc, site
 
     def request(self, method: str, path: str, **kw: Any) -> HubResponse:
+        if path == "/v1/node/pending":  # the approval sync's two requests
+            return HubResponse(200, {}, json.dumps(self.svc.pending_for(self.site)).encode())
+        if path == "/v1/node/decisions":
+            body = kw["json"]
+            self.svc.site_decided(self.site, body["study_id"], Decision(body["decision"]),
+                                  body["content_hash"], body["reason"])
+            return HubResponse(200, {}, b"{}")
         study_id = path.rsplit("/", 1)[-1]
         doc = self.svc.study_for_node(self.site, study_id)
         return HubResponse(200, {}, json.dumps(doc).encode())
@@ -95,6 +103,7 @@ class Federation:
             agent = NodeAgent(root / "kits" / site, conf,
                               state_dir=root / "state" / site)
             agent.http = _Link(self.svc, site)  # type: ignore[assignment]
+            agent.sync.link = agent.http  # type: ignore[assignment]
             datasets = [agent._describe(n, p) for n, p in sorted(agent.data.datasets.items())]
             self.svc.hello(site, "1a", "test", datasets, "session")
             self.agents[site] = agent
@@ -109,6 +118,8 @@ class Federation:
         agent = self.agents[site]
         while not self.stop.is_set():
             try:
+                agent.sync.fetch_pending()  # what the node's approval-sync thread does
+                agent.sync.report()
                 got = asyncio.run(self.svc.next_task(site, 0.2))  # the hub awaits it on its loop
                 if got is None:
                     continue
@@ -127,12 +138,22 @@ class Federation:
             agent.close()
         self.svc.db.dispose()
 
+    def submit(self, cfg: dict[str, Any]) -> dict[str, Any]:
+        """Submit a study and approve it at every site (as their nodes report it), so it
+        starts whether or not the node threads run."""
+        doc = self.svc.submit_study(cfg)
+        for site in SITES:
+            self.svc.site_decided(site, doc["study_id"], Decision.APPROVED,
+                                  doc["config_hash"], None)
+        return doc
+
     def status(self, study_id: str) -> dict[str, Any]:
         return self.svc.study_status(study_id)
 
     def settled(self, study_id: str) -> dict[str, Any]:
         """The study's status once its runner thread has ended."""
         self.svc.wait_for(study_id, WAIT)
+        assert study_id in self.svc.runner._runners, self.status(study_id)
         assert not self.svc.runner._runners[study_id].is_alive(), \
             "the study's thread is still running"
         return self.status(study_id)
@@ -164,7 +185,7 @@ def test_a_full_disk_pauses_the_study_and_resume_finishes_it_from_its_checkpoint
     disk = FillingDisk(fed.svc.data_dir / "blobs", full_from=5)  # round 3's checkpoint
     fed.svc.state.blobs = disk
     fed.start_nodes()
-    study_id = fed.svc.submit_study(study_config(rounds=5))["study_id"]
+    study_id = fed.submit(study_config(rounds=5))["study_id"]
 
     st = fed.settled(study_id)
     assert st["status"] == "paused", st
@@ -190,7 +211,7 @@ def test_a_full_disk_pauses_the_study_and_resume_finishes_it_from_its_checkpoint
 
 def test_resume_refuses_what_is_not_paused(fed: Federation) -> None:
     fed.start_nodes()
-    study_id = fed.svc.submit_study(study_config(rounds=1))["study_id"]
+    study_id = fed.submit(study_config(rounds=1))["study_id"]
     assert fed.settled(study_id)["status"] == "completed"
 
     with pytest.raises(NotResumable, match="completed"):
@@ -225,7 +246,7 @@ def test_a_study_is_never_left_running_without_its_thread_while_the_db_is_full(
     disk.on_full = db.full.set  # the database shares the full disk
     fed.svc.state.blobs = disk
     fed.start_nodes()
-    study_id = fed.svc.submit_study(study_config(rounds=4))["study_id"]
+    study_id = fed.submit(study_config(rounds=4))["study_id"]
 
     # Its end cannot be recorded: the thread keeps trying, so the study keeps its runner.
     _wait("the study's storage to fill up", db.full.is_set)
@@ -260,7 +281,7 @@ def test_a_failure_that_cannot_be_recorded_for_a_full_db_pauses_then_fails_on_re
         real_settle(study_id, status, message)
 
     monkeypatch.setattr(fed.svc.runner, "_settle", settle)
-    study_id = fed.svc.submit_study(study_config(rounds=2, run={"round_timeout": 1}))[
+    study_id = fed.submit(study_config(rounds=2, run={"round_timeout": 1}))[
         "study_id"]
 
     st = fed.settled(study_id)
@@ -281,7 +302,7 @@ def test_a_crash_escaping_the_engine_still_ends_the_study(fed: Federation,
         raise FedcareError("cannot build this study's engine")
 
     monkeypatch.setattr(fed.svc.runner, "_engine", broken)
-    study_id = fed.svc.submit_study(study_config(rounds=2))["study_id"]
+    study_id = fed.submit(study_config(rounds=2))["study_id"]
     st = fed.settled(study_id)
     assert (st["status"], st["error"]) == ("failed", "cannot build this study's engine")
 
@@ -348,8 +369,10 @@ def test_a_round_that_fails_while_the_state_folder_is_full_pauses(
                 svc.hello(site, "1a", "test", [{"name": DATASET, "rows": 100}], "s")
             with contextlib.suppress(OSError), open(small / "ballast", "wb") as fh:
                 fh.write(b"\0" * (2 << 20))  # stops part-way: the file system is full
-            study_id = svc.submit_study(study_config(rounds=2, run={"round_timeout": 1}))[
-                "study_id"]  # no node answers: round 1 fails at its deadline
+            doc = svc.submit_study(study_config(rounds=2, run={"round_timeout": 1}))
+            study_id = doc["study_id"]  # no node answers: round 1 fails at its deadline
+            for site in SITES:  # (approved, as the sites' nodes would report it)
+                svc.site_decided(site, study_id, Decision.APPROVED, doc["config_hash"], None)
             svc.wait_for(study_id, WAIT)
             st = svc.study_status(study_id)
         finally:

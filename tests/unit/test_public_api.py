@@ -20,10 +20,10 @@ PUBLIC = {
     "fedcare.client": ["ARTIFACTS", "FINAL_STATES", "OPTIONAL_ARTIFACTS", "TOKEN_ENV",
                        "HubClient", "watch"],
     "fedcare.hub.schemas": [
-        "DatasetQuality", "DeclaredDataset", "ErrorBody", "Event", "ExportDecisionInfo",
-        "ExportInfo", "ExportState", "Health", "HelloAck",
-        "LedgerHeadAck", "ModelSummary", "NewUserRequest", "NodeStudy", "ReplyAccepted",
-        "Response", "Resumed", "RoleName", "RoundRecord",
+        "DatasetQuality", "DecisionName", "DecisionRecorded", "DeclaredDataset", "ErrorBody",
+        "Event", "ExportDecisionInfo", "ExportInfo", "ExportState", "Health", "HelloAck",
+        "LedgerHeadAck", "ModelSummary", "NewUserRequest", "NodeStudy", "PendingStudy",
+        "ReplyAccepted", "Response", "Resumed", "RoleName", "RoundRecord", "SiteApproval",
         "SiteInfo", "SiteKeyCert", "StudyState", "StudyStatus", "StudySummary", "Submitted",
         "UserCreated", "UserSummary"],
 }

@@ -14,7 +14,14 @@ from rich.console import Console
 from rich.markup import escape
 
 from fedcare import __version__
-from fedcare.cli import audit, data, network, nodekit, provision  # noqa: F401 (nodekit adds `node init`)
+from fedcare.cli import (  # noqa: F401 (nodekit adds `node init`, approvals `node approve`)
+    approvals,
+    audit,
+    data,
+    network,
+    nodekit,
+    provision,
+)
 from fedcare.cli import export as export_cli
 from fedcare.cli import model as model_cli
 from fedcare.cli import site_policy as _site_policy  # noqa: F401 (adds `node policy`)

@@ -204,6 +204,9 @@ def submit(config: Annotated[Path, typer.Argument(help="Study file (.toml/.yaml)
         raise fail(exc, 2) from None
     console.print(f"study [bold]{done.study_id}[/bold] submitted to sites {done.sites} "
                   f"(content hash {done.config_hash})")
+    if done.status == "pending_approval":
+        console.print(f"pending approval: it starts once every site's data steward approved "
+                      f"it (`fedcare node approve {done.config_hash[:12]}` at each site)")
     if wait:
         follow(client, done.study_id)
 
@@ -239,7 +242,7 @@ def status(study_id: str, federation: Federation = None, hub: HubUrl = None,
 
     Per round: the primary metric of the federation and of each site, the sites that
     answered, the time, and the cumulative epsilon of a DP study."""
-    from fedcare.cli.render import rounds_table
+    from fedcare.cli.render import approvals_table, rounds_table
 
     client = _client(federation, hub, ca, token_file)
     try:
@@ -251,6 +254,12 @@ def status(study_id: str, federation: Federation = None, hub: HubUrl = None,
                   f"{escape(', '.join(st.sites))}, created {st.created}")
     if st.error:
         console.print(f"[red]{escape(st.error)}[/red]")
+    if st.approvals:
+        console.print(approvals_table(st))
+    waiting = st.undecided()
+    if waiting and st.status == "pending_approval":
+        console.print(f"[yellow]waiting for the approval of {escape(', '.join(waiting))}"
+                      f"[/yellow] (`fedcare node approve {st.config_hash[:12]}` at each)")
     if st.rounds:
         console.print(rounds_table(st))
     for r in st.rounds:

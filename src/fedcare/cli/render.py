@@ -146,6 +146,23 @@ def rounds_table(status: StudyStatus) -> Table:
     return table
 
 
+def approvals_table(status: StudyStatus) -> Table:
+    """Each site's decision on a study (``fedcare study status``), undecided sites too."""
+    table = Table(title=f"site approvals (content hash {status.config_hash[:16]}...)")
+    for name in ("site", "decision", "when", "reason"):
+        table.add_column(name)
+    got = {a.site: a for a in status.approvals}
+    for site in status.sites:
+        a = got.get(site)
+        if a is None:
+            table.add_row(escape(site), "[yellow]undecided[/yellow]", "", "")
+            continue
+        colour = "green" if a.decision == "approved" else "red"
+        table.add_row(escape(site), f"[{colour}]{a.decision}[/{colour}]", a.time,
+                      escape(a.reason or ""))
+    return table
+
+
 def studies_table(studies: Sequence[StudySummary]) -> Table:
     """``fedcare study list``: every study the hub holds, oldest first."""
     table = Table(title="studies")

@@ -110,7 +110,8 @@ def write_hospitals(folder: Path, seed: int = 0, *, max_epsilon: float = 10.0
         node = site_dir / "node.toml"
         node.write_text(f'[datasets.{DATASET}]\nsource = "source.toml"\n'
                         f'contract = "{contract}"\n\n'
-                        '[approval]\nstudies = "any"   # demo only: approve by hash in real use\n\n'
+                        '[approval]\nstudies = []   # each study waits for '
+                        '`fedcare node approve HASH`\n\n'
                         '[privacy]\npolicy = "privacy.toml"\n\n'
                         '[policy]\nfile = "site_policy.toml"\n')
         sites.append(DemoSite(h.name, h.format, node, source, h.truth))

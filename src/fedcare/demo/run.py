@@ -80,6 +80,21 @@ def _wait(what: str, check: Any, timeout: float, procs: list[subprocess.Popen[by
     raise FedcareError(f"timed out waiting for {what}; see the logs in {logs}")
 
 
+def _approve(kit: Path, digest: str, procs: list[subprocess.Popen[bytes]], logs: Path,
+             console: Console) -> None:
+    """What a hospital's data steward runs once they have read the study (`fedcare node
+    studies --show HASH`): approving its exact content hash, while the node runs."""
+    args = ["node", "approve", digest[:12], "--kit", str(kit)]
+    console.print(f"  {kit.name}'s steward: fedcare {' '.join(args[:3])}")
+
+    def approved() -> bool:  # the node lists the study once it has asked the hub (~2 s)
+        done = subprocess.run([sys.executable, "-m", "fedcare.cli.main", *args],
+                              capture_output=True, timeout=120)
+        return done.returncode == 0
+
+    _wait(f"{kit.name} to approve the study", approved, 120, procs, logs)
+
+
 def study_config(features: list[str], label: str, contract_hash: str) -> dict[str, Any]:
     return {
         # A risk model at ~20 % prevalence: judged by discrimination (AUC), not accuracy,
@@ -159,7 +174,9 @@ def run_demo(out: Path, console: Console) -> dict[str, Any]:
                                            contract_hash(contract)))
         console.print(f"Submitted study {study.study_id} (content hash "
                       f"{study.config_hash[:16]}..., secure aggregation) to "
-                      f"{', '.join(study.sites)}")
+                      f"{', '.join(study.sites)}: pending approval by each hospital")
+        for site in sites:  # each hospital's data steward, on its node's machine
+            _approve(kits / site.name, study.config_hash, procs, logs, console)
         with StudyProgress(console) as bar:
             final = watch(client, study.study_id, on_status=bar, poll=0.3)
         if final.status != "completed":

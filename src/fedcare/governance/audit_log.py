@@ -116,6 +116,7 @@ class EventKind(enum.StrEnum):
     USER_REMOVED = "user_removed"
     POLICY_CHANGED = "policy_changed"
     STUDY_SUBMITTED = "study_submitted"
+    STUDY_PENDING = "study_pending"      # a node learned of a study awaiting its decision
     STUDY_APPROVED = "study_approved"
     STUDY_REJECTED = "study_rejected"
     STUDY_REVOKED = "study_revoked"

@@ -36,6 +36,7 @@ from fedcare.core.errors import ConfigError, FedcareError, ProtocolError, Valida
 from fedcare.core.wire import DIGEST_HEADER
 from fedcare.engine.registry import RegistryEntry
 from fedcare.governance.airlock import AirlockError, ExportConflict, ExportForbidden
+from fedcare.governance.approvals import Decision
 from fedcare.hub import access
 from fedcare.hub.airlock import ExportDesk
 from fedcare.hub.airlock_api import add_airlock_routes
@@ -45,6 +46,8 @@ from fedcare.hub.keyrelay import MAX_SEALED_BYTES, KeyRelay, KeyRelayNotFound
 from fedcare.hub.registry import ModelDesk
 from fedcare.hub.schemas import (
     DatasetQuality,
+    DecisionName,
+    DecisionRecorded,
     ErrorBody,
     Event,
     Health,
@@ -53,6 +56,7 @@ from fedcare.hub.schemas import (
     ModelSummary,
     NewUserRequest,
     NodeStudy,
+    PendingStudy,
     ReplyAccepted,
     Resumed,
     SiteInfo,
@@ -171,6 +175,18 @@ class Hello(BaseModel):
     version: str = Field(max_length=64)
     session: str = Field(max_length=64)
     datasets: list[HelloDataset] = Field(default_factory=list, max_length=MAX_DATASETS)
+
+
+class SiteDecisionReport(BaseModel):
+    """``POST /v1/node/decisions``: a site's decision on a study that names it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    study_id: str = Field(min_length=1, max_length=64)
+    #: The hash the node computed from the config it received ("" when it could not).
+    content_hash: str = Field(pattern=r"^([0-9a-f]{64})?$")
+    decision: DecisionName
+    reason: str | None = Field(None, max_length=2000)
 
 
 class PeerTrust:
@@ -471,6 +487,21 @@ def create_app(service: HubService, trust: PeerTrust, users: UserStore | None = 
     @app.get("/v1/node/studies/{study_id}", response_model=NodeStudy)
     async def node_study(study_id: str, site: Site) -> dict[str, Any]:
         return await run_in_threadpool(service.study_for_node, site, study_id)
+
+    @app.get("/v1/node/pending", response_model=list[PendingStudy])
+    async def node_pending(site: Site) -> list[dict[str, Any]]:
+        """The studies waiting for the calling site's decision (its steward's ``fedcare
+        node approve|reject``), with their full configs."""
+        return await run_in_threadpool(service.pending_for, site)
+
+    @app.post("/v1/node/decisions", response_model=DecisionRecorded)
+    async def node_decision(body: SiteDecisionReport, site: Site) -> dict[str, Any]:
+        """The calling site's decision on a study that names it (approved, rejected,
+        revoked, or refused by its node); only an approval of the study's exact content
+        hash counts."""
+        return await run_in_threadpool(service.site_decided, site, body.study_id,
+                                       Decision(body.decision), body.content_hash,
+                                       body.reason)
 
     @app.post("/v1/node/reply", status_code=202)
     async def reply(request: Request, site: Site,

@@ -219,6 +219,17 @@ class AuditTrail:
         self.record(EventKind.MODEL_RELEASED, study_id,
                     {"study": study_id, "digest": files["model.safetensors"], "files": files})
 
+    def site_decided(self, study_id: str, site: str, decision: str, content_hash: str,
+                     reason: str | None) -> None:
+        """A site's node reported its steward's decision on a study (``refused``: the node
+        refused it itself, e.g. by its site policy)."""
+        kind = {"approved": EventKind.STUDY_APPROVED,
+                "revoked": EventKind.STUDY_REVOKED}.get(decision, EventKind.STUDY_REJECTED)
+        self.record(kind, study_id,
+                    {"study": study_id, "site": site, "decision": decision,
+                     "content_hash": content_hash,
+                     "reason": None if reason is None else reason[:500]})
+
     def study_ended(self, study_id: str, status: str, error: str | None) -> None:
         self.record(EventKind.STUDY_ENDED, study_id,
                     {"study": study_id, "status": status,

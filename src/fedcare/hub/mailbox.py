@@ -19,6 +19,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import timedelta
 
+from fedcare.core.errors import TransportError
 from fedcare.core.messages import TaskKind
 from fedcare.core.wire import ReplyExpectation
 from fedcare.hub.errors import TooManyPolls
@@ -156,6 +157,26 @@ class TaskMailbox:
                                                     if t.startswith(prefix)]]
         for _, fut in gone:
             fut.cancel()
+
+    def withdraw_site(self, study_id: str, site: str, why: str) -> int:
+        """Stop offering ``site`` the study's open tasks (it withdrew its approval: the
+        model in them must not reach it) and fail their awaited replies with ``why``, so
+        the round goes on without waiting for its deadline. Returns how many were open."""
+        prefix = f"{study_id}/"
+        with self._offers_lock:
+            offers = self._offers.get(site, {})
+            for tid in [t for t in offers if t.startswith(prefix)]:
+                del offers[tid]
+            if site in self._offers and not offers:
+                del self._offers[site]
+        with self._awaited_lock:
+            mine = [t for t, (a, _) in self._awaited.items()
+                    if t.startswith(prefix) and a.site == site]
+            gone = [self._awaited.pop(t) for t in mine]
+        for _, fut in gone:
+            if not fut.done():
+                fut.set_exception(TransportError(why, site=site))
+        return len(gone)
 
     # -- the reply intake's side ----------------------------------------------------------
     def awaited(self, task_id: str) -> Awaited | None:

@@ -10,6 +10,8 @@ import datetime as dt
 import logging
 import os
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -62,9 +64,13 @@ class StudyRunner:
     """The threads that run studies: launch, resume, the engine's assembly, checkpoints,
     how a run ends (completed, failed, paused) and its outputs."""
 
-    def __init__(self, state: HubState, mailbox: TaskMailbox, directory: SiteDirectory
+    def __init__(self, state: HubState, mailbox: TaskMailbox, directory: SiteDirectory, *,
+                 withdrawn: Callable[[str, str], bool] = lambda study_id, site: False
                  ) -> None:
         self.state = state
+        #: Whether a site withdrew from a study (revoked its approval, refused it): it is
+        #: then left out like a revoked site (see :mod:`fedcare.hub.approvals`).
+        self.withdrawn = withdrawn
         self.mailbox = mailbox
         self.directory = directory
         self._runners: dict[str, threading.Thread] = {}
@@ -114,9 +120,23 @@ class StudyRunner:
         thread.start()
 
     def wait_for(self, study_id: str, timeout: float | None = None) -> None:
+        """Wait until the study's run ends (``timeout`` s at most), through its wait for its
+        sites' approval: a study pending approval has no thread yet."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while study_id not in self._runners and self._pending_approval(study_id):
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            time.sleep(0.05)
+        if deadline is not None:
+            timeout = max(0.0, deadline - time.monotonic())
         thread = self._runners.get(study_id)
         if thread is not None:
             thread.join(timeout)
+
+    def _pending_approval(self, study_id: str) -> bool:
+        with self.db.session() as s:
+            study = StudyRepo(s).get(study_id)
+            return study is not None and study.status is StudyStatus.PENDING_APPROVAL
 
     def _run_study(self, study_id: str) -> None:
         """Run a study's engine to its end, in this (the study's own) thread.
@@ -127,7 +147,8 @@ class StudyRunner:
         a failure used to leave (the thread died, the study waited for a hub restart).
         """
         transport = HubTransport(self.mailbox, self.state, study_id,
-                                 revoked=self.directory.revoked)
+                                 revoked=lambda site: self.directory.revoked(site)
+                                 or self.withdrawn(study_id, site))
         try:
             engine, start = self._engine(study_id, transport)
             rounds = engine.history.meta["rounds_planned"]

@@ -23,7 +23,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 #: A study's lifecycle state (the hub store's ``StudyStatus``).
-StudyState = Literal["pending", "running", "completed", "failed", "cancelled", "paused"]
+StudyState = Literal["pending", "running", "completed", "failed", "cancelled", "paused",
+                     "pending_approval", "rejected", "expired"]
+#: What a site said about a study (``fedcare.governance.approvals.Decision``).
+DecisionName = Literal["approved", "rejected", "revoked", "refused"]
 
 
 class Response(BaseModel):
@@ -69,6 +72,26 @@ class NodeStudy(Response):
     sites: list[str]
 
 
+class PendingStudy(Response):
+    """One entry of ``GET /v1/node/pending``: a study waiting for the calling site's
+    decision (the node recomputes its content hash from ``config``)."""
+
+    study_id: str
+    name: str
+    config: dict[str, Any]
+    config_hash: str
+    sites: list[str]
+    deadline: str
+
+
+class DecisionRecorded(Response):
+    """``POST /v1/node/decisions``: what the hub recorded."""
+
+    study_id: str
+    site: str
+    decision: DecisionName
+
+
 class ReplyAccepted(Response):
     """``POST /v1/node/reply`` (202): the reply was validated and recorded."""
 
@@ -90,6 +113,17 @@ class Submitted(Response):
     study_id: str
     config_hash: str
     sites: list[str]
+    #: ``pending_approval``: it starts once every site approved its content hash.
+    status: StudyState = "pending_approval"
+
+
+class SiteApproval(Response):
+    """A site's latest decision on a study, as ``fedcare study status`` shows it."""
+
+    site: str
+    decision: DecisionName
+    reason: str | None
+    time: str
 
 
 class RoundRecord(Response):
@@ -149,6 +183,13 @@ class StudyStatus(Response):
     error: str | None
     rounds: list[RoundRecord]
     owner: str | None = None
+    #: Each site's decision so far; the study's sites without one have not decided.
+    approvals: list[SiteApproval] = []
+
+    def undecided(self) -> list[str]:
+        """The sites that have not decided yet."""
+        decided = {a.site for a in self.approvals}
+        return [s for s in self.sites if s not in decided]
 
 
 class Resumed(Response):
@@ -312,6 +353,8 @@ class UserCreated(UserSummary):
 
 __all__ = [
     "DatasetQuality",
+    "DecisionName",
+    "DecisionRecorded",
     "DeclaredDataset",
     "ErrorBody",
     "Event",
@@ -324,11 +367,13 @@ __all__ = [
     "ModelSummary",
     "NewUserRequest",
     "NodeStudy",
+    "PendingStudy",
     "ReplyAccepted",
     "Response",
     "Resumed",
     "RoleName",
     "RoundRecord",
+    "SiteApproval",
     "SiteInfo",
     "SiteKeyCert",
     "StudyState",

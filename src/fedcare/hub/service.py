@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from fedcare.governance.approvals import Decision
+from fedcare.hub.approvals import ApprovalDesk
 from fedcare.hub.audit import AuditTrail
 from fedcare.hub.errors import (
     Forbidden,
@@ -78,9 +80,12 @@ class HubService:
         self.directory = SiteDirectory(self.state, revocation)
         self.mailbox = TaskMailbox(db)
         self.intake = ReplyIntake(self.state, self.mailbox)
-        self.runner = StudyRunner(self.state, self.mailbox, self.directory)
+        self.approvals = ApprovalDesk(self.state, launch=lambda i: self.runner.launch(i),
+                                      withdraw=self.mailbox.withdraw_site)
+        self.runner = StudyRunner(self.state, self.mailbox, self.directory,
+                                  withdrawn=self.approvals.withdrawn)
         self.studies = StudyDesk(self.state, self.mailbox, self.directory,
-                                 launch=self.runner.launch)
+                                 approvals=self.approvals)
 
     @property
     def data_dir(self) -> Path:
@@ -101,12 +106,15 @@ class HubService:
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
         """Resume every study that was running when the hub last stopped. A paused study
-        waits for a researcher's ``fedcare study resume`` (its storage may still be full)."""
+        waits for a researcher's ``fedcare study resume`` (its storage may still be full).
+        A study waiting for its sites' approval starts when they have all approved."""
         self.runner.start()
+        self.approvals.start()
 
     def stop(self) -> None:
         """Stop: wake every waiting long-poll (it answers "no task"), let studies resume on
         the next start."""
+        self.approvals.stop()
         self.runner.stop()
         self.mailbox.stop()
         self.state.audit.flush()
@@ -156,6 +164,15 @@ class HubService:
 
     def study_for_node(self, site: str, study_id: str) -> dict[str, Any]:
         return self.studies.study_for_node(site, study_id)
+
+    def pending_for(self, site: str) -> list[dict[str, Any]]:
+        """The studies waiting for ``site``'s decision (see :class:`ApprovalDesk`)."""
+        return self.approvals.pending_for(site)
+
+    def site_decided(self, site: str, study_id: str, decision: Decision, content_hash: str,
+                     reason: str | None) -> dict[str, Any]:
+        """A site's node reports its steward's decision (or its own refusal) on a study."""
+        return self.approvals.record(site, study_id, decision, content_hash, reason)
 
     def receive_reply(self, site: str, task_id: str, body: bytes, sha: str | None) -> None:
         """Validate and record a node's reply, then wake the round that waits for it

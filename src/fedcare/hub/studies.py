@@ -5,7 +5,7 @@ leave only through the airlock, :mod:`fedcare.hub.airlock`)."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +17,20 @@ from fedcare.config import (
     content_hash,
     contract_matches,
     parse_config,
+    portable_config,
     secure_round_problems,
 )
 from fedcare.core.errors import ConfigError
 from fedcare.engine.dp_check import check_dp_study
 from fedcare.engine.history import timestamp
+from fedcare.hub.approvals import ApprovalDesk, decision_rows
 from fedcare.hub.errors import NotFound
 from fedcare.hub.mailbox import TaskMailbox
 from fedcare.hub.sites import SiteDirectory
 from fedcare.hub.state import HubState
 from fedcare.hub.store import (
     Database,
+    DecisionRepo,
     EventRepo,
     Site,
     SiteRepo,
@@ -43,15 +46,15 @@ ONLINE_WITHIN = 60.0
 
 
 class StudyDesk:
-    """Researcher-facing reads and the study submission. ``launch``: starts a submitted
-    study's run (:meth:`StudyRunner.launch`)."""
+    """Researcher-facing reads and the study submission. ``approvals``: where a submitted
+    study waits for its sites' approval (it starts once they all approved)."""
 
     def __init__(self, state: HubState, mailbox: TaskMailbox, directory: SiteDirectory, *,
-                 launch: Callable[[str], None]) -> None:
+                 approvals: ApprovalDesk) -> None:
         self.state = state
         self.mailbox = mailbox
         self.is_revoked = directory.is_revoked
-        self._launch = launch
+        self.approvals = approvals
 
     @property
     def db(self) -> Database:
@@ -84,17 +87,18 @@ class StudyDesk:
         if problems:
             raise ConfigError(problems)
         with self.db.session() as s:
-            study = StudyRepo(s).create(cfg.study.name, cfg.model_dump(mode="json"),
+            study = StudyRepo(s).create(cfg.study.name, portable_config(cfg),
                                         content_hash(cfg), sites, cfg.study.rounds,
                                         owner=owner)
             study_id = study.id
-            StudyRepo(s).set_status(study_id, StudyStatus.RUNNING)
-        self.event("study", f"study {cfg.study.name!r} submitted with sites {sites}",
-                   study_id=study_id)
+            StudyRepo(s).set_status(study_id, StudyStatus.PENDING_APPROVAL)
+        self.event("study", f"study {cfg.study.name!r} submitted with sites {sites}; it "
+                   "waits for every site's approval of its content hash", study_id=study_id)
         self.state.audit.study_submitted(study_id, cfg.study.name, content_hash(cfg), sites)
         self._flag_data(cfg.data.dataset, study_id, listed)
-        self._launch(study_id)
-        return {"study_id": study_id, "config_hash": content_hash(cfg), "sites": sites}
+        self.approvals.evaluate(study_id)  # a one-site study's site may have decided already
+        return {"study_id": study_id, "config_hash": content_hash(cfg), "sites": sites,
+                "status": StudyStatus.PENDING_APPROVAL.value}
 
     def _check_contracts(self, cfg: StudyConfig, sites: list[str],
                          listed: list[Site]) -> None:
@@ -170,7 +174,8 @@ class StudyDesk:
                     "created": timestamp(study.created_at), **primary,
                     "rounds_planned": study.rounds_planned, "current_round": study.current_round,
                     "sites": study.sites, "config_hash": study.config_hash,
-                    "error": study.error, "rounds": rounds, "owner": study.owner}
+                    "error": study.error, "rounds": rounds, "owner": study.owner,
+                    "approvals": decision_rows(DecisionRepo(s).for_study(study_id))}
 
     def list_studies(self) -> list[dict[str, Any]]:
         with self.db.session() as s:

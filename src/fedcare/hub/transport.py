@@ -27,8 +27,9 @@ from fedcare.transport.base import Outgoing, Received
 
 
 class HubTransport:
-    """One running study's transport. ``revoked``: whether a site's certificate is revoked
-    (its tasks are then never offered)."""
+    """One running study's transport. ``revoked``: whether a site is left out (its
+    certificate is revoked, or it withdrew its approval of the study): its tasks are then
+    never offered, so it is never sent the model again."""
 
     def __init__(self, mailbox: TaskMailbox, state: HubState, study_id: str, *,
                  revoked: Callable[[str], bool]) -> None:
@@ -50,7 +51,8 @@ class HubTransport:
                 # for it until its deadline.
                 futures[site] = Future()
                 futures[site].set_exception(TransportError(
-                    f"site {site} has been revoked; it is left out of this study", site=site))
+                    f"site {site} is left out of this study (its certificate was revoked, or "
+                    "it withdrew its approval: see the study's approvals)", site=site))
                 continue
             digest = payload.digest()  # the exchange's arrays: one object, hashed once
             offers[site] = Offer(site, self.study_id, payload.head, payload.arrays.blob, digest)

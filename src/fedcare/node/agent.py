@@ -28,7 +28,10 @@ from fedcare.data.imaging import image_site_data
 from fedcare.engine.executor import SiteExecutor
 from fedcare.engine.registry import dataset_digest
 from fedcare.engine.study import site_executor
+from fedcare.governance.approvals import Decision
 from fedcare.learners.options import check_bins_vs_rows
+from fedcare.node.approval_sync import ApprovalSync
+from fedcare.node.approvals import ApprovalStore
 from fedcare.node.audit import NodeAudit, spent_epsilon
 from fedcare.node.hub_link import HubLink, HubResponse, LinkError
 from fedcare.node.ledger_anchor import ANCHOR_FILE, LedgerAnchor, ledger_key
@@ -92,6 +95,14 @@ class NodeAgent:
         self.anchor = (LedgerAnchor(self.ledger, self.state_dir / ANCHOR_FILE)
                        if self.ledger is not None else None)
         self._check_ledger()
+        #: The steward's decisions (``fedcare node approve|reject|revoke``), read on every
+        #: task; kept in step with the hub by :attr:`sync` (its own thread and connection).
+        self.approvals = ApprovalStore.in_state_dir(self.state_dir)
+        self.sync = ApprovalSync(
+            self.site, HubLink(self.kit.hub_url, client_ssl_context(kit_dir),
+                               connect_timeout=10.0, read_timeout=30.0,
+                               user_agent=f"fedcare-node/{__version__}"),
+            self.approvals, self.audit, preapproved=self.data.approves)
 
     def _ledger(self) -> Any:
         """The site's privacy ledger under its own policy (None: no [privacy] policy), signed
@@ -196,6 +207,37 @@ class NodeAgent:
         return self._clinical[name]
 
     # -- work -----------------------------------------------------------------------------
+    def approved(self, digest: str) -> bool:
+        """Whether the site approves the study with exactly this content hash now: the
+        steward's latest decision (``fedcare node approve|reject|revoke``), else a listing in
+        the site's ``[approval] studies``. Read on every task, so it takes effect at once."""
+        got = self.approvals.decision(digest)
+        if got is not None:
+            return got.decision is Decision.APPROVED
+        return self.data.approves(digest)
+
+    def _not_approved(self, name: str, digest: str) -> str:
+        got = self.approvals.decision(digest)
+        if got is not None and got.decision is not Decision.APPROVED:
+            why = f": {got.reason}" if got.reason else ""
+            return (f"site {self.site} {got.decision.value} study {name!r} (content hash "
+                    f"{digest}){why}")
+        return (f"site {self.site} has not approved study {name!r} (content hash {digest}); "
+                f"its data steward approves it with `fedcare node approve {digest[:12]}`")
+
+    def _tell_refused(self, study_id: str, digest: str, why: str) -> None:
+        """Tell the hub at once that this site refuses the study (the researcher sees it in
+        `fedcare study status`); a failure to tell is logged, the task is refused anyway."""
+        try:
+            r = self.http.request("POST", "/v1/node/decisions", json={
+                "study_id": study_id, "content_hash": digest,
+                "decision": Decision.REFUSED.value, "reason": why[:2000]})
+            if r.status_code >= 400:
+                log.warning("the hub declined this site's refusal of %s: %s", study_id,
+                            r.text[:300])
+        except (LinkError, TransportError) as exc:
+            log.warning("could not tell the hub this site refuses %s: %s", study_id, exc)
+
     def study(self, study_id: str) -> _Study:
         if study_id in self._studies and not self.site_policy.stale(study_id):
             return self._studies[study_id]
@@ -205,11 +247,17 @@ class NodeAgent:
         cfg = parse_config(doc["config"])
         digest = content_hash(cfg)  # recomputed here: the site never trusts the hub's word
         entry = _Study(cfg, digest, None, None)
-        if not self.data.approves(digest):
-            entry.refusal = (f"site {self.site} has not approved study {cfg.study.name!r} "
-                             f"(content hash {digest}); its data steward must add the hash to "
-                             "[approval] studies")
-        elif not isinstance(cfg.data, FederatedData):
+        if not self.approved(digest):
+            # Another config than the one approved (changed by a byte?) is pending again:
+            # the steward sees it in `fedcare node studies`. Not kept: an approval made
+            # later takes effect at the next task.
+            if self.sync.seen(doc) is not None and self.approvals.decision(digest) is None:
+                self._tell_refused(study_id, digest, self._not_approved(cfg.study.name, digest))
+            entry.refusal = self._not_approved(cfg.study.name, digest)
+            self.audit.study_loaded(study_id, cfg.study.name, digest,
+                                    getattr(cfg.data, "dataset", None), entry.refusal)
+            return entry
+        if not isinstance(cfg.data, FederatedData):
             entry.refusal = "study data source is not 'federation'"
         elif cfg.data.dataset not in self.data.datasets:
             entry.refusal = f"site {self.site} holds no dataset named {cfg.data.dataset!r}"
@@ -255,6 +303,10 @@ class NodeAgent:
                                                code=self._code_settings(study_id),
                                                release=self.site_policy.gate())
         self._studies[study_id] = entry
+        if entry.refusal is not None:  # the node's own no (policy, data): the hub is told
+            self.approvals.saw(study_id, digest, cfg.study.name, doc["config"],
+                               [str(s) for s in doc.get("sites") or []])
+            self.approvals.refuse(digest, entry.refusal)
         self.audit.study_loaded(study_id, cfg.study.name, digest, getattr(cfg.data, "dataset",
                                                                           None), entry.refusal)
         return entry
@@ -325,6 +377,12 @@ class NodeAgent:
             entry = self.study(study_id)
         except FedcareError as exc:
             entry = _Study(None, "", None, f"cannot prepare study: {exc}")  # type: ignore[arg-type]
+            self._tell_refused(study_id, "", entry.refusal or "")
+        if entry.executor is not None and not self.approved(entry.config_hash):
+            # Revoked since the study was loaded: this task and every later one are refused
+            # (the approval sync tells the hub, which drops the site from later rounds).
+            entry = _Study(entry.config, entry.config_hash, None,
+                           self._not_approved(entry.config.study.name, entry.config_hash))
         refusal = (entry.refusal if entry.executor is None
                    else self.site_policy.recheck(study_id, self.ledger))
         if entry.executor is None or refusal is not None:
@@ -343,6 +401,7 @@ class NodeAgent:
         #: failure instead of being dropped (which would cost the site its round, or a
         #: retraining when the hub re-delivers the task).
         pending: tuple[str, bytes] | None = None
+        self.sync.start()
         while not self.stop_event.is_set():
             if deadline is not None and time.monotonic() > deadline:
                 return
@@ -375,6 +434,7 @@ class NodeAgent:
                 self.stop_event.wait(delay)
 
     def close(self) -> None:
+        self.sync.stop()
         self.http.close()
         self.audit.flush()
 

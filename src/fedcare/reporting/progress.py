@@ -29,6 +29,9 @@ class _Status(Protocol):
     def current_round(self) -> int: ...
     @property
     def rounds(self) -> Sequence[_Round]: ...
+    @property
+    def status(self) -> str: ...
+    def undecided(self) -> list[str]: ...
 
 
 class StudyProgress:
@@ -53,7 +56,9 @@ class StudyProgress:
             self._task = self._progress.add_task(status.name, total=status.rounds_planned,
                                                  info="")
         info = ""
-        if status.rounds:
+        if status.status == "pending_approval":
+            info = f"pending approval by {', '.join(status.undecided())}"
+        elif status.rounds:
             last = status.rounds[-1]
             failed = last.sites_failed
             info = f"{len(last.sites_completed)} sites answered" + (

@@ -17,6 +17,7 @@ Typical use::
 
 from fedcare.hub.store.blobs import BlobStore
 from fedcare.hub.store.database import Database, upgrade
+from fedcare.hub.store.decisions import DecisionRepo
 from fedcare.hub.store.errors import (
     BlobCorrupted,
     BlobNotFound,
@@ -38,6 +39,7 @@ from fedcare.hub.store.models import (
     Round,
     RoundStatus,
     Site,
+    SiteDecision,
     Study,
     StudyStatus,
     Task,
@@ -54,6 +56,7 @@ __all__ = [
     "BlobStore",
     "Database",
     "DatasetInfo",
+    "DecisionRepo",
     "DuplicateReply",
     "Event",
     "EventRepo",
@@ -68,6 +71,7 @@ __all__ = [
     "RoundConflict",
     "RoundStatus",
     "Site",
+    "SiteDecision",
     "SiteRepo",
     "StoreError",
     "Study",

@@ -85,10 +85,18 @@ class StudyStatus(enum.StrEnum):
     #: not terminal, its open tasks stay open; ``fedcare study resume`` continues it from its
     #: last completed round once the storage is fixed.
     PAUSED = "paused"
+    #: Submitted, waiting until every participating site approved its content hash (see
+    #: :mod:`fedcare.governance.approvals`); nothing is sent to any site meanwhile.
+    PENDING_APPROVAL = "pending_approval"
+    #: A site rejected it (or its node refused it) before it started: the reason is kept.
+    REJECTED = "rejected"
+    #: Its approval deadline (``study.approval_deadline_hours``) passed with sites undecided.
+    EXPIRED = "expired"
 
     @property
     def terminal(self) -> bool:
-        return self in (StudyStatus.COMPLETED, StudyStatus.FAILED, StudyStatus.CANCELLED)
+        return self in (StudyStatus.COMPLETED, StudyStatus.FAILED, StudyStatus.CANCELLED,
+                        StudyStatus.REJECTED, StudyStatus.EXPIRED)
 
 
 class RoundStatus(enum.StrEnum):
@@ -319,3 +327,20 @@ class User(Base):
     token_hash: Mapped[str] = mapped_column(sa.String(256))
     created: Mapped[datetime] = mapped_column(UtcDateTime())
     revoked: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class SiteDecision(Base):
+    """A site's latest decision on a study (approved, rejected, revoked, refused), as its
+    node reported it. What each site decided, and when, is also in the audit trail."""
+
+    __tablename__ = "site_decisions"
+
+    study_id: Mapped[str] = mapped_column(
+        sa.ForeignKey("studies.id", ondelete="CASCADE"), primary_key=True
+    )
+    site: Mapped[str] = mapped_column(sa.String(NAME_LEN), primary_key=True)
+    decision: Mapped[str] = mapped_column(sa.String(16))
+    #: The content hash the site computed from the config it received ("" when it could not).
+    content_hash: Mapped[str] = mapped_column(sa.String(SHA_LEN))
+    reason: Mapped[str | None] = mapped_column(sa.Text)
+    decided_at: Mapped[datetime] = mapped_column(UtcDateTime())

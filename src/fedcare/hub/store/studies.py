@@ -2,10 +2,12 @@
 
 Lifecycle (fail-closed: anything not listed is refused)::
 
-    pending ──► running ──► completed
-       │           ├──────► failed
-       │           ├──────► paused ──► running (resume) / cancelled / failed
-       └───────────┴──────► cancelled / failed
+    pending ──► pending_approval ──► rejected / expired / cancelled / failed
+       │              │ (every site approved)
+       ▼              │
+    running ◄─────────┘
+       ├──► completed / failed / cancelled
+       └──► paused ──► running (resume) / cancelled / failed
 
 ``paused``: the hub could not write its storage (disk full, read-only, I/O error); the study
 is not over and keeps its open tasks. :meth:`StudyRepo.resume` sets it running again, and
@@ -45,7 +47,12 @@ from fedcare.hub.store.models import (
 
 _ALLOWED: dict[StudyStatus, frozenset[StudyStatus]] = {
     StudyStatus.PENDING: frozenset(
-        {StudyStatus.RUNNING, StudyStatus.CANCELLED, StudyStatus.FAILED}
+        {StudyStatus.RUNNING, StudyStatus.PENDING_APPROVAL, StudyStatus.CANCELLED,
+         StudyStatus.FAILED}
+    ),
+    StudyStatus.PENDING_APPROVAL: frozenset(
+        {StudyStatus.RUNNING, StudyStatus.REJECTED, StudyStatus.EXPIRED,
+         StudyStatus.CANCELLED, StudyStatus.FAILED}
     ),
     StudyStatus.RUNNING: frozenset(
         {StudyStatus.COMPLETED, StudyStatus.FAILED, StudyStatus.CANCELLED, StudyStatus.PAUSED}
@@ -56,6 +63,8 @@ _ALLOWED: dict[StudyStatus, frozenset[StudyStatus]] = {
     StudyStatus.COMPLETED: frozenset(),
     StudyStatus.FAILED: frozenset(),
     StudyStatus.CANCELLED: frozenset(),
+    StudyStatus.REJECTED: frozenset(),
+    StudyStatus.EXPIRED: frozenset(),
 }
 _STUDY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
