@@ -59,10 +59,16 @@ def test_a_study_the_site_policy_refuses_never_trains_there_and_the_researcher_s
     st = fed.run_study(study_config(name="plain", rounds=2), timeout=120)
     for r in st["rounds"]:
         assert r["sites_completed"] == ["alpha", "beta"], r
-        why = r["sites_failed"]["gamma"]
-        assert "site gamma refuses the study under its site policy" in why, why
-        assert "rule privacy.require_dp: the study has no differential privacy" in why
-        assert "rule secure_aggregation.required" in why
+    # Round 1: gamma's reply names each rule; its node also reports the refusal as the site's
+    # decision, so the hub leaves gamma out of every later round (never sent the model).
+    why = st["rounds"][0]["sites_failed"]["gamma"]
+    assert "site gamma refuses the study under its site policy" in why, why
+    assert "rule privacy.require_dp: the study has no differential privacy" in why
+    assert "rule secure_aggregation.required" in why
+    assert "left out of this study" in st["rounds"][1]["sites_failed"]["gamma"]
+    decided = {a["site"]: a for a in st["approvals"]}
+    assert decided["gamma"]["decision"] == "refused", decided
+    assert "rule privacy.require_dp" in decided["gamma"]["reason"], decided
     history = json.loads(fed.artifact(st["study_id"], "history.json"))
     for r in history["rounds"]:
         assert "train_loss" in r["train_metrics"]["alpha"], r["train_metrics"]
@@ -89,9 +95,11 @@ def test_a_study_the_site_policy_refuses_never_trains_there_and_the_researcher_s
     assert st["status"] == "completed", st.get("error")
     for r in st["rounds"]:
         assert r["sites_completed"] == ["alpha", "beta"], r
-        why = r["sites_failed"]["gamma"]
-        assert "rule privacy.max_epsilon_total: refused by the site's policy" in why, why
-        assert f"{spent:g}" not in why and f"{3 - spent:g}" not in why  # they stay at gamma
+    why = st["rounds"][0]["sites_failed"]["gamma"]  # later rounds: left out (as above)
+    assert "rule privacy.max_epsilon_total: refused by the site's policy" in why, why
+    assert f"{spent:g}" not in why and f"{3 - spent:g}" not in why  # they stay at gamma
+    gamma = next(a for a in st["approvals"] if a["site"] == "gamma")
+    assert f"{spent:g}" not in (gamma["reason"] or "") and gamma["decision"] == "refused"
     assert ledger.spent().epsilon == spent and len(ledger.entries()) == 1  # nothing charged
     refusals = [e for e in read(fed.root / "state" / "gamma" / "audit.jsonl")
                 if e.kind is EventKind.POLICY_REFUSED]

@@ -55,6 +55,9 @@ EXPECTED: dict[tuple[str, str], dict[Role, int]] = {
     ("GET", "/v1/models"): dict.fromkeys(EVERYONE, 200),
     ("GET", "/v1/models/{entry_id}"): dict.fromkeys(EVERYONE, 200),
     ("GET", "/v1/models/{entry_id}/card"): dict.fromkeys(EVERYONE, 200),
+    # the hub's signed audit trail, for auditors (hub/audit_api.py)
+    ("GET", "/v1/audit/key"): {A: 200, U: 200},
+    ("GET", "/v1/audit/log"): {A: 200, U: 200},
     ("POST", "/v1/users"): {A: 201},
     ("GET", "/v1/users"): {A: 200},
     ("DELETE", "/v1/users/{name}"): {A: 200},
@@ -329,6 +332,41 @@ def test_the_users_commands_talk_to_the_hub_with_the_admin_s_token(hub: Hub,
     text = json.dumps(log)
     assert not any(t in text for t in (*hub.tokens.values(), carol, dave))
     assert "argon2" not in text
+
+
+def test_an_auditor_fetches_and_verifies_the_hub_s_audit_trail_over_https(
+        hub: Hub, tmp_path: Path) -> None:
+    token = tmp_path / "audrey.token"
+    token.write_text(hub.tokens["audrey"])
+    out = tmp_path / "hub-audit"
+    fed = hub.fed
+    args = ("audit", "fetch", "--out", str(out), "--hub", fed.url,
+            "--ca", str(fed.hub_dir / "ca.crt"), "--token-file", str(token))
+    fetched = _fedcare(*args)
+    assert fetched.returncode == 0, fetched.stdout + fetched.stderr
+    assert "OK" in fetched.stdout and "key SHA-256" in fetched.stdout
+    # what was fetched is the hub's own key, and the log's entries are the hub's (a prefix
+    # of the file on its disk: the hub may have written more since)
+    from fedcare.hub.audit import LOG_FILE, PUBLIC_FILE, hub_log_and_keys
+
+    path, _ = hub_log_and_keys(fed.hub_dir)
+    assert (out / PUBLIC_FILE).read_bytes() == (path.parent / PUBLIC_FILE).read_bytes()
+    saved = (out / LOG_FILE).read_bytes()
+    assert path.read_bytes().startswith(saved) and saved.count(b"\n") > 5
+    # an entry edited after the fetch is named by verify
+    lines = saved.decode().splitlines(keepends=True)
+    entry = json.loads(lines[2])
+    entry["subject"] += "x"
+    lines[2] = json.dumps(entry) + "\n"
+    (out / LOG_FILE).write_text("".join(lines))
+    bad = _fedcare("audit", "verify", "--log", str(out / LOG_FILE), "--key",
+                   str(out / PUBLIC_FILE))
+    assert bad.returncode == 1 and "FAILED" in bad.stdout, bad.stdout + bad.stderr
+    # a researcher or a steward may not read the trail; no token, 401
+    for user in ("researcher", "sam"):
+        token.write_text(hub.tokens[user])
+        refused = _fedcare(*args)
+        assert refused.returncode == 2 and "403" in refused.stderr, refused.stderr
 
 
 def _audit_log(fed: NetFederation) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ from fedcare.hub.store.database import alembic_config, create_hub_engine
 
 def test_migration_0010_keeps_the_rounds_and_downgrades_cleanly(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'hub.db'}"
-    upgrade(url, "0007")
+    upgrade(url, "0009")  # the revision before 0010
     old = Database(url)
     with old.session() as s:
         StudyRepo(s).create("old", {}, "f" * 64, ["a"], 2, study_id="old")
@@ -56,7 +56,7 @@ def test_migration_0010_keeps_the_rounds_and_downgrades_cleanly(tmp_path: Path) 
         cfg = alembic_config()
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn
-            command.downgrade(cfg, "0007")
+            command.downgrade(cfg, "0009")
         assert "site_decisions" not in sa.inspect(engine).get_table_names()
         with engine.connect() as conn:
             rows = dict(conn.exec_driver_sql("SELECT id, status FROM studies").fetchall())

@@ -19,6 +19,7 @@ from fedcare.governance.approvals import Decision
 from fedcare.hub.provisioning import create_federation
 from fedcare.node.agent import NodeAgent
 from fedcare.node.hub_link import HubResponse
+from tests.unit.helpers import with_permissive_policy
 
 APPROVED: dict[str, Any] = {
     "study": {"name": "sepsis", "rounds": 2},
@@ -57,6 +58,7 @@ def agent(tmp_path: Path) -> Iterator[NodeAgent]:
     (tmp_path / "d.csv").write_text("f0,f1,y\n" + rows + "\n")
     conf = tmp_path / "node.toml"
     conf.write_text('[datasets.x]\npath = "d.csv"\n[approval]\nstudies = []\n')
+    with_permissive_policy(conf)
     node = NodeAgent(tmp_path / "kits" / "alpha", conf, state_dir=tmp_path / "state")
     yield node
     node.close()

@@ -290,3 +290,54 @@ def export(
     console.print(f"Wrote [bold]{escape(str(out))}[/bold]")
     if not verdict.ok:
         raise typer.Exit(1)
+
+
+@app.command()
+def fetch(
+    out: Annotated[Path, typer.Option("--out", help="Folder to save the hub's log and key "
+                                                    "in (created if missing).")],
+    federation: Annotated[Path | None, typer.Option(
+        envvar="FEDCARE_FEDERATION", help="Your user folder (or the coordinator's federation "
+        "folder, whose admin/ is then used): the hub URL, the CA and your token file.")] = None,
+    hub: Annotated[str | None, typer.Option("--hub", help="Hub URL (without "
+                                                          "--federation).")] = None,
+    ca: Annotated[Path | None, typer.Option(help="Federation CA certificate.")] = None,
+    token_file: Annotated[Path | None, typer.Option(
+        "--token-file", help="File holding your (admin or auditor) token; default: the "
+        "environment variable FEDCARE_TOKEN. Never the token itself.")] = None,
+) -> None:
+    """Save the hub's signed audit log and public key over HTTPS (admin or auditor), and
+    verify them. Exit 0 when the log verifies, 1 naming the first bad entry, 2 when the hub
+    cannot be asked. Compare the key's fingerprint with one noted at the hub out of band:
+    the key the hub serves proves the log unchanged since signing, not who signed it."""
+    import hashlib
+
+    from fedcare.client import HubClient
+    from fedcare.core.files import atomic_write
+    from fedcare.governance.audit_log import load_public_key
+    from fedcare.governance.audit_log import verify as verify_log
+    from fedcare.hub.audit import LOG_FILE, PUBLIC_FILE
+
+    try:
+        client = HubClient(federation, hub, ca, None, token_file, user_folder="admin")
+        key = client.call("GET", "/v1/audit/key")
+        log = client.call("GET", "/v1/audit/log")
+        for name, r in (("key", key), ("log", log)):
+            sent = r.headers.get("X-Key-SHA256" if name == "key" else "X-Content-SHA256")
+            if sent != hashlib.sha256(r.content).hexdigest():
+                raise FedcareError(f"the hub's audit {name} arrived damaged (its SHA-256 is "
+                                   "not the one the hub named): fetch it again")
+        out.mkdir(parents=True, exist_ok=True)
+        key_path, log_path = out / PUBLIC_FILE, out / LOG_FILE
+        atomic_write(key_path, key.content)
+        atomic_write(log_path, log.content)
+        verdict = verify_log(log_path, {"hub": load_public_key(key_path)})
+    except (FedcareError, OSError) as exc:
+        raise fail(exc, 2) from None
+    console.print(f"Saved {escape(str(log_path))} and {escape(str(key_path))} (key SHA-256 "
+                  f"{hashlib.sha256(key.content).hexdigest()})", soft_wrap=True)
+    console.print(verdict_line(log_path, verdict, "the key the hub served"), soft_wrap=True)
+    console.print(f"Later: fedcare audit verify --log {escape(str(log_path))} "
+                  f"--key {escape(str(key_path))}", soft_wrap=True)
+    if not verdict.ok:
+        raise typer.Exit(1)

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
@@ -26,6 +26,9 @@ from fedcare.core.errors import FedcareError
 from fedcare.demo.hospitals import DATASET, DemoSite, write_hospitals
 from fedcare.hub.schemas import DatasetQuality
 from fedcare.reporting.progress import StudyProgress
+
+if TYPE_CHECKING:
+    from fedcare.client import HubClient
 
 ROUNDS = 20
 
@@ -93,6 +96,41 @@ def _approve(kit: Path, digest: str, procs: list[subprocess.Popen[bytes]], logs:
         return done.returncode == 0
 
     _wait(f"{kit.name} to approve the study", approved, 120, procs, logs)
+
+
+def _through_airlock(work: Path, researcher: HubClient, study_id: str, sites: list[str],
+                     console: Console) -> bytes:
+    """The federated model leaves the hub the only way anything does: the researcher
+    requests its export, the hub's automatic checks run, each hospital's steward (a hub user
+    the admin adds, bound to that site) approves, and the researcher downloads exactly the
+    bytes they approved (the client checks the SHA-256)."""
+    from fedcare.client import HubClient
+    from fedcare.pki.trust import load_researcher_config
+
+    admin = HubClient(work, None, None, None, user_folder="admin")
+    mine = load_researcher_config(work / "researcher")  # the hub's URL and the CA to trust
+    url, ca = mine.hub_url, mine.ca
+    stewards = {site: admin.add_user(f"steward-{site}", "steward", site).token
+                for site in sites}
+    console.print(f"The admin added a data steward user for each hospital "
+                  f"({', '.join(f'steward-{s}' for s in sites)}).")
+    request = researcher.request_export(study_id, "model.safetensors",
+                                        "demo: the federated model, for the report")
+    flags = "; ".join(request.flags) or "none"
+    console.print(f"Airlock: export {request.id} of model.safetensors "
+                  f"(SHA-256 {request.digest[:16]}...) requested; automatic checks: "
+                  f"{len(request.refusals)} refusal(s), flags: {flags}")
+    for site, token in stewards.items():
+        steward = HubClient(None, url, ca, token)
+        decided = steward.decide_export(request.id, approve=True,
+                                        reason="aggregate model under secure aggregation; "
+                                               "flag read")
+        console.print(f"  steward-{site}: approved ({decided.approvals} of "
+                      f"{decided.quorum})")
+    data, digest = researcher.download_export(request.id)
+    console.print(f"  researcher: downloaded {len(data)} bytes, SHA-256 {digest[:16]}... "
+                  "(the approved bytes)")
+    return data
 
 
 def study_config(features: list[str], label: str, contract_hash: str) -> dict[str, Any]:
@@ -181,11 +219,13 @@ def run_demo(out: Path, console: Console) -> dict[str, Any]:
             final = watch(client, study.study_id, on_status=bar, poll=0.3)
         if final.status != "completed":
             raise FedcareError(f"the demo study {final.status}: {final.error}")
-        # The demo runs the hub, so it reads the study's files from the hub's own folder; a
-        # researcher takes them out through the airlock (`fedcare export request`).
+        model_bytes = _through_airlock(work, client, study.study_id, [s.name for s in sites],
+                                       console)
+        (out / "model.safetensors").write_bytes(model_bytes)
+        # The run's history (per-round metrics of every site) is read from the hub's own
+        # folder: the demo owns the hub, and it adds the pooled baselines below.
         finished = work / "hub" / "data" / "studies" / study.study_id
         history = json.loads((finished / "history.json").read_text(encoding="utf-8"))
-        (out / "model.safetensors").write_bytes((finished / "model.safetensors").read_bytes())
     console.print("Stopped every process. Computing the baselines (simulation on the same "
                   "harmonized tables, only possible because the demo owns every hospital)...")
     tables, equal = harmonized_tables(contract_file, sites, out / "tables")

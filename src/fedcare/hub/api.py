@@ -40,6 +40,7 @@ from fedcare.governance.approvals import Decision
 from fedcare.hub import access
 from fedcare.hub.airlock import ExportDesk
 from fedcare.hub.airlock_api import add_airlock_routes
+from fedcare.hub.audit_api import add_audit_routes
 from fedcare.hub.auth import Principal, Role, allow
 from fedcare.hub.errors import Forbidden
 from fedcare.hub.keyrelay import MAX_SEALED_BYTES, KeyRelay, KeyRelayNotFound
@@ -689,6 +690,7 @@ def create_app(service: HubService, trust: PeerTrust, users: UserStore | None = 
         return _user(await run_in_threadpool(lambda: people.revoke(name, by=who.user)))
 
     add_airlock_routes(app, ExportDesk(service.state))  # /v1/.../exports...
+    add_audit_routes(app, service.state.audit)  # /v1/audit/key, /v1/audit/log
 
     @app.get("/v1/health")
     async def health() -> Health:
