@@ -256,18 +256,14 @@ class ExportStoreContract:
             repo.set_status(row, ExportStatus.DOWNLOADED)
 
     def test_migration_0009_downgrades_and_upgrades_cleanly(self, db_url: str) -> None:
-        from alembic import command
 
         from fedcare.hub.store import upgrade
-        from fedcare.hub.store.database import alembic_config, create_hub_engine
+        from fedcare.hub.store.database import create_hub_engine, downgrade
 
         upgrade(db_url)
         engine = create_hub_engine(db_url)
         try:
-            cfg = alembic_config()
-            with engine.begin() as conn:
-                cfg.attributes["connection"] = conn
-                command.downgrade(cfg, "0008")
+            downgrade(engine, "0008")
             assert "export_requests" not in sa.inspect(engine).get_table_names()
         finally:
             engine.dispose()

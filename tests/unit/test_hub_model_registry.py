@@ -10,10 +10,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from alembic import command
 
 from fedcare.hub.store import Database, upgrade
-from fedcare.hub.store.database import alembic_config, create_hub_engine
+from fedcare.hub.store.database import create_hub_engine, downgrade
 from fedcare.hub.store.models import ModelEntry, Study, utcnow
 from fedcare.hub.store.registry import EntryExists, ModelRegistryRepo
 
@@ -85,10 +84,7 @@ class RegistryStoreContract:
         engine = create_hub_engine(db_url)
         try:
             assert "model_registry" in sa.inspect(engine).get_table_names()
-            cfg = alembic_config()
-            with engine.begin() as conn:
-                cfg.attributes["connection"] = conn
-                command.downgrade(cfg, "0006")
+            downgrade(engine, "0006")
             assert "model_registry" not in sa.inspect(engine).get_table_names()
             with engine.connect() as conn:
                 assert conn.exec_driver_sql("SELECT count(*) FROM studies").scalar() == 1

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from alembic import command
 
 from fedcare.governance.approvals import Decision
 from fedcare.hub.store import (
@@ -19,7 +18,7 @@ from fedcare.hub.store import (
     StudyStatus,
     upgrade,
 )
-from fedcare.hub.store.database import alembic_config, create_hub_engine
+from fedcare.hub.store.database import create_hub_engine, downgrade
 
 
 def test_migration_0010_keeps_the_rounds_and_downgrades_cleanly(tmp_path: Path) -> None:
@@ -53,10 +52,7 @@ def test_migration_0010_keeps_the_rounds_and_downgrades_cleanly(tmp_path: Path) 
 
     engine = create_hub_engine(url)
     try:
-        cfg = alembic_config()
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.downgrade(cfg, "0009")
+        downgrade(engine, "0009")
         assert "site_decisions" not in sa.inspect(engine).get_table_names()
         with engine.connect() as conn:
             rows = dict(conn.exec_driver_sql("SELECT id, status FROM studies").fetchall())

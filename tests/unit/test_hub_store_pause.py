@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from alembic import command
 
 from fedcare.core.errors import ConfigError
 from fedcare.core.messages import TaskKind
@@ -25,7 +24,7 @@ from fedcare.hub.store import (
     TaskStatus,
     upgrade,
 )
-from fedcare.hub.store.database import alembic_config, create_hub_engine
+from fedcare.hub.store.database import create_hub_engine, downgrade
 from fedcare.hub.store.faults import is_storage_failure_text, storage_problem
 from tests.unit.helpers import insert_study_at_old_schema
 
@@ -149,10 +148,7 @@ def test_the_migration_keeps_every_round_and_task_and_downgrades_paused_to_faile
 
     engine = create_hub_engine(url)
     try:
-        cfg = alembic_config()
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.downgrade(cfg, "0003")
+        downgrade(engine, "0003")
         with engine.connect() as conn:
             assert conn.exec_driver_sql("SELECT status, error FROM studies").all() == [
                 ("failed", "disk full")]

@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import pytest
 import sqlalchemy as sa
-from alembic import command
 
 from fedcare.config import content_hash, parse_config
 from fedcare.core.dataset import SiteData, TaskType
@@ -28,7 +27,7 @@ from fedcare.engine.privacy import SitePrivacy
 from fedcare.engine.round_engine import EngineSettings, RoundEngine
 from fedcare.engine.study import site_executor
 from fedcare.hub.store import Database, NewTask, TaskRepo, upgrade
-from fedcare.hub.store.database import alembic_config, create_hub_engine
+from fedcare.hub.store.database import create_hub_engine, downgrade
 from fedcare.learners.torch_learner import TorchLearner
 from fedcare.node.agent import NodeAgent
 from fedcare.node.local_config import load_node_data
@@ -266,10 +265,7 @@ def test_migration_0006_allows_the_kind_and_keeps_every_task_and_reply(tmp_path:
 
     engine = create_hub_engine(url)
     try:
-        cfg = alembic_config()
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.downgrade(cfg, "0005")
+        downgrade(engine, "0005")
         with engine.connect() as conn:
             assert conn.exec_driver_sql("SELECT kind FROM tasks").scalars().all() == ["fit"]
             assert conn.exec_driver_sql("SELECT count(*) FROM replies").scalar() == 1

@@ -184,6 +184,15 @@ def _upgrade_engine(engine: Engine, revision: str = "head") -> None:
         command.upgrade(cfg, revision)
 
 
+def downgrade(engine: Engine, revision: str) -> None:
+    """Run the hub's migrations down to ``revision`` on ``engine`` (migration tests, and an
+    operator undoing an upgrade: every revision's downgrade keeps the rows it can)."""
+    cfg = alembic_config()
+    with engine.begin() as connection:
+        cfg.attributes["connection"] = connection
+        command.downgrade(cfg, revision)
+
+
 def upgrade(url: str | URL, revision: str = "head") -> None:
     """Run the hub's migrations up to ``revision`` on the database at ``url`` (idempotent)."""
     engine = create_hub_engine(url)
