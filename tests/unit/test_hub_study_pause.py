@@ -141,7 +141,12 @@ class Federation:
     def submit(self, cfg: dict[str, Any]) -> dict[str, Any]:
         """Submit a study and approve it at every site (as their nodes report it), so it
         starts whether or not the node threads run."""
-        doc = self.svc.submit_study(cfg)
+        return self.approve(self.svc.submit_study(cfg))
+
+    def approve(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """Every site's approval of the submitted study ``doc``, as their nodes report it
+        (not left to the node threads' approval sync, which may run before the study
+        exists)."""
         for site in SITES:
             self.svc.site_decided(site, doc["study_id"], Decision.APPROVED,
                                   doc["config_hash"], None)
@@ -320,7 +325,8 @@ def test_the_api_resumes_and_answers_503_while_the_storage_is_full(
     disk = FillingDisk(fed.svc.data_dir / "blobs", full_from=1)
     fed.svc.state.blobs = disk
     fed.start_nodes()
-    study_id = client.post("/v1/studies", json=study_config(rounds=2)).json()["study_id"]
+    study_id = fed.approve(client.post("/v1/studies",
+                                       json=study_config(rounds=2)).json())["study_id"]
     assert fed.settled(study_id)["status"] == "paused"
 
     db.full.set()  # a submission the hub cannot store: a 503 that says why, not a bare 500
